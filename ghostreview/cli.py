@@ -1,0 +1,94 @@
+"""The ``ghostreview`` command line: build the demo kit, check params, import LoRA headers, convert CLIP, print results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ghostreview.runtime import force_offline
+
+force_offline()
+
+app = typer.Typer(help="GhostReview: reproducible reviews of Stable Diffusion checkpoints.", no_args_is_help=True)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def kit(
+    dest: Path = typer.Argument(Path("demo/kit"), help="where to write the demo kit"),
+    benchmark: Path = typer.Option(Path("data/benchmark/v1"), help="benchmark whose LoRA and style names the kit fills"),
+    seed: int = typer.Option(0, help="seed of every random weight and image in the kit"),
+) -> None:
+    """Build the offline demo kit: tiny random-weight checkpoints, LoRAs, scorers and reference images."""
+    from ghostreview.benchmark import load_benchmark
+    from ghostreview.kit.demo import build_demo_kit
+
+    build_demo_kit(dest, load_benchmark(benchmark), seed=seed)
+    typer.echo(f"demo kit ready in {dest} (random weights: its rankings mean nothing)")
+
+
+@app.command()
+def validate(params: Path = typer.Option(Path("params.yaml"), help="params file to check")) -> None:
+    """Check params.yaml and every file it names, without running anything."""
+    from ghostreview import config
+
+    try:
+        p = config.load_params(params)
+        config.check_files(p, params.parent.resolve(), str(params))
+    except config.ConfigError as exc:
+        _fail(str(exc))
+    typer.echo(f"{params}: OK ({len(p.models)} models)")
+
+
+@app.command()
+def leaderboard(path: Path = typer.Argument(Path("reports/leaderboard.csv"), help="leaderboard written by the report stage")) -> None:
+    """Print the leaderboard in the terminal."""
+    from ghostreview.report import print_leaderboard
+
+    if not path.is_file():
+        _fail(f"{path} not found: run `dvc repro` first.")
+    print_leaderboard(path)
+
+
+@app.command("import-infotext")
+def import_infotext(
+    images: List[Path] = typer.Argument(..., help="PNG header images saved with their A1111 parameters"),
+    table: Optional[Path] = typer.Option(None, help="LoRA table YAML to append to (default: print the entries)"),
+    name: Optional[str] = typer.Option(None, help="LoRA name (slug) for a single image"),
+) -> None:
+    """Read A1111 infotext from PNGs and write LoRA-table entries (prompt, negative, settings, LoRA tags)."""
+    import yaml
+
+    from ghostreview.import_infotext import append_entries, lora_entry_from_png
+
+    try:
+        entries = [lora_entry_from_png(p, name if len(images) == 1 else None) for p in images]
+    except ValueError as exc:
+        _fail(str(exc))
+    if table:
+        append_entries(table, entries)
+        typer.echo(f"added {len(entries)} entries to {table}")
+    else:
+        typer.echo(yaml.safe_dump({"loras": entries}, sort_keys=False, allow_unicode=True))
+
+
+@app.command("convert-clip")
+def convert_clip(
+    src: Path = typer.Argument(..., help="OpenAI's TorchScript ViT-L-14.pt"),
+    dst: Path = typer.Argument(..., help="state-dict file to write (point scoring.clip.weights at it)"),
+) -> None:
+    """Turn OpenAI's TorchScript CLIP archive into a plain state dict, once (open_clip loads it with weights_only)."""
+    from ghostreview.metrics.clip import convert_openai_clip
+
+    convert_openai_clip(src, dst)
+    typer.echo(f"wrote {dst}")
+
+
+if __name__ == "__main__":
+    app()

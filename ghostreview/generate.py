@@ -1,0 +1,375 @@
+"""The generate stage's library side: plan every image of the benchmark, draw only those the store lacks, and rebuild
+the stage's output directory (PNGs + manifest) from the store.
+
+Every image is keyed by a hash of everything that decides its pixels (:func:`job_fields`), so a change of the prompt
+set or of the seed count draws only the new images, and a killed run resumes from what finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+from tqdm import tqdm
+
+from ghostreview import __version__
+from ghostreview.benchmark import Benchmark, LoraEntry, benchmark_items
+from ghostreview.draw import DrawRequest, Hires, draw
+from ghostreview.hashing import autov2, file_sha256
+from ghostreview.infotext import format_infotext
+from ghostreview.loading import detect_family, family_config_dir, is_tiny_kit_file, load_pipeline
+from ghostreview.lora import LoraSpec, apply_loras, lora_status, remove_loras
+from ghostreview.prompts import extract_lora_tags
+from ghostreview.runtime import library_versions, pick_device, pick_dtype
+from ghostreview.store import ImageStore, job_key
+
+# Bump when a change to the drawing code changes pixels: it is part of every image's key.
+DRAW_VERSION = "1"
+
+MANIFEST_COLUMNS = (
+    "model", "family", "task", "item", "seed", "image", "image_hash", "prompt", "negative_prompt", "loras",
+    "lora_status", "width", "height", "flags", "infotext",
+)
+
+
+class BenchmarkError(ValueError):
+    """The benchmark and the files it names disagree (a tag naming an unknown LoRA, a missing LoRA file)."""
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What identifies the checkpoint side of an image."""
+
+    name: str
+    family: str
+    checkpoint_name: str
+    sha256: str
+    vae_sha256: str | None = None
+    clip_skip: int = 1
+    prediction: str = "epsilon"
+    random_weights: bool = False
+
+    @property
+    def autov2(self) -> str:
+        return autov2(self.sha256)
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One image of the benchmark for one model; ``status`` is empty when it can be drawn."""
+
+    task: str
+    item: str
+    seed: int
+    prompt: str
+    negative_prompt: str
+    loras: tuple[LoraSpec, ...]
+    lora_hashes: tuple[tuple[str, str], ...]
+    status: str
+    request: DrawRequest
+
+
+def settings_requests(settings: Mapping, prompt: str, negative: str, seed: int, clip_skip: int) -> DrawRequest:
+    """A :class:`DrawRequest` from the ``generation`` params (a plain mapping, as in params.yaml)."""
+    hires = settings["hires"]
+    return DrawRequest(
+        prompt=prompt,
+        negative_prompt=negative,
+        seed=seed,
+        steps=settings["steps"],
+        cfg_scale=float(settings["cfg_scale"]),
+        width=settings["width"],
+        height=settings["height"],
+        sampler=settings["sampler"],
+        clip_skip=clip_skip,
+        hires=Hires(
+            scale=float(hires["scale"]),
+            steps=hires["steps"],
+            denoising_strength=float(hires["denoising_strength"]),
+            upscaler=hires["upscaler"],
+        )
+        if hires["enabled"]
+        else None,
+    )
+
+
+def resolve_loras(
+    prompt: str, entry: LoraEntry, table: Mapping[str, LoraEntry], lora_dir: Path, source: str
+) -> tuple[str, list[tuple[LoraEntry, float]]]:
+    """The header prompt without its ``<lora:...>`` tags, and the LoRAs it asks for with their weights.
+
+    A prompt with no tag gets the entry's own LoRA at its default weight (the article's rule).
+    """
+    text, tags = extract_lora_tags(prompt)
+    if not tags:
+        return text, [(entry, entry.default_weight)]
+    resolved = []
+    for name, weight in tags:
+        if name not in table:
+            raise BenchmarkError(
+                f"{source}: LoRA {entry.name!r}: its prompt has <lora:{name}:...> but no LoRA named {name!r} is in the "
+                f"table. Add an entry named {name!r} (with its file) or fix the tag. Known: {', '.join(sorted(table))}."
+            )
+        resolved.append((table[name], entry.default_weight if weight is None else float(weight)))
+    return text, resolved
+
+
+def check_lora_files(entries: Iterable[LoraEntry], lora_dir: Path, source: str) -> None:
+    """Every LoRA file of the table must exist before any work starts."""
+    missing = [e for e in entries if not (lora_dir / e.file).is_file()]
+    if missing:
+        names = ", ".join(f"{e.name} -> {lora_dir / e.file}" for e in missing[:5])
+        raise BenchmarkError(
+            f"{source}: {len(missing)} LoRA file(s) of the benchmark are missing: {names}"
+            f"{' ...' if len(missing) > 5 else ''}. Put the files there (see docs/benchmark.md), or leave the LoRA task "
+            f"out with benchmark.tasks in params.yaml."
+        )
+
+
+def plan_jobs(
+    bench: Benchmark,
+    family: str,
+    counts: Mapping[str, int],
+    tasks: Sequence[str],
+    settings: Mapping,
+    clip_skip: int,
+    lora_dir: Path,
+    lora_check: Callable[[Path], str],
+    file_hash: Callable[[Path], str],
+) -> list[ImageJob]:
+    """Every image of the benchmark for one model, in benchmark order.
+
+    ``lora_check(path)`` returns "ok" or the reason a LoRA cannot be used with this family (recorded, not raised);
+    ``file_hash(path)`` gives a file's sha256 (cached by the caller).
+    """
+    table = {e.name: e for e in bench.loras.get(family, ())}
+    source = f"{bench.name} LoRA table for {family}"
+    if "lora" in tasks:
+        check_lora_files(table.values(), lora_dir, source)
+    jobs = []
+    for it in benchmark_items(bench, family, counts):
+        if it.task not in tasks:
+            continue
+        text, loras = it.prompt, []
+        if it.task == "lora":
+            text, loras = resolve_loras(it.prompt, table[it.item], table, lora_dir, source)
+        specs = tuple(LoraSpec(e.name, lora_dir / e.file, w) for e, w in loras)
+        statuses = [s for s in (lora_check(spec.path) for spec in specs) if s != "ok"]
+        hashes = tuple((spec.name, file_hash(spec.path)) for spec in specs)
+        request = settings_requests(settings, text, it.negative_prompt, it.seed, clip_skip)
+        jobs.append(ImageJob(it.task, it.item, it.seed, it.prompt, it.negative_prompt, specs, hashes,
+                             "; ".join(statuses), request))
+    return jobs
+
+
+def job_fields(job: ImageJob, model: ModelIdentity, runtime: Mapping[str, str]) -> dict:
+    """Everything that decides an image's pixels; its hash is the image's key in the store."""
+    return {
+        "checkpoint_sha256": model.sha256,
+        "vae_sha256": model.vae_sha256,
+        "prediction": model.prediction,
+        "loras": [[name, sha, spec.weight] for (name, sha), spec in zip(job.lora_hashes, job.loras)],
+        "request": dataclasses.asdict(job.request),
+        "runtime": dict(runtime),
+    }
+
+
+def infotext_for(job: ImageJob, model: ModelIdentity, version: str) -> str:
+    """A1111 infotext, so the PNG dropped into A1111 restores the same settings."""
+    r = job.request
+    fields: dict[str, object] = {
+        "Steps": r.steps,
+        "Sampler": r.sampler,
+        "CFG scale": r.cfg_scale,
+        "Seed": r.seed,
+        "Size": f"{r.width}x{r.height}",
+        "Model hash": model.autov2,
+        "Model": model.checkpoint_name,
+    }
+    if r.clip_skip > 1:
+        fields["Clip skip"] = r.clip_skip
+    if r.hires:
+        fields.update({
+            "Denoising strength": r.hires.denoising_strength,
+            "Hires upscale": r.hires.scale,
+            "Hires steps": r.hires.steps,
+            "Hires upscaler": r.hires.upscaler,
+        })
+    if job.lora_hashes:
+        fields["Lora hashes"] = ", ".join(f"{n}: {autov2(h)}" for n, h in job.lora_hashes)
+    fields["Version"] = version
+    return format_infotext(job.prompt, job.negative_prompt, fields)
+
+
+def batches(jobs: Sequence[ImageJob], size: int) -> list[list[ImageJob]]:
+    """Consecutive jobs that share their LoRAs and settings, at most ``size`` each (A1111's batch of seed+k)."""
+    groups: dict[tuple, list[ImageJob]] = {}
+    for job in jobs:
+        r = job.request
+        key = (job.loras, r.sampler, r.steps, r.cfg_scale, r.width, r.height, r.hires, r.clip_skip)
+        groups.setdefault(key, []).append(job)
+    return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
+
+
+def draw_missing(
+    jobs: Sequence[ImageJob],
+    keys: Sequence[str],
+    store: ImageStore,
+    draw_batch: Callable[[Sequence[ImageJob]], list[tuple[object, list[str]]]],
+    infotexts: Sequence[str],
+    batch_size: int,
+    progress: Callable[[int], None] = lambda n: None,
+) -> int:
+    """Draw the jobs whose key the store lacks and put each image in the store as soon as its batch ends."""
+    todo = [(j, k, t) for j, k, t in zip(jobs, keys, infotexts) if not j.status and not store.has(k)]
+    by_job = {id(j): (k, t) for j, k, t in todo}
+    drawn = 0
+    for batch in batches([j for j, _, _ in todo], batch_size):
+        for job, (image, flags) in zip(batch, draw_batch(batch)):
+            key, text = by_job[id(job)]
+            store.put(key, image, text, {"flags": flags, "task": job.task, "item": job.item, "seed": job.seed})
+            drawn += 1
+        progress(len(batch))
+    return drawn
+
+
+def manifest_rows(
+    jobs: Sequence[ImageJob], keys: Sequence[str], infotexts: Sequence[str], store: ImageStore, model: ModelIdentity
+) -> list[dict]:
+    rows = []
+    for job, key, text in zip(jobs, keys, infotexts):
+        flags = [] if job.status else None
+        if job.status:
+            kind = "lora_incompatible" if job.status.startswith("incompatible") else "lora_unsupported"
+            flags = [kind]
+        else:
+            flags = list(store.get_meta(key).get("flags", []))
+        rows.append({
+            "model": model.name,
+            "family": model.family,
+            "task": job.task,
+            "item": job.item,
+            "seed": job.seed,
+            "image": "" if job.status else f"{key}.png",
+            "image_hash": key,
+            "prompt": job.prompt,
+            "negative_prompt": job.negative_prompt,
+            "loras": ", ".join(f"{s.name}:{s.weight:g}" for s in job.loras),
+            "lora_status": job.status or ("ok" if job.loras else ""),
+            "width": job.request.width if not job.request.hires else int(job.request.width * job.request.hires.scale),
+            "height": job.request.height if not job.request.hires else int(job.request.height * job.request.hires.scale),
+            "flags": ";".join(flags),
+            "infotext": text,
+        })
+    return rows
+
+
+def write_output(out_dir: Path, rows: Sequence[dict], store: ImageStore, model: ModelIdentity) -> None:
+    """Rebuild the stage output from the store: PNGs, ``manifest.csv`` and ``model.json``, swapped in atomically."""
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for row in rows:
+        if row["image"]:
+            store.link_into(row["image_hash"], tmp / row["image"])
+    with open(tmp / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    info = dataclasses.asdict(model) | {"autov2": model.autov2}
+    (tmp / "model.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+
+
+def read_manifest(directory: Path) -> list[dict]:
+    """The manifest rows of one model's image directory."""
+    with open(directory / "manifest.csv", newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    """Everything ``run_generate`` needs for one model, resolved from params by the stage script."""
+
+    model_name: str
+    checkpoint: Path
+    config_dir: Path | None
+    vae: Path | None
+    clip_skip: int
+    prediction: str
+    allow_pickle: bool
+    lora_dirs: Mapping[str, Path]
+    counts: Mapping[str, int]
+    tasks: Sequence[str]
+    generation: object  # ghostreview.config.GenerationParams
+    store: Path
+    cache: Path
+
+
+def model_identity(s: GenerateSettings, family: str, hash_cache: Path) -> ModelIdentity:
+    vae_sha = file_sha256(s.vae, hash_cache) if s.vae else None
+    return ModelIdentity(
+        name=s.model_name,
+        family=family,
+        checkpoint_name=s.checkpoint.stem,
+        sha256=file_sha256(s.checkpoint, hash_cache),
+        vae_sha256=vae_sha,
+        clip_skip=s.clip_skip,
+        prediction=s.prediction,
+        random_weights=is_tiny_kit_file(s.checkpoint),
+    )
+
+
+def pipeline_drawer(pipe, family: str) -> Callable[[Sequence[ImageJob]], list]:
+    """A ``draw_batch`` for :func:`draw_missing` that swaps LoRAs only when a batch needs other ones."""
+    current: list[tuple[LoraSpec, ...]] = [()]
+
+    def draw_batch(batch: Sequence[ImageJob]) -> list:
+        if batch[0].loras != current[0]:
+            if current[0]:
+                remove_loras(pipe)
+            if batch[0].loras:
+                apply_loras(pipe, family, batch[0].loras)
+            current[0] = batch[0].loras
+        return draw(pipe, family, [j.request for j in batch])
+
+    return draw_batch
+
+
+def run_generate(bench: Benchmark, s: GenerateSettings, out_dir: Path, progress: bool = True) -> dict[str, int]:
+    """Plan, draw what the store lacks, and rebuild ``out_dir`` from the store. Returns counts."""
+    family = detect_family(s.checkpoint)
+    hash_cache = s.cache / "sha256.json"
+    model = model_identity(s, family, hash_cache)
+    gen = s.generation
+    device = pick_device(gen.device)
+    dtype = pick_dtype(gen.dtype, device)
+    runtime = library_versions() | {"device": device.split(":")[0], "dtype": str(dtype), "draw": DRAW_VERSION}
+    jobs = plan_jobs(
+        bench, family, s.counts, s.tasks, dataclasses.asdict(gen), s.clip_skip, s.lora_dirs[family],
+        lambda p: lora_status(p, family), lambda p: file_sha256(p, hash_cache),
+    )
+    keys = [job_key(job_fields(j, model, runtime)) for j in jobs]
+    texts = [infotext_for(j, model, f"ghostreview-{__version__}") for j in jobs]
+    store = ImageStore(s.store)
+    missing = sum(1 for j, k in zip(jobs, keys) if not j.status and not store.has(k))
+    drawn = 0
+    if missing:
+        config_dir = s.config_dir or family_config_dir(family, s.cache / "configs")
+        pipe = load_pipeline(s.checkpoint, family, config_dir, vae=s.vae, allow_pickle=s.allow_pickle,
+                             prediction_type=s.prediction if s.prediction != "epsilon" else None,
+                             dtype=dtype, device=device)
+        with tqdm(total=missing, unit="img", desc=f"generate {s.model_name}", disable=not progress) as bar:
+            drawn = draw_missing(jobs, keys, store, pipeline_drawer(pipe, family), texts, gen.batch_size, bar.update)
+    rows = manifest_rows(jobs, keys, texts, store, model)
+    write_output(out_dir, rows, store, model)
+    skipped = sum(1 for j in jobs if j.status)
+    return {"images": len(jobs) - skipped, "drawn": drawn, "reused": len(jobs) - skipped - drawn, "skipped": skipped}

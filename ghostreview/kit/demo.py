@@ -1,0 +1,75 @@
+"""Build the demo's offline kit: tiny random-weight checkpoints, LoRAs, scorer stand-ins and reference images.
+
+Everything is in the real file formats (single-file LDM checkpoints, kohya LoRAs, an open_clip state dict, the LAION
+head layout, torchvision's VGG19 layout), so the review runs the same loading code it runs on real weights. The build
+is deterministic: the same seed gives byte-identical files, so DVC sees a rebuilt kit as unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ghostreview.benchmark import Benchmark
+
+# name -> (family, seed). The fourth SD1.5 model is spare: tests add it to params to show incremental reruns.
+DEMO_MODELS = {
+    "tiny-sd15-a": ("sd15", 1),
+    "tiny-sd15-b": ("sd15", 2),
+    "tiny-sdxl-a": ("sdxl", 3),
+    "tiny-sd15-c": ("sd15", 4),
+}
+KIT_VERSION = "1"
+STAMP = "kit.json"
+REFS_PER_STYLE = 4
+
+
+def _seed(*parts: object) -> int:
+    """A stable seed from names (Python's hash() is salted per process)."""
+    return int(hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:8], 16)
+
+
+def build_demo_kit(dest: Path, bench: Benchmark, seed: int = 0, image_size: int = 96) -> Path:
+    """Write the whole kit under ``dest`` (skipped when a complete kit of this version and seed is already there)."""
+    from ghostreview.kit.images import write_lora_header, write_style_references
+    from ghostreview.kit.lora import write_tiny_lora
+    from ghostreview.kit.scorers import write_tiny_clip, write_tiny_laion_head, write_tiny_vgg19
+    from ghostreview.kit.sd import write_tiny_checkpoint, write_tiny_config_dir
+
+    stamp = {"version": KIT_VERSION, "seed": seed, "benchmark": bench.name, "image_size": image_size}
+    if _stamp_matches(dest, stamp):
+        return dest
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for family in ("sd15", "sdxl"):
+        write_tiny_config_dir(tmp / "configs" / family, family)
+    for name, (family, s) in DEMO_MODELS.items():
+        write_tiny_checkpoint(tmp / "models" / f"{name}.safetensors", family, seed * 1000 + s)
+    for family, entries in bench.loras.items():
+        for entry in entries:
+            write_tiny_lora(tmp / "loras" / family / entry.file, family, tmp / "configs" / family,
+                            seed=_seed(seed, family, entry.name))
+            for header in entry.header_images:
+                path = tmp / "lora_headers" / family / entry.name / header
+                write_lora_header(path, entry.name, _seed(seed, family, entry.name, header), image_size)
+    for style in bench.styles:
+        write_style_references(tmp / "style_refs" / style.reference_dir, style.name, REFS_PER_STYLE,
+                               _seed(seed, style.name), image_size)
+    write_tiny_clip(tmp / "scorers" / "clip", seed)
+    write_tiny_laion_head(tmp / "scorers" / "laion_head.pth", seed)
+    write_tiny_vgg19(tmp / "scorers" / "vgg19_features.safetensors", seed)
+    (tmp / STAMP).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    return dest
+
+
+def _stamp_matches(dest: Path, stamp: dict) -> bool:
+    try:
+        return json.loads((dest / STAMP).read_text(encoding="utf-8")) == stamp
+    except (OSError, ValueError):
+        return False

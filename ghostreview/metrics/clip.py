@@ -1,0 +1,211 @@
+"""CLIP image and text embeddings (open_clip), shared by the aesthetic and CLIPScore metrics.
+
+The project's CLIP is OpenAI ViT-L/14, i.e. open_clip arch ``ViT-L-14-quickgelu`` (QuickGELU matters: plain
+``ViT-L-14`` uses GELU and shifts the embeddings). Preprocessing is open_clip's own inference transform for the
+arch; nothing here retypes its constants. Nothing downloads: the arch must be a registered config (built in, or a
+JSON passed as ``model_config``) and the weights a local file.
+
+Embeddings artifact (``data/embeddings/<model>.npz``): arrays ``image_hash`` [N] (str), ``embedding`` [N, D]
+float32 **unnormalized** (raw ``encode_image`` output; each consumer L2-normalizes), ``arch`` and
+``weights_sha256`` (0-d str) for provenance.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
+
+from ghostreview.metrics.weights import verify_weights
+
+# Keys of OpenAI's TorchScript state dict that are not parameters of open_clip's CLIP.
+_OPENAI_JIT_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+@dataclass
+class ClipModel:
+    """A loaded CLIP: eval-mode model, open_clip's inference transform, its tokenizer, and provenance."""
+
+    model: torch.nn.Module
+    preprocess: Callable[[Image.Image], torch.Tensor]
+    tokenizer: Any
+    arch: str
+    weights_sha256: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.visual.output_dim)
+
+
+def register_model_config(arch: str, model_config: Path) -> None:
+    """Register a JSON model config with open_clip under ``arch`` (open_clip names configs by file stem)."""
+    model_config = Path(model_config)
+    if not model_config.is_file():
+        raise FileNotFoundError(f"CLIP model config not found: {model_config}")
+    if model_config.stem != arch:
+        raise ValueError(
+            f"CLIP model config {model_config} registers arch {model_config.stem!r}, but arch={arch!r} was asked: "
+            f"open_clip names a config by its file stem; rename the file to {arch}.json"
+        )
+    wanted = json.loads(model_config.read_text())
+    if open_clip.get_model_config(arch) != wanted:
+        open_clip.add_model_config(model_config)
+
+
+def load_clip(
+    arch: str,
+    weights: Path,
+    model_config: Path | None = None,
+    device: str = "cpu",
+    expected_sha256: str | None = None,
+) -> ClipModel:
+    """Load an open_clip model from a local state-dict file, offline.
+
+    arch: a registered open_clip config name (e.g. "ViT-L-14-quickgelu"), never a hub name.
+    weights: local state dict (.safetensors, .bin, .pt) in open_clip's layout; see :func:`convert_openai_clip`.
+    model_config: JSON config registered first (tiny stand-in archs), its stem must equal ``arch``.
+    expected_sha256: verify the weights file before loading when given.
+    """
+    if ":" in arch:
+        raise ValueError(f"CLIP arch {arch!r} has a schema prefix; only local registered configs are allowed")
+    if model_config is not None:
+        register_model_config(arch, model_config)
+    if open_clip.get_model_config(arch) is None:
+        raise ValueError(f"Unknown CLIP arch {arch!r}: pass its JSON as model_config. Available: {open_clip.list_models()}")
+    # An absolute path to an existing file can never be mistaken by open_clip for a pretrained tag (which downloads).
+    weights = Path(weights).resolve()
+    sha = verify_weights(weights, expected_sha256)
+    model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(weights), device=device)
+    model.eval()
+    return ClipModel(model, preprocess, open_clip.get_tokenizer(arch), arch, sha)
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+@torch.inference_mode()
+def image_embeddings(clip: ClipModel, images: Iterable[Image.Image], batch_size: int = 16) -> np.ndarray:
+    """Unnormalized CLIP image embeddings, [N, D] float32, in input order (images are preprocessed by open_clip)."""
+    out = [np.zeros((0, clip.embed_dim), np.float32)]
+    for batch in _batches(images, batch_size):
+        pixels = torch.stack([clip.preprocess(im) for im in batch]).to(clip.device)
+        out.append(clip.model.encode_image(pixels).float().cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str]) -> tuple[torch.Tensor, list[bool]]:
+    """Token ids [T, context_length] and per-text truncation flags.
+
+    Each text becomes SOT + tokens + EOT, zero-padded. A text that does not fit is cut and its last slot set to EOT
+    (the model pools at the EOT position, so it must be kept) and flagged. Same ids as open_clip's tokenizer call.
+    """
+    ctx = tokenizer.context_length
+    ids = torch.zeros(len(texts), ctx, dtype=torch.long)
+    flags = []
+    for i, text in enumerate(texts):
+        tokens = [tokenizer.sot_token_id, *tokenizer.encode(text), tokenizer.eot_token_id]
+        flags.append(len(tokens) > ctx)
+        if flags[-1]:
+            tokens = tokens[: ctx - 1] + [tokenizer.eot_token_id]
+        ids[i, : len(tokens)] = torch.tensor(tokens)
+    return ids, flags
+
+
+@torch.inference_mode()
+def text_embeddings(clip: ClipModel, texts: Sequence[str], batch_size: int = 64) -> tuple[np.ndarray, list[bool]]:
+    """Unnormalized CLIP text embeddings [T, D] float32 aligned with ``texts``, and truncation flags.
+
+    Each distinct text is encoded once; duplicates reuse its row. Texts are plain (A1111 syntax already removed).
+    """
+    distinct = list(dict.fromkeys(texts))
+    ids, flags = tokenize(clip.tokenizer, distinct)
+    rows = [np.zeros((0, clip.embed_dim), np.float32)]
+    for start in range(0, len(distinct), batch_size):
+        rows.append(clip.model.encode_text(ids[start : start + batch_size].to(clip.device)).float().cpu().numpy())
+    table = np.concatenate(rows)
+    index = {text: i for i, text in enumerate(distinct)}
+    order = [index[t] for t in texts]
+    return table[order].astype(np.float32), [flags[i] for i in order]
+
+
+def convert_openai_clip(src: Path, dst: Path) -> Path:
+    """Convert OpenAI's TorchScript CLIP file (e.g. ViT-L-14.pt) into a plain state dict that open_clip loads.
+
+    Drops the non-parameter entries input_resolution/context_length/vocab_size; keeps dtypes (OpenAI ships fp16,
+    open_clip casts into its fp32 model on load). ``dst`` ending in .safetensors is written with safetensors,
+    anything else with torch.save.
+    """
+    state = torch.jit.load(str(src), map_location="cpu").state_dict()
+    state = {k: v.detach().contiguous().clone() for k, v in state.items() if k not in _OPENAI_JIT_EXTRA_KEYS}
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(dst))
+    else:
+        torch.save(state, dst)
+    return dst
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """The embeddings artifact: one unnormalized row per image hash, plus the CLIP that produced them."""
+
+    image_hash: list[str]
+    embedding: np.ndarray
+    arch: str
+    weights_sha256: str
+
+    def __post_init__(self) -> None:
+        if self.embedding.ndim != 2 or len(self.image_hash) != len(self.embedding):
+            raise ValueError(f"embedding {self.embedding.shape} does not match {len(self.image_hash)} image hashes")
+        if len(set(self.image_hash)) != len(self.image_hash):
+            raise ValueError("duplicate image_hash in embeddings")
+
+    def rows(self, hashes: Sequence[str]) -> np.ndarray:
+        """Embedding rows [len(hashes), D] for the given image hashes (missing hash: KeyError naming it)."""
+        index = {h: i for i, h in enumerate(self.image_hash)}
+        missing = [h for h in hashes if h not in index]
+        if missing:
+            raise KeyError(f"{len(missing)} image hashes have no embedding, first: {missing[0]}")
+        return self.embedding[[index[h] for h in hashes]]
+
+
+def save_embeddings(path: Path, emb: Embeddings) -> Path:
+    """Write the embeddings artifact as .npz (no pickles)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        np.savez(
+            f,
+            image_hash=np.asarray(emb.image_hash, dtype=str),
+            embedding=emb.embedding.astype(np.float32),
+            arch=np.asarray(emb.arch),
+            weights_sha256=np.asarray(emb.weights_sha256),
+        )
+    return path
+
+
+def load_embeddings(path: Path) -> Embeddings:
+    """Read an artifact written by :func:`save_embeddings`."""
+    with np.load(path, allow_pickle=False) as z:
+        missing = {"image_hash", "embedding", "arch", "weights_sha256"} - set(z.files)
+        if missing:
+            raise ValueError(f"{path} is not an embeddings artifact: missing arrays {sorted(missing)}")
+        return Embeddings([str(h) for h in z["image_hash"]], z["embedding"].astype(np.float32), str(z["arch"]),
+                          str(z["weights_sha256"]))

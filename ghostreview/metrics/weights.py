@@ -1,0 +1,101 @@
+"""Scorer weights: the one place that names, resolves and verifies weight files. Nothing here downloads.
+
+Weights are dependencies with hashes: a stage resolves a file with :func:`resolve_weights` (known files in a weights
+directory) or verifies an explicit path with :func:`verify_weights`, and records the returned sha256 in every score row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class WeightsError(RuntimeError):
+    """A weights file is missing or is not the expected file."""
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """A known weights file: its file name in a weights directory, its sha256 (None: not pinned) and where to get it."""
+
+    key: str
+    filename: str
+    sha256: str | None
+    source: str
+
+
+KNOWN: dict[str, WeightsSpec] = {
+    spec.key: spec
+    for spec in (
+        WeightsSpec(
+            "laion-aesthetic-v2",
+            "sac+logos+ava1-l14-linearMSE.pth",
+            "21dd590f3ccdc646f0d53120778b296013b096a035a2718c9cb0d511bff0f1e0",
+            "LAION improved aesthetic predictor v2, file sac+logos+ava1-l14-linearMSE.pth (3,714,759 bytes) from "
+            "https://github.com/christophschuhmann/improved-aesthetic-predictor",
+        ),
+        WeightsSpec(
+            "clip-vit-l-14-openai-jit",
+            "ViT-L-14.pt",
+            # OpenAI's own loader checks the file's sha256 against this URL segment.
+            "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836",
+            "OpenAI CLIP TorchScript file https://openaipublic.azureedge.net/clip/models/"
+            "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
+        ),
+        WeightsSpec(
+            "clip-vit-l-14",
+            "ViT-L-14-quickgelu.safetensors",
+            None,  # produced locally by convert_openai_clip; its bytes depend on the converter, so not pinned
+            "convert the OpenAI TorchScript ViT-L-14.pt (key 'clip-vit-l-14-openai-jit') with "
+            "ghostreview.metrics.clip.convert_openai_clip(src, dst)",
+        ),
+        WeightsSpec(
+            "vgg19",
+            "vgg19-dcbb9e9d.pth",
+            None,  # torchvision pins only the sha256 prefix dcbb9e9d (in the file name)
+            "torchvision VGG19_Weights.IMAGENET1K_V1: https://download.pytorch.org/models/vgg19-dcbb9e9d.pth "
+            "(full-model state dict; its 'features.*' keys are used)",
+        ),
+    )
+}
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (weights files reach gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk_size):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_weights(path: Path, expected_sha256: str | None = None, source: str = "") -> str:
+    """Check that ``path`` exists (and matches ``expected_sha256`` when given); return its sha256.
+
+    Raises WeightsError naming the file, the expected and the actual hash and where to get the right file.
+    """
+    path = Path(path)
+    where = f" Get it from: {source}." if source else ""
+    if not path.is_file():
+        raise WeightsError(f"Weights file not found: {path}.{where}")
+    got = sha256_file(path)
+    if expected_sha256 is not None and got != expected_sha256.lower():
+        raise WeightsError(
+            f"Weights file {path} has sha256 {got}, expected {expected_sha256.lower()}: wrong or corrupt file.{where}"
+        )
+    return got
+
+
+def weights_spec(key: str) -> WeightsSpec:
+    """The known weights file ``key``; unknown keys fail with the valid keys."""
+    if key not in KNOWN:
+        raise WeightsError(f"Unknown weights key {key!r}. Known: {sorted(KNOWN)}")
+    return KNOWN[key]
+
+
+def resolve_weights(weights_dir: Path, key: str) -> tuple[Path, str]:
+    """Path and verified sha256 of the known weights file ``key`` inside ``weights_dir``."""
+    spec = weights_spec(key)
+    path = Path(weights_dir) / spec.filename
+    return path, verify_weights(path, spec.sha256, spec.source)

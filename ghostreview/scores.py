@@ -1,0 +1,61 @@
+"""The tidy score table: one row per image × metric, written and read by the scoring stages and standardize."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import pandas as pd
+
+SCORE_COLUMNS = (
+    "model", "task", "item", "seed", "image_hash", "metric", "value", "flags", "metric_version", "weights_sha256",
+)
+
+
+def score_rows(
+    manifest: Sequence[Mapping[str, str]],
+    metric: str,
+    values: Iterable[float],
+    version: str,
+    weights_sha256: str,
+    extra_flags: Iterable[Sequence[str]] | None = None,
+) -> list[dict]:
+    """Rows for ``metric``, one per manifest row, carrying the image's own flags plus ``extra_flags``."""
+    extra = extra_flags if extra_flags is not None else ([] for _ in manifest)
+    rows = []
+    for row, value, more in zip(manifest, values, extra, strict=True):
+        flags = [f for f in row.get("flags", "").split(";") if f] + list(more)
+        rows.append({
+            "model": row["model"],
+            "task": row["task"],
+            "item": row["item"],
+            "seed": int(row["seed"]),
+            "image_hash": row["image_hash"],
+            "metric": metric,
+            "value": float(value),
+            "flags": ";".join(flags),
+            "metric_version": version,
+            "weights_sha256": weights_sha256,
+        })
+    return rows
+
+
+def write_scores(path: Path, rows: Sequence[Mapping]) -> None:
+    """Write rows atomically (a killed stage never leaves a half-written table)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pd.DataFrame(list(rows), columns=list(SCORE_COLUMNS)).to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def read_scores(score_dir: Path, models: Sequence[str]) -> pd.DataFrame:
+    """All score rows of the given models (``score_dir/<model>/*.csv``); other entries are ignored.
+
+    Only the models listed in params count: DVC leaves a removed model's outputs behind.
+    """
+    frames = [pd.read_csv(p, dtype={"flags": str, "item": str}, keep_default_na=False)
+              for m in models for p in sorted((score_dir / m).glob("*.csv"))]
+    if not frames:
+        return pd.DataFrame(columns=list(SCORE_COLUMNS))
+    return pd.concat(frames, ignore_index=True)

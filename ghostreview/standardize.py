@@ -1,0 +1,401 @@
+"""Standardize per-image scores across models, rank the models, and bootstrap the uncertainty.
+
+Conventions (each one tested in tests/test_standardize.py):
+
+- Rows. Only metrics present in ``metrics`` (the registry) are standardized; other rows (per-layer StyleLoss such as
+  ``styleloss.relu1_1``) are kept in the image table with status ``detail``. A metric is standardized over the images of
+  the task its ``grouped_by`` names (``prompt`` -> task ``general``, ``style`` -> ``style``, ``lora`` -> ``lora``);
+  its rows from other tasks get status ``other_task``.
+- Exclusion. A row whose ``flags`` contain one of ``EXCLUDING_FLAGS`` or whose value is not finite gets status
+  ``flagged``: no z, counted per model and metric in ``n_excluded``.
+- Groups. z = (x - mean) / std within the group (metric, task, item, pool) over all usable images of all models, with
+  the POPULATION std (ddof=0, like sklearn's StandardScaler): inside a group the z then have mean 0 and mean square 1
+  exactly. ``pool`` is the model family for LoRA-grouped metrics (an SD1 LoRA is compared among SD1 models only) and
+  ``"all"`` otherwise. A group with fewer than 2 usable values or zero spread (max == min, tested exactly so that a
+  constant group never yields 1e-17 / 1e-17) is listed in ``degenerate`` and its rows get status ``degenerate``.
+- Scores. A model's score on a metric = mean of its z, in the metric's natural sign (lower is better for losses, as
+  the GhostReview article shows). Oriented score = score for higher-is-better metrics, -score otherwise; ranks (1 =
+  best) order oriented scores. ``combined`` = mean of a model's oriented scores over the registered metrics it has
+  (NaN-skipping; the NoTM variant is not part of it), higher is better. ``<lora metric>_notm`` = the LoRA metric's
+  score without, for each model, the LoRA items whose ``made_with`` lists that model (same z as the full data).
+- Bootstrap. Benchmark units are (task, pool, item, seed). Each resample draws, within each stratum (task, pool), as
+  many units as it has, with replacement; the same draw serves every model and every metric (paired design), so
+  ``P(A beats B)`` and the combined rank see correlated noise cancel. The z are computed once on the full data and
+  kept fixed in resamples (re-standardizing each resample would also resample the group means; with many images per
+  group the difference is second order and the fixed z keep a resample a pure reweighting: score_b = (w_b . S) /
+  (w_b . C), one matrix product for all resamples and models). Intervals are percentile intervals; rank intervals
+  are the (1-ci)/2 and (1+ci)/2 percentiles of the resampled ranks, rounded outward to integers.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+EXCLUDING_FLAGS = frozenset({"nan", "black", "lora_unsupported", "lora_incompatible", "error"})
+SCORE_COLUMNS = ("model", "task", "item", "seed", "image_hash", "metric", "value", "flags")
+MODEL_COLUMNS = ("model", "family")
+GROUPING_TASK = {"prompt": "general", "style": "style", "lora": "lora"}
+ALL_POOL = "all"
+COMBINED = "combined"
+STD_DDOF = 0
+
+
+class MetricLike(Protocol):
+    """What standardize reads from ``ghostreview.metrics.MetricInfo``."""
+
+    higher_is_better: bool
+    grouped_by: str
+
+
+@dataclass(frozen=True)
+class Standardized:
+    """Everything standardize computes; ``write``/``read`` round-trip it through CSV + JSON files in one directory.
+
+    images: one row per score row: SCORE_COLUMNS + family, pool, status (ok|flagged|degenerate|other_task|detail), z.
+    scores: one row per model x scored metric: model, metric, higher_is_better, score, lo, hi, rank, rank_lo,
+        rank_hi, n_images, n_excluded, n_degenerate. Metrics: the registered ones, ``<lora>_notm``, ``combined``.
+    pairwise: metric, model_a, model_b, p_a_beats_b (share of resamples where A's oriented score > B's), n_boot.
+    degenerate: metric, task, item, pool, n_values, reason.
+    raw: model, metric, n_images, mean, std (ddof=0), good_rate (share >= threshold), threshold.
+    meta: n_boot, seed, ci, std_ddof, excluding_flags, directions {metric: higher_is_better}, metric_tasks, ...
+    """
+
+    images: pd.DataFrame
+    scores: pd.DataFrame
+    pairwise: pd.DataFrame
+    degenerate: pd.DataFrame
+    raw: pd.DataFrame
+    meta: dict = field(default_factory=dict)
+
+    def write(self, out_dir: str | Path) -> None:
+        """Write ``<table>.csv`` for each table and ``meta.json`` into ``out_dir`` (created if missing)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in TABLES:
+            getattr(self, name).to_csv(out / f"{name}.csv", index=False)
+        (out / "meta.json").write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def read(cls, in_dir: str | Path) -> Standardized:
+        """Read what ``write`` wrote; string columns stay strings (an item named "007" is not the number 7)."""
+        src = Path(in_dir)
+        missing = [f"{n}.csv" for n in TABLES if not (src / f"{n}.csv").is_file()]
+        if missing or not (src / "meta.json").is_file():
+            raise FileNotFoundError(f"{src}: missing {missing or ['meta.json']}; run the standardize stage first")
+        tables = {n: read_table(src / f"{n}.csv") for n in TABLES}
+        return cls(**tables, meta=json.loads((src / "meta.json").read_text()))
+
+
+TABLES = ("images", "scores", "pairwise", "degenerate", "raw")
+STRING_COLUMNS = ("model", "model_a", "model_b", "task", "item", "image_hash", "metric", "flags", "family", "pool",
+                  "status", "reason", "metric_version", "weights_sha256")
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a CSV written by ``Standardized.write``: string columns verbatim (empty = ""), numbers with NaN."""
+    header = pd.read_csv(path, nrows=0).columns
+    strings = [c for c in header if c in STRING_COLUMNS]
+    numbers = {c: [""] for c in header if c not in STRING_COLUMNS}
+    return pd.read_csv(path, dtype={c: str for c in strings}, keep_default_na=False, na_values=numbers)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-image table and z-scores
+
+
+def check_columns(df: pd.DataFrame, required: Sequence[str], what: str) -> None:
+    """Fail with the missing column names of ``what`` (e.g. "score table")."""
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what} lacks columns {missing}; it has {list(df.columns)}")
+
+
+def parse_flags(cell: object) -> frozenset[str]:
+    """``"black;prompt_truncated"`` -> {"black", "prompt_truncated"}; empty/NaN -> empty set."""
+    if not isinstance(cell, str):
+        return frozenset()
+    return frozenset(f.strip() for f in cell.split(";") if f.strip())
+
+
+def excluded_mask(flags: pd.Series, values: pd.Series) -> np.ndarray:
+    """Boolean array [n]: True where a row carries an excluding flag or a non-finite value."""
+    flagged = np.array([bool(parse_flags(c) & EXCLUDING_FLAGS) for c in flags], dtype=bool)
+    finite = np.isfinite(pd.to_numeric(values, errors="coerce").to_numpy(dtype=float))
+    return flagged | ~finite
+
+
+def metric_task(name: str, info: MetricLike) -> str:
+    """The manifest task whose images metric ``name`` is standardized over, from its ``grouped_by``."""
+    if info.grouped_by not in GROUPING_TASK:
+        raise ValueError(f"metric {name!r}: grouped_by={info.grouped_by!r}, expected one of {sorted(GROUPING_TASK)}")
+    return GROUPING_TASK[info.grouped_by]
+
+
+def attach_family(scores: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
+    """Copy of ``scores`` with a ``family`` column from ``models``; every scored model must be listed there."""
+    check_columns(scores, SCORE_COLUMNS, "score table")
+    check_columns(models, MODEL_COLUMNS, "models table")
+    family = dict(zip(models["model"].astype(str), models["family"].astype(str)))
+    unknown = sorted(set(scores["model"].astype(str)) - set(family))
+    if unknown:
+        raise ValueError(f"score rows for models {unknown} that the models table lacks (it has {sorted(family)})")
+    silent = sorted(set(family) - set(scores["model"].astype(str)))
+    if silent:
+        raise ValueError(f"models {silent} are in the models table but have no score rows: score them or drop them")
+    out = scores.loc[:, list(SCORE_COLUMNS)].copy()
+    out["model"] = out["model"].astype(str)
+    out["item"] = out["item"].astype(str)
+    out["flags"] = out["flags"].fillna("").astype(str)
+    out["value"] = pd.to_numeric(out["value"], errors="coerce").astype(float)
+    out["family"] = out["model"].map(family)
+    return out
+
+
+def row_status(rows: pd.DataFrame, metrics: Mapping[str, MetricLike]) -> tuple[np.ndarray, np.ndarray]:
+    """(status [n] of detail|other_task|flagged|ok, pool [n]) before degenerate groups are known."""
+    tasks = {m: metric_task(m, info) for m, info in metrics.items()}
+    registered = rows["metric"].isin(list(tasks)).to_numpy()
+    own_task = (rows["task"] == rows["metric"].map(tasks)).to_numpy()
+    flagged = excluded_mask(rows["flags"], rows["value"])
+    status = np.select([~registered, ~own_task, flagged], ["detail", "other_task", "flagged"], "ok")
+    lora = rows["metric"].map({m: i.grouped_by == "lora" for m, i in metrics.items()}).fillna(False).to_numpy(bool)
+    pool = np.where(lora, rows["family"].to_numpy(dtype=object), ALL_POOL)
+    return status.astype(object), pool
+
+
+GROUP_KEYS = ["metric", "task", "item", "pool"]
+
+
+def zscore_groups(ok: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame]:
+    """z of usable rows within GROUP_KEYS (population std) and the table of degenerate groups.
+
+    ok: rows with status ok. Returns (z indexed like ``ok``, NaN in degenerate groups; degenerate table).
+    """
+    g = ok.groupby(GROUP_KEYS, sort=True)["value"]
+    mean, std = g.transform("mean"), g.transform("std", ddof=STD_DDOF)
+    n, spread = g.transform("size"), g.transform("max") - g.transform("min")
+    bad = (n < 2) | (spread == 0)
+    z = ((ok["value"] - mean) / std).where(~bad)
+    stats = g.agg(n_values="size", low="min", high="max").reset_index()
+    stats = stats[(stats["n_values"] < 2) | (stats["high"] == stats["low"])].copy()
+    stats["reason"] = np.where(stats["n_values"] < 2, "fewer than 2 usable values",
+                               "zero spread: every value equals " + stats["low"].map("{:.6g}".format))
+    return z, stats.drop(columns=["low", "high"]).reset_index(drop=True)
+
+
+def image_table(scores: pd.DataFrame, models: pd.DataFrame,
+                metrics: Mapping[str, MetricLike]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-row status and z (see module docstring) and the degenerate groups table."""
+    rows = attach_family(scores, models)
+    status, pool = row_status(rows, metrics)
+    rows["pool"], rows["status"], rows["z"] = pool, status, np.nan
+    ok = rows["status"] == "ok"
+    z, degenerate = zscore_groups(rows.loc[ok])
+    rows.loc[ok, "z"] = z
+    rows.loc[ok & rows["z"].isna(), "status"] = "degenerate"
+    return rows.reset_index(drop=True), degenerate
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scores as matrix products over benchmark units
+
+
+@dataclass(frozen=True)
+class Design:
+    """Index of the usable rows: model code and unit code per row, unit strata, model names."""
+
+    models: list[str]
+    row_model: np.ndarray  # [n_ok] int
+    row_unit: np.ndarray  # [n_ok] int
+    unit_stratum: np.ndarray  # [U] int
+
+
+def make_design(ok: pd.DataFrame, models: Sequence[str]) -> Design:
+    """Units = distinct (task, pool, item, seed) of the usable rows, sorted; strata = distinct (task, pool)."""
+    unit = ok.groupby(["task", "pool", "item", "seed"], sort=True).ngroup().to_numpy()
+    first = pd.DataFrame({"unit": unit, "task": ok["task"].to_numpy(), "pool": ok["pool"].to_numpy()})
+    first = first.drop_duplicates("unit").sort_values("unit")
+    stratum = first.groupby(["task", "pool"], sort=True).ngroup().to_numpy()
+    code = {m: i for i, m in enumerate(models)}
+    return Design(list(models), ok["model"].map(code).to_numpy(int), unit, stratum)
+
+
+def sum_matrices(design: Design, z: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(S, C), each [n_models, U]: sum and count of the kept rows' z per model and unit."""
+    shape = (len(design.models), len(design.unit_stratum))
+    s, c = np.zeros(shape), np.zeros(shape)
+    np.add.at(s, (design.row_model[keep], design.row_unit[keep]), z[keep])
+    np.add.at(c, (design.row_model[keep], design.row_unit[keep]), 1.0)
+    return s, c
+
+
+def unit_weights(unit_stratum: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """[n_boot, U] counts: how often each unit is drawn in each resample, drawing n_s units within each stratum s."""
+    w = np.zeros((n_boot, len(unit_stratum)))
+    for s in np.unique(unit_stratum):
+        cols = np.flatnonzero(unit_stratum == s)
+        draws = rng.integers(0, len(cols), size=(n_boot, len(cols)))
+        flat = draws + np.arange(n_boot)[:, None] * len(cols)
+        w[:, cols] = np.bincount(flat.ravel(), minlength=n_boot * len(cols)).reshape(n_boot, len(cols))
+    return w
+
+
+def weighted_means(w: np.ndarray, s: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """[n_weights, n_models] = (w @ s.T) / (w @ c.T); NaN where a model has no drawn image."""
+    num, den = w @ s.T, w @ c.T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def rank_desc(x: np.ndarray) -> np.ndarray:
+    """Ranks along the last axis, 1 = largest, ties share the smallest rank ("min"); NaN stays NaN (unranked)."""
+    beaten_by = (x[..., None, :] > x[..., :, None]).sum(axis=-1)
+    return np.where(np.isnan(x), np.nan, 1.0 + beaten_by)
+
+
+def beats_share(boot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """From oriented resampled scores [B, M]: P[a, b] = share of resamples (both finite) where a > b, and counts."""
+    valid = np.isfinite(boot)
+    both = (valid[:, :, None] & valid[:, None, :]).sum(axis=0)
+    wins = (boot[:, :, None] > boot[:, None, :]).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(both > 0, wins / np.maximum(both, 1), np.nan), both
+
+
+@dataclass(frozen=True)
+class MetricEstimate:
+    """Point [M] and resampled [B, M] scores of one metric, natural sign, plus its direction and counts [M]."""
+
+    name: str
+    higher_is_better: bool
+    point: np.ndarray
+    boot: np.ndarray
+    n_images: np.ndarray
+    n_excluded: np.ndarray
+    n_degenerate: np.ndarray
+
+    def oriented(self, x: np.ndarray) -> np.ndarray:
+        """Flip the sign of lower-is-better scores so that larger is always better."""
+        return x if self.higher_is_better else -x
+
+
+def estimate(name: str, higher: bool, images: pd.DataFrame, design: Design, w: np.ndarray,
+             keep: np.ndarray, base_metric: str) -> MetricEstimate:
+    """Scores of ``name`` from the usable rows selected by ``keep`` [n_ok]; counts from ``base_metric``'s rows."""
+    ok = images[images["status"] == "ok"]
+    s, c = sum_matrices(design, ok["z"].to_numpy(float), keep)
+    point = weighted_means(np.ones((1, s.shape[1])), s, c)[0]
+    rows = images[images["metric"] == base_metric]
+    count = lambda status: rows[rows["status"] == status].groupby("model").size().reindex(design.models).fillna(0)
+    return MetricEstimate(name, higher, point, weighted_means(w, s, c), c.sum(axis=1).astype(int),
+                          count("flagged").to_numpy(int), count("degenerate").to_numpy(int))
+
+
+def notm_keep(ok: pd.DataFrame, lora_metric: str, made_with: Mapping[str, Sequence[str]]) -> np.ndarray:
+    """[n_ok] bool: rows of ``lora_metric`` except those whose item's made_with lists the row's own model."""
+    banned = {(str(item), str(m)) for item, names in made_with.items() for m in names}
+    pairs = zip(ok["item"].astype(str), ok["model"].astype(str))
+    own = np.array([p in banned for p in pairs], dtype=bool)
+    return (ok["metric"] == lora_metric).to_numpy() & ~own
+
+
+def combine(estimates: Sequence[MetricEstimate]) -> MetricEstimate:
+    """Mean of oriented scores over ``estimates`` (NaN-skipping), point and per resample; higher is better."""
+    point = np.stack([e.oriented(e.point) for e in estimates])
+    boot = np.stack([e.oriented(e.boot) for e in estimates])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices -> NaN, wanted
+        p, b = np.nanmean(point, axis=0), np.nanmean(boot, axis=0)
+    total = lambda attr: np.sum([getattr(e, attr) for e in estimates], axis=0)
+    return MetricEstimate(COMBINED, True, p, b, total("n_images"), total("n_excluded"), total("n_degenerate"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Output tables
+
+
+def score_rows(e: MetricEstimate, models: Sequence[str], ci: float) -> pd.DataFrame:
+    """One row per model: score, percentile interval, rank and rank interval (integers, rounded outward)."""
+    lo_q, hi_q = 50 * (1 - ci), 50 * (1 + ci)
+    ranks = rank_desc(e.oriented(e.boot))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a model with no data: all-NaN column -> NaN
+        lo, hi = np.nanpercentile(e.boot, [lo_q, hi_q], axis=0)
+        rank_lo = np.nanpercentile(ranks, lo_q, axis=0, method="lower")
+        rank_hi = np.nanpercentile(ranks, hi_q, axis=0, method="higher")
+    return pd.DataFrame({
+        "model": list(models), "metric": e.name, "higher_is_better": e.higher_is_better, "score": e.point,
+        "lo": lo, "hi": hi, "rank": rank_desc(e.oriented(e.point)), "rank_lo": rank_lo, "rank_hi": rank_hi,
+        "n_images": e.n_images, "n_excluded": e.n_excluded, "n_degenerate": e.n_degenerate,
+    })
+
+
+def pairwise_rows(e: MetricEstimate, models: Sequence[str]) -> pd.DataFrame:
+    """One row per ordered pair (a != b): P(a's oriented score > b's) over the resamples where both have data."""
+    p, n = beats_share(e.oriented(e.boot))
+    a, b = np.nonzero(~np.eye(len(models), dtype=bool))
+    names = np.asarray(models, dtype=object)
+    return pd.DataFrame({"metric": e.name, "model_a": names[a], "model_b": names[b],
+                         "p_a_beats_b": p[a, b], "n_boot": n[a, b]})
+
+
+def raw_table(images: pd.DataFrame, models: Sequence[str], metric: str, threshold: float) -> pd.DataFrame:
+    """Raw ``metric`` per model over its standardized task's unflagged images: n, mean, std (ddof=0), good rate."""
+    rows = images[(images["metric"] == metric) & images["status"].isin(["ok", "degenerate"])]
+    g = rows.groupby("model")["value"]
+    out = pd.DataFrame({
+        "n_images": g.size(), "mean": g.mean(), "std": g.std(ddof=STD_DDOF),
+        "good_rate": g.apply(lambda v: float((v >= threshold).mean())),
+    }).reindex(list(models))
+    out["n_images"] = out["n_images"].fillna(0).astype(int)
+    out.insert(0, "metric", metric)
+    out["threshold"] = threshold
+    return out.rename_axis("model").reset_index()
+
+
+def standardize(scores: pd.DataFrame, models: pd.DataFrame, metrics: Mapping[str, MetricLike],
+                made_with: Mapping[str, Sequence[str]], *, n_boot: int = 1000, seed: int = 0, ci: float = 0.95,
+                good_threshold: float = 6.0, raw_metric: str = "aesthetic",
+                lora_metric: str = "loraloss") -> Standardized:
+    """Standardize, score, rank and bootstrap (conventions in the module docstring).
+
+    scores: tidy score rows (SCORE_COLUMNS at least). models: ``model, family`` (+ anything). metrics: registry,
+    name -> MetricInfo. made_with: LoRA item -> models that made its reference images (for ``<lora_metric>_notm``).
+    n_boot: resamples B. seed: for np.random.default_rng. ci: interval level. good_threshold: raw ``raw_metric``
+    value counted as a good image (LAION-Aesthetics' "6+" subset by default).
+    """
+    if n_boot < 1 or not 0 < ci < 1:
+        raise ValueError(f"n_boot={n_boot} must be >= 1 and ci={ci} in (0, 1)")
+    images, degenerate = image_table(scores, models, metrics)
+    names = [str(m) for m in models["model"]]
+    ok = images[images["status"] == "ok"]
+    design = make_design(ok, names)
+    w = unit_weights(design.unit_stratum, n_boot, np.random.default_rng(seed))
+    present = [m for m in metrics if m in set(images["metric"])]
+    ests = [estimate(m, bool(metrics[m].higher_is_better), images, design, w, (ok["metric"] == m).to_numpy(), m)
+            for m in present]
+    extra = [combine(ests)] if ests else []
+    if lora_metric in present:
+        notm = estimate(f"{lora_metric}_notm", bool(metrics[lora_metric].higher_is_better), images, design, w,
+                        notm_keep(ok, lora_metric, made_with), lora_metric)
+        extra.insert(0, notm)
+    all_ests = ests + extra
+    meta = {
+        "n_boot": n_boot, "seed": seed, "ci": ci, "std_ddof": STD_DDOF, "excluding_flags": sorted(EXCLUDING_FLAGS),
+        "directions": {e.name: e.higher_is_better for e in all_ests}, "combined_of": present,
+        "metric_tasks": {m: metric_task(m, metrics[m]) for m in present}, "lora_metric": lora_metric,
+        "raw_metric": raw_metric, "good_threshold": good_threshold, "n_units": int(len(design.unit_stratum)),
+    }
+    return Standardized(
+        images=images,
+        scores=pd.concat([score_rows(e, names, ci) for e in all_ests], ignore_index=True),
+        pairwise=pd.concat([pairwise_rows(e, names) for e in all_ests], ignore_index=True),
+        degenerate=degenerate, raw=raw_table(images, names, raw_metric, good_threshold), meta=meta)

@@ -1,0 +1,33 @@
+"""DVC stage embed@<model>: CLIP ViT-L/14 image embeddings of every image, computed once for aesthetic and CLIPScore."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ghostreview.runtime import force_offline
+
+force_offline()
+
+from ghostreview import config  # noqa: E402
+from ghostreview.scoring import drawable, embed_images  # noqa: E402
+from ghostreview.generate import read_manifest  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--images", required=True, type=Path, help="generate output: PNGs + manifest.csv")
+    ap.add_argument("--out", required=True, type=Path, help="output .npz (image_hash, embedding)")
+    ap.add_argument("--params", default="params.yaml", type=Path)
+    args = ap.parse_args(argv)
+
+    root = args.params.parent.resolve()
+    params = config.load_params(args.params)
+    config.check_files(params, root, str(args.params))
+    rows = drawable(read_manifest(args.images))
+    n = embed_images(rows, args.images, params.scoring, root, args.out)
+    print(f"embed: {n} images -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""DVC stage refstats: Gram statistics of every style's reference images and every LoRA's header images, once."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ghostreview.runtime import force_offline
+
+force_offline()
+
+from ghostreview import config  # noqa: E402
+from ghostreview.benchmark import load_benchmark  # noqa: E402
+from ghostreview.scoring import write_refstats  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", required=True, type=Path, help="output directory (styles/, loras/<family>/)")
+    ap.add_argument("--params", default="params.yaml", type=Path)
+    args = ap.parse_args(argv)
+
+    root = args.params.parent.resolve()
+    params = config.load_params(args.params)
+    config.check_files(params, root, str(args.params))
+    bench = load_benchmark(config.resolve(root, params.benchmark.dir))
+    p = params.paths
+    n = write_refstats(
+        bench,
+        style_dir=config.resolve(root, p.style_refs) if "style" in params.benchmark.tasks else None,
+        header_dirs={f: config.resolve(root, getattr(p.lora_headers, f)) for f in ("sd15", "sdxl")}
+        if "lora" in params.benchmark.tasks else {},
+        style=params.scoring.style,
+        root=root,
+        out=args.out,
+    )
+    print(f"refstats: {n} reference sets -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

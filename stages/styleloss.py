@@ -1,0 +1,38 @@
+"""DVC stages styleloss@<model> and loraloss@<model>: Gatys StyleLoss of each style (or LoRA) image against its
+reference set's Gram statistics."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ghostreview.runtime import force_offline
+
+force_offline()
+
+from ghostreview import config  # noqa: E402
+from ghostreview.generate import read_manifest  # noqa: E402
+from ghostreview.scoring import drawable, styleloss_rows  # noqa: E402
+from ghostreview.scores import write_scores  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--task", required=True, choices=("style", "lora"))
+    ap.add_argument("--images", required=True, type=Path)
+    ap.add_argument("--refstats", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--params", default="params.yaml", type=Path)
+    args = ap.parse_args(argv)
+
+    root = args.params.parent.resolve()
+    params = config.load_params(args.params)
+    config.check_files(params, root, str(args.params))
+    rows = [r for r in drawable(read_manifest(args.images)) if r["task"] == args.task]
+    scores = styleloss_rows(rows, args.task, args.images, args.refstats, params.scoring, root)
+    write_scores(args.out, scores)
+    print(f"{'styleloss' if args.task == 'style' else 'loraloss'}: {len(scores)} rows -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
