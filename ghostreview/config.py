@@ -279,16 +279,39 @@ def parse_params(data: Mapping[str, Any], source: str = "params.yaml") -> Params
     return params
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML loader that refuses duplicate keys (PyYAML silently keeps the last one, hiding a duplicate model)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}: each key (and each model name) may appear once", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def read_yaml(path: Path) -> object:
+    """Read a YAML file strictly (duplicate keys refused); errors name the file and the line."""
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+
+
 def load_params(path: Path | str = "params.yaml") -> Params:
     """Read and validate ``params.yaml``; errors name the file and the key."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such file. Run from the project root, where params.yaml lives.")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_params(data or {}, str(path))
+    return parse_params(read_yaml(path) or {}, str(path))
 
 
 def check_files(params: Params, root: Path, source: str = "params.yaml") -> None:

@@ -150,6 +150,9 @@ def attach_family(scores: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
     silent = sorted(set(family) - set(scores["model"].astype(str)))
     if silent:
         raise ValueError(f"models {silent} are in the models table but have no score rows: score them or drop them")
+    blank = [c for c in ("model", "task", "item", "seed", "metric") if scores[c].isna().any()]
+    if blank:
+        raise ValueError(f"score table has empty cells in key columns {blank}; every row needs them")
     out = scores.loc[:, list(SCORE_COLUMNS)].copy()
     out["model"] = out["model"].astype(str)
     out["item"] = out["item"].astype(str)
@@ -166,7 +169,7 @@ def row_status(rows: pd.DataFrame, metrics: Mapping[str, MetricLike]) -> tuple[n
     own_task = (rows["task"] == rows["metric"].map(tasks)).to_numpy()
     flagged = excluded_mask(rows["flags"], rows["value"])
     status = np.select([~registered, ~own_task, flagged], ["detail", "other_task", "flagged"], "ok")
-    lora = rows["metric"].map({m: i.grouped_by == "lora" for m, i in metrics.items()}).fillna(False).to_numpy(bool)
+    lora = rows["metric"].isin([m for m, info in metrics.items() if info.grouped_by == "lora"]).to_numpy()
     pool = np.where(lora, rows["family"].to_numpy(dtype=object), ALL_POOL)
     return status.astype(object), pool
 
@@ -186,8 +189,8 @@ def zscore_groups(ok: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame]:
     z = ((ok["value"] - mean) / std).where(~bad)
     stats = g.agg(n_values="size", low="min", high="max").reset_index()
     stats = stats[(stats["n_values"] < 2) | (stats["high"] == stats["low"])].copy()
-    stats["reason"] = np.where(stats["n_values"] < 2, "fewer than 2 usable values",
-                               "zero spread: every value equals " + stats["low"].map("{:.6g}".format))
+    stats["reason"] = ["fewer than 2 usable values" if n < 2 else f"zero spread: every value equals {v:.6g}"
+                       for n, v in zip(stats["n_values"], stats["low"])]
     return z, stats.drop(columns=["low", "high"]).reset_index(drop=True)
 
 
@@ -380,6 +383,8 @@ def standardize(scores: pd.DataFrame, models: pd.DataFrame, metrics: Mapping[str
     design = make_design(ok, names)
     w = unit_weights(design.unit_stratum, n_boot, np.random.default_rng(seed))
     present = [m for m in metrics if m in set(images["metric"])]
+    if not present:
+        raise ValueError(f"no registered metric {sorted(metrics)} in the score table (it has {sorted(set(images['metric']))})")
     ests = [estimate(m, bool(metrics[m].higher_is_better), images, design, w, (ok["metric"] == m).to_numpy(), m)
             for m in present]
     extra = [combine(ests)] if ests else []

@@ -27,6 +27,13 @@ N_MERGES = 49152 - 256 - 2
 MODEL_MAX_LENGTH = 77
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
+# Pad token of each tokenizer directory per family, as in the original diffusers repositories: SD1 pads with
+# <|endoftext|>; SD2 and SDXL's second tokenizer pad with "!" (id 0).
+TOKENIZER_PADS = {
+    "sd15": {"tokenizer": EOS_TOKEN},
+    "sd2": {"tokenizer": "!"},
+    "sdxl": {"tokenizer": EOS_TOKEN, "tokenizer_2": "!"},
+}
 
 
 def open_clip_bpe_path() -> Path:

@@ -13,6 +13,7 @@ float32 **unnormalized** (raw ``encode_image`` output; each consumer L2-normaliz
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -149,7 +150,9 @@ def convert_openai_clip(src: Path, dst: Path) -> Path:
     open_clip casts into its fp32 model on load). ``dst`` ending in .safetensors is written with safetensors,
     anything else with torch.save.
     """
-    state = torch.jit.load(str(src), map_location="cpu").state_dict()
+    with warnings.catch_warnings():  # torch marks torch.jit deprecated; OpenAI's files are TorchScript regardless
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.load.*")
+        state = torch.jit.load(str(src), map_location="cpu").state_dict()
     state = {k: v.detach().contiguous().clone() for k, v in state.items() if k not in _OPENAI_JIT_EXTRA_KEYS}
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)

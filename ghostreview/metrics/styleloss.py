@@ -166,7 +166,7 @@ def style_grams(vgg: nn.Module, images: Tensor) -> list[Tensor]:
     for i, layer in enumerate(vgg):
         x = layer(x)
         if i in LAYER_INDICES:
-            grams.append(gram(x.double()))
+            grams.append(gram(x).double())  # float32 matmul (fast on GPUs), float64 after
         if i == LAYER_INDICES[-1]:
             break
     if len(grams) != len(LAYERS):
@@ -313,11 +313,11 @@ def check_image_file(path: Path) -> None:
 
 
 def open_images(paths: Sequence[Path]) -> Iterator[Image.Image]:
-    """Decode images one at a time (files closed after reading)."""
+    """Decode images one at a time (Pillow closes a single-frame file once it is loaded)."""
     for p in paths:
-        with Image.open(p) as im:
-            im.load()
-            yield im
+        im = Image.open(p)
+        im.load()
+        yield im
 
 
 def ref_stats_from_dir(vgg: nn.Module, directory: Path, size: int) -> RefStats:

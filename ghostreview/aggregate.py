@@ -1,0 +1,58 @@
+"""Inputs of the aggregate stages (standardize, report): the reviewed models, their manifests and score rows.
+
+Only the models listed in params count: DVC leaves a removed ``foreach`` instance's outputs behind, so directories are
+never discovered by listing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import pandas as pd
+
+from ghostreview.benchmark import Benchmark
+
+
+def models_table(images_dir: Path, names: Sequence[str]) -> pd.DataFrame:
+    """One row per model from ``<images_dir>/<model>/model.json`` (written by generate)."""
+    rows = []
+    for name in names:
+        path = images_dir / name / "model.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: model {name!r} has no generate output; run `dvc repro generate@{name}`.")
+        info = json.loads(path.read_text(encoding="utf-8"))
+        rows.append({
+            "model": name,
+            "family": info["family"],
+            "checkpoint_file": info["checkpoint_name"],
+            "sha256": info["sha256"],
+            "autov2": info["autov2"],
+            "random_weights": bool(info["random_weights"]),
+        })
+    return pd.DataFrame(rows)
+
+
+def manifests(images_dir: Path, names: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """Each model's manifest as a DataFrame (all columns as text, empty cells kept as "")."""
+    return {n: pd.read_csv(images_dir / n / "manifest.csv", dtype=str, keep_default_na=False) for n in names}
+
+
+def made_with_map(bench: Benchmark, models: pd.DataFrame) -> dict[str, list[str]]:
+    """LoRA item -> reviewed models its header image was made with (for the NoTM variant).
+
+    A ``made_with`` entry matches a model by its key, its checkpoint file name (without extension) or its AutoV2 hash,
+    case-insensitively: Civitai infotext records ``Model`` and ``Model hash`` (AutoV2).
+    """
+    aliases: Mapping[str, str] = {}
+    for row in models.itertuples():
+        for alias in (row.model, row.checkpoint_file, row.autov2):
+            aliases[str(alias).lower()] = row.model
+    out: dict[str, list[str]] = {}
+    for family, entries in bench.loras.items():
+        for entry in entries:
+            hits = sorted({aliases[m.lower()] for m in entry.made_with if m.lower() in aliases})
+            if hits:
+                out[entry.name] = hits
+    return out

@@ -1,0 +1,691 @@
+"""The versioned GhostReview benchmark: load and validate its YAML files, expand it into concrete images.
+
+A benchmark directory (``data/benchmark/v1``) holds five human-edited files:
+
+- ``protocol.yaml``: name, version, per-task counts (items, A1111 batch size x batch count), base seeds;
+- ``prompts.yaml``: the general prompts and their shared negative prompt;
+- ``styles.yaml``: the style templates (``{subject}``) and the subjects they are applied to;
+- ``loras_sd15.yaml``, ``loras_sdxl.yaml``: the LoRA table of each model family.
+
+:func:`load_benchmark` reads and checks them all before any GPU work: unknown keys (with "did you mean"), wrong types,
+duplicate ids, slug format, counts that disagree with the tables, and ``<lora:...>`` tags naming LoRAs the table lacks.
+Every error names the file, the line, the key path (``loras_sd15.yaml:47: loras[3].prompt``) and the fix.
+
+Seeding follows A1111: image ``k`` of every item of a task has seed ``base_seeds[task] + k``. Style images cycle
+through the subjects: image ``k`` of a style shows ``subjects[k % len(subjects)]``. Asking for fewer images per item
+(:func:`benchmark_items`' ``seeds``) keeps the first ``k``, so a larger count is always a superset of a smaller one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Iterable, Mapping
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from ghostreview.prompts import extract_lora_tags
+
+TASKS = ("general", "style", "lora")
+FAMILIES = ("sd15", "sdxl")
+GROUPS = ("common", "stylized")
+PROTOCOL_FILE = "protocol.yaml"
+PROMPTS_FILE = "prompts.yaml"
+STYLES_FILE = "styles.yaml"
+MAX_SEED = 2**32 - 1  # A1111 draws its seeds below 2**32; keep the benchmark's inside that range
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+SLUG = re.compile(r"[a-z0-9_]+")
+STYLE_NAME = re.compile(r"[A-Za-z0-9_]+")
+# Any A1111 extra-network tag (<lora:...>, <hypernet:...>, <lyco:...>), as ghostreview.prompts recognises them;
+# LoRA tags themselves are parsed by ghostreview.prompts.extract_lora_tags, the parser generation uses.
+NETWORK_TAG = re.compile(r"<(\w+):([^>]+)>")
+
+# Header-infotext settings a LoRA entry may record (for the user; the benchmark draws with params.yaml's settings).
+SETTINGS_TYPES: Mapping[str, type] = MappingProxyType({
+    "sampler": str, "schedule_type": str, "steps": int, "cfg": float, "seed": int, "size": str, "clip_skip": int,
+    "denoising_strength": float, "hires_upscale": float, "hires_steps": int, "hires_upscaler": str, "vae": str,
+    "lora_hashes": str,
+})
+
+
+class BenchmarkError(ValueError):
+    """A problem in a benchmark file; the message names the file, the line, the key path and the fix."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The benchmark as frozen data
+
+
+@dataclass(frozen=True)
+class GeneralPrompt:
+    """One general prompt; ``group`` is "common" (the 25 Civitai subjects) or "stylized" (the 5 style prompts)."""
+
+    id: str
+    category: str
+    prompt: str
+    group: str = "common"
+
+
+@dataclass(frozen=True)
+class Style:
+    """One style: ``template.format(subject=...)`` is the prompt; references live in ``<style_refs>/<reference_dir>``."""
+
+    name: str
+    template: str
+    negative_prompt: str
+    reference_dir: str
+
+
+@dataclass(frozen=True)
+class LoraEntry:
+    """One row of a family's LoRA table (see the header of ``loras_sd15.yaml`` for every field)."""
+
+    name: str
+    title: str
+    file: str
+    prompt: str
+    negative_prompt: str
+    header_images: tuple[str, ...]
+    default_weight: float
+    made_with: tuple[str, ...]
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=lambda: MappingProxyType({}), hash=False)
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class TaskCounts:
+    """How many items a task has and how many images each item gets (A1111 batch size x batch count)."""
+
+    items: int
+    batch_size: int
+    n_iter: int
+
+    @property
+    def images_per_item(self) -> int:
+        return self.batch_size * self.n_iter
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A loaded benchmark. ``loras`` maps a family ("sd15", "sdxl") to its LoRA table, in file order."""
+
+    name: str
+    version: str
+    negative_prompt: str
+    general: tuple[GeneralPrompt, ...]
+    styles: tuple[Style, ...]
+    subjects: tuple[str, ...]
+    loras: Mapping[str, tuple[LoraEntry, ...]] = dataclasses.field(hash=False)
+    counts: Mapping[str, TaskCounts] = dataclasses.field(hash=False)
+    base_seeds: Mapping[str, int] = dataclasses.field(hash=False)
+    images_per_checkpoint: int = 0
+
+
+@dataclass(frozen=True)
+class BenchmarkItem:
+    """One concrete image of the benchmark: image ``index`` of ``item`` in ``task``, drawn with ``seed``.
+
+    ``subject`` is set for style images; ``loras`` holds ``(lora name, weight)`` for LoRA images, and ``prompt`` then
+    carries the same LoRAs as A1111 ``<lora:name:weight>`` tags (so the prompt pasted into A1111 reproduces it).
+    """
+
+    task: str
+    item: str
+    index: int
+    seed: int
+    prompt: str
+    negative_prompt: str
+    subject: str = ""
+    loras: tuple[tuple[str, float], ...] = ()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Error locations and strict field readers
+
+
+@dataclass(frozen=True)
+class Loc:
+    """Where a value sits: file, key path and (when the YAML parser knows it) 1-based line."""
+
+    file: str
+    path: str = ""
+    line: int | None = None
+
+    def __str__(self) -> str:
+        head = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{head}: {self.path}" if self.path else head
+
+    def key(self, container: Any, key: str) -> Loc:
+        return Loc(self.file, f"{self.path}.{key}" if self.path else key, _line(container, key) or self.line)
+
+    def item(self, container: Any, index: int) -> Loc:
+        return Loc(self.file, f"{self.path}[{index}]", _line(container, index) or self.line)
+
+
+def _line(container: Any, key: Any) -> int | None:
+    """1-based line of a key or list item in a ruamel round-trip container, None when unknown."""
+    lc = getattr(container, "lc", None)
+    try:
+        pos = lc.key(key) if isinstance(container, dict) else lc.item(key)
+    except (AttributeError, KeyError, IndexError, TypeError):
+        return None
+    return pos[0] + 1 if pos else None
+
+
+def _fail(loc: Loc, problem: str, fix: str) -> BenchmarkError:
+    return BenchmarkError(f"{loc}: {problem}. {fix}")
+
+
+def _did_you_mean(word: str, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
+    return f' Did you mean "{close[0]}"?' if close else ""
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing (an empty value)"
+    kinds = ((bool, "true/false"), (int, "number"), (float, "number"), (str, "text"), (Mapping, "mapping"), (list, "list"))
+    kind = next((name for t, name in kinds if isinstance(value, t)), type(value).__name__)
+    return f"{kind} {_plain(value)!r}"
+
+
+def read_str(value: Any, loc: Loc) -> str:
+    """A YAML string; numbers and booleans are refused (quote them) so ``1.0`` never silently becomes ``"1.0"``."""
+    if not isinstance(value, str):
+        raise _fail(loc, f"expected text, got {_describe(value)}", f'Write it as a quoted string, e.g. "{value}".')
+    return str(value)
+
+
+def read_text(value: Any, loc: Loc) -> str:
+    """A non-empty string."""
+    text = read_str(value, loc)
+    if not text.strip():
+        raise _fail(loc, "is empty", "Write the text, or remove the entry.")
+    return text
+
+
+def read_int(value: Any, loc: Loc) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(loc, f"expected a whole number, got {_describe(value)}", "Write an integer such as 20.")
+    return int(value)
+
+
+def read_float(value: Any, loc: Loc) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(loc, f"expected a number, got {_describe(value)}", "Write a number such as 0.8.")
+    return float(value)
+
+
+def read_list(value: Any, loc: Loc) -> list:
+    if not isinstance(value, list):
+        raise _fail(loc, f"expected a list, got {_describe(value)}", "Write a YAML list, e.g. [a, b] or one '- item' a line.")
+    return value
+
+
+def read_map(value: Any, loc: Loc) -> Mapping:
+    if not isinstance(value, Mapping):
+        raise _fail(loc, f"expected a mapping (key: value), got {_describe(value)}", "Write it as 'key: value' lines.")
+    return value
+
+
+def read_str_tuple(value: Any, loc: Loc) -> tuple[str, ...]:
+    return tuple(read_str(v, loc.item(value, i)) for i, v in enumerate(read_list(value, loc)))
+
+
+def read_slug(value: Any, loc: Loc, pattern: re.Pattern = SLUG) -> str:
+    text = read_str(value, loc)
+    if not pattern.fullmatch(text):
+        allowed = "lower-case letters, digits and _" if pattern is SLUG else "letters, digits and _"
+        suggestion = re.sub(r"[^a-z0-9_]+", "_", text.lower()).strip("_") if pattern is SLUG else text
+        raise _fail(loc, f"{text!r} is not a valid name", f"Use only {allowed}, e.g. {suggestion!r}.")
+    return text
+
+
+def read_fields(
+    data: Any, loc: Loc, required: Mapping[str, Callable], optional: Mapping[str, tuple[Callable, Any]] | None = None
+) -> dict[str, Any]:
+    """Check a mapping's keys against ``required`` and ``optional`` and convert each value with its reader."""
+    data, optional = read_map(data, loc), optional or {}
+    allowed = [*required, *optional]
+    for key in data:
+        if key not in allowed:
+            raise _fail(loc.key(data, key), "unknown key", f"{_did_you_mean(key, allowed)} Allowed keys: {', '.join(allowed)}.".lstrip())
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise _fail(loc, f"missing key {missing[0]!r}", f"Add '{missing[0]}:'. Required keys: {', '.join(required)}.")
+    out = {k: read(data[k], loc.key(data, k)) for k, read in required.items()}
+    out.update({k: read(data[k], loc.key(data, k)) if k in data else d for k, (read, d) in optional.items()})
+    return out
+
+
+def read_task_map(data: Any, loc: Loc, read: Callable[[Any, Loc], Any]) -> dict[str, Any]:
+    """A mapping with exactly one entry per task (general, style, lora)."""
+    return read_fields(data, loc, {t: read for t in TASKS})
+
+
+def check_unique(names: Iterable[str], loc: Loc, what: str, key: str) -> None:
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            path = f"{loc.path}[{i}]" + (f".{key}" if key else "")
+            raise _fail(Loc(loc.file, path), f"duplicate {what} {name!r}",
+                        f"Every {what} must be unique; rename one of them.")
+        seen.add(name)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading the files
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse one YAML file (round-trip mode keeps line numbers; duplicate keys are errors)."""
+    if not path.is_file():
+        raise BenchmarkError(f"{path}: file not found. A benchmark directory holds {PROTOCOL_FILE}, {PROMPTS_FILE}, "
+                             f"{STYLES_FILE}, {', '.join(lora_table_file(f) for f in FAMILIES)}.")
+    try:
+        return YAML(typ="rt").load(path)
+    except YAMLError as exc:
+        raise BenchmarkError(f"{path.name}: invalid YAML: {exc}\nFix the syntax at the line shown (quote text that "
+                             f"holds ': ' or starts with a special character).") from exc
+
+
+def lora_table_file(family: str) -> str:
+    return f"loras_{family}.yaml"
+
+
+def _read_counts(value: Any, loc: Loc) -> TaskCounts:
+    fields = read_fields(value, loc, {"items": read_int, "batch_size": read_int, "n_iter": read_int})
+    for key, n in fields.items():
+        if n < 1:
+            raise _fail(loc.key(value, key), f"is {n}", "Use a whole number of at least 1.")
+    return TaskCounts(**fields)
+
+
+def _read_seed(value: Any, loc: Loc) -> int:
+    seed = read_int(value, loc)
+    if not 0 <= seed <= MAX_SEED:
+        raise _fail(loc, f"seed {seed} is out of range", f"Use a seed between 0 and {MAX_SEED}.")
+    return seed
+
+
+def parse_protocol(data: Any, file: str = PROTOCOL_FILE) -> dict[str, Any]:
+    """The protocol file as plain fields: name, version, counts, images_per_checkpoint, base_seeds."""
+    loc = Loc(file)
+    fields = read_fields(data, loc, {
+        "name": read_text, "version": read_text, "counts": read_map, "images_per_checkpoint": read_int,
+        "base_seeds": read_map,
+    })
+    fields["counts"] = read_task_map(data["counts"], loc.key(data, "counts"), _read_counts)
+    fields["base_seeds"] = read_task_map(data["base_seeds"], loc.key(data, "base_seeds"), _read_seed)
+    return fields
+
+
+def _no_network_tags(text: str, loc: Loc) -> str:
+    tag = NETWORK_TAG.search(text)
+    if tag:
+        raise _fail(loc, f"has the extra-network tag {tag.group(0)!r}",
+                    "General prompts and style templates use no LoRA; remove the tag (LoRAs belong in the LoRA tables).")
+    return text
+
+
+def _read_group(value: Any, loc: Loc) -> str:
+    group = read_str(value, loc)
+    if group not in GROUPS:
+        raise _fail(loc, f"unknown group {group!r}", f"{_did_you_mean(group, GROUPS)} Use one of: {', '.join(GROUPS)}.")
+    return group
+
+
+def _read_general_prompt(value: Any, loc: Loc) -> GeneralPrompt:
+    f = read_fields(value, loc, {"id": read_slug, "group": _read_group, "category": read_slug, "prompt": read_text})
+    _no_network_tags(f["prompt"], loc.key(value, "prompt"))
+    return GeneralPrompt(id=f["id"], category=f["category"], prompt=f["prompt"], group=f["group"])
+
+
+def parse_prompts(data: Any, file: str = PROMPTS_FILE) -> tuple[str, tuple[GeneralPrompt, ...]]:
+    """The shared negative prompt and the general prompts, in file order."""
+    loc = Loc(file)
+    f = read_fields(data, loc, {"negative_prompt": read_str, "prompts": read_list})
+    items = data["prompts"]
+    prompts = tuple(_read_general_prompt(v, loc.key(data, "prompts").item(items, i)) for i, v in enumerate(items))
+    check_unique((p.id for p in prompts), Loc(file, "prompts"), "prompt id", "id")
+    return f["negative_prompt"], prompts
+
+
+def _read_template(value: Any, loc: Loc) -> str:
+    """A style template: exactly one ``{subject}`` field and no other braces."""
+    text = _no_network_tags(read_text(value, loc), loc)
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+    except ValueError as exc:
+        raise _fail(loc, f"has unbalanced braces ({exc})", "Use braces only in the one {subject} placeholder.") from exc
+    if fields != ["subject"]:
+        raise _fail(loc, f"has the placeholders {fields}", "A template holds exactly one {subject} and no other braces.")
+    return text
+
+
+def _read_subject(value: Any, loc: Loc) -> str:
+    text = _no_network_tags(read_text(value, loc), loc)
+    if "{" in text or "}" in text:
+        raise _fail(loc, "has braces", "Subjects are plain text; remove the braces.")
+    return text
+
+
+def _read_dir_name(value: Any, loc: Loc) -> str:
+    text = read_text(value, loc)
+    if "/" in text or "\\" in text or text in (".", ".."):
+        raise _fail(loc, f"{text!r} is a path", "Give a directory name only (it lives under paths.style_refs).")
+    return text
+
+
+def _read_style(value: Any, loc: Loc) -> Style:
+    f = read_fields(value, loc, {
+        "name": lambda v, l: read_slug(v, l, STYLE_NAME), "template": _read_template, "negative_prompt": read_str,
+    }, {"reference_dir": (_read_dir_name, None)})
+    return Style(f["name"], f["template"], f["negative_prompt"], f["reference_dir"] or f["name"])
+
+
+def parse_styles(data: Any, file: str = STYLES_FILE) -> tuple[tuple[str, ...], tuple[Style, ...]]:
+    """The subjects and the styles, in file order."""
+    loc = Loc(file)
+    read_fields(data, loc, {"subjects": read_list, "styles": read_list})
+    subjects = tuple(_read_subject(v, loc.key(data, "subjects").item(data["subjects"], i))
+                     for i, v in enumerate(data["subjects"]))
+    styles = tuple(_read_style(v, loc.key(data, "styles").item(data["styles"], i)) for i, v in enumerate(data["styles"]))
+    if not subjects:
+        raise _fail(loc.key(data, "subjects"), "is empty", "List at least one subject.")
+    check_unique(subjects, Loc(file, "subjects"), "subject", "")
+    check_unique((s.name for s in styles), Loc(file, "styles"), "style name", "name")
+    return subjects, styles
+
+
+def _read_plain_file(value: Any, loc: Loc, suffixes: tuple[str, ...]) -> str:
+    name = read_text(value, loc)
+    if "/" in name or "\\" in name or not name.lower().endswith(suffixes):
+        raise _fail(loc, f"{name!r} is not a plain {'/'.join(suffixes)} file name",
+                    f"Give the file name only (no directory), ending in {' or '.join(suffixes)}.")
+    return name
+
+
+def _read_header_images(value: Any, loc: Loc) -> tuple[str, ...]:
+    items = read_list(value, loc)
+    if not items:
+        raise _fail(loc, "is empty", "Name at least one header image (the LoRA loss target).")
+    return tuple(_read_plain_file(v, loc.item(items, i), IMAGE_SUFFIXES) for i, v in enumerate(items))
+
+
+def _read_weight(value: Any, loc: Loc) -> float:
+    weight = read_float(value, loc)
+    if not -10.0 <= weight <= 10.0:
+        raise _fail(loc, f"weight {weight} is implausible", "LoRA weights are usually between 0 and 1.5.")
+    return weight
+
+
+def read_settings(value: Any, loc: Loc) -> Mapping[str, Any]:
+    """Header-infotext settings (see :data:`SETTINGS_TYPES`), kept for the user."""
+    readers = {str: read_str, int: read_int, float: read_float}
+    optional = {k: (readers[t], None) for k, t in SETTINGS_TYPES.items()}
+    fields = read_fields(value, loc, {}, optional)
+    size = fields.get("size")
+    if size is not None and not re.fullmatch(r"\d+x\d+", size):
+        raise _fail(loc.key(value, "size"), f"{size!r} is not WIDTHxHEIGHT", 'Write it as A1111 does, e.g. "512x768".')
+    return MappingProxyType({k: v for k, v in fields.items() if v is not None})
+
+
+def lora_entry_from_mapping(data: Any, loc: Loc) -> LoraEntry:
+    """One LoRA-table entry, checked field by field (tags are checked against the table by :func:`load_benchmark`)."""
+    f = read_fields(data, loc, {
+        "name": read_slug, "title": read_text, "file": lambda v, l: _read_plain_file(v, l, (".safetensors",)),
+        "prompt": read_text, "negative_prompt": read_str, "header_images": _read_header_images,
+        "default_weight": _read_weight, "made_with": read_str_tuple,
+    }, {"source": (read_str, ""), "settings": (read_settings, MappingProxyType({}))})
+    _check_tag_syntax(f["prompt"], loc.key(data, "prompt"))
+    return LoraEntry(**f)
+
+
+def _check_tag_syntax(prompt: str, loc: Loc) -> None:
+    """Every extra-network tag is ``<lora:name:weight>`` with a slug name and an explicit numeric weight."""
+    for m in NETWORK_TAG.finditer(prompt):
+        if m.group(1) != "lora":
+            raise _fail(loc, f"has {m.group(0)!r}", "Only LoRA tags (<lora:name:weight>) are supported; remove the tag.")
+    try:
+        tags = extract_lora_tags(prompt)[1]
+    except ValueError as exc:
+        raise _fail(loc, str(exc), "Write each tag as <lora:name:weight>.") from None
+    for name, weight in tags:
+        if not SLUG.fullmatch(name):
+            raise _fail(loc, f"<lora:{name}:...> does not use a table name", "Tags use the entry's `name` slug ([a-z0-9_]).")
+        if weight is None:
+            raise _fail(loc, f"<lora:{name}> has no weight",
+                        f"Write the weight, e.g. <lora:{name}:1.0> (1.0 is A1111's default multiplier).")
+
+
+def parse_lora_table(data: Any, file: str) -> tuple[LoraEntry, ...]:
+    """A family's LoRA table, in file order, each entry checked; tags must name entries of the same table."""
+    loc = Loc(file)
+    read_fields(data, loc, {"loras": read_list})
+    items = data["loras"]
+    entries = tuple(lora_entry_from_mapping(v, loc.key(data, "loras").item(items, i)) for i, v in enumerate(items))
+    check_unique((e.name for e in entries), Loc(file, "loras"), "LoRA name", "name")
+    names = {e.name for e in entries}
+    for i, entry in enumerate(entries):
+        for name, _ in _tags(entry.prompt):
+            if name not in names:
+                raise _fail(Loc(file, f"loras[{i}].prompt", _line(items[i], "prompt")),
+                            f"<lora:{name}:...> names no LoRA of this table{_did_you_mean(name, names)}",
+                            f"Add an entry named {name!r} (a header prompt with several LoRAs draws with all of them), "
+                            f"or remove the tag.")
+    return entries
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading and cross-checks
+
+
+def load_benchmark(directory: Path) -> Benchmark:
+    """Read and validate every file of a benchmark directory; raises :class:`BenchmarkError` on the first problem."""
+    directory = Path(directory)
+    protocol = parse_protocol(read_yaml(directory / PROTOCOL_FILE))
+    negative, general = parse_prompts(read_yaml(directory / PROMPTS_FILE))
+    subjects, styles = parse_styles(read_yaml(directory / STYLES_FILE))
+    loras = {f: parse_lora_table(read_yaml(directory / lora_table_file(f)), lora_table_file(f)) for f in FAMILIES}
+    bench = Benchmark(
+        name=protocol["name"], version=protocol["version"], negative_prompt=negative, general=general, styles=styles,
+        subjects=subjects, loras=MappingProxyType(loras), counts=MappingProxyType(protocol["counts"]),
+        base_seeds=MappingProxyType(protocol["base_seeds"]), images_per_checkpoint=protocol["images_per_checkpoint"],
+    )
+    _check_counts(bench)
+    _check_names_across_families(bench)
+    return bench
+
+
+def _check_counts(b: Benchmark) -> None:
+    """The protocol's counts agree with the tables, spread evenly over subjects, and keep seeds in range."""
+    found = {"general": (len(b.general), PROMPTS_FILE), "style": (len(b.styles), STYLES_FILE)}
+    found.update({f"lora ({f})": (len(b.loras[f]), lora_table_file(f)) for f in FAMILIES})
+    for label, (n, file) in found.items():
+        expected = b.counts[label.split()[0]].items
+        if n != expected:
+            raise BenchmarkError(f"{PROTOCOL_FILE}: counts.{label.split()[0]}.items: the protocol says {expected} but "
+                                 f"{file} has {n}. Make the table hold {expected} items, or change the protocol "
+                                 f"(a new benchmark version).")
+    per_style = b.counts["style"].images_per_item
+    if per_style % len(b.subjects):
+        raise BenchmarkError(f"{STYLES_FILE}: subjects: {per_style} images per style do not spread evenly over "
+                             f"{len(b.subjects)} subjects. Use a number of subjects that divides {per_style}.")
+    total = sum(c.items * c.images_per_item for c in b.counts.values())
+    if total != b.images_per_checkpoint:
+        raise BenchmarkError(f"{PROTOCOL_FILE}: images_per_checkpoint is {b.images_per_checkpoint} but the counts give "
+                             f"{total}. Write images_per_checkpoint: {total}, or fix the counts.")
+    for task, seed in b.base_seeds.items():
+        if seed + b.counts[task].images_per_item - 1 > MAX_SEED:
+            raise BenchmarkError(f"{PROTOCOL_FILE}: base_seeds.{task}: {seed} + images per item passes {MAX_SEED}. "
+                                 f"Use a smaller base seed.")
+
+
+def _check_names_across_families(b: Benchmark) -> None:
+    """LoRA names are item ids, so the same name must not mean two different LoRAs in two families."""
+    first, second = (set(e.name for e in b.loras[f]) for f in FAMILIES)
+    shared = sorted(first & second)
+    if shared:
+        raise BenchmarkError(f"{lora_table_file(FAMILIES[1])}: LoRA name {shared[0]!r} is also in "
+                             f"{lora_table_file(FAMILIES[0])}. LoRA names are benchmark item ids; give the "
+                             f"{FAMILIES[1]} entry its own name (e.g. {shared[0] + '_xl'!r}).")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Expansion into concrete images
+
+
+def lora_table(b: Benchmark, family: str) -> tuple[LoraEntry, ...]:
+    """The LoRA table of one family; an unknown family fails with the valid ones."""
+    if family not in b.loras:
+        raise BenchmarkError(f"unknown model family {family!r}.{_did_you_mean(family, b.loras)} "
+                             f"Valid: {', '.join(b.loras)}.")
+    return b.loras[family]
+
+
+def images_per_item(b: Benchmark, seeds: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Images per item of each task: the protocol's, or fewer where ``seeds`` asks (0 leaves a task out)."""
+    counts = {t: b.counts[t].images_per_item for t in TASKS}
+    for task, n in (seeds or {}).items():
+        if task not in counts:
+            raise BenchmarkError(f"images per item: unknown task {task!r}.{_did_you_mean(task, TASKS)} "
+                                 f"Valid: {', '.join(TASKS)}.")
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= counts[task]:
+            raise BenchmarkError(f"images per item: {task} = {n!r}; {b.name} allows 0 to {counts[task]} "
+                                 f"(it fixes the seeds of the first {counts[task]}). Use a count in that range.")
+        counts[task] = n
+    return counts
+
+
+def lora_tags(entry: LoraEntry) -> list[tuple[str, float]]:
+    """``(lora name, weight)`` of every ``<lora:...>`` tag of the header prompt, in prompt order; a prompt with no tag
+    gets the entry's own LoRA at ``default_weight`` (the article's rule). A tag with no weight reads as the entry's
+    ``default_weight`` (the loader refuses such tags, so only hand-built entries have them)."""
+    tags = _tags(entry.prompt)
+    if not tags:
+        return [(entry.name, entry.default_weight)]
+    return [(name, entry.default_weight if w is None else w) for name, w in tags]
+
+
+def _tags(prompt: str) -> list[tuple[str, float | None]]:
+    """``(name, weight or None)`` of each ``<lora:...>`` tag of a prompt, in order."""
+    return extract_lora_tags(prompt)[1]
+
+
+def lora_prompt(entry: LoraEntry) -> str:
+    """The header prompt as drawn: unchanged when it has tags, else with ``<lora:name:default_weight>`` appended."""
+    if _tags(entry.prompt):
+        return entry.prompt
+    return f"{entry.prompt} <lora:{entry.name}:{entry.default_weight:g}>"
+
+
+def _join_negatives(*parts: str) -> str:
+    return ", ".join(p.strip().strip(",").strip() for p in parts if p.strip())
+
+
+def general_items(b: Benchmark, n: int) -> list[BenchmarkItem]:
+    seed = b.base_seeds["general"]
+    return [BenchmarkItem("general", p.id, k, seed + k, p.prompt, b.negative_prompt)
+            for p in b.general for k in range(n)]
+
+
+def style_items(b: Benchmark, n: int) -> list[BenchmarkItem]:
+    """Image k of a style shows ``subjects[k % len(subjects)]`` with seed ``base + k``."""
+    seed = b.base_seeds["style"]
+    rows = []
+    for s in b.styles:
+        negative = _join_negatives(s.negative_prompt, b.negative_prompt)
+        for k in range(n):
+            subject = b.subjects[k % len(b.subjects)]
+            rows.append(BenchmarkItem("style", s.name, k, seed + k, s.template.format(subject=subject), negative, subject))
+    return rows
+
+
+def lora_items(b: Benchmark, family: str, n: int) -> list[BenchmarkItem]:
+    seed = b.base_seeds["lora"]
+    return [BenchmarkItem("lora", e.name, k, seed + k, lora_prompt(e), e.negative_prompt, "", tuple(lora_tags(e)))
+            for e in lora_table(b, family) for k in range(n)]
+
+
+def benchmark_items(b: Benchmark, family: str, seeds: Mapping[str, int] | None = None) -> list[BenchmarkItem]:
+    """Every image of the benchmark for one model family: general, then style, then LoRA, each in file order, image
+    index ascending. ``seeds`` maps a task to fewer images per item (the first k of the protocol's)."""
+    n = images_per_item(b, seeds)
+    return [*general_items(b, n["general"]), *style_items(b, n["style"]), *lora_items(b, family, n["lora"])]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Provenance and file checks
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses, mappings and tuples as JSON-ready plain data (mapping keys sorted by json.dumps)."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def benchmark_digest(b: Benchmark) -> str:
+    """sha256 hex of the benchmark's canonical content: comments and formatting of the YAML files do not change it,
+    any prompt, count, seed or table edit does. Reports record it next to ``name`` and ``version``."""
+    text = json.dumps(_plain(b), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def header_image_paths(entry: LoraEntry, header_dir: Path) -> list[Path]:
+    """Where an entry's header images are expected: ``<header_dir>/<name>/<file>``."""
+    return [Path(header_dir) / entry.name / f for f in entry.header_images]
+
+
+def missing_inputs(b: Benchmark, family: str, lora_dir: Path, header_dir: Path, style_dir: Path) -> list[str]:
+    """Human-readable list of the files the style and LoRA tasks need but cannot find (empty when complete)."""
+    missing = [f"LoRA file {Path(lora_dir) / e.file} ({e.name})" for e in lora_table(b, family)
+               if not (Path(lora_dir) / e.file).is_file()]
+    missing += [f"header image {p}" for e in lora_table(b, family) for p in header_image_paths(e, header_dir)
+                if not p.is_file()]
+    for s in b.styles:
+        d = Path(style_dir) / s.reference_dir
+        if not (d.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in d.iterdir())):
+            missing.append(f"style reference images in {d} ({s.name})")
+    return missing
+
+
+def made_with_model(entry: LoraEntry, model_ids: Iterable[str]) -> bool:
+    """True when the entry's header images were made with one of ``model_ids`` (checkpoint names, file names,
+    AutoV2 or full sha256 hashes). Names compare case-insensitively without extension; hashes match by prefix
+    (an AutoV2 hash is the first 10 hex digits of the file's sha256)."""
+    mine = {_model_key(m) for m in entry.made_with}
+    for key in map(_model_key, model_ids):
+        if key in mine or any(_is_hash(a) and _is_hash(key) and (a.startswith(key) or key.startswith(a)) for a in mine):
+            return True
+    return False
+
+
+def _model_key(text: str) -> str:
+    text = text.strip().lower()
+    return re.sub(r"\.(safetensors|ckpt|pt)$", "", text)
+
+
+def _is_hash(text: str) -> bool:
+    return len(text) >= 8 and re.fullmatch(r"[0-9a-f]+", text) is not None
+
+
+def made_with_map(b: Benchmark, models: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
+    """LoRA item -> the model keys whose identifiers (key, checkpoint file name, sha256, ...) its ``made_with``
+    lists, over both families: the ``made_with`` argument of the NoTM variant in standardize."""
+    entries = [e for table in b.loras.values() for e in table]
+    return {e.name: [key for key, ids in models.items() if made_with_model(e, [key, *ids])] for e in entries}

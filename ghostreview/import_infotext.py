@@ -1,0 +1,249 @@
+"""Turn LoRA header images (PNGs saved by A1111 with their ``parameters`` text) into LoRA-table entries.
+
+A header PNG's infotext holds what a table entry needs: the prompt with its ``<lora:...>`` tags, the negative prompt,
+the settings and the checkpoint it was made with. :func:`lora_entry_from_png` reads it into a plain dict in table
+order; :func:`append_entries` adds such dicts to a ``loras_<family>.yaml`` table, keeping its comments and order.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import YAMLError
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+
+from ghostreview.benchmark import (
+    SLUG,
+    BenchmarkError,
+    Loc,
+    lora_entry_from_mapping,
+)
+from ghostreview.infotext import parse_infotext, read_png_infotext
+from ghostreview.prompts import extract_lora_tags
+
+DEFAULT_WEIGHT = 0.8  # the article's weight for a header prompt with no LoRA tag
+A1111_MULTIPLIER = 1.0  # A1111's default for <lora:name> written without a weight
+
+# A1111 infotext key -> (settings key, converter). The benchmark draws with params.yaml's settings; these are
+# recorded so a user can compare with the header image.
+SETTINGS_FROM_INFOTEXT: Mapping[str, tuple[str, Callable[[str], Any]]] = {
+    "Sampler": ("sampler", str),
+    "Schedule type": ("schedule_type", str),
+    "Steps": ("steps", int),
+    "CFG scale": ("cfg", float),
+    "Seed": ("seed", int),
+    "Size": ("size", str),
+    "Clip skip": ("clip_skip", int),
+    "Denoising strength": ("denoising_strength", float),
+    "Hires upscale": ("hires_upscale", float),
+    "Hires steps": ("hires_steps", int),
+    "Hires upscaler": ("hires_upscaler", str),
+    "VAE": ("vae", str),
+    "Lora hashes": ("lora_hashes", str),
+}
+
+
+class ImportInfotextError(ValueError):
+    """A header image or table that cannot be imported; the message names the file and the fix."""
+
+
+def slugify(text: str) -> str:
+    """A table name from a LoRA or file name: ``"MoXin v1.0"`` -> ``"moxin_v1_0"``."""
+    slug = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+    return slug or "lora"
+
+
+def _to_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return int(float(text))  # "20.0"
+
+
+def _number(value: Any, convert: Callable[[str], Any], key: str, path: Path) -> Any:
+    try:
+        return (_to_int if convert is int else convert)(str(value).strip())
+    except ValueError:
+        raise ImportInfotextError(f"{path}: infotext {key}: {value!r} is not a {convert.__name__}. Fix the value in "
+                                  f"the entry by hand, or import another copy of the image.") from None
+
+
+def settings_from_fields(fields: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """The recorded settings of a header image, from its infotext ``Key: value`` fields."""
+    out = {}
+    for key, (name, convert) in SETTINGS_FROM_INFOTEXT.items():
+        if key in fields and str(fields[key]).strip():
+            out[name] = _number(fields[key], convert, key, path)
+    return out
+
+
+def made_with_from_fields(fields: Mapping[str, Any]) -> list[str]:
+    """The checkpoint name and AutoV2 hash the header image was made with (whichever the infotext has)."""
+    found = [str(fields[k]).strip() for k in ("Model", "Model hash") if str(fields.get(k, "")).strip()]
+    return list(dict.fromkeys(found))
+
+
+def _own_tag(tags: list[tuple[str, float | None]], name: str | None) -> str | None:
+    """The tag that is the imported LoRA itself: the one whose slug is ``name``, else the first; None without tags."""
+    if not tags:
+        return None
+    by_slug = [t for t, _ in tags if slugify(t) == name]
+    return by_slug[0] if by_slug else tags[0][0]
+
+
+def rename_tags(prompt: str, renames: Mapping[str, str]) -> str:
+    """Rewrite ``<lora:Original:w>`` tags as ``<lora:slug:w>`` with an explicit weight (A1111's 1.0 when absent)."""
+
+    def one(match: re.Match) -> str:
+        tag = match.group(0)
+        _, tags = extract_lora_tags(tag)
+        if not tags:  # another extra network (<hypernet:...>): left for the table check to report
+            return tag
+        original, weight = tags[0]
+        w = A1111_MULTIPLIER if weight is None else weight
+        return f"<lora:{renames.get(original, slugify(original))}:{w:g}>"
+
+    return re.sub(r"<\w+:[^>]+>", one, prompt)
+
+
+def lora_entry_from_png(path: Path, name: str | None = None) -> dict:
+    """A LoRA-table entry (a plain dict in table order) from a header PNG's A1111 ``parameters`` text.
+
+    ``name`` (a slug) names the entry; by default the slug of the first ``<lora:...>`` tag, else of the file name.
+    The tag that is this LoRA (the one whose slug is ``name``, else the first) is renamed to ``name`` and gives
+    ``file`` (A1111 names a tag after the file, so ``<lora:MoXin_v1:0.8>`` is ``MoXin_v1.safetensors``); other tags
+    keep their slugged names and need entries of their own. Tags without a weight get A1111's 1.0.
+    """
+    path = Path(path)
+    try:
+        text = read_png_infotext(path)
+    except OSError as exc:
+        raise ImportInfotextError(f"{path}: cannot read it as an image ({exc}). Give the header PNG itself.") from None
+    if not text or not text.strip():
+        raise ImportInfotextError(f"{path}: this image carries no A1111 parameters (saved from a site that strips "
+                                  f"metadata?). Download the original PNG from the model page, or write the entry "
+                                  f"by hand (see docs/benchmark.md).")
+    prompt, negative, fields = parse_infotext(text)
+    try:
+        tags = extract_lora_tags(prompt)[1]
+    except ValueError as exc:
+        raise ImportInfotextError(f"{path}: {exc}. Edit the tag in the entry after importing.") from None
+    own = _own_tag(tags, name)
+    name = name or slugify(own or path.stem)
+    if not SLUG.fullmatch(name):
+        raise ImportInfotextError(f"{path}: name {name!r} is not a slug. Use lower-case letters, digits and _, "
+                                  f"e.g. {slugify(name)!r}.")
+    return {
+        "name": name,
+        "title": own or path.stem,
+        "file": f"{own or name}.safetensors",
+        "prompt": rename_tags(prompt, {own: name} if own else {}),
+        "negative_prompt": negative,
+        "header_images": [path.name],
+        "default_weight": DEFAULT_WEIGHT,
+        "made_with": made_with_from_fields(fields),
+        "source": f"imported from the infotext of {path.name}",
+        "settings": settings_from_fields(fields, path),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Writing into a table, comments preserved
+
+
+def _yaml() -> YAML:
+    """Round-trip YAML matching the shipped tables' layout (2-space maps, '- ' lists indented by 2, no wrapping)."""
+    yaml = YAML(typ="rt")
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    yaml.width = 4096  # long prompts stay on one line
+    yaml.preserve_quotes = True
+    return yaml
+
+
+def _flow_seq(items: Iterable[Any]) -> CommentedSeq:
+    seq = CommentedSeq(items)
+    seq.fa.set_flow_style()
+    return seq
+
+
+QUOTED_KEYS = ("prompt", "negative_prompt", "source")  # free text that may hold ': ' or start with '('
+
+
+def _as_yaml_entry(entry: Mapping[str, Any]) -> CommentedMap:
+    """An entry dict as the tables write it: prompts quoted, lists and settings inline, one key a line."""
+    out = CommentedMap()
+    for key, value in entry.items():
+        if key in QUOTED_KEYS and isinstance(value, str):
+            value = DoubleQuotedScalarString(value)
+        elif isinstance(value, (list, tuple)):
+            value = _flow_seq(value)
+        elif isinstance(value, Mapping):
+            value = CommentedMap(value)
+            value.fa.set_flow_style()
+        out[key] = value
+    return out
+
+
+def _check_entries(entries: list[Mapping[str, Any]], table_yaml: Path, start: int) -> None:
+    for i, entry in enumerate(entries):
+        try:
+            lora_entry_from_mapping(entry, Loc(f"{table_yaml.name} (new entry)", f"loras[{start + i}]"))
+        except BenchmarkError as exc:
+            raise ImportInfotextError(str(exc)) from None
+
+
+def unresolved_tags(table: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Messages for tags that name no entry of the table (a multi-LoRA header imported before its partners)."""
+    table = list(table)
+    names = {str(e["name"]) for e in table}
+    return [f"{e['name']}: <lora:{n}:...> names no entry yet; import or add {n!r}, or remove the tag"
+            for e in table for n, _ in extract_lora_tags(str(e["prompt"]))[1] if n not in names]
+
+
+def append_entries(table_yaml: Path, entries: Iterable[Mapping[str, Any]], replace: bool = False) -> list[str]:
+    """Add entries to a LoRA table file, keeping its comments and order; returns warnings (tags naming no entry).
+
+    An entry whose name is already in the table is an error, unless ``replace`` is set: then it takes that slot in
+    place. Each entry is checked like the loader checks it before anything is written; the file is replaced
+    atomically.
+    """
+    table_yaml = Path(table_yaml)
+    entries = [dict(e) for e in entries]
+    try:
+        data = _yaml().load(table_yaml)
+    except (OSError, YAMLError) as exc:
+        raise ImportInfotextError(f"{table_yaml}: cannot read the table: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("loras"), list):
+        raise ImportInfotextError(f"{table_yaml}: not a LoRA table (no top-level 'loras:' list). Point at a "
+                                  f"loras_<family>.yaml file of a benchmark directory.")
+    rows = data["loras"]
+    _check_entries(entries, table_yaml, len(rows))
+    _merge(rows, entries, replace, table_yaml)
+    _write(table_yaml, data)
+    return unresolved_tags(rows)
+
+
+def _merge(rows: list, entries: list[dict], replace: bool, table_yaml: Path) -> None:
+    index = {str(r.get("name")): i for i, r in enumerate(rows) if isinstance(r, Mapping)}
+    for entry in entries:
+        at = index.get(entry["name"])
+        if at is not None and not replace:
+            raise ImportInfotextError(f"{table_yaml}: loras[{at}] is already named {entry['name']!r}. Choose "
+                                      f"another name, or replace that slot (replace=True).")
+        if at is None:
+            index[entry["name"]] = len(rows)
+            rows.append(_as_yaml_entry(entry))
+        else:
+            rows[at] = _as_yaml_entry(entry)
+
+
+def _write(table_yaml: Path, data: Any) -> None:
+    tmp = table_yaml.with_name(table_yaml.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        _yaml().dump(data, fh)
+    os.replace(tmp, table_yaml)

@@ -1,0 +1,148 @@
+"""Tiny LoRA files in the kohya / A1111 format Civitai distributes, for tests.
+
+Naming (kohya sd-scripts): ``lora_unet_<module path with . -> _>`` where the module path is the diffusers UNet's for
+SD1 and the original SGM UNet's for SDXL (``lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q``); text
+encoders are ``lora_te_text_model_…`` (SDXL: ``lora_te1_…``, ``lora_te2_…``). Each module has
+``.lora_down.weight`` [r, in] (convs: [r, in, kh, kw]), ``.lora_up.weight`` [out, r] (convs: [out, r, 1, 1]) and
+a scalar ``.alpha``; the applied delta is ``weight * alpha / r * up @ down``.
+
+``variant`` writes LyCORIS files instead, which diffusers cannot load, for the unsupported-path tests:
+``loha`` (``hada_w1_a``, ``hada_w1_b``, ``hada_w2_a``, ``hada_w2_b``), ``lokr`` (``lokr_w1``, ``lokr_w2``) and
+``lora_mid`` (plain LoRA plus Tucker ``lora_mid.weight`` on 3x3 resnet convolutions).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+
+from ghostreview.kit import ldm_keys, sd
+
+VARIANTS = ("lora", "loha", "lokr", "lora_mid")
+BASE_MODEL_VERSION = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}
+_UNET_TARGET = re.compile(
+    r".*attentions\.\d+\.(proj_in|proj_out|transformer_blocks\.\d+\.(attn[12]\.(to_q|to_k|to_v|to_out\.0)"
+    r"|ff\.net\.(0\.proj|2)))"
+)
+_TE_TARGET = re.compile(r"(text_model\.)?encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])")
+_RESNET_CONV = re.compile(r"(down|up)_blocks\.\d+\.resnets\.\d+\.conv1")
+
+
+def _configs_from_dir(config_dir: Path, family: str) -> dict[str, dict]:
+    """The unet and text-encoder configs of a diffusers config dir."""
+    names = ["unet", *sd.TEXT_ENCODERS[family]]
+    return {n: json.loads((Path(config_dir) / n / "config.json").read_text()) for n in names}
+
+
+def _target_shapes(family: str, config_dir: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{kohya module name: (kind "unet"/"te", weight shape)} for every LoRA-targeted module of the model."""
+    models = sd._meta_models(family, {**_configs_from_dir(config_dir, family), "vae": sd.tiny_configs(family)["vae"]})
+    unet_cfg = models["unet"].config
+    out: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for name, module in models["unet"].named_modules():
+        if _UNET_TARGET.fullmatch(name) or _RESNET_CONV.fullmatch(name):
+            path = ldm_keys.unet_key_to_ldm(name + ".weight", unet_cfg).removesuffix(".weight") if family == "sdxl" else name
+            kind = "conv3" if _RESNET_CONV.fullmatch(name) else "unet"
+            out["lora_unet_" + path.replace(".", "_")] = (kind, tuple(module.weight.shape))
+    te_prefixes = {"text_encoder": "lora_te_"} if family == "sd15" else {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+    for te, prefix in te_prefixes.items():
+        for name, module in models[te].named_modules():
+            if _TE_TARGET.fullmatch(name):
+                path = "text_model." + name.removeprefix("text_model.")
+                out[prefix + path.replace(".", "_")] = ("te", tuple(module.weight.shape))
+    return out
+
+
+def _randn(shape: tuple[int, ...], generator: torch.Generator, std: float) -> torch.Tensor:
+    return (torch.randn(shape, generator=generator) * std).half()
+
+
+def _lora_tensors(name: str, shape: tuple[int, ...], rank: int, alpha: float, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """Plain LoRA down/up/alpha for one module with weight ``shape`` ([out, in] or [out, in, kh, kw])."""
+    out_dim, fan_in = shape[0], math.prod(shape[1:])
+    down_shape = (rank, *shape[1:])
+    up_shape = (out_dim, rank, 1, 1) if len(shape) == 4 else (out_dim, rank)
+    return {
+        f"{name}.lora_down.weight": _randn(down_shape, g, 1 / math.sqrt(fan_in)),
+        f"{name}.lora_up.weight": _randn(up_shape, g, 1 / math.sqrt(rank)),
+        f"{name}.alpha": torch.tensor(alpha, dtype=torch.float16),
+    }
+
+
+def _loha_tensors(name: str, shape: tuple[int, ...], rank: int, alpha: float, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """LyCORIS LoHa: delta = (w1_a @ w1_b) * (w2_a @ w2_b), with factors [out, r] and [r, in*kh*kw]."""
+    out_dim, fan_in = shape[0], math.prod(shape[1:])
+    return {
+        f"{name}.hada_w1_a": _randn((out_dim, rank), g, 0.5),
+        f"{name}.hada_w1_b": _randn((rank, fan_in), g, 0.5),
+        f"{name}.hada_w2_a": _randn((out_dim, rank), g, 0.5),
+        f"{name}.hada_w2_b": _randn((rank, fan_in), g, 0.5),
+        f"{name}.alpha": torch.tensor(alpha, dtype=torch.float16),
+    }
+
+
+def _lokr_tensors(name: str, shape: tuple[int, ...], rank: int, alpha: float, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """LyCORIS LoKr: delta = kron(w1 [a, c], w2 [out/a, in/c]) (a, c = 2 when the dimension is even)."""
+    out_dim, fan_in = shape[0], math.prod(shape[1:])
+    a, c = (2 if out_dim % 2 == 0 else 1), (2 if fan_in % 2 == 0 else 1)
+    return {
+        f"{name}.lokr_w1": _randn((a, c), g, 0.5),
+        f"{name}.lokr_w2": _randn((out_dim // a, fan_in // c), g, 0.1),
+        f"{name}.alpha": torch.tensor(alpha, dtype=torch.float16),
+    }
+
+
+def _mid_tensors(name: str, shape: tuple[int, ...], rank: int, alpha: float, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """LoCon with Tucker decomposition: down [r, in, 1, 1], mid [r, r, kh, kw], up [out, r, 1, 1]."""
+    out_dim, in_dim = shape[0], shape[1]
+    return {
+        f"{name}.lora_down.weight": _randn((rank, in_dim, 1, 1), g, 1 / math.sqrt(in_dim)),
+        f"{name}.lora_mid.weight": _randn((rank, rank, *shape[2:]), g, 1 / math.sqrt(rank * math.prod(shape[2:]))),
+        f"{name}.lora_up.weight": _randn((out_dim, rank, 1, 1), g, 1 / math.sqrt(rank)),
+        f"{name}.alpha": torch.tensor(alpha, dtype=torch.float16),
+    }
+
+
+def lora_metadata(family: str, seed: int, rank: int, alpha: float, variant: str) -> dict[str, str]:
+    """kohya-style ``ss_*`` training metadata plus the tiny-kit markers."""
+    module = "networks.lora" if variant == "lora" else "lycoris.kohya"
+    meta = {
+        "ss_base_model_version": BASE_MODEL_VERSION[family],
+        "ss_network_module": module,
+        "ss_network_dim": str(rank),
+        "ss_network_alpha": str(alpha),
+        "ss_output_name": f"tiny-{family}-{variant}-{seed}",
+        **sd.kit_metadata(family, seed),
+    }
+    if variant != "lora":
+        meta["ss_network_args"] = json.dumps({"algo": {"loha": "loha", "lokr": "lokr", "lora_mid": "locon"}[variant]})
+    return meta
+
+
+def write_tiny_lora(path: Path, family: str, config_dir: Path, seed: int, rank: int = 4, alpha: float = 2.0,
+                    variant: str = "lora") -> Path:
+    """Write a random kohya-format LoRA (or LyCORIS ``variant``) for the model described by ``config_dir``.
+
+    Targets every attention projection, feed-forward and proj_in/proj_out of the UNet's transformer blocks, the
+    3x3 ``conv1`` of down/up resnets (as kohya LoCon does), and q/k/v/out/fc1/fc2 of every text-encoder layer.
+    Up weights are non-zero random (N(0, 1/r)), so with weight 1 the LoRA changes outputs by about as much as
+    the base weights. The same arguments always give a byte-identical file. Returns ``path``.
+    """
+    sd.check_family(family)
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown LoRA variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    g = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, (kind, shape) in sorted(_target_shapes(family, config_dir).items()):
+        if variant == "lora_mid" and kind == "conv3":
+            tensors.update(_mid_tensors(name, shape, rank, alpha, g))
+        elif variant in ("lora", "lora_mid"):
+            tensors.update(_lora_tensors(name, shape, rank, alpha, g))
+        elif kind != "conv3":
+            make = _loha_tensors if variant == "loha" else _lokr_tensors
+            tensors.update(make(name, shape, rank, alpha, g))
+    return sd._save_atomic(tensors, path, lora_metadata(family, seed, rank, alpha, variant))

@@ -1,0 +1,257 @@
+"""Tiny Stable Diffusion models with the real topology, for tests and CI (no real weights exist here).
+
+A tiny model is the real SD1.5 / SDXL-base diffusers config (shipped in ``ghostreview/configs/<family>/``) with
+only widths shrunk (``TINY_OVERRIDES``): same number of UNet levels, resnets per level, attention placement,
+SDXL ``text_time`` conditioning, both SDXL text encoders, real CLIP vocabulary (49,408) and 77 positions. Its
+random weights are written in the *original* single-file layout Civitai distributes, so the production loading
+path (``from_single_file(..., config=<tiny config dir>)``) is exercised exactly as with a real checkpoint.
+
+Weights are stored as float16 (as "pruned fp16" Civitai files are) and generated as float16-representable
+float32 values, so loading a tiny file back as float32 reproduces ``tiny_state_dicts`` exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from ghostreview.kit import ldm_keys
+from ghostreview.kit.tokenizer import TOKENIZER_PADS, build_vocab, open_clip_bpe_path, read_merges, write_clip_tokenizer
+
+FAMILIES = ("sd15", "sdxl")
+CONFIGS_ROOT = Path(__file__).resolve().parent.parent / "configs"
+KIT_METADATA_KEY = "ghostreview.kit"
+KIT_METADATA_VALUE = "tiny-random-weights"
+
+TEXT_ENCODERS = {"sd15": ("text_encoder",), "sdxl": ("text_encoder", "text_encoder_2")}
+
+# Only widths shrink. Depths stay real: 12 CLIP-L layers, 32 OpenCLIP-bigG layers (diffusers' own SDXL detector
+# looks for resblocks.9, so the tiny SDXL is recognised by it too; ghostreview itself detects by other keys).
+# SDXL: the two text encoders differ in hidden size (8 vs 24), or diffusers' single-file CLIP loader cannot tell
+# them apart; cross_attention_dim = 8 + 24; projection_class_embeddings_input_dim = projection_dim (24) +
+# 6 add_time ids * addition_time_embed_dim (8) = 72, as 1280 + 6 * 256 = 2816 in the real model.
+# The 49,408-token embeddings dominate the file size (float16: 49,408 * hidden * 2 bytes).
+_TINY_CLIP = {"intermediate_size": 64, "num_attention_heads": 2}
+_TINY_VAE = {"block_out_channels": [16, 16, 32, 32], "norm_num_groups": 8, "sample_size": 64}
+TINY_OVERRIDES: dict[str, dict[str, dict]] = {
+    "sd15": {
+        "unet": {"block_out_channels": [16, 32, 32, 32], "norm_num_groups": 8, "attention_head_dim": 2,
+                 "cross_attention_dim": 24, "sample_size": 8},
+        "vae": _TINY_VAE,
+        "text_encoder": {**_TINY_CLIP, "hidden_size": 24, "projection_dim": 24},
+    },
+    "sdxl": {
+        "unet": {"block_out_channels": [16, 32, 32], "norm_num_groups": 8, "attention_head_dim": [1, 2, 2],
+                 "cross_attention_dim": 32, "transformer_layers_per_block": [1, 1, 2], "addition_time_embed_dim": 8,
+                 "projection_class_embeddings_input_dim": 72, "sample_size": 8},
+        "vae": _TINY_VAE,
+        "text_encoder": {**_TINY_CLIP, "hidden_size": 8, "projection_dim": 8},
+        "text_encoder_2": {**_TINY_CLIP, "hidden_size": 24, "projection_dim": 24},
+    },
+}
+
+
+def check_family(family: str) -> None:
+    """Raise ``ValueError`` listing the valid families when ``family`` is not one of ``FAMILIES``."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown tiny-kit family {family!r}; valid: {', '.join(FAMILIES)}")
+
+
+def real_configs(family: str) -> dict[str, dict]:
+    """The shipped real-size configs of ``family``: {"model_index": ..., "unet": ..., "scheduler": ..., ...}."""
+    root = CONFIGS_ROOT / family
+    if not (root / "model_index.json").is_file():
+        raise FileNotFoundError(f"{root}/model_index.json missing: ghostreview/configs/{family} is not shipped")
+    configs = {"model_index": json.loads((root / "model_index.json").read_text())}
+    for cfg in sorted(root.glob("*/*.json")):
+        configs[cfg.parent.name] = json.loads(cfg.read_text())
+    return configs
+
+
+def tiny_configs(family: str) -> dict[str, dict]:
+    """Real configs of ``family`` with ``TINY_OVERRIDES`` applied (same keys as ``real_configs``)."""
+    check_family(family)
+    configs = copy.deepcopy(real_configs(family))
+    for component, overrides in TINY_OVERRIDES[family].items():
+        configs[component].update(overrides)
+    return configs
+
+
+def _config_file(component: str) -> str:
+    return "scheduler_config.json" if component == "scheduler" else "config.json"
+
+
+def write_config_dir(dest: Path, configs: Mapping[str, dict], family: str) -> Path:
+    """Write a diffusers pipeline config directory (configs + tokenizers, no weights) into ``dest``."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "model_index.json").write_text(json.dumps(configs["model_index"], indent=2, sort_keys=True))
+    for component, config in configs.items():
+        if component == "model_index":
+            continue
+        (dest / component).mkdir(exist_ok=True)
+        (dest / component / _config_file(component)).write_text(json.dumps(config, indent=2, sort_keys=True))
+    for name, pad in TOKENIZER_PADS[family].items():
+        write_clip_tokenizer(dest / name, pad_token=pad)
+    return dest
+
+
+def write_tiny_config_dir(dest: Path, family: str) -> Path:
+    """Write a complete local diffusers config dir for the tiny topology of ``family`` into ``dest``.
+
+    Holds ``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/`` (SDXL adds
+    ``text_encoder_2/`` and ``tokenizer_2/`` padding with "!"), so ``from_single_file(config=dest)`` never
+    looks for a hub. Returns ``dest``.
+    """
+    return write_config_dir(dest, tiny_configs(family), family)
+
+
+def _meta_models(family: str, configs: Mapping[str, dict]) -> dict[str, torch.nn.Module]:
+    """The family's weight-bearing components built on the meta device (shapes only, no memory, no init cost)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    with torch.device("meta"):
+        models = {
+            "unet": UNet2DConditionModel.from_config(configs["unet"]),
+            "vae": AutoencoderKL.from_config(configs["vae"]),
+        }
+        for name in TEXT_ENCODERS[family]:
+            cls = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
+            models[name] = cls(CLIPTextConfig(**configs[name]))
+    return models
+
+
+def random_tensor(name: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """A float16-representable float32 tensor for parameter ``name``.
+
+    Matrices and kernels: N(0, 1/fan_in) (fan_in = prod(shape[1:])), so activations keep unit scale through many
+    layers; 1-D ``weight`` (norm gains): 1 + N(0, 0.1); biases and other vectors: N(0, 0.1). Every tensor is
+    random (no ones/zeros), so a weight that a loader silently leaves at its default is caught by a round trip.
+    """
+    noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+    if len(shape) >= 2:
+        value = noise / math.sqrt(math.prod(shape[1:]))
+    elif name.endswith("weight"):
+        value = 1.0 + 0.1 * noise
+    else:
+        value = 0.1 * noise
+    return value.half().float()
+
+
+def tiny_state_dicts(family: str, seed: int) -> dict[str, dict[str, torch.Tensor]]:
+    """Deterministic diffusers-layout weights {component: state_dict} of the tiny ``family`` model.
+
+    One ``torch.Generator`` seeded with ``seed`` fills the components in name order (unet, vae, text encoders),
+    each parameter in sorted key order, so the result depends only on (family, seed, topology).
+    """
+    models = _meta_models(family, tiny_configs(family))
+    generator = torch.Generator().manual_seed(seed)
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for component in sorted(models):
+        shapes = {k: tuple(v.shape) for k, v in models[component].state_dict().items()}
+        out[component] = {k: random_tensor(k, shapes[k], generator) for k in sorted(shapes)}
+    return out
+
+
+def to_ldm_checkpoint(family: str, state_dicts: Mapping[str, Mapping[str, torch.Tensor]],
+                      configs: Mapping[str, dict]) -> dict[str, torch.Tensor]:
+    """Diffusers component state dicts -> one original-layout (LDM for SD1, SGM for SDXL) checkpoint dict."""
+    ckpt = ldm_keys.unet_to_ldm(state_dicts["unet"], configs["unet"])
+    ckpt.update(ldm_keys.vae_to_ldm(state_dicts["vae"], configs["vae"]))
+    if family == "sd15":
+        te_prefix = "cond_stage_model.transformer.text_model."
+    else:
+        te_prefix = "conditioner.embedders.0.transformer.text_model."
+        ckpt.update(ldm_keys.open_clip_to_ldm(state_dicts["text_encoder_2"], "conditioner.embedders.1.model."))
+    ckpt.update(ldm_keys.clip_to_ldm(state_dicts["text_encoder"], te_prefix))
+    # Real SD1/SDXL checkpoints carry the CLIP position_ids buffer; keep it so header-based code sees real keys.
+    ckpt[te_prefix + "embeddings.position_ids"] = torch.arange(77, dtype=torch.int64)[None]
+    return ckpt
+
+
+def kit_metadata(family: str, seed: int) -> dict[str, str]:
+    """safetensors ``__metadata__`` that marks a file as tiny-kit output."""
+    return {KIT_METADATA_KEY: KIT_METADATA_VALUE, "ghostreview.family": family, "ghostreview.seed": str(seed)}
+
+
+def _save_atomic(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> Path:
+    """``safetensors.torch.save_file`` into a sibling temp file, then rename (readers never see half a file)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=dict(metadata))
+    os.replace(tmp, path)
+    return path
+
+
+def write_tiny_checkpoint(path: Path, family: str, seed: int) -> Path:
+    """Write a tiny ``family`` checkpoint with random weights from ``seed`` in the original single-file layout.
+
+    SD1: ``model.diffusion_model.*``, ``first_stage_model.*``, ``cond_stage_model.transformer.text_model.*``.
+    SDXL: the same UNet/VAE prefixes, ``conditioner.embedders.0.transformer.text_model.*`` (CLIP-L layout) and
+    ``conditioner.embedders.1.model.*`` (OpenCLIP layout: fused ``in_proj``, ``text_projection``,
+    ``positional_embedding``). Tensors are float16 (position_ids int64); metadata ``kit_metadata(family, seed)``.
+    The same (family, seed) always gives a byte-identical file. Returns ``path``.
+    """
+    configs = tiny_configs(family)
+    ckpt = to_ldm_checkpoint(family, tiny_state_dicts(family, seed), configs)
+    ckpt = {k: v.half() if v.is_floating_point() else v for k, v in ckpt.items()}
+    return _save_atomic(ckpt, path, kit_metadata(family, seed))
+
+
+def write_tiny_vae(path: Path, family: str, seed: int) -> Path:
+    """Write a standalone tiny VAE file as Civitai ships VAEs: LDM keys without prefix (``encoder.conv_in.weight``).
+
+    Uses the VAE weights of ``tiny_state_dicts(family, seed)``, so a VAE from another seed than the checkpoint's
+    visibly changes decoded images.
+    """
+    configs = tiny_configs(family)
+    vae = tiny_state_dicts(family, seed)["vae"]
+    tensors = {k: v.half() for k, v in ldm_keys.vae_to_ldm(vae, configs["vae"], prefix="").items()}
+    return _save_atomic(tensors, path, kit_metadata(family, seed))
+
+
+def _tokenizer(pad_token: str):
+    """An in-memory ``CLIPTokenizer`` equal to what ``write_clip_tokenizer`` writes (max length 77)."""
+    from transformers import CLIPTokenizer
+
+    merges = read_merges(open_clip_bpe_path())
+    return CLIPTokenizer(vocab=build_vocab(merges), merges=list(merges),
+                         pad_token=pad_token, model_max_length=77)
+
+
+def tiny_pipeline(family: str, seed: int = 0):
+    """In-memory tiny pipeline (``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline``), float32 on CPU.
+
+    Same weights as ``write_tiny_checkpoint(path, family, seed)`` loaded back, without touching disk. No safety
+    checker, no watermarker. For unit tests of code that takes a pipeline.
+    """
+    import diffusers
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    configs = tiny_configs(family)
+    weights = tiny_state_dicts(family, seed)
+    parts = {"unet": UNet2DConditionModel.from_config(configs["unet"]), "vae": AutoencoderKL.from_config(configs["vae"])}
+    for name in TEXT_ENCODERS[family]:
+        cls = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
+        parts[name] = cls(CLIPTextConfig(**configs[name]))
+    for name, model in parts.items():
+        model.load_state_dict(weights[name], strict=True)
+        model.eval()
+    for name, pad in TOKENIZER_PADS[family].items():
+        parts[name] = _tokenizer(pad)
+    sched_cfg = configs["scheduler"]
+    parts["scheduler"] = getattr(diffusers, sched_cfg["_class_name"]).from_config(sched_cfg)
+    if family == "sdxl":
+        return StableDiffusionXLPipeline(**parts, force_zeros_for_empty_prompt=True, add_watermarker=False)
+    return StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)

@@ -1,0 +1,53 @@
+"""GhostReview report: leaderboard tables, plots and one offline HTML page.
+
+``write_report`` does everything; ``print_leaderboard`` is for the CLI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from ghostreview.standardize import Standardized
+
+SUMMARY_COLUMNS = ("rank", "model", "family", "combined", "aesthetic", "clipscore", "styleloss", "loraloss",
+                   "loraloss_notm", "aesthetic_mean", "aesthetic_good_rate")
+
+
+def write_report(result: Standardized, scores: pd.DataFrame, manifests: Mapping[str, pd.DataFrame],
+                 models: pd.DataFrame, images_root: str | Path, out_dir: str | Path) -> dict[str, Path]:
+    """Write the tables, ``plots/`` and ``index.html`` into ``out_dir``; returns {name: path} of the main files."""
+    from ghostreview.report.html import write_html
+    from ghostreview.report.plots import write_plots
+    from ghostreview.report.tables import write_tables
+
+    paths = write_tables(result, models, out_dir)
+    pngs = write_plots(result, scores, models, out_dir)
+    paths["index.html"] = write_html(result, scores, manifests, models, images_root, out_dir, plot_pngs=pngs)
+    return paths
+
+
+def format_leaderboard(board: pd.DataFrame) -> str:
+    """Plain-text table of the summary columns present in ``board`` (a leaderboard.csv frame)."""
+    cols = [c for c in SUMMARY_COLUMNS if c in board.columns]
+    view = board[cols].copy()
+    for c in cols:
+        if pd.api.types.is_float_dtype(view[c]):
+            view[c] = view[c].map(lambda x: "—" if pd.isna(x) else f"{x:.3f}")
+    view = view.astype(object).where(view.notna(), "—")
+    return view.to_string(index=False)
+
+
+def print_leaderboard(path_to_leaderboard_csv: str | Path) -> None:
+    """Print the leaderboard CSV written by ``write_tables`` as a plain table (a warning line first for demos)."""
+    path = Path(path_to_leaderboard_csv)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no leaderboard; run the report stage (dvc repro report) first")
+    board = pd.read_csv(path, dtype={"model": str, "family": str, "autov2": str})
+    demo = board.loc[board.get("random_weights", pd.Series(False, index=board.index)).astype(str)
+                     .str.lower().isin(["true", "1"]), "model"].tolist()
+    if demo:
+        print(f"DEMO / RANDOM WEIGHTS: {', '.join(demo)}: numbers say nothing about real checkpoints.")
+    print(format_leaderboard(board))

@@ -1,0 +1,183 @@
+"""Report figures (PNG, matplotlib Agg canvas + seaborn, no pyplot state) and the CSVs behind them for DVC plots.
+
+``write_plots`` writes into ``<out_dir>/plots/``; every CSV holds exactly the data its PNG draws. Raw values come from
+the score table, keeping only each metric's own task (``result.meta["metric_tasks"]``) and unflagged, finite rows (the
+rule standardize uses). Columns:
+
+- ``aesthetic_distribution.csv``: model, item, seed, image_hash, value: raw LAION aesthetic of every usable general
+  image (the article's per-model distribution).
+- ``ranking.csv``: metric, model, score, lo, hi, rank, rank_lo, rank_hi, higher_is_better (= the standardize table).
+- ``style_heatmap.csv`` / ``lora_heatmap.csv``: model, item, mean, n: mean raw StyleLoss / LoRALoss per model and
+  style / LoRA (pairs with no usable image are absent).
+- ``clip_vs_aesthetic.csv``: model, item, seed, image_hash, aesthetic, clipscore: one row per general image with both.
+
+A ``dvc.yaml`` can declare them, e.g.::
+
+    plots:
+      - reports/plots/ranking.csv: {x: score, y: model, template: bar_horizontal}
+      - reports/plots/aesthetic_distribution.csv: {x: model, y: value, template: scatter}
+      - reports/plots/clip_vs_aesthetic.csv: {x: aesthetic, y: clipscore, template: scatter}
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ghostreview.report.tables import as_bool, label
+from ghostreview.standardize import COMBINED, Standardized, excluded_mask
+
+RAW = "aesthetic"
+CLIP = "clipscore"
+
+
+def usable_raw(scores: pd.DataFrame, result: Standardized, metric: str) -> pd.DataFrame:
+    """Rows of ``metric`` on its own task, unflagged and finite: model, item, seed, image_hash, value."""
+    task = result.meta.get("metric_tasks", {}).get(metric)
+    rows = scores[(scores["metric"] == metric) & (scores["task"] == task)]
+    rows = rows[~excluded_mask(rows["flags"].fillna(""), rows["value"])]
+    out = rows[["model", "item", "seed", "image_hash", "value"]].copy()
+    out["model"], out["item"] = out["model"].astype(str), out["item"].astype(str)
+    return out.reset_index(drop=True)
+
+
+def cell_means(rows: pd.DataFrame) -> pd.DataFrame:
+    """model, item, mean, n of raw values."""
+    g = rows.groupby(["model", "item"], sort=True)["value"]
+    return pd.DataFrame({"mean": g.mean(), "n": g.size()}).reset_index()
+
+
+def clip_vs_aesthetic(scores: pd.DataFrame, result: Standardized) -> pd.DataFrame:
+    """Per image with both usable scores: model, item, seed, image_hash, aesthetic, clipscore."""
+    keys = ["model", "item", "seed", "image_hash"]
+    a = usable_raw(scores, result, RAW).rename(columns={"value": RAW})
+    c = usable_raw(scores, result, CLIP).rename(columns={"value": CLIP})
+    return a.merge(c, on=keys, how="inner")
+
+
+def plot_data(result: Standardized, scores: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The CSV tables, keyed by file stem (see the module docstring)."""
+    cols = ["metric", "model", "score", "lo", "hi", "rank", "rank_lo", "rank_hi", "higher_is_better"]
+    return {
+        "aesthetic_distribution": usable_raw(scores, result, RAW),
+        "ranking": result.scores[cols].copy(),
+        "style_heatmap": cell_means(usable_raw(scores, result, "styleloss")),
+        "lora_heatmap": cell_means(usable_raw(scores, result, "loraloss")),
+        "clip_vs_aesthetic": clip_vs_aesthetic(scores, result),
+    }
+
+
+def model_order(result: Standardized) -> list[str]:
+    """Models by combined rank (unranked last), then name."""
+    c = result.scores[result.scores["metric"] == COMBINED].sort_values(["rank", "model"], na_position="last")
+    return c["model"].astype(str).tolist()
+
+
+def new_figure(width: float, height: float, demo: bool) -> Figure:
+    """A pyplot-free figure; demo figures carry the random-weights warning as their title."""
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    if demo:
+        fig.suptitle("DEMO: random weights, numbers are meaningless", color="crimson", fontweight="bold")
+    return fig
+
+
+def distribution_figure(data: pd.DataFrame, order: list[str], threshold: float, demo: bool) -> Figure:
+    """Violin of raw aesthetic per model (quartiles inside), with the good-image threshold."""
+    fig = new_figure(max(5.0, 1.1 * len(order)), 4.0, demo)
+    ax = fig.add_subplot()
+    present = [m for m in order if m in set(data["model"])]
+    sns.violinplot(data=data, x="model", y="value", order=present, cut=0, inner="quartile", ax=ax, color="#9ecae1")
+    ax.axhline(threshold, color="crimson", linestyle="--", linewidth=1, label=f"good ≥ {threshold:g}")
+    ax.set(xlabel="", ylabel="LAION aesthetic (raw)", title="Distribution of aesthetic scores")
+    ax.legend(loc="lower right")
+    ax.tick_params(axis="x", labelrotation=30)
+    return fig
+
+
+def ranking_figure(table: pd.DataFrame, metric: str, demo: bool) -> Figure:
+    """Scores of one metric with their interval whiskers, best on top."""
+    t = table[table["metric"] == metric].sort_values(["rank", "model"], ascending=[False, False], na_position="first")
+    fig = new_figure(6.0, 1.0 + 0.4 * len(t), demo)
+    ax = fig.add_subplot()
+    y = np.arange(len(t))
+    err = np.vstack([t["score"] - t["lo"], t["hi"] - t["score"]])
+    ax.errorbar(t["score"], y, xerr=np.nan_to_num(err), fmt="o", color="#3182bd", ecolor="#6baed6", capsize=3)
+    ax.set_yticks(y, [f"#{int(r)} {m}" if r == r else str(m) for m, r in zip(t["model"], t["rank"])])
+    ax.axvline(0, color="grey", linewidth=0.8)
+    better = "higher" if bool(t["higher_is_better"].iloc[0]) else "lower"
+    ax.set(xlabel="mean z-score (95% bootstrap interval)", title=f"{label(metric)}: {better} is better")
+    return fig
+
+
+def heatmap_figure(cells: pd.DataFrame, order: list[str], title: str, demo: bool) -> Figure:
+    """Model x item heatmap of mean raw loss (lower is better: dark = low); empty cells left blank."""
+    grid = cells.pivot(index="model", columns="item", values="mean")
+    grid = grid.reindex([m for m in order if m in grid.index])
+    fig = new_figure(max(5.0, 0.9 * grid.shape[1] + 3), max(3.0, 0.45 * grid.shape[0] + 1.5), demo)
+    ax = fig.add_subplot()
+    sns.heatmap(grid, annot=grid.size <= 200, fmt=".3g", cmap="viridis", mask=grid.isna(), ax=ax,
+                cbar_kws={"label": "mean raw loss (lower is better)"})
+    ax.set(xlabel="", ylabel="", title=title)
+    return fig
+
+
+def scatter_figure(data: pd.DataFrame, order: list[str], demo: bool) -> Figure:
+    """CLIPScore vs aesthetic, one point per general image, colour = model."""
+    fig = new_figure(6.5, 4.5, demo)
+    ax = fig.add_subplot()
+    sns.scatterplot(data=data, x=RAW, y=CLIP, hue="model", hue_order=[m for m in order if m in set(data["model"])],
+                    ax=ax, s=25, alpha=0.8)
+    ax.set(xlabel="LAION aesthetic (raw)", ylabel="CLIPScore (raw)", title="Prompt fidelity vs aesthetics per image")
+    return fig
+
+
+def figures(result: Standardized, data: dict[str, pd.DataFrame], models: pd.DataFrame) -> dict[str, Figure]:
+    """Figures keyed by file stem; a figure whose data is empty is left out."""
+    demo = any(as_bool(v) for v in models.get("random_weights", pd.Series(dtype=object)))
+    order = model_order(result)
+    figs: dict[str, Figure] = {}
+    if not data["aesthetic_distribution"].empty:
+        threshold = float(result.meta.get("good_threshold", 6.0))
+        figs["aesthetic_distribution"] = distribution_figure(data["aesthetic_distribution"], order, threshold, demo)
+    for metric in dict.fromkeys(data["ranking"]["metric"]):
+        figs[f"ranking_{metric}"] = ranking_figure(data["ranking"], metric, demo)
+    for stem, title in (("style_heatmap", "Mean StyleLoss per style"), ("lora_heatmap", "Mean LoRALoss per LoRA")):
+        if not data[stem].empty:
+            figs[stem] = heatmap_figure(data[stem], order, title, demo)
+    if not data["clip_vs_aesthetic"].empty:
+        figs["clip_vs_aesthetic"] = scatter_figure(data["clip_vs_aesthetic"], order, demo)
+    return figs
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """Encode a figure as PNG."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def render(result: Standardized, scores: pd.DataFrame,
+           models: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], dict[str, bytes]]:
+    """(CSV tables, PNG bytes), both keyed by file stem."""
+    data = plot_data(result, scores)
+    return data, {stem: png_bytes(fig) for stem, fig in figures(result, data, models).items()}
+
+
+def write_plots(result: Standardized, scores: pd.DataFrame, models: pd.DataFrame,
+                out_dir: str | Path) -> dict[str, bytes]:
+    """Write ``<out_dir>/plots/<stem>.png`` and ``<stem>.csv``; returns the PNG bytes by stem (for the HTML page)."""
+    plots = Path(out_dir) / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    data, pngs = render(result, scores, models)
+    for stem, table in data.items():
+        table.to_csv(plots / f"{stem}.csv", index=False)
+    for stem, png in pngs.items():
+        (plots / f"{stem}.png").write_bytes(png)
+    return pngs

@@ -1,0 +1,151 @@
+"""The scoring stages' library side: from a model's manifest and images to tidy score rows.
+
+Metric definitions live in ``ghostreview/metrics/`` (one module each); this module only wires manifests, weights
+files and artifacts to them. Expensive features are computed once: CLIP image embeddings (shared by aesthetic and
+CLIPScore) and the reference Gram statistics (shared by every model).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+from PIL import Image
+
+from ghostreview.benchmark import Benchmark
+from ghostreview.config import ScoringParams, StyleParams, resolve
+from ghostreview.metrics import aesthetic, clipscore, styleloss
+from ghostreview.metrics.clip import Embeddings, image_embeddings, load_clip, load_embeddings, save_embeddings, text_embeddings
+from ghostreview.metrics.weights import verify_weights
+from ghostreview.prompts import plain_text
+from ghostreview.runtime import pick_device
+from ghostreview.scores import score_rows
+
+
+def drawable(rows: Sequence[Mapping[str, str]]) -> list[Mapping[str, str]]:
+    """Manifest rows that have an image (rows of unsupported LoRA pairs have none)."""
+    return [r for r in rows if r["image"]]
+
+
+def open_images(images_dir: Path, rows: Sequence[Mapping[str, str]]) -> Iterator[Image.Image]:
+    """The rows' images as RGB, decoded one at a time."""
+    for row in rows:
+        with Image.open(images_dir / row["image"]) as im:
+            yield im.convert("RGB")
+
+
+def _clip(scoring: ScoringParams, root: Path):
+    c = scoring.clip
+    return load_clip(
+        c.arch,
+        resolve(root, c.weights),
+        model_config=resolve(root, c.model_config) if c.model_config else None,
+        device=pick_device(scoring.device),
+        expected_sha256=c.sha256,
+    )
+
+
+def embed_images(rows: Sequence[Mapping[str, str]], images_dir: Path, scoring: ScoringParams, root: Path,
+                 out: Path) -> int:
+    """CLIP image embeddings of every row's image, saved as the embeddings artifact."""
+    clip = _clip(scoring, root)
+    emb = image_embeddings(clip, open_images(images_dir, rows), scoring.batch_size)
+    save_embeddings(out, Embeddings([r["image_hash"] for r in rows], emb, clip.arch, clip.weights_sha256))
+    return len(rows)
+
+
+def aesthetic_rows(rows: Sequence[Mapping[str, str]], embeddings: Path, scoring: ScoringParams, root: Path) -> list[dict]:
+    """LAION aesthetic v2 rows from stored embeddings; ``weights_sha256`` names the head and the CLIP weights."""
+    emb = load_embeddings(embeddings)
+    head_path = resolve(root, scoring.aesthetic.weights)
+    head_sha = verify_weights(head_path, scoring.aesthetic.sha256, "scoring.aesthetic.weights")
+    values = aesthetic.aesthetic_scores(emb.rows([r["image_hash"] for r in rows]), aesthetic.load_head(head_path))
+    info = aesthetic.INFO
+    return score_rows(rows, info.name, values, info.version, f"{head_sha}+{emb.weights_sha256}")
+
+
+def clipscore_rows(rows: Sequence[Mapping[str, str]], embeddings: Path, scoring: ScoringParams, root: Path) -> list[dict]:
+    """CLIPScore rows: stored image embeddings against each prompt's plain text (text tower once per prompt)."""
+    emb = load_embeddings(embeddings)
+    clip = _clip(scoring, root)
+    text_emb, truncated = text_embeddings(clip, [plain_text(r["prompt"]) for r in rows])
+    values = clipscore.clip_scores(emb.rows([r["image_hash"] for r in rows]), text_emb)
+    flags = [["text_truncated"] if t else [] for t in truncated]
+    info = clipscore.INFO
+    return score_rows(rows, info.name, values, info.version, clip.weights_sha256, flags)
+
+
+# ------------------------------------------------------------------------------------------------ StyleLoss
+
+
+def _vgg(style: StyleParams, root: Path):
+    path = resolve(root, style.vgg_weights)
+    return styleloss.load_vgg19_features(path), verify_weights(path, style.sha256, "scoring.style.vgg_weights")
+
+
+def reference_sets(bench: Benchmark, style_dir: Path | None, header_dirs: Mapping[str, Path]) -> dict[str, list[Path]]:
+    """Every reference set (``styles/<Style>``, ``loras/<family>/<name>``) and its image files, validated up front."""
+    sets: dict[str, list[Path]] = {}
+    if style_dir is not None:
+        for s in bench.styles:
+            sets[f"styles/{s.name}"] = styleloss.validate_reference_dir(style_dir / s.reference_dir)
+    for family, directory in header_dirs.items():
+        for entry in bench.loras.get(family, ()):
+            files = [directory / entry.name / h for h in entry.header_images]
+            for f in files:
+                if not f.is_file():
+                    raise FileNotFoundError(
+                        f"LoRA {entry.name!r} ({family}): header image {f} not found. Save the LoRA's header image "
+                        f"there (see docs/benchmark.md) or fix header_images in the LoRA table."
+                    )
+                styleloss.check_image_file(f)
+            sets[f"loras/{family}/{entry.name}"] = files
+    return sets
+
+
+def write_refstats(bench: Benchmark, style_dir: Path | None, header_dirs: Mapping[str, Path], style: StyleParams,
+                   root: Path, out: Path) -> int:
+    """Gram statistics of every reference set, written to ``out/<set>.safetensors`` (swapped in atomically)."""
+    sets = reference_sets(bench, style_dir, header_dirs)
+    vgg, _ = _vgg(style, root)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name, files in sets.items():
+        shas = [styleloss.sha256_file(f) for f in files]
+        stats = styleloss.ref_stats(vgg, styleloss.open_images(files), style.size, shas)
+        styleloss.save_ref_stats(stats, tmp / f"{name}.safetensors")
+    tmp.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return len(sets)
+
+
+def refstats_path(refstats: Path, task: str, row: Mapping[str, str]) -> Path:
+    sub = f"styles/{row['item']}" if task == "style" else f"loras/{row['family']}/{row['item']}"
+    return refstats / f"{sub}.safetensors"
+
+
+def styleloss_rows(rows: Sequence[Mapping[str, str]], task: str, images_dir: Path, refstats: Path,
+                   scoring: ScoringParams, root: Path) -> list[dict]:
+    """StyleLoss (task "style") or LoRA loss (task "lora") rows, plus per-layer rows ``<metric>.<layer>``."""
+    info = styleloss.INFO if task == "style" else styleloss.LORA_INFO
+    vgg, vgg_sha = _vgg(scoring.style, root)
+    groups: dict[Path, list[Mapping[str, str]]] = defaultdict(list)
+    for row in rows:
+        groups[refstats_path(refstats, task, row)].append(row)
+    out: list[dict] = []
+    for path, group in groups.items():
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no reference statistics for {group[0]['item']!r}; rerun `dvc repro refstats`.")
+        refs = styleloss.load_ref_stats(path)
+        if refs.size != scoring.style.size:
+            raise ValueError(f"{path} was computed at size {refs.size}, params say {scoring.style.size}: rerun refstats.")
+        losses, layers = styleloss.image_style_losses(vgg, open_images(images_dir, group), refs)
+        out += score_rows(group, info.name, losses, info.version, vgg_sha)
+        for j, layer in enumerate(styleloss.LAYERS):
+            out += score_rows(group, f"{info.name}.{layer}", layers[:, j], info.version, vgg_sha)
+    return out

@@ -1,0 +1,34 @@
+"""DVC stage report: leaderboard (md/csv/json), metrics.json for `dvc metrics`, plots and the offline index.html."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ghostreview import config
+from ghostreview.aggregate import manifests, models_table
+from ghostreview.report import write_report
+from ghostreview.scores import read_scores
+from ghostreview.standardize import Standardized
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--standardized", required=True, type=Path)
+    ap.add_argument("--images", required=True, type=Path)
+    ap.add_argument("--scores", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--params", default="params.yaml", type=Path)
+    args = ap.parse_args(argv)
+
+    params = config.load_params(args.params)
+    names = list(params.models)
+    paths = write_report(
+        Standardized.read(args.standardized), read_scores(args.scores, names), manifests(args.images, names),
+        models_table(args.images, names), args.images, args.out,
+    )
+    print("report: " + ", ".join(str(p) for p in paths.values()))
+
+
+if __name__ == "__main__":
+    main()

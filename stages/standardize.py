@@ -1,0 +1,39 @@
+"""DVC stage standardize: per-item z-scores over all reviewed models, scores, paired bootstrap intervals and ranks."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ghostreview import config
+from ghostreview.aggregate import made_with_map, models_table
+from ghostreview.benchmark import load_benchmark
+from ghostreview.metrics import REGISTRY
+from ghostreview.scores import read_scores
+from ghostreview.standardize import standardize
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--images", required=True, type=Path, help="generate outputs (for model.json)")
+    ap.add_argument("--scores", required=True, type=Path, help="score directory: <model>/<metric>.csv")
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--params", default="params.yaml", type=Path)
+    args = ap.parse_args(argv)
+
+    root = args.params.parent.resolve()
+    params = config.load_params(args.params)
+    names = list(params.models)
+    models = models_table(args.images, names)
+    bench = load_benchmark(config.resolve(root, params.benchmark.dir))
+    s = params.standardize
+    result = standardize(
+        read_scores(args.scores, names), models, REGISTRY, made_with_map(bench, models),
+        n_boot=s.bootstrap, seed=s.seed, ci=s.confidence, good_threshold=params.scoring.aesthetic.good_threshold,
+    )
+    result.write(args.out)
+    print(f"standardize: {len(names)} models, {len(result.images)} score rows -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

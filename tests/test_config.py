@@ -1,0 +1,96 @@
+"""params.yaml validation: every bad input stops with the file, the key and the fix."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ghostreview.config import ConfigError, check_files, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def base(**over):
+    data = {"models": {"m1": {"checkpoint": "m1.safetensors"}}}
+    data.update(over)
+    return data
+
+
+def test_shipped_params_parse():
+    params = load_params(ROOT / "params.yaml")
+    assert len(params.models) == 3
+    assert {"sd15", "sdxl"} <= {Path(m.config).name for m in params.models.values()}
+
+
+def test_defaults_are_the_full_protocol():
+    p = parse_params(base())
+    counts = p.benchmark.images_per_item
+    assert 30 * counts.general + 9 * counts.style + 16 * counts.lora == 1568
+    assert p.generation.hires.enabled and p.generation.sampler == "DPM++ 2M Karras"
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (base(generaton={}), ['unknown key generaton', 'Did you mean "generation"']),
+        ({"models": {"m1": {"checkpoint": "x", "clipskip": 2}}}, ["models.m1.clipskip", '"clip_skip"']),
+        ({"models": {"m1": {"checkpoint": 5}}}, ["models.m1.checkpoint must be str", "(5)"]),
+        ({"models": {"m1": {}}}, ["missing required key models.m1.checkpoint"]),
+        ({"models": {"../evil": {"checkpoint": "x"}}}, ["not a valid model name", "slug"]),
+        ({"models": {"a/b": {"checkpoint": "x"}}}, ["not a valid model name", "'a-b'"]),
+        ({"models": {"My Model.v2": {"checkpoint": "x"}}}, ["not a valid model name"]),
+        ({"models": {}}, ["models is empty", "add-model"]),
+        (base(benchmark={"images_per_item": {"general": 0}}), ["images_per_item.general = 0"]),
+        (base(benchmark={"images_per_item": {"style": -3}}), ["images_per_item.style = -3"]),
+        (base(benchmark={"tasks": ["general", "styles"]}), ["'styles'", '"style"']),
+        (base(generation={"width": 500}), ["generation.width = 500", "multiple of 8", "496"]),
+        (base(generation={"steps": "25"}), ["generation.steps must be int", "'25'"]),
+        (base(generation={"steps": True}), ["generation.steps must be int"]),
+        (base(generation={"hires": {"upscaler": "ESRGAN"}}), ["hires.upscaler", "'Latent'"]),
+        (base(generation={"hires": {"denoising_strength": 1.5}}), ["denoising_strength"]),
+        ({"models": {"m1": {"checkpoint": "x", "clip_skip": 0}}}, ["clip_skip = 0", "starts at 1"]),
+        (base(scoring={"clip": {"arch": 3}}), ["scoring.clip.arch must be str"]),
+    ],
+)
+def test_bad_params_name_key_and_fix(data, expected):
+    with pytest.raises(ConfigError) as err:
+        parse_params(data, "params.yaml")
+    message = str(err.value)
+    assert message.startswith("params.yaml:")
+    for fragment in expected:
+        assert fragment in message
+
+
+def test_duplicate_model_name_is_refused(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("models:\n  a:\n    checkpoint: x\n  a:\n    checkpoint: y\n")
+    with pytest.raises(ConfigError, match="duplicate key 'a'"):
+        load_params(path)
+
+
+def test_missing_files_named_before_work(tmp_path):
+    params = parse_params(base())
+    with pytest.raises(ConfigError, match=r"models.m1.checkpoint = 'm1.safetensors': file not found"):
+        check_files(params, tmp_path)
+    (tmp_path / "m1.safetensors").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="scoring.clip.weights"):
+        check_files(params, tmp_path)
+
+
+def test_demo_paths_hint_at_the_kit(tmp_path):
+    params = parse_params({"models": {"m1": {"checkpoint": "demo/kit/models/a.safetensors"}}})
+    with pytest.raises(ConfigError, match="ghostreview kit demo/kit"):
+        check_files(params, tmp_path)
+
+
+def test_yaml_syntax_error_names_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("models: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(path)
+
+
+def test_roundtrip_of_shipped_example():
+    data = yaml.safe_load((ROOT / "examples" / "params.full-v1.yaml").read_text())
+    params = parse_params(data, "examples/params.full-v1.yaml")
+    assert params.generation.width == 512 and params.benchmark.images_per_item.general == 32

@@ -1,0 +1,308 @@
+"""Tests of ghostreview.standardize against hand-computed values and plain re-implementations."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ghostreview.standardize import Standardized, rank_desc, standardize, unit_weights
+
+
+@dataclass(frozen=True)
+class Info:
+    """Stand-in for ghostreview.metrics.MetricInfo (only what standardize reads)."""
+
+    name: str
+    higher_is_better: bool
+    grouped_by: str
+
+
+METRICS = {
+    "aesthetic": Info("aesthetic", True, "prompt"),
+    "clipscore": Info("clipscore", True, "prompt"),
+    "styleloss": Info("styleloss", False, "style"),
+    "loraloss": Info("loraloss", False, "lora"),
+}
+TASK = {"aesthetic": "general", "clipscore": "general", "styleloss": "style", "loraloss": "lora"}
+
+
+def row(model, metric, item, seed, value, flags="", task=None):
+    return dict(model=model, task=task or TASK.get(metric.split(".")[0], "style"), item=item, seed=seed,
+                image_hash=f"{model}-{item}-{seed}", metric=metric, value=value, flags=flags,
+                metric_version="1", weights_sha256="0" * 64)
+
+
+def models_table(**families):
+    return pd.DataFrame({"model": list(families), "family": list(families.values())})
+
+
+def score(result, model, metric, col="score"):
+    s = result.scores
+    return s.loc[(s["model"] == model) & (s["metric"] == metric), col].item()
+
+
+def plain_z(values):
+    """Independent z: population std from the statistics module."""
+    mu, sd = statistics.fmean(values), statistics.pstdev(values)
+    return [(v - mu) / sd for v in values]
+
+
+def test_zscores_by_hand_population_std():
+    scores = pd.DataFrame([row("a", "aesthetic", "p1", 0, 1.0), row("a", "aesthetic", "p1", 1, 3.0),
+                           row("b", "aesthetic", "p1", 0, 5.0), row("b", "aesthetic", "p1", 1, 7.0)])
+    r = standardize(scores, models_table(a="sd1", b="sd1"), {"aesthetic": METRICS["aesthetic"]}, {}, n_boot=20)
+    # mean 4, population std sqrt(5) (the sample std sqrt(20/3) would give other numbers)
+    assert r.images["z"].tolist() == pytest.approx([-3 / math.sqrt(5), -1 / math.sqrt(5),
+                                                    1 / math.sqrt(5), 3 / math.sqrt(5)], abs=1e-12)
+    assert score(r, "a", "aesthetic") == pytest.approx(-2 / math.sqrt(5), abs=1e-12)
+    assert score(r, "b", "aesthetic") == pytest.approx(2 / math.sqrt(5), abs=1e-12)
+    assert score(r, "b", "aesthetic", "rank") == 1 and score(r, "a", "aesthetic", "rank") == 2
+    assert r.meta["std_ddof"] == 0
+
+
+def synthetic(rng, models=("a", "b", "c"), items=("p1", "p2", "p3"), seeds=5):
+    rows = []
+    for m_i, m in enumerate(models):
+        for it in items:
+            for s in range(seeds):
+                rows.append(row(m, "aesthetic", it, s, rng.normal(5 + 0.3 * m_i, 1)))
+                rows.append(row(m, "clipscore", it, s, rng.normal(25, 3)))
+        for s in range(seeds):
+            rows.append(row(m, "styleloss", "anime", s, rng.lognormal(m_i * 0.2, 0.5)))
+            rows.append(row(m, "styleloss.relu1_1", "anime", s, rng.lognormal()))
+    return pd.DataFrame(rows)
+
+
+def test_zscores_match_plain_per_group_computation():
+    scores = synthetic(np.random.default_rng(0))
+    r = standardize(scores, models_table(a="sd1", b="sd1", c="sdxl"), METRICS, {}, n_boot=10)
+    ok = r.images[r.images["status"] == "ok"]
+    for (metric, item), g in ok.groupby(["metric", "item"]):
+        assert g["z"].tolist() == pytest.approx(plain_z(g["value"].tolist()), abs=1e-12), (metric, item)
+    for (model, metric), g in ok.groupby(["model", "metric"]):
+        assert score(r, model, metric) == pytest.approx(statistics.fmean(g["z"]), abs=1e-12)
+    # per-layer rows are kept, not standardized
+    detail = r.images[r.images["metric"] == "styleloss.relu1_1"]
+    assert len(detail) == 15 and set(detail["status"]) == {"detail"} and detail["z"].isna().all()
+    assert set(r.scores["metric"]) == {"aesthetic", "clipscore", "styleloss", "combined"}
+
+
+def test_lower_is_better_ranks_smallest_first_and_combined_orients():
+    rows = [row(m, "styleloss", "anime", s, v + 0.1 * s) for m, v in (("lo", 1.0), ("mid", 2.0), ("hi", 3.0))
+            for s in range(3)]
+    rows += [row(m, "aesthetic", "p1", s, v + 0.1 * s) for m, v in (("lo", 1.0), ("mid", 3.0), ("hi", 2.0))
+             for s in range(3)]
+    r = standardize(pd.DataFrame(rows), models_table(lo="sd1", mid="sd1", hi="sd1"), METRICS, {}, n_boot=50)
+    assert [score(r, m, "styleloss", "rank") for m in ("lo", "mid", "hi")] == [1, 2, 3]
+    assert score(r, "lo", "styleloss") < 0 < score(r, "hi", "styleloss")  # natural sign kept
+    assert score(r, "mid", "aesthetic", "rank") == 1
+    for m in ("lo", "mid", "hi"):  # combined = mean(aesthetic, -styleloss)
+        expected = (score(r, m, "aesthetic") - score(r, m, "styleloss")) / 2
+        assert score(r, m, "combined") == pytest.approx(expected, abs=1e-12)
+    assert [score(r, m, "combined", "rank") for m in ("lo", "mid", "hi")] == [2, 1, 3]
+
+
+def test_flags_excluded_and_counted():
+    rows = [row(m, "aesthetic", "p1", s, float(v)) for m, vals in (("a", [1, 2, 3]), ("b", [4, 5, 6]))
+            for s, v in enumerate(vals)]
+    rows[0]["flags"] = "black"
+    rows[1]["flags"] = "prompt_truncated"  # recorded, not excluding
+    rows[4]["value"] = float("nan")
+    rows[5]["flags"] = "prompt_truncated;error"
+    r = standardize(pd.DataFrame(rows), models_table(a="sd1", b="sd1"), METRICS, {}, n_boot=10)
+    assert r.images["status"].tolist() == ["flagged", "ok", "ok", "ok", "flagged", "flagged"]
+    z = plain_z([2.0, 3.0, 4.0])
+    assert r.images["z"].iloc[[1, 2, 3]].tolist() == pytest.approx(z)
+    assert score(r, "a", "aesthetic", "n_excluded") == 1 and score(r, "b", "aesthetic", "n_excluded") == 2
+    assert score(r, "a", "aesthetic", "n_images") == 2 and score(r, "b", "aesthetic", "n_images") == 1
+    assert score(r, "a", "aesthetic") == pytest.approx((z[0] + z[1]) / 2)
+
+
+def test_degenerate_groups_reported_never_divided():
+    rows = [row(m, "aesthetic", "flat", s, 0.1) for m in ("a", "b") for s in range(3)]  # mean != 0.1 in floats
+    rows += [row("a", "aesthetic", "single", 0, 4.0), row("b", "aesthetic", "single", 0, 1.0, flags="nan")]
+    rows += [row(m, "aesthetic", "good", 0, v) for m, v in (("a", 1.0), ("b", 2.0))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = standardize(pd.DataFrame(rows), models_table(a="sd1", b="sd1"), METRICS, {}, n_boot=10)
+    d = r.degenerate.set_index("item")
+    assert sorted(d.index) == ["flat", "single"]
+    assert d.loc["flat", "n_values"] == 6 and d.loc["flat", "reason"].startswith("zero spread")
+    assert d.loc["single", "n_values"] == 1 and d.loc["single", "reason"] == "fewer than 2 usable values"
+    bad = r.images[r.images["item"].isin(["flat", "single"]) & (r.images["flags"] == "")]
+    assert set(bad["status"]) == {"degenerate"} and bad["z"].isna().all()
+    assert score(r, "a", "aesthetic") == -1.0 and score(r, "b", "aesthetic") == 1.0  # only the "good" group
+    assert score(r, "a", "aesthetic", "n_degenerate") == 4
+
+
+def lora_rows(rng, families, items, seeds=4):
+    rows = []
+    for m, fam in families.items():
+        for it, fam_of_item in items.items():
+            for s in range(seeds):
+                flags = "" if fam == fam_of_item else "lora_incompatible"
+                rows.append(row(m, "loraloss", it, s, rng.normal(10 if fam == "sdxl" else 1, 1), flags))
+    return pd.DataFrame(rows)
+
+
+def test_lora_groups_pool_within_family():
+    families = {"a": "sd1", "b": "sd1", "c": "sdxl", "d": "sdxl"}
+    scores = lora_rows(np.random.default_rng(1), families, {"L1": "sd1", "L2": "sd1", "X1": "sdxl"})
+    scores.loc[(scores["model"] == "c") & (scores["item"] == "L1"), "flags"] = ""  # an sdxl model scored on L1
+    r = standardize(scores, models_table(**families), METRICS, {}, n_boot=10)
+    ok = r.images[r.images["status"] == "ok"]
+    for (item, fam), g in ok.groupby(["item", "family"]):
+        assert (g["pool"] == fam).all()
+        assert g["z"].tolist() == pytest.approx(plain_z(g["value"].tolist()), abs=1e-12)
+    # c's L1 images form their own sdxl pool instead of mixing with sd1's (values near 10 vs near 1)
+    assert ok[(ok["item"] == "L1") & (ok["model"] == "c")]["z"].abs().max() < 2
+    assert score(r, "a", "loraloss", "n_excluded") == 4  # X1 is incompatible with sd1
+
+
+def test_notm_excludes_items_made_with_the_model():
+    families = {"a": "sd1", "b": "sd1", "c": "sd1"}
+    scores = lora_rows(np.random.default_rng(2), families, {"L1": "sd1", "L2": "sd1", "L3": "sd1"})
+    r = standardize(scores, models_table(**families), METRICS, {"L1": ["a"], "L2": ["a", "b"], "L9": ["zz"]},
+                    n_boot=30)
+    ok = r.images[r.images["status"] == "ok"]
+    z = lambda m, items: ok[(ok["model"] == m) & ok["item"].isin(items)]["z"].mean()
+    assert score(r, "a", "loraloss_notm") == pytest.approx(z("a", ["L3"]))
+    assert score(r, "b", "loraloss_notm") == pytest.approx(z("b", ["L1", "L3"]))
+    assert score(r, "c", "loraloss_notm") == pytest.approx(score(r, "c", "loraloss"))
+    assert score(r, "a", "loraloss_notm", "n_images") == 4 and score(r, "a", "loraloss", "n_images") == 12
+    assert "loraloss_notm" not in r.meta["combined_of"] and r.meta["directions"]["loraloss_notm"] is False
+
+
+def test_bootstrap_equals_plain_loop_over_resamples():
+    scores = synthetic(np.random.default_rng(3), seeds=4)
+    scores = scores[scores["metric"] == "aesthetic"]
+    n_boot, seed = 200, 7
+    r = standardize(scores, models_table(a="sd1", b="sd1", c="sd1"), METRICS, {}, n_boot=n_boot, seed=seed)
+    # plain version of the documented draw: one stratum, units sorted by (item, seed), n units drawn per resample
+    ok = r.images[r.images["status"] == "ok"]
+    units = sorted({(i, s) for i, s in zip(ok["item"], ok["seed"])})
+    draws = np.random.default_rng(seed).integers(0, len(units), size=(n_boot, len(units)))
+    z = {(m, i, s): v for m, i, s, v in zip(ok["model"], ok["item"], ok["seed"], ok["z"])}
+    boot = {m: [statistics.fmean(z[(m, *units[u])] for u in d) for d in draws] for m in "abc"}
+    for m in "abc":
+        lo, hi = np.percentile(boot[m], [2.5, 97.5])
+        assert score(r, m, "aesthetic", "lo") == pytest.approx(lo, abs=1e-12)
+        assert score(r, m, "aesthetic", "hi") == pytest.approx(hi, abs=1e-12)
+    wins = np.mean([boot["c"][b] > boot["a"][b] for b in range(n_boot)])
+    pw = r.pairwise.set_index(["metric", "model_a", "model_b"])["p_a_beats_b"]
+    assert pw[("aesthetic", "c", "a")] == pytest.approx(wins)
+    ranks = np.array([[1 + sum(boot[o][b] > boot[m][b] for o in "abc") for m in "abc"] for b in range(n_boot)])
+    assert score(r, "b", "aesthetic", "rank_lo") == np.percentile(ranks[:, 1], 2.5, method="lower")
+    assert score(r, "b", "aesthetic", "rank_hi") == np.percentile(ranks[:, 1], 97.5, method="higher")
+
+
+def test_unit_weights_draw_within_strata():
+    strata = np.array([0, 0, 0, 1, 1, 2])
+    w = unit_weights(strata, 500, np.random.default_rng(0))
+    assert w.shape == (500, 6)
+    assert (w[:, :3].sum(1) == 3).all() and (w[:, 3:5].sum(1) == 2).all() and (w[:, 5] == 1).all()
+    assert w[:, 0].mean() == pytest.approx(1.0, abs=0.1)
+
+
+def test_rank_desc_ties_and_nan():
+    got = rank_desc(np.array([[0.5, 2.0, np.nan, 2.0]]))
+    np.testing.assert_array_equal(got, [[3.0, 1.0, np.nan, 1.0]])
+
+
+def simulate_two(rng, d, items=3, seeds=150, shared=0.0):
+    """A = unit effect + d + noise, B = unit effect + noise; shared = sd of the unit effect common to both."""
+    rows = []
+    for it in range(items):
+        for s in range(seeds):
+            u = rng.normal(0, shared) if shared else 0.0
+            rows.append(row("A", "aesthetic", f"p{it}", s, u + d + rng.normal()))
+            rows.append(row("B", "aesthetic", f"p{it}", s, u + rng.normal()))
+    return pd.DataFrame(rows)
+
+
+def test_intervals_cover_known_value_in_simulation():
+    d, reps = 1.0, 30
+    truth = (d / 2) / math.sqrt(d**2 / 4 + 1)  # A's mean z as images per group -> infinity
+    rng = np.random.default_rng(11)
+    covered, widths, se = 0, [], []
+    for rep in range(reps):
+        r = standardize(simulate_two(rng, d), models_table(A="sd1", B="sd1"), METRICS, {}, n_boot=200, seed=rep)
+        lo, hi = score(r, "A", "aesthetic", "lo"), score(r, "A", "aesthetic", "hi")
+        covered += lo <= truth <= hi
+        widths.append(hi - lo)
+        za = r.images.loc[r.images["model"] == "A", "z"]
+        se.append(za.std(ddof=1) / math.sqrt(len(za)))
+        p = r.pairwise.set_index(["metric", "model_a", "model_b"])["p_a_beats_b"]
+        assert p[("aesthetic", "A", "B")] == 1.0  # a difference of 1 sd over 450 units
+    assert 0.85 <= covered / reps <= 1.0
+    assert np.mean(widths) == pytest.approx(2 * 1.96 * np.mean(se), rel=0.15)
+
+
+def test_paired_resampling_cancels_shared_unit_effects():
+    # a huge per-(item, seed) effect shared by both models; A is always 0.05 higher on the same unit
+    rng = np.random.default_rng(5)
+    rows = []
+    for s in range(60):
+        u = rng.normal(0, 10)
+        rows += [row("A", "aesthetic", "p1", s, u + 0.05), row("B", "aesthetic", "p1", s, u)]
+    r = standardize(pd.DataFrame(rows), models_table(A="sd1", B="sd1"), METRICS, {}, n_boot=300, seed=0)
+    p = r.pairwise.set_index(["metric", "model_a", "model_b"])["p_a_beats_b"]
+    assert p[("aesthetic", "A", "B")] == 1.0 and p[("aesthetic", "B", "A")] == 0.0
+    # while the single-model intervals are wide and overlap
+    assert score(r, "A", "aesthetic", "lo") < score(r, "B", "aesthetic", "hi")
+
+
+def test_pairwise_symmetric_and_reproducible():
+    scores = synthetic(np.random.default_rng(4))
+    models = models_table(a="sd1", b="sd1", c="sd1")
+    r1 = standardize(scores, models, METRICS, {}, n_boot=100, seed=3)
+    r2 = standardize(scores, models, METRICS, {}, n_boot=100, seed=3)
+    r3 = standardize(scores, models, METRICS, {}, n_boot=100, seed=4)
+    p = r1.pairwise.set_index(["metric", "model_a", "model_b"])["p_a_beats_b"]
+    for (metric, a, b), v in p.items():
+        assert v + p[(metric, b, a)] == pytest.approx(1.0, abs=1e-12)
+    assert 0 < p[("aesthetic", "a", "b")] < 1  # not a degenerate case
+    for name in ("scores", "pairwise", "images"):
+        pd.testing.assert_frame_equal(getattr(r1, name), getattr(r2, name))
+    assert not np.allclose(r1.scores["lo"], r3.scores["lo"])
+    np.testing.assert_array_equal(r1.scores["score"], r3.scores["score"])  # point estimates do not use the seed
+
+
+def test_raw_aesthetic_table():
+    rows = [row("a", "aesthetic", "p1", s, v) for s, v in enumerate([5.0, 6.0, 7.0, 8.0])]
+    rows += [row("b", "aesthetic", "p1", s, v) for s, v in enumerate([4.0, 6.5])]
+    rows += [row("b", "aesthetic", "p1", 9, 9.0, flags="black"), row("b", "aesthetic", "sty", 0, 9.0, task="style")]
+    r = standardize(pd.DataFrame(rows), models_table(a="sd1", b="sd1"), METRICS, {}, n_boot=10, good_threshold=6.5)
+    raw = r.raw.set_index("model")
+    assert raw.loc["a", "mean"] == 6.5 and raw.loc["a", "std"] == pytest.approx(statistics.pstdev([5, 6, 7, 8]))
+    assert raw.loc["a", "good_rate"] == 0.5 and raw.loc["b", "good_rate"] == 0.5
+    assert raw.loc["b", "n_images"] == 2 and raw.loc["b", "mean"] == 5.25
+    assert r.images["status"].tolist()[-1] == "other_task"
+
+
+def test_write_read_round_trip(tmp_path):
+    scores = synthetic(np.random.default_rng(6))
+    scores["item"] = scores["item"].replace({"p1": "007"})  # must stay a string
+    r = standardize(scores, models_table(a="sd1", b="sd1", c="sd1"), METRICS, {}, n_boot=20)
+    r.write(tmp_path / "std")
+    back = Standardized.read(tmp_path / "std")
+    assert "007" in set(back.images["item"])
+    for name in ("images", "scores", "pairwise", "degenerate", "raw"):
+        pd.testing.assert_frame_equal(getattr(r, name), getattr(back, name), check_dtype=False)
+    assert back.meta == r.meta
+
+
+def test_errors_name_the_problem():
+    scores = pd.DataFrame([row("a", "aesthetic", "p1", 0, 1.0), row("ghost", "aesthetic", "p1", 1, 2.0)])
+    with pytest.raises(ValueError, match="ghost"):
+        standardize(scores, models_table(a="sd1"), METRICS, {})
+    with pytest.raises(ValueError, match="value"):
+        standardize(scores.drop(columns=["value"]), models_table(a="sd1", ghost="sd1"), METRICS, {})
+    with pytest.raises(ValueError, match="grouped_by"):
+        standardize(scores, models_table(a="sd1", ghost="sd1"), {"aesthetic": Info("aesthetic", True, "x")}, {})
