@@ -77,7 +77,8 @@ class GeneralPrompt:
 
 @dataclass(frozen=True)
 class Style:
-    """One style: ``template.format(subject=...)`` is the prompt; references live in ``<style_refs>/<reference_dir>``."""
+    """One style: ``template.format(subject=...)`` is the prompt; its reference images are in
+    ``<style_refs>/<reference_dir>``."""
 
     name: str
     template: str
@@ -193,7 +194,8 @@ def _did_you_mean(word: str, options: Iterable[str]) -> str:
 def _describe(value: Any) -> str:
     if value is None:
         return "nothing (an empty value)"
-    kinds = ((bool, "true/false"), (int, "number"), (float, "number"), (str, "text"), (Mapping, "mapping"), (list, "list"))
+    kinds = ((bool, "true/false"), (int, "number"), (float, "number"), (str, "text"), (Mapping, "mapping"),
+             (list, "list"))
     kind = next((name for t, name in kinds if isinstance(value, t)), type(value).__name__)
     return f"{kind} {_plain(value)!r}"
 
@@ -227,7 +229,8 @@ def read_float(value: Any, loc: Loc) -> float:
 
 def read_list(value: Any, loc: Loc) -> list:
     if not isinstance(value, list):
-        raise _fail(loc, f"expected a list, got {_describe(value)}", "Write a YAML list, e.g. [a, b] or one '- item' a line.")
+        raise _fail(loc, f"expected a list, got {_describe(value)}",
+                    "Write a YAML list, e.g. [a, b] or one '- item' a line.")
     return value
 
 
@@ -258,7 +261,8 @@ def read_fields(
     allowed = [*required, *optional]
     for key in data:
         if key not in allowed:
-            raise _fail(loc.key(data, key), "unknown key", f"{_did_you_mean(key, allowed)} Allowed keys: {', '.join(allowed)}.".lstrip())
+            fix = f"{_did_you_mean(key, allowed)} Allowed keys: {', '.join(allowed)}.".lstrip()
+            raise _fail(loc.key(data, key), "unknown key", fix)
     missing = [k for k in required if k not in data]
     if missing:
         raise _fail(loc, f"missing key {missing[0]!r}", f"Add '{missing[0]}:'. Required keys: {', '.join(required)}.")
@@ -333,7 +337,8 @@ def _no_network_tags(text: str, loc: Loc) -> str:
     tag = NETWORK_TAG.search(text)
     if tag:
         raise _fail(loc, f"has the extra-network tag {tag.group(0)!r}",
-                    "General prompts and style templates use no LoRA; remove the tag (LoRAs belong in the LoRA tables).")
+                    "General prompts and style templates use no LoRA; remove the tag (LoRAs belong in the LoRA "
+                    "tables).")
     return text
 
 
@@ -368,7 +373,8 @@ def _read_template(value: Any, loc: Loc) -> str:
     except ValueError as exc:
         raise _fail(loc, f"has unbalanced braces ({exc})", "Use braces only in the one {subject} placeholder.") from exc
     if fields != ["subject"]:
-        raise _fail(loc, f"has the placeholders {fields}", "A template holds exactly one {subject} and no other braces.")
+        raise _fail(loc, f"has the placeholders {fields}",
+                    "A template holds exactly one {subject} and no other braces.")
     return text
 
 
@@ -399,7 +405,8 @@ def parse_styles(data: Any, file: str = STYLES_FILE) -> tuple[tuple[str, ...], t
     read_fields(data, loc, {"subjects": read_list, "styles": read_list})
     subjects = tuple(_read_subject(v, loc.key(data, "subjects").item(data["subjects"], i))
                      for i, v in enumerate(data["subjects"]))
-    styles = tuple(_read_style(v, loc.key(data, "styles").item(data["styles"], i)) for i, v in enumerate(data["styles"]))
+    styles = tuple(_read_style(v, loc.key(data, "styles").item(data["styles"], i))
+                   for i, v in enumerate(data["styles"]))
     if not subjects:
         raise _fail(loc.key(data, "subjects"), "is empty", "List at least one subject.")
     check_unique(subjects, Loc(file, "subjects"), "subject", "")
@@ -455,14 +462,16 @@ def _check_tag_syntax(prompt: str, loc: Loc) -> None:
     """Every extra-network tag is ``<lora:name:weight>`` with a slug name and an explicit numeric weight."""
     for m in NETWORK_TAG.finditer(prompt):
         if m.group(1) != "lora":
-            raise _fail(loc, f"has {m.group(0)!r}", "Only LoRA tags (<lora:name:weight>) are supported; remove the tag.")
+            raise _fail(loc, f"has {m.group(0)!r}",
+                        "Only LoRA tags (<lora:name:weight>) are supported; remove the tag.")
     try:
         tags = extract_lora_tags(prompt)[1]
     except ValueError as exc:
         raise _fail(loc, str(exc), "Write each tag as <lora:name:weight>.") from None
     for name, weight in tags:
         if not SLUG.fullmatch(name):
-            raise _fail(loc, f"<lora:{name}:...> does not use a table name", "Tags use the entry's `name` slug ([a-z0-9_]).")
+            raise _fail(loc, f"<lora:{name}:...> does not use a table name",
+                        "Tags use the entry's `name` slug ([a-z0-9_]).")
         if weight is None:
             raise _fail(loc, f"<lora:{name}> has no weight",
                         f"Write the weight, e.g. <lora:{name}:1.0> (1.0 is A1111's default multiplier).")
@@ -509,14 +518,14 @@ def load_benchmark(directory: Path) -> Benchmark:
 
 def _check_counts(b: Benchmark) -> None:
     """The protocol's counts agree with the tables, spread evenly over subjects, and keep seeds in range."""
-    found = {"general": (len(b.general), PROMPTS_FILE), "style": (len(b.styles), STYLES_FILE)}
-    found.update({f"lora ({f})": (len(b.loras[f]), lora_table_file(f)) for f in FAMILIES})
-    for label, (n, file) in found.items():
-        expected = b.counts[label.split()[0]].items
+    found = [("general", len(b.general), PROMPTS_FILE), ("style", len(b.styles), STYLES_FILE)]
+    found += [("lora", len(b.loras[f]), lora_table_file(f)) for f in FAMILIES]
+    for task, n, file in found:
+        expected = b.counts[task].items
         if n != expected:
-            raise BenchmarkError(f"{PROTOCOL_FILE}: counts.{label.split()[0]}.items: the protocol says {expected} but "
-                                 f"{file} has {n}. Make the table hold {expected} items, or change the protocol "
-                                 f"(a new benchmark version).")
+            raise BenchmarkError(f"{PROTOCOL_FILE}: counts.{task}.items: the protocol says {expected} but {file} has "
+                                 f"{n}. Make the table hold {expected} items, or change the protocol (a new benchmark "
+                                 f"version).")
     per_style = b.counts["style"].images_per_item
     if per_style % len(b.subjects):
         raise BenchmarkError(f"{STYLES_FILE}: subjects: {per_style} images per style do not spread evenly over "
@@ -607,7 +616,8 @@ def style_items(b: Benchmark, n: int) -> list[BenchmarkItem]:
         negative = _join_negatives(s.negative_prompt, b.negative_prompt)
         for k in range(n):
             subject = b.subjects[k % len(b.subjects)]
-            rows.append(BenchmarkItem("style", s.name, k, seed + k, s.template.format(subject=subject), negative, subject))
+            prompt = s.template.format(subject=subject)
+            rows.append(BenchmarkItem("style", s.name, k, seed + k, prompt, negative, subject))
     return rows
 
 
@@ -662,30 +672,3 @@ def missing_inputs(b: Benchmark, family: str, lora_dir: Path, header_dir: Path, 
         if not (d.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in d.iterdir())):
             missing.append(f"style reference images in {d} ({s.name})")
     return missing
-
-
-def made_with_model(entry: LoraEntry, model_ids: Iterable[str]) -> bool:
-    """True when the entry's header images were made with one of ``model_ids`` (checkpoint names, file names,
-    AutoV2 or full sha256 hashes). Names compare case-insensitively without extension; hashes match by prefix
-    (an AutoV2 hash is the first 10 hex digits of the file's sha256)."""
-    mine = {_model_key(m) for m in entry.made_with}
-    for key in map(_model_key, model_ids):
-        if key in mine or any(_is_hash(a) and _is_hash(key) and (a.startswith(key) or key.startswith(a)) for a in mine):
-            return True
-    return False
-
-
-def _model_key(text: str) -> str:
-    text = text.strip().lower()
-    return re.sub(r"\.(safetensors|ckpt|pt)$", "", text)
-
-
-def _is_hash(text: str) -> bool:
-    return len(text) >= 8 and re.fullmatch(r"[0-9a-f]+", text) is not None
-
-
-def made_with_map(b: Benchmark, models: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
-    """LoRA item -> the model keys whose identifiers (key, checkpoint file name, sha256, ...) its ``made_with``
-    lists, over both families: the ``made_with`` argument of the NoTM variant in standardize."""
-    entries = [e for table in b.loras.values() for e in table]
-    return {e.name: [key for key, ids in models.items() if made_with_model(e, [key, *ids])] for e in entries}

@@ -61,6 +61,7 @@ def import_infotext(
     images: List[Path] = typer.Argument(..., help="PNG header images saved with their A1111 parameters"),
     table: Optional[Path] = typer.Option(None, help="LoRA table YAML to append to (default: print the entries)"),
     name: Optional[str] = typer.Option(None, help="LoRA name (slug) for a single image"),
+    replace: bool = typer.Option(False, help="replace the table's entry of the same name in place"),
 ) -> None:
     """Read A1111 infotext from PNGs and write LoRA-table entries (prompt, negative, settings, LoRA tags)."""
     import yaml
@@ -69,10 +70,12 @@ def import_infotext(
 
     try:
         entries = [lora_entry_from_png(p, name if len(images) == 1 else None) for p in images]
+        warnings = append_entries(table, entries, replace=replace) if table else []
     except ValueError as exc:
         _fail(str(exc))
+    for warning in warnings:
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
     if table:
-        append_entries(table, entries)
         typer.echo(f"added {len(entries)} entries to {table}")
     else:
         typer.echo(yaml.safe_dump({"loras": entries}, sort_keys=False, allow_unicode=True))

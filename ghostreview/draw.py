@@ -19,6 +19,7 @@ Hires fix, as A1111 does it:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -190,8 +191,18 @@ def _sub_conditioning(conds: Sequence[Conditioning]) -> Conditioning:
 
 
 def _pipe_like(cls, pipe, sampler: str, scheduler_config: dict):
-    """``cls`` sharing ``pipe``'s modules, with a fresh scheduler for ``sampler`` and the same progress-bar setting."""
-    new = cls.from_pipe(pipe, scheduler=make_scheduler(sampler, scheduler_config))
+    """A ``cls`` pipeline sharing ``pipe``'s modules, with a fresh scheduler for ``sampler``.
+
+    Built directly rather than with ``from_pipe``, which casts the shared modules to float32 in place
+    (``new_pipeline.to(dtype=...)`` with a float32 default) and would silently change an fp16 caller's pipeline.
+    No safety checker and no watermark, as in A1111; the progress-bar setting is carried over.
+    """
+    params = inspect.signature(cls.__init__).parameters
+    parts = {k: v for k, v in pipe.components.items() if k in params}
+    parts["scheduler"] = make_scheduler(sampler, scheduler_config)
+    parts["safety_checker"] = None
+    extra = {k: False for k in ("requires_safety_checker", "add_watermarker") if k in params}
+    new = cls(**{k: v for k, v in parts.items() if k in params}, **extra)
     new.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
     return new
 
@@ -266,7 +277,7 @@ def draw(pipe, family: str, requests: Sequence[DrawRequest], base_scheduler_conf
 
     Args:
         pipe: a diffusers ``StableDiffusionPipeline`` ("sd15") or ``StableDiffusionXLPipeline`` ("sdxl") with its
-            LoRAs already applied; it is not modified (samplers run on ``from_pipe`` copies sharing its modules).
+            LoRAs already applied; it is not modified (samplers run on new pipeline objects sharing its modules).
         family: "sd15" or "sdxl".
         requests: images sharing sampler, steps, cfg_scale, width, height and hires (prompts, seeds and clip skip
             may differ).

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 from tqdm import tqdm
 
 from ghostreview import __version__
-from ghostreview.benchmark import Benchmark, LoraEntry, benchmark_items
+from ghostreview.benchmark import Benchmark, BenchmarkError, LoraEntry, benchmark_items
 from ghostreview.draw import DrawRequest, Hires, draw
 from ghostreview.hashing import autov2, file_sha256
 from ghostreview.infotext import format_infotext
@@ -36,10 +36,6 @@ MANIFEST_COLUMNS = (
     "model", "family", "task", "item", "seed", "image", "image_hash", "prompt", "negative_prompt", "loras",
     "lora_status", "width", "height", "flags", "infotext",
 )
-
-
-class BenchmarkError(ValueError):
-    """The benchmark and the files it names disagree (a tag naming an unknown LoRA, a missing LoRA file)."""
 
 
 @dataclass(frozen=True)
@@ -99,27 +95,6 @@ def settings_requests(settings: Mapping, prompt: str, negative: str, seed: int, 
     )
 
 
-def resolve_loras(
-    prompt: str, entry: LoraEntry, table: Mapping[str, LoraEntry], lora_dir: Path, source: str
-) -> tuple[str, list[tuple[LoraEntry, float]]]:
-    """The header prompt without its ``<lora:...>`` tags, and the LoRAs it asks for with their weights.
-
-    A prompt with no tag gets the entry's own LoRA at its default weight (the article's rule).
-    """
-    text, tags = extract_lora_tags(prompt)
-    if not tags:
-        return text, [(entry, entry.default_weight)]
-    resolved = []
-    for name, weight in tags:
-        if name not in table:
-            raise BenchmarkError(
-                f"{source}: LoRA {entry.name!r}: its prompt has <lora:{name}:...> but no LoRA named {name!r} is in the "
-                f"table. Add an entry named {name!r} (with its file) or fix the tag. Known: {', '.join(sorted(table))}."
-            )
-        resolved.append((table[name], entry.default_weight if weight is None else float(weight)))
-    return text, resolved
-
-
 def check_lora_files(entries: Iterable[LoraEntry], lora_dir: Path, source: str) -> None:
     """Every LoRA file of the table must exist before any work starts."""
     missing = [e for e in entries if not (lora_dir / e.file).is_file()]
@@ -156,10 +131,8 @@ def plan_jobs(
     for it in benchmark_items(bench, family, counts):
         if it.task not in tasks:
             continue
-        text, loras = it.prompt, []
-        if it.task == "lora":
-            text, loras = resolve_loras(it.prompt, table[it.item], table, lora_dir, source)
-        specs = tuple(LoraSpec(e.name, lora_dir / e.file, w) for e, w in loras)
+        text, _ = extract_lora_tags(it.prompt)  # LoRAs are applied to the weights, not through the text
+        specs = tuple(LoraSpec(name, lora_dir / table[name].file, weight) for name, weight in it.loras)
         statuses = [s for s in (lora_check(spec.path) for spec in specs) if s != "ok"]
         hashes = tuple((spec.name, file_hash(spec.path)) for spec in specs)
         request = settings_requests(settings, text, it.negative_prompt, it.seed, clip_skip)

@@ -186,7 +186,7 @@ def zscore_groups(ok: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame]:
     mean, std = g.transform("mean"), g.transform("std", ddof=STD_DDOF)
     n, spread = g.transform("size"), g.transform("max") - g.transform("min")
     bad = (n < 2) | (spread == 0)
-    z = ((ok["value"] - mean) / std).where(~bad)
+    z = (ok["value"] - mean) / std.where(~bad)  # NaN denominators: degenerate groups are never divided
     stats = g.agg(n_values="size", low="min", high="max").reset_index()
     stats = stats[(stats["n_values"] < 2) | (stats["high"] == stats["low"])].copy()
     stats["reason"] = ["fewer than 2 usable values" if n < 2 else f"zero spread: every value equals {v:.6g}"
@@ -384,7 +384,8 @@ def standardize(scores: pd.DataFrame, models: pd.DataFrame, metrics: Mapping[str
     w = unit_weights(design.unit_stratum, n_boot, np.random.default_rng(seed))
     present = [m for m in metrics if m in set(images["metric"])]
     if not present:
-        raise ValueError(f"no registered metric {sorted(metrics)} in the score table (it has {sorted(set(images['metric']))})")
+        have = sorted(set(images["metric"]))
+        raise ValueError(f"no registered metric {sorted(metrics)} in the score table (it has {have})")
     ests = [estimate(m, bool(metrics[m].higher_is_better), images, design, w, (ok["metric"] == m).to_numpy(), m)
             for m in present]
     extra = [combine(ests)] if ests else []

@@ -20,8 +20,6 @@ from ghostreview.benchmark import (
     images_per_item,
     load_benchmark,
     lora_tags,
-    made_with_map,
-    made_with_model,
     missing_inputs,
 )
 
@@ -140,7 +138,9 @@ def test_smaller_counts_keep_the_first_seeds(bench):
     def keyed(n):
         return {(r.task, r.item, r.index): (r.seed, r.prompt, r.subject) for r in benchmark_items(bench, "sd15", n)}
 
-    one, two, full = keyed({"general": 1, "style": 1, "lora": 1}), keyed({"general": 2, "style": 2, "lora": 2}), keyed(None)
+    one = keyed({"general": 1, "style": 1, "lora": 1})
+    two = keyed({"general": 2, "style": 2, "lora": 2})
+    full = keyed(None)
     assert one.items() <= two.items() <= full.items()
     assert len(one) == 30 + 9 + 16 and len(two) == 2 * len(one)
     # two style images already show two different subjects; 32 show each of the 8 subjects 4 times
@@ -223,35 +223,64 @@ def edit(path: Path, old: str, new: str, nth: int = 1) -> int:
 
 MALFORMED = [
     # (file, old, new, nth, fragments that must all appear in the message)
-    ("loras_sd15.yaml", "    prompt:", "    promt:", 4, ["loras_sd15.yaml", "loras[3].promt", "unknown key", 'Did you mean "prompt"']),
-    ("loras_sd15.yaml", "default_weight: 0.8", "default_weight: heavy", 4, ["loras_sd15.yaml", "loras[3].default_weight", "expected a number"]),
-    ("loras_sd15.yaml", "<lora:gacha_splash_art:0.7>", "<lora:gacha_splash:0.7>", 1, ["loras_sd15.yaml", "loras[2].prompt", "names no LoRA of this table", "Add an entry"]),
-    ("loras_sd15.yaml", "<lora:paper_cut_art:1.0>", "<lora:paper_cut_art>", 1, ["loras_sd15.yaml", "loras[3].prompt", "has no weight", "<lora:paper_cut_art:1.0>"]),
-    ("loras_sd15.yaml", "<lora:paper_cut_art:1.0>", "<lora:paper_cut_art:0.5:1.0>", 1, ["loras[3].prompt", "only <lora:name> and <lora:name:weight>"]),
-    ("loras_sd15.yaml", "<lora:paper_cut_art:1.0>", "<hypernet:paper:1.0>", 1, ["loras[3].prompt", "Only LoRA tags"]),
-    ("loras_sd15.yaml", "made_with: []", "made_with: [1234567890]", 1, ["loras[1].made_with[0]", "quoted string"]),
-    ("loras_sd15.yaml", "sampler: Euler a", "sampeler: Euler a", 1, ["loras[1].settings.sampeler", 'Did you mean "sampler"']),
-    ("loras_sd15.yaml", "size: 512x512", "size: 512*512", 1, ["loras[1].settings.size", "WIDTHxHEIGHT"]),
-    ("loras_sd15.yaml", "file: render_3d_style.safetensors", "file: render_3d_style.ckpt", 1, ["loras[1].file", ".safetensors"]),
-    ("loras_sd15.yaml", "header_images: [render_3d_style_01.png]", "header_images: []", 1, ["loras[1].header_images", "at least one"]),
-    ("loras_sd15.yaml", "name: render_3d_style", "name: Render3D", 1, ["loras[1].name", "not a valid name", "'render3d'"]),
-    ("loras_sd15.yaml", "  - name: render_3d_style", "  - name: ink_wash_painting", 1, ["loras_sd15.yaml", "loras[1].name", "duplicate LoRA name"]),
-    ("loras_sdxl.yaml", "name: render_3d_xl", "name: render_3d_style", 1, ["loras_sdxl.yaml", "render_3d_style", "also in loras_sd15.yaml"]),
-    ("prompts.yaml", "id: portrait_old_fisherman", "id: portrait_woman_cafe", 1, ["prompts.yaml", "prompts[1].id", "duplicate prompt id"]),
-    ("prompts.yaml", "id: wolf_in_snow", "id: Wolf-In-Snow", 1, ["prompts.yaml", "prompts[11].id", "'wolf_in_snow'"]),
-    ("prompts.yaml", "group: stylized", "group: stylised", 1, ["prompts[25].group", 'Did you mean "stylized"']),
-    ("prompts.yaml", "grey wolf standing", "<lora:wolf:1> grey wolf standing", 1, ["prompts[11].prompt", "extra-network tag"]),
-    ("styles.yaml", "anime artwork of {subject},", "anime artwork,", 1, ["styles.yaml", "styles[0].template", "{subject}"]),
-    ("styles.yaml", "  - \"a sailboat on a calm lake at sunset\"\n", "", 1, ["styles.yaml", "subjects", "spread evenly", "7 subjects"]),
-    ("protocol.yaml", "items: 30", "items: 31", 1, ["protocol.yaml", "counts.general.items", "prompts.yaml has 30"]),
-    ("protocol.yaml", "images_per_checkpoint: 1568", "images_per_checkpoint: 1500", 1, ["protocol.yaml", "images_per_checkpoint", "1568"]),
-    ("protocol.yaml", 'version: "1.0.0"', "version: 1.0", 1, ["protocol.yaml", "version", "quoted string"]),
-    ("protocol.yaml", "n_iter: 5", "n_iter: 0", 1, ["protocol.yaml", "counts.lora.n_iter", "at least 1"]),
-    ("protocol.yaml", "style: 2000000", "style: 5000000000", 1, ["protocol.yaml", "base_seeds.style", "between 0 and 4294967295"]),
-    ("protocol.yaml", "base_seeds:", "base_seed:", 1, ["protocol.yaml", "base_seed", 'Did you mean "base_seeds"']),
-    ("protocol.yaml", "  lora: 3000000\n", "", 1, ["protocol.yaml", "base_seeds", "missing key 'lora'"]),
-    ("protocol.yaml", "name: ghostreview-v1", "name: ghostreview-v1\nname: again", 1, ["protocol.yaml", "invalid YAML", "duplicate key"]),
-    ("prompts.yaml", "category: food", "category: food: fries", 2, ["prompts.yaml", "invalid YAML", "mapping values are not allowed", "line 95"]),
+    ("loras_sd15.yaml", "    prompt:", "    promt:", 4,
+     ["loras_sd15.yaml", "loras[3].promt", "unknown key", 'Did you mean "prompt"']),
+    ("loras_sd15.yaml", "default_weight: 0.8", "default_weight: heavy", 4,
+     ["loras_sd15.yaml", "loras[3].default_weight", "expected a number"]),
+    ("loras_sd15.yaml", "<lora:gacha_splash_art:0.7>", "<lora:gacha_splash:0.7>", 1,
+     ["loras_sd15.yaml", "loras[2].prompt", "names no LoRA of this table", "Add an entry"]),
+    ("loras_sd15.yaml", "<lora:paper_cut_art:1.0>", "<lora:paper_cut_art>", 1,
+     ["loras_sd15.yaml", "loras[3].prompt", "has no weight", "<lora:paper_cut_art:1.0>"]),
+    ("loras_sd15.yaml", "<lora:paper_cut_art:1.0>", "<lora:paper_cut_art:0.5:1.0>", 1,
+     ["loras[3].prompt", "only <lora:name> and <lora:name:weight>"]),
+    ("loras_sd15.yaml", "<lora:paper_cut_art:1.0>", "<hypernet:paper:1.0>", 1,
+     ["loras[3].prompt", "Only LoRA tags"]),
+    ("loras_sd15.yaml", "made_with: []", "made_with: [1234567890]", 1,
+     ["loras[1].made_with[0]", "quoted string"]),
+    ("loras_sd15.yaml", "sampler: Euler a", "sampeler: Euler a", 1,
+     ["loras[1].settings.sampeler", 'Did you mean "sampler"']),
+    ("loras_sd15.yaml", "size: 512x512", "size: 512*512", 1,
+     ["loras[1].settings.size", "WIDTHxHEIGHT"]),
+    ("loras_sd15.yaml", "file: render_3d_style.safetensors", "file: render_3d_style.ckpt", 1,
+     ["loras[1].file", ".safetensors"]),
+    ("loras_sd15.yaml", "header_images: [render_3d_style_01.png]", "header_images: []", 1,
+     ["loras[1].header_images", "at least one"]),
+    ("loras_sd15.yaml", "name: render_3d_style", "name: Render3D", 1,
+     ["loras[1].name", "not a valid name", "'render3d'"]),
+    ("loras_sd15.yaml", "  - name: render_3d_style", "  - name: ink_wash_painting", 1,
+     ["loras_sd15.yaml", "loras[1].name", "duplicate LoRA name"]),
+    ("loras_sdxl.yaml", "name: render_3d_xl", "name: render_3d_style", 1,
+     ["loras_sdxl.yaml", "render_3d_style", "also in loras_sd15.yaml"]),
+    ("prompts.yaml", "id: portrait_old_fisherman", "id: portrait_woman_cafe", 1,
+     ["prompts.yaml", "prompts[1].id", "duplicate prompt id"]),
+    ("prompts.yaml", "id: wolf_in_snow", "id: Wolf-In-Snow", 1,
+     ["prompts.yaml", "prompts[11].id", "'wolf_in_snow'"]),
+    ("prompts.yaml", "group: stylized", "group: stylised", 1,
+     ["prompts[25].group", 'Did you mean "stylized"']),
+    ("prompts.yaml", "grey wolf standing", "<lora:wolf:1> grey wolf standing", 1,
+     ["prompts[11].prompt", "extra-network tag"]),
+    ("styles.yaml", "anime artwork of {subject},", "anime artwork,", 1,
+     ["styles.yaml", "styles[0].template", "{subject}"]),
+    ("styles.yaml", "  - \"a sailboat on a calm lake at sunset\"\n", "", 1,
+     ["styles.yaml", "subjects", "spread evenly", "7 subjects"]),
+    ("protocol.yaml", "items: 30", "items: 31", 1,
+     ["protocol.yaml", "counts.general.items", "prompts.yaml has 30"]),
+    ("protocol.yaml", "images_per_checkpoint: 1568", "images_per_checkpoint: 1500", 1,
+     ["protocol.yaml", "images_per_checkpoint", "1568"]),
+    ("protocol.yaml", 'version: "1.0.0"', "version: 1.0", 1,
+     ["protocol.yaml", "version", "quoted string"]),
+    ("protocol.yaml", "n_iter: 5", "n_iter: 0", 1,
+     ["protocol.yaml", "counts.lora.n_iter", "at least 1"]),
+    ("protocol.yaml", "style: 2000000", "style: 5000000000", 1,
+     ["protocol.yaml", "base_seeds.style", "between 0 and 4294967295"]),
+    ("protocol.yaml", "base_seeds:", "base_seed:", 1,
+     ["protocol.yaml", "base_seed", 'Did you mean "base_seeds"']),
+    ("protocol.yaml", "  lora: 3000000\n", "", 1,
+     ["protocol.yaml", "base_seeds", "missing key 'lora'"]),
+    ("protocol.yaml", "name: ghostreview-v1", "name: ghostreview-v1\nname: again", 1,
+     ["protocol.yaml", "invalid YAML", "duplicate key"]),
+    ("prompts.yaml", "category: food", "category: food: fries", 2,
+     ["prompts.yaml", "invalid YAML", "mapping values are not allowed", "line 95"]),
 ]
 
 
@@ -280,17 +309,7 @@ def test_a_missing_file_is_named(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Helpers for the NoTM variant and for users filling in files
-
-
-def test_made_with_matches_names_and_hash_prefixes(bench):
-    table = {e.name: e for e in bench.loras["sd15"]}
-    film = table["film_photo_35mm"]  # made_with: [generic_realistic_v5, 5f2d8c0e91]
-    assert made_with_model(film, ["Generic_Realistic_V5.safetensors"])
-    assert made_with_model(film, ["5f2d8c0e91" + "ab" * 27])  # full sha256 starting with the AutoV2 hash
-    assert made_with_model(film, ["5F2D8C0E91"])
-    assert not made_with_model(film, ["generic_realistic_v6", "5f2d8c0e90" + "0" * 54])
-    assert not made_with_model(table["render_3d_style"], ["generic_realistic_v5"])  # made_with: []
+# Helpers for users filling in files
 
 
 def test_missing_inputs_lists_what_is_absent(bench, tmp_path):
@@ -309,13 +328,3 @@ def test_missing_inputs_lists_what_is_absent(bench, tmp_path):
     assert not any(first.file in m or "(Anime)" in m for m in missing)
     assert any(str(styles / "Manga") in m for m in missing)
 
-
-def test_made_with_map_gives_model_keys_per_lora_item(bench):
-    models = {"realistic": ["models/generic_realistic_v5.safetensors", "ab" * 32],
-              "anime": ["anime.safetensors", "7c3e9a1b44" + "0" * 54],
-              "other": ["other.safetensors", "f" * 64]}
-    m = made_with_map(bench, models)
-    assert len(m) == 32
-    assert m["film_photo_35mm"] == ["realistic"] and m["cyberpunk_neon"] == ["realistic"]
-    assert m["gacha_splash_art"] == ["anime"]  # by hash
-    assert m["render_3d_style"] == [] and m["chibi_figure"] == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import warnings
 
 import numpy as np
 import open_clip
@@ -133,7 +134,8 @@ def test_convert_openai_torchscript(tmp_path, tiny, model, no_network):
     mask = m._buffers.pop("attn_mask")  # OpenAI's model keeps its causal mask as a plain attribute, not in state_dict
     m.attn_mask = mask
     src = tmp_path / "ViT-tiny.pt"
-    with pytest.warns(FutureWarning):  # torch.jit is deprecated upstream; OpenAI's files are TorchScript anyway
+    with warnings.catch_warnings():  # torch.jit is deprecated upstream; OpenAI's files are TorchScript anyway
+        warnings.simplefilter("ignore", FutureWarning)
         torch.jit.save(torch.jit.script(m), str(src))
     for dst in (tmp_path / "converted.pt", tmp_path / "converted.safetensors"):
         gclip.convert_openai_clip(src, dst)
@@ -171,3 +173,16 @@ def test_embeddings_artifact_roundtrip(tmp_path):
         back.rows(["h9"])
     with pytest.raises(ValueError, match="duplicate"):
         gclip.Embeddings(["h1", "h1"], emb[:2], "a", "b")
+
+
+def test_file_weights_get_the_openai_tag_preprocessing():
+    """With a file path as `pretrained`, open_clip uses PreprocessCfg defaults; they must equal the 'openai' tag's."""
+    from dataclasses import asdict
+
+    from open_clip.transform import PreprocessCfg
+
+    tag = open_clip.get_pretrained_cfg("ViT-L-14-quickgelu", "openai")
+    default = asdict(PreprocessCfg())
+    assert tag["quick_gelu"] is True
+    for key in ("mean", "std", "interpolation", "resize_mode"):
+        assert tuple(np.atleast_1d(tag[key])) == tuple(np.atleast_1d(default[key])), key

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from ghostreview.report import print_leaderboard, write_report
-from ghostreview.report.html import write_html
+from ghostreview.report.html import grid_row, write_html
 from ghostreview.report.tables import write_tables
 from ghostreview.standardize import standardize
 
@@ -180,6 +180,14 @@ def test_html_links_large_images(demo, tmp_path):
                       embed_max_bytes=0).read_text()
     links = re.findall(r'data-full="(images/[^"]+)"', page)
     assert len(links) == 22 and all((tmp_path / link).is_file() for link in links)
+
+
+def test_grid_row_orders_text_seeds_numerically():
+    # manifests are read as text by the report stage: seed "10" must come after "2"
+    images = pd.DataFrame({"seed": ["10", "2", "1"]})
+    row_html = grid_row("m", 0, images, {"aesthetic": 0.5}, {"aesthetic": True}, ["aesthetic"],
+                        lambda r: f"[{r['seed']}]")
+    assert "[1][2][10]" in row_html and 'data-score="0.5"' in row_html
 
 
 def test_write_report_and_print(report, tmp_path, capsys):

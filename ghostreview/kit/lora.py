@@ -40,7 +40,7 @@ def _configs_from_dir(config_dir: Path, family: str) -> dict[str, dict]:
 
 def _target_shapes(family: str, config_dir: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     """{kohya module name: (kind "unet"/"te", weight shape)} for every LoRA-targeted module of the model."""
-    models = sd._meta_models(family, {**_configs_from_dir(config_dir, family), "vae": sd.tiny_configs(family)["vae"]})
+    models = sd.meta_models(family, _configs_from_dir(config_dir, family))
     unet_cfg = models["unet"].config
     out: dict[str, tuple[str, tuple[int, ...]]] = {}
     for name, module in models["unet"].named_modules():
@@ -145,4 +145,4 @@ def write_tiny_lora(path: Path, family: str, config_dir: Path, seed: int, rank: 
         elif kind != "conv3":
             make = _loha_tensors if variant == "loha" else _lokr_tensors
             tensors.update(make(name, shape, rank, alpha, g))
-    return sd._save_atomic(tensors, path, lora_metadata(family, seed, rank, alpha, variant))
+    return sd.save_safetensors_atomic(tensors, path, lora_metadata(family, seed, rank, alpha, variant))

@@ -112,20 +112,19 @@ def write_tiny_config_dir(dest: Path, family: str) -> Path:
     return write_config_dir(dest, tiny_configs(family), family)
 
 
-def _meta_models(family: str, configs: Mapping[str, dict]) -> dict[str, torch.nn.Module]:
-    """The family's weight-bearing components built on the meta device (shapes only, no memory, no init cost)."""
+def meta_models(family: str, configs: Mapping[str, dict]) -> dict[str, torch.nn.Module]:
+    """Weight-bearing components named in ``configs`` (unet, vae, text encoders), built on the meta device.
+
+    Meta tensors carry shapes only: no memory and no init cost, so this works for real-size configs too.
+    """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    builders = {"unet": UNet2DConditionModel.from_config, "vae": AutoencoderKL.from_config,
+                "text_encoder": lambda c: CLIPTextModel(CLIPTextConfig(**c)),
+                "text_encoder_2": lambda c: CLIPTextModelWithProjection(CLIPTextConfig(**c))}
     with torch.device("meta"):
-        models = {
-            "unet": UNet2DConditionModel.from_config(configs["unet"]),
-            "vae": AutoencoderKL.from_config(configs["vae"]),
-        }
-        for name in TEXT_ENCODERS[family]:
-            cls = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
-            models[name] = cls(CLIPTextConfig(**configs[name]))
-    return models
+        return {name: builders[name](configs[name]) for name in ("unet", "vae", *TEXT_ENCODERS[family]) if name in configs}
 
 
 def random_tensor(name: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -151,7 +150,7 @@ def tiny_state_dicts(family: str, seed: int) -> dict[str, dict[str, torch.Tensor
     One ``torch.Generator`` seeded with ``seed`` fills the components in name order (unet, vae, text encoders),
     each parameter in sorted key order, so the result depends only on (family, seed, topology).
     """
-    models = _meta_models(family, tiny_configs(family))
+    models = meta_models(family, tiny_configs(family))
     generator = torch.Generator().manual_seed(seed)
     out: dict[str, dict[str, torch.Tensor]] = {}
     for component in sorted(models):
@@ -181,7 +180,7 @@ def kit_metadata(family: str, seed: int) -> dict[str, str]:
     return {KIT_METADATA_KEY: KIT_METADATA_VALUE, "ghostreview.family": family, "ghostreview.seed": str(seed)}
 
 
-def _save_atomic(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> Path:
+def save_safetensors_atomic(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> Path:
     """``safetensors.torch.save_file`` into a sibling temp file, then rename (readers never see half a file)."""
     from safetensors.torch import save_file
 
@@ -205,7 +204,7 @@ def write_tiny_checkpoint(path: Path, family: str, seed: int) -> Path:
     configs = tiny_configs(family)
     ckpt = to_ldm_checkpoint(family, tiny_state_dicts(family, seed), configs)
     ckpt = {k: v.half() if v.is_floating_point() else v for k, v in ckpt.items()}
-    return _save_atomic(ckpt, path, kit_metadata(family, seed))
+    return save_safetensors_atomic(ckpt, path, kit_metadata(family, seed))
 
 
 def write_tiny_vae(path: Path, family: str, seed: int) -> Path:
@@ -217,7 +216,7 @@ def write_tiny_vae(path: Path, family: str, seed: int) -> Path:
     configs = tiny_configs(family)
     vae = tiny_state_dicts(family, seed)["vae"]
     tensors = {k: v.half() for k, v in ldm_keys.vae_to_ldm(vae, configs["vae"], prefix="").items()}
-    return _save_atomic(tensors, path, kit_metadata(family, seed))
+    return save_safetensors_atomic(tensors, path, kit_metadata(family, seed))
 
 
 def _tokenizer(pad_token: str):

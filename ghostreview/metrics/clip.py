@@ -83,7 +83,9 @@ def load_clip(
     if model_config is not None:
         register_model_config(arch, model_config)
     if open_clip.get_model_config(arch) is None:
-        raise ValueError(f"Unknown CLIP arch {arch!r}: pass its JSON as model_config. Available: {open_clip.list_models()}")
+        raise ValueError(
+            f"Unknown CLIP arch {arch!r}: pass its JSON as model_config. Available: {open_clip.list_models()}"
+        )
     # An absolute path to an existing file can never be mistaken by open_clip for a pretrained tag (which downloads).
     weights = Path(weights).resolve()
     sha = verify_weights(weights, expected_sha256)

@@ -86,7 +86,7 @@ def vgg19_features_from_state(state: Mapping[str, Tensor], source: str = "state 
             continue
         key = f"{next(convs)}.weight"
         if key not in state:
-            raise ValueError(f"{source}: missing key {key!r}; expected torchvision vgg19 'features' keys (0.weight ...)")
+            raise ValueError(f"{source}: missing key {key!r}; expected torchvision vgg19 'features' keys (0.weight...)")
         out_ch, got_in, kh, kw = state[key].shape
         if (got_in, kh, kw) != (in_ch, 3, 3):
             raise ValueError(f"{source}: {key} has shape {tuple(state[key].shape)}, expected [*, {in_ch}, 3, 3]")
@@ -156,9 +156,10 @@ def gram(features: Tensor) -> Tensor:
 def style_grams(vgg: nn.Module, images: Tensor) -> list[Tensor]:
     """Gram matrices at relu1_1..relu5_1: images [B, 3, H, W] in [0, 1] -> five [B, N_l, N_l] float64.
 
-    Runs the layers one by one and takes each Gram right after its ReLU, so torchvision's in-place ReLUs cannot
-    overwrite a captured activation; layers after relu5_1 are not run.
+    Images are moved to the VGG's device. Runs the layers one by one and takes each Gram right after its ReLU, so
+    torchvision's in-place ReLUs cannot overwrite a captured activation; layers after relu5_1 are not run.
     """
+    images = images.to(next(vgg.parameters()).device)
     mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype, device=images.device)[:, None, None]
     std = torch.tensor(IMAGENET_STD, dtype=images.dtype, device=images.device)[:, None, None]
     x = (images - mean) / std
@@ -197,7 +198,7 @@ class RefStats:
 
 
 def stats_from_grams(grams: Iterable[Sequence[Tensor]], size: int, sha256s: Sequence[str] = ()) -> RefStats:
-    """RefStats from the per-reference Gram lists (each five [N_l, N_l] or [1, N_l, N_l]), streamed.
+    """RefStats (on CPU) from the per-reference Gram lists (each five [N_l, N_l] or [1, N_l, N_l]), streamed.
 
     Mean and spread use Welford's update (delta = A - mean_old; mean += delta / k; M2 += <delta, A - mean_new>),
     exact without keeping every reference and without the cancellation of E|A|^2 - |E A|^2.
@@ -206,7 +207,7 @@ def stats_from_grams(grams: Iterable[Sequence[Tensor]], size: int, sha256s: Sequ
     m2 = torch.zeros(len(LAYERS), dtype=torch.float64)
     k = 0
     for k, layers in enumerate(grams, start=1):
-        layers = [g.reshape(g.shape[-2:]).double() for g in layers]
+        layers = [g.reshape(g.shape[-2:]).double().cpu() for g in layers]
         if k == 1:
             means = [torch.zeros_like(g) for g in layers]
         for i, g in enumerate(layers):
@@ -230,7 +231,7 @@ def style_loss(grams: list[Tensor], refs: RefStats) -> tuple[Tensor, Tensor]:
         n = mean.shape[-1]
         if g.shape[-2:] != mean.shape:
             raise ValueError(f"Gram {tuple(g.shape)} does not match reference Gram {tuple(mean.shape)}: other VGG?")
-        sq = ((g.double() - mean.to(g.device)) ** 2).sum(dim=(1, 2)) + spread
+        sq = ((g.double() - mean.to(g.device)) ** 2).sum(dim=(1, 2)) + spread.to(g.device)
         per_layer.append(sq / (4 * n * n))
     per_layer_t = torch.stack(per_layer, dim=1)
     return per_layer_t.mean(dim=1), per_layer_t

@@ -102,7 +102,8 @@ def leaderboard_html(board: pd.DataFrame, metrics: list[str], raw: str) -> str:
     """The sortable leaderboard table: one ``tr[data-model]`` per model; each cell's ``data-v`` is its sort value."""
     heads = ["#", "Model", "Family", "AutoV2", label(COMBINED)] + [label(m) for m in metrics]
     heads += [f"Raw {raw} mean", f"Raw {raw} std", "Good rate", "Flagged images"]
-    out = ['<table id="leaderboard"><thead><tr>' + "".join(f"<th>{esc(h)}</th>" for h in heads) + "</tr></thead><tbody>"]
+    head = "".join(f"<th>{esc(h)}</th>" for h in heads)
+    out = [f'<table id="leaderboard"><thead><tr>{head}</tr></thead><tbody>']
     for r in board_records(board):
         cells = [num_td(r["rank"], fmt_rank(r["rank"]))] + [f'<td data-v="{esc(r[k])}">{esc(r[k])}</td>'
                                                             for k in ("model", "family", "autov2")]
@@ -167,8 +168,9 @@ def grid_row(model: str, rank: int, images: pd.DataFrame, zs: Mapping[str, float
     attrs = "".join(f' data-m-{esc(m)}="{"" if np.isnan(v) else repr(float(v))}"' for m, v in oriented.items())
     primary = oriented[metrics[0]] if metrics else np.nan
     attrs += f' data-score="{"" if np.isnan(primary) else repr(float(primary))}" data-default="{-rank}"'
-    text = " · ".join(f"{label(m)} z̄ {fmt(zs.get(m, np.nan), 2)}" for m in metrics)
-    cells = "".join(render_image(r) for r in images.sort_values("seed").to_dict(orient="records"))
+    text = " · ".join(f"{label(m)} {fmt(zs.get(m, np.nan), 2)}" for m in metrics)
+    by_seed = images.assign(_n=pd.to_numeric(images["seed"], errors="coerce")).sort_values(["_n", "seed"])
+    cells = "".join(render_image(r) for r in by_seed.drop(columns="_n").to_dict(orient="records"))
     return (f'<div class="grid-row" data-model="{esc(model)}"{attrs}><div class="who"><b>{esc(model)}</b><br>'
             f'<span class="item-score">{esc(text)}</span></div><div class="cells">{cells or "no images"}</div></div>')
 
@@ -186,9 +188,11 @@ def grid_section(task: str, item: str, rows: pd.DataFrame, order: list[str], zs:
         body.append(grid_row(model, rank, rows[rows["model"] == model], z, directions, metrics, render_image))
     prompt_html = "".join(f'<div class="prompt">{esc(p)}</div>' for p in prompts)
     prompt_html += "".join(f'<div class="prompt">Negative prompt: {esc(n)}</div>' for n in negs)
-    return (f'<section class="grid" data-task="{esc(task)}" data-item="{esc(item)}">'
+    primary = esc(metrics[0]) if metrics else ""
+    return (f'<section class="grid" data-task="{esc(task)}" data-item="{esc(item)}" data-primary="{primary}">'
             f"<h3>{esc(TASK_TITLES.get(task, task))}: {esc(item)}</h3>{prompt_html}"
-            f'<div class="sorter">sort by: {sorter}</div><div class="grid-body">{"".join(body)}</div></section>')
+            f'<div class="sorter">mean z on this item; sort by: {sorter}</div>'
+            f'<div class="grid-body">{"".join(body)}</div></section>')
 
 
 def grids_html(result: Standardized, manifests: Mapping[str, pd.DataFrame], order: list[str], render_image) -> str:
@@ -233,9 +237,10 @@ def page_html(result: Standardized, board: pd.DataFrame, pngs: Mapping[str, byte
 <nav><a href="#leaderboard-section">Leaderboard</a> · <a href="#plots">Plots</a> · <a href="#problems">Flags</a> ·
 <a href="#task-general">Prompts</a> · <a href="#task-style">Styles</a> · <a href="#task-lora">LoRAs</a></nav>
 <section id="leaderboard-section"><h2>Leaderboard</h2><p class="note">{esc(note)}</p>
-{leaderboard_html(board, metrics, raw)}</section>
+<div class="wide">{leaderboard_html(board, metrics, raw)}</div></section>
 <section id="plots"><h2>Plots</h2>{plots_html(pngs)}</section>
-<section id="problems"><h2>Unsupported / incompatible LoRA pairs</h2>{frame_html(lora_problems(result), "lora-problems")}
+<section id="problems"><h2>Unsupported / incompatible LoRA pairs</h2>
+{frame_html(lora_problems(result), "lora-problems")}
 <h2>Flagged images</h2>{frame_html(flagged_images(result), "flagged-images")}
 <h2>Degenerate groups (excluded from z)</h2>{frame_html(result.degenerate, "degenerate-groups")}</section>
 {grids}
@@ -248,7 +253,7 @@ def page_html(result: Standardized, board: pd.DataFrame, pngs: Mapping[str, byte
 def write_html(result: Standardized, scores: pd.DataFrame, manifests: Mapping[str, pd.DataFrame],
                models: pd.DataFrame, images_root: str | Path, out_dir: str | Path, *,
                plot_pngs: Mapping[str, bytes] | None = None, thumb_px: int = 160,
-               embed_max_bytes: int = 512_000) -> Path:
+               embed_max_bytes: int = 65_536) -> Path:
     """Write ``<out_dir>/index.html`` (see the module docstring) and return its path.
 
     manifests: model -> its manifest table (images at ``images_root/<model>/<image>``). plot_pngs: PNG bytes by name

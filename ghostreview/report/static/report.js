@@ -30,8 +30,9 @@
     else if (key === "score") { sortRows(body, rows, "data-score"); }
     else if (rows.length && rows[0].hasAttribute("data-m-" + key)) { sortRows(body, rows, "data-m-" + key); }
     else { return false; }
+    var shown = key === "score" ? grid.dataset.primary : key;
     grid.querySelectorAll(".sorter button").forEach(function (b) {
-      b.classList.toggle("active", b.dataset.sort === key);
+      b.classList.toggle("active", b.dataset.sort === shown);
     });
     grid.dataset.sorted = key;
     return true;

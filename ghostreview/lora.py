@@ -1,0 +1,111 @@
+"""LoRA compatibility checks (header only) and application to a diffusers pipeline.
+
+``lora_status`` decides from the safetensors header (keys, shapes, kohya ``ss_*`` metadata) whether diffusers can
+apply a LoRA file to a checkpoint of a given family, before any GPU work. ``apply_loras`` / ``remove_loras`` wrap
+diffusers' PEFT adapters: loading a kohya file, weighting several at once, and unloading back to the exact base
+weights (adapters are never fused, so nothing is baked in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ghostreview.loading import CheckpointError, header_metadata, read_safetensors_header, tensor_shapes
+
+KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
+SGM_UNET_PREFIXES = ("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")
+# (key fragment, status) checked in order: LyCORIS algorithms and DoRA that diffusers' kohya converter rejects
+# ("not correctly renamed") or silently drops (dora_scale).
+UNSUPPORTED_MARKERS = (
+    (".hada_", "unsupported: LyCORIS LoHa (hada_*)"),
+    (".lokr_", "unsupported: LyCORIS LoKr (lokr_*)"),
+    (".lora_mid.", "unsupported: LyCORIS lora_mid (Tucker-decomposed conv)"),
+    (".dora_scale", "unsupported: DoRA (dora_scale)"),
+)
+# kohya ss_base_model_version prefixes -> family
+BASE_VERSION_FAMILY = (("sdxl", "sdxl"), ("sd_v2", "sd2"), ("sd_v1", "sd15"))
+SD2_CONTEXT_DIM = 1024
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One LoRA to apply: adapter ``name`` (unique per pipeline), file ``path`` and ``weight`` (A1111 multiplier)."""
+
+    name: str
+    path: Path
+    weight: float
+
+
+def lora_family(shapes: Mapping[str, list[int]], metadata: Mapping[str, str]) -> str:
+    """"sd15" | "sd2" | "sdxl": the base family a kohya LoRA was trained for.
+
+    SDXL is recognised structurally (``lora_te1_``/``lora_te2_`` text-encoder keys, or SGM UNet names such as
+    ``lora_unet_input_blocks_4_1_…``). Among SD1-style files, SD2 is told apart by kohya metadata
+    (``ss_v2`` / ``ss_base_model_version``) or, without it, by a 1024-wide text encoder / cross-attention input.
+    """
+    keys = shapes.keys()
+    if any(k.startswith(("lora_te1_", "lora_te2_", *SGM_UNET_PREFIXES)) for k in keys):
+        return "sdxl"
+    version = metadata.get("ss_base_model_version", "")
+    for prefix, family in BASE_VERSION_FAMILY:
+        if version.startswith(prefix) and family != "sdxl":
+            return family
+    if metadata.get("ss_v2") == "True":
+        return "sd2"
+    context_dims = {shape[1] for k, shape in shapes.items() if len(shape) > 1 and k.endswith(".lora_down.weight")
+                    and (k.startswith("lora_te_") or "_attn2_to_k." in k)}
+    return "sd2" if SD2_CONTEXT_DIM in context_dims else "sd15"
+
+
+def lora_status(path: Path, family: str) -> str:
+    """Whether the LoRA at ``path`` can be applied to a ``family`` checkpoint, from its header only.
+
+    Returns:
+        "ok"; "unsupported: <what>" for LyCORIS LoHa/LoKr/lora_mid, DoRA or non-kohya files;
+        "incompatible: <lora family> LoRA on <family> checkpoint"; or "error: <reason>" for unreadable files.
+    """
+    try:
+        header = read_safetensors_header(Path(path))
+    except CheckpointError as e:
+        return f"error: {e}"
+    shapes, metadata = tensor_shapes(header), header_metadata(header)
+    for fragment, status in UNSUPPORTED_MARKERS:
+        if any(fragment in k for k in shapes):
+            return status
+    if not shapes or not all(k.startswith(KOHYA_PREFIXES) for k in shapes):
+        other = sorted(k for k in shapes if not k.startswith(KOHYA_PREFIXES))[:2]
+        return f"unsupported: not a kohya/A1111 LoRA (expected lora_unet_*/lora_te*_ keys, found {other or 'none'})"
+    found = lora_family(shapes, metadata)
+    if found != family:
+        return f"incompatible: {found} LoRA on {family} checkpoint"
+    return "ok"
+
+
+def apply_loras(pipe, family: str, loras: Sequence[LoraSpec]) -> None:
+    """Load each LoRA as a PEFT adapter named ``spec.name`` and activate all of them with their weights.
+
+    Checks every file with ``lora_status`` first, so nothing is loaded when one of them cannot be applied.
+    Replaces any previously active set of adapters. An empty ``loras`` is a no-op.
+
+    Raises:
+        ValueError: duplicate adapter names, or a LoRA whose status is not "ok" (the status is in the message).
+    """
+    names = [spec.name for spec in loras]
+    if len(set(names)) != len(names):
+        raise ValueError(f"LoRA adapter names must be unique, got {names}")
+    for spec in loras:
+        status = lora_status(spec.path, family)
+        if status != "ok":
+            raise ValueError(f"LoRA {spec.name!r} ({spec.path}): {status}")
+    if not loras:
+        return
+    for spec in loras:
+        pipe.load_lora_weights(str(spec.path), adapter_name=spec.name)
+    pipe.set_adapters(names, adapter_weights=[float(spec.weight) for spec in loras])
+
+
+def remove_loras(pipe) -> None:
+    """Remove every LoRA adapter from ``pipe`` (UNet and text encoders), restoring the base modules exactly."""
+    pipe.unload_lora_weights()
