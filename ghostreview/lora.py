@@ -8,7 +8,8 @@ weights (adapters are never fused, so nothing is baked in).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +25,8 @@ UNSUPPORTED_MARKERS = (
     (".lora_mid.", "unsupported: LyCORIS lora_mid (Tucker-decomposed conv)"),
     (".dora_scale", "unsupported: DoRA (dora_scale)"),
 )
-# kohya ss_base_model_version prefixes -> family
-BASE_VERSION_FAMILY = (("sdxl", "sdxl"), ("sd_v2", "sd2"), ("sd_v1", "sd15"))
+# kohya ss_base_model_version prefixes of SD1-style (non-SDXL) LoRAs -> family
+BASE_VERSION_FAMILY = (("sd_v2", "sd2"), ("sd_v1", "sd15"))
 SD2_CONTEXT_DIM = 1024
 
 
@@ -50,7 +51,7 @@ def lora_family(shapes: Mapping[str, list[int]], metadata: Mapping[str, str]) ->
         return "sdxl"
     version = metadata.get("ss_base_model_version", "")
     for prefix, family in BASE_VERSION_FAMILY:
-        if version.startswith(prefix) and family != "sdxl":
+        if version.startswith(prefix):
             return family
     if metadata.get("ss_v2") == "True":
         return "sd2"
@@ -83,6 +84,27 @@ def lora_status(path: Path, family: str) -> str:
     return "ok"
 
 
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers while adapters load into the text encoders.
+
+    transformers 5 prints a "LOAD REPORT" listing every base weight as MISSING / "newly initialized" when an
+    adapter is loaded; the base weights are in fact untouched (tests/test_lora.py checks), so the report only
+    misleads. Verbosity and progress bars are restored afterwards.
+    """
+    from transformers.utils import logging as tf_logging
+
+    verbosity, bars = tf_logging.get_verbosity(), tf_logging.is_progress_bar_enabled()
+    tf_logging.set_verbosity_error()
+    tf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        tf_logging.set_verbosity(verbosity)
+        if bars:
+            tf_logging.enable_progress_bar()
+
+
 def apply_loras(pipe, family: str, loras: Sequence[LoraSpec]) -> None:
     """Load each LoRA as a PEFT adapter named ``spec.name`` and activate all of them with their weights.
 
@@ -101,8 +123,9 @@ def apply_loras(pipe, family: str, loras: Sequence[LoraSpec]) -> None:
             raise ValueError(f"LoRA {spec.name!r} ({spec.path}): {status}")
     if not loras:
         return
-    for spec in loras:
-        pipe.load_lora_weights(str(spec.path), adapter_name=spec.name)
+    with _quiet_transformers():
+        for spec in loras:
+            pipe.load_lora_weights(str(spec.path), adapter_name=spec.name)
     pipe.set_adapters(names, adapter_weights=[float(spec.weight) for spec in loras])
 
 

@@ -8,8 +8,9 @@ Emphasis rules, as A1111 applies them:
     ``\\( \\) \\[ \\] \\\\``  are literal characters; a lone backslash is dropped.
     Brackets still open at the end of the prompt are closed there; a stray ``)`` or ``]`` is literal text.
     ``BREAK`` (upper case, a separate word) ends the current 75-token chunk.
-Deliberate difference: A1111 multiplies the BREAK marker's weight when it sits inside brackets, which turns it into
-the literal word "BREAK" with a negative weight; here BREAK always stays a chunk break.
+Deliberate differences: A1111 multiplies the BREAK marker's weight when it sits inside brackets, which turns it into
+the literal word "BREAK" with a negative weight; here BREAK always stays a chunk break. A1111 fails on a malformed
+weight such as ``(x:1.2.3)``; here the weight is kept as text and the bracket acts as a plain ``(x)``.
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
             (round_open if token == "(" else square_open).append(len(segments))
         elif kind == "weighted" and round_open and weight is not None:
             scale_from(round_open.pop(), weight)
+        elif kind == "weighted" and round_open:  # "(x:1.2.3)": the bad number is text, the ")" still closes
+            segments.extend(_split_breaks(token[:-1]))
+            scale_from(round_open.pop(), ROUND_MULTIPLIER)
         elif token == ")" and round_open:
             scale_from(round_open.pop(), ROUND_MULTIPLIER)
         elif token == "]" and square_open:
@@ -83,7 +87,7 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
 
 
 def _as_float(value: str | None) -> float | None:
-    """``float(value)``, or None when absent or not a number (such a "(x:1.2.3)" stays literal text)."""
+    """``float(value)``, or None when absent or not a number."""
     try:
         return float(value) if value is not None else None
     except ValueError:

@@ -176,7 +176,8 @@ def test_html_is_offline_and_escaped(demo, report):
 
 def test_html_links_large_images(demo, tmp_path):
     result, scores, manifests, models, images_root = demo
-    page = write_html(result, scores, manifests, models, images_root, tmp_path, plot_pngs={},
+    as_text = {m: t.astype(str) for m, t in manifests.items()}  # as the report stage reads them
+    page = write_html(result, scores, as_text, models, images_root, tmp_path, plot_pngs={},
                       embed_max_bytes=0).read_text()
     links = re.findall(r'data-full="(images/[^"]+)"', page)
     assert len(links) == 22 and all((tmp_path / link).is_file() for link in links)
