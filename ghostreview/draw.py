@@ -198,11 +198,9 @@ def _pipe_like(cls, pipe, sampler: str, scheduler_config: dict):
     No safety checker and no watermark, as in A1111; the progress-bar setting is carried over.
     """
     params = inspect.signature(cls.__init__).parameters
-    parts = {k: v for k, v in pipe.components.items() if k in params}
-    parts["scheduler"] = make_scheduler(sampler, scheduler_config)
-    parts["safety_checker"] = None
-    extra = {k: False for k in ("requires_safety_checker", "add_watermarker") if k in params}
-    new = cls(**{k: v for k, v in parts.items() if k in params}, **extra)
+    parts = {**pipe.components, "scheduler": make_scheduler(sampler, scheduler_config), "safety_checker": None,
+             "requires_safety_checker": False, "add_watermarker": False}
+    new = cls(**{k: v for k, v in parts.items() if k in params})
     new.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
     return new
 
@@ -257,6 +255,7 @@ def _hires_pass(pipe, img2img_cls, reqs: Sequence[DrawRequest], base, common: di
 def draw_arrays(pipe, family: str, requests: Sequence[DrawRequest], base_scheduler_config: dict | None = None) -> list[tuple[np.ndarray, list[str]]]:
     """Like ``draw`` but returns float32 [H, W, 3] arrays in [0, 1] (before 8-bit rounding)."""
     first = check_requests(requests)
+    _pipeline_classes(family)  # unknown family -> ValueError before any model work
     scheduler_config = dict(base_scheduler_config if base_scheduler_config is not None else pipe.scheduler.config)
     make_scheduler(first.sampler, scheduler_config)  # unknown sampler -> ValueError before any model work
     conds = [encode_prompts(pipe, family, [r.prompt], [r.negative_prompt], r.clip_skip) for r in requests]

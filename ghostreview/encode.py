@@ -212,7 +212,8 @@ def _pad_chunks(per_prompt: list[list[TokenChunk]], n: int, tokenizer) -> list[T
     return [c for chunks in per_prompt for c in chunks + [empty] * (n - len(chunks))]
 
 
-def _encode_one_encoder(enc: _Encoder, texts: Sequence[str], max_chunks: int | None) -> tuple[list[list[TokenChunk]], bool]:
+def _chunk_prompts(enc: _Encoder, texts: Sequence[str], max_chunks: int | None) -> tuple[list[list[TokenChunk]], bool]:
+    """Each text's chunks for ``enc``'s tokenizer, cut to ``max_chunks``; True when a cut happened."""
     per_prompt = [prompt_chunks(enc.tokenizer, t) for t in texts]
     truncated = max_chunks is not None and any(len(c) > max_chunks for c in per_prompt)
     if max_chunks is not None:
@@ -247,7 +248,7 @@ def encode_prompts(
         raise ValueError(f"max_chunks must be >= 1 or None, got {max_chunks}")
     texts = [*prompts, *negative_prompts]
     encoders = _encoders(pipe, family, clip_skip)
-    chunked = [_encode_one_encoder(enc, texts, max_chunks) for enc in encoders]
+    chunked = [_chunk_prompts(enc, texts, max_chunks) for enc in encoders]
     counts = [[len(c) for c in per_prompt] for per_prompt, _ in chunked]
     if any(c != counts[0] for c in counts[1:]):
         raise ValueError(f"the two SDXL tokenizers split the prompts into different chunk counts: {counts}")

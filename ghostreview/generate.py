@@ -23,7 +23,7 @@ from ghostreview.benchmark import Benchmark, BenchmarkError, LoraEntry, benchmar
 from ghostreview.draw import DrawRequest, Hires, draw
 from ghostreview.hashing import autov2, file_sha256
 from ghostreview.infotext import format_infotext
-from ghostreview.loading import detect_family, family_config_dir, is_tiny_kit_file, load_pipeline
+from ghostreview.loading import detect_family, is_tiny_kit_file, load_pipeline, pipeline_config_dir
 from ghostreview.lora import LoraSpec, apply_loras, lora_status, remove_loras
 from ghostreview.prompts import extract_lora_tags
 from ghostreview.runtime import library_versions, pick_device, pick_dtype
@@ -319,7 +319,7 @@ def pipeline_drawer(pipe, family: str) -> Callable[[Sequence[ImageJob]], list]:
 
 def run_generate(bench: Benchmark, s: GenerateSettings, out_dir: Path, progress: bool = True) -> dict[str, int]:
     """Plan, draw what the store lacks, and rebuild ``out_dir`` from the store. Returns counts."""
-    family = detect_family(s.checkpoint)
+    family = detect_family(s.checkpoint, allow_pickle=s.allow_pickle)
     hash_cache = s.cache / "sha256.json"
     model = model_identity(s, family, hash_cache)
     gen = s.generation
@@ -336,7 +336,7 @@ def run_generate(bench: Benchmark, s: GenerateSettings, out_dir: Path, progress:
     missing = sum(1 for j, k in zip(jobs, keys) if not j.status and not store.has(k))
     drawn = 0
     if missing:
-        config_dir = s.config_dir or family_config_dir(family, s.cache / "configs")
+        config_dir = s.config_dir or pipeline_config_dir(s.checkpoint, family, s.cache / "configs")
         pipe = load_pipeline(s.checkpoint, family, config_dir, vae=s.vae, allow_pickle=s.allow_pickle,
                              prediction_type=s.prediction if s.prediction != "epsilon" else None,
                              dtype=dtype, device=device)

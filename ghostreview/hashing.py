@@ -42,7 +42,8 @@ def _write_cache(cache_file: Path, entries: dict[str, dict]) -> None:
     cache_file = Path(cache_file)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"version": CACHE_VERSION, "entries": entries}, indent=1, sort_keys=True), encoding="utf-8")
+    text = json.dumps({"version": CACHE_VERSION, "entries": entries}, indent=1, sort_keys=True)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, cache_file)
 
 

@@ -26,7 +26,11 @@ from ghostreview.kit.tokenizer import TOKENIZER_PADS, open_clip_bpe_path, write_
 
 CONFIGS_ROOT = Path(__file__).resolve().parent / "configs"
 CONFIG_FAMILIES = ("sd15", "sd2", "sdxl")
-PIPELINE_CLASSES = {"sd15": "StableDiffusionPipeline", "sd2": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
+PIPELINE_CLASSES = {
+    "sd15": "StableDiffusionPipeline",
+    "sd2": "StableDiffusionPipeline",
+    "sdxl": "StableDiffusionXLPipeline",
+}
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit
@@ -138,7 +142,9 @@ def family_from_shapes(shapes: Mapping[str, list[int]], name: str = "checkpoint"
     """
     keys = shapes.keys()
     if UNET_IN_KEY not in shapes:
-        raise CheckpointError(f"{name}: not a Stable Diffusion checkpoint ({_what_is_it(keys)}); expected {EXPECTED_LAYOUT}")
+        raise CheckpointError(
+            f"{name}: not a Stable Diffusion checkpoint ({_what_is_it(keys)}); expected {EXPECTED_LAYOUT}"
+        )
     in_channels = shapes[UNET_IN_KEY][1] if len(shapes[UNET_IN_KEY]) > 1 else None
     if in_channels != 4:
         raise CheckpointError(
@@ -148,7 +154,9 @@ def family_from_shapes(shapes: Mapping[str, list[int]], name: str = "checkpoint"
     if SDXL_OPEN_CLIP_KEY in shapes and SDXL_CLIP_KEY in shapes:
         return "sdxl"
     if SDXL_REFINER_KEY in shapes:
-        raise CheckpointError(f"{name}: an SDXL refiner checkpoint (refines latents, cannot generate alone); use an SDXL base model")
+        raise CheckpointError(
+            f"{name}: an SDXL refiner checkpoint (refines latents, cannot generate alone); use an SDXL base model"
+        )
     if any(k.startswith(SD2_OPEN_CLIP_PREFIX) for k in keys):
         return "sd2"
     if SD1_CLIP_KEY in shapes:
@@ -172,16 +180,22 @@ def _what_is_it(keys) -> str:
     return f"{len(keys)} tensors such as {sample}"
 
 
-def detect_family(path: Path) -> str:
-    """Family of the single-file checkpoint at ``path``: "sd15" | "sdxl" | "sd2", from header keys only.
+def detect_family(path: Path, *, allow_pickle: bool = False) -> str:
+    """Family of the single-file checkpoint at ``path``: "sd15" | "sdxl" | "sd2", from tensor names and shapes.
+
+    For safetensors only the header is read (no tensor data). Pickle files (.ckpt/.pt/.pth/.bin) are refused
+    unless ``allow_pickle``; then they are read with ``torch.load(weights_only=True)`` onto the meta device.
 
     Raises:
-        CheckpointError: pickle files (see ``load_pipeline``), unreadable/corrupt files, or safetensors files that
-            are not SD checkpoints (the message lists what was expected).
+        CheckpointError: refused or unsafe pickles, unreadable/corrupt files, or files that are not SD
+            checkpoints (the message lists what was expected).
     """
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise CheckpointError(_pickle_refusal(path))
+        if not allow_pickle:
+            raise CheckpointError(_pickle_refusal(path))
+        shapes = {k: list(v.shape) for k, v in _load_pickle_state_dict(path, map_location="meta").items()}
+        return family_from_shapes(shapes, str(path))
     return family_from_shapes(tensor_shapes(read_safetensors_header(path)), str(path))
 
 
@@ -242,7 +256,7 @@ def family_config_dir(family: str, cache_root: Path) -> Path:
 
 
 def tiny_config_dir(family: str, cache_root: Path) -> Path:
-    """Config dir of the tiny test topology of ``family`` (see ``ghostreview.kit.sd``), built once under ``cache_root``."""
+    """Config dir of the tiny test topology of ``family`` (``ghostreview.kit.sd``), built once under ``cache_root``."""
     from ghostreview.kit import sd
 
     text = json.dumps(sd.tiny_configs(family), sort_keys=True) + _config_source_digest(family)
@@ -282,31 +296,41 @@ def _dedupe_storage(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
-def convert_pickle_checkpoint(src: Path, dest: Path) -> Path:
-    """Convert a pickle checkpoint to safetensors, reading it with ``torch.load(weights_only=True)`` only.
+def _load_pickle_state_dict(path: Path, map_location: str = "cpu") -> dict[str, torch.Tensor]:
+    """Tensors of a pickle checkpoint, read with ``torch.load(weights_only=True)`` only.
 
     Nested ``state_dict`` entries are unwrapped (as diffusers does); non-tensor entries (``global_step``...) are
-    dropped. Written atomically to ``dest``.
+    dropped.
 
     Raises:
-        CheckpointError: when the pickle holds anything but tensors and plain containers (possible code), or
-            no tensors at all.
+        CheckpointError: when the pickle holds anything but tensors and plain containers (possible code), is
+            corrupt, or holds no tensors at all.
     """
-    from safetensors.torch import save_file
-
-    src, dest = Path(src), Path(dest)
     try:
-        obj = torch.load(src, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as e:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError, OSError) as e:
         raise CheckpointError(
-            f"{src}: refused by torch.load(weights_only=True): it holds objects other than tensors (possibly "
+            f"{path}: refused by torch.load(weights_only=True): it holds objects other than tensors (possibly "
             f"code) or is corrupt: {e}. Use the model's .safetensors download instead"
         ) from e
     while isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, dict) else {}
     if not tensors:
-        raise CheckpointError(f"{src}: the pickle holds no tensor state dict; not a checkpoint")
+        raise CheckpointError(f"{path}: the pickle holds no tensor state dict; not a checkpoint")
+    return tensors
+
+
+def convert_pickle_checkpoint(src: Path, dest: Path) -> Path:
+    """Convert a pickle checkpoint to safetensors (atomically), reading it with ``torch.load(weights_only=True)``.
+
+    Raises:
+        CheckpointError: see ``_load_pickle_state_dict``.
+    """
+    from safetensors.torch import save_file
+
+    src, dest = Path(src), Path(dest)
+    tensors = _load_pickle_state_dict(src)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     save_file(_dedupe_storage(tensors), str(tmp))
@@ -390,7 +414,9 @@ def load_pipeline(checkpoint: Path, family: str, config_dir: Path, *, vae: Path 
         shapes = tensor_shapes(read_safetensors_header(st))
         found = family_from_shapes(shapes, str(checkpoint))
         if found != family:
-            raise CheckpointError(f"{checkpoint}: an {found} checkpoint, but family {family!r} was given; set family: {found}")
+            raise CheckpointError(
+                f"{checkpoint}: an {found} checkpoint, but family {family!r} was given; set family: {found}"
+            )
         if vae is not None:
             extra["vae"] = _load_vae(vae, config_dir, dtype, allow_pickle)
         elif not any(k.startswith("first_stage_model.") for k in shapes):
@@ -399,4 +425,5 @@ def load_pipeline(checkpoint: Path, family: str, config_dir: Path, *, vae: Path 
         pipe = cls.from_single_file(str(st), config=str(config_dir), torch_dtype=dtype, local_files_only=True, **extra)
     if prediction_type is not None:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction_type)
-    return pipe.to(device)
+    # Components load on the CPU; skip a no-op .to("cpu"), which only makes diffusers warn about dtype casting.
+    return pipe if torch.device(device) == torch.device("cpu") else pipe.to(device)

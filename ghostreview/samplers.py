@@ -32,8 +32,11 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 K_DIFFUSION_SPACING = MappingProxyType({"timestep_spacing": "linspace"})
 COMPVIS_SPACING = MappingProxyType({"timestep_spacing": "leading", "steps_offset": 1})
 KARRAS = MappingProxyType({"use_karras_sigmas": True})
-# A1111's UniPC defaults: variant "bh1", order 3, lower-order final steps.
-UNIPC_A1111 = MappingProxyType({"solver_type": "bh1", "solver_order": 3, "lower_order_final": True})
+# A1111's UniPC defaults: variant "bh1", order 3, lower-order final steps. Its time grid ends at the smallest
+# training sigma (t = 1/1000), not at zero: "sigma_min". (diffusers' bh1 also yields NaN when the last sigma is 0.)
+UNIPC_A1111 = MappingProxyType(
+    {"solver_type": "bh1", "solver_order": 3, "lower_order_final": True, "final_sigmas_type": "sigma_min"}
+)
 # Sigma-schedule switches a checkpoint's config may carry; reset unless the sampler name asks for one.
 SIGMA_SCHEDULE_SWITCHES = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_flow_sigmas")
 

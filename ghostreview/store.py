@@ -146,6 +146,8 @@ class ImageStore:
         src, dest = self.path(key), Path(dest)
         if not self.has(key):
             raise StoreError(f"no complete store entry for {key}", src)
+        if dest.exists() and os.path.samefile(src, dest):
+            return  # already linked (and POSIX rename between two links of one file would do nothing)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.parent / f".{dest.name}.{os.getpid()}.link.tmp"
         try:
@@ -156,5 +158,6 @@ class ImageStore:
                 shutil.copyfile(src, tmp)
             os.replace(tmp, dest)
         except OSError as err:
-            tmp.unlink(missing_ok=True)
             raise StoreError(f"could not link or copy {src} ({err.strerror or err})", dest) from err
+        finally:
+            tmp.unlink(missing_ok=True)

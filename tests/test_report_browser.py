@@ -5,6 +5,7 @@ Needs Debian's chromium at /usr/bin/chromium (``apt-get install -y chromium``); 
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -19,6 +20,9 @@ from ghostreview.report import write_report
 from test_report import ATTR_PROMPT, SCRIPT_PROMPT, make_demo  # tests/ is on sys.path (pytest's default rootdir import)
 
 CHROMIUM = Path("/usr/bin/chromium")
+# CI sets GHOSTREVIEW_REQUIRE_BROWSER=1 so that a missing browser fails instead of silently skipping.
+if os.environ.get("GHOSTREVIEW_REQUIRE_BROWSER") == "1" and not CHROMIUM.is_file():
+    raise RuntimeError("GHOSTREVIEW_REQUIRE_BROWSER=1 but /usr/bin/chromium is missing: apt-get install -y chromium")
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian chromium at /usr/bin/chromium "

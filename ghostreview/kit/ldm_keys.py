@@ -15,8 +15,8 @@ Layouts, for a UNet with ``L`` levels and ``n = layers_per_block`` resnets per d
     up_blocks.u.upsamplers.0.conv               output_blocks.{u(n+1) + n}.{2 if level has attention else 1}.conv
     time_embedding.linear_1/2, add_embedding.linear_1/2   time_embed.0/2, label_emb.0.0/0.2
     conv_norm_out, conv_out                     out.0, out.2
-    resnet norm1 conv1 time_emb_proj norm2 conv2 conv_shortcut
-                                                in_layers.0 in_layers.2 emb_layers.1 out_layers.0 out_layers.3 skip_connection
+    resnet norm1, conv1, time_emb_proj         in_layers.0, in_layers.2, emb_layers.1
+    resnet norm2, conv2, conv_shortcut          out_layers.0, out_layers.3, skip_connection
 
 Transformer internals (``proj_in``, ``transformer_blocks.k.attn1.to_q`` ...) have the same names in both layouts.
 The VAE and the OpenCLIP text tower (SDXL's second encoder, SD2's encoder) have their own tables below.
@@ -154,7 +154,8 @@ def vae_key_to_ldm(key: str, n_levels: int) -> str:
     raise KeyError(f"VAE parameter {key!r} has no LDM equivalent")
 
 
-def vae_to_ldm(state_dict: Mapping[str, torch.Tensor], config: Mapping, prefix: str = LDM_VAE_PREFIX) -> dict[str, torch.Tensor]:
+def vae_to_ldm(state_dict: Mapping[str, torch.Tensor], config: Mapping,
+               prefix: str = LDM_VAE_PREFIX) -> dict[str, torch.Tensor]:
     """Diffusers VAE state dict -> LDM entries (``prefix`` + name).
 
     LDM's mid-block attention uses 1x1 convolutions: its q/k/v/proj_out weights are [C, C, 1, 1] where diffusers

@@ -23,6 +23,7 @@ import torch
 from ghostreview.kit import ldm_keys, sd
 
 VARIANTS = ("lora", "loha", "lokr", "lora_mid")
+Tensors = dict[str, torch.Tensor]
 BASE_MODEL_VERSION = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}
 _UNET_TARGET = re.compile(
     r".*attentions\.\d+\.(proj_in|proj_out|transformer_blocks\.\d+\.(attn[12]\.(to_q|to_k|to_v|to_out\.0)"
@@ -38,22 +39,42 @@ def _configs_from_dir(config_dir: Path, family: str) -> dict[str, dict]:
     return {n: json.loads((Path(config_dir) / n / "config.json").read_text()) for n in names}
 
 
+def _unet_targets(family: str, unet) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{kohya name: (kind, weight shape)} of the UNet modules a kohya LoRA/LoCon trains ("conv3": 3x3 resnet conv)."""
+    out = {}
+    for name, module in unet.named_modules():
+        if not (_UNET_TARGET.fullmatch(name) or _RESNET_CONV.fullmatch(name)):
+            continue
+        # kohya trains SD1 on the diffusers UNet but SDXL on the SGM UNet, so SDXL names use SGM paths.
+        if family == "sdxl":
+            name = ldm_keys.unet_key_to_ldm(name + ".weight", unet.config).removesuffix(".weight")
+        kind = "conv3" if module.weight.ndim == 4 and module.weight.shape[-1] == 3 else "linear"
+        out["lora_unet_" + name.replace(".", "_")] = (kind, tuple(module.weight.shape))
+    return out
+
+
+def _te_targets(prefix: str, text_encoder) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{kohya name: ("linear", weight shape)} of a CLIP text encoder's attention and MLP projections.
+
+    kohya names keep the ``text_model_`` level that transformers >= 5.6 dropped from ``CLIPTextModel``.
+    """
+    out = {}
+    for name, module in text_encoder.named_modules():
+        if _TE_TARGET.fullmatch(name):
+            path = "text_model." + name.removeprefix("text_model.")
+            out[prefix + path.replace(".", "_")] = ("linear", tuple(module.weight.shape))
+    return out
+
+
 def _target_shapes(family: str, config_dir: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """{kohya module name: (kind "unet"/"te", weight shape)} for every LoRA-targeted module of the model."""
+    """{kohya module name: (kind, weight shape)} for every LoRA-targeted module of the model in ``config_dir``."""
     models = sd.meta_models(family, _configs_from_dir(config_dir, family))
-    unet_cfg = models["unet"].config
-    out: dict[str, tuple[str, tuple[int, ...]]] = {}
-    for name, module in models["unet"].named_modules():
-        if _UNET_TARGET.fullmatch(name) or _RESNET_CONV.fullmatch(name):
-            path = ldm_keys.unet_key_to_ldm(name + ".weight", unet_cfg).removesuffix(".weight") if family == "sdxl" else name
-            kind = "conv3" if _RESNET_CONV.fullmatch(name) else "unet"
-            out["lora_unet_" + path.replace(".", "_")] = (kind, tuple(module.weight.shape))
-    te_prefixes = {"text_encoder": "lora_te_"} if family == "sd15" else {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
-    for te, prefix in te_prefixes.items():
-        for name, module in models[te].named_modules():
-            if _TE_TARGET.fullmatch(name):
-                path = "text_model." + name.removeprefix("text_model.")
-                out[prefix + path.replace(".", "_")] = ("te", tuple(module.weight.shape))
+    prefixes = {"text_encoder": "lora_te_"}
+    if family == "sdxl":
+        prefixes = {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+    out = _unet_targets(family, models["unet"])
+    for te, prefix in prefixes.items():
+        out.update(_te_targets(prefix, models[te]))
     return out
 
 
@@ -61,7 +82,7 @@ def _randn(shape: tuple[int, ...], generator: torch.Generator, std: float) -> to
     return (torch.randn(shape, generator=generator) * std).half()
 
 
-def _lora_tensors(name: str, shape: tuple[int, ...], rank: int, alpha: float, g: torch.Generator) -> dict[str, torch.Tensor]:
+def _lora_tensors(name: str, shape: tuple[int, ...], rank: int, alpha: float, g: torch.Generator) -> Tensors:
     """Plain LoRA down/up/alpha for one module with weight ``shape`` ([out, in] or [out, in, kh, kw])."""
     out_dim, fan_in = shape[0], math.prod(shape[1:])
     down_shape = (rank, *shape[1:])
@@ -73,7 +94,7 @@ def _lora_tensors(name: str, shape: tuple[int, ...], rank: int, alpha: float, g:
     }
 
 
-def _loha_tensors(name: str, shape: tuple[int, ...], rank: int, alpha: float, g: torch.Generator) -> dict[str, torch.Tensor]:
+def _loha_tensors(name: str, shape: tuple[int, ...], rank: int, alpha: float, g: torch.Generator) -> Tensors:
     """LyCORIS LoHa: delta = (w1_a @ w1_b) * (w2_a @ w2_b), with factors [out, r] and [r, in*kh*kw]."""
     out_dim, fan_in = shape[0], math.prod(shape[1:])
     return {
@@ -85,7 +106,7 @@ def _loha_tensors(name: str, shape: tuple[int, ...], rank: int, alpha: float, g:
     }
 
 
-def _lokr_tensors(name: str, shape: tuple[int, ...], rank: int, alpha: float, g: torch.Generator) -> dict[str, torch.Tensor]:
+def _lokr_tensors(name: str, shape: tuple[int, ...], rank: int, alpha: float, g: torch.Generator) -> Tensors:
     """LyCORIS LoKr: delta = kron(w1 [a, c], w2 [out/a, in/c]) (a, c = 2 when the dimension is even)."""
     out_dim, fan_in = shape[0], math.prod(shape[1:])
     a, c = (2 if out_dim % 2 == 0 else 1), (2 if fan_in % 2 == 0 else 1)
@@ -96,7 +117,7 @@ def _lokr_tensors(name: str, shape: tuple[int, ...], rank: int, alpha: float, g:
     }
 
 
-def _mid_tensors(name: str, shape: tuple[int, ...], rank: int, alpha: float, g: torch.Generator) -> dict[str, torch.Tensor]:
+def _mid_tensors(name: str, shape: tuple[int, ...], rank: int, alpha: float, g: torch.Generator) -> Tensors:
     """LoCon with Tucker decomposition: down [r, in, 1, 1], mid [r, r, kh, kw], up [out, r, 1, 1]."""
     out_dim, in_dim = shape[0], shape[1]
     return {

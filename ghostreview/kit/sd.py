@@ -31,23 +31,25 @@ KIT_METADATA_VALUE = "tiny-random-weights"
 
 TEXT_ENCODERS = {"sd15": ("text_encoder",), "sdxl": ("text_encoder", "text_encoder_2")}
 
-# Only widths shrink. Depths stay real: 12 CLIP-L layers, 32 OpenCLIP-bigG layers (diffusers' own SDXL detector
-# looks for resblocks.9, so the tiny SDXL is recognised by it too; ghostreview itself detects by other keys).
+# Only widths shrink, keeping the real channel ratios (SD1 UNet c,2c,4c,4c; SDXL c,2c,4c; VAE c,2c,4c,4c) so the
+# same resnets carry shortcut convolutions as in the real models. Depths stay real: 12 CLIP-L layers and 32
+# OpenCLIP-bigG layers. With config= given, from_single_file never runs diffusers' own type inference, so depth is
+# not needed for loading; keeping it means diffusers' detector (which probes OpenCLIP resblocks.9) agrees anyway.
 # SDXL: the two text encoders differ in hidden size (8 vs 24), or diffusers' single-file CLIP loader cannot tell
 # them apart; cross_attention_dim = 8 + 24; projection_class_embeddings_input_dim = projection_dim (24) +
 # 6 add_time ids * addition_time_embed_dim (8) = 72, as 1280 + 6 * 256 = 2816 in the real model.
 # The 49,408-token embeddings dominate the file size (float16: 49,408 * hidden * 2 bytes).
 _TINY_CLIP = {"intermediate_size": 64, "num_attention_heads": 2}
-_TINY_VAE = {"block_out_channels": [16, 16, 32, 32], "norm_num_groups": 8, "sample_size": 64}
+_TINY_VAE = {"block_out_channels": [8, 16, 32, 32], "norm_num_groups": 8, "sample_size": 64}
 TINY_OVERRIDES: dict[str, dict[str, dict]] = {
     "sd15": {
-        "unet": {"block_out_channels": [16, 32, 32, 32], "norm_num_groups": 8, "attention_head_dim": 2,
+        "unet": {"block_out_channels": [8, 16, 32, 32], "norm_num_groups": 8, "attention_head_dim": 2,
                  "cross_attention_dim": 24, "sample_size": 8},
         "vae": _TINY_VAE,
         "text_encoder": {**_TINY_CLIP, "hidden_size": 24, "projection_dim": 24},
     },
     "sdxl": {
-        "unet": {"block_out_channels": [16, 32, 32], "norm_num_groups": 8, "attention_head_dim": [1, 2, 2],
+        "unet": {"block_out_channels": [8, 16, 32], "norm_num_groups": 8, "attention_head_dim": [1, 2, 4],
                  "cross_attention_dim": 32, "transformer_layers_per_block": [1, 1, 2], "addition_time_embed_dim": 8,
                  "projection_class_embeddings_input_dim": 72, "sample_size": 8},
         "vae": _TINY_VAE,
@@ -112,19 +114,27 @@ def write_tiny_config_dir(dest: Path, family: str) -> Path:
     return write_config_dir(dest, tiny_configs(family), family)
 
 
+def build_component(name: str, config: Mapping) -> torch.nn.Module:
+    """Instantiate weight-bearing component ``name`` (unet, vae, text_encoder, text_encoder_2) from its config."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    if name == "unet":
+        return UNet2DConditionModel.from_config(config)
+    if name == "vae":
+        return AutoencoderKL.from_config(config)
+    cls = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
+    return cls(CLIPTextConfig(**config))
+
+
 def meta_models(family: str, configs: Mapping[str, dict]) -> dict[str, torch.nn.Module]:
     """Weight-bearing components named in ``configs`` (unet, vae, text encoders), built on the meta device.
 
     Meta tensors carry shapes only: no memory and no init cost, so this works for real-size configs too.
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    builders = {"unet": UNet2DConditionModel.from_config, "vae": AutoencoderKL.from_config,
-                "text_encoder": lambda c: CLIPTextModel(CLIPTextConfig(**c)),
-                "text_encoder_2": lambda c: CLIPTextModelWithProjection(CLIPTextConfig(**c))}
+    names = [n for n in ("unet", "vae", *TEXT_ENCODERS[family]) if n in configs]
     with torch.device("meta"):
-        return {name: builders[name](configs[name]) for name in ("unet", "vae", *TEXT_ENCODERS[family]) if name in configs}
+        return {name: build_component(name, configs[name]) for name in names}
 
 
 def random_tensor(name: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -147,8 +157,8 @@ def random_tensor(name: str, shape: tuple[int, ...], generator: torch.Generator)
 def tiny_state_dicts(family: str, seed: int) -> dict[str, dict[str, torch.Tensor]]:
     """Deterministic diffusers-layout weights {component: state_dict} of the tiny ``family`` model.
 
-    One ``torch.Generator`` seeded with ``seed`` fills the components in name order (unet, vae, text encoders),
-    each parameter in sorted key order, so the result depends only on (family, seed, topology).
+    One ``torch.Generator`` seeded with ``seed`` fills the components in sorted name order (text_encoder[_2],
+    unet, vae), each parameter in sorted key order, so the result depends only on (family, seed, topology).
     """
     models = meta_models(family, tiny_configs(family))
     generator = torch.Generator().manual_seed(seed)
@@ -180,14 +190,30 @@ def kit_metadata(family: str, seed: int) -> dict[str, str]:
     return {KIT_METADATA_KEY: KIT_METADATA_VALUE, "ghostreview.family": family, "ghostreview.seed": str(seed)}
 
 
-def save_safetensors_atomic(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> Path:
-    """``safetensors.torch.save_file`` into a sibling temp file, then rename (readers never see half a file)."""
-    from safetensors.torch import save_file
+def safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+    """Serialize to safetensors bytes with a deterministic header.
 
+    ``safetensors`` keeps ``__metadata__`` in a hash map whose order changes from process to process; the header is
+    re-written here with the metadata sorted (tensor offsets are relative to the data section, so only the
+    header changes). The header is space-padded to a multiple of 8 bytes, as the format recommends.
+    """
+    from safetensors.torch import save
+
+    raw = save({k: v.contiguous() for k, v in tensors.items()})
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    header.pop("__metadata__", None)
+    text = json.dumps({"__metadata__": dict(sorted(metadata.items())), **header}, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + raw[8 + n :]
+
+
+def save_safetensors_atomic(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> Path:
+    """Write ``safetensors_bytes`` to a sibling temp file, then rename (readers never see half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=dict(metadata))
+    tmp.write_bytes(safetensors_bytes(tensors, metadata))
     os.replace(tmp, path)
     return path
 
@@ -235,22 +261,18 @@ def tiny_pipeline(family: str, seed: int = 0):
     checker, no watermarker. For unit tests of code that takes a pipeline.
     """
     import diffusers
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     configs = tiny_configs(family)
-    weights = tiny_state_dicts(family, seed)
-    parts = {"unet": UNet2DConditionModel.from_config(configs["unet"]), "vae": AutoencoderKL.from_config(configs["vae"])}
-    for name in TEXT_ENCODERS[family]:
-        cls = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
-        parts[name] = cls(CLIPTextConfig(**configs[name]))
-    for name, model in parts.items():
-        model.load_state_dict(weights[name], strict=True)
-        model.eval()
+    parts: dict = {}
+    for name, weights in tiny_state_dicts(family, seed).items():
+        parts[name] = build_component(name, configs[name])
+        parts[name].load_state_dict(weights, strict=True)
+        parts[name].eval()
     for name, pad in TOKENIZER_PADS[family].items():
         parts[name] = _tokenizer(pad)
-    sched_cfg = configs["scheduler"]
-    parts["scheduler"] = getattr(diffusers, sched_cfg["_class_name"]).from_config(sched_cfg)
+    scheduler_config = configs["scheduler"]
+    parts["scheduler"] = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
     if family == "sdxl":
-        return StableDiffusionXLPipeline(**parts, force_zeros_for_empty_prompt=True, add_watermarker=False)
-    return StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        return diffusers.StableDiffusionXLPipeline(**parts, force_zeros_for_empty_prompt=True, add_watermarker=False)
+    return diffusers.StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                             requires_safety_checker=False)

@@ -44,7 +44,7 @@ def open_clip_bpe_path() -> Path:
     """
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("open_clip is not installed; it ships the CLIP BPE vocabulary: pip install open_clip_torch")
+        raise ModuleNotFoundError("open_clip (it ships the CLIP BPE vocabulary) is missing: pip install open_clip_torch")
     path = Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing from the open_clip install; reinstall open_clip_torch")
