@@ -52,7 +52,8 @@ def environment(ws: Path) -> dict:
 
 
 def cut_benchmark(bench_dir: Path) -> None:
-    """In place: 2 general prompts, 2 styles, 2 LoRAs per family without <lora:> prompt tags (as the test cuts)."""
+    """In place: 2 general prompts, 2 styles, 2 LoRAs per family without <lora:> prompt tags (as the test cuts),
+    and the protocol's counts to match."""
     def edit(name: str, key: str, keep) -> None:
         path = bench_dir / name
         data = yaml.safe_load(path.read_text())
@@ -63,6 +64,11 @@ def cut_benchmark(bench_dir: Path) -> None:
     edit("styles.yaml", "styles", lambda v: v[:2])
     for family in ("sd15", "sdxl"):
         edit(f"loras_{family}.yaml", "loras", lambda v: [e for e in v if "<lora:" not in e["prompt"]][:2])
+    protocol = yaml.safe_load((bench_dir / "protocol.yaml").read_text())  # the loader checks counts vs tables
+    for count in protocol["counts"].values():
+        count["items"] = 2
+    protocol["images_per_checkpoint"] = sum(2 * c["batch_size"] * c["n_iter"] for c in protocol["counts"].values())
+    (bench_dir / "protocol.yaml").write_text(yaml.safe_dump(protocol, sort_keys=False))
 
 
 def make_workspace(ws: Path, kit: Path | None, models: dict, quick: bool) -> dict:

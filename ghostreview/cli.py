@@ -7,9 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from ghostreview.runtime import force_offline
+from ghostreview.runtime import stage_runtime
 
-force_offline()
+stage_runtime()
 
 app = typer.Typer(help="GhostReview: reproducible reviews of Stable Diffusion checkpoints.", no_args_is_help=True)
 

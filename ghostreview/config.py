@@ -78,6 +78,7 @@ class GenerationParams:
     hires: HiresParams = HiresParams()
     device: str = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    cpu_threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class ScoringParams:
     style: StyleParams = StyleParams()
     batch_size: int = 16
     device: str = "auto"
+    cpu_threads: int = 0
 
 
 @dataclass(frozen=True)

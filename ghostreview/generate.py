@@ -26,7 +26,7 @@ from ghostreview.infotext import format_infotext
 from ghostreview.loading import detect_family, is_tiny_kit_file, load_pipeline, pipeline_config_dir
 from ghostreview.lora import LoraSpec, apply_loras, lora_status, remove_loras
 from ghostreview.prompts import extract_lora_tags
-from ghostreview.runtime import library_versions, pick_device, pick_dtype
+from ghostreview.runtime import library_versions, pick_device, pick_dtype, set_cpu_threads
 from ghostreview.store import ImageStore, job_key
 
 # Bump when a change to the drawing code changes pixels: it is part of every image's key.
@@ -323,6 +323,7 @@ def run_generate(bench: Benchmark, s: GenerateSettings, out_dir: Path, progress:
     hash_cache = s.cache / "sha256.json"
     model = model_identity(s, family, hash_cache)
     gen = s.generation
+    set_cpu_threads(gen.cpu_threads)
     device = pick_device(gen.device)
     dtype = pick_dtype(gen.dtype, device)
     runtime = library_versions() | {"device": device.split(":")[0], "dtype": str(dtype), "draw": DRAW_VERSION}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ghostreview.runtime import force_offline
+from ghostreview.runtime import set_cpu_threads, stage_runtime
 
-force_offline()
+stage_runtime()
 
 from ghostreview import config  # noqa: E402
 from ghostreview.scoring import drawable, embed_images  # noqa: E402
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     root = args.params.parent.resolve()
     params = config.load_params(args.params)
     config.check_files(params, root, str(args.params))
+    set_cpu_threads(params.scoring.cpu_threads)
     rows = drawable(read_manifest(args.images))
     n = embed_images(rows, args.images, params.scoring, root, args.out)
     print(f"embed: {n} images -> {args.out}")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ghostreview.runtime import force_offline
+from ghostreview.runtime import stage_runtime
 
-force_offline()
+stage_runtime()
 
 from ghostreview import config  # noqa: E402
 from ghostreview.benchmark import load_benchmark  # noqa: E402

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ghostreview.runtime import force_offline
+from ghostreview.runtime import set_cpu_threads, stage_runtime
 
-force_offline()
+stage_runtime()
 
 from ghostreview import config  # noqa: E402
 from ghostreview.benchmark import load_benchmark  # noqa: E402
@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     root = args.params.parent.resolve()
     params = config.load_params(args.params)
     config.check_files(params, root, str(args.params))
+    set_cpu_threads(params.scoring.cpu_threads)
     bench = load_benchmark(config.resolve(root, params.benchmark.dir))
     p = params.paths
     n = write_refstats(

@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ghostreview.runtime import force_offline
+from ghostreview.runtime import set_cpu_threads, stage_runtime
 
-force_offline()
+stage_runtime()
 
 from ghostreview import config  # noqa: E402
 from ghostreview.generate import read_manifest  # noqa: E402
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     root = args.params.parent.resolve()
     params = config.load_params(args.params)
     config.check_files(params, root, str(args.params))
+    set_cpu_threads(params.scoring.cpu_threads)
     rows = [r for r in drawable(read_manifest(args.images)) if r["task"] == args.task]
     scores = styleloss_rows(rows, args.task, args.images, args.refstats, params.scoring, root)
     write_scores(args.out, scores)
