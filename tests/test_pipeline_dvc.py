@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import small_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.dvc
@@ -46,23 +47,6 @@ def ran_stages(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-def small_benchmark(src: Path, dest: Path) -> None:
-    """The v1 benchmark cut to 2 general prompts, 2 styles and 2 LoRAs per family (same files, same schema)."""
-    shutil.copytree(src, dest)
-    prompts = yaml.safe_load((dest / "prompts.yaml").read_text())
-    prompts["general"] = prompts["general"][:2]
-    (dest / "prompts.yaml").write_text(yaml.safe_dump(prompts, sort_keys=False))
-    styles = yaml.safe_load((dest / "styles.yaml").read_text())
-    styles["styles"] = styles["styles"][:2]
-    (dest / "styles.yaml").write_text(yaml.safe_dump(styles, sort_keys=False))
-    for family in ("sd15", "sdxl"):
-        path = dest / f"loras_{family}.yaml"
-        table = yaml.safe_load(path.read_text())
-        keep = [e for e in table["loras"] if "<lora:" not in e["prompt"]][:2]
-        table["loras"] = keep
-        path.write_text(yaml.safe_dump(table, sort_keys=False))
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     ws = tmp_path_factory.mktemp("review")
@@ -74,7 +58,7 @@ def workspace(tmp_path_factory):
         (ws / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, ws / rel)
     shutil.rmtree(ws / "data" / "benchmark" / "small", ignore_errors=True)
-    small_benchmark(ROOT / "data" / "benchmark" / "v1", ws / "data" / "benchmark" / "small")
+    small_benchmark(ws / "data" / "benchmark" / "small")
     params = yaml.safe_load((ws / "params.yaml").read_text())
     params["benchmark"]["dir"] = "data/benchmark/small"
     params["paths"]["image_store"] = str(ws / "store")
