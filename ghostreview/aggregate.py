@@ -13,6 +13,8 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from ghostreview.benchmark import Benchmark
+from ghostreview.scores import SCORE_COLUMNS
+from ghostreview.standardize import MetricLike, metric_task
 
 
 def models_table(images_dir: Path, names: Sequence[str]) -> pd.DataFrame:
@@ -37,6 +39,26 @@ def models_table(images_dir: Path, names: Sequence[str]) -> pd.DataFrame:
 def manifests(images_dir: Path, names: Sequence[str]) -> dict[str, pd.DataFrame]:
     """Each model's manifest as a DataFrame (all columns as text, empty cells kept as "")."""
     return {n: pd.read_csv(images_dir / n / "manifest.csv", dtype=str, keep_default_na=False) for n in names}
+
+
+def undrawn_rows(manifests: Mapping[str, pd.DataFrame], metrics: Mapping[str, MetricLike]) -> pd.DataFrame:
+    """Score rows with value NaN for the manifest rows that have no image (an unsupported, incompatible or unreadable
+    LoRA for that checkpoint), one per metric of ``metrics`` standardized over the row's task.
+
+    They carry the manifest's flags (``lora_unsupported``, ``lora_incompatible``; ``error`` when a row has none), so
+    standardize counts them as excluded and the report lists them, instead of the pairs vanishing with their images.
+    """
+    by_task: dict[str, list[str]] = {}
+    for name, info in metrics.items():
+        by_task.setdefault(metric_task(name, info), []).append(name)
+    rows = []
+    for model, manifest in manifests.items():
+        for r in manifest[manifest["image"] == ""].to_dict(orient="records"):
+            for metric in by_task.get(r["task"], []):
+                rows.append({"model": model, "task": r["task"], "item": r["item"], "seed": int(r["seed"]),
+                             "image_hash": r["image_hash"], "metric": metric, "value": float("nan"),
+                             "flags": r["flags"] or "error", "metric_version": "", "weights_sha256": ""})
+    return pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
 
 
 def made_with_map(bench: Benchmark, models: pd.DataFrame) -> dict[str, list[str]]:

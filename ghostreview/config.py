@@ -235,7 +235,10 @@ def _check_values(p: Params, source: str) -> None:
             )
     for task, n in dataclasses.asdict(p.benchmark.images_per_item).items():
         if n < 1:
-            raise ConfigError(f"{source}: benchmark.images_per_item.{task} = {n}; it must be at least 1.")
+            raise ConfigError(
+                f"{source}: benchmark.images_per_item.{task} = {n}; it must be at least 1 "
+                f"(to leave the {task} task out, remove it from benchmark.tasks)."
+            )
     for task in p.benchmark.tasks:
         if task not in TASKS:
             raise ConfigError(f"{source}: benchmark.tasks has {task!r};{_did_you_mean(task, TASKS)} Valid: {TASKS}.")
@@ -333,6 +336,39 @@ def check_files(params: Params, root: Path, source: str = "params.yaml") -> None
         _exists(root, s.clip.model_config, "scoring.clip.model_config", source, hint)
 
 
+def check_sampler(params: Params, source: str = "params.yaml") -> None:
+    """``generation.sampler`` must be a key of ``ghostreview.samplers.SAMPLERS``; otherwise it would only fail when the
+    first batch is drawn, after the model has loaded. Imports diffusers (seconds): the generate stage and
+    ``ghostreview validate`` call it, the scoring stages do not."""
+    from ghostreview.samplers import SAMPLERS, unknown_name_message
+
+    name = params.generation.sampler
+    if name not in SAMPLERS:
+        raise ConfigError(
+            f"{source}: generation.sampler: {unknown_name_message('sampler', name, list(SAMPLERS))}. "
+            f"Write one of these A1111 names (case-sensitive) as generation.sampler in {source}."
+        )
+
+
+def check_checkpoint(params: Params, name: str, root: Path, source: str = "params.yaml") -> str:
+    """Read the header of model ``name``'s checkpoint (no tensor data) and return its family ("sd15" | "sdxl" | ...).
+
+    Catches, before any model work: zero-byte, truncated or corrupt safetensors files, files that are not Stable
+    Diffusion checkpoints (LoRA, VAE, diffusers component, inpainting UNet, ...), and pickle files (refused unless
+    ``allow_pickle``; then read with ``torch.load(weights_only=True)``, which refuses code).
+
+    Raises:
+        ConfigError: naming ``source``, the key ``models.<name>.checkpoint``, the file, what is wrong and the fix.
+    """
+    from ghostreview.loading import CheckpointError, detect_family
+
+    m = params.models[name]
+    try:
+        return detect_family(resolve(root, m.checkpoint), allow_pickle=m.allow_pickle)
+    except CheckpointError as exc:
+        raise ConfigError(f"{source}: models.{name}.checkpoint = {m.checkpoint!r}: {exc}.") from exc
+
+
 def _exists(root: Path, rel: str, key: str, source: str, fix: str) -> None:
     path = resolve(root, rel)
     if not path.exists():
@@ -356,6 +392,8 @@ __all__ = [
     "load_params",
     "parse_params",
     "check_files",
+    "check_sampler",
+    "check_checkpoint",
     "resolve",
     "TASKS",
 ]

@@ -11,7 +11,8 @@ import os
 import shutil
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from functools import partial
+from typing import Callable, Iterator, Mapping, Sequence
 
 from PIL import Image
 
@@ -86,23 +87,54 @@ def _vgg(style: StyleParams, root: Path):
     return styleloss.load_vgg19_features(path), verify_weights(path, style.sha256, "scoring.style.vgg_weights")
 
 
+class ReferenceImagesError(ValueError):
+    """A reference set that cannot be used; the message names the file or directory, the params key and the fix."""
+
+
+def _checked(files_of: Callable[[], list[Path]], where: str, fix: str) -> list[Path]:
+    """``files_of()`` (validation of one reference set); its FileNotFoundError/ValueError re-raised with context."""
+    try:
+        return files_of()
+    except (FileNotFoundError, ValueError) as exc:
+        raise ReferenceImagesError(f"{where}: {exc}. {fix}") from exc
+
+
+def _header_files(directory: Path, names: Sequence[str]) -> list[Path]:
+    """The named header images of one LoRA, each decoded once."""
+    files = [directory / name for name in names]
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"header image {f} not found")
+        styleloss.check_image_file(f)
+    return files
+
+
 def reference_sets(bench: Benchmark, style_dir: Path | None, header_dirs: Mapping[str, Path]) -> dict[str, list[Path]]:
-    """Every reference set (``styles/<Style>``, ``loras/<family>/<name>``) and its image files, validated up front."""
+    """Every reference set (``styles/<Style>``, ``loras/<family>/<name>``) and its image files, validated up front.
+
+    Every file is decoded once here, before VGG loads. Grayscale, palette, RGBA (composited on white) and 16-bit
+    images are accepted (see ``styleloss.to_rgb_tensor``).
+
+    Raises:
+        ReferenceImagesError: a missing or empty directory, a file that is not an image, a corrupt or truncated
+            image, or a missing header image; the message names it, the params key and the fix.
+    """
     sets: dict[str, list[Path]] = {}
     if style_dir is not None:
         for s in bench.styles:
-            sets[f"styles/{s.name}"] = styleloss.validate_reference_dir(style_dir / s.reference_dir)
+            directory = style_dir / s.reference_dir
+            fix = (f"Put the style's reference images there (paths.style_refs in params.yaml + reference_dir "
+                   f"{s.reference_dir!r} in styles.yaml; see docs/benchmark.md) and move any other file out.")
+            sets[f"styles/{s.name}"] = _checked(partial(styleloss.validate_reference_dir, directory),
+                                                f"style {s.name!r}", fix)
     for family, directory in header_dirs.items():
         for entry in bench.loras.get(family, ()):
-            files = [directory / entry.name / h for h in entry.header_images]
-            for f in files:
-                if not f.is_file():
-                    raise FileNotFoundError(
-                        f"LoRA {entry.name!r} ({family}): header image {f} not found. Save the LoRA's header image "
-                        f"there (see docs/benchmark.md) or fix header_images in the LoRA table."
-                    )
-                styleloss.check_image_file(f)
-            sets[f"loras/{family}/{entry.name}"] = files
+            fix = (f"Save the LoRA's header image(s) {list(entry.header_images)} in {directory / entry.name} "
+                   f"(paths.lora_headers.{family} in params.yaml; see docs/benchmark.md), or fix header_images in "
+                   f"the LoRA table.")
+            sets[f"loras/{family}/{entry.name}"] = _checked(
+                partial(_header_files, directory / entry.name, entry.header_images),
+                f"LoRA {entry.name!r} ({family})", fix)
     return sets
 
 

@@ -10,8 +10,10 @@ from ghostreview.runtime import stage_runtime
 stage_runtime()
 
 from ghostreview import config  # noqa: E402
-from ghostreview.benchmark import load_benchmark  # noqa: E402
+from ghostreview.benchmark import BenchmarkError, load_benchmark  # noqa: E402
 from ghostreview.generate import GenerateSettings, run_generate  # noqa: E402
+from ghostreview.loading import CheckpointError  # noqa: E402
+from ghostreview.store import StoreError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,15 +22,31 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True, type=Path, help="output directory (PNGs + manifest.csv)")
     ap.add_argument("--params", default="params.yaml", type=Path)
     args = ap.parse_args(argv)
+    try:
+        generate(args.model, args.out, args.params)
+    except (config.ConfigError, BenchmarkError) as exc:  # bad input: named file, key and fix, before model work
+        raise SystemExit(f"error: {exc}") from None
+    except CheckpointError as exc:
+        raise SystemExit(f"error: {args.params}: models.{args.model}: {exc}") from None
+    except StoreError as exc:
+        raise SystemExit(
+            f"error: {exc}. Images stored before this one are complete and will be reused; free space on that disk "
+            f"(or set paths.image_store in {args.params} to one with room) and run `dvc repro` again."
+        ) from None
 
-    root = args.params.parent.resolve()
-    params = config.load_params(args.params)
-    if args.model not in params.models:
-        raise SystemExit(f"{args.params}: no model {args.model!r} under models (known: {', '.join(params.models)}).")
-    config.check_files(params, root, str(args.params))
-    m, paths = params.models[args.model], params.paths
+
+def generate(model: str, out: Path, params_path: Path) -> None:
+    """Validate everything the model's review reads (params, sampler, checkpoint header, benchmark), then generate."""
+    root = params_path.parent.resolve()
+    params = config.load_params(params_path)
+    if model not in params.models:
+        raise config.ConfigError(f"{params_path}: no model {model!r} under models (known: {', '.join(params.models)}).")
+    config.check_sampler(params, str(params_path))
+    config.check_files(params, root, str(params_path))
+    config.check_checkpoint(params, model, root, str(params_path))
+    m, paths = params.models[model], params.paths
     settings = GenerateSettings(
-        model_name=args.model,
+        model_name=model,
         checkpoint=config.resolve(root, m.checkpoint),
         config_dir=config.resolve(root, m.config) if m.config else None,
         vae=config.resolve(root, m.vae) if m.vae else None,
@@ -43,8 +61,8 @@ def main(argv: list[str] | None = None) -> None:
         cache=config.resolve(root, paths.cache),
     )
     bench = load_benchmark(config.resolve(root, params.benchmark.dir))
-    stats = run_generate(bench, settings, args.out)
-    print(f"generate@{args.model}: {stats['images']} images ({stats['drawn']} drawn, {stats['reused']} from the store, "
+    stats = run_generate(bench, settings, out)
+    print(f"generate@{model}: {stats['images']} images ({stats['drawn']} drawn, {stats['reused']} from the store, "
           f"{stats['skipped']} not drawable: see manifest flags)")
 
 

@@ -11,7 +11,7 @@ stage_runtime()
 
 from ghostreview import config  # noqa: E402
 from ghostreview.benchmark import load_benchmark  # noqa: E402
-from ghostreview.scoring import write_refstats  # noqa: E402
+from ghostreview.scoring import ReferenceImagesError, write_refstats  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,15 +26,18 @@ def main(argv: list[str] | None = None) -> None:
     set_cpu_threads(params.scoring.cpu_threads)
     bench = load_benchmark(config.resolve(root, params.benchmark.dir))
     p = params.paths
-    n = write_refstats(
-        bench,
-        style_dir=config.resolve(root, p.style_refs) if "style" in params.benchmark.tasks else None,
-        header_dirs={f: config.resolve(root, getattr(p.lora_headers, f)) for f in ("sd15", "sdxl")}
-        if "lora" in params.benchmark.tasks else {},
-        style=params.scoring.style,
-        root=root,
-        out=args.out,
-    )
+    try:
+        n = write_refstats(
+            bench,
+            style_dir=config.resolve(root, p.style_refs) if "style" in params.benchmark.tasks else None,
+            header_dirs={f: config.resolve(root, getattr(p.lora_headers, f)) for f in ("sd15", "sdxl")}
+            if "lora" in params.benchmark.tasks else {},
+            style=params.scoring.style,
+            root=root,
+            out=args.out,
+        )
+    except ReferenceImagesError as exc:  # named file, params key and fix, before VGG loads
+        raise SystemExit(f"error: {exc}") from None
     print(f"refstats: {n} reference sets -> {args.out}")
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import pandas as pd
+
 from ghostreview import config
-from ghostreview.aggregate import made_with_map, models_table
+from ghostreview.aggregate import made_with_map, manifests, models_table, undrawn_rows
 from ghostreview.benchmark import load_benchmark
 from ghostreview.metrics import REGISTRY
 from ghostreview.scores import read_scores
@@ -27,8 +29,12 @@ def main(argv: list[str] | None = None) -> None:
     models = models_table(args.images, names)
     bench = load_benchmark(config.resolve(root, params.benchmark.dir))
     s = params.standardize
+    scores = read_scores(args.scores, names)
+    undrawn = undrawn_rows(manifests(args.images, names), REGISTRY)  # unusable LoRA pairs: flagged, not silent
+    if not undrawn.empty:
+        scores = pd.concat([scores, undrawn], ignore_index=True)
     result = standardize(
-        read_scores(args.scores, names), models, REGISTRY, made_with_map(bench, models),
+        scores, models, REGISTRY, made_with_map(bench, models),
         n_boot=s.bootstrap, seed=s.seed, ci=s.confidence, good_threshold=params.scoring.aesthetic.good_threshold,
     )
     result.write(args.out)

@@ -1,0 +1,371 @@
+"""``ghostreview add-model`` / ``remove-model``: edit the ``models:`` section of params.yaml safely.
+
+add-model checks the checkpoint before anything is written (a readable safetensors header of a family the benchmark
+covers; pickles refused unless asked for), hashes it (sha256 + Civitai AutoV2, through the hash cache generation uses,
+so the first ``dvc repro`` does not hash it again), and adds one entry, keeping the file's comments, order and
+formatting (ruamel round trip; written atomically, and only when the whole new file validates).
+
+remove-model takes the entry out and cleans what DVC leaves behind when a ``foreach`` key disappears: the instance's
+outputs (``data/images/<name>``, ``data/scores/<name>/...``, as listed in ``dvc.lock``), their lines in the
+``.gitignore`` files DVC wrote, and the stale ``<stage>@<name>`` entries of ``dvc.lock``. Standardize and the report
+read only the models params lists, so the next ``dvc repro`` reruns those two and the model is gone from the report.
+Its images stay in the image store and DVC's cache (``dvc gc`` frees them), so adding it back restores from the run
+cache instead of recomputing.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
+
+from ghostreview import config
+from ghostreview.hashing import autov2, file_sha256
+from ghostreview.loading import PICKLE_SUFFIXES, VAE_KEYS, CheckpointError, detect_family, read_safetensors_header
+
+HASH_CACHE_NAME = "sha256.json"  # under paths.cache: the same file ghostreview.generate reads
+FAMILIES = tuple(f.name for f in dataclasses.fields(config.FamilyPaths))  # families the benchmark has LoRA tables for
+
+
+class ModelsError(ValueError):
+    """A model cannot be added or removed; the message names the file, the key and the fix."""
+
+
+@dataclass(frozen=True)
+class AddedModel:
+    name: str
+    family: str
+    checkpoint: str  # as written to params (relative to the project root when inside it)
+    sha256: str
+    vae_sha256: str | None = None
+
+    @property
+    def autov2(self) -> str:
+        return autov2(self.sha256)
+
+
+@dataclass(frozen=True)
+class RemovedModel:
+    name: str
+    in_params: bool  # False when only leftovers of an earlier removal were cleaned
+    lock_entries: tuple[str, ...]
+    outputs: tuple[str, ...]  # paths that existed and were deleted
+
+
+# ------------------------------------------------------------------------------------------------ pure helpers
+
+
+def slug_from_filename(path: Path | str) -> str:
+    """A model name from a checkpoint file name: ``DreamShaper_8.safetensors`` -> ``dreamshaper_8``.
+
+    Lower case; runs of anything but ``[a-z0-9_-]`` become one ``-``; leading/trailing ``-``/``_`` dropped.
+    Raises ModelsError when nothing usable is left (e.g. ``+++.safetensors``).
+    """
+    slug = re.sub(r"[^a-z0-9_-]+", "-", Path(path).stem.lower()).strip("-_")
+    if not slug or not config.SLUG.match(slug):
+        raise ModelsError(f"{path}: cannot derive a model name from the file name; pass --name SLUG")
+    return slug
+
+
+def params_path(path: Path, root: Path) -> str:
+    """``path`` as written in params: relative to ``root`` (POSIX) when inside it, else absolute.
+
+    Relative paths keep DVC stage definitions free of machine-specific prefixes (run-cache sharing needs that).
+    """
+    absolute = Path(os.path.abspath(path))
+    root = Path(os.path.abspath(root))
+    return absolute.relative_to(root).as_posix() if absolute.is_relative_to(root) else absolute.as_posix()
+
+
+def model_entry(checkpoint: str, *, vae: str | None = None, clip_skip: int | None = None,
+                allow_pickle: bool = False, title: str | None = None) -> dict[str, Any]:
+    """The params entry of one model, in the order the README shows; keys left at their default are omitted."""
+    entry: dict[str, Any] = {"checkpoint": checkpoint}
+    if vae is not None:
+        entry["vae"] = vae
+    if clip_skip is not None:
+        entry["clip_skip"] = clip_skip
+    if allow_pickle:
+        entry["allow_pickle"] = True
+    if title is not None:
+        entry["title"] = title
+    return entry
+
+
+def check_family(path: Path, family: str) -> None:
+    """Only families with a LoRA table and LoRA paths (``paths.loras.<family>``) can be reviewed."""
+    if family not in FAMILIES:
+        raise ModelsError(
+            f"{path}: an {family} checkpoint; GhostReview v1 reviews {', '.join(FAMILIES)} checkpoints only "
+            f"(the benchmark has no LoRA table for {family})"
+        )
+
+
+def check_vae_file(path: Path, allow_pickle: bool) -> None:
+    """A VAE must be a readable safetensors file holding VAE weights (or, with ``allow_pickle``, a pickle)."""
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise ModelsError(f"{path}: a pickle VAE ({path.suffix}) can run code when loaded; convert it to "
+                              "safetensors, or pass --allow-pickle to load it with torch.load(weights_only=True)")
+        if not path.is_file():
+            raise ModelsError(f"{path}: no such VAE file")
+        return
+    header = read_safetensors_header(path)
+    if not any(k in header or k.replace("encoder.", "", 0) in header for k in VAE_KEYS):
+        raise ModelsError(f"{path}: not a VAE file (none of {', '.join(VAE_KEYS)} in its header); pass the VAE "
+                          "that goes with the checkpoint, or leave --vae out")
+
+
+# ------------------------------------------------------------------------------------------------ YAML round trip
+
+
+def _yaml() -> YAML:
+    y = YAML()  # round trip: comments, key order and quoting survive
+    y.preserve_quotes = True
+    y.width = 4096  # never re-wrap long lines
+    y.indent(mapping=2, sequence=4, offset=2)
+    # ruamel writes a null as an empty value; keep the "null" the files spell out
+    y.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    return y
+
+
+def load_roundtrip(path: Path) -> Any:
+    """The YAML document at ``path`` with its comments (ruamel round-trip types); duplicate keys refused."""
+    try:
+        return _yaml().load(Path(path).read_text(encoding="utf-8"))
+    except Exception as exc:  # ruamel raises several unrelated error types
+        raise ModelsError(f"{path}: not valid YAML ({exc}); fix the file first") from exc
+
+
+def dump_text(doc: Any) -> str:
+    out = io.StringIO()
+    _yaml().dump(doc, out)
+    return out.getvalue()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically (temp file in the same directory, then ``os.replace``); keeps its mode."""
+    path = Path(path)
+    mode = path.stat().st_mode & 0o777 if path.exists() else None
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _last_leaf(node: CommentedMap) -> tuple[CommentedMap, Any]:
+    """The innermost last key of a nested mapping: ruamel hangs the comment lines that follow an entry on it."""
+    key = list(node)[-1]
+    while isinstance(node[key], CommentedMap) and len(node[key]):
+        node, key = node[key], list(node[key])[-1]
+    return node, key
+
+
+def _take_following_lines(node: CommentedMap) -> Any:
+    """Detach the comment/blank lines after ``node``'s last entry (its end-of-line comment stays); None if none."""
+    leaf, key = _last_leaf(node)
+    slot = leaf.ca.items.get(key)
+    token = slot[2] if slot and len(slot) > 2 else None
+    if token is None:
+        return None
+    eol, sep, rest = token.value.partition("\n") if token.value.startswith("#") else ("", "", token.value)
+    if not rest:
+        return None
+    moved = copy.copy(token)
+    moved.value = rest
+    if eol:
+        token.value = eol + sep
+    else:
+        slot[2] = None
+    return moved
+
+
+def _put_following_lines(node: CommentedMap, token: Any) -> None:
+    leaf, key = _last_leaf(node)
+    slot = leaf.ca.items.setdefault(key, [None, None, None, None])
+    slot[2] = token
+
+
+def _as_commented(entry: dict[str, Any]) -> CommentedMap:
+    out = CommentedMap()
+    out.update(entry)
+    return out
+
+
+def add_entry(doc: CommentedMap, name: str, entry: dict[str, Any], source: str = "params.yaml") -> None:
+    """Append ``models.<name>`` to a round-trip document; the lines that followed the section stay after it."""
+    models = doc.get("models")
+    if models is None:
+        doc["models"] = models = CommentedMap()
+    if not isinstance(models, CommentedMap):
+        raise ModelsError(f"{source}: models must be a mapping of name -> entry")
+    if name in models:
+        raise ModelsError(f"{source}: models.{name} already exists ({models[name].get('checkpoint')}); choose another "
+                          "name with --name, or remove it first: ghostreview remove-model " + name)
+    trailing = _take_following_lines(models) if len(models) else None
+    models[name] = _as_commented(entry)
+    if trailing is not None:
+        _put_following_lines(models, trailing)
+
+
+def remove_entry(doc: CommentedMap, name: str) -> bool:
+    """Delete ``models.<name>`` (False when absent); comment lines that followed it move to the new last entry."""
+    models = doc.get("models")
+    if not isinstance(models, CommentedMap) or name not in models:
+        return False
+    was_last = list(models)[-1] == name
+    trailing = _take_following_lines(models) if was_last else None
+    del models[name]
+    if trailing is not None and len(models):
+        _put_following_lines(models, trailing)
+    return True
+
+
+def validated(doc: Any, source: str) -> config.Params:
+    """The typed params of a document about to be written: nothing invalid is ever written."""
+    return config.parse_params(yaml.safe_load(dump_text(doc)) or {}, source)
+
+
+# ------------------------------------------------------------------------------------------------ dvc.lock leftovers
+
+
+def lock_entries(lock: Any, name: str) -> list[str]:
+    """Stage names ``<stage>@<name>`` in a dvc.lock document (foreach instances of model ``name``)."""
+    stages = (lock or {}).get("stages") or {}
+    return [s for s in stages if "@" in s and s.split("@", 1)[1] == name]
+
+
+def lock_outputs(lock: Any, stage_names: list[str]) -> list[str]:
+    """The ``outs`` paths the lock records for these stages, in order, without duplicates."""
+    stages = (lock or {}).get("stages") or {}
+    paths = [o["path"] for s in stage_names for o in (stages[s].get("outs") or [])]
+    return list(dict.fromkeys(paths))
+
+
+def _inside(root: Path, rel: str) -> Path:
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root) or path == root:
+        raise ModelsError(f"dvc.lock: output {rel!r} is outside the project {root}; not deleting it")
+    return path
+
+
+def _unignore(path: Path) -> None:
+    """Drop ``/<name>`` from the ``.gitignore`` DVC wrote next to an output; delete that file once it is empty."""
+    gitignore = path.parent / ".gitignore"
+    if not gitignore.is_file():
+        return
+    lines = gitignore.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if line.strip() != f"/{path.name}"]
+    if kept == lines:
+        return
+    if any(line.strip() for line in kept):
+        write_text_atomic(gitignore, "\n".join(kept) + "\n")
+    else:
+        gitignore.unlink()
+
+
+def remove_outputs(root: Path, rels: list[str]) -> list[str]:
+    """Delete these outputs under ``root`` (files or directories), their .gitignore lines, and parents left empty."""
+    root = Path(root).resolve()
+    removed = []
+    for rel in rels:
+        path = _inside(root, rel)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+            removed.append(rel)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+            removed.append(rel)
+        _unignore(path)
+        parent = path.parent
+        while parent != root and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+    return removed
+
+
+# ------------------------------------------------------------------------------------------------ the two commands
+
+
+def _hash_cache(params: config.Params, root: Path) -> Path:
+    return config.resolve(root, params.paths.cache) / HASH_CACHE_NAME
+
+
+def add_model(params_file: Path, checkpoint: Path, *, name: str | None = None, vae: Path | None = None,
+              clip_skip: int | None = None, allow_pickle: bool = False, title: str | None = None) -> AddedModel:
+    """Validate ``checkpoint`` (and ``vae``), hash it, and add ``models.<name>`` to ``params_file``.
+
+    Raises:
+        ModelsError / CheckpointError / ConfigError: unreadable or unsupported files, a bad or duplicate name, or a
+            params file that would not validate afterwards. Nothing is written then.
+    """
+    params_file, checkpoint = Path(params_file), Path(checkpoint)
+    root = params_file.parent.resolve()
+    source = str(params_file)
+    family = detect_family(checkpoint, allow_pickle=allow_pickle)
+    check_family(checkpoint, family)
+    if vae is not None:
+        check_vae_file(Path(vae), allow_pickle)
+    name = name if name is not None else slug_from_filename(checkpoint)
+    entry = model_entry(params_path(checkpoint, root), vae=params_path(vae, root) if vae is not None else None,
+                        clip_skip=clip_skip, allow_pickle=allow_pickle and checkpoint.suffix.lower() in PICKLE_SUFFIXES,
+                        title=title)
+    doc = load_roundtrip(params_file)
+    add_entry(doc, name, entry, source)
+    params = validated(doc, source)
+    cache = _hash_cache(params, root)
+    sha = file_sha256(checkpoint, cache)
+    vae_sha = file_sha256(Path(vae), cache) if vae is not None else None
+    write_text_atomic(params_file, dump_text(doc))
+    return AddedModel(name, family, entry["checkpoint"], sha, vae_sha)
+
+
+def remove_model(params_file: Path, name: str, lock_file: Path | None = None) -> RemovedModel:
+    """Remove ``models.<name>`` from ``params_file``, its outputs and its ``dvc.lock`` entries.
+
+    ``lock_file`` defaults to ``dvc.lock`` next to the params file. Outputs go first, params last, so an interrupted
+    removal can simply be run again.
+
+    Raises:
+        ModelsError: unknown name with no leftovers (the message lists the known models), or the last model.
+    """
+    params_file = Path(params_file)
+    root = params_file.parent.resolve()
+    lock_file = Path(lock_file) if lock_file is not None else root / "dvc.lock"
+    doc = load_roundtrip(params_file)
+    models = doc.get("models") or {}
+    lock = load_roundtrip(lock_file) if lock_file.is_file() else None
+    stages = lock_entries(lock, name)
+    if name not in models and not stages:
+        raise ModelsError(f"{params_file}: no model {name!r} under models (known: {', '.join(models) or 'none'})")
+    if name in models and len(models) == 1:
+        raise ModelsError(f"{params_file}: {name!r} is the only model; add another first (ghostreview add-model PATH)")
+    removed = remove_outputs(root, lock_outputs(lock, stages))
+    if stages:
+        for stage in stages:
+            del lock["stages"][stage]
+        write_text_atomic(lock_file, dump_text(lock))
+    in_params = remove_entry(doc, name)
+    if in_params:
+        validated(doc, str(params_file))
+        write_text_atomic(params_file, dump_text(doc))
+    return RemovedModel(name, in_params, tuple(stages), tuple(removed))
