@@ -293,16 +293,27 @@ def v1_hires(tiny: bool) -> tuple[int, object]:
 
 
 def protocol_time(device: str, tiny: bool, compile: bool, n: int) -> dict:
-    """SD1.5 v1 protocol (hires fix), project path: seconds per image and the extrapolated 1,568-image time."""
+    """SD1.5 v1 protocol (hires fix), project path: seconds per image, MFU, and the extrapolated 1,568-image time."""
+    from ghostreview.draw import hires_size
+
     size, hires = v1_hires(tiny)
-    pipe = optimize_pipeline(build_pipeline("sd15", device, tiny),
-                             dtype=torch.float16 if device.startswith("cuda") else torch.float32, compile=compile)
+    pipe = build_pipeline("sd15", device, tiny)
+    big, _ = hires_size(size, size, hires.scale)
+    # FLOPs on the plain pipeline, before fusing: base steps at the base size, hires steps (A1111 runs exactly
+    # ``hires.steps``, or the base steps when 0) at the hires size, one VAE decode at the hires size.
+    flops = (STEPS * unet_flops(pipe, "sd15", size) + (hires.steps or STEPS) * unet_flops(pipe, "sd15", big)
+             + vae_decode_flops(pipe, big))
+    gpu = device.startswith("cuda")
+    optimize_pipeline(pipe, dtype=torch.float16 if gpu else torch.float32, compile=compile)
     project_images(pipe, "sd15", min(BATCH, n), size, hires)  # warm-up
     seconds, _ = timed(lambda: project_images(pipe, "sd15", n, size, hires), _sync(device))
     per_image = seconds / n
     out = {"base_size": size, "hires": str(hires), "images": n, "seconds_per_image": per_image,
-           "v1_checkpoint_hours": per_image * V1_IMAGES_PER_CHECKPOINT / 3600}
+           "flops_per_image": flops, "v1_checkpoint_hours": per_image * V1_IMAGES_PER_CHECKPOINT / 3600}
     row(f"v1 protocol sd15 {size}px + {hires}", f"{per_image:.3f} s/image over {n} images")
+    row("v1 protocol model FLOPs per image", f"{flops / 1e9:.4g} GFLOP")
+    if gpu:
+        row(f"v1 protocol MFU (vs {H100_PEAK_FLOPS / 1e12:.0f} TFLOP/s)", f"{flops / per_image / H100_PEAK_FLOPS:.1%}")
     row(f"extrapolated {V1_IMAGES_PER_CHECKPOINT} images per SD1.5 checkpoint",
         f"{per_image * V1_IMAGES_PER_CHECKPOINT / 60:.1f} min")
     return out

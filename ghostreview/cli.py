@@ -93,5 +93,45 @@ def convert_clip(
     typer.echo(f"wrote {dst}")
 
 
+@app.command("add-model")
+def add_model(
+    path: Path = typer.Argument(..., help="single-file checkpoint (.safetensors)"),
+    name: Optional[str] = typer.Option(None, help="model name (slug) in params and stage names; default: from the file name"),
+    vae: Optional[Path] = typer.Option(None, help="single-file VAE to draw with"),
+    clip_skip: Optional[int] = typer.Option(None, help="clip skip in A1111 numbering (2 for most anime models)"),
+    title: Optional[str] = typer.Option(None, help="name shown in the report"),
+    allow_pickle: bool = typer.Option(False, help="accept a pickle .ckpt (loaded with torch.load(weights_only=True))"),
+    params: Path = typer.Option(Path("params.yaml"), help="params file to edit (comments and order are kept)"),
+) -> None:
+    """Check a checkpoint (header, family, sha256) and add it under models in params.yaml; then run `dvc repro`."""
+    from ghostreview import config, models_cli
+    from ghostreview.loading import CheckpointError
+
+    try:
+        added = models_cli.add_model(params, path, name=name, vae=vae, clip_skip=clip_skip, allow_pickle=allow_pickle,
+                                     title=title)
+    except (models_cli.ModelsError, CheckpointError, config.ConfigError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(f"added models.{added.name} to {params}: {added.family} checkpoint {added.checkpoint} "
+               f"(AutoV2 {added.autov2}, sha256 {added.sha256}). Run `dvc repro` to review it.")
+
+
+@app.command("remove-model")
+def remove_model(
+    name: str = typer.Argument(..., help="model name under models in params.yaml"),
+    params: Path = typer.Option(Path("params.yaml"), help="params file to edit (comments and order are kept)"),
+) -> None:
+    """Remove a model from params.yaml with its outputs and dvc.lock entries; `dvc repro` then drops it from the report."""
+    from ghostreview import config, models_cli
+
+    try:
+        removed = models_cli.remove_model(params, name)
+    except (models_cli.ModelsError, config.ConfigError) as exc:
+        _fail(str(exc))
+    where = f"removed models.{name} from {params}" if removed.in_params else f"{name} was not in {params}"
+    typer.echo(f"{where}; deleted {len(removed.outputs)} outputs and {len(removed.lock_entries)} dvc.lock entries. "
+               "Run `dvc repro` to update the report.")
+
+
 if __name__ == "__main__":
     app()

@@ -79,6 +79,12 @@ class GenerationParams:
     device: str = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     cpu_threads: int = 0
+    # Where missing images are drawn: "local" (the stage's process) or "ray" (workers of a Ray cluster sharing the
+    # image store's filesystem; pip install -e '.[ray]'). ray_address: None starts Ray on this machine;
+    # ray_workers: 0 = one per GPU of the cluster (or per cpu_threads CPUs when it has none).
+    engine: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    ray_workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -251,6 +257,13 @@ def _check_values(p: Params, source: str) -> None:
             )
     _positive(source, "generation.steps", g.steps)
     _positive(source, "generation.batch_size", g.batch_size)
+    if g.ray_workers < 0:
+        raise ConfigError(f"{source}: generation.ray_workers = {g.ray_workers}; use 0 (one per GPU) or a positive count.")
+    if g.engine != "ray" and (g.ray_address is not None or g.ray_workers):
+        raise ConfigError(
+            f"{source}: generation.ray_address/ray_workers are set but generation.engine is {g.engine!r}; "
+            f"set engine: ray to use the cluster, or remove them."
+        )
     _positive(source, "scoring.batch_size", p.scoring.batch_size)
     _positive(source, "scoring.style.size", p.scoring.style.size)
     _positive(source, "standardize.bootstrap", p.standardize.bootstrap)
@@ -260,8 +273,10 @@ def _check_values(p: Params, source: str) -> None:
             raise ConfigError(f"{source}: generation.hires.denoising_strength must be in (0, 1].")
         for key, size in (("width", g.width), ("height", g.height)):
             if int(size * g.hires.scale) % 8:
+                fit = max(8, round(size * g.hires.scale / 8) * 8) / size
                 raise ConfigError(
-                    f"{source}: generation.{key} × hires.scale = {size * g.hires.scale:g} is not a multiple of 8."
+                    f"{source}: generation.{key} × hires.scale = {size * g.hires.scale:g} is not a multiple of 8; "
+                    f"use e.g. generation.hires.scale: {fit:g}."
                 )
     for name, m in p.models.items():
         if m.clip_skip < 1:

@@ -2,7 +2,9 @@
 the stage's output directory (PNGs + manifest) from the store.
 
 Every image is keyed by a hash of everything that decides its pixels (:func:`job_fields`), so a change of the prompt
-set or of the seed count draws only the new images, and a killed run resumes from what finished.
+set or of the seed count draws only the new images, and a killed run resumes from what finished. The missing images
+go to an engine in work units (one batch each, :func:`work_units`): :class:`LocalEngine` draws them in this process,
+``generation.engine: ray`` on a Ray cluster (:mod:`ghostreview.engines`); both fill the same store with the same keys.
 """
 
 from __future__ import annotations
@@ -190,26 +192,21 @@ def batches(jobs: Sequence[ImageJob], size: int) -> list[list[ImageJob]]:
     return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
 
 
-def draw_missing(
-    jobs: Sequence[ImageJob],
-    keys: Sequence[str],
-    store: ImageStore,
-    draw_batch: Callable[[Sequence[ImageJob]], list[tuple[object, list[str]]]],
-    infotexts: Sequence[str],
-    batch_size: int,
-    progress: Callable[[int], None] = lambda n: None,
-) -> int:
-    """Draw the jobs whose key the store lacks and put each image in the store as soon as its batch ends."""
-    todo = [(j, k, t) for j, k, t in zip(jobs, keys, infotexts) if not j.status and not store.has(k)]
-    by_job = {id(j): (k, t) for j, k, t in todo}
-    drawn = 0
-    for batch in batches([j for j, _, _ in todo], batch_size):
-        for job, (image, flags) in zip(batch, draw_batch(batch)):
-            key, text = by_job[id(job)]
-            store.put(key, image, text, {"flags": flags, "task": job.task, "item": job.item, "seed": job.seed})
-            drawn += 1
-        progress(len(batch))
-    return drawn
+WorkUnit = list  # [(ImageJob, key, infotext), ...]: one batch of missing images, the unit an engine hands out
+
+
+def work_units(jobs: Sequence[ImageJob], keys: Sequence[str], infotexts: Sequence[str], store: ImageStore,
+               batch_size: int) -> list[WorkUnit]:
+    """The drawable jobs whose key the store lacks, as batches (:func:`batches`) of (job, key, infotext)."""
+    todo = {id(j): (j, k, t) for j, k, t in zip(jobs, keys, infotexts) if not j.status and not store.has(k)}
+    return [[todo[id(j)] for j in batch] for batch in batches([j for j, _, _ in todo.values()], batch_size)]
+
+
+def draw_unit(unit: WorkUnit, store: ImageStore, draw_batch: Callable[[Sequence[ImageJob]], list]) -> int:
+    """Draw one unit and put each image in the store (the batch is drawn together, then stored image by image)."""
+    for (job, key, text), (image, flags) in zip(unit, draw_batch([j for j, _, _ in unit]), strict=True):
+        store.put(key, image, text, {"flags": flags, "task": job.task, "item": job.item, "seed": job.seed})
+    return len(unit)
 
 
 def manifest_rows(
@@ -302,7 +299,7 @@ def model_identity(s: GenerateSettings, family: str, hash_cache: Path) -> ModelI
 
 
 def pipeline_drawer(pipe, family: str) -> Callable[[Sequence[ImageJob]], list]:
-    """A ``draw_batch`` for :func:`draw_missing` that swaps LoRAs only when a batch needs other ones."""
+    """A ``draw_batch`` for :func:`draw_unit` that swaps LoRAs only when a batch needs other ones."""
     current: list[tuple[LoraSpec, ...]] = [()]
 
     def draw_batch(batch: Sequence[ImageJob]) -> list:
@@ -317,32 +314,97 @@ def pipeline_drawer(pipe, family: str) -> Callable[[Sequence[ImageJob]], list]:
     return draw_batch
 
 
+@dataclass(frozen=True)
+class PipelineSpec:
+    """How to load one checkpoint's pipeline: plain data, so it travels to Ray workers (same paths on every node)."""
+
+    checkpoint: Path
+    family: str
+    config_dir: Path | None  # None: the family's shipped config (or the tiny one for kit files), under ``cache``
+    vae: Path | None
+    allow_pickle: bool
+    prediction: str
+    device: str  # resolved: "cpu", "cuda", "cuda:1"
+    dtype: str  # torch dtype name: "float32", "float16", "bfloat16"
+    cpu_threads: int
+    cache: Path
+
+
+def load_spec_pipeline(spec: PipelineSpec):
+    """The diffusers pipeline of ``spec`` (the checkpoint is loaded once per process that draws)."""
+    import torch
+
+    config_dir = spec.config_dir or pipeline_config_dir(spec.checkpoint, spec.family, spec.cache / "configs")
+    return load_pipeline(spec.checkpoint, spec.family, config_dir, vae=spec.vae, allow_pickle=spec.allow_pickle,
+                         prediction_type=spec.prediction if spec.prediction != "epsilon" else None,
+                         dtype=getattr(torch, spec.dtype), device=spec.device)
+
+
+def image_runtime(device: str, dtype) -> dict[str, str]:
+    """The runtime part of every image key: library versions, device type, dtype and the drawing code's version."""
+    return library_versions() | {"device": device.split(":")[0], "dtype": str(dtype), "draw": DRAW_VERSION}
+
+
+class LocalEngine:
+    """Draws in this process: the checkpoint is loaded once, then every unit is drawn in turn."""
+
+    def __enter__(self) -> "LocalEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def device(self, requested: str) -> str:
+        return pick_device(requested)
+
+    def draw(self, spec: PipelineSpec, units: Sequence[WorkUnit], store: ImageStore,
+             progress: Callable[[int], None]) -> int:
+        draw_batch = pipeline_drawer(load_spec_pipeline(spec), spec.family)
+        drawn = 0
+        for unit in units:
+            drawn += draw_unit(unit, store, draw_batch)
+            progress(len(unit))
+        return drawn
+
+
+def open_engine(gen):
+    """The engine named by ``generation.engine``: ``local`` (this process) or ``ray`` (a Ray cluster; optional extra)."""
+    if gen.engine == "ray":
+        from ghostreview.engines.ray_cluster import RayEngine  # imports ray: only when asked for
+
+        return RayEngine(gen.ray_address, gen.ray_workers)
+    return LocalEngine()
+
+
 def run_generate(bench: Benchmark, s: GenerateSettings, out_dir: Path, progress: bool = True) -> dict[str, int]:
-    """Plan, draw what the store lacks, and rebuild ``out_dir`` from the store. Returns counts."""
+    """Plan, draw what the store lacks (with ``generation.engine``), and rebuild ``out_dir`` from the store.
+
+    Returns counts: images, drawn, reused (from the store), skipped (not drawable: see the manifest's flags).
+    """
     family = detect_family(s.checkpoint, allow_pickle=s.allow_pickle)
     hash_cache = s.cache / "sha256.json"
     model = model_identity(s, family, hash_cache)
     gen = s.generation
     set_cpu_threads(gen.cpu_threads)
-    device = pick_device(gen.device)
-    dtype = pick_dtype(gen.dtype, device)
-    runtime = library_versions() | {"device": device.split(":")[0], "dtype": str(dtype), "draw": DRAW_VERSION}
     jobs = plan_jobs(
         bench, family, s.counts, s.tasks, dataclasses.asdict(gen), s.clip_skip, s.lora_dirs[family],
         lambda p: lora_status(p, family), lambda p: file_sha256(p, hash_cache),
     )
-    keys = [job_key(job_fields(j, model, runtime)) for j in jobs]
     texts = [infotext_for(j, model, f"ghostreview-{__version__}") for j in jobs]
     store = ImageStore(s.store)
-    missing = sum(1 for j, k in zip(jobs, keys) if not j.status and not store.has(k))
-    drawn = 0
-    if missing:
-        config_dir = s.config_dir or pipeline_config_dir(s.checkpoint, family, s.cache / "configs")
-        pipe = load_pipeline(s.checkpoint, family, config_dir, vae=s.vae, allow_pickle=s.allow_pickle,
-                             prediction_type=s.prediction if s.prediction != "epsilon" else None,
-                             dtype=dtype, device=device)
-        with tqdm(total=missing, unit="img", desc=f"generate {s.model_name}", disable=not progress) as bar:
-            drawn = draw_missing(jobs, keys, store, pipeline_drawer(pipe, family), texts, gen.batch_size, bar.update)
+    with open_engine(gen) as engine:
+        device = engine.device(gen.device)  # where the images are drawn: part of every key
+        dtype = pick_dtype(gen.dtype, device)
+        runtime = image_runtime(device, dtype)
+        keys = [job_key(job_fields(j, model, runtime)) for j in jobs]
+        units = work_units(jobs, keys, texts, store, gen.batch_size)
+        drawn = 0
+        if units:
+            spec = PipelineSpec(s.checkpoint, family, s.config_dir, s.vae, s.allow_pickle, s.prediction, device,
+                                str(dtype).removeprefix("torch."), gen.cpu_threads, s.cache)
+            with tqdm(total=sum(map(len, units)), unit="img", desc=f"generate {s.model_name}",
+                      disable=not progress) as bar:
+                drawn = engine.draw(spec, units, store, bar.update)
     rows = manifest_rows(jobs, keys, texts, store, model)
     write_output(out_dir, rows, store, model)
     skipped = sum(1 for j in jobs if j.status)

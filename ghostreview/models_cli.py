@@ -122,7 +122,7 @@ def check_vae_file(path: Path, allow_pickle: bool) -> None:
             raise ModelsError(f"{path}: no such VAE file")
         return
     header = read_safetensors_header(path)
-    if not any(k in header or k.replace("encoder.", "", 0) in header for k in VAE_KEYS):
+    if not any(k in header for k in VAE_KEYS):
         raise ModelsError(f"{path}: not a VAE file (none of {', '.join(VAE_KEYS)} in its header); pass the VAE "
                           "that goes with the checkpoint, or leave --vae out")
 
@@ -130,27 +130,35 @@ def check_vae_file(path: Path, allow_pickle: bool) -> None:
 # ------------------------------------------------------------------------------------------------ YAML round trip
 
 
-def _yaml() -> YAML:
-    y = YAML()  # round trip: comments, key order and quoting survive
+def _params_yaml() -> YAML:
+    """Round trip for params.yaml: comments, key order and quoting survive; long lines are never re-wrapped."""
+    y = YAML()
     y.preserve_quotes = True
-    y.width = 4096  # never re-wrap long lines
+    y.width = 4096
     y.indent(mapping=2, sequence=4, offset=2)
     # ruamel writes a null as an empty value; keep the "null" the files spell out
     y.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     return y
 
 
-def load_roundtrip(path: Path) -> Any:
+def _lock_yaml() -> YAML:
+    """dvc.lock is written the way DVC writes it (ruamel's round-trip defaults, block style)."""
+    y = YAML()
+    y.default_flow_style = False
+    return y
+
+
+def load_roundtrip(path: Path, lock: bool = False) -> Any:
     """The YAML document at ``path`` with its comments (ruamel round-trip types); duplicate keys refused."""
     try:
-        return _yaml().load(Path(path).read_text(encoding="utf-8"))
+        return (_lock_yaml() if lock else _params_yaml()).load(Path(path).read_text(encoding="utf-8"))
     except Exception as exc:  # ruamel raises several unrelated error types
         raise ModelsError(f"{path}: not valid YAML ({exc}); fix the file first") from exc
 
 
-def dump_text(doc: Any) -> str:
+def dump_text(doc: Any, lock: bool = False) -> str:
     out = io.StringIO()
-    _yaml().dump(doc, out)
+    (_lock_yaml() if lock else _params_yaml()).dump(doc, out)
     return out.getvalue()
 
 
@@ -187,22 +195,27 @@ def _take_following_lines(node: CommentedMap) -> Any:
     token = slot[2] if slot and len(slot) > 2 else None
     if token is None:
         return None
-    eol, sep, rest = token.value.partition("\n") if token.value.startswith("#") else ("", "", token.value)
+    # The token's first line ends the entry's own line (its end-of-line comment, if any); the rest follows it.
+    first, _, rest = token.value.partition("\n")
     if not rest:
         return None
     moved = copy.copy(token)
-    moved.value = rest
-    if eol:
-        token.value = eol + sep
+    moved.value = "\n" + rest
+    if first:
+        token.value = first + "\n"
     else:
         slot[2] = None
     return moved
 
 
 def _put_following_lines(node: CommentedMap, token: Any) -> None:
+    """Hang lines taken by :func:`_take_following_lines` after ``node``'s last entry (after its own comment)."""
     leaf, key = _last_leaf(node)
     slot = leaf.ca.items.setdefault(key, [None, None, None, None])
-    slot[2] = token
+    if slot[2] is None:
+        slot[2] = token
+    else:  # both end the entry's line with their first newline: keep one
+        slot[2].value += token.value[1:]
 
 
 def _as_commented(entry: dict[str, Any]) -> CommentedMap:
@@ -353,7 +366,7 @@ def remove_model(params_file: Path, name: str, lock_file: Path | None = None) ->
     lock_file = Path(lock_file) if lock_file is not None else root / "dvc.lock"
     doc = load_roundtrip(params_file)
     models = doc.get("models") or {}
-    lock = load_roundtrip(lock_file) if lock_file.is_file() else None
+    lock = load_roundtrip(lock_file, lock=True) if lock_file.is_file() else None
     stages = lock_entries(lock, name)
     if name not in models and not stages:
         raise ModelsError(f"{params_file}: no model {name!r} under models (known: {', '.join(models) or 'none'})")
@@ -363,7 +376,7 @@ def remove_model(params_file: Path, name: str, lock_file: Path | None = None) ->
     if stages:
         for stage in stages:
             del lock["stages"][stage]
-        write_text_atomic(lock_file, dump_text(lock))
+        write_text_atomic(lock_file, dump_text(lock, lock=True))
     in_params = remove_entry(doc, name)
     if in_params:
         validated(doc, str(params_file))

@@ -123,8 +123,9 @@ def reference_sets(bench: Benchmark, style_dir: Path | None, header_dirs: Mappin
     if style_dir is not None:
         for s in bench.styles:
             directory = style_dir / s.reference_dir
-            fix = (f"Put the style's reference images there (paths.style_refs in params.yaml + reference_dir "
-                   f"{s.reference_dir!r} in styles.yaml; see docs/benchmark.md) and move any other file out.")
+            fix = (f"Put the style's reference images in {directory} (paths.style_refs in params.yaml + "
+                   f"reference_dir {s.reference_dir!r} in styles.yaml; see docs/benchmark.md); move out or replace "
+                   f"any file that is not a readable image.")
             sets[f"styles/{s.name}"] = _checked(partial(styleloss.validate_reference_dir, directory),
                                                 f"style {s.name!r}", fix)
     for family, directory in header_dirs.items():

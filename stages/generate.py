@@ -10,7 +10,7 @@ from ghostreview.runtime import stage_runtime
 stage_runtime()
 
 from ghostreview import config  # noqa: E402
-from ghostreview.benchmark import BenchmarkError, load_benchmark  # noqa: E402
+from ghostreview.benchmark import BenchmarkError, images_per_item, load_benchmark  # noqa: E402
 from ghostreview.generate import GenerateSettings, run_generate  # noqa: E402
 from ghostreview.loading import CheckpointError  # noqa: E402
 from ghostreview.store import StoreError  # noqa: E402
@@ -61,6 +61,10 @@ def generate(model: str, out: Path, params_path: Path) -> None:
         cache=config.resolve(root, paths.cache),
     )
     bench = load_benchmark(config.resolve(root, params.benchmark.dir))
+    try:
+        images_per_item(bench, settings.counts)
+    except BenchmarkError as exc:  # more seeds than the protocol fixes
+        raise config.ConfigError(f"{params_path}: benchmark.images_per_item: {exc}") from exc
     stats = run_generate(bench, settings, out)
     print(f"generate@{model}: {stats['images']} images ({stats['drawn']} drawn, {stats['reused']} from the store, "
           f"{stats['skipped']} not drawable: see manifest flags)")

@@ -1,0 +1,311 @@
+"""The DVC workflow through the real ``dvc`` CLI on the tiny kit: models in and out, incremental reruns, experiments,
+publishing reports from a remote, and workers that share only a DVC remote.
+
+One module-scoped workspace ``review`` (a git repo made from the project, benchmark cut to 2 prompts, 1 style and
+1 LoRA, images 64 px) reviews one model, then the tests below run IN ORDER on it, each starting from the state the
+previous one left. Clones ``worker`` and ``reader`` sit next to it, with the committed default remote
+``../ghostreview-dvc-remote`` between them. Every stage process costs ~10 s of CPU here (imports), so the tests make
+each stage run count: a worker computes the added model, and the prompt/seed change reruns only the stages whose
+outputs it compares (``dvc repro aesthetic@...``).
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import small_benchmark
+from ruamel.yaml import YAML
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.dvc
+
+A, B = "demo-sd15-a", "demo-sd15-b"
+PER_MODEL = ("generate", "embed", "aesthetic", "clipscore", "styleloss", "loraloss")
+SKIP = ("data/images", "data/scores", "data/embeddings", "data/refstats", "data/standardized", "reports/", "demo/",
+        "dvc.lock", ".dvc/config.local")
+
+# Blocks every network socket for the process and its children (DVC runs stages as subprocesses of the shell).
+SITECUSTOMIZE = '''
+import socket
+_connect = socket.socket.connect
+def _guard(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        raise OSError("network blocked by the GhostReview test: " + repr(address))
+    return _connect(self, address)
+socket.socket.connect = _guard
+'''
+
+
+def run(args: list[str], cwd: Path, env: dict) -> str:
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout + proc.stderr
+
+
+def dvc(ws: Path, *args: str) -> str:
+    return run([sys.executable, "-m", "dvc", *args], ws, env_for(ws))
+
+
+def git(ws: Path, *args: str) -> str:
+    return run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], ws, env_for(ws))
+
+
+def ghostreview(ws: Path, *args: str) -> str:
+    return run([sys.executable, "-m", "ghostreview.cli", *args], ws, env_for(ws))
+
+
+def env_for(ws: Path) -> dict:
+    guard = ws.parent / "netguard"
+    return dict(os.environ, DVC_NO_ANALYTICS="1", PYTHONPATH=f"{guard}{os.pathsep}{ws}",
+                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+
+
+def ran(output: str) -> set[str]:
+    """Stages that ran (``dvc repro --dry`` also prints "Running" for stages it would restore from the run cache)."""
+    return set(re.findall(r"Running stage '([^']+)'", output)) - restored(output)
+
+
+def restored(output: str) -> set[str]:
+    return set(re.findall(r"Stage '([^']+)' is cached - skipping run, checking out outputs", output))
+
+
+def drawn(output: str) -> dict[str, int]:
+    """model -> images drawn, from the generate stage's summary line."""
+    return {m: int(n) for m, n in re.findall(r"generate@(\S+): \d+ images \((\d+) drawn", output)}
+
+
+def instances(model: str, stages=PER_MODEL) -> set[str]:
+    return {f"{s}@{model}" for s in stages}
+
+
+def tree(directory: Path) -> dict[str, bytes]:
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.name != ".gitignore"}
+
+
+def store_pngs(ws: Path) -> int:
+    return len(list((ws / "store").rglob("*.png")))
+
+
+def csv_rows(path: Path, key=("task", "item", "seed")) -> dict[tuple, dict]:
+    """Rows by (task, item, seed[, metric]) with every value as written (so equality is bit-for-bit)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        return {tuple(r[k] for k in key): r for r in csv.DictReader(fh)}
+
+
+def edit_yaml(path: Path, change) -> None:
+    """Round-trip edit (comments kept), as a user would edit by hand."""
+    y = YAML()
+    y.width = 4096
+    y.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    doc = y.load(path.read_text())
+    change(doc)
+    out = io.StringIO()
+    y.dump(doc, out)
+    path.write_text(out.getvalue())
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def in_remote(remote: Path, digest: str) -> bool:
+    return (remote / "files" / "md5" / digest[:2] / digest[2:]).is_file()
+
+
+SNAPSHOT: dict[str, dict] = {}  # outputs before the prompt/seed change, for the revert test
+
+
+@pytest.fixture(scope="module")
+def review(tmp_path_factory):
+    """The coordinator's workspace after `dvc repro` of one model (A); B is added by the tests."""
+    base = tmp_path_factory.mktemp("dvcflow")
+    ws = base / "review"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for rel in files:
+        if rel.startswith(SKIP) or not (ROOT / rel).is_file():
+            continue
+        (ws / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, ws / rel)
+    shutil.rmtree(ws / "data" / "benchmark" / "small", ignore_errors=True)
+    small_benchmark(ws / "data" / "benchmark" / "small", general=2, styles=1, loras=1)
+
+    def cut(params):
+        params["benchmark"]["dir"] = "data/benchmark/small"
+        params["paths"]["image_store"] = "store"  # relative: each clone has its own store, nothing is shared
+        params["paths"]["cache"] = "cache"
+        params["standardize"]["bootstrap"] = 100
+        for name in list(params["models"]):
+            if name != A:
+                del params["models"][name]
+
+    edit_yaml(ws / "params.yaml", cut)
+    (base / "netguard").mkdir()
+    (base / "netguard" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    git(ws, "init", "-q")
+    (ws / ".git" / "info" / "exclude").write_text("/store/\n/cache/\n")
+    git(ws, "add", "-A")
+    git(ws, "commit", "-qm", "review of one model")
+    ghostreview(ws, "kit", "demo/kit", "--benchmark", "data/benchmark/small")
+    return ws, dvc(ws, "repro")
+
+
+def test_review_of_one_model(review):
+    ws, first = review
+    assert ran(first) == instances(A) | {"refstats", "standardize", "report"}
+    assert drawn(first) == {A: 4}  # 2 prompts + 1 style + 1 LoRA, one seed each
+
+
+def test_add_model_keeps_params_comments_and_plans_only_its_stages(review):
+    ws, _ = review
+    before = (ws / "params.yaml").read_text()
+    out = ghostreview(ws, "add-model", "demo/kit/models/tiny-sd15-b.safetensors", "--name", B, "--clip-skip", "2")
+    after = (ws / "params.yaml").read_text()
+    assert f"added models.{B}" in out and "sd15" in out
+    changes = [line for line in difflib.ndiff(before.splitlines(), after.splitlines()) if line[:1] in "+-"]
+    assert changes == [f"+   {B}:", "+     checkpoint: demo/kit/models/tiny-sd15-b.safetensors", "+     clip_skip: 2"]
+    assert "# key: a slug used in stage names" in after  # comments kept
+    stale = json.loads(dvc(ws, "status", "--json"))  # (`dvc repro --dry` cannot plan stages whose deps are missing)
+    assert set(stale) == instances(B) | {"standardize", "report"}  # nothing of A, not refstats
+    git(ws, "commit", "-qam", f"add {B}")
+
+
+def test_worker_draws_the_new_model_and_the_coordinator_restores_it_without_recomputing(review):
+    ws, _ = review
+    remote = ws.parent / "ghostreview-dvc-remote"  # the committed default remote: ../ghostreview-dvc-remote
+    dvc(ws, "push", "--run-cache")
+    assert remote.is_dir()
+
+    worker = ws.parent / "worker"
+    run(["git", "clone", "-q", str(ws), str(worker)], ws.parent, env_for(ws))
+    shutil.copytree(ws / "demo" / "kit", worker / "demo" / "kit")  # every machine has the checkpoints
+    out = dvc(worker, "repro", "--pull", *sorted(instances(B)))
+    assert ran(out) == instances(B)  # refstats came from the remote, not recomputed
+    assert drawn(out) == {B: 4} and store_pngs(worker) == 4
+    dvc(worker, "push", "--run-cache")
+
+    pngs = store_pngs(ws)
+    out = dvc(ws, "repro", "--pull")
+    assert ran(out) == {"standardize", "report"}
+    assert restored(out) == instances(B)  # "Stage ... is cached - skipping run, checking out outputs"
+    assert store_pngs(ws) == pngs  # nothing drawn here
+    assert tree(ws / "data" / "images" / B) == tree(worker / "data" / "images" / B)
+    board = (ws / "reports" / "leaderboard.csv").read_text()
+    assert A in board and B in board
+    assert "up to date" in dvc(ws, "status").lower()
+    git(ws, "add", "dvc.lock", "reports/metrics.json")
+    git(ws, "commit", "-qm", "review of two models")
+
+
+def test_reports_publish_to_a_remote_and_pull_back_byte_identical_while_images_stay_local(review):
+    ws, _ = review
+    published = ws.parent / "published"
+    dvc(ws, "remote", "add", "--local", "publish", str(published))
+    dvc(ws, "push", "-r", "publish", "report")
+
+    reader = ws.parent / "reader"
+    run(["git", "clone", "-q", str(ws), str(reader)], ws.parent, env_for(ws))
+    dvc(reader, "remote", "add", "--local", "publish", str(published))
+    dvc(reader, "pull", "-r", "publish", "report")
+    assert tree(reader / "reports") == tree(ws / "reports")
+    assert {"index.html", "leaderboard.csv", "metrics.json"} <= set(tree(reader / "reports"))
+    assert not (reader / "data" / "images").exists()
+    images = list((ws / "data" / "images").rglob("*.png"))
+    assert len(images) == 8
+    for png in images:
+        assert not in_remote(published, md5(png))  # the images stayed out of the published remote
+        assert in_remote(ws.parent / "ghostreview-dvc-remote", md5(png))  # (the team remote has them)
+
+
+def test_one_prompt_and_a_second_seed_draw_only_the_new_images_and_keep_other_scores(review, tmp_path):
+    ws, _ = review
+    SNAPSHOT.update({m: tree(ws / "data" / "scores" / m) | tree(ws / "data" / "images" / m) for m in (A, B)})
+    old = {m: (csv_rows(ws / "data" / "images" / m / "manifest.csv"),
+               csv_rows(ws / "data" / "scores" / m / "aesthetic.csv")) for m in (A, B)}
+    pngs = store_pngs(ws)
+    prompts = yaml.safe_load((ws / "data" / "benchmark" / "small" / "prompts.yaml").read_text())
+    changed = prompts["prompts"][1]["id"]
+    first = prompts["prompts"][0]["id"]
+    edit_yaml(ws / "data" / "benchmark" / "small" / "prompts.yaml",
+              lambda d: d["prompts"][1].__setitem__("prompt", "best quality, an old lighthouse at dusk"))
+    edit_yaml(ws / "params.yaml", lambda d: d["benchmark"]["images_per_item"].__setitem__("general", 2))
+
+    out = dvc(ws, "repro", f"aesthetic@{A}", f"aesthetic@{B}")
+    assert ran(out) == instances(A, ("generate", "embed", "aesthetic")) | instances(B, ("generate", "embed", "aesthetic"))
+    # per model: the changed prompt's two seeds, and the new second seed of the other prompt
+    assert drawn(out) == {A: 3, B: 3} and store_pngs(ws) == pngs + 6
+    for m in (A, B):
+        manifest = csv_rows(ws / "data" / "images" / m / "manifest.csv")
+        scores = csv_rows(ws / "data" / "scores" / m / "aesthetic.csv")
+        old_manifest, old_scores = old[m]
+        seed0, seed1 = (sorted({int(k[2]) for k in manifest if k[0] == "general"}))
+        new_keys = {("general", first, str(seed1)), ("general", changed, str(seed1))}
+        assert set(manifest) == set(old_manifest) | new_keys
+        redrawn = {k for k in old_manifest if manifest[k]["image_hash"] != old_manifest[k]["image_hash"]}
+        assert redrawn == {("general", changed, str(seed0))}
+        for key in set(old_manifest) - redrawn:
+            assert scores[key] == old_scores[key]  # same image, same score row, bit for bit
+        assert set(scores) == set(manifest)
+
+
+def test_reverting_restores_every_output_from_the_run_cache(review):
+    ws, _ = review
+    git(ws, "checkout", "--", "params.yaml", "data/benchmark/small/prompts.yaml")
+    out = dvc(ws, "repro")
+    assert ran(out) == set()
+    assert restored(out) == instances(A, ("generate", "embed", "aesthetic")) | instances(B, ("generate", "embed", "aesthetic"))
+    assert "up to date" in dvc(ws, "status").lower()
+    assert git(ws, "status", "--porcelain").strip() == ""  # dvc.lock is the committed one again
+    for m in (A, B):  # images, manifests and scores byte-identical to before the change
+        assert tree(ws / "data" / "scores" / m) | tree(ws / "data" / "images" / m) == SNAPSHOT[m]
+
+
+def test_scoring_setting_experiment_rescores_without_generating_and_shows_per_model_columns(review):
+    ws, _ = review
+    pngs = store_pngs(ws)
+    styleloss = (ws / "data" / "scores" / A / "styleloss.csv").read_text()
+    out = dvc(ws, "exp", "run", "-n", "style48", "-S", "scoring.style.size=48")
+    assert ran(out) == {"refstats", "standardize", "report"} | instances(A, ("styleloss", "loraloss")) \
+        | instances(B, ("styleloss", "loraloss"))
+    assert not drawn(out) and store_pngs(ws) == pngs
+    assert (ws / "data" / "scores" / A / "styleloss.csv").read_text() != styleloss
+
+    table = list(csv.DictReader(io.StringIO(dvc(ws, "exp", "show", "--csv"))))
+    columns = set(table[0])
+    for m in (A, B):
+        assert {f"{m}.aesthetic", f"{m}.styleloss", f"{m}.combined", f"{m}.rank"} <= columns
+    exp = next(r for r in table if r["Experiment"] == "style48")
+    assert exp["scoring.style.size"] == "48" and abs(float(exp[f"{A}.styleloss"])) <= 1.0
+    git(ws, "checkout", "--", ".")  # back to the committed review; outputs come back from the cache
+    dvc(ws, "checkout")
+    assert (ws / "data" / "scores" / A / "styleloss.csv").read_text() == styleloss
+
+
+def test_remove_model_takes_it_out_of_params_outputs_lock_and_report(review):
+    ws, _ = review
+    out = ghostreview(ws, "remove-model", B)
+    assert f"removed models.{B}" in out
+    assert B not in yaml.safe_load((ws / "params.yaml").read_text())["models"]
+    assert not (ws / "data" / "images" / B).exists() and not (ws / "data" / "scores" / B).exists()
+    assert not (ws / "data" / "embeddings" / f"{B}.npz").exists()
+    assert f"@{B}" not in (ws / "dvc.lock").read_text()
+    assert f"/{B}" not in (ws / "data" / "images" / ".gitignore").read_text()
+    out = dvc(ws, "repro")
+    assert ran(out) == {"standardize", "report"}
+    board = (ws / "reports" / "leaderboard.csv").read_text()
+    assert A in board and B not in board
+    assert "up to date" in dvc(ws, "status").lower()

@@ -1,0 +1,267 @@
+"""ghostreview add-model / remove-model on files: validation before writing, comments and order kept, sha256 against
+hashlib, DVC's leftovers (outputs, .gitignore lines, dvc.lock entries) cleaned. The real `dvc` path is in
+test_dvc_workflow.py."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from ghostreview import config
+from ghostreview.cli import app
+from ghostreview.loading import CheckpointError
+from ghostreview.models_cli import ModelsError, add_model, remove_model, slug_from_filename
+
+ROOT = Path(__file__).resolve().parents[1]
+UNET = "model.diffusion_model.input_blocks.0.0.weight"
+SD1_CLIP = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
+SDXL_KEYS = (SD1_CLIP.replace("cond_stage_model", "conditioner.embedders.0"),
+             "conditioner.embedders.1.model.positional_embedding")
+
+
+def write_tensors(path: Path, keys: dict[str, tuple[int, ...]], seed: int = 0) -> Path:
+    """A safetensors file with these tensor names (only the header matters for validation)."""
+    g = torch.Generator().manual_seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: torch.randn(shape, generator=g) for k, shape in keys.items()}, str(path))
+    return path
+
+
+def sd15(path: Path, seed: int = 0) -> Path:
+    return write_tensors(path, {UNET: (8, 4, 3, 3), SD1_CLIP: (16, 8)}, seed)
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A copy of the repository's params.yaml (comments and all), its caches redirected into tmp_path."""
+    text = (ROOT / "params.yaml").read_text()
+    text = re.sub(r"(?m)^  cache: \S+", f"  cache: {tmp_path / 'cache'}", text)
+    text = re.sub(r"(?m)^  image_store: \S+", f"  image_store: {tmp_path / 'store'}", text)
+    (tmp_path / "params.yaml").write_text(text)
+    return tmp_path
+
+
+def diff(before: str, after: str) -> list[str]:
+    return [line for line in difflib.ndiff(before.splitlines(), after.splitlines()) if line[:1] in "+-"]
+
+
+@pytest.mark.parametrize("name, slug", [
+    ("DreamShaper_8.safetensors", "dreamshaper_8"),
+    ("models/juggernautXL_v9+RDPhoto2.safetensors", "juggernautxl_v9-rdphoto2"),
+    ("Some Model (v1.5).safetensors", "some-model-v1-5"),
+    ("-_anything_-v2.ckpt", "anything_-v2"),
+])
+def test_slug_from_filename(name, slug):
+    assert slug_from_filename(name) == slug
+    assert config.SLUG.match(slug)
+
+
+def test_slug_needs_a_usable_character():
+    with pytest.raises(ModelsError, match=r"pass --name"):
+        slug_from_filename("+++.safetensors")
+
+
+def test_add_model_appends_one_entry_keeps_the_rest_and_hashes_like_hashlib(project):
+    ckpt = sd15(project / "models" / "My_Model.safetensors")
+    before = (project / "params.yaml").read_text()
+    added = add_model(project / "params.yaml", ckpt, clip_skip=2)
+    after = (project / "params.yaml").read_text()
+
+    assert diff(before, after) == ["+   my_model:", "+     checkpoint: models/My_Model.safetensors", "+     clip_skip: 2"]
+    assert after.startswith(before)  # models is the last section: the new entry is appended, nothing else moves
+    sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert (added.name, added.family, added.sha256, added.autov2) == ("my_model", "sd15", sha, sha[:10])
+    params = config.load_params(project / "params.yaml")
+    assert list(params.models)[-1] == "my_model" and params.models["my_model"].clip_skip == 2
+    cache = json.loads((project / "cache" / "sha256.json").read_text())  # the cache generate reads
+    assert [e["sha256"] for e in cache["entries"].values()] == [sha]
+
+
+def test_vae_title_and_a_checkpoint_outside_the_project(project, tmp_path_factory):
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    ckpt = write_tensors(elsewhere / "xl.safetensors", {UNET: (8, 4, 3, 3), SDXL_KEYS[0]: (16, 8), SDXL_KEYS[1]: (77, 8)})
+    vae = write_tensors(project / "vae" / "fix.safetensors", {"encoder.conv_in.weight": (4, 3, 3, 3)})
+    added = add_model(project / "params.yaml", ckpt, name="xl-test", vae=vae, title="XL test")
+    entry = yaml.safe_load((project / "params.yaml").read_text())["models"]["xl-test"]
+    assert entry == {"checkpoint": ckpt.as_posix(), "vae": "vae/fix.safetensors", "title": "XL test"}
+    assert added.family == "sdxl" and added.vae_sha256 == hashlib.sha256(vae.read_bytes()).hexdigest()
+
+
+def test_pickle_checkpoint_only_with_allow_pickle(project):
+    ckpt = project / "models" / "old.ckpt"
+    ckpt.parent.mkdir()
+    torch.save({"state_dict": {UNET: torch.zeros(8, 4, 3, 3), SD1_CLIP: torch.zeros(16, 8)}}, ckpt)
+    with pytest.raises(CheckpointError, match=r"pickle checkpoint"):
+        add_model(project / "params.yaml", ckpt)
+    added = add_model(project / "params.yaml", ckpt, allow_pickle=True)
+    entry = yaml.safe_load((project / "params.yaml").read_text())["models"]["old"]
+    assert added.family == "sd15" and entry == {"checkpoint": "models/old.ckpt", "allow_pickle": True}
+
+
+def test_first_model_into_an_empty_models_section(tmp_path):
+    text = "# settings\nmodels:                # add checkpoints with ghostreview add-model\n\nstandardize:\n  seed: 0\n"
+    (tmp_path / "params.yaml").write_text(text)
+    add_model(tmp_path / "params.yaml", sd15(tmp_path / "a.safetensors"))
+    after = (tmp_path / "params.yaml").read_text()
+    assert "# add checkpoints with ghostreview add-model" in after and "# settings" in after
+    assert config.load_params(tmp_path / "params.yaml").models["a"].checkpoint == "a.safetensors"
+
+
+REFUSALS = {
+    "duplicate name": (dict(name="demo-sd15-a"), ModelsError, r"models.demo-sd15-a already exists"),
+    "not a slug": (dict(name="My Model"), config.ConfigError, r"not a valid model name"),
+    "clip skip 0": (dict(clip_skip=0), config.ConfigError, r"clip_skip = 0; A1111 numbering starts at 1"),
+    "a LoRA": (dict(file="lora"), CheckpointError, r"looks like a LoRA"),
+    "an SD2 checkpoint": (dict(file="sd2"), ModelsError, r"an sd2 checkpoint; GhostReview v1 reviews sd15, sdxl"),
+    "missing file": (dict(file="missing"), CheckpointError, r"no such file"),
+    "a VAE that is not one": (dict(vae="lora"), ModelsError, r"not a VAE file"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSALS)
+def test_refusals_name_the_problem_and_leave_params_untouched(project, case):
+    over, error, message = REFUSALS[case]
+    files = {
+        "ckpt": sd15(project / "models" / "ok.safetensors"),
+        "lora": write_tensors(project / "lora.safetensors", {"lora_unet_down_blocks_0.lora_down.weight": (4, 8)}),
+        "sd2": write_tensors(project / "sd2.safetensors",
+                             {UNET: (8, 4, 3, 3), "cond_stage_model.model.positional_embedding": (77, 8)}),
+        "missing": project / "nowhere.safetensors",
+    }
+    before = (project / "params.yaml").read_bytes()
+    ckpt = files[over.pop("file", "ckpt")]
+    if "vae" in over:
+        over["vae"] = files[over["vae"]]
+    with pytest.raises(error, match=message):
+        add_model(project / "params.yaml", ckpt, **over)
+    assert (project / "params.yaml").read_bytes() == before
+
+
+LOCK = """schema: '2.0'
+stages:
+  generate@demo-sd15-a:
+    cmd: python stages/generate.py --model demo-sd15-a --out data/images/demo-sd15-a
+    outs:
+    - path: data/images/demo-sd15-a
+      hash: md5
+      md5: 11111111111111111111111111111111.dir
+  generate@demo-sd15-b:
+    cmd: python stages/generate.py --model demo-sd15-b --out data/images/demo-sd15-b
+    outs:
+    - path: data/images/demo-sd15-b
+      hash: md5
+      md5: 22222222222222222222222222222222.dir
+  embed@demo-sd15-b:
+    cmd: python stages/embed.py --images data/images/demo-sd15-b --out data/embeddings/demo-sd15-b.npz
+    outs:
+    - path: data/embeddings/demo-sd15-b.npz
+      hash: md5
+      md5: 33333333333333333333333333333333
+  aesthetic@demo-sd15-b:
+    cmd: python stages/aesthetic.py --out data/scores/demo-sd15-b/aesthetic.csv
+    outs:
+    - path: data/scores/demo-sd15-b/aesthetic.csv
+      hash: md5
+      md5: 44444444444444444444444444444444
+  standardize:
+    cmd: python stages/standardize.py --images data/images --scores data/scores --out data/standardized
+    outs:
+    - path: data/standardized
+      hash: md5
+      md5: 55555555555555555555555555555555.dir
+"""
+
+
+def outputs_as_dvc_leaves_them(root: Path) -> None:
+    """Stage outputs of two models plus the .gitignore lines DVC writes next to each output."""
+    for model in ("demo-sd15-a", "demo-sd15-b"):
+        (root / "data" / "images" / model).mkdir(parents=True)
+        (root / "data" / "images" / model / "x.png").write_bytes(b"png")
+        (root / "data" / "scores" / model).mkdir(parents=True)
+        (root / "data" / "scores" / model / "aesthetic.csv").write_text("model\n")
+        (root / "data" / "scores" / model / ".gitignore").write_text("/aesthetic.csv\n")
+    (root / "data" / "embeddings").mkdir()
+    (root / "data" / "embeddings" / "demo-sd15-b.npz").write_bytes(b"npz")
+    (root / "data" / "images" / ".gitignore").write_text("/demo-sd15-a\n/demo-sd15-b\n")
+    (root / "data" / "embeddings" / ".gitignore").write_text("/demo-sd15-b.npz\n")
+    (root / "dvc.lock").write_text(LOCK)
+
+
+def test_remove_model_cleans_params_outputs_gitignore_and_lock(project):
+    outputs_as_dvc_leaves_them(project)
+    before = (project / "params.yaml").read_text()
+    removed = remove_model(project / "params.yaml", "demo-sd15-b")
+
+    assert removed.in_params and removed.lock_entries == ("generate@demo-sd15-b", "embed@demo-sd15-b",
+                                                          "aesthetic@demo-sd15-b")
+    assert set(removed.outputs) == {"data/images/demo-sd15-b", "data/embeddings/demo-sd15-b.npz",
+                                    "data/scores/demo-sd15-b/aesthetic.csv"}
+    after = (project / "params.yaml").read_text()
+    assert diff(before, after) == ["-   demo-sd15-b:", "-     checkpoint: demo/kit/models/tiny-sd15-b.safetensors",
+                                   "-     config: demo/kit/configs/sd15", "-     clip_skip: 2",
+                                   "-     title: Demo SD1.5 B (random weights)"]
+    data = project / "data"
+    assert not (data / "images" / "demo-sd15-b").exists() and (data / "images" / "demo-sd15-a" / "x.png").exists()
+    assert not (data / "scores" / "demo-sd15-b").exists()  # emptied, so removed with its .gitignore
+    assert not (data / "embeddings").exists()  # its only output gone: .gitignore and directory too
+    assert (data / "images" / ".gitignore").read_text() == "/demo-sd15-a\n"
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    expected = yaml.safe_load(LOCK)
+    for stage in removed.lock_entries:
+        del expected["stages"][stage]
+    assert lock == expected
+
+    with pytest.raises(ModelsError, match=r"no model 'demo-sd15-b' under models \(known: demo-sd15-a, demo-sdxl-a\)"):
+        remove_model(project / "params.yaml", "demo-sd15-b")
+
+
+def test_remove_model_cleans_leftovers_of_a_model_already_gone_from_params(project):
+    outputs_as_dvc_leaves_them(project)
+    text = (project / "params.yaml").read_text()
+    config_text = text.replace("  demo-sd15-b:\n    checkpoint: demo/kit/models/tiny-sd15-b.safetensors\n"
+                               "    config: demo/kit/configs/sd15\n    clip_skip: 2\n"
+                               "    title: Demo SD1.5 B (random weights)\n", "")
+    assert config_text != text
+    (project / "params.yaml").write_text(config_text)
+    removed = remove_model(project / "params.yaml", "demo-sd15-b")
+    assert not removed.in_params and len(removed.lock_entries) == 3
+    assert not (project / "data" / "images" / "demo-sd15-b").exists()
+    assert (project / "params.yaml").read_text() == config_text
+
+
+def test_remove_model_refuses_the_last_model_and_outputs_outside_the_project(project):
+    outputs_as_dvc_leaves_them(project)
+    for name in ("demo-sd15-b", "demo-sdxl-a"):
+        remove_model(project / "params.yaml", name)
+    with pytest.raises(ModelsError, match=r"'demo-sd15-a' is the only model; add another first"):
+        remove_model(project / "params.yaml", "demo-sd15-a")
+    (project / "dvc.lock").write_text(LOCK.replace("data/images/demo-sd15-a\n      hash", "../outside\n      hash"))
+    (project.parent / "outside").mkdir(exist_ok=True)
+    add_model(project / "params.yaml", sd15(project / "second.safetensors"))
+    with pytest.raises(ModelsError, match=r"output '../outside' is outside the project"):
+        remove_model(project / "params.yaml", "demo-sd15-a")
+    assert (project.parent / "outside").is_dir() and (project / "data" / "images" / "demo-sd15-a").is_dir()
+
+
+def test_cli_commands(project):
+    runner = CliRunner()
+    ckpt = sd15(project / "models" / "cli.safetensors")
+    params = str(project / "params.yaml")
+    result = runner.invoke(app, ["add-model", str(ckpt), "--name", "cli-model", "--params", params])
+    sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert result.exit_code == 0 and f"added models.cli-model to {params}: sd15" in result.output
+    assert f"AutoV2 {sha[:10]}" in result.output
+    result = runner.invoke(app, ["add-model", str(ckpt), "--name", "cli-model", "--params", params])
+    assert result.exit_code == 2 and "already exists" in result.output
+    result = runner.invoke(app, ["remove-model", "cli-model", "--params", params])
+    assert result.exit_code == 0 and "removed models.cli-model" in result.output
+    assert "cli-model" not in yaml.safe_load((project / "params.yaml").read_text())["models"]
