@@ -21,7 +21,8 @@ overflows nor underflows more than a real checkpoint would.
   LoRA loading between LoRA items is not included.
 
 On a CPU (no GPU here), or with ``--quick``, the same code runs on the tiny kit models (``ghostreview.kit.sd.
-tiny_pipeline``) at 64 px, float32: it exercises the path, its figures say nothing about a GPU. The GPU command:
+tiny_pipeline``) at 64 px, float32, 1 thread: it exercises the path, its figures say nothing about a GPU; it also
+prints the full-size models' FLOPs per image counted on the meta device (:func:`full_size_flops`). The GPU command:
 ``python -m benchmarks.generation_gpu --device cuda`` (add ``--compile`` for torch.compile, ``--family sd15`` to
 run one family).
 """
@@ -238,6 +239,23 @@ def vae_decode_flops(pipe, size: int) -> int:
         return _count(lambda: vae.decode(z))
 
 
+def full_size_flops(family: str, size: int, hires_size: int | None = None, hires_steps: int = 0) -> int:
+    """Model FLOPs per image of the full-size ``family`` (UNet x steps on the CFG batch + one VAE decode), counted
+    on the meta device: shapes only, no weights, no memory, seconds on a CPU. With ``hires_size``, the hires pass's
+    ``hires_steps`` UNet calls at that size are added and the decode happens at that size."""
+    from types import SimpleNamespace
+
+    from ghostreview.kit.sd import meta_models, real_configs
+
+    m = meta_models(family, real_configs(family))
+    parts = SimpleNamespace(unet=m["unet"], vae=m["vae"], text_encoder_2=m.get("text_encoder_2"),
+                            vae_scale_factor=2 ** (len(m["vae"].config.block_out_channels) - 1))
+    flops = STEPS * unet_flops(parts, family, size)
+    if hires_size:
+        flops += hires_steps * unet_flops(parts, family, hires_size)
+    return flops + vae_decode_flops(parts, hires_size or size)
+
+
 # ---------------------------------------------------------------------------------------------------- runs
 def _sync(device: str):
     return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -331,16 +349,38 @@ def run(quick: bool = False, device: str = "cpu", families: tuple[str, ...] = ("
         row("models", "full-size SD1.5 / SDXL from ghostreview/configs, random weights")
         cases = [c for c in (Case("sd15", 512, 8, 3), Case("sdxl", 1024, 4, 3)) if c.family in families]
     row("settings", f"{SAMPLER}, {STEPS} steps, CFG {CFG}, project batch {BATCH}, device {device}, compile {compile}")
+    threads = torch.get_num_threads()
     if tiny and not device.startswith("cuda"):
         # Tiny models are thousands of small ops: with 2 OpenMP threads on a shared 2-core machine every op waits
         # for a descheduled thread (one run took 370 s for 4 images of 64 px). One thread keeps it seconds.
         torch.set_num_threads(1)
         row("threads", "torch.set_num_threads(1) for the tiny CPU run")
     out = {"tiny": tiny, "device": device}
-    for case in cases:
-        out[f"{case.family}_{case.size}"] = compare(case, device, tiny, compile)
-    if "sd15" in families:
-        out["v1_protocol"] = protocol_time(device, tiny, compile, n=4 if tiny else 8)
+    try:
+        for case in cases:
+            out[f"{case.family}_{case.size}"] = compare(case, device, tiny, compile)
+        if "sd15" in families:
+            out["v1_protocol"] = protocol_time(device, tiny, compile, n=4 if tiny else 8)
+    finally:
+        torch.set_num_threads(threads)
+    if tiny:
+        out["full_size_flops"] = report_full_size_flops(families)
+    return out
+
+
+def report_full_size_flops(families: tuple[str, ...]) -> dict:
+    """Counted FLOPs per image of the full-size models (meta device), printed for GPU planning."""
+    size, hires = v1_hires(tiny=False)
+    from ghostreview.draw import hires_size
+
+    big, _ = hires_size(size, size, hires.scale)
+    cases = {"sd15_512": ("sd15", 512, None, 0), "sdxl_1024": ("sdxl", 1024, None, 0),
+             "sd15_v1_hires": ("sd15", size, big, hires.steps or STEPS)}
+    out = {}
+    for key, (family, s, h, hs) in cases.items():
+        if family in families:
+            out[key] = full_size_flops(family, s, h, hs)
+            row(f"full-size {key}: FLOPs per image (meta-device count)", f"{out[key] / 1e12:.2f} TFLOP")
     return out
 
 

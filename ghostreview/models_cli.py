@@ -339,9 +339,9 @@ def add_model(params_file: Path, checkpoint: Path, *, name: str | None = None, v
     if vae is not None:
         check_vae_file(Path(vae), allow_pickle)
     name = name if name is not None else slug_from_filename(checkpoint)
+    pickles = [p for p in (checkpoint, vae) if p is not None and Path(p).suffix.lower() in PICKLE_SUFFIXES]
     entry = model_entry(params_path(checkpoint, root), vae=params_path(vae, root) if vae is not None else None,
-                        clip_skip=clip_skip, allow_pickle=allow_pickle and checkpoint.suffix.lower() in PICKLE_SUFFIXES,
-                        title=title)
+                        clip_skip=clip_skip, allow_pickle=allow_pickle and bool(pickles), title=title)
     doc = load_roundtrip(params_file)
     add_entry(doc, name, entry, source)
     params = validated(doc, source)

@@ -50,3 +50,17 @@ def pick_dtype(name: str, device: str):
 def library_versions(names: tuple[str, ...] = ("torch", "diffusers", "transformers")) -> dict[str, str]:
     """Versions of the libraries that draw or score, recorded with every image and score."""
     return {n: metadata.version(n) for n in names}
+
+
+def scoring_params(path):
+    """Params for a scoring stage: validated, every named file present, torch's CPU threads set. Returns (params, root)."""
+    from pathlib import Path
+
+    from ghostreview import config
+
+    path = Path(path)
+    root = path.parent.resolve()
+    params = config.load_params(path)
+    config.check_files(params, root, str(path))
+    set_cpu_threads(params.scoring.cpu_threads)
+    return params, root

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ghostreview.runtime import set_cpu_threads, stage_runtime
+from ghostreview.runtime import scoring_params, stage_runtime
 
 stage_runtime()
 
-from ghostreview import config  # noqa: E402
 from ghostreview.scoring import drawable, embed_images  # noqa: E402
 from ghostreview.generate import read_manifest  # noqa: E402
 
@@ -21,10 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", default="params.yaml", type=Path)
     args = ap.parse_args(argv)
 
-    root = args.params.parent.resolve()
-    params = config.load_params(args.params)
-    config.check_files(params, root, str(args.params))
-    set_cpu_threads(params.scoring.cpu_threads)
+    params, root = scoring_params(args.params)
     rows = drawable(read_manifest(args.images))
     n = embed_images(rows, args.images, params.scoring, root, args.out)
     print(f"embed: {n} images -> {args.out}")

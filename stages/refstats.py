@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ghostreview.runtime import set_cpu_threads, stage_runtime
+from ghostreview.runtime import scoring_params, stage_runtime
 
 stage_runtime()
 
@@ -20,10 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", default="params.yaml", type=Path)
     args = ap.parse_args(argv)
 
-    root = args.params.parent.resolve()
-    params = config.load_params(args.params)
-    config.check_files(params, root, str(args.params))
-    set_cpu_threads(params.scoring.cpu_threads)
+    params, root = scoring_params(args.params)
     bench = load_benchmark(config.resolve(root, params.benchmark.dir))
     p = params.paths
     try:

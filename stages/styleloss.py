@@ -6,11 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ghostreview.runtime import set_cpu_threads, stage_runtime
+from ghostreview.runtime import scoring_params, stage_runtime
 
 stage_runtime()
 
-from ghostreview import config  # noqa: E402
 from ghostreview.generate import read_manifest  # noqa: E402
 from ghostreview.scoring import drawable, styleloss_rows  # noqa: E402
 from ghostreview.scores import write_scores  # noqa: E402
@@ -25,10 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", default="params.yaml", type=Path)
     args = ap.parse_args(argv)
 
-    root = args.params.parent.resolve()
-    params = config.load_params(args.params)
-    config.check_files(params, root, str(args.params))
-    set_cpu_threads(params.scoring.cpu_threads)
+    params, root = scoring_params(args.params)
     rows = [r for r in drawable(read_manifest(args.images)) if r["task"] == args.task]
     scores = styleloss_rows(rows, args.task, args.images, args.refstats, params.scoring, root)
     write_scores(args.out, scores)

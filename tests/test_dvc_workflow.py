@@ -1,12 +1,12 @@
 """The DVC workflow through the real ``dvc`` CLI on the tiny kit: models in and out, incremental reruns, experiments,
-publishing reports from a remote, and workers that share only a DVC remote.
+publishing reports from a remote, and machines that share only a DVC remote.
 
 One module-scoped workspace ``review`` (a git repo made from the project, benchmark cut to 2 prompts, 1 style and
-1 LoRA, images 64 px) reviews one model, then the tests below run IN ORDER on it, each starting from the state the
-previous one left. Clones ``worker`` and ``reader`` sit next to it, with the committed default remote
-``../ghostreview-dvc-remote`` between them. Every stage process costs ~10 s of CPU here (imports), so the tests make
-each stage run count: a worker computes the added model, and the prompt/seed change reruns only the stages whose
-outputs it compares (``dvc repro aesthetic@...``).
+1 LoRA, images 64 px) reviews one model with the workers' command, then the tests below run IN ORDER on it, each
+starting from the state the previous one left. Clones ``reader`` and ``coordinator`` sit next to it, with the
+committed default remote ``../ghostreview-dvc-remote`` between them. Every stage process costs ~7 s of CPU here
+(imports), so the tests make each stage run count: 28 stage runs in all, and the prompt/seed change reruns only the
+stages whose outputs it compares (``dvc repro aesthetic@...``).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def dvc(ws: Path, *args: str) -> str:
 
 
 def git(ws: Path, *args: str) -> str:
-    return run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], ws, env_for(ws))
+    return run(["git", *args], ws, env_for(ws))
 
 
 def ghostreview(ws: Path, *args: str) -> str:
@@ -131,7 +131,7 @@ SNAPSHOT: dict[str, dict] = {}  # outputs before the prompt/seed change, for the
 
 @pytest.fixture(scope="module")
 def review(tmp_path_factory):
-    """The coordinator's workspace after `dvc repro` of one model (A); B is added by the tests."""
+    """A workspace that reviewed one model (A) the way a worker does, then ran `dvc repro`; B is added by the tests."""
     base = tmp_path_factory.mktemp("dvcflow")
     ws = base / "review"
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
@@ -157,21 +157,26 @@ def review(tmp_path_factory):
     (base / "netguard").mkdir()
     (base / "netguard" / "sitecustomize.py").write_text(SITECUSTOMIZE)
     git(ws, "init", "-q")
+    git(ws, "config", "user.name", "GhostReview test")  # commits here and `dvc exp run`'s experiment commits
+    git(ws, "config", "user.email", "test@ghostreview.invalid")
     (ws / ".git" / "info" / "exclude").write_text("/store/\n/cache/\n")
     git(ws, "add", "-A")
     git(ws, "commit", "-qm", "review of one model")
     ghostreview(ws, "kit", "demo/kit", "--benchmark", "data/benchmark/small")
-    return ws, dvc(ws, "repro")
+    worker = dvc(ws, "repro", "--pull", *sorted(instances(A)))  # the remote is still empty: nothing to pull
+    return ws, worker, dvc(ws, "repro")
 
 
 def test_review_of_one_model(review):
-    ws, first = review
-    assert ran(first) == instances(A) | {"refstats", "standardize", "report"}
-    assert drawn(first) == {A: 4}  # 2 prompts + 1 style + 1 LoRA, one seed each
+    ws, worker, rest = review
+    assert ran(worker) == instances(A) | {"refstats"}  # the workers' command: one model's stages and their inputs
+    assert drawn(worker) == {A: 4}  # 2 prompts + 1 style + 1 LoRA, one seed each
+    assert ran(rest) == {"standardize", "report"}
+    assert A in (ws / "reports" / "leaderboard.csv").read_text()
 
 
-def test_add_model_keeps_params_comments_and_plans_only_its_stages(review):
-    ws, _ = review
+def test_add_model_keeps_params_comments_and_runs_only_its_stages(review):
+    ws, _, _ = review
     before = (ws / "params.yaml").read_text()
     out = ghostreview(ws, "add-model", "demo/kit/models/tiny-sd15-b.safetensors", "--name", B, "--clip-skip", "2")
     after = (ws / "params.yaml").read_text()
@@ -180,39 +185,97 @@ def test_add_model_keeps_params_comments_and_plans_only_its_stages(review):
     assert changes == [f"+   {B}:", "+     checkpoint: demo/kit/models/tiny-sd15-b.safetensors", "+     clip_skip: 2"]
     assert "# key: a slug used in stage names" in after  # comments kept
     stale = json.loads(dvc(ws, "status", "--json"))  # (`dvc repro --dry` cannot plan stages whose deps are missing)
-    assert set(stale) == instances(B) | {"standardize", "report"}  # nothing of A, not refstats
-    git(ws, "commit", "-qam", f"add {B}")
+    assert set(stale) == instances(B) | {"standardize", "report"}
 
-
-def test_worker_draws_the_new_model_and_the_coordinator_restores_it_without_recomputing(review):
-    ws, _ = review
-    remote = ws.parent / "ghostreview-dvc-remote"  # the committed default remote: ../ghostreview-dvc-remote
-    dvc(ws, "push", "--run-cache")
-    assert remote.is_dir()
-
-    worker = ws.parent / "worker"
-    run(["git", "clone", "-q", str(ws), str(worker)], ws.parent, env_for(ws))
-    shutil.copytree(ws / "demo" / "kit", worker / "demo" / "kit")  # every machine has the checkpoints
-    out = dvc(worker, "repro", "--pull", *sorted(instances(B)))
-    assert ran(out) == instances(B)  # refstats came from the remote, not recomputed
-    assert drawn(out) == {B: 4} and store_pngs(worker) == 4
-    dvc(worker, "push", "--run-cache")
-
-    pngs = store_pngs(ws)
-    out = dvc(ws, "repro", "--pull")
-    assert ran(out) == {"standardize", "report"}
-    assert restored(out) == instances(B)  # "Stage ... is cached - skipping run, checking out outputs"
-    assert store_pngs(ws) == pngs  # nothing drawn here
-    assert tree(ws / "data" / "images" / B) == tree(worker / "data" / "images" / B)
+    out = dvc(ws, "repro")
+    assert ran(out) == instances(B) | {"standardize", "report"}  # nothing of A, not refstats
+    assert drawn(out) == {B: 4}
     board = (ws / "reports" / "leaderboard.csv").read_text()
     assert A in board and B in board
+    git(ws, "add", "params.yaml", "dvc.lock", "reports/metrics.json")
+    git(ws, "commit", "-qm", f"review of {A} and {B}")
+
+
+def test_one_prompt_and_a_second_seed_draw_only_the_new_images_and_keep_other_scores(review):
+    ws, _, _ = review
+    SNAPSHOT.update({m: tree(ws / "data" / "scores" / m) | tree(ws / "data" / "images" / m) for m in (A, B)})
+    old = {m: (csv_rows(ws / "data" / "images" / m / "manifest.csv"),
+               csv_rows(ws / "data" / "scores" / m / "aesthetic.csv")) for m in (A, B)}
+    pngs = store_pngs(ws)
+    prompts = yaml.safe_load((ws / "data" / "benchmark" / "small" / "prompts.yaml").read_text())
+    first, changed = prompts["prompts"][0]["id"], prompts["prompts"][1]["id"]
+    edit_yaml(ws / "data" / "benchmark" / "small" / "prompts.yaml",
+              lambda d: d["prompts"][1].__setitem__("prompt", "best quality, an old lighthouse at dusk"))
+    edit_yaml(ws / "params.yaml", lambda d: d["benchmark"]["images_per_item"].__setitem__("general", 2))
+
+    out = dvc(ws, "repro", f"aesthetic@{A}", f"aesthetic@{B}")
+    rescored = instances(A, ("generate", "embed", "aesthetic")) | instances(B, ("generate", "embed", "aesthetic"))
+    assert ran(out) == rescored
+    # per model: the changed prompt's two seeds, and the new second seed of the other prompt
+    assert drawn(out) == {A: 3, B: 3} and store_pngs(ws) == pngs + 6
+    for m in (A, B):
+        manifest = csv_rows(ws / "data" / "images" / m / "manifest.csv")
+        scores = csv_rows(ws / "data" / "scores" / m / "aesthetic.csv")
+        old_manifest, old_scores = old[m]
+        seed0, seed1 = sorted({k[2] for k in manifest if k[0] == "general"}, key=int)
+        assert set(manifest) == set(old_manifest) | {("general", first, seed1), ("general", changed, seed1)}
+        redrawn = {k for k in old_manifest if manifest[k]["image_hash"] != old_manifest[k]["image_hash"]}
+        assert redrawn == {("general", changed, seed0)}
+        for key in set(old_manifest) - redrawn:
+            assert scores[key] == old_scores[key]  # same image, same score row, bit for bit
+        assert set(scores) == set(manifest)
+
+
+def test_reverting_restores_every_output_from_the_run_cache(review):
+    ws, _, _ = review
+    git(ws, "checkout", "--", "params.yaml", "data/benchmark/small/prompts.yaml")
+    out = dvc(ws, "repro")
+    assert ran(out) == set()
+    assert restored(out) == instances(A, ("generate", "embed", "aesthetic")) | instances(B, ("generate", "embed", "aesthetic"))
     assert "up to date" in dvc(ws, "status").lower()
-    git(ws, "add", "dvc.lock", "reports/metrics.json")
-    git(ws, "commit", "-qm", "review of two models")
+    assert git(ws, "status", "--porcelain").strip() == ""  # dvc.lock is the committed one again
+    for m in (A, B):  # images, manifests and scores byte-identical to before the change
+        assert tree(ws / "data" / "scores" / m) | tree(ws / "data" / "images" / m) == SNAPSHOT[m]
+
+
+def test_scoring_setting_experiment_rescores_without_generating_and_shows_per_model_columns(review):
+    ws, _, _ = review
+    pngs = store_pngs(ws)
+    aesthetic = {m: (ws / "data" / "scores" / m / "aesthetic.csv").read_bytes() for m in (A, B)}
+    try:
+        out = dvc(ws, "exp", "run", "-n", "good5", "-S", "scoring.aesthetic.good_threshold=5.0")
+        assert ran(out) == instances(A, ("aesthetic",)) | instances(B, ("aesthetic",)) | {"standardize", "report"}
+        assert not drawn(out) and store_pngs(ws) == pngs
+        for m in (A, B):  # the threshold only changes the good-image rate: the scores are the same bytes
+            assert (ws / "data" / "scores" / m / "aesthetic.csv").read_bytes() == aesthetic[m]
+
+        table = list(csv.DictReader(io.StringIO(dvc(ws, "exp", "show", "--csv"))))
+        for m in (A, B):
+            assert {f"{m}.aesthetic", f"{m}.styleloss", f"{m}.loraloss", f"{m}.combined", f"{m}.rank"} <= set(table[0])
+        exp = next(r for r in table if r["Experiment"] == "good5")
+        assert exp["scoring.aesthetic.good_threshold"] == "5.0" and float(exp[f"{A}.rank"]) in (1.0, 2.0)
+    finally:
+        git(ws, "checkout", "--", ".")  # back to the committed review; outputs come back from the cache
+        dvc(ws, "checkout")
+    assert "up to date" in dvc(ws, "status").lower()
+
+
+@pytest.mark.xfail(strict=True, reason="DVC leaves params named 'size' out of its run-cache key "
+                   "(https://github.com/treeverse/dvc/issues/10296): scoring.style.size needs another name")
+def test_a_new_style_size_is_not_answered_from_the_run_cache(review):
+    ws, _, _ = review
+    try:
+        edit_yaml(ws / "params.yaml", lambda d: d["scoring"]["style"].__setitem__("size", 48))
+        out = dvc(ws, "repro", "refstats")  # (not --dry: dry runs look the run cache up with the old params)
+        assert "refstats" not in restored(out), "the statistics at size 64 were checked out as the ones at 48"
+        assert ran(out) == {"refstats"}
+    finally:
+        git(ws, "checkout", "--", ".")
+        dvc(ws, "checkout")
 
 
 def test_reports_publish_to_a_remote_and_pull_back_byte_identical_while_images_stay_local(review):
-    ws, _ = review
+    ws, _, _ = review
     published = ws.parent / "published"
     dvc(ws, "remote", "add", "--local", "publish", str(published))
     dvc(ws, "push", "-r", "publish", "report")
@@ -228,75 +291,35 @@ def test_reports_publish_to_a_remote_and_pull_back_byte_identical_while_images_s
     assert len(images) == 8
     for png in images:
         assert not in_remote(published, md5(png))  # the images stayed out of the published remote
-        assert in_remote(ws.parent / "ghostreview-dvc-remote", md5(png))  # (the team remote has them)
 
 
-def test_one_prompt_and_a_second_seed_draw_only_the_new_images_and_keep_other_scores(review, tmp_path):
-    ws, _ = review
-    SNAPSHOT.update({m: tree(ws / "data" / "scores" / m) | tree(ws / "data" / "images" / m) for m in (A, B)})
-    old = {m: (csv_rows(ws / "data" / "images" / m / "manifest.csv"),
-               csv_rows(ws / "data" / "scores" / m / "aesthetic.csv")) for m in (A, B)}
-    pngs = store_pngs(ws)
-    prompts = yaml.safe_load((ws / "data" / "benchmark" / "small" / "prompts.yaml").read_text())
-    changed = prompts["prompts"][1]["id"]
-    first = prompts["prompts"][0]["id"]
-    edit_yaml(ws / "data" / "benchmark" / "small" / "prompts.yaml",
-              lambda d: d["prompts"][1].__setitem__("prompt", "best quality, an old lighthouse at dusk"))
-    edit_yaml(ws / "params.yaml", lambda d: d["benchmark"]["images_per_item"].__setitem__("general", 2))
+def test_a_coordinator_restores_the_workers_results_from_the_remote_without_recomputing(review):
+    ws, _, _ = review
+    remote = ws.parent / "ghostreview-dvc-remote"  # the committed default remote: ../ghostreview-dvc-remote
+    dvc(ws, "repro", "--pull", *sorted(instances(A)))  # this workspace was the worker: up to date
+    dvc(ws, "push", "--run-cache")
+    assert all(in_remote(remote, md5(png)) for png in (ws / "data" / "images").rglob("*.png"))
 
-    out = dvc(ws, "repro", f"aesthetic@{A}", f"aesthetic@{B}")
-    assert ran(out) == instances(A, ("generate", "embed", "aesthetic")) | instances(B, ("generate", "embed", "aesthetic"))
-    # per model: the changed prompt's two seeds, and the new second seed of the other prompt
-    assert drawn(out) == {A: 3, B: 3} and store_pngs(ws) == pngs + 6
-    for m in (A, B):
-        manifest = csv_rows(ws / "data" / "images" / m / "manifest.csv")
-        scores = csv_rows(ws / "data" / "scores" / m / "aesthetic.csv")
-        old_manifest, old_scores = old[m]
-        seed0, seed1 = (sorted({int(k[2]) for k in manifest if k[0] == "general"}))
-        new_keys = {("general", first, str(seed1)), ("general", changed, str(seed1))}
-        assert set(manifest) == set(old_manifest) | new_keys
-        redrawn = {k for k in old_manifest if manifest[k]["image_hash"] != old_manifest[k]["image_hash"]}
-        assert redrawn == {("general", changed, str(seed0))}
-        for key in set(old_manifest) - redrawn:
-            assert scores[key] == old_scores[key]  # same image, same score row, bit for bit
-        assert set(scores) == set(manifest)
-
-
-def test_reverting_restores_every_output_from_the_run_cache(review):
-    ws, _ = review
-    git(ws, "checkout", "--", "params.yaml", "data/benchmark/small/prompts.yaml")
-    out = dvc(ws, "repro")
-    assert ran(out) == set()
-    assert restored(out) == instances(A, ("generate", "embed", "aesthetic")) | instances(B, ("generate", "embed", "aesthetic"))
-    assert "up to date" in dvc(ws, "status").lower()
-    assert git(ws, "status", "--porcelain").strip() == ""  # dvc.lock is the committed one again
-    for m in (A, B):  # images, manifests and scores byte-identical to before the change
-        assert tree(ws / "data" / "scores" / m) | tree(ws / "data" / "images" / m) == SNAPSHOT[m]
-
-
-def test_scoring_setting_experiment_rescores_without_generating_and_shows_per_model_columns(review):
-    ws, _ = review
-    pngs = store_pngs(ws)
-    styleloss = (ws / "data" / "scores" / A / "styleloss.csv").read_text()
-    out = dvc(ws, "exp", "run", "-n", "style48", "-S", "scoring.style.size=48")
-    assert ran(out) == {"refstats", "standardize", "report"} | instances(A, ("styleloss", "loraloss")) \
-        | instances(B, ("styleloss", "loraloss"))
-    assert not drawn(out) and store_pngs(ws) == pngs
-    assert (ws / "data" / "scores" / A / "styleloss.csv").read_text() != styleloss
-
-    table = list(csv.DictReader(io.StringIO(dvc(ws, "exp", "show", "--csv"))))
-    columns = set(table[0])
-    for m in (A, B):
-        assert {f"{m}.aesthetic", f"{m}.styleloss", f"{m}.combined", f"{m}.rank"} <= columns
-    exp = next(r for r in table if r["Experiment"] == "style48")
-    assert exp["scoring.style.size"] == "48" and abs(float(exp[f"{A}.styleloss"])) <= 1.0
-    git(ws, "checkout", "--", ".")  # back to the committed review; outputs come back from the cache
-    dvc(ws, "checkout")
-    assert (ws / "data" / "scores" / A / "styleloss.csv").read_text() == styleloss
+    coordinator = ws.parent / "coordinator"
+    run(["git", "clone", "-q", str(ws), str(coordinator)], ws.parent, env_for(ws))
+    shutil.copytree(ws / "demo" / "kit", coordinator / "demo" / "kit")  # every machine has the checkpoints
+    # Workers do not commit dvc.lock: the coordinator knows the models from params.yaml (and reports/metrics.json,
+    # kept in git, which `report` would rewrite if it were stale) and nothing else.
+    (coordinator / "dvc.lock").unlink()
+    out = dvc(coordinator, "repro", "--pull")
+    # Everything comes from the run cache, except `report`: its reports/metrics.json is kept in git (cache: false),
+    # so the remote has no copy to check out and the report (seconds) is rewritten, identical.
+    assert restored(out) == instances(A) | instances(B) | {"refstats", "standardize"}
+    assert ran(out) == {"report"}
+    assert not (coordinator / "store").exists()  # not one image drawn here
+    for directory in ("data/images", "data/scores", "reports"):
+        assert tree(coordinator / directory) == tree(ws / directory), directory
+    assert yaml.safe_load((coordinator / "dvc.lock").read_text()) == yaml.safe_load((ws / "dvc.lock").read_text())
+    assert "up to date" in dvc(coordinator, "status").lower()
 
 
 def test_remove_model_takes_it_out_of_params_outputs_lock_and_report(review):
-    ws, _ = review
+    ws, _, _ = review
     out = ghostreview(ws, "remove-model", B)
     assert f"removed models.{B}" in out
     assert B not in yaml.safe_load((ws / "params.yaml").read_text())["models"]
@@ -305,7 +328,8 @@ def test_remove_model_takes_it_out_of_params_outputs_lock_and_report(review):
     assert f"@{B}" not in (ws / "dvc.lock").read_text()
     assert f"/{B}" not in (ws / "data" / "images" / ".gitignore").read_text()
     out = dvc(ws, "repro")
-    assert ran(out) == {"standardize", "report"}
+    # the one-model review of the start has exactly these inputs again: its results come from the run cache
+    assert restored(out) | ran(out) == {"standardize", "report"}
     board = (ws / "reports" / "leaderboard.csv").read_text()
     assert A in board and B not in board
     assert "up to date" in dvc(ws, "status").lower()

@@ -211,7 +211,8 @@ def killed(workspace):
         second = dvc("repro", cwd=ws, env=env, check=False)
         after_second = {"store": store_state(ws / "store"), "lock": (ws / "dvc.lock").read_bytes()}
     finally:
-        os.killpg(first.pid, signal.SIGKILL)
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)  # dvc, the shell and the stage: the whole process group
         first.wait()
     killed_store = store_state(ws / "store")
     rerun = dvc("repro", cwd=ws, env=env)

@@ -106,6 +106,15 @@ def test_pickle_checkpoint_only_with_allow_pickle(project):
     entry = yaml.safe_load((project / "params.yaml").read_text())["models"]["old"]
     assert added.family == "sd15" and entry == {"checkpoint": "models/old.ckpt", "allow_pickle": True}
 
+    vae = project / "models" / "vae.pt"  # a pickle VAE with a safetensors checkpoint needs the flag too
+    torch.save({"encoder.conv_in.weight": torch.zeros(4, 3, 3, 3)}, vae)
+    ckpt = sd15(project / "models" / "new.safetensors")
+    with pytest.raises(ModelsError, match=r"a pickle VAE \(.pt\) can run code"):
+        add_model(project / "params.yaml", ckpt, vae=vae)
+    add_model(project / "params.yaml", ckpt, vae=vae, allow_pickle=True)
+    entry = yaml.safe_load((project / "params.yaml").read_text())["models"]["new"]
+    assert entry == {"checkpoint": "models/new.safetensors", "vae": "models/vae.pt", "allow_pickle": True}
+
 
 def test_first_model_into_an_empty_models_section(tmp_path):
     text = "# settings\nmodels:                # add checkpoints with ghostreview add-model\n\nstandardize:\n  seed: 0\n"

@@ -43,10 +43,12 @@ def kit(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster():
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    """A local Ray cluster of this process (2 CPUs: two actors of one CPU each), shut down after the module."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        yield
+        ray.shutdown()
 
 
 def settings(root: Path, store: Path, generation: GenerationParams) -> GenerateSettings:
