@@ -35,15 +35,50 @@ def kit(
 
 @app.command()
 def validate(params: Path = typer.Option(Path("params.yaml"), help="params file to check")) -> None:
-    """Check params.yaml and every file it names, without running anything."""
+    """Check params.yaml and every file it names (checkpoint headers, sampler, benchmark, LoRA files, reference
+    images), without loading any model. Lists every problem found, each with its key and fix."""
     from ghostreview import config
+    from ghostreview.benchmark import BenchmarkError, load_benchmark
+    from ghostreview.generate import check_lora_files
+    from ghostreview.scoring import ReferenceImagesError, reference_sets
 
     try:
-        p = config.load_params(params)
-        config.check_files(p, params.parent.resolve(), str(params))
+        p = config.load_params(params)  # nothing else can be checked without a parseable params file
     except config.ConfigError as exc:
         _fail(str(exc))
-    typer.echo(f"{params}: OK ({len(p.models)} models)")
+    root, source = params.parent.resolve(), str(params)
+    problems: list[str] = []
+
+    def check(fn, *args):
+        try:
+            return fn(*args)
+        except (config.ConfigError, BenchmarkError, ReferenceImagesError) as exc:
+            problems.append(str(exc))
+            return None
+
+    check(config.check_files, p, root, source)
+    check(config.check_sampler, p, source)
+    families = {}
+    for name, m in p.models.items():
+        if config.resolve(root, m.checkpoint).exists():  # a missing one is reported by check_files
+            families[name] = check(config.check_checkpoint, p, name, root, source)
+    bench = check(load_benchmark, config.resolve(root, p.benchmark.dir))
+    if bench is not None:
+        tasks = p.benchmark.tasks
+        if "lora" in tasks:
+            for family in sorted({f for f in families.values() if f in ("sd15", "sdxl")}):
+                check(check_lora_files, bench.loras.get(family, ()), config.resolve(root, getattr(p.paths.loras, family)),
+                      f"{bench.name} LoRA table for {family}")
+        check(reference_sets, bench,
+              config.resolve(root, p.paths.style_refs) if "style" in tasks else None,
+              {f: config.resolve(root, getattr(p.paths.lora_headers, f)) for f in ("sd15", "sdxl")}
+              if "lora" in tasks else {})
+    for problem in problems:
+        typer.secho(f"error: {problem}", fg=typer.colors.RED, err=True)
+    if problems:
+        raise typer.Exit(2)
+    described = ", ".join(f"{n} ({f})" for n, f in families.items())
+    typer.echo(f"{params}: OK ({len(p.models)} models: {described})")
 
 
 @app.command()

@@ -106,7 +106,7 @@ class AestheticParams:
 class StyleParams:
     vgg_weights: str = "weights/vgg19_features.pth"
     sha256: str | None = None
-    size: int = 512
+    image_size: int = 512  # not `size`: DVC's run cache ignores params of that name (treeverse/dvc#10296)
 
 
 @dataclass(frozen=True)
@@ -265,7 +265,7 @@ def _check_values(p: Params, source: str) -> None:
             f"set engine: ray to use the cluster, or remove them."
         )
     _positive(source, "scoring.batch_size", p.scoring.batch_size)
-    _positive(source, "scoring.style.size", p.scoring.style.size)
+    _positive(source, "scoring.style.image_size", p.scoring.style.image_size)
     _positive(source, "standardize.bootstrap", p.standardize.bootstrap)
     if g.hires.enabled:
         _positive(source, "generation.hires.steps", g.hires.steps)

@@ -148,7 +148,7 @@ def write_refstats(bench: Benchmark, style_dir: Path | None, header_dirs: Mappin
     shutil.rmtree(tmp, ignore_errors=True)
     for name, files in sets.items():
         shas = [styleloss.sha256_file(f) for f in files]
-        stats = styleloss.ref_stats(vgg, styleloss.open_images(files), style.size, shas)
+        stats = styleloss.ref_stats(vgg, styleloss.open_images(files), style.image_size, shas)
         styleloss.save_ref_stats(stats, tmp / f"{name}.safetensors")
     tmp.mkdir(parents=True, exist_ok=True)
     if out.exists():
@@ -175,8 +175,8 @@ def styleloss_rows(rows: Sequence[Mapping[str, str]], task: str, images_dir: Pat
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no reference statistics for {group[0]['item']!r}; rerun `dvc repro refstats`.")
         refs = styleloss.load_ref_stats(path)
-        if refs.size != scoring.style.size:
-            raise ValueError(f"{path} was computed at size {refs.size}, params say {scoring.style.size}: rerun refstats.")
+        if refs.size != scoring.style.image_size:
+            raise ValueError(f"{path} was computed at size {refs.size}, params say scoring.style.image_size = {scoring.style.image_size}: rerun refstats.")
         losses, layers = styleloss.image_style_losses(vgg, open_images(images_dir, group), refs)
         out += score_rows(group, info.name, losses, info.version, vgg_sha)
         for j, layer in enumerate(styleloss.LAYERS):

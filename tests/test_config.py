@@ -94,3 +94,34 @@ def test_roundtrip_of_shipped_example():
     data = yaml.safe_load((ROOT / "examples" / "params.full-v1.yaml").read_text())
     params = parse_params(data, "examples/params.full-v1.yaml")
     assert params.generation.width == 512 and params.benchmark.images_per_item.general == 32
+
+
+def test_no_param_is_named_like_the_keys_dvc_leaves_out_of_its_run_cache():
+    """DVC drops params named `size` or `nfiles` from its run-cache key (treeverse/dvc#10296): a change of such a
+    param would be answered with the outputs of the old value. Walk every dataclass field of the params tree."""
+    import dataclasses
+
+    from ghostreview.config import Params
+
+    def walk(cls, path):
+        for f in dataclasses.fields(cls):
+            yield f"{path}{f.name}"
+            typ = f.type if isinstance(f.type, type) else None
+            default = f.default if f.default is not dataclasses.MISSING else None
+            sub = typ if typ is not None and dataclasses.is_dataclass(typ) else (
+                type(default) if dataclasses.is_dataclass(default) else None)
+            if sub is not None:
+                yield from walk(sub, f"{path}{f.name}.")
+
+    names = list(walk(Params, ""))
+    assert "scoring.style.image_size" in names  # the walk reaches nested sections
+    assert not [n for n in names if n.rsplit(".", 1)[-1] in ("size", "nfiles")]
+    shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+    def keys(d, path=""):
+        for k, v in d.items():
+            yield f"{path}{k}"
+            if isinstance(v, dict):
+                yield from keys(v, f"{path}{k}.")
+
+    assert not [k for k in keys(shipped) if k.rsplit(".", 1)[-1] in ("size", "nfiles")]

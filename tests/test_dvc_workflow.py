@@ -260,12 +260,10 @@ def test_scoring_setting_experiment_rescores_without_generating_and_shows_per_mo
     assert "up to date" in dvc(ws, "status").lower()
 
 
-@pytest.mark.xfail(strict=True, reason="DVC leaves params named 'size' out of its run-cache key "
-                   "(https://github.com/treeverse/dvc/issues/10296): scoring.style.size needs another name")
 def test_a_new_style_size_is_not_answered_from_the_run_cache(review):
     ws, _, _ = review
     try:
-        edit_yaml(ws / "params.yaml", lambda d: d["scoring"]["style"].__setitem__("size", 48))
+        edit_yaml(ws / "params.yaml", lambda d: d["scoring"]["style"].__setitem__("image_size", 48))
         out = dvc(ws, "repro", "refstats")  # (not --dry: dry runs look the run cache up with the old params)
         assert "refstats" not in restored(out), "the statistics at size 64 were checked out as the ones at 48"
         assert ran(out) == {"refstats"}

@@ -1,0 +1,72 @@
+"""`ghostreview validate`: every file the review reads is checked without loading a model, and every problem is
+listed at once, each naming the file, the key and the fix."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ghostreview.benchmark import load_benchmark
+from ghostreview.cli import app
+from ghostreview.kit.demo import build_demo_kit
+
+from conftest import small_benchmark
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """The shipped demo params over a demo kit of a cut benchmark (1 prompt, 1 style, 1 LoRA per family)."""
+    root = tmp_path_factory.mktemp("validate")
+    bench_dir = small_benchmark(root / "bench", general=1, styles=1, loras=1)
+    build_demo_kit(root / "demo" / "kit", load_benchmark(bench_dir), seed=0)
+    text = (ROOT / "params.yaml").read_text()
+    text = re.sub(r"(?m)^  dir: \S+", f"  dir: {bench_dir}", text)
+    (root / "params.yaml").write_text(text)
+    return root
+
+
+def validate(params: Path):
+    return CliRunner().invoke(app, ["validate", "--params", str(params)])
+
+
+def test_the_demo_params_validate(project):
+    result = validate(project / "params.yaml")
+    assert result.exit_code == 0, result.output
+    assert "OK (3 models: demo-sd15-a (sd15), demo-sd15-b (sd15), demo-sdxl-a (sdxl))" in result.output
+
+
+def test_every_problem_is_listed_with_its_key_and_fix(project, tmp_path):
+    params = project / "params.yaml"
+    broken = tmp_path / "params.yaml"
+    text = params.read_text().replace("sampler: DPM++ 2M Karras", "sampler: DPM++ 2M Karass")
+    text = text.replace("demo/kit/", f"{project}/demo/kit/")
+    # a checkpoint that is not a safetensors file at all, and a style without reference images
+    (tmp_path / "login.safetensors").write_text("<html>please log in</html>")
+    text = text.replace(f"{project}/demo/kit/models/tiny-sd15-b.safetensors", str(tmp_path / "login.safetensors"))
+    refs = tmp_path / "style_refs"
+    refs.mkdir()
+    text = text.replace(f"style_refs: {project}/demo/kit/style_refs", f"style_refs: {refs}")
+    broken.write_text(text)
+
+    result = validate(broken)
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 3, result.output
+    sampler, checkpoint, style = errors
+    assert "generation.sampler" in sampler and "DPM++ 2M Karras" in sampler  # did you mean
+    assert "models.demo-sd15-b.checkpoint" in checkpoint and "login.safetensors" in checkpoint
+    assert str(refs) in style and "paths.style_refs" in style
+
+
+def test_a_missing_lora_file_is_named(project, tmp_path):
+    text = (project / "params.yaml").read_text().replace("demo/kit/", f"{project}/demo/kit/")
+    text = text.replace(f"sd15: {project}/demo/kit/loras/sd15", f"sd15: {tmp_path / 'no-loras'}")
+    (tmp_path / "params.yaml").write_text(text)
+    result = validate(tmp_path / "params.yaml")
+    assert result.exit_code == 2
+    assert "LoRA file(s) of the benchmark are missing" in result.output and "no-loras" in result.output
