@@ -294,7 +294,6 @@ def compare(case: Case, device: str, tiny: bool, compile: bool) -> dict:
     else:
         row(f"{label}: achieved GFLOP/s project / naive (no MFU off GPU)",
             f"{out['project_tflops'] * 1e3:.3g} / {out['naive_tflops'] * 1e3:.3g}")
-    del plain, fast
     return out
 
 

@@ -1,7 +1,7 @@
 """Incremental review: `dvc repro` after adding a 4th model to a reviewed 3-model demo, against a 4-model review from
 scratch.
 
-Same approach as ``tests/test_pipeline_dvc.py``: copy the project's files (``git ls-files -co --exclude-standard``,
+Same approach as ``tests/test_dvc_workflow.py``: copy the project's files (``git ls-files -co --exclude-standard``,
 without generated data and the kit) into a temp dir, ``git init`` and commit, build the demo kit with
 ``python -m ghostreview.cli kit demo/kit``, point ``paths.image_store`` and ``paths.cache`` into the temp dir (so
 "from scratch" means an empty image store and hash cache), and run ``python -m dvc repro``.
@@ -11,7 +11,7 @@ without generated data and the kit) into a temp dir, ``git init`` and commit, bu
   model's 6 stages plus standardize and report.
 - full: a fresh workspace whose params list the 4 models from the start; the timed `dvc repro` runs everything.
 Both use the demo's params.yaml unchanged otherwise (full demo benchmark: 30 prompts, 9 styles, 16 LoRAs per family,
-1 image each). ``--quick`` cuts the benchmark like the test does (2 prompts, 2 styles, 2 LoRAs per family).
+1 image each). ``--quick`` cuts the benchmark with ``ghostreview.benchmark.cut_benchmark`` (2 prompts, 2 styles, 2 LoRAs per family).
 The kit is built once with the CLI and copied into each workspace (its build is deterministic: byte-identical files).
 """
 
@@ -29,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import header, row
+from ghostreview.benchmark import cut_benchmark
 
 NAME = "incremental"
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,26 +52,6 @@ def environment(ws: Path) -> dict:
                 PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
 
 
-def cut_benchmark(bench_dir: Path) -> None:
-    """In place: 2 general prompts, 2 styles, 2 LoRAs per family without <lora:> prompt tags (as the test cuts),
-    and the protocol's counts to match."""
-    def edit(name: str, key: str, keep) -> None:
-        path = bench_dir / name
-        data = yaml.safe_load(path.read_text())
-        data[key] = keep(data[key])
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
-
-    edit("prompts.yaml", "prompts", lambda v: v[:2])
-    edit("styles.yaml", "styles", lambda v: v[:2])
-    for family in ("sd15", "sdxl"):
-        edit(f"loras_{family}.yaml", "loras", lambda v: [e for e in v if "<lora:" not in e["prompt"]][:2])
-    protocol = yaml.safe_load((bench_dir / "protocol.yaml").read_text())  # the loader checks counts vs tables
-    for count in protocol["counts"].values():
-        count["items"] = 2
-    protocol["images_per_checkpoint"] = sum(2 * c["batch_size"] * c["n_iter"] for c in protocol["counts"].values())
-    (bench_dir / "protocol.yaml").write_text(yaml.safe_dump(protocol, sort_keys=False))
-
-
 def make_workspace(ws: Path, kit: Path | None, models: dict, quick: bool) -> dict:
     """Copy the project into ``ws``, set params, git init, build (or copy) the kit; returns the environment."""
     files = sh(["git", "ls-files", "-co", "--exclude-standard"], ROOT, dict(os.environ)).split("\n")
@@ -81,9 +62,7 @@ def make_workspace(ws: Path, kit: Path | None, models: dict, quick: bool) -> dic
         shutil.copy2(ROOT / rel, ws / rel)
     params = yaml.safe_load((ws / "params.yaml").read_text())
     if quick:
-        cut = ws / "data" / "benchmark" / "cut"
-        shutil.copytree(ws / params["benchmark"]["dir"], cut)
-        cut_benchmark(cut)
+        cut_benchmark(ws / params["benchmark"]["dir"], ws / "data" / "benchmark" / "cut", 2, 2, 2)
         params["benchmark"]["dir"] = "data/benchmark/cut"
     params["paths"]["image_store"] = str(ws / "store")
     params["paths"]["cache"] = str(ws / "cache")

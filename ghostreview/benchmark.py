@@ -23,6 +23,7 @@ import difflib
 import hashlib
 import json
 import re
+import shutil
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -514,6 +515,66 @@ def load_benchmark(directory: Path) -> Benchmark:
     _check_counts(bench)
     _check_names_across_families(bench)
     return bench
+
+
+def cut_benchmark(source: Path, dest: Path, general: int, styles: int, loras: int) -> Benchmark:
+    """Copy benchmark ``source`` to ``dest`` keeping only the first ``general`` prompts, ``styles`` styles and
+    ``loras`` LoRAs per family: a smoke-test subset with the same schema, seeds and per-item image counts.
+
+    LoRA entries whose header prompt pulls in other LoRAs (``<lora:...>`` tags) are left out so the cut tables stay
+    self-contained. The protocol is renamed ``<name>-cut`` so its results are never mistaken for the full benchmark's.
+    Comments and order of the YAML files are kept.
+    """
+    source, dest = Path(source), Path(dest)
+    load_benchmark(source)  # a broken source is reported against its own files
+    if dest.exists():
+        raise BenchmarkError(f"{dest}: already exists. Pick a new directory for the cut benchmark, or delete it.")
+    for key, n in (("general", general), ("styles", styles), ("loras", loras)):
+        if n < 1:
+            raise BenchmarkError(f"cut benchmark: {key} = {n}; keep at least 1 item of each task.")
+    dest.mkdir(parents=True)
+    yaml = YAML(typ="rt")
+    yaml.width = 4096
+
+    def edit(name: str, change: Callable[[Any], None]) -> None:
+        doc = yaml.load(source / name)
+        change(doc)
+        with open(dest / name, "w", encoding="utf-8") as fh:
+            yaml.dump(doc, fh)
+
+    kept: dict[str, int] = {}
+
+    def keep(key: str, n: int, wanted: Callable[[Any], bool] = lambda entry: True) -> Callable[[Any], None]:
+        def change(doc: Any) -> None:
+            entries = [e for e in doc[key] if wanted(e)][:n]
+            del doc[key][:]
+            doc[key].extend(entries)
+            kept[key] = min(kept.get(key, n), len(entries))
+        return change
+
+    edit(PROMPTS_FILE, keep("prompts", general))
+    edit(STYLES_FILE, keep("styles", styles))
+    self_contained = lambda e: not NETWORK_TAG.search(str(e["prompt"]))  # noqa: E731
+    # both families' tables need the same count: cut to what the poorer one has
+    loras = min([loras] + [sum(map(self_contained, yaml.load(source / lora_table_file(f))["loras"])) for f in FAMILIES])
+    if loras < 1:
+        raise BenchmarkError(f"{source}: a LoRA table has no entry without <lora:...> tags in its prompt; the cut "
+                             f"benchmark needs one per family.")
+    for family in FAMILIES:
+        edit(lora_table_file(family), keep("loras", loras, self_contained))
+
+    def protocol(doc: Any) -> None:
+        doc["name"] = f"{doc['name']}-cut"
+        for task, key in (("general", "prompts"), ("style", "styles"), ("lora", "loras")):
+            doc["counts"][task]["items"] = kept[key]
+        c = doc["counts"]
+        doc["images_per_checkpoint"] = sum(c[t]["items"] * c[t]["batch_size"] * c[t]["n_iter"] for t in TASKS)
+
+    edit(PROTOCOL_FILE, protocol)
+    for extra in sorted(source.iterdir()):  # README and anything else that documents the benchmark
+        if not (dest / extra.name).exists():
+            (shutil.copytree if extra.is_dir() else shutil.copy2)(extra, dest / extra.name)
+    return load_benchmark(dest)
 
 
 def _check_counts(b: Benchmark) -> None:

@@ -81,6 +81,25 @@ def validate(params: Path = typer.Option(Path("params.yaml"), help="params file 
     typer.echo(f"{params}: OK ({len(p.models)} models: {described})")
 
 
+@app.command("cut-benchmark")
+def cut_benchmark_cmd(
+    dest: Path = typer.Argument(..., help="new directory for the cut benchmark"),
+    source: Path = typer.Option(Path("data/benchmark/v1"), help="benchmark to cut"),
+    general: int = typer.Option(2, help="general prompts to keep"),
+    styles: int = typer.Option(2, help="styles to keep"),
+    loras: int = typer.Option(2, help="LoRAs to keep per family"),
+) -> None:
+    """Copy the benchmark keeping its first few items per task: a smoke-test run (set benchmark.dir to it)."""
+    from ghostreview.benchmark import BenchmarkError, cut_benchmark
+
+    try:
+        bench = cut_benchmark(source, dest, general, styles, loras)
+    except BenchmarkError as exc:
+        _fail(str(exc))
+    typer.echo(f"{dest}: {bench.name}, {len(bench.general)} prompts, {len(bench.styles)} styles, "
+               f"{len(bench.loras['sd15'])} LoRAs per family; set benchmark.dir: {dest} in params.yaml to use it")
+
+
 @app.command()
 def leaderboard(path: Path = typer.Argument(Path("reports/leaderboard.csv"), help="leaderboard written by the report stage")) -> None:
     """Print the leaderboard in the terminal."""

@@ -32,7 +32,7 @@ from ruamel.yaml.comments import CommentedMap
 
 from ghostreview import config
 from ghostreview.hashing import autov2, file_sha256
-from ghostreview.loading import PICKLE_SUFFIXES, VAE_KEYS, CheckpointError, detect_family, read_safetensors_header
+from ghostreview.loading import PICKLE_SUFFIXES, VAE_KEYS, detect_family, read_safetensors_header
 
 HASH_CACHE_NAME = "sha256.json"  # under paths.cache: the same file ghostreview.generate reads
 FAMILIES = tuple(f.name for f in dataclasses.fields(config.FamilyPaths))  # families the benchmark has LoRA tables for

@@ -328,3 +328,33 @@ def test_missing_inputs_lists_what_is_absent(bench, tmp_path):
     assert not any(first.file in m or "(Anime)" in m for m in missing)
     assert any(str(styles / "Manga") in m for m in missing)
 
+
+
+def test_cut_benchmark_keeps_schema_seeds_and_comments(tmp_path):
+    from ghostreview.benchmark import cut_benchmark, load_benchmark
+
+    full = load_benchmark(V1)
+    cut = cut_benchmark(V1, tmp_path / "cut", general=3, styles=2, loras=2)
+    assert cut.name == f"{full.name}-cut"
+    assert [p.id for p in cut.general] == [p.id for p in full.general[:3]]
+    assert [s.name for s in cut.styles] == [s.name for s in full.styles[:2]]
+    for family in ("sd15", "sdxl"):
+        names = [e.name for e in cut.loras[family]]
+        assert len(names) == 2 and all("<lora:" not in e.prompt for e in cut.loras[family])
+        assert names == [e.name for e in full.loras[family] if "<lora:" not in e.prompt][:2]
+    assert dict(cut.base_seeds) == dict(full.base_seeds)  # the same seeds: cut results are the full run's subset
+    assert {t: c.images_per_item for t, c in cut.counts.items()} == {t: c.images_per_item for t, c in full.counts.items()}
+    assert cut.images_per_checkpoint == 3 * 32 + 2 * 32 + 2 * 20
+    for name in ("prompts.yaml", "loras_sd15.yaml"):  # the files' documentation comes along
+        head = (V1 / name).read_text().splitlines()[0]
+        assert head.startswith("#") and (tmp_path / "cut" / name).read_text().splitlines()[0] == head
+
+
+def test_cut_benchmark_refuses_an_existing_directory_and_empty_tasks(tmp_path):
+    from ghostreview.benchmark import BenchmarkError, cut_benchmark
+
+    (tmp_path / "there").mkdir()
+    with pytest.raises(BenchmarkError, match="already exists"):
+        cut_benchmark(V1, tmp_path / "there", 1, 1, 1)
+    with pytest.raises(BenchmarkError, match="styles = 0"):
+        cut_benchmark(V1, tmp_path / "new", 1, 0, 1)

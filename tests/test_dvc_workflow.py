@@ -1,5 +1,6 @@
-"""The DVC workflow through the real ``dvc`` CLI on the tiny kit: models in and out, incremental reruns, experiments,
-publishing reports from a remote, and machines that share only a DVC remote.
+"""The whole review and the DVC workflow through the real ``dvc`` CLI on the tiny kit, every process with its network
+sockets blocked: models in and out, incremental reruns, experiments, publishing reports from a remote, and machines
+that share only a DVC remote.
 
 One module-scoped workspace ``review`` (a git repo made from the project, benchmark cut to 2 prompts, 1 style and
 1 LoRA, images 64 px) reviews one model with the workers' command, then the tests below run IN ORDER on it, each
@@ -31,7 +32,7 @@ from ruamel.yaml import YAML
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.dvc
 
-A, B = "demo-sd15-a", "demo-sd15-b"
+A, B = "demo-sd15-a", "demo-sdxl-a"  # one model of each family
 PER_MODEL = ("generate", "embed", "aesthetic", "clipscore", "styleloss", "loraloss")
 SKIP = ("data/images", "data/scores", "data/embeddings", "data/refstats", "data/standardized", "reports/", "demo/",
         "dvc.lock", ".dvc/config.local")
@@ -173,16 +174,20 @@ def test_review_of_one_model(review):
     assert drawn(worker) == {A: 4}  # 2 prompts + 1 style + 1 LoRA, one seed each
     assert ran(rest) == {"standardize", "report"}
     assert A in (ws / "reports" / "leaderboard.csv").read_text()
+    assert "random" in (ws / "reports" / "leaderboard.md").read_text().lower()  # the demo says what it is
+    assert "random weights" in (ws / "reports" / "index.html").read_text().lower()
+    assert list((ws / "reports" / "plots").glob("*.png"))
+    assert "up to date" in dvc(ws, "status").lower()
 
 
 def test_add_model_keeps_params_comments_and_runs_only_its_stages(review):
     ws, _, _ = review
     before = (ws / "params.yaml").read_text()
-    out = ghostreview(ws, "add-model", "demo/kit/models/tiny-sd15-b.safetensors", "--name", B, "--clip-skip", "2")
+    out = ghostreview(ws, "add-model", "demo/kit/models/tiny-sdxl-a.safetensors", "--name", B, "--clip-skip", "2")
     after = (ws / "params.yaml").read_text()
-    assert f"added models.{B}" in out and "sd15" in out
+    assert f"added models.{B}" in out and "sdxl" in out
     changes = [line for line in difflib.ndiff(before.splitlines(), after.splitlines()) if line[:1] in "+-"]
-    assert changes == [f"+   {B}:", "+     checkpoint: demo/kit/models/tiny-sd15-b.safetensors", "+     clip_skip: 2"]
+    assert changes == [f"+   {B}:", "+     checkpoint: demo/kit/models/tiny-sdxl-a.safetensors", "+     clip_skip: 2"]
     assert "# key: a slug used in stage names" in after  # comments kept
     stale = json.loads(dvc(ws, "status", "--json"))  # (`dvc repro --dry` cannot plan stages whose deps are missing)
     assert set(stale) == instances(B) | {"standardize", "report"}

@@ -176,7 +176,7 @@ stages:
       hash: md5
       md5: 33333333333333333333333333333333
   aesthetic@demo-sd15-b:
-    cmd: python stages/aesthetic.py --out data/scores/demo-sd15-b/aesthetic.csv
+    cmd: python stages/embedding_metric.py --metric aesthetic --out data/scores/demo-sd15-b/aesthetic.csv
     outs:
     - path: data/scores/demo-sd15-b/aesthetic.csv
       hash: md5

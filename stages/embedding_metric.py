@@ -1,0 +1,45 @@
+"""DVC stages aesthetic@<model> and clipscore@<model>: the two metrics read from the stored CLIP image embeddings.
+
+aesthetic: LAION aesthetic v2 score of every image. clipscore: CLIPScore of every general-prompt image against its
+prompt (A1111 syntax removed); text embeddings once per distinct prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ghostreview.runtime import scoring_params, stage_runtime
+
+stage_runtime()
+
+from ghostreview.generate import read_manifest  # noqa: E402
+from ghostreview.scoring import aesthetic_rows, clipscore_rows, drawable  # noqa: E402
+from ghostreview.scores import write_scores  # noqa: E402
+
+# metric -> (which images it scores, how)
+METRICS = {
+    "aesthetic": (lambda row: True, aesthetic_rows),
+    "clipscore": (lambda row: row["task"] == "general", clipscore_rows),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--metric", required=True, choices=sorted(METRICS))
+    ap.add_argument("--images", required=True, type=Path, help="generate output: PNGs + manifest.csv")
+    ap.add_argument("--embeddings", required=True, type=Path, help="embed output (.npz)")
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--params", default="params.yaml", type=Path)
+    args = ap.parse_args(argv)
+
+    params, root = scoring_params(args.params)
+    selected, score = METRICS[args.metric]
+    rows = [r for r in drawable(read_manifest(args.images)) if selected(r)]
+    scores = score(rows, args.embeddings, params.scoring, root)
+    write_scores(args.out, scores)
+    print(f"{args.metric}: {len(scores)} rows -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
