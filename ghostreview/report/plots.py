@@ -94,9 +94,16 @@ def distribution_figure(data: pd.DataFrame, order: list[str], threshold: float, 
     ax = fig.add_subplot()
     present = [m for m in order if m in set(data["model"])]
     sns.violinplot(data=data, x="model", y="value", order=present, cut=0, inner="quartile", ax=ax, color="#9ecae1")
-    ax.axhline(threshold, color="crimson", linestyle="--", linewidth=1, label=f"good ≥ {threshold:g}")
     ax.set(xlabel="", ylabel="LAION aesthetic (raw)", title="Distribution of aesthetic scores")
-    ax.legend(loc="lower right")
+    lo, hi = float(data["value"].min()), float(data["value"].max())
+    margin = 0.25 * max(hi - lo, 0.1)
+    if lo - margin <= threshold <= hi + margin:
+        ax.axhline(threshold, color="crimson", linestyle="--", linewidth=1, label=f"good ≥ {threshold:g}")
+        ax.legend(loc="lower right")
+    else:  # a line far off the data would squash every violin flat: say where it is instead
+        where = "above" if threshold > hi else "below"
+        ax.text(0.99, 0.01, f"good ≥ {threshold:g}: {where} every score", transform=ax.transAxes, ha="right",
+                va="bottom", color="crimson", fontsize=9)
     ax.tick_params(axis="x", labelrotation=30)
     return fig
 
@@ -117,10 +124,11 @@ def ranking_figure(table: pd.DataFrame, metric: str, demo: bool) -> Figure:
 
 
 def heatmap_figure(cells: pd.DataFrame, order: list[str], title: str, demo: bool) -> Figure:
-    """Model x item heatmap of mean raw loss (lower is better: dark = low); empty cells left blank."""
-    grid = cells.pivot(index="model", columns="item", values="mean")
-    grid = grid.reindex([m for m in order if m in grid.index])
-    fig = new_figure(max(5.0, 0.9 * grid.shape[1] + 3), max(3.0, 0.45 * grid.shape[0] + 1.5), demo)
+    """Item x model heatmap of mean raw loss (lower is better: dark = low); empty cells (a LoRA of the other family)
+    left blank. Items run down the rows: there are many more items (up to 32 LoRAs) than models to compare."""
+    grid = cells.pivot(index="item", columns="model", values="mean")
+    grid = grid[[m for m in order if m in grid.columns]]
+    fig = new_figure(max(5.0, 1.1 * grid.shape[1] + 4), max(3.0, 0.32 * grid.shape[0] + 1.8), demo)
     ax = fig.add_subplot()
     sns.heatmap(grid, annot=grid.size <= 200, fmt=".3g", cmap="viridis", mask=grid.isna(), ax=ax,
                 cbar_kws={"label": "mean raw loss (lower is better)"})
