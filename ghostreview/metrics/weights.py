@@ -6,9 +6,10 @@ directory) or verifies an explicit path with :func:`verify_weights`, and records
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+
+from ghostreview.hashing import file_sha256
 
 
 class WeightsError(RuntimeError):
@@ -61,13 +62,9 @@ KNOWN: dict[str, WeightsSpec] = {
 }
 
 
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in chunks (weights files reach gigabytes)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk_size):
-            digest.update(block)
-    return digest.hexdigest()
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes (the one hashing of the project: ``ghostreview.hashing.file_sha256``)."""
+    return file_sha256(path)
 
 
 def verify_weights(path: Path, expected_sha256: str | None = None, source: str = "") -> str:
