@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from ghostreview.metrics.aesthetic import LAYERS as HEAD_LAYERS
 from ghostreview.metrics.styleloss import VGG19_CFG, conv_indices
+from ghostreview.metrics.weights import write_state_dict
 
 TINY_CLIP_ARCH = "ghostreview-tiny-ViT-quickgelu"
 
@@ -84,13 +85,7 @@ def write_tiny_vgg19(path: Path, seed: int, width_divisor: int = 8) -> Path:
         state[f"{idx}.weight"] = torch.randn((out_ch, in_ch, 3, 3), generator=gen) * std
         state[f"{idx}.bias"] = torch.randn((out_ch,), generator=gen) * 0.01
         in_ch = out_ch
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".safetensors":
-        save_file(state, str(path))
-    else:
-        torch.save(state, path)
-    return path
+    return write_state_dict(state, path)
 
 
 def write_tiny_scorers(dir: Path, seed: int) -> dict[str, Path | str]:

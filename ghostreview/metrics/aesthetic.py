@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ghostreview.metrics import MetricInfo
+from ghostreview.metrics.weights import read_state_dict
 
 INFO = MetricInfo(
     name="aesthetic",
@@ -59,14 +60,7 @@ def check_head(state: Mapping[str, Tensor], source: str = "head state") -> None:
 def load_head(path: Path) -> dict[str, Tensor]:
     """Load the head's state dict (torch pickle via weights_only=True, or .safetensors) as float32 tensors."""
     path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+    state = read_state_dict(path)
     check_head(state, str(path))
     return {k: v.float() for k, v in state.items()}
 

@@ -24,7 +24,7 @@ import open_clip
 import torch
 from PIL import Image
 
-from ghostreview.metrics.weights import verify_weights
+from ghostreview.metrics.weights import verify_weights, write_state_dict
 
 # Keys of OpenAI's TorchScript state dict that are not parameters of open_clip's CLIP.
 _OPENAI_JIT_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -156,15 +156,7 @@ def convert_openai_clip(src: Path, dst: Path) -> Path:
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.load.*")
         state = torch.jit.load(str(src), map_location="cpu").state_dict()
     state = {k: v.detach().contiguous().clone() for k, v in state.items() if k not in _OPENAI_JIT_EXTRA_KEYS}
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        save_file(state, str(dst))
-    else:
-        torch.save(state, dst)
-    return dst
+    return write_state_dict(state, dst)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torchvision.models import VGG19_Weights
 
 from ghostreview.metrics import MetricInfo
-from ghostreview.metrics.weights import sha256_file
+from ghostreview.metrics.weights import read_state_dict, sha256_file
 
 INFO = MetricInfo(
     name="styleloss",
@@ -97,24 +97,13 @@ def vgg19_features_from_state(state: Mapping[str, Tensor], source: str = "state 
     return features.eval()
 
 
-def _read_state(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
-    return dict(state)
-
-
 def load_vgg19_features(path: Path) -> nn.Sequential:
     """Load VGG19 ``features`` from a file: keys "0.weight", ... or a full torchvision vgg19 state dict
     ("features.0.weight", ...; the classifier is ignored). Widths come from the file, so narrow stand-ins load too."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"VGG19 weights file not found: {path}")
-    state = _read_state(path)
+    state = read_state_dict(path)
     if any(k.startswith("features.") for k in state):
         state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
     return vgg19_features_from_state({k: v.float() for k, v in state.items()}, str(path))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 from ghostreview.hashing import file_sha256
 
@@ -60,6 +61,37 @@ KNOWN: dict[str, WeightsSpec] = {
         ),
     )
 }
+
+
+def read_state_dict(path: Path) -> dict:
+    """A state dict from ``.safetensors`` or a torch file, the latter through ``torch.load(weights_only=True)``
+    (which refuses pickled code). Raises ValueError naming the file when it holds something else."""
+    import torch
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return dict(state)
+
+
+def write_state_dict(state: Mapping, path: Path) -> Path:
+    """Write ``state`` as safetensors when ``path`` ends in ``.safetensors``, else with ``torch.save``."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save(dict(state), path)
+    return path
 
 
 def sha256_file(path: Path) -> str:
