@@ -9,6 +9,7 @@ weights (adapters are never fused, so nothing is baked in).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +91,8 @@ def _quiet_transformers() -> Iterator[None]:
 
     transformers 5 prints a "LOAD REPORT" listing every base weight as MISSING / "newly initialized" when an
     adapter is loaded; the base weights are in fact untouched (tests/test_lora.py checks), so the report only
-    misleads. Verbosity and progress bars are restored afterwards.
+    misleads. peft warns that a second adapter makes "multiple adapters": several LoRAs per prompt are exactly that.
+    Verbosity, progress bars and warning filters are restored afterwards.
     """
     from transformers.utils import logging as tf_logging
 
@@ -98,7 +100,9 @@ def _quiet_transformers() -> Iterator[None]:
     tf_logging.set_verbosity_error()
     tf_logging.disable_progress_bar()
     try:
-        yield
+        with warnings.catch_warnings():  # a second adapter is how several LoRAs are applied: peft's warning is moot
+            warnings.filterwarnings("ignore", message=r"Already found a `peft_config` attribute", category=UserWarning)
+            yield
     finally:
         tf_logging.set_verbosity(verbosity)
         if bars:
