@@ -104,7 +104,7 @@ class AestheticParams:
 
 @dataclass(frozen=True)
 class StyleParams:
-    vgg_weights: str = "weights/vgg19_features.pth"
+    vgg_weights: str = "weights/vgg19-dcbb9e9d.pth"
     sha256: str | None = None
     image_size: int = 512  # not `size`: DVC's run cache ignores params of that name (treeverse/dvc#10296)
 
