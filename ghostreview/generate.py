@@ -27,18 +27,13 @@ from ghostreview.hashing import autov2, file_sha256
 from ghostreview.infotext import format_infotext
 from ghostreview.loading import detect_family, is_tiny_kit_file, load_pipeline, pipeline_config_dir
 from ghostreview.lora import LoraSpec, apply_loras, lora_status, remove_loras
+from ghostreview.manifest import MANIFEST_COLUMNS
 from ghostreview.prompts import extract_lora_tags
 from ghostreview.runtime import library_versions, pick_device, pick_dtype, set_cpu_threads
 from ghostreview.store import ImageStore, job_key
 
 # Bump when a change to the drawing code changes pixels: it is part of every image's key.
 DRAW_VERSION = "1"
-
-MANIFEST_COLUMNS = (
-    "model", "family", "task", "item", "seed", "image", "image_hash", "prompt", "negative_prompt", "loras",
-    "lora_status", "width", "height", "flags", "infotext",
-)
-
 
 @dataclass(frozen=True)
 class ModelIdentity:
@@ -257,12 +252,6 @@ def write_output(out_dir: Path, rows: Sequence[dict], store: ImageStore, model: 
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
-
-
-def read_manifest(directory: Path) -> list[dict]:
-    """The manifest rows of one model's image directory."""
-    with open(directory / "manifest.csv", newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
 
 
 @dataclass(frozen=True)

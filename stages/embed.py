@@ -10,7 +10,7 @@ from ghostreview.runtime import scoring_params, stage_runtime
 stage_runtime()
 
 from ghostreview.scoring import drawable, embed_images  # noqa: E402
-from ghostreview.generate import read_manifest  # noqa: E402
+from ghostreview.manifest import read_manifest  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

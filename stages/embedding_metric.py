@@ -13,7 +13,7 @@ from ghostreview.runtime import scoring_params, stage_runtime
 
 stage_runtime()
 
-from ghostreview.generate import read_manifest  # noqa: E402
+from ghostreview.manifest import read_manifest  # noqa: E402
 from ghostreview.scoring import aesthetic_rows, clipscore_rows, drawable  # noqa: E402
 from ghostreview.scores import write_scores  # noqa: E402
 

@@ -10,7 +10,7 @@ from ghostreview.runtime import scoring_params, stage_runtime
 
 stage_runtime()
 
-from ghostreview.generate import read_manifest  # noqa: E402
+from ghostreview.manifest import read_manifest  # noqa: E402
 from ghostreview.scoring import drawable, styleloss_rows  # noqa: E402
 from ghostreview.scores import write_scores  # noqa: E402
 

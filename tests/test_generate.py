@@ -12,7 +12,8 @@ from PIL import Image
 from ghostreview import generate as gen
 from ghostreview.benchmark import load_benchmark
 from ghostreview.config import GenerationParams, HiresParams
-from ghostreview.generate import GenerateSettings, read_manifest, run_generate
+from ghostreview.generate import GenerateSettings, run_generate
+from ghostreview.manifest import read_manifest
 from ghostreview.hashing import autov2, file_sha256
 from ghostreview.infotext import parse_infotext, read_png_infotext
 from ghostreview.kit.lora import write_tiny_lora

@@ -32,7 +32,8 @@ from safetensors.torch import save_file
 from ghostreview import aggregate, scoring
 from ghostreview.benchmark import BenchmarkError, load_benchmark
 from ghostreview.config import GenerationParams, HiresParams, ScoringParams, StyleParams
-from ghostreview.generate import GenerateSettings, read_manifest, run_generate
+from ghostreview.generate import GenerateSettings, run_generate
+from ghostreview.manifest import read_manifest
 from ghostreview.infotext import read_png_infotext
 from ghostreview.metrics import REGISTRY, styleloss
 from ghostreview.report.html import write_html
