@@ -26,5 +26,6 @@ test: install
 bench: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m benchmarks.run
 
+# Before a real review in the demo's workspace: the demo's kit, every stage output and dvc.lock (not params.yaml).
 clean-demo:
-	rm -rf demo/kit data/images data/embeddings data/scores data/refstats data/standardized reports/*
+	rm -rf demo/kit data/images data/embeddings data/scores data/refstats data/standardized reports/* dvc.lock
