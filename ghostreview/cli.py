@@ -69,10 +69,10 @@ def validate(params: Path = typer.Option(Path("params.yaml"), help="params file 
             for family in sorted({f for f in families.values() if f in ("sd15", "sdxl")}):
                 check(check_lora_files, bench.loras.get(family, ()), config.resolve(root, getattr(p.paths.loras, family)),
                       f"{bench.name} LoRA table for {family}")
-        check(reference_sets, bench,
+        in_use = sorted({f for f in families.values() if f in ("sd15", "sdxl")}) if "lora" in tasks else []
+        check(reference_sets, bench,  # LoRA header images: only the families of the reviewed models need them
               config.resolve(root, p.paths.style_refs) if "style" in tasks else None,
-              {f: config.resolve(root, getattr(p.paths.lora_headers, f)) for f in ("sd15", "sdxl")}
-              if "lora" in tasks else {})
+              {f: config.resolve(root, getattr(p.paths.lora_headers, f)) for f in in_use})
     for problem in problems:
         typer.secho(f"error: {problem}", fg=typer.colors.RED, err=True)
     if problems:

@@ -335,20 +335,28 @@ def load_params(path: Path | str = "params.yaml") -> Params:
 
 
 def check_files(params: Params, root: Path, source: str = "params.yaml") -> None:
-    """Check that every file the review reads exists, before any work starts."""
+    """Check that every file the review reads exists, before any work starts; one error lists every missing file."""
+    checks = []
     for name, m in params.models.items():
-        _exists(root, m.checkpoint, f"models.{name}.checkpoint", source, "put the checkpoint there or fix the path")
+        checks.append((m.checkpoint, f"models.{name}.checkpoint", "put the checkpoint there or fix the path"))
         if m.vae:
-            _exists(root, m.vae, f"models.{name}.vae", source, "put the VAE file there or remove the key")
+            checks.append((m.vae, f"models.{name}.vae", "put the VAE file there or remove the key"))
         if m.config:
-            _exists(root, m.config, f"models.{name}.config", source, "point it at a diffusers config directory")
+            checks.append((m.config, f"models.{name}.config", "point it at a diffusers config directory"))
     s = params.scoring
     hint = "see README, 'Scorer weights'"
-    _exists(root, s.clip.weights, "scoring.clip.weights", source, hint)
-    _exists(root, s.aesthetic.weights, "scoring.aesthetic.weights", source, hint)
-    _exists(root, s.style.vgg_weights, "scoring.style.vgg_weights", source, hint)
+    checks += [(s.clip.weights, "scoring.clip.weights", hint), (s.aesthetic.weights, "scoring.aesthetic.weights", hint),
+               (s.style.vgg_weights, "scoring.style.vgg_weights", hint)]
     if s.clip.model_config:
-        _exists(root, s.clip.model_config, "scoring.clip.model_config", source, hint)
+        checks.append((s.clip.model_config, "scoring.clip.model_config", hint))
+    problems = []
+    for rel, key, fix in checks:
+        try:
+            _exists(root, rel, key, source, fix)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def check_sampler(params: Params, source: str = "params.yaml") -> None:

@@ -87,6 +87,9 @@ def _vgg(style: StyleParams, root: Path):
     return styleloss.load_vgg19_features(path), verify_weights(path, style.sha256, "scoring.style.vgg_weights")
 
 
+MAX_LISTED = 12  # reference-set problems shown in one error
+
+
 class ReferenceImagesError(ValueError):
     """A reference set that cannot be used; the message names the file or directory, the params key and the fix."""
 
@@ -120,23 +123,47 @@ def reference_sets(bench: Benchmark, style_dir: Path | None, header_dirs: Mappin
             image, or a missing header image; the message names it, the params key and the fix.
     """
     sets: dict[str, list[Path]] = {}
+    problems: list[str] = []
+
+    def take(name: str, files_of: Callable[[], list[Path]], where: str, fix: str) -> None:
+        try:
+            sets[name] = _checked(files_of, where, fix)
+        except ReferenceImagesError as exc:
+            problems.append(str(exc))
+
     if style_dir is not None:
         for s in bench.styles:
             directory = style_dir / s.reference_dir
             fix = (f"Put the style's reference images in {directory} (paths.style_refs in params.yaml + "
                    f"reference_dir {s.reference_dir!r} in styles.yaml; see docs/benchmark.md); move out or replace "
                    f"any file that is not a readable image.")
-            sets[f"styles/{s.name}"] = _checked(partial(styleloss.validate_reference_dir, directory),
-                                                f"style {s.name!r}", fix)
+            take(f"styles/{s.name}", partial(styleloss.validate_reference_dir, directory), f"style {s.name!r}", fix)
     for family, directory in header_dirs.items():
         for entry in bench.loras.get(family, ()):
             fix = (f"Save the LoRA's header image(s) {list(entry.header_images)} in {directory / entry.name} "
                    f"(paths.lora_headers.{family} in params.yaml; see docs/benchmark.md), or fix header_images in "
                    f"the LoRA table.")
-            sets[f"loras/{family}/{entry.name}"] = _checked(
-                partial(_header_files, directory / entry.name, entry.header_images),
-                f"LoRA {entry.name!r} ({family})", fix)
+            take(f"loras/{family}/{entry.name}", partial(_header_files, directory / entry.name, entry.header_images),
+                 f"LoRA {entry.name!r} ({family})", fix)
+    if problems:  # every broken set at once, so that one round of fixes is enough
+        more = len(problems) - MAX_LISTED
+        raise ReferenceImagesError("\n".join(problems[:MAX_LISTED])
+                                   + (f"\n... and {more} more reference sets with problems." if more > 0 else ""))
     return sets
+
+
+def header_families(header_dirs: Mapping[str, Path]) -> tuple[dict[str, Path], list[str]]:
+    """The LoRA header directories to compute statistics for, and a note for each family left out.
+
+    A family whose directory is empty (or absent) is left out: a review of SD1.5 checkpoints needs no SDXL header
+    images. Its models get no LoRA loss; ``ghostreview validate`` and the generate stage of such a model stop with
+    an error before drawing, so nothing is drawn for a score that cannot be computed.
+    """
+    present = {f: d for f, d in header_dirs.items() if d.is_dir() and any(d.iterdir())}
+    notes = [f"paths.lora_headers.{f} ({d}) is empty: no {f} LoRA statistics; models of that family get no LoRA loss "
+             f"until its header images are there (see docs/benchmark.md)" for f, d in header_dirs.items()
+             if f not in present]
+    return present, notes
 
 
 def write_refstats(bench: Benchmark, style_dir: Path | None, header_dirs: Mapping[str, Path], style: StyleParams,
@@ -173,7 +200,10 @@ def styleloss_rows(rows: Sequence[Mapping[str, str]], task: str, images_dir: Pat
     out: list[dict] = []
     for path, group in groups.items():
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no reference statistics for {group[0]['item']!r}; rerun `dvc repro refstats`.")
+            what = (f"style {group[0]['item']!r}" if task == "style"
+                    else f"LoRA {group[0]['item']!r} ({group[0]['family']}): was paths.lora_headers.{group[0]['family']} "
+                         f"empty when refstats ran? Put its header images there (see docs/benchmark.md), then")
+            raise FileNotFoundError(f"{path}: no reference statistics for {what} run `dvc repro` (refstats reruns).")
         refs = styleloss.load_ref_stats(path)
         if refs.size != scoring.style.image_size:
             raise ValueError(f"{path} was computed at size {refs.size}, params say scoring.style.image_size = {scoring.style.image_size}: rerun refstats.")

@@ -13,6 +13,7 @@ from ghostreview import config  # noqa: E402
 from ghostreview.benchmark import BenchmarkError, images_per_item, load_benchmark  # noqa: E402
 from ghostreview.generate import GenerateSettings, run_generate  # noqa: E402
 from ghostreview.loading import CheckpointError  # noqa: E402
+from ghostreview.scoring import ReferenceImagesError, reference_sets  # noqa: E402
 from ghostreview.store import StoreError  # noqa: E402
 
 
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     try:
         generate(args.model, args.out, args.params)
-    except (config.ConfigError, BenchmarkError) as exc:  # bad input: named file, key and fix, before model work
+    except (config.ConfigError, BenchmarkError, ReferenceImagesError) as exc:  # bad input, before model work
         raise SystemExit(f"error: {exc}") from None
     except CheckpointError as exc:
         raise SystemExit(f"error: {args.params}: models.{args.model}: {exc}") from None
@@ -43,7 +44,7 @@ def generate(model: str, out: Path, params_path: Path) -> None:
         raise config.ConfigError(f"{params_path}: no model {model!r} under models (known: {', '.join(params.models)}).")
     config.check_sampler(params, str(params_path))
     config.check_files(params, root, str(params_path))
-    config.check_checkpoint(params, model, root, str(params_path))
+    family = config.check_checkpoint(params, model, root, str(params_path))
     m, paths = params.models[model], params.paths
     settings = GenerateSettings(
         model_name=model,
@@ -65,6 +66,9 @@ def generate(model: str, out: Path, params_path: Path) -> None:
         images_per_item(bench, settings.counts)
     except BenchmarkError as exc:  # more seeds than the protocol fixes
         raise config.ConfigError(f"{params_path}: benchmark.images_per_item: {exc}") from exc
+    if "lora" in params.benchmark.tasks and family in ("sd15", "sdxl"):
+        # the LoRA loss of this model needs its family's header images: find out now, not after hours of drawing
+        reference_sets(bench, None, {family: config.resolve(root, getattr(paths.lora_headers, family))})
     stats = run_generate(bench, settings, out)
     print(f"generate@{model}: {stats['images']} images ({stats['drawn']} drawn, {stats['reused']} from the store, "
           f"{stats['skipped']} not drawable: see manifest flags)")

@@ -11,7 +11,7 @@ stage_runtime()
 
 from ghostreview import config  # noqa: E402
 from ghostreview.benchmark import load_benchmark  # noqa: E402
-from ghostreview.scoring import ReferenceImagesError, write_refstats  # noqa: E402
+from ghostreview.scoring import ReferenceImagesError, header_families, write_refstats  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,12 +23,16 @@ def main(argv: list[str] | None = None) -> None:
     params, root = scoring_params(args.params)
     bench = load_benchmark(config.resolve(root, params.benchmark.dir))
     p = params.paths
+    header_dirs, notes = header_families(
+        {f: config.resolve(root, getattr(p.lora_headers, f)) for f in ("sd15", "sdxl")}
+        if "lora" in params.benchmark.tasks else {})
+    for note in notes:
+        print(f"refstats: {note}")
     try:
         n = write_refstats(
             bench,
             style_dir=config.resolve(root, p.style_refs) if "style" in params.benchmark.tasks else None,
-            header_dirs={f: config.resolve(root, getattr(p.lora_headers, f)) for f in ("sd15", "sdxl")}
-            if "lora" in params.benchmark.tasks else {},
+            header_dirs=header_dirs,
             style=params.scoring.style,
             root=root,
             out=args.out,

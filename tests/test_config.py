@@ -70,8 +70,11 @@ def test_duplicate_model_name_is_refused(tmp_path):
 
 def test_missing_files_named_before_work(tmp_path):
     params = parse_params(base())
-    with pytest.raises(ConfigError, match=r"models.m1.checkpoint = 'm1.safetensors': file not found"):
+    with pytest.raises(ConfigError, match=r"models.m1.checkpoint = 'm1.safetensors': file not found") as first:
         check_files(params, tmp_path)
+    lines = str(first.value).splitlines()  # every missing file at once, one line each
+    assert [line.split(": ")[1].split(" = ")[0] for line in lines] == [
+        "models.m1.checkpoint", "scoring.clip.weights", "scoring.aesthetic.weights", "scoring.style.vgg_weights"]
     (tmp_path / "m1.safetensors").write_bytes(b"x")
     with pytest.raises(ConfigError, match="scoring.clip.weights"):
         check_files(params, tmp_path)

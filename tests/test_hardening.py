@@ -118,6 +118,9 @@ def project(tmp_path_factory):
     rng = np.random.default_rng(0)
     for style in bench.styles:
         png(root / "refs" / style.reference_dir / "a.png", Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)))
+    for entry in bench.loras["sd15"]:  # the SD1 model's LoRA loss needs these; no SDXL model here, no SDXL headers
+        for h in entry.header_images:
+            png(root / "headers/sd15" / entry.name / h, Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)))
     for scorer in ("clip.safetensors", "clip.json", "head.pth", "vgg.safetensors"):
         (root / "scorers").mkdir(exist_ok=True)
         (root / "scorers" / scorer).write_bytes(b"placeholder: only its existence is checked here")
@@ -190,6 +193,24 @@ def test_valid_params_pass_every_check_and_reach_model_work(project, generate_st
     monkeypatch.setattr(generate_stage, "run_generate", lambda *a, **k: (_ for _ in ()).throw(ModelWorkStarted()))
     with pytest.raises(ModelWorkStarted):
         generate_stage.main(["--model", MODEL, "--out", str(root / "out"), "--params", str(path)])
+
+
+def test_a_model_whose_family_has_no_lora_header_images_stops_before_drawing(project, generate_stage, monkeypatch):
+    root, bench, params = project
+    path = write_params(root, "no-headers", with_changes(params, {"paths": {"lora_headers": {"sd15": "headers/none"}}}))
+    message = run_stage(generate_stage, monkeypatch, path)
+    entry = bench.loras["sd15"][0]
+    assert f"LoRA {entry.name!r} (sd15)" in message and "paths.lora_headers.sd15" in message
+    assert str(root / "headers/none" / entry.name) in message
+
+
+def test_refstats_leaves_out_a_family_with_an_empty_header_directory(tmp_path):
+    (tmp_path / "sd15" / "some_lora").mkdir(parents=True)
+    (tmp_path / "sd15" / "some_lora" / "header.png").write_bytes(b"")
+    (tmp_path / "sdxl").mkdir()  # an SD1.5-only review: nothing here
+    present, notes = scoring.header_families({"sd15": tmp_path / "sd15", "sdxl": tmp_path / "sdxl"})
+    assert present == {"sd15": tmp_path / "sd15"}
+    assert len(notes) == 1 and notes[0].startswith("paths.lora_headers.sdxl") and "no LoRA loss" in notes[0]
 
 
 # ------------------------------------------------------------------------------------------------------ params
@@ -414,6 +435,19 @@ def test_reference_images_missing_directory(refs):
     with pytest.raises(scoring.ReferenceImagesError, match=rf"LoRA '{entry.name}' \(sd15\): header image .* not found"
                        r".*paths\.lora_headers\.sd15"):
         scoring.reference_sets(bench, style_dir, gone)
+
+
+def test_every_broken_reference_set_is_listed_at_once(refs):
+    """One round of fixes is enough: a missing style directory and two missing header folders, three lines."""
+    bench, style_dir, headers, style_refs = refs
+    gone = {f: d.with_name(f"gone-{f}") for f, d in headers.items()}
+    with pytest.raises(scoring.ReferenceImagesError) as err:
+        scoring.reference_sets(bench, style_dir.with_name("nowhere"), gone)
+    lines = str(err.value).splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith(f"style {bench.styles[0].name!r}")
+    assert [line.split(": ")[0] for line in lines[1:]] == [
+        f"LoRA {bench.loras[f][0].name!r} ({f})" for f in ("sd15", "sdxl")]
 
 
 def test_reference_images_non_image_and_corrupt_files(refs):
