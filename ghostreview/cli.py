@@ -96,8 +96,8 @@ def cut_benchmark_cmd(
         bench = cut_benchmark(source, dest, general, styles, loras)
     except BenchmarkError as exc:
         _fail(str(exc))
-    typer.echo(f"{dest}: {bench.name}, {len(bench.general)} prompts, {len(bench.styles)} styles, "
-               f"{len(bench.loras['sd15'])} LoRAs per family; set benchmark.dir: {dest} in params.yaml to use it")
+    typer.echo(f"{dest}: {bench.name} (general prompts: {len(bench.general)}, styles: {len(bench.styles)}, LoRAs per "
+               f"family: {len(bench.loras['sd15'])}); set benchmark.dir: {dest} in params.yaml to use it")
 
 
 @app.command()
