@@ -9,7 +9,7 @@ import pandas as pd
 
 from ghostreview import config
 from ghostreview.aggregate import made_with_map, manifests, models_table, undrawn_rows
-from ghostreview.benchmark import load_benchmark
+from ghostreview.benchmark import benchmark_digest, load_benchmark
 from ghostreview.metrics import REGISTRY
 from ghostreview.scores import read_scores
 from ghostreview.standardize import standardize
@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> None:
         scores, models, REGISTRY, made_with_map(bench, models),
         n_boot=s.bootstrap, seed=s.seed, ci=s.confidence, good_threshold=params.scoring.aesthetic.good_threshold,
     )
+    # which benchmark the scores answer: reports are comparable only when name, version and digest match
+    result.meta["benchmark"] = {"name": bench.name, "version": bench.version, "digest": benchmark_digest(bench)}
     result.write(args.out)
     print(f"standardize: {len(names)} models, {len(result.images)} score rows -> {args.out}")
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from ghostreview.report import print_leaderboard, write_report
 from ghostreview.report.html import grid_row, write_html
-from ghostreview.report.tables import write_tables
+from ghostreview.report.tables import leaderboard_frame, write_tables
 from ghostreview.standardize import standardize
 
 SCRIPT_PROMPT = "<script>alert(1)</script> a cat"
@@ -202,3 +202,22 @@ def test_write_report_and_print(report, tmp_path, capsys):
     assert [next(i for i, line in enumerate(lines) if f" {m} " in f" {line} ") for m in order] == [2, 3, 4]
     with pytest.raises(FileNotFoundError, match="report"):
         print_leaderboard(tmp_path / "nope.csv")
+
+
+def test_reports_name_the_benchmark_they_answer(demo, tmp_path):
+    """The standardize stage records name, version and digest; the Markdown and the page show them."""
+    from dataclasses import replace
+
+    from ghostreview.benchmark import benchmark_digest, load_benchmark
+    from ghostreview.report.html import page_html
+
+    result, _, _, models, _ = demo
+    bench = load_benchmark(Path(__file__).resolve().parents[1] / "data" / "benchmark" / "v1")
+    digest = benchmark_digest(bench)
+    stamped = replace(result, meta={**result.meta, "benchmark": {"name": bench.name, "version": bench.version,
+                                                                   "digest": digest}})
+    md = write_tables(stamped, models, tmp_path)["leaderboard.md"].read_text()
+    assert f"Benchmark: {bench.name} {bench.version}, digest {digest[:12]}." in md
+    board = leaderboard_frame(stamped, models)
+    assert f"digest {digest[:12]}" in page_html(stamped, board, {}, "")
+    assert "Benchmark:" not in write_tables(result, models, tmp_path / "plain")["leaderboard.md"].read_text()

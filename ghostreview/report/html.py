@@ -27,8 +27,8 @@ import pandas as pd
 from PIL import Image
 
 from ghostreview.report.plots import render
-from ghostreview.report.tables import (COMBINED, board_records, demo_warning, flagged_images, fmt, fmt_rank, label,
-                                       leaderboard_frame, lora_problems, scored_metrics)
+from ghostreview.report.tables import (COMBINED, benchmark_line, board_records, demo_warning, flagged_images, fmt,
+                                       fmt_rank, label, leaderboard_frame, lora_problems, scored_metrics)
 from ghostreview.standardize import Standardized, parse_flags
 
 STATIC = Path(__file__).parent / "static"
@@ -225,7 +225,8 @@ def page_html(result: Standardized, board: pd.DataFrame, pngs: Mapping[str, byte
     note = (f"Scores are mean z-scores (z within each benchmark item over all models' images); brackets: "
             f"{100 * meta.get('ci', 0.95):g}% paired bootstrap interval (B={meta.get('n_boot')}, seed "
             f"{meta.get('seed')}) and the rank interval. Losses (StyleLoss, LoRALoss): lower is better. "
-            f"Combined: mean of scores with losses sign-flipped, higher is better. Click a column to sort.")
+            f"Combined: mean of scores with losses sign-flipped, higher is better. Click a column to sort. "
+            f"{benchmark_line(meta)}")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{esc(csp(script, style))}">

@@ -155,14 +155,20 @@ def md_table(header: list[str], rows: list[list[object]]) -> list[str]:
     return lines + ["| " + " | ".join(md_cell(c) for c in r) + " |" for r in rows]
 
 
+def benchmark_line(meta: dict) -> str:
+    """"Benchmark: <name> <version>, digest <first 12 hex>" from the standardize meta ("" when not recorded)."""
+    b = meta.get("benchmark")
+    return f"Benchmark: {b['name']} {b['version']}, digest {b['digest'][:12]}." if b else ""
+
+
 def leaderboard_markdown(board: pd.DataFrame, result: Standardized) -> str:
     """The Markdown report: warning first (bold), the leaderboard, LoRA problems, flagged images, degenerate groups."""
     meta, raw = result.meta, result.meta.get("raw_metric", "aesthetic")
     metrics = [m for m in scored_metrics(result) if m != COMBINED]
     directions = meta.get("directions", {})
     lines = [f"**{w}**\n" for w in [demo_warning(board)] if w]
-    lines += ["# GhostReview leaderboard", "",
-              f"Scores are mean z-scores per model (z within each benchmark item across all models' images). "
+    lines += ["# GhostReview leaderboard", ""] + ([benchmark_line(meta), ""] if benchmark_line(meta) else [])
+    lines += [f"Scores are mean z-scores per model (z within each benchmark item across all models' images). "
               f"Brackets: {100 * meta.get('ci', 0.95):g}% paired bootstrap interval over (item, seed) units "
               f"(B={meta.get('n_boot')}, seed {meta.get('seed')}); `#r (lo–hi)`: rank and its interval. "
               "Higher is better for " + ", ".join(label(m) for m in metrics if directions.get(m, True)) +
