@@ -715,21 +715,3 @@ def benchmark_digest(b: Benchmark) -> str:
     any prompt, count, seed or table edit does. Reports record it next to ``name`` and ``version``."""
     text = json.dumps(_plain(b), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def header_image_paths(entry: LoraEntry, header_dir: Path) -> list[Path]:
-    """Where an entry's header images are expected: ``<header_dir>/<name>/<file>``."""
-    return [Path(header_dir) / entry.name / f for f in entry.header_images]
-
-
-def missing_inputs(b: Benchmark, family: str, lora_dir: Path, header_dir: Path, style_dir: Path) -> list[str]:
-    """Human-readable list of the files the style and LoRA tasks need but cannot find (empty when complete)."""
-    missing = [f"LoRA file {Path(lora_dir) / e.file} ({e.name})" for e in lora_table(b, family)
-               if not (Path(lora_dir) / e.file).is_file()]
-    missing += [f"header image {p}" for e in lora_table(b, family) for p in header_image_paths(e, header_dir)
-                if not p.is_file()]
-    for s in b.styles:
-        d = Path(style_dir) / s.reference_dir
-        if not (d.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in d.iterdir())):
-            missing.append(f"style reference images in {d} ({s.name})")
-    return missing

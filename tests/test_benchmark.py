@@ -20,7 +20,6 @@ from ghostreview.benchmark import (
     images_per_item,
     load_benchmark,
     lora_tags,
-    missing_inputs,
 )
 
 V1 = Path(__file__).resolve().parents[1] / "data" / "benchmark" / "v1"
@@ -310,24 +309,6 @@ def test_a_missing_file_is_named(tmp_path):
 
 # --------------------------------------------------------------------------------------------------------------------
 # Helpers for users filling in files
-
-
-def test_missing_inputs_lists_what_is_absent(bench, tmp_path):
-    loras, headers, styles = tmp_path / "loras", tmp_path / "headers", tmp_path / "styles"
-    first = bench.loras["sd15"][0]
-    (loras).mkdir()
-    (loras / first.file).write_bytes(b"x")
-    (headers / first.name).mkdir(parents=True)
-    for f in first.header_images:
-        (headers / first.name / f).write_bytes(b"x")
-    (styles / "Anime").mkdir(parents=True)
-    (styles / "Anime" / "a.png").write_bytes(b"x")
-    missing = missing_inputs(bench, "sd15", loras, headers, styles)
-    n_headers = sum(len(e.header_images) for e in bench.loras["sd15"][1:])
-    assert len(missing) == 15 + n_headers + 8
-    assert not any(first.file in m or "(Anime)" in m for m in missing)
-    assert any(str(styles / "Manga") in m for m in missing)
-
 
 
 def test_cut_benchmark_keeps_schema_seeds_and_comments(tmp_path):
