@@ -31,9 +31,8 @@ from ghostreview.manifest import MANIFEST_COLUMNS
 from ghostreview.prompts import extract_lora_tags
 from ghostreview.runtime import library_versions, pick_device, pick_dtype, set_cpu_threads
 from ghostreview.store import ImageStore, job_key
+from ghostreview.drawversion import DRAW_VERSION  # part of every image's key; when to bump it: that module
 
-# Bump when a change to the drawing code changes pixels: it is part of every image's key.
-DRAW_VERSION = "1"
 
 @dataclass(frozen=True)
 class ModelIdentity:

@@ -1,0 +1,298 @@
+"""DVC reruns a stage only when a listed dep changes: dvc.yaml must list every file that decides a stage's output, and
+the code that decides pixels (which the image store keys by ``DRAW_VERSION``, not by the code) is pinned by a hash.
+
+A stage's code is its script's import closure inside ``ghostreview/``, read statically with ``ast`` (nothing is
+imported): ``import ghostreview.x``, ``from ghostreview.x import y``, relative imports, ``importlib.import_module``
+with a literal name, and imports inside functions too (a lazy import decides the output whenever it runs). Importing
+``a.b.c`` runs ``a/__init__.py`` and ``a/b/__init__.py`` as well, so those count. Third-party code is out of scope:
+the images and scores record the library versions.
+
+Package data is found through ``__file__``: library code takes every other path as an argument from its stage, so a
+module that reads its own files must locate them from ``__file__`` (or importlib.resources). ``PACKAGE_DATA`` below
+names the directory each such module reads, and a test holds it to the code both ways: every module that uses
+``__file__`` is in the table, and each entry's module spells its directory's name. A declared table was chosen over
+inferring paths from the code, which builds them with ``/`` from constants and cannot be evaluated without running it.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import functools
+import hashlib
+import re
+from pathlib import Path
+
+import yaml
+
+from ghostreview import drawversion
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = "ghostreview"
+PIN_FILE = "ghostreview/drawversion.py"
+
+# module that reads package data -> the directory it reads (see the module docstring)
+PACKAGE_DATA = {
+    "ghostreview/loading.py": "ghostreview/configs",
+    "ghostreview/kit/sd.py": "ghostreview/configs",
+    "ghostreview/report/html.py": "ghostreview/report/static",
+}
+# modules that the pixel-deciding code imports but that cannot alter a pixel, with the reason
+NOT_PIXEL = {
+    "ghostreview/__init__.py": "holds __version__ only, which goes into the infotext, not into pixels",
+    "ghostreview/errors.py": "exception classes and the stages' error wrapper: what a failure says, never a pixel",
+}
+DATA_READERS = {"importlib.resources", "pkgutil", "pkg_resources"}
+
+
+def rel(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+@functools.cache
+def tree_of(path: str) -> ast.Module:
+    return ast.parse((ROOT / path).read_text(encoding="utf-8"), filename=path)
+
+
+def module_file(name: str) -> str | None:
+    """The file that runs for module ``name`` (a package's ``__init__.py``), or None outside this checkout."""
+    base = ROOT.joinpath(*name.split("."))
+    for file in (base / "__init__.py", base.with_suffix(".py")):
+        if file.is_file():
+            return rel(file)
+    return None
+
+
+def _package_of(path: str) -> str:
+    parts = Path(path).with_suffix("").parts
+    return ".".join(parts[:-1])  # a.py -> its package; a/__init__.py -> a
+
+
+def _literal_import(node: ast.Call) -> str | None:
+    """``importlib.import_module("x")`` / ``__import__("x")`` -> "x"."""
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+    if name in ("import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant):
+        return str(node.args[0].value)
+    return None
+
+
+def imported_names(path: str) -> dict[str, str]:
+    """Every name a module imports, anywhere in it, as {local name: dotted source}; ``from a import b`` -> a.b."""
+    package, names = _package_of(path), {}
+    for node in ast.walk(tree_of(path)):
+        if isinstance(node, ast.Import):
+            names.update({a.asname or a.name: a.name for a in node.names})
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: level 1 is this package, 2 its parent, ...
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            names[f"<from {base}>"] = base
+            names.update({a.asname or a.name: f"{base}.{a.name}" for a in node.names})
+        elif isinstance(node, ast.Call) and (target := _literal_import(node)):
+            names[f"<dynamic {target}>"] = target
+    return names
+
+
+def project_imports(path: str) -> set[str]:
+    """Files of this package that importing/running ``path`` runs (one step)."""
+    files = set()
+    for dotted in imported_names(path).values():
+        parts = dotted.split(".")
+        if parts[0] == PACKAGE:
+            files.update(f for i in range(1, len(parts) + 1) if (f := module_file(".".join(parts[:i]))))
+    return files
+
+
+def closure(paths) -> set[str]:
+    seen, todo = set(), list(paths)
+    while todo:
+        path = todo.pop()
+        if path not in seen:
+            seen.add(path)
+            todo += project_imports(path)
+    return seen
+
+
+def stage_needs(script: str) -> set[str]:
+    """The code and package data that decide a stage's output: its script's closure and the data those modules read."""
+    code = closure([script])
+    return code | {PACKAGE_DATA[m] for m in code if m in PACKAGE_DATA}
+
+
+def dvc_stages() -> dict[str, tuple[str, list[str]]]:
+    """{stage: (script, deps)} of dvc.yaml; a ``foreach`` stage counts once (its code deps take no ``${...}``)."""
+    stages = {}
+    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"].items():
+        body = stage.get("do", stage)
+        script = re.search(r"\bpython (stages/\S+\.py)\b", body["cmd"])
+        assert script, f"dvc.yaml stage {name}: no `python stages/<script>.py` in its cmd {body['cmd']!r}"
+        deps = [d if isinstance(d, str) else next(iter(d)) for d in body.get("deps", [])]
+        stages[name] = (script.group(1), [d.rstrip("/") for d in deps])
+    return stages
+
+
+def covers(dep: str, path: str) -> bool:
+    return path == dep or path.startswith(dep + "/")
+
+
+def test_every_stage_lists_the_code_and_package_data_that_decide_its_output():
+    missing = {}
+    for name, (script, deps) in dvc_stages().items():
+        if lacking := sorted(p for p in stage_needs(script) if not any(covers(d, p) for d in deps)):
+            missing[name] = lacking
+    assert not missing, (
+        "dvc.yaml leaves out files that decide these stages' outputs (after a change to one, `dvc status` would call "
+        "stale outputs up to date); add them to the stage's deps:\n"
+        + "\n".join(f"  {name}: {', '.join(paths)}" for name, paths in missing.items())
+    )
+
+
+def test_no_stage_lists_project_code_it_does_not_read():
+    extra = {}
+    for name, (script, deps) in dvc_stages().items():
+        needs = stage_needs(script)
+        own = [d for d in deps if d.split("/")[0] in (PACKAGE, "stages")]
+        if unread := [d for d in own if not any(covers(d, p) for p in needs)]:
+            extra[name] = unread
+    assert not extra, (
+        "dvc.yaml deps that the stage's code never imports or reads (they rerun it for nothing): "
+        + "; ".join(f"{name}: {', '.join(deps)}" for name, deps in extra.items())
+    )
+
+
+def test_no_stage_lists_a_directory_of_python_modules():
+    # DVC hashes a directory with everything in it, __pycache__ included (checked on dvc 3.67.1), and Python writes
+    # bytecode there on import: the stage would look changed after the first run, or a run under another Python.
+    ignored = "__pycache__" in (ROOT / ".dvcignore").read_text(encoding="utf-8")
+    code_dirs = sorted({d for _, deps in dvc_stages().values() for d in deps
+                        if (ROOT / d).is_dir() and any((ROOT / d).rglob("*.py"))})
+    assert ignored or not code_dirs, (
+        f"dvc.yaml lists directories of Python modules: {', '.join(code_dirs)}. List their modules instead (or put "
+        f"__pycache__/ into .dvcignore)"
+    )
+
+
+def test_package_data_table_matches_the_code():
+    readers = set()
+    for file in sorted((ROOT / PACKAGE).rglob("*.py")):
+        path, tree = rel(file), tree_of(rel(file))
+        uses_file = any(isinstance(n, ast.Name) and n.id == "__file__" for n in ast.walk(tree))
+        if uses_file or DATA_READERS & set(imported_names(path).values()):
+            readers.add(path)
+    assert readers == set(PACKAGE_DATA), (
+        f"modules that read files next to them: {sorted(readers)}; PACKAGE_DATA in {rel(Path(__file__))} names "
+        f"{sorted(PACKAGE_DATA)}: add each reader with the directory it reads (and list that directory in dvc.yaml)"
+    )
+    for module, data in PACKAGE_DATA.items():
+        strings = {n.value for n in ast.walk(tree_of(module)) if isinstance(n, ast.Constant)}
+        assert (ROOT / data).is_dir() and Path(data).name in strings, (
+            f"PACKAGE_DATA says {module} reads {data}, but that is no directory or the module never names "
+            f"{Path(data).name!r}"
+        )
+
+
+# ------------------------------------------------------------------------------------------------ the pixel pin
+
+
+def is_docstring(stmt: ast.stmt | None) -> bool:
+    return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)
+
+
+def without_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            if is_docstring(node.body[0] if node.body else None):
+                node.body = node.body[1:]
+    return tree
+
+
+def canonical(node) -> str:
+    """The AST as text: node types and fields, no positions. Empty fields are left out, so that a field a newer Python
+    adds empty (``type_params`` in 3.12) keeps the text, and with it the pin, the same (``ast.dump`` changed in 3.13)."""
+    if isinstance(node, ast.AST):
+        fields = ((f, v) for f in node._fields if (v := getattr(node, f, None)) not in (None, []))
+        return f"{type(node).__name__}({','.join(f'{f}={canonical(v)}' for f, v in fields)})"
+    if isinstance(node, list):
+        return f"[{','.join(map(canonical, node))}]"
+    return repr(node)
+
+
+def defined_names(node: ast.stmt) -> list[str]:
+    """Names a top-level statement defines: a function's or class's name, an assignment's plain targets."""
+    if hasattr(node, "name"):
+        return [node.name]
+    targets = getattr(node, "targets", [getattr(node, "target", None)])
+    return [t.id for t in targets if isinstance(t, ast.Name)]
+
+
+def definition(path: str, name: str) -> ast.AST:
+    """The top-level function, class or assignment ``name`` of ``path``."""
+    for node in tree_of(path).body:
+        if name in defined_names(node):
+            return node
+    raise AssertionError(f"{PIN_FILE} pins {path}:{name}, which {path} no longer defines: update PIXEL_FUNCTIONS")
+
+
+def draw_code_sha256() -> str:
+    """sha256 over the pinned modules, functions (docstrings and comments left out) and data files."""
+    h = hashlib.sha256()
+    for path in sorted(drawversion.PIXEL_MODULES):
+        h.update(f"{path}\0{canonical(without_docstrings(copy.deepcopy(tree_of(path))))}\0".encode())
+    for path, names in sorted(drawversion.PIXEL_FUNCTIONS.items()):
+        for name in sorted(names):
+            node = without_docstrings(copy.deepcopy(definition(path, name)))
+            h.update(f"{path}:{name}\0{canonical(node)}\0".encode())
+    for data in sorted(drawversion.PIXEL_DATA):
+        for file in sorted(p for p in (ROOT / data).rglob("*") if p.is_file()):
+            h.update(f"{rel(file)}\0".encode() + file.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def test_drawing_code_matches_its_pin_next_to_draw_version():
+    new = draw_code_sha256()
+    assert new == drawversion.DRAW_CODE_SHA256, (
+        f"the pixel-deciding code changed: bump DRAW_VERSION in {PIN_FILE} (now {drawversion.DRAW_VERSION!r}) and "
+        f"set DRAW_CODE_SHA256 = '{new}'. A change that cannot alter a pixel (a rename, a refactor) sets the pin "
+        f"alone; one that can, without a bump, leaves images drawn by the old code under the new code's keys."
+    )
+
+
+def names_used(node: ast.AST) -> set[str]:
+    """Names a definition reads at run time (annotations are left out: they are strings here, never run)."""
+    node = copy.deepcopy(node)
+    for n in ast.walk(node):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            n.returns = None
+        elif isinstance(n, ast.arg):
+            n.annotation = None
+        elif isinstance(n, ast.AnnAssign):
+            n.annotation = ast.Constant(None)
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+def test_pinned_code_covers_the_code_and_data_it_uses():
+    pinned = set(drawversion.PIXEL_MODULES)
+    unpinned = sorted(closure(pinned) - pinned - set(NOT_PIXEL))
+    for path, names in drawversion.PIXEL_FUNCTIONS.items():
+        imports, top = imported_names(path), {n for node in tree_of(path).body for n in defined_names(node)}
+        for name in names:
+            for used in names_used(definition(path, name)) - {name}:
+                dotted = imports.get(used, "")
+                source = module_file(dotted) or module_file(dotted.rpartition(".")[0]) if dotted else None
+                if source and source not in pinned | set(NOT_PIXEL):
+                    unpinned.append(f"{source} (used by {path}:{name})")
+                if used in top and used not in names:
+                    unpinned.append(f"{path}:{used} (used by {path}:{name})")
+    data = {PACKAGE_DATA[m] for m in pinned if m in PACKAGE_DATA}
+    unpinned += sorted(data - set(drawversion.PIXEL_DATA))
+    assert not unpinned, (
+        f"code or data that the pinned drawing code uses is not pinned: {', '.join(unpinned)}. Add it to "
+        f"PIXEL_MODULES / PIXEL_FUNCTIONS / PIXEL_DATA in {PIN_FILE} (or to NOT_PIXEL in this test, with the reason)"
+    )
+    generate_code = stage_needs("stages/generate.py")
+    assert pinned | set(drawversion.PIXEL_FUNCTIONS) | set(drawversion.PIXEL_DATA) <= generate_code, (
+        "pinned code that the generate stage never runs: "
+        f"{sorted((pinned | set(drawversion.PIXEL_FUNCTIONS) | set(drawversion.PIXEL_DATA)) - generate_code)}"
+    )
