@@ -2,10 +2,14 @@
 
 Reproducibility rules:
 - One CPU ``torch.Generator`` per image, seeded with the request's seed. The initial latents are drawn from it on
-  the CPU in float32, image by image, so an image never depends on its batch-mates, the batch size or the device.
+  the CPU in float32, image by image, so an image's noise never depends on its batch-mates, the batch size or the
+  device.
   (A1111 gives image k of a batch seed+k: that is the caller's job.)
 - Text is encoded per request (``ghostreview.encode``) and requests are run in sub-batches of equal conditioning
   length, so a long prompt in a batch never pads its neighbours' embeddings.
+- Every forward runs at one fixed batch shape (``batch_size`` images, short sub-batches padded with copies that are
+  dropped): on the CPU, oneDNN picks kernels by shape, and the same (prompt, seed) drawn in a batch of 1 and of 4
+  differed by 1/255 in a few pixels. At a fixed shape the pixels do not depend on the batch-mates.
 
 Hires fix, as A1111 does it:
 1. txt2img at the base size, kept as latents;
@@ -252,10 +256,12 @@ def _hires_pass(pipe, img2img_cls, reqs: Sequence[DrawRequest], base, common: di
     return np.asarray(out, dtype=np.float32)
 
 
-def draw_arrays(pipe, family: str, requests: Sequence[DrawRequest], base_scheduler_config: dict | None = None) -> list[tuple[np.ndarray, list[str]]]:
+def draw_arrays(pipe, family: str, requests: Sequence[DrawRequest], base_scheduler_config: dict | None = None,
+                batch_size: int | None = None) -> list[tuple[np.ndarray, list[str]]]:
     """Like ``draw`` but returns float32 [H, W, 3] arrays in [0, 1] (before 8-bit rounding)."""
     first = check_requests(requests)
     _pipeline_classes(family)  # unknown family -> ValueError before any model work
+    batch_size = batch_size or len(requests)
     scheduler_config = dict(base_scheduler_config if base_scheduler_config is not None else pipe.scheduler.config)
     make_scheduler(first.sampler, scheduler_config)  # unknown sampler -> ValueError before any model work
     conds = [encode_prompts(pipe, family, [r.prompt], [r.negative_prompt], r.clip_skip) for r in requests]
@@ -264,14 +270,18 @@ def draw_arrays(pipe, family: str, requests: Sequence[DrawRequest], base_schedul
         groups.setdefault(cond.prompt_embeds.shape[1], []).append(i)
     results: list[tuple[np.ndarray, list[str]] | None] = [None] * len(requests)
     for idx in groups.values():
-        drawn = _run_group(pipe, family, [requests[i] for i in idx], _sub_conditioning([conds[i] for i in idx]),
-                           scheduler_config)
-        for i, res in zip(idx, drawn):
-            results[i] = res
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start : start + batch_size]
+            full = chunk + [chunk[0]] * (batch_size - len(chunk))  # padding rows: drawn, then dropped
+            drawn = _run_group(pipe, family, [requests[i] for i in full], _sub_conditioning([conds[i] for i in full]),
+                               scheduler_config)
+            for i, res in zip(chunk, drawn):
+                results[i] = res
     return results  # type: ignore[return-value]
 
 
-def draw(pipe, family: str, requests: Sequence[DrawRequest], base_scheduler_config: dict | None = None) -> list[tuple[Image.Image, list[str]]]:
+def draw(pipe, family: str, requests: Sequence[DrawRequest], base_scheduler_config: dict | None = None,
+         batch_size: int | None = None) -> list[tuple[Image.Image, list[str]]]:
     """Draw one batch of requests on a loaded pipeline; returns (8-bit RGB image, flags) per request, in order.
 
     Args:
@@ -281,6 +291,9 @@ def draw(pipe, family: str, requests: Sequence[DrawRequest], base_scheduler_conf
         requests: images sharing sampler, steps, cfg_scale, width, height and hires (prompts, seeds and clip skip
             may differ).
         base_scheduler_config: the noise-schedule config samplers are built from; default ``pipe.scheduler.config``.
+        batch_size: images per forward (default: ``len(requests)``). Every forward holds exactly this many images,
+            padded with copies that are drawn and dropped, so an image's pixels depend on ``batch_size`` (part of
+            its store key) but never on its batch-mates or on how many requests share the call.
 
     Flags per image: "nan" (non-finite latents or pixels; the image is replaced by black), "black" (see
     ``BLACK_MAX``).
@@ -288,4 +301,4 @@ def draw(pipe, family: str, requests: Sequence[DrawRequest], base_scheduler_conf
     Raises:
         ValueError: inconsistent or invalid requests, unknown sampler, before any model work.
     """
-    return [(to_pil(img), flags) for img, flags in draw_arrays(pipe, family, requests, base_scheduler_config)]
+    return [(to_pil(img), flags) for img, flags in draw_arrays(pipe, family, requests, base_scheduler_config, batch_size)]

@@ -8,8 +8,8 @@ and prints the new pin. Bump the version and set the pin in the same edit; a cha
 rename, a refactor) sets the pin alone.
 """
 
-DRAW_VERSION = "1"
-DRAW_CODE_SHA256 = "d0783da8dbbae8119bd5f4066091ae6882803c4b7e3312b06a0297bf5af76319"
+DRAW_VERSION = "2"
+DRAW_CODE_SHA256 = "fe53ac68322bd4c9c58cdc6f6e693726d3d1128865cb442f779a55fcb6334302"
 
 # What turns an image's key fields into pixels. The test checks that these cover everything they import.
 PIXEL_MODULES = (

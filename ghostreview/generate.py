@@ -25,7 +25,7 @@ from ghostreview.benchmark import Benchmark, BenchmarkError, LoraEntry, benchmar
 from ghostreview.draw import DrawRequest, Hires, draw
 from ghostreview.hashing import autov2, file_sha256
 from ghostreview.infotext import format_infotext
-from ghostreview.loading import detect_family, is_tiny_kit_file, load_pipeline, pipeline_config_dir
+from ghostreview.loading import CheckpointFile, inspect_checkpoint, load_pipeline, pipeline_config_dir
 from ghostreview.lora import LoraSpec, apply_loras, lora_status, remove_loras
 from ghostreview.manifest import MANIFEST_COLUMNS
 from ghostreview.prompts import extract_lora_tags
@@ -272,22 +272,24 @@ class GenerateSettings:
     cache: Path
 
 
-def model_identity(s: GenerateSettings, family: str, hash_cache: Path) -> ModelIdentity:
+def model_identity(s: GenerateSettings, ckpt: CheckpointFile, hash_cache: Path) -> ModelIdentity:
+    """The checkpoint side of every image, from the checkpoint read once (``inspect_checkpoint``)."""
     vae_sha = file_sha256(s.vae, hash_cache) if s.vae else None
     return ModelIdentity(
         name=s.model_name,
-        family=family,
+        family=ckpt.family,
         checkpoint_name=s.checkpoint.stem,
         sha256=file_sha256(s.checkpoint, hash_cache),
         vae_sha256=vae_sha,
         clip_skip=s.clip_skip,
         prediction=s.prediction,
-        random_weights=is_tiny_kit_file(s.checkpoint),
+        random_weights=ckpt.is_tiny_kit,
     )
 
 
-def pipeline_drawer(pipe, family: str) -> Callable[[Sequence[ImageJob]], list]:
-    """A ``draw_batch`` for :func:`draw_unit` that swaps LoRAs only when a batch needs other ones."""
+def pipeline_drawer(pipe, family: str, batch_size: int) -> Callable[[Sequence[ImageJob]], list]:
+    """A ``draw_batch`` for :func:`draw_unit` that swaps LoRAs only when a batch needs other ones; every forward
+    holds ``batch_size`` images (see :func:`ghostreview.draw.draw`)."""
     current: list[tuple[LoraSpec, ...]] = [()]
 
     def draw_batch(batch: Sequence[ImageJob]) -> list:
@@ -297,7 +299,7 @@ def pipeline_drawer(pipe, family: str) -> Callable[[Sequence[ImageJob]], list]:
             if batch[0].loras:
                 apply_loras(pipe, family, batch[0].loras)
             current[0] = batch[0].loras
-        return draw(pipe, family, [j.request for j in batch])
+        return draw(pipe, family, [j.request for j in batch], batch_size=batch_size)
 
     return draw_batch
 
@@ -316,21 +318,26 @@ class PipelineSpec:
     dtype: str  # torch dtype name: "float32", "float16", "bfloat16"
     cpu_threads: int
     cache: Path
+    batch_size: int  # images per forward (generation.batch_size): part of every image's key
 
 
 def load_spec_pipeline(spec: PipelineSpec):
     """The diffusers pipeline of ``spec`` (the checkpoint is loaded once per process that draws)."""
     import torch
 
-    config_dir = spec.config_dir or pipeline_config_dir(spec.checkpoint, spec.family, spec.cache / "configs")
+    config_dir = spec.config_dir or pipeline_config_dir(spec.checkpoint, spec.family, spec.cache / "configs",
+                                                        allow_pickle=spec.allow_pickle)
     return load_pipeline(spec.checkpoint, spec.family, config_dir, vae=spec.vae, allow_pickle=spec.allow_pickle,
                          prediction_type=spec.prediction if spec.prediction != "epsilon" else None,
                          dtype=getattr(torch, spec.dtype), device=spec.device)
 
 
-def image_runtime(device: str, dtype) -> dict[str, str]:
-    """The runtime part of every image key: library versions, device type, dtype and the drawing code's version."""
-    return library_versions() | {"device": device.split(":")[0], "dtype": str(dtype), "draw": DRAW_VERSION}
+def image_runtime(device: str, dtype, batch_size: int) -> dict[str, str]:
+    """The runtime part of every image key: library versions, device type, dtype, the drawing code's version and the
+    forward batch shape (float results depend on it: a fixed shape per forward makes them independent of the
+    batch-mates, not of the shape)."""
+    return library_versions() | {"device": device.split(":")[0], "dtype": str(dtype), "draw": DRAW_VERSION,
+                                 "batch": str(batch_size)}
 
 
 class LocalEngine:
@@ -347,7 +354,7 @@ class LocalEngine:
 
     def draw(self, spec: PipelineSpec, units: Sequence[WorkUnit], store: ImageStore,
              progress: Callable[[int], None]) -> int:
-        draw_batch = pipeline_drawer(load_spec_pipeline(spec), spec.family)
+        draw_batch = pipeline_drawer(load_spec_pipeline(spec), spec.family, spec.batch_size)
         drawn = 0
         for unit in units:
             drawn += draw_unit(unit, store, draw_batch)
@@ -369,9 +376,10 @@ def run_generate(bench: Benchmark, s: GenerateSettings, out_dir: Path, progress:
 
     Returns counts: images, drawn, reused (from the store), skipped (not drawable: see the manifest's flags).
     """
-    family = detect_family(s.checkpoint, allow_pickle=s.allow_pickle)
+    ckpt = inspect_checkpoint(s.checkpoint, allow_pickle=s.allow_pickle)
+    family = ckpt.family
     hash_cache = s.cache / "sha256.json"
-    model = model_identity(s, family, hash_cache)
+    model = model_identity(s, ckpt, hash_cache)
     gen = s.generation
     set_cpu_threads(gen.cpu_threads)
     jobs = plan_jobs(
@@ -383,13 +391,13 @@ def run_generate(bench: Benchmark, s: GenerateSettings, out_dir: Path, progress:
     with open_engine(gen) as engine:
         device = engine.device(gen.device)  # where the images are drawn: part of every key
         dtype = pick_dtype(gen.dtype, device)
-        runtime = image_runtime(device, dtype)
+        runtime = image_runtime(device, dtype, gen.batch_size)
         keys = [job_key(job_fields(j, model, runtime)) for j in jobs]
         units = work_units(jobs, keys, texts, store, gen.batch_size)
         drawn = 0
         if units:
             spec = PipelineSpec(s.checkpoint, family, s.config_dir, s.vae, s.allow_pickle, s.prediction, device,
-                                str(dtype).removeprefix("torch."), gen.cpu_threads, s.cache)
+                                str(dtype).removeprefix("torch."), gen.cpu_threads, s.cache, gen.batch_size)
             with tqdm(total=sum(map(len, units)), unit="img", desc=f"generate {s.model_name}",
                       disable=not progress) as bar:
                 drawn = engine.draw(spec, units, store, bar.update)

@@ -6,6 +6,9 @@
   plus generated CLIP tokenizers, so ``from_single_file(config=...)`` never looks for a hub.
 * ``load_pipeline`` builds the diffusers pipeline. Pickle checkpoints (.ckpt/.pt) are refused unless the caller
   opts in, and even then are read only with ``torch.load(weights_only=True)``.
+* ``inspect_checkpoint`` is the one place that decides what a checkpoint file is (``checkpoint_format``) and reads
+  it once into a :class:`CheckpointFile` (format, tensor shapes, metadata); family, tiny-kit marker and config dir are
+  answered from that record, for safetensors and (opted-in) pickle files alike.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import pickle
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ghostreview.kit.tokenizer import TOKENIZER_PADS, open_clip_bpe_path, write_clip_tokenizer
+from ghostreview.kit.sd import KIT_METADATA_KEY, KIT_METADATA_VALUE  # the tiny kit's marker: tiny configs
 
 CONFIGS_ROOT = Path(__file__).resolve().parent / "configs"
 CONFIG_FAMILIES = ("sd15", "sd2", "sdxl")
@@ -34,7 +39,7 @@ PIPELINE_CLASSES = {
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit
-KIT_METADATA_KEY = "ghostreview.kit"  # written by ghostreview.kit.sd on tiny random-weight files
+PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip container; a legacy pickle's PROTO opcode
 CONFIG_DIR_FORMAT = 1  # bump when the layout written by family_config_dir changes
 
 UNET_IN_KEY = "model.diffusion_model.input_blocks.0.0.weight"
@@ -77,9 +82,16 @@ def read_safetensors_header(path: Path) -> dict:
     if size < 8:
         raise CheckpointError(f"{path}: {size} bytes is too short for a safetensors file; fetch it again")
     with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
+        head = f.read(8)
+        n = int.from_bytes(head, "little")
         if n == 0 or n > MAX_HEADER_BYTES or 8 + n > size:
             raise CheckpointError(
+            if head.startswith(PICKLE_MAGIC):
+                raise CheckpointError(
+                    f"{path}: a pickle (torch.save) file named {path.suffix or 'without a suffix'}, not a safetensors "
+                    "file; rename it to .ckpt and set allow_pickle: true for its model (read with "
+                    "torch.load(weights_only=True)), or get the model's .safetensors download"
+                )
                 f"{path}: not a safetensors file or truncated (header length field {n}, file size {size}); "
                 "expected a .safetensors checkpoint, fetch it again or convert it"
             )
@@ -180,28 +192,69 @@ def _what_is_it(keys) -> str:
     return f"{len(keys)} tensors such as {sample}"
 
 
+def checkpoint_format(path: Path) -> str:
+    """"pickle" for .ckpt/.pt/.pth/.bin files, else "safetensors": how every reader here opens ``path``.
+
+    Decided by the suffix, as A1111 and diffusers' ``from_single_file`` decide; a pickle under a .safetensors name
+    is reported as one by ``read_safetensors_header``.
+    """
+    return "pickle" if Path(path).suffix.lower() in PICKLE_SUFFIXES else "safetensors"
+
+
+@dataclass(frozen=True)
+class CheckpointFile:
+    """A checkpoint file read once: its format, tensor shapes and string metadata (no tensor data is kept).
+
+    ``metadata`` is the safetensors ``__metadata__``, or a pickle's top-level string entries (where the tiny kit
+    writes its marker).
+    """
+
+    path: Path
+    format: str  # "safetensors" | "pickle" (checkpoint_format)
+    shapes: Mapping[str, list[int]]
+    metadata: Mapping[str, str]
+
+    @property
+    def family(self) -> str:
+        """"sd15" | "sd2" | "sdxl" (``family_from_shapes``; raises CheckpointError for anything else)."""
+        return family_from_shapes(self.shapes, str(self.path))
+
+    @property
+    def is_tiny_kit(self) -> bool:
+        """Written by ``ghostreview.kit.sd`` (random weights, tiny topology), for tests and CI."""
+        return self.metadata.get(KIT_METADATA_KEY) == KIT_METADATA_VALUE
+
+
+def inspect_checkpoint(path: Path, *, allow_pickle: bool = False) -> CheckpointFile:
+    """Read the checkpoint at ``path`` once: for safetensors only the header; pickles (refused unless
+    ``allow_pickle``) with ``torch.load(weights_only=True)`` onto the meta device.
+
+    Raises:
+        CheckpointError: refused or unsafe pickles, unreadable/corrupt files (the message names the file and the fix).
+    """
+    path = Path(path)
+    if checkpoint_format(path) == "pickle":
+        if not allow_pickle:
+            raise CheckpointError(_pickle_refusal(path))
+        tensors, metadata = _load_pickle(path, map_location="meta")
+        return CheckpointFile(path, "pickle", {k: list(v.shape) for k, v in tensors.items()}, metadata)
+    header = read_safetensors_header(path)
+    return CheckpointFile(path, "safetensors", tensor_shapes(header), header_metadata(header))
+
+
 def detect_family(path: Path, *, allow_pickle: bool = False) -> str:
     """Family of the single-file checkpoint at ``path``: "sd15" | "sdxl" | "sd2", from tensor names and shapes.
 
-    For safetensors only the header is read (no tensor data). Pickle files (.ckpt/.pt/.pth/.bin) are refused
-    unless ``allow_pickle``; then they are read with ``torch.load(weights_only=True)`` onto the meta device.
-
     Raises:
-        CheckpointError: refused or unsafe pickles, unreadable/corrupt files, or files that are not SD
-            checkpoints (the message lists what was expected).
+        CheckpointError: see ``inspect_checkpoint``; and files that are not SD checkpoints (the message lists what
+            was expected).
     """
-    path = Path(path)
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        if not allow_pickle:
-            raise CheckpointError(_pickle_refusal(path))
-        shapes = {k: list(v.shape) for k, v in _load_pickle_state_dict(path, map_location="meta").items()}
-        return family_from_shapes(shapes, str(path))
-    return family_from_shapes(tensor_shapes(read_safetensors_header(path)), str(path))
+    return inspect_checkpoint(path, allow_pickle=allow_pickle).family
 
 
-def is_tiny_kit_file(path: Path) -> bool:
-    """True when ``path`` is a safetensors file written by ``ghostreview.kit`` (random weights, for tests/CI)."""
-    return header_metadata(read_safetensors_header(path)).get(KIT_METADATA_KEY) == "tiny-random-weights"
+def is_tiny_kit_file(path: Path, *, allow_pickle: bool = False) -> bool:
+    """True when the checkpoint at ``path`` was written by ``ghostreview.kit`` (random weights, for tests/CI)."""
+    return inspect_checkpoint(path, allow_pickle=allow_pickle).is_tiny_kit
 
 
 # ---------------------------------------------------------------------------------------------------- configs
@@ -264,10 +317,9 @@ def tiny_config_dir(family: str, cache_root: Path) -> Path:
     return _materialize(dest, lambda tmp: sd.write_tiny_config_dir(tmp, family))
 
 
-def pipeline_config_dir(checkpoint: Path, family: str, cache_root: Path) -> Path:
+def pipeline_config_dir(checkpoint: Path, family: str, cache_root: Path, *, allow_pickle: bool = False) -> Path:
     """The config dir to load ``checkpoint`` with: the tiny topology for tiny-kit files, else the real one."""
-    checkpoint = Path(checkpoint)
-    if checkpoint.suffix.lower() not in PICKLE_SUFFIXES and is_tiny_kit_file(checkpoint):
+    if is_tiny_kit_file(checkpoint, allow_pickle=allow_pickle):
         return tiny_config_dir(family, cache_root)
     return family_config_dir(family, cache_root)
 
@@ -296,11 +348,11 @@ def _dedupe_storage(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
-def _load_pickle_state_dict(path: Path, map_location: str = "cpu") -> dict[str, torch.Tensor]:
-    """Tensors of a pickle checkpoint, read with ``torch.load(weights_only=True)`` only.
+def _load_pickle(path: Path, map_location: str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and string metadata of a pickle checkpoint, read with ``torch.load(weights_only=True)`` only.
 
-    Nested ``state_dict`` entries are unwrapped (as diffusers does); non-tensor entries (``global_step``...) are
-    dropped.
+    Nested ``state_dict`` entries are unwrapped (as diffusers does); the string entries met on the way are the
+    metadata; other non-tensor entries (``global_step``...) are dropped.
 
     Raises:
         CheckpointError: when the pickle holds anything but tensors and plain containers (possible code), is
@@ -313,27 +365,31 @@ def _load_pickle_state_dict(path: Path, map_location: str = "cpu") -> dict[str, 
             f"{path}: refused by torch.load(weights_only=True): it holds objects other than tensors (possibly "
             f"code) or is corrupt: {e}. Use the model's .safetensors download instead"
         ) from e
-    while isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+    metadata: dict[str, str] = {}
+    while isinstance(obj, dict):
+        metadata.update({k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, str)})
+        if not isinstance(obj.get("state_dict"), dict):
+            break
         obj = obj["state_dict"]
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, dict) else {}
     if not tensors:
         raise CheckpointError(f"{path}: the pickle holds no tensor state dict; not a checkpoint")
-    return tensors
+    return tensors, metadata
 
 
 def convert_pickle_checkpoint(src: Path, dest: Path) -> Path:
     """Convert a pickle checkpoint to safetensors (atomically), reading it with ``torch.load(weights_only=True)``.
 
     Raises:
-        CheckpointError: see ``_load_pickle_state_dict``.
+        CheckpointError: see ``_load_pickle``.
     """
     from safetensors.torch import save_file
 
     src, dest = Path(src), Path(dest)
-    tensors = _load_pickle_state_dict(src)
+    tensors, metadata = _load_pickle(src)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    save_file(_dedupe_storage(tensors), str(tmp))
+    save_file(_dedupe_storage(tensors), str(tmp), metadata=metadata or None)
     os.replace(tmp, dest)
     return dest
 
@@ -342,7 +398,7 @@ def convert_pickle_checkpoint(src: Path, dest: Path) -> Path:
 def _as_safetensors(path: Path, allow_pickle: bool) -> Iterator[Path]:
     """Yield a safetensors path for ``path``: itself, or (pickle, opted in) a temporary converted copy."""
     path = Path(path)
-    if path.suffix.lower() not in PICKLE_SUFFIXES:
+    if checkpoint_format(path) == "safetensors":
         yield path
         return
     if not allow_pickle:

@@ -14,6 +14,7 @@ from pathlib import Path
 from functools import partial
 from typing import Callable, Iterator, Mapping, Sequence
 
+import numpy as np
 from PIL import Image
 
 from ghostreview.benchmark import Benchmark
@@ -72,7 +73,7 @@ def clipscore_rows(rows: Sequence[Mapping[str, str]], embeddings: Path, scoring:
     """CLIPScore rows: stored image embeddings against each prompt's plain text (text tower once per prompt)."""
     emb = load_embeddings(embeddings)
     clip = _clip(scoring, root)
-    text_emb, truncated = text_embeddings(clip, [plain_text(r["prompt"]) for r in rows])
+    text_emb, truncated = text_embeddings(clip, [plain_text(r["prompt"]) for r in rows], scoring.batch_size)
     values = clipscore.clip_scores(emb.rows([r["image_hash"] for r in rows]), text_emb)
     flags = [["text_truncated"] if t else [] for t in truncated]
     info = clipscore.INFO
@@ -82,9 +83,11 @@ def clipscore_rows(rows: Sequence[Mapping[str, str]], embeddings: Path, scoring:
 # ------------------------------------------------------------------------------------------------ StyleLoss
 
 
-def _vgg(style: StyleParams, root: Path):
+def _vgg(style: StyleParams, root: Path, device: str):
+    """VGG19 features on ``device`` ("auto" as in ``scoring.device``) and the weights file's sha256."""
     path = resolve(root, style.vgg_weights)
-    return styleloss.load_vgg19_features(path), verify_weights(path, style.sha256, "scoring.style.vgg_weights")
+    sha = verify_weights(path, style.sha256, "scoring.style.vgg_weights")
+    return styleloss.load_vgg19_features(path).to(pick_device(device)), sha
 
 
 MAX_LISTED = 12  # reference-set problems shown in one error
@@ -167,10 +170,13 @@ def header_families(header_dirs: Mapping[str, Path]) -> tuple[dict[str, Path], l
 
 
 def write_refstats(bench: Benchmark, style_dir: Path | None, header_dirs: Mapping[str, Path], style: StyleParams,
-                   root: Path, out: Path) -> int:
-    """Gram statistics of every reference set, written to ``out/<set>.safetensors`` (swapped in atomically)."""
+                   root: Path, out: Path, device: str = "cpu") -> int:
+    """Gram statistics of every reference set, written to ``out/<set>.safetensors`` (swapped in atomically).
+
+    VGG runs on ``device``, one reference per forward (references differ in size; a batch of one is a fixed shape).
+    """
     sets = reference_sets(bench, style_dir, header_dirs)
-    vgg, _ = _vgg(style, root)
+    vgg, _ = _vgg(style, root, device)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     for name, files in sets.items():
@@ -189,26 +195,48 @@ def refstats_path(refstats: Path, task: str, row: Mapping[str, str]) -> Path:
     return refstats / f"{sub}.safetensors"
 
 
-def styleloss_rows(rows: Sequence[Mapping[str, str]], task: str, images_dir: Path, refstats: Path,
-                   scoring: ScoringParams, root: Path) -> list[dict]:
-    """StyleLoss (task "style") or LoRA loss (task "lora") rows, plus per-layer rows ``<metric>.<layer>``."""
-    info = styleloss.INFO if task == "style" else styleloss.LORA_INFO
-    vgg, vgg_sha = _vgg(scoring.style, root)
+def _group_refs(rows: Sequence[Mapping[str, str]], task: str, refstats: Path,
+                image_size: int) -> dict[Path, list[Mapping[str, str]]]:
+    """Rows grouped by their reference statistics file, in first-appearance order; each file checked up front."""
     groups: dict[Path, list[Mapping[str, str]]] = defaultdict(list)
     for row in rows:
         groups[refstats_path(refstats, task, row)].append(row)
-    out: list[dict] = []
     for path, group in groups.items():
         if not path.is_file():
             what = (f"style {group[0]['item']!r}" if task == "style"
                     else f"LoRA {group[0]['item']!r} ({group[0]['family']}): was paths.lora_headers.{group[0]['family']} "
                          f"empty when refstats ran? Put its header images there (see docs/benchmark.md), then")
             raise FileNotFoundError(f"{path}: no reference statistics for {what} run `dvc repro` (refstats reruns).")
-        refs = styleloss.load_ref_stats(path)
-        if refs.size != scoring.style.image_size:
-            raise ValueError(f"{path} was computed at size {refs.size}, params say scoring.style.image_size = {scoring.style.image_size}: rerun refstats.")
-        losses, layers = styleloss.image_style_losses(vgg, open_images(images_dir, group), refs)
-        out += score_rows(group, info.name, losses, info.version, vgg_sha)
+        size = styleloss.read_ref_stats_meta(path)["size"]
+        if size != image_size:
+            raise ValueError(f"{path} was computed at size {size}, params say scoring.style.image_size = {image_size}: rerun refstats.")
+    return groups
+
+
+def styleloss_rows(rows: Sequence[Mapping[str, str]], task: str, images_dir: Path, refstats: Path,
+                   scoring: ScoringParams, root: Path) -> list[dict]:
+    """StyleLoss (task "style") or LoRA loss (task "lora") rows, plus per-layer rows ``<metric>.<layer>``.
+
+    VGG runs on ``scoring.device`` in forwards of ``scoring.batch_size`` images (across reference sets: one model's
+    images share one size), each image then compared with its own set's statistics.
+    """
+    info = styleloss.INFO if task == "style" else styleloss.LORA_INFO
+    groups = _group_refs(rows, task, refstats, scoring.style.image_size)
+    vgg, vgg_sha = _vgg(scoring.style, root, scoring.device)
+    device = next(vgg.parameters()).device
+    refs = {path: styleloss.load_ref_stats(path).to(device) for path in groups}
+    ordered = [(path, row) for path, group in groups.items() for row in group]
+    grams = styleloss.image_grams(vgg, open_images(images_dir, [row for _, row in ordered]), scoring.style.image_size,
+                                  scoring.batch_size)
+    per_image = [styleloss.style_loss([g[None] for g in image], refs[path]) for (path, _), image in zip(ordered, grams)]
+    losses = np.array([float(loss[0]) for loss, _ in per_image])
+    layers = np.array([per_layer[0].cpu().numpy() for _, per_layer in per_image]).reshape(len(ordered), -1)
+    out: list[dict] = []
+    start = 0
+    for group in groups.values():
+        part = slice(start, start + len(group))
+        out += score_rows(group, info.name, losses[part], info.version, vgg_sha)
         for j, layer in enumerate(styleloss.LAYERS):
-            out += score_rows(group, f"{info.name}.{layer}", layers[:, j], info.version, vgg_sha)
+            out += score_rows(group, f"{info.name}.{layer}", layers[part, j], info.version, vgg_sha)
+        start += len(group)
     return out

@@ -111,8 +111,8 @@ def test_text_embeddings_once_per_distinct_text(model, monkeypatch):
     monkeypatch.setattr(model.model, "encode_text", counting)
     long_text = " ".join(["word"] * 100)
     texts = ["a cat", "a dog", "a cat", long_text, "a dog"]
-    emb, flags = gclip.text_embeddings(model, texts)
-    assert sum(calls) == 3  # three distinct texts encoded
+    emb, flags = gclip.text_embeddings(model, texts, batch_size=3)
+    assert sum(calls) == 3  # three distinct texts encoded (one forward of exactly batch_size rows)
     assert emb.shape == (5, 768) and emb.dtype == np.float32
     assert flags == [False, False, False, True, False]
     np.testing.assert_array_equal(emb[0], emb[2])

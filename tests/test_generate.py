@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import small_benchmark
 from PIL import Image
 
@@ -13,6 +15,7 @@ from ghostreview import generate as gen
 from ghostreview.benchmark import load_benchmark
 from ghostreview.config import GenerationParams, HiresParams
 from ghostreview.generate import GenerateSettings, run_generate
+from ghostreview.loading import CheckpointError
 from ghostreview.manifest import read_manifest
 from ghostreview.hashing import autov2, file_sha256
 from ghostreview.infotext import parse_infotext, read_png_infotext
@@ -148,3 +151,41 @@ def test_image_key_covers_everything_that_decides_pixels(kit):
     ]
     keys = {gen.job_key(v) for v in variants}
     assert key not in keys and len(keys) == len(variants)
+
+
+# ------------------------------------------------------------------------------------------------ pickle checkpoints
+
+
+def pixels_by_image(out: Path) -> dict[tuple[str, str, str], bytes]:
+    return {(r["task"], r["item"], r["seed"]): Image.open(out / r["image"]).tobytes() for r in read_manifest(out)}
+
+
+def test_a_pickle_checkpoint_made_from_a_kit_model_generates_when_allowed(kit, tmp_path):
+    """A .ckpt ({"state_dict": ...}, as A1111-era files are) draws exactly what its .safetensors twin draws."""
+    from safetensors.torch import load_file
+
+    root, bench = kit
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"state_dict": load_file(str(root / "model.safetensors")), "global_step": 1234}, ckpt)
+    only = {"tasks": ("general",)}
+    run_generate(bench, settings(root, tmp_path / "store", **only), tmp_path / "st", progress=False)
+    stats = run_generate(bench, settings(root, tmp_path / "store", checkpoint=ckpt, allow_pickle=True, **only),
+                         tmp_path / "pk", progress=False)
+    assert stats == {"images": 2, "drawn": 2, "reused": 0, "skipped": 0}  # another file hash: other image keys
+    assert pixels_by_image(tmp_path / "pk") == pixels_by_image(tmp_path / "st")
+    model = json.loads((tmp_path / "pk" / "model.json").read_text())
+    assert model["sha256"] == file_sha256(ckpt) and model["checkpoint_name"] == "model"
+    assert not model["random_weights"]  # no kit marker in this pickle: nothing claims it is a stand-in
+
+
+def test_a_kit_pickle_checkpoint_loads_with_its_tiny_config_when_none_is_given(kit, tmp_path):
+    from ghostreview.kit import sd
+
+    root, bench = kit
+    ckpt = sd.write_tiny_pickle_checkpoint(tmp_path / "kit.ckpt", "sd15", seed=7)
+    s = settings(root, tmp_path / "store", checkpoint=ckpt, allow_pickle=True, config_dir=None, tasks=("general",))
+    assert run_generate(bench, s, tmp_path / "out", progress=False)["drawn"] == 2
+    assert json.loads((tmp_path / "out" / "model.json").read_text())["random_weights"] is True
+    refused = dataclasses.replace(s, allow_pickle=False)
+    with pytest.raises(CheckpointError, match="allow_pickle: true"):
+        run_generate(bench, refused, tmp_path / "out2", progress=False)

@@ -182,6 +182,30 @@ def test_detect_family_of_pickle_only_on_request(tmp_path):
     assert loading.detect_family(path, allow_pickle=True) == "sd15"
 
 
+
+def test_inspect_reads_a_pickle_once_into_the_same_record_as_a_safetensors_file(files, tmp_path):
+    """One record (format, shapes, metadata) per checkpoint, whatever its format: everything else asks it."""
+    st = loading.inspect_checkpoint(files["sd15"])
+    pk = loading.inspect_checkpoint(sd.write_tiny_pickle_checkpoint(tmp_path / "kit.ckpt", "sd15", seed=21),
+                                    allow_pickle=True)
+    assert (st.format, pk.format) == ("safetensors", "pickle")
+    assert pk.shapes == st.shapes and pk.family == st.family == "sd15"
+    assert st.is_tiny_kit and pk.is_tiny_kit  # the kit marks its pickles too
+    assert loading.is_tiny_kit_file(pk.path, allow_pickle=True)
+    with pytest.raises(CheckpointError, match="allow_pickle: true"):
+        loading.is_tiny_kit_file(pk.path)  # asking about a pickle is reading it: refused without the opt-in
+    tiny = loading.pipeline_config_dir(pk.path, "sd15", tmp_path, allow_pickle=True)
+    assert tiny == loading.tiny_config_dir("sd15", tmp_path)
+
+
+def test_a_pickle_named_safetensors_is_reported_as_a_pickle(files, tmp_path):
+    disguised = tmp_path / "model.safetensors"
+    torch.save({"state_dict": {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3)}}, disguised)
+    with pytest.raises(CheckpointError, match=r"a pickle \(torch.save\) file named \.safetensors") as info:
+        loading.detect_family(disguised)
+    assert str(disguised) in str(info.value) and ".ckpt" in str(info.value)
+
+
 # ------------------------------------------------------------------------------------------------ configs
 
 # Parameter counts of the original models (diffusers' published component sizes): SD1.5 UNet 859.52M,

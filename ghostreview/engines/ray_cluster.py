@@ -82,7 +82,7 @@ class DrawWorker:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self._check(spec, expected_runtime)
         self.store = ImageStore(Path(store_root))
-        self.draw_batch = pipeline_drawer(load_spec_pipeline(spec), spec.family)
+        self.draw_batch = pipeline_drawer(load_spec_pipeline(spec), spec.family, spec.batch_size)
 
     def _check(self, spec: PipelineSpec, expected: dict[str, str]) -> None:
         import torch
@@ -92,7 +92,7 @@ class DrawWorker:
                                     "see the checkpoint, LoRAs, cache and image store at the same paths")
         if spec.device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"Ray worker {self.name}: device {spec.device!r} but this node has no usable GPU")
-        found = image_runtime(spec.device, getattr(torch, spec.dtype))
+        found = image_runtime(spec.device, getattr(torch, spec.dtype), spec.batch_size)
         if found != expected:
             diff = {k: (expected.get(k), found.get(k)) for k in expected.keys() | found.keys()
                     if expected.get(k) != found.get(k)}
@@ -146,7 +146,7 @@ class RayEngine:
         ray = self._connect()
         n = worker_count(self.workers, spec.device, ray.cluster_resources(), spec.cpu_threads, len(units))
         actor = ray.remote(num_cpus=max(1, spec.cpu_threads), num_gpus=1 if spec.device == "cuda" else 0)(DrawWorker)
-        runtime = image_runtime(spec.device, getattr(torch, spec.dtype))
+        runtime = image_runtime(spec.device, getattr(torch, spec.dtype), spec.batch_size)
         actors = [actor.remote(spec, str(store.root), runtime) for _ in range(n)]
         counts: Counter[str] = Counter()
         try:

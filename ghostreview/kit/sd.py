@@ -227,10 +227,26 @@ def write_tiny_checkpoint(path: Path, family: str, seed: int) -> Path:
     ``positional_embedding``). Tensors are float16 (position_ids int64); metadata ``kit_metadata(family, seed)``.
     The same (family, seed) always gives a byte-identical file. Returns ``path``.
     """
-    configs = tiny_configs(family)
-    ckpt = to_ldm_checkpoint(family, tiny_state_dicts(family, seed), configs)
-    ckpt = {k: v.half() if v.is_floating_point() else v for k, v in ckpt.items()}
-    return save_safetensors_atomic(ckpt, path, kit_metadata(family, seed))
+    return save_safetensors_atomic(_tiny_ldm_checkpoint(family, seed), path, kit_metadata(family, seed))
+
+
+def _tiny_ldm_checkpoint(family: str, seed: int) -> dict[str, torch.Tensor]:
+    """The single-file tensors of the tiny ``family`` model from ``seed``: float16, position_ids int64."""
+    ckpt = to_ldm_checkpoint(family, tiny_state_dicts(family, seed), tiny_configs(family))
+    return {k: v.half() if v.is_floating_point() else v for k, v in ckpt.items()}
+
+
+def write_tiny_pickle_checkpoint(path: Path, family: str, seed: int) -> Path:
+    """The checkpoint of ``write_tiny_checkpoint(path, family, seed)`` as a pickle ``.ckpt``: ``torch.save`` of
+    ``{"state_dict": {...}, **kit_metadata}`` (the layout of A1111-era checkpoints; the marker strings sit where
+    ``global_step`` sits in those). Loading reads it with ``torch.load(weights_only=True)``. Returns ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save({"state_dict": _tiny_ldm_checkpoint(family, seed), **kit_metadata(family, seed)}, tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def write_tiny_vae(path: Path, family: str, seed: int) -> Path:

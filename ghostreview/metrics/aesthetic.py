@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ghostreview.metrics import MetricInfo
+from ghostreview.metrics.batching import map_rows
 from ghostreview.metrics.weights import read_state_dict
 
 INFO = MetricInfo(
@@ -77,8 +78,14 @@ def l2_normalize(embeddings: np.ndarray) -> np.ndarray:
     return emb / norms
 
 
+# Rows per forward of the head: a constant, so that a score never depends on how many images its model has
+# (``ghostreview.metrics.batching``). The head is tiny; a fixed 256 costs nothing measurable.
+HEAD_BATCH = 256
+
+
 def aesthetic_scores(embeddings: np.ndarray, head_state: Mapping[str, Tensor]) -> np.ndarray:
     """Aesthetic score per image: [N, 768] unnormalized CLIP image embeddings -> [N] float32 (normalized here)."""
     x = torch.from_numpy(l2_normalize(embeddings)).float()
     with torch.inference_mode():
-        return laion_head(x, head_state).numpy().astype(np.float32)
+        scores = map_rows(lambda rows: laion_head(rows, head_state), x, HEAD_BATCH)
+    return scores.numpy().astype(np.float32)

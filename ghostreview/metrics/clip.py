@@ -15,15 +15,15 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import open_clip
 import torch
 from PIL import Image
 
+from ghostreview.metrics.batching import chunks, padded
 from ghostreview.metrics.weights import verify_weights, write_state_dict
 
 # Keys of OpenAI's TorchScript state dict that are not parameters of open_clip's CLIP.
@@ -94,19 +94,17 @@ def load_clip(
     return ClipModel(model, preprocess, open_clip.get_tokenizer(arch), arch, sha)
 
 
-def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    it = iter(items)
-    while batch := list(islice(it, size)):
-        yield batch
-
-
 @torch.inference_mode()
 def image_embeddings(clip: ClipModel, images: Iterable[Image.Image], batch_size: int = 16) -> np.ndarray:
-    """Unnormalized CLIP image embeddings, [N, D] float32, in input order (images are preprocessed by open_clip)."""
+    """Unnormalized CLIP image embeddings, [N, D] float32, in input order (images are preprocessed by open_clip).
+
+    Every forward holds exactly ``batch_size`` images (the last one padded: ``ghostreview.metrics.batching``), so an
+    image's embedding depends on ``batch_size`` but never on the other images.
+    """
     out = [np.zeros((0, clip.embed_dim), np.float32)]
-    for batch in _batches(images, batch_size):
-        pixels = torch.stack([clip.preprocess(im) for im in batch]).to(clip.device)
-        out.append(clip.model.encode_image(pixels).float().cpu().numpy())
+    for batch in chunks(images, batch_size):
+        pixels = padded(torch.stack([clip.preprocess(im) for im in batch]), batch_size).to(clip.device)
+        out.append(clip.model.encode_image(pixels)[: len(batch)].float().cpu().numpy())
     return np.concatenate(out).astype(np.float32)
 
 
@@ -129,16 +127,19 @@ def tokenize(tokenizer: Any, texts: Sequence[str]) -> tuple[torch.Tensor, list[b
 
 
 @torch.inference_mode()
-def text_embeddings(clip: ClipModel, texts: Sequence[str], batch_size: int = 64) -> tuple[np.ndarray, list[bool]]:
+def text_embeddings(clip: ClipModel, texts: Sequence[str], batch_size: int = 16) -> tuple[np.ndarray, list[bool]]:
     """Unnormalized CLIP text embeddings [T, D] float32 aligned with ``texts``, and truncation flags.
 
     Each distinct text is encoded once; duplicates reuse its row. Texts are plain (A1111 syntax already removed).
+    Forwards hold exactly ``batch_size`` texts (padded with all-zero token rows), as for images.
     """
     distinct = list(dict.fromkeys(texts))
     ids, flags = tokenize(clip.tokenizer, distinct)
     rows = [np.zeros((0, clip.embed_dim), np.float32)]
     for start in range(0, len(distinct), batch_size):
-        rows.append(clip.model.encode_text(ids[start : start + batch_size].to(clip.device)).float().cpu().numpy())
+        chunk = ids[start : start + batch_size]
+        emb = clip.model.encode_text(padded(chunk, batch_size).to(clip.device))[: len(chunk)]
+        rows.append(emb.float().cpu().numpy())
     table = np.concatenate(rows)
     index = {text: i for i, text in enumerate(distinct)}
     order = [index[t] for t in texts]

@@ -21,7 +21,7 @@ LoRA loss is the same function against a LoRA's header image(s).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torchvision.models import VGG19_Weights
 
 from ghostreview.metrics import MetricInfo
+from ghostreview.metrics.batching import padded
 from ghostreview.metrics.weights import read_state_dict, sha256_file
 
 INFO = MetricInfo(
@@ -185,6 +186,10 @@ class RefStats:
         if self.count < 1 or (self.sha256s and len(self.sha256s) != self.count):
             raise ValueError(f"RefStats count {self.count} vs {len(self.sha256s)} sha256s")
 
+    def to(self, device: torch.device | str) -> "RefStats":
+        """The same statistics with their tensors on ``device`` (the VGG's, so comparisons stay there)."""
+        return replace(self, means=tuple(m.to(device) for m in self.means), spreads=self.spreads.to(device))
+
 
 def stats_from_grams(grams: Iterable[Sequence[Tensor]], size: int, sha256s: Sequence[str] = ()) -> RefStats:
     """RefStats (on CPU) from the per-reference Gram lists (each five [N_l, N_l] or [1, N_l, N_l]), streamed.
@@ -226,11 +231,36 @@ def style_loss(grams: list[Tensor], refs: RefStats) -> tuple[Tensor, Tensor]:
     return per_layer_t.mean(dim=1), per_layer_t
 
 
-def image_style_losses(vgg: nn.Module, images: Iterable[Image.Image], refs: RefStats) -> tuple[np.ndarray, np.ndarray]:
+def image_grams(vgg: nn.Module, images: Iterable[Image.Image], size: int, batch_size: int = 1) -> Iterator[list[Tensor]]:
+    """Each image's five Gram matrices ([N_l, N_l] float64, on the VGG's device), in input order.
+
+    Images are resized by :func:`resize_shorter`; consecutive images of one shape share a forward of exactly
+    ``batch_size`` images (the last one padded with black images), so an image's Grams never depend on its
+    batch-mates (``ghostreview.metrics.batching``).
+    """
+    pending: list[Tensor] = []
+
+    def flush() -> Iterator[list[Tensor]]:
+        grams = style_grams(vgg, padded(torch.stack(pending), batch_size))
+        for i in range(len(pending)):
+            yield [g[i] for g in grams]
+        pending.clear()
+
+    for im in images:
+        x = resize_shorter(im, size)
+        if pending and (x.shape != pending[0].shape or len(pending) == batch_size):
+            yield from flush()
+        pending.append(x)
+    if pending:
+        yield from flush()
+
+
+def image_style_losses(vgg: nn.Module, images: Iterable[Image.Image], refs: RefStats,
+                       batch_size: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """StyleLoss of each image against ``refs``, resized to ``refs.size``: ([N] loss, [N, 5] per layer) float64."""
     losses, layers = [np.zeros(0)], [np.zeros((0, len(LAYERS)))]
-    for im in images:
-        loss, per_layer = style_loss(style_grams(vgg, resize_shorter(im, refs.size)[None]), refs)
+    for grams in image_grams(vgg, images, refs.size, batch_size):
+        loss, per_layer = style_loss([g[None] for g in grams], refs)
         losses.append(loss.cpu().numpy())
         layers.append(per_layer.cpu().numpy())
     return np.concatenate(losses), np.concatenate(layers)
