@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from ghostreview.kit.tokenizer import TOKENIZER_PADS, open_clip_bpe_path, write_clip_tokenizer
 from ghostreview.kit.sd import KIT_METADATA_KEY, KIT_METADATA_VALUE  # the tiny kit's marker: tiny configs
+from ghostreview.kit.tokenizer import TOKENIZER_PADS, open_clip_bpe_path, write_clip_tokenizer
 
 CONFIGS_ROOT = Path(__file__).resolve().parent / "configs"
 CONFIG_FAMILIES = ("sd15", "sd2", "sdxl")
@@ -85,13 +85,13 @@ def read_safetensors_header(path: Path) -> dict:
         head = f.read(8)
         n = int.from_bytes(head, "little")
         if n == 0 or n > MAX_HEADER_BYTES or 8 + n > size:
-            raise CheckpointError(
             if head.startswith(PICKLE_MAGIC):
                 raise CheckpointError(
                     f"{path}: a pickle (torch.save) file named {path.suffix or 'without a suffix'}, not a safetensors "
                     "file; rename it to .ckpt and set allow_pickle: true for its model (read with "
                     "torch.load(weights_only=True)), or get the model's .safetensors download"
                 )
+            raise CheckpointError(
                 f"{path}: not a safetensors file or truncated (header length field {n}, file size {size}); "
                 "expected a .safetensors checkpoint, fetch it again or convert it"
             )
