@@ -121,3 +121,21 @@ def test_an_image_redrawn_alone_is_byte_identical_to_the_one_drawn_in_a_full_bat
             for part in store.rglob(f"{keys[i]}.*"):
                 part.unlink()
         assert run(store, tmp_path / out) == first
+
+
+def test_the_cpu_thread_count_is_part_of_every_cpu_image_key():
+    """1 vs 2 torch threads changed a few 8-bit values of the same tiny images: the key must tell them apart."""
+    from ghostreview.generate import image_runtime
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = image_runtime("cpu", torch.float32, 4)
+        torch.set_num_threads(2)
+        two = image_runtime("cpu", torch.float32, 4)
+        gpu = image_runtime("cuda:1", torch.float16, 4)
+    finally:
+        torch.set_num_threads(before)
+    assert one["threads"] == "1" and two["threads"] == "2" and {**one, "threads": "2"} == two
+    assert "threads" not in gpu and gpu["device"] == "cuda" and gpu["batch"] == "4"
+    assert image_runtime("cpu", torch.float32, 2)["batch"] == "2"

@@ -96,8 +96,9 @@ class DrawWorker:
         if found != expected:
             diff = {k: (expected.get(k), found.get(k)) for k in expected.keys() | found.keys()
                     if expected.get(k) != found.get(k)}
-            raise RuntimeError(f"Ray worker {self.name}: library versions differ from the driver's (driver, worker): "
-                               f"{diff}; they are part of every image key, install the same versions on every node")
+            raise RuntimeError(f"Ray worker {self.name}: its runtime differs from the driver's (driver, worker): "
+                               f"{diff}; it is part of every image key: install the same library versions on every "
+                               f"node, and on CPUs set generation.cpu_threads (0 = each node's own core count)")
 
     def draw(self, unit: WorkUnit) -> tuple[str, int]:
         """Draw the unit's images the store still lacks (another worker or an earlier run may have drawn some)."""
