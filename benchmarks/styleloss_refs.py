@@ -10,9 +10,11 @@ What is timed (decided here, stated in the output): the scoring of N = 32 genera
 set (N = 64 took over 6 minutes on the shared 2-core machine; the ratio grows with N, see RESULTS.md).
 - "Gram comparison" (the ratio with the >= 10x target): from the Gram matrices to the N losses. The statistics
   path includes the reduction of the 32 reference Grams; both paths start from the same precomputed Grams.
-- "End to end": the VGG19 passes that produce the Grams (32 references + N images, one image at a time as the
-  stages run them, resize included) are identical code in both paths; they are timed once in the same run and
-  added to each path's median Gram-comparison time. This is the honest figure for a review: the VGG dominates.
+- "End to end": the VGG19 passes that produce the Grams are identical code in both paths, and the stages' own:
+  references one per forward (``ref_stats``, as refstats runs them), generated images in forwards of
+  ``--batch-size`` (``image_grams``, as the styleloss stages run them at ``scoring.batch_size``), resize included,
+  on the device the stages would use (``pick_device``). They are timed once in the same run and added to each
+  path's median Gram-comparison time. This is the honest figure for a review: the VGG dominates.
 
 VGG19: torchvision's ``vgg19().features`` (real widths, 64..512 channels) with its random init, saved to a file and
 loaded with ``load_vgg19_features``; images resized to a shorter side of 128 px. ``--quick``: the tiny kit VGG
@@ -30,8 +32,9 @@ from torch import Tensor
 
 from benchmarks.common import header, interleaved, row, timed
 from ghostreview.metrics.styleloss import (
-    RefStats, load_vgg19_features, resize_shorter, stats_from_grams, style_grams, style_loss,
+    RefStats, image_grams, load_vgg19_features, resize_shorter, stats_from_grams, style_grams, style_loss,
 )
+from ghostreview.runtime import pick_device
 
 NAME = "styleloss_refs"
 R = 32
@@ -60,14 +63,15 @@ def random_images(n: int, size: int, seed: int) -> list[Image.Image]:
     return out
 
 
-def image_grams(vgg: torch.nn.Module, images: list[Image.Image], size: int) -> list[list[Tensor]]:
-    """Per image, its five float64 Grams [1, N_l, N_l] (one image at a time, as the stages run VGG)."""
-    return [style_grams(vgg, resize_shorter(im, size)[None]) for im in images]
+def reference_grams(vgg: torch.nn.Module, images: list[Image.Image], size: int) -> list[list[Tensor]]:
+    """Per reference, its five float64 Grams [1, N_l, N_l] on the CPU (one per forward, as ``ref_stats`` runs them)."""
+    return [[g.cpu() for g in style_grams(vgg, resize_shorter(im, size)[None])] for im in images]
 
 
-def stack(grams: list[list[Tensor]]) -> list[Tensor]:
-    """Per-image Gram lists -> five batched [B, N_l, N_l]."""
-    return [torch.cat(layer) for layer in zip(*grams)]
+def generated_grams(vgg: torch.nn.Module, images: list[Image.Image], size: int, batch_size: int) -> list[Tensor]:
+    """Five batched [N, N_l, N_l] float64 Grams on the CPU, computed as the styleloss stages compute them."""
+    per_image = list(image_grams(vgg, images, size, batch_size))
+    return [torch.stack([image[j] for image in per_image]).cpu() for j in range(len(per_image[0]))]
 
 
 def stats_path(ref_grams: list[list[Tensor]], gen: list[Tensor], size: int) -> Tensor:
@@ -88,7 +92,7 @@ def pairwise_path(ref_grams: list[list[Tensor]], gen: list[Tensor]) -> Tensor:
     return total / len(ref_grams)
 
 
-def run(quick: bool = False, device: str = "cpu") -> dict:
+def run(quick: bool = False, device: str = "auto", batch_size: int = 16) -> dict:
     n, size, repeats = (16, 64, 5) if quick else (32, 128, 3)
     header(f"{NAME}: StyleLoss vs {R} references, reference statistics vs pairwise Grams")
     with tempfile.TemporaryDirectory(prefix="gr-bench-vgg-") as tmp:
@@ -98,14 +102,14 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
             path, label = write_tiny_vgg19(Path(tmp) / "vgg.pth", seed=0), "tiny kit VGG19 (widths / 8)"
         else:
             path, label = write_vgg19(Path(tmp) / "vgg.pth"), "torchvision VGG19 features, real widths, random init"
+        device = pick_device(device)  # what the stages do with scoring.device
         vgg = load_vgg19_features(path).to(device)
     refs_img, gens_img = random_images(R, 2 * size, seed=1), random_images(n, 2 * size, seed=2)
-    row("model", f"{label}; images {2 * size}px resized to {size}px; device {device}")
+    row("model", f"{label}; images {2 * size}px resized to {size}px; device {device}; batch {batch_size}")
     row("workload", f"R = {R} references, N = {n} generated images, {repeats} interleaved repeats")
-    image_grams(vgg, refs_img[:2], size)  # warm-up
-    t_refs, ref_grams = timed(lambda: image_grams(vgg, refs_img, size))
-    t_gens, gen_per_image = timed(lambda: image_grams(vgg, gens_img, size))
-    gen = stack(gen_per_image)
+    reference_grams(vgg, refs_img[:2], size), generated_grams(vgg, gens_img[:2], size, batch_size)  # warm-up
+    t_refs, ref_grams = timed(lambda: reference_grams(vgg, refs_img, size))
+    t_gens, gen = timed(lambda: generated_grams(vgg, gens_img, size, batch_size))
     warm = [g[:2] for g in gen]  # warm-up on 2 images (allocator, thread pool), not a full untimed repeat
     stats_path(ref_grams, warm, size), pairwise_path(ref_grams, warm)
     t = interleaved({"stats": lambda: stats_path(ref_grams, gen, size),
@@ -114,7 +118,7 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
     rel = float(((a - b).abs() / b.abs()).max())
     vgg_s = t_refs + t_gens
     out = {
-        "model": label, "size": size, "references": R, "images": n,
+        "model": label, "size": size, "references": R, "images": n, "device": device, "batch_size": batch_size,
         "stats_s": t.median("stats"), "pairwise_s": t.median("pairwise"),
         "ratio_gram_comparison": t.ratio("pairwise", "stats"),
         "vgg_refs_s": t_refs, "vgg_images_s": t_gens,
