@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ from ghostreview.draw import DrawRequest, Hires, draw
 from ghostreview.hashing import autov2, file_sha256
 from ghostreview.infotext import format_infotext
 from ghostreview.loading import CheckpointFile, inspect_checkpoint, load_pipeline, pipeline_config_dir
-from ghostreview.lora import LoraSpec, apply_loras, lora_status, remove_loras
+from ghostreview.lora import PARTIAL_FLAG, LoraSpec, apply_loras, lora_status, partial_status, remove_loras
 from ghostreview.manifest import MANIFEST_COLUMNS
 from ghostreview.prompts import extract_lora_tags
 from ghostreview.runtime import library_versions, pick_device, pick_dtype, set_cpu_threads
@@ -203,17 +204,25 @@ def draw_unit(unit: WorkUnit, store: ImageStore, draw_batch: Callable[[Sequence[
     return len(unit)
 
 
+def image_flags(job: ImageJob, key: str, store: ImageStore) -> tuple[list[str], str]:
+    """An image's flags and its LoRA status: the plan's reason it cannot be drawn, or the flags stored with it.
+
+    A stored flag may carry its detail after ``": "`` (``lora_partial: partial: <name>: no delta on ...``): the
+    manifest's ``flags`` keep the name, the detail of ``lora_partial`` becomes the ``lora_status``.
+    """
+    if job.status:
+        return ["lora_incompatible" if job.status.startswith("incompatible") else "lora_unsupported"], job.status
+    stored = [str(f).partition(": ") for f in store.get_meta(key).get("flags", [])]
+    partial = [detail for name, _, detail in stored if name == PARTIAL_FLAG]
+    return [name for name, _, _ in stored], "; ".join(partial) or ("ok" if job.loras else "")
+
+
 def manifest_rows(
     jobs: Sequence[ImageJob], keys: Sequence[str], infotexts: Sequence[str], store: ImageStore, model: ModelIdentity
 ) -> list[dict]:
     rows = []
     for job, key, text in zip(jobs, keys, infotexts):
-        flags = [] if job.status else None
-        if job.status:
-            kind = "lora_incompatible" if job.status.startswith("incompatible") else "lora_unsupported"
-            flags = [kind]
-        else:
-            flags = list(store.get_meta(key).get("flags", []))
+        flags, status = image_flags(job, key, store)
         rows.append({
             "model": model.name,
             "family": model.family,
@@ -225,7 +234,7 @@ def manifest_rows(
             "prompt": job.prompt,
             "negative_prompt": job.negative_prompt,
             "loras": ", ".join(f"{s.name}:{s.weight:g}" for s in job.loras),
-            "lora_status": job.status or ("ok" if job.loras else ""),
+            "lora_status": status,
             "width": job.request.width if not job.request.hires else int(job.request.width * job.request.hires.scale),
             "height": job.request.height if not job.request.hires else int(job.request.height * job.request.hires.scale),
             "flags": ";".join(flags),
@@ -289,17 +298,20 @@ def model_identity(s: GenerateSettings, ckpt: CheckpointFile, hash_cache: Path) 
 
 def pipeline_drawer(pipe, family: str, batch_size: int) -> Callable[[Sequence[ImageJob]], list]:
     """A ``draw_batch`` for :func:`draw_unit` that swaps LoRAs only when a batch needs other ones; every forward
-    holds ``batch_size`` images (see :func:`ghostreview.draw.draw`)."""
+    holds ``batch_size`` images (see :func:`ghostreview.draw.draw`). Images drawn with a LoRA applied in part carry
+    ``lora_partial: <partial_status>`` among their flags."""
     current: list[tuple[LoraSpec, ...]] = [()]
+    partial: list[list[str]] = [[]]  # the flags of the active LoRAs
 
     def draw_batch(batch: Sequence[ImageJob]) -> list:
         if batch[0].loras != current[0]:
             if current[0]:
                 remove_loras(pipe)
-            if batch[0].loras:
-                apply_loras(pipe, family, batch[0].loras)
+            missing = apply_loras(pipe, family, batch[0].loras)
+            partial[0] = [f"{PARTIAL_FLAG}: {partial_status(n, m)}" for n, m in missing.items()]
             current[0] = batch[0].loras
-        return draw(pipe, family, [j.request for j in batch], batch_size=batch_size)
+        drawn = draw(pipe, family, [j.request for j in batch], batch_size=batch_size)
+        return [(image, flags + partial[0]) for image, flags in drawn]
 
     return draw_batch
 
@@ -388,7 +400,7 @@ def run_generate(bench: Benchmark, s: GenerateSettings, out_dir: Path, progress:
     set_cpu_threads(gen.cpu_threads)
     jobs = plan_jobs(
         bench, family, s.counts, s.tasks, dataclasses.asdict(gen), s.clip_skip, s.lora_dirs[family],
-        lambda p: lora_status(p, family), lambda p: file_sha256(p, hash_cache),
+        functools.cache(lambda p: lora_status(p, family)), lambda p: file_sha256(p, hash_cache),
     )
     texts = [infotext_for(j, model, f"ghostreview-{__version__}") for j in jobs]
     store = ImageStore(s.store)

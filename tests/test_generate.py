@@ -189,3 +189,26 @@ def test_a_kit_pickle_checkpoint_loads_with_its_tiny_config_when_none_is_given(k
     refused = dataclasses.replace(s, allow_pickle=False)
     with pytest.raises(CheckpointError, match="allow_pickle: true"):
         run_generate(bench, refused, tmp_path / "out2", progress=False)
+
+
+# ------------------------------------------------------------------------------------------------ LoRAs read in part
+
+
+def test_a_lora_applied_in_part_is_flagged_and_one_diffusers_cannot_read_is_unsupported(kit, tmp_path):
+    root, bench = kit
+    loras, entries = tmp_path / "loras", bench.loras["sd15"]
+    # text encoder q/k/v and fc1 without out_proj: diffusers drops q/k/v; a lone q_proj: diffusers cannot read it
+    write_tiny_lora(loras / "sd15" / entries[0].file, "sd15", root / "configs" / "sd15", seed=1,
+                    keep=r"^lora_unet_|_self_attn_[qkv]_proj$|_mlp_fc1$")
+    write_tiny_lora(loras / "sd15" / entries[1].file, "sd15", root / "configs" / "sd15", seed=2, keep=r"^lora_te_.*_q_proj$")
+    s = settings(root, tmp_path / "store", lora_dirs={"sd15": loras / "sd15", "sdxl": loras / "sdxl"}, tasks=("lora",))
+    for out in ("first", "again"):  # the second run draws nothing: the flag comes back from the store
+        stats = run_generate(bench, s, tmp_path / out, progress=False)
+        rows = {r["item"]: r for r in read_manifest(tmp_path / out)}
+        partial, unreadable = rows[entries[0].name], rows[entries[1].name]
+        assert partial["flags"] == "lora_partial" and partial["image"]
+        assert partial["lora_status"].startswith(f"partial: {entries[0].name}: no delta on 36 targeted modules: ")
+        assert "lora_te_text_model_encoder_layers_*_self_attn_q_proj (12)" in partial["lora_status"]
+        assert unreadable["flags"] == "lora_unsupported" and unreadable["image"] == ""
+        assert "Could not automatically infer state dict type" in unreadable["lora_status"]
+    assert stats == {"images": 1, "drawn": 0, "reused": 1, "skipped": 1}

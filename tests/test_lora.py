@@ -160,7 +160,7 @@ def test_apply_two_loras_then_remove(kit, family):
     pipe = sd.tiny_pipeline(family, seed=5)
     base, base_out = snapshot(pipe, family), unet_output(pipe, family)
     specs = [LoraSpec("first", kit[family]["lora"], 0.8), LoraSpec("second", kit[family]["second"], -0.5)]
-    apply_loras(pipe, family, specs)
+    assert apply_loras(pipe, family, specs) == {}  # every module each file targets received its delta
     assert sorted(pipe.get_active_adapters()) == ["first", "second"]
     assert (unet_output(pipe, family) - base_out).abs().mean() > 1e-3  # the LoRAs change the UNet output
 
@@ -203,3 +203,53 @@ def test_metadata_names_the_variant(kit):
     with safe_open(str(kit["sdxl"]["loha"]), "pt") as f:
         assert json.loads(f.metadata()["ss_network_args"]) == {"algo": "loha"}
     assert lora.lora_family({"lora_te2_x.lora_down.weight": [4, 8]}, {}) == "sdxl"
+
+
+# ------------------------------------------------------------------------------------------------ partly read files
+
+# kohya files whose text-encoder part diffusers' key-format detection mishandles (diffusers 0.42.1):
+NO_OUT_PROJ = r"^lora_unet_|_self_attn_[qkv]_proj$|_mlp_fc1$"  # q/k/v and fc1, no out_proj: q/k/v silently dropped
+Q_ONLY = r"^lora_te_.*_q_proj$"  # a lone text-encoder q_proj: "Could not automatically infer state dict type"
+
+
+@pytest.fixture(scope="module")
+def broken(kit, tmp_path_factory):
+    root = tmp_path_factory.mktemp("broken")
+    return {name: kit_lora.write_tiny_lora(root / f"{name}.safetensors", "sd15", kit["sd15"]["config"], seed=3, keep=k)
+            for name, k in (("no_out_proj", NO_OUT_PROJ), ("q_only", Q_ONLY))}
+
+
+def test_modules_a_file_targets_that_got_no_delta_are_named(broken):
+    path = broken["no_out_proj"]
+    assert lora_status(path, "sd15") == "ok"  # diffusers reads it (and drops a part): only loading can tell
+    pipe = sd.tiny_pipeline("sd15", seed=5)
+    base = snapshot(pipe, "sd15")["text_encoder"]
+    missing = apply_loras(pipe, "sd15", [LoraSpec("halfway", path, 1.0)])
+    qkv = {f"lora_te_text_model_encoder_layers_{i}_self_attn_{p}_proj" for i in range(12) for p in "qkv"}
+    assert set(missing) == {"halfway"} and set(missing["halfway"]) == qkv
+    # independently of how modules are named: q_proj computes its base weight, fc1 its base weight plus the delta
+    x = torch.randn(3, 24, generator=torch.Generator().manual_seed(1))
+    for module, name, changed in (("encoder.layers.4.self_attn.q_proj", "lora_te_text_model_encoder_layers_4_self_attn_q_proj", False),
+                                  ("encoder.layers.4.mlp.fc1", "lora_te_text_model_encoder_layers_4_mlp_fc1", True)):
+        w, b = base[module + ".weight"], base[module + ".bias"]
+        expected = torch.nn.functional.linear(x, w + (lora_delta(path, name, w.shape) if changed else 0), b)
+        with torch.no_grad():
+            assert torch.allclose(pipe.text_encoder.get_submodule(module)(x), expected, atol=1e-5), module
+    status = lora.partial_status("halfway", missing["halfway"])
+    assert status == ("partial: halfway: no delta on 36 targeted modules: "
+                      "lora_te_text_model_encoder_layers_*_self_attn_k_proj (12), "
+                      "lora_te_text_model_encoder_layers_*_self_attn_q_proj (12), "
+                      "lora_te_text_model_encoder_layers_*_self_attn_v_proj (12)")
+
+
+def test_a_file_diffusers_cannot_read_is_unsupported_before_any_model_work(broken):
+    path = broken["q_only"]
+    status = lora_status(path, "sd15")
+    assert status.startswith("unsupported: diffusers cannot read it") and "Could not automatically infer" in status
+    control = sd.tiny_pipeline("sd15", seed=5)
+    with pytest.raises(ValueError, match="Could not automatically infer state dict type"):
+        control.load_lora_weights(str(path), adapter_name="x")  # the loader itself fails the same way
+    pipe = sd.tiny_pipeline("sd15", seed=5)
+    with pytest.raises(ValueError, match="unsupported: diffusers cannot read it"):
+        apply_loras(pipe, "sd15", [LoraSpec("q", path, 1.0)])
+    assert not any("lora" in k for k in pipe.text_encoder.state_dict())

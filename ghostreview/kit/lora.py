@@ -153,13 +153,15 @@ def lora_metadata(family: str, seed: int, rank: int, alpha: float, variant: str)
 
 
 def write_tiny_lora(path: Path, family: str, config_dir: Path, seed: int, rank: int = 4, alpha: float = 2.0,
-                    variant: str = "lora") -> Path:
+                    variant: str = "lora", keep: str | None = None) -> Path:
     """Write a random kohya-format LoRA (or LyCORIS ``variant``) for the model described by ``config_dir``.
 
     Targets every attention projection, feed-forward and proj_in/proj_out of the UNet's transformer blocks, the
     3x3 ``conv1`` of down/up resnets (as kohya LoCon does), and q/k/v/out/fc1/fc2 of every text-encoder layer.
     Up weights are non-zero random (N(0, 1/r)), so with weight 1 the LoRA changes outputs by about as much as
-    the base weights. The same arguments always give a byte-identical file. Returns ``path``.
+    the base weights. ``keep``, a regular expression, writes only the modules whose kohya name it matches
+    (``re.search``), for files that target a part of the model (as some trainers write them). The same arguments
+    always give a byte-identical file. Returns ``path``.
     """
     sd.check_family(family)
     if variant not in VARIANTS:
@@ -167,6 +169,8 @@ def write_tiny_lora(path: Path, family: str, config_dir: Path, seed: int, rank: 
     g = torch.Generator().manual_seed(seed)
     tensors: dict[str, torch.Tensor] = {}
     for name, (kind, shape) in sorted(_target_shapes(family, config_dir).items()):
+        if keep is not None and not re.search(keep, name):
+            continue
         if variant == "lora_mid" and kind == "conv3":
             tensors.update(_mid_tensors(name, shape, rank, alpha, g))
         elif variant in ("lora", "lora_mid"):
