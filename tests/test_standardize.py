@@ -179,27 +179,41 @@ def test_notm_excludes_items_made_with_the_model():
     assert "loraloss_notm" not in r.meta["combined_of"] and r.meta["directions"]["loraloss_notm"] is False
 
 
-def test_bootstrap_equals_plain_loop_over_resamples():
-    scores = synthetic(np.random.default_rng(3), seeds=4)
-    scores = scores[scores["metric"] == "aesthetic"]
+def test_bootstrap_equals_plain_loop_over_resampled_items():
+    # general: 4 prompts x 3 seeds (two metrics); style: 3 styles x 3 seeds; the drawn unit is an item with its seeds
+    rng, models = np.random.default_rng(3), "abc"
+    rows = [row(m, metric, f"p{i}", s, rng.normal(5 + 0.3 * k, 1) + (m == "c") * (i - 2))
+            for k, m in enumerate(models) for metric in ("aesthetic", "clipscore") for i in range(4) for s in range(3)]
+    rows += [row(m, "styleloss", f"s{i}", s, rng.lognormal(0.2 * k + 0.3 * i * (m == "b"), 0.5))
+             for k, m in enumerate(models) for i in range(3) for s in range(3)]
     n_boot, seed = 200, 7
-    r = standardize(scores, models_table(a="sd1", b="sd1", c="sd1"), METRICS, {}, n_boot=n_boot, seed=seed)
-    # plain version of the documented draw: one stratum, units sorted by (item, seed), n units drawn per resample
+    r = standardize(pd.DataFrame(rows), models_table(a="sd1", b="sd1", c="sd1"), METRICS, {}, n_boot=n_boot, seed=seed)
+    assert r.meta["n_units"] == 7
+    # plain version of the documented draw: strata (task, pool) in sorted order, items sorted, n - 1 draws each
     ok = r.images[r.images["status"] == "ok"]
-    units = sorted({(i, s) for i, s in zip(ok["item"], ok["seed"])})
-    draws = np.random.default_rng(seed).integers(0, len(units), size=(n_boot, len(units)))
-    z = {(m, i, s): v for m, i, s, v in zip(ok["model"], ok["item"], ok["seed"], ok["z"])}
-    boot = {m: [statistics.fmean(z[(m, *units[u])] for u in d) for d in draws] for m in "abc"}
-    for m in "abc":
-        lo, hi = np.percentile(boot[m], [2.5, 97.5])
-        assert score(r, m, "aesthetic", "lo") == pytest.approx(lo, abs=1e-12)
-        assert score(r, m, "aesthetic", "hi") == pytest.approx(hi, abs=1e-12)
-    wins = np.mean([boot["c"][b] > boot["a"][b] for b in range(n_boot)])
+    z = ok.groupby(["metric", "model", "item"])["z"].apply(list).to_dict()
+    strata = {"general": [f"p{i}" for i in range(4)], "style": [f"s{i}" for i in range(3)]}
+    gen = np.random.default_rng(seed)
+    draws = {task: gen.integers(0, len(items), size=(n_boot, len(items) - 1)) for task, items in strata.items()}
+    resampled = lambda metric, m, task: [statistics.fmean(v for u in d for v in z[(metric, m, strata[task][u])])
+                                         for d in draws[task]]
+    boot = {(metric, m): resampled(metric, m, TASK[metric]) for metric in ("aesthetic", "clipscore", "styleloss")
+            for m in models}
+    for m in models:  # the same draw serves every metric: combined = mean of oriented scores per resample
+        boot[("combined", m)] = [(x + y - v) / 3 for x, y, v in zip(*(boot[(metric, m)]
+                                 for metric in ("aesthetic", "clipscore", "styleloss")))]
+    for (metric, m), values in boot.items():
+        lo, hi = np.percentile(values, [2.5, 97.5])
+        assert score(r, m, metric, "lo") == pytest.approx(lo, abs=1e-12), (metric, m)
+        assert score(r, m, metric, "hi") == pytest.approx(hi, abs=1e-12), (metric, m)
     pw = r.pairwise.set_index(["metric", "model_a", "model_b"])["p_a_beats_b"]
-    assert pw[("aesthetic", "c", "a")] == pytest.approx(wins)
-    ranks = np.array([[1 + sum(boot[o][b] > boot[m][b] for o in "abc") for m in "abc"] for b in range(n_boot)])
-    assert score(r, "b", "aesthetic", "rank_lo") == np.percentile(ranks[:, 1], 2.5, method="lower")
-    assert score(r, "b", "aesthetic", "rank_hi") == np.percentile(ranks[:, 1], 97.5, method="higher")
+    for metric, sign in (("aesthetic", 1), ("styleloss", -1), ("combined", 1)):
+        a, c = np.array(boot[(metric, "a")]), np.array(boot[(metric, "c")])
+        assert pw[(metric, "c", "a")] == pytest.approx(np.mean(sign * c > sign * a)), metric
+    comb = np.array([boot[("combined", m)] for m in models]).T
+    ranks = 1 + (comb[:, None, :] > comb[:, :, None]).sum(axis=2)
+    assert score(r, "b", "combined", "rank_lo") == np.percentile(ranks[:, 1], 2.5, method="lower")
+    assert score(r, "b", "combined", "rank_hi") == np.percentile(ranks[:, 1], 97.5, method="higher")
 
 
 def test_unit_weights_draw_within_strata():
@@ -207,7 +221,18 @@ def test_unit_weights_draw_within_strata():
     w = unit_weights(strata, 500, np.random.default_rng(0))
     assert w.shape == (500, 6)
     assert (w[:, :3].sum(1) == 3).all() and (w[:, 3:5].sum(1) == 2).all() and (w[:, 5] == 1).all()
+    assert set(np.unique(w[:, :3])) == {0, 1.5, 3} and set(np.unique(w[:, 3:5])) == {0, 2}  # n - 1 draws of n/(n-1)
     assert w[:, 0].mean() == pytest.approx(1.0, abs=0.1)
+
+
+def test_unit_weights_give_the_unbiased_variance_of_a_mean():
+    # Rao & Wu with n - 1 draws: Var over resamples of the weighted mean = sample variance (ddof=1) / n;
+    # drawing n units would give (n - 1) / n of it, 0.8 here
+    values = np.array([0.0, 1.0, 3.0, 4.0, 10.0])
+    w = unit_weights(np.zeros(5, dtype=int), 200_000, np.random.default_rng(1))
+    means = w @ values / w.sum(axis=1)
+    assert means.var() == pytest.approx(values.var(ddof=1) / len(values), rel=0.02)
+    assert means.mean() == pytest.approx(values.mean(), abs=0.02)
 
 
 def test_rank_desc_ties_and_nan():
@@ -215,14 +240,13 @@ def test_rank_desc_ties_and_nan():
     np.testing.assert_array_equal(got, [[3.0, 1.0, np.nan, 1.0]])
 
 
-def simulate_two(rng, d, items=3, seeds=150, shared=0.0):
-    """A = unit effect + d + noise, B = unit effect + noise; shared = sd of the unit effect common to both."""
+def simulate_two(rng, d, items=30, seeds=15):
+    """A = d + noise, B = noise: no model-by-prompt interaction, so the truth is known in closed form."""
     rows = []
     for it in range(items):
         for s in range(seeds):
-            u = rng.normal(0, shared) if shared else 0.0
-            rows.append(row("A", "aesthetic", f"p{it}", s, u + d + rng.normal()))
-            rows.append(row("B", "aesthetic", f"p{it}", s, u + rng.normal()))
+            rows.append(row("A", "aesthetic", f"p{it}", s, d + rng.normal()))
+            rows.append(row("B", "aesthetic", f"p{it}", s, rng.normal()))
     return pd.DataFrame(rows)
 
 
@@ -230,28 +254,31 @@ def test_intervals_cover_known_value_in_simulation():
     d, reps = 1.0, 30
     truth = (d / 2) / math.sqrt(d**2 / 4 + 1)  # A's mean z as images per group -> infinity
     rng = np.random.default_rng(11)
-    covered, widths, se = 0, [], []
+    covered, widths, se = 0, [], []  # se: the cluster standard error of A's per-prompt mean z (ddof=1)
     for rep in range(reps):
         r = standardize(simulate_two(rng, d), models_table(A="sd1", B="sd1"), METRICS, {}, n_boot=200, seed=rep)
         lo, hi = score(r, "A", "aesthetic", "lo"), score(r, "A", "aesthetic", "hi")
         covered += lo <= truth <= hi
         widths.append(hi - lo)
-        za = r.images.loc[r.images["model"] == "A", "z"]
-        se.append(za.std(ddof=1) / math.sqrt(len(za)))
+        per_item = r.images[r.images["model"] == "A"].groupby("item")["z"].mean()
+        se.append(per_item.std(ddof=1) / math.sqrt(len(per_item)))
         p = r.pairwise.set_index(["metric", "model_a", "model_b"])["p_a_beats_b"]
-        assert p[("aesthetic", "A", "B")] == 1.0  # a difference of 1 sd over 450 units
+        assert p[("aesthetic", "A", "B")] == 1.0  # a difference of 1 sd over 450 images
     assert 0.85 <= covered / reps <= 1.0
     assert np.mean(widths) == pytest.approx(2 * 1.96 * np.mean(se), rel=0.15)
 
 
-def test_paired_resampling_cancels_shared_unit_effects():
-    # a huge per-(item, seed) effect shared by both models; A is always 0.05 higher on the same unit
+def test_paired_resampling_cancels_shared_item_effects():
+    # A and B share a huge per-prompt effect (+-3) that C lacks (both fail the same prompts); A is 0.05 above B
     rng = np.random.default_rng(5)
     rows = []
-    for s in range(60):
-        u = rng.normal(0, 10)
-        rows += [row("A", "aesthetic", "p1", s, u + 0.05), row("B", "aesthetic", "p1", s, u)]
-    r = standardize(pd.DataFrame(rows), models_table(A="sd1", B="sd1"), METRICS, {}, n_boot=300, seed=0)
+    for it in range(40):
+        u = rng.choice([-3.0, 3.0]) + rng.normal(0, 0.5)
+        for s in range(2):
+            rows += [row("A", "aesthetic", f"p{it}", s, u + 0.05 + rng.normal(0, 0.01)),
+                     row("B", "aesthetic", f"p{it}", s, u + rng.normal(0, 0.01)),
+                     row("C", "aesthetic", f"p{it}", s, rng.normal(0, 0.01))]
+    r = standardize(pd.DataFrame(rows), models_table(A="sd1", B="sd1", C="sd1"), METRICS, {}, n_boot=300, seed=0)
     p = r.pairwise.set_index(["metric", "model_a", "model_b"])["p_a_beats_b"]
     assert p[("aesthetic", "A", "B")] == 1.0 and p[("aesthetic", "B", "A")] == 0.0
     # while the single-model intervals are wide and overlap
@@ -259,7 +286,8 @@ def test_paired_resampling_cancels_shared_unit_effects():
 
 
 def test_pairwise_symmetric_and_reproducible():
-    scores = synthetic(np.random.default_rng(4))
+    # 5 prompts: with 3, the few distinct draws of 2 items often give both seeds the same 2.5% percentile
+    scores = synthetic(np.random.default_rng(4), items=("p1", "p2", "p3", "p4", "p5"))
     models = models_table(a="sd1", b="sd1", c="sd1")
     r1 = standardize(scores, models, METRICS, {}, n_boot=100, seed=3)
     r2 = standardize(scores, models, METRICS, {}, n_boot=100, seed=3)

@@ -28,7 +28,8 @@ from PIL import Image
 
 from ghostreview.report.plots import render
 from ghostreview.report.tables import (COMBINED, benchmark_line, board_records, demo_warning, flagged_images, fmt,
-                                       fmt_rank, label, leaderboard_frame, lora_problems, scored_metrics)
+                                       fmt_rank, interval_note, label, leaderboard_frame, lora_problems,
+                                       scored_metrics)
 from ghostreview.standardize import Standardized, parse_flags
 
 STATIC = Path(__file__).parent / "static"
@@ -222,9 +223,8 @@ def page_html(result: Standardized, board: pd.DataFrame, pngs: Mapping[str, byte
     script, style = (STATIC / "report.js").read_text(), (STATIC / "report.css").read_text()
     metrics = [m for m in scored_metrics(result) if m != COMBINED]
     meta, raw = result.meta, result.meta.get("raw_metric", "aesthetic")
-    note = (f"Scores are mean z-scores (z within each benchmark item over all models' images); brackets: "
-            f"{100 * meta.get('ci', 0.95):g}% paired bootstrap interval (B={meta.get('n_boot')}, seed "
-            f"{meta.get('seed')}) and the rank interval. Losses (StyleLoss, LoRALoss): lower is better. "
+    note = (f"Scores are mean z-scores (z within each benchmark item over all models' images); brackets: the rank "
+            f"interval and the {interval_note(meta)}. Losses (StyleLoss, LoRALoss): lower is better. "
             f"Combined: mean of scores with losses sign-flipped, higher is better. Click a column to sort. "
             f"{benchmark_line(meta)}")
     return f"""<!DOCTYPE html>

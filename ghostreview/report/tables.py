@@ -161,6 +161,14 @@ def benchmark_line(meta: dict) -> str:
     return f"Benchmark: {b['name']} {b['version']}, digest {b['digest'][:12]}." if b else ""
 
 
+def interval_note(meta: dict) -> str:
+    """What a bracketed interval is: level, B and seed from the standardize meta, the unit drawn, what it is about."""
+    return (f"{100 * meta.get('ci', 0.95):g}% paired bootstrap interval (B={meta.get('n_boot')}, seed "
+            f"{meta.get('seed')}) that resamples benchmark items, each prompt, style or LoRA with all its seeds: it is "
+            "about the population of items of this kind, where a model's score would lie over many more prompts "
+            "(styles, LoRAs) like these, seed noise included")
+
+
 def leaderboard_markdown(board: pd.DataFrame, result: Standardized) -> str:
     """The Markdown report: warning first (bold), the leaderboard, LoRA problems, flagged images, degenerate groups."""
     meta, raw = result.meta, result.meta.get("raw_metric", "aesthetic")
@@ -169,8 +177,7 @@ def leaderboard_markdown(board: pd.DataFrame, result: Standardized) -> str:
     lines = [f"**{w}**\n" for w in [demo_warning(board)] if w]
     lines += ["# GhostReview leaderboard", ""] + ([benchmark_line(meta), ""] if benchmark_line(meta) else [])
     lines += [f"Scores are mean z-scores per model (z within each benchmark item across all models' images). "
-              f"Brackets: {100 * meta.get('ci', 0.95):g}% paired bootstrap interval over (item, seed) units "
-              f"(B={meta.get('n_boot')}, seed {meta.get('seed')}); `#r (lo–hi)`: rank and its interval. "
+              f"Brackets: {interval_note(meta)}; `#r (lo–hi)`: rank and its interval. "
               "Higher is better for " + ", ".join(label(m) for m in metrics if directions.get(m, True)) +
               "; lower is better for " + (", ".join(label(m) for m in metrics if not directions.get(m, True)) or "none")
               + ". Combined = mean of the scores with losses sign-flipped (higher is better).", ""]
