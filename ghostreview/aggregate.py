@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from ghostreview.benchmark import Benchmark
+from ghostreview.manifest import ManifestError, check_columns, manifest_file
 from ghostreview.scores import SCORE_COLUMNS
 from ghostreview.standardize import MetricLike, metric_task
 
@@ -21,10 +22,7 @@ def models_table(images_dir: Path, names: Sequence[str]) -> pd.DataFrame:
     """One row per model from ``<images_dir>/<model>/model.json`` (written by generate)."""
     rows = []
     for name in names:
-        path = images_dir / name / "model.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: model {name!r} has no generate output; run `dvc repro generate@{name}`.")
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = _model_info(images_dir / name / "model.json", name)
         rows.append({
             "model": name,
             "family": info["family"],
@@ -36,9 +34,34 @@ def models_table(images_dir: Path, names: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+MODEL_KEYS = ("family", "checkpoint_name", "sha256", "autov2", "random_weights")
+
+
+def _model_info(path: Path, name: str) -> dict:
+    """``model.json`` of one model, with the keys models_table reads; a ManifestError names the file and the fix."""
+    if not path.is_file():
+        raise ManifestError(f"{path}: model {name!r} has no generate output; run `dvc repro generate@{name}`.")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ManifestError(f"{path}: not valid JSON ({exc}); run `dvc repro -f generate@{name}`.") from exc
+    missing = [k for k in MODEL_KEYS if not isinstance(info, dict) or k not in info]
+    if missing:
+        raise ManifestError(f"{path}: no key {missing[0]!r} (missing: {', '.join(missing)}): not written by this "
+                            f"version's generate stage; run `dvc repro -f generate@{name}`.")
+    return info
+
+
+def _read_manifest_table(directory: Path) -> pd.DataFrame:
+    path = manifest_file(directory)
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    check_columns(path, table.columns)
+    return table
+
+
 def manifests(images_dir: Path, names: Sequence[str]) -> dict[str, pd.DataFrame]:
     """Each model's manifest as a DataFrame (all columns as text, empty cells kept as "")."""
-    return {n: pd.read_csv(images_dir / n / "manifest.csv", dtype=str, keep_default_na=False) for n in names}
+    return {n: _read_manifest_table(images_dir / n) for n in names}
 
 
 def undrawn_rows(manifests: Mapping[str, pd.DataFrame], metrics: Mapping[str, MetricLike]) -> pd.DataFrame:

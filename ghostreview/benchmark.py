@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Mapping
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from ghostreview.errors import UserError
 from ghostreview.prompts import extract_lora_tags
 
 TASKS = ("general", "style", "lora")
@@ -58,7 +59,7 @@ SETTINGS_TYPES: Mapping[str, type] = MappingProxyType({
 })
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(UserError, ValueError):
     """A problem in a benchmark file; the message names the file, the line, the key path and the fix."""
 
 

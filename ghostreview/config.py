@@ -19,11 +19,13 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
+from ghostreview.errors import UserError
+
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 TASKS = ("general", "style", "lora")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A problem in params.yaml; the message names the file, the key and the fix."""
 
 

@@ -23,6 +23,7 @@ from ghostreview.benchmark import (
     Loc,
     lora_entry_from_mapping,
 )
+from ghostreview.errors import UserError
 from ghostreview.infotext import parse_infotext, read_png_infotext
 from ghostreview.prompts import extract_lora_tags
 
@@ -48,7 +49,7 @@ SETTINGS_FROM_INFOTEXT: Mapping[str, tuple[str, Callable[[str], Any]]] = {
 }
 
 
-class ImportInfotextError(ValueError):
+class ImportInfotextError(UserError, ValueError):
     """A header image or table that cannot be imported; the message names the file and the fix."""
 
 

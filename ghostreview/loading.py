@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from ghostreview.errors import UserError
 from ghostreview.kit.sd import KIT_METADATA_KEY, KIT_METADATA_VALUE  # the tiny kit's marker: tiny configs
 from ghostreview.kit.tokenizer import TOKENIZER_PADS, open_clip_bpe_path, write_clip_tokenizer
 
@@ -55,7 +56,7 @@ EXPECTED_LAYOUT = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint, VAE or config that cannot be used; the message names the file, what is wrong and the fix."""
 
 

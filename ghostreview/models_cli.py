@@ -31,6 +31,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
 from ghostreview import config
+from ghostreview.errors import UserError
 from ghostreview.hashing import autov2, file_sha256
 from ghostreview.loading import PICKLE_SUFFIXES, VAE_KEYS, detect_family, read_safetensors_header
 
@@ -38,7 +39,7 @@ HASH_CACHE_NAME = "sha256.json"  # under paths.cache: the same file ghostreview.
 FAMILIES = tuple(f.name for f in dataclasses.fields(config.FamilyPaths))  # families the benchmark has LoRA tables for
 
 
-class ModelsError(ValueError):
+class ModelsError(UserError, ValueError):
     """A model cannot be added or removed; the message names the file, the key and the fix."""
 
 

@@ -19,6 +19,7 @@ from PIL import Image
 
 from ghostreview.benchmark import Benchmark
 from ghostreview.config import ScoringParams, StyleParams, resolve
+from ghostreview.errors import UserError
 from ghostreview.metrics import aesthetic, clipscore, styleloss
 from ghostreview.metrics.clip import Embeddings, image_embeddings, load_clip, load_embeddings, save_embeddings, text_embeddings
 from ghostreview.metrics.weights import verify_weights
@@ -93,7 +94,7 @@ def _vgg(style: StyleParams, root: Path, device: str):
 MAX_LISTED = 12  # reference-set problems shown in one error
 
 
-class ReferenceImagesError(ValueError):
+class ReferenceImagesError(UserError, ValueError):
     """A reference set that cannot be used; the message names the file or directory, the params key and the fix."""
 
 

@@ -23,12 +23,13 @@ from typing import IO
 
 from PIL import Image
 
+from ghostreview.errors import UserError
 from ghostreview.infotext import pnginfo
 
 _KEY = re.compile(r"[0-9a-f]{64}")
 
 
-class StoreError(OSError):
+class StoreError(UserError, OSError):
     """A store operation failed; ``path`` names the file concerned."""
 
     def __init__(self, message: str, path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ghostreview.errors import stage_main
 from ghostreview.runtime import scoring_params, stage_runtime
 
 stage_runtime()
@@ -13,6 +14,7 @@ from ghostreview.scoring import drawable, embed_images  # noqa: E402
 from ghostreview.manifest import read_manifest  # noqa: E402
 
 
+@stage_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--images", required=True, type=Path, help="generate output: PNGs + manifest.csv")

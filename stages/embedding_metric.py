@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ghostreview.errors import stage_main
 from ghostreview.runtime import scoring_params, stage_runtime
 
 stage_runtime()
@@ -24,6 +25,7 @@ METRICS = {
 }
 
 
+@stage_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--metric", required=True, choices=sorted(METRICS))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ghostreview.errors import UserError, about, about_paths, stage_main
 from ghostreview.runtime import stage_runtime
 
 stage_runtime()
@@ -13,27 +14,25 @@ from ghostreview import config  # noqa: E402
 from ghostreview.benchmark import BenchmarkError, images_per_item, load_benchmark  # noqa: E402
 from ghostreview.generate import GenerateSettings, run_generate  # noqa: E402
 from ghostreview.loading import CheckpointError  # noqa: E402
-from ghostreview.scoring import ReferenceImagesError, reference_sets  # noqa: E402
+from ghostreview.scoring import reference_sets  # noqa: E402
 from ghostreview.store import StoreError  # noqa: E402
 
 
+@stage_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", required=True, help="model key in params.yaml")
     ap.add_argument("--out", required=True, type=Path, help="output directory (PNGs + manifest.csv)")
     ap.add_argument("--params", default="params.yaml", type=Path)
     args = ap.parse_args(argv)
-    try:
-        generate(args.model, args.out, args.params)
-    except (config.ConfigError, BenchmarkError, ReferenceImagesError) as exc:  # bad input, before model work
-        raise SystemExit(f"error: {exc}") from None
-    except CheckpointError as exc:
-        raise SystemExit(f"error: {args.params}: models.{args.model}: {exc}") from None
+    try:  # params, benchmark and reference-image errors already name their file, key and fix
+        with about(f"{args.params}: models.{args.model}", CheckpointError):
+            generate(args.model, args.out, args.params)
     except StoreError as exc:
-        raise SystemExit(
-            f"error: {exc}. Images stored before this one are complete and will be reused; free space on that disk "
+        raise UserError(
+            f"{exc}. Images stored before this one are complete and will be reused; free space on that disk "
             f"(or set paths.image_store in {args.params} to one with room) and run `dvc repro` again."
-        ) from None
+        ) from exc
 
 
 def generate(model: str, out: Path, params_path: Path) -> None:
@@ -61,7 +60,8 @@ def generate(model: str, out: Path, params_path: Path) -> None:
         store=config.resolve(root, paths.image_store),
         cache=config.resolve(root, paths.cache),
     )
-    bench = load_benchmark(config.resolve(root, params.benchmark.dir))
+    with about(f"{params_path}: benchmark.dir = {params.benchmark.dir!r}", BenchmarkError):
+        bench = load_benchmark(config.resolve(root, params.benchmark.dir))
     try:
         images_per_item(bench, settings.counts)
     except BenchmarkError as exc:  # more seeds than the protocol fixes
@@ -69,7 +69,8 @@ def generate(model: str, out: Path, params_path: Path) -> None:
     if "lora" in params.benchmark.tasks and family in ("sd15", "sdxl"):
         # the LoRA loss of this model needs its family's header images: find out now, not after hours of drawing
         reference_sets(bench, None, {family: config.resolve(root, getattr(paths.lora_headers, family))})
-    stats = run_generate(bench, settings, out)
+    with about_paths(str(params_path), {"paths.cache": settings.cache, "paths.image_store": settings.store}):
+        stats = run_generate(bench, settings, out)  # a file where paths.cache should be: an error naming the key
     print(f"generate@{model}: {stats['images']} images ({stats['drawn']} drawn, {stats['reused']} from the store, "
           f"{stats['skipped']} not drawable: see manifest flags)")
 

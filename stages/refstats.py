@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ghostreview.errors import about, stage_main
 from ghostreview.runtime import scoring_params, stage_runtime
 
 stage_runtime()
 
 from ghostreview import config  # noqa: E402
-from ghostreview.benchmark import load_benchmark  # noqa: E402
-from ghostreview.scoring import ReferenceImagesError, header_families, write_refstats  # noqa: E402
+from ghostreview.benchmark import BenchmarkError, load_benchmark  # noqa: E402
+from ghostreview.scoring import header_families, write_refstats  # noqa: E402
 
 
+@stage_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", required=True, type=Path, help="output directory (styles/, loras/<family>/)")
@@ -21,24 +23,22 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     params, root = scoring_params(args.params)
-    bench = load_benchmark(config.resolve(root, params.benchmark.dir))
+    with about(f"{args.params}: benchmark.dir = {params.benchmark.dir!r}", BenchmarkError):
+        bench = load_benchmark(config.resolve(root, params.benchmark.dir))
     p = params.paths
     header_dirs, notes = header_families(
         {f: config.resolve(root, getattr(p.lora_headers, f)) for f in ("sd15", "sdxl")}
         if "lora" in params.benchmark.tasks else {})
     for note in notes:
         print(f"refstats: {note}")
-    try:
-        n = write_refstats(
-            bench,
-            style_dir=config.resolve(root, p.style_refs) if "style" in params.benchmark.tasks else None,
-            header_dirs=header_dirs,
-            style=params.scoring.style,
-            root=root,
-            out=args.out,
-        )
-    except ReferenceImagesError as exc:  # named file, params key and fix, before VGG loads
-        raise SystemExit(f"error: {exc}") from None
+    n = write_refstats(  # a broken reference set is a ReferenceImagesError (file, params key, fix) before VGG loads
+        bench,
+        style_dir=config.resolve(root, p.style_refs) if "style" in params.benchmark.tasks else None,
+        header_dirs=header_dirs,
+        style=params.scoring.style,
+        root=root,
+        out=args.out,
+    )
     print(f"refstats: {n} reference sets -> {args.out}")
 
 

@@ -7,11 +7,13 @@ from pathlib import Path
 
 from ghostreview import config
 from ghostreview.aggregate import manifests, models_table
+from ghostreview.errors import stage_main
 from ghostreview.report import write_report
 from ghostreview.scores import read_scores
 from ghostreview.standardize import Standardized
 
 
+@stage_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--standardized", required=True, type=Path)

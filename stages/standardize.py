@@ -9,12 +9,14 @@ import pandas as pd
 
 from ghostreview import config
 from ghostreview.aggregate import made_with_map, manifests, models_table, undrawn_rows
-from ghostreview.benchmark import benchmark_digest, load_benchmark
+from ghostreview.benchmark import BenchmarkError, benchmark_digest, load_benchmark
+from ghostreview.errors import about, stage_main
 from ghostreview.metrics import REGISTRY
 from ghostreview.scores import read_scores
 from ghostreview.standardize import standardize
 
 
+@stage_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--images", required=True, type=Path, help="generate outputs (for model.json)")
@@ -27,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     params = config.load_params(args.params)
     names = list(params.models)
     models = models_table(args.images, names)
-    bench = load_benchmark(config.resolve(root, params.benchmark.dir))
+    with about(f"{args.params}: benchmark.dir = {params.benchmark.dir!r}", BenchmarkError):
+        bench = load_benchmark(config.resolve(root, params.benchmark.dir))
     s = params.standardize
     scores = read_scores(args.scores, names)
     undrawn = undrawn_rows(manifests(args.images, names), REGISTRY)  # unusable LoRA pairs: flagged, not silent

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ghostreview.errors import stage_main
 from ghostreview.runtime import scoring_params, stage_runtime
 
 stage_runtime()
@@ -15,6 +16,7 @@ from ghostreview.scoring import drawable, styleloss_rows  # noqa: E402
 from ghostreview.scores import write_scores  # noqa: E402
 
 
+@stage_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--task", required=True, choices=("style", "lora"))

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from ghostreview.errors import UserError
 from ghostreview.hashing import file_sha256
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """A weights file is missing or is not the expected file."""
 
 
