@@ -25,7 +25,7 @@ from ghostreview import __version__
 from ghostreview.benchmark import Benchmark, BenchmarkError, LoraEntry, benchmark_items
 from ghostreview.draw import DrawRequest, Hires, draw
 from ghostreview.hashing import autov2, file_sha256
-from ghostreview.infotext import format_infotext
+from ghostreview.infotext import a1111_sampler_fields, format_infotext
 from ghostreview.loading import CheckpointFile, inspect_checkpoint, load_pipeline, pipeline_config_dir
 from ghostreview.lora import PARTIAL_FLAG, LoraSpec, apply_loras, lora_status, partial_status, remove_loras
 from ghostreview.manifest import MANIFEST_COLUMNS
@@ -47,6 +47,7 @@ class ModelIdentity:
     clip_skip: int = 1
     prediction: str = "epsilon"
     random_weights: bool = False
+    vae_file: str | None = None  # the standalone VAE's file name (A1111's infotext names it so)
 
     @property
     def autov2(self) -> str:
@@ -151,29 +152,41 @@ def job_fields(job: ImageJob, model: ModelIdentity, runtime: Mapping[str, str]) 
 
 
 def infotext_for(job: ImageJob, model: ModelIdentity, version: str) -> str:
-    """A1111 infotext, so the PNG dropped into A1111 restores the same settings."""
+    """A1111 infotext, so that the PNG dropped into A1111 (1.9 or later) draws this image with the same settings.
+
+    Fields in A1111's order and form, including those whose absence A1111 reads as its own default or the user's
+    current setting: ``Schedule type`` always explicit (A1111 reads a missing one as the sampler's default, Karras
+    for DPM++ 2M), ``RNG: CPU`` (its default is GPU noise; we draw CPU noise), ``VAE`` (``None``: the checkpoint's
+    own), and our prompt encoding (``ghostreview.encode``): ``Emphasis: Original`` and ``Pad conds: True`` (prompt
+    and negative padded to one length with empty chunks). ``Version`` does not parse as an A1111 version, so A1111
+    switches on none of its backward-compatibility options.
+    """
     r = job.request
+    sampler, schedule = a1111_sampler_fields(r.sampler)
     fields: dict[str, object] = {
         "Steps": r.steps,
-        "Sampler": r.sampler,
+        "Sampler": sampler,
+        "Schedule type": schedule,
         "CFG scale": r.cfg_scale,
         "Seed": r.seed,
         "Size": f"{r.width}x{r.height}",
         "Model hash": model.autov2,
         "Model": model.checkpoint_name,
+        "VAE hash": autov2(model.vae_sha256) if model.vae_sha256 else None,
+        "VAE": model.vae_file or "None",
+        "Denoising strength": r.hires.denoising_strength if r.hires else None,
+        "Clip skip": r.clip_skip if r.clip_skip > 1 else None,
+        "RNG": "CPU",
     }
-    if r.clip_skip > 1:
-        fields["Clip skip"] = r.clip_skip
     if r.hires:
         fields.update({
-            "Denoising strength": r.hires.denoising_strength,
             "Hires upscale": r.hires.scale,
-            "Hires steps": r.hires.steps,
+            "Hires steps": r.hires.steps or None,  # 0: the base steps, which A1111 writes as no field
             "Hires upscaler": r.hires.upscaler,
         })
     if job.lora_hashes:
         fields["Lora hashes"] = ", ".join(f"{n}: {autov2(h)}" for n, h in job.lora_hashes)
-    fields["Version"] = version
+    fields.update({"Emphasis": "Original", "Pad conds": True, "Version": version})
     return format_infotext(job.prompt, job.negative_prompt, fields)
 
 
@@ -293,6 +306,7 @@ def model_identity(s: GenerateSettings, ckpt: CheckpointFile, hash_cache: Path) 
         clip_skip=s.clip_skip,
         prediction=s.prediction,
         random_weights=ckpt.is_tiny_kit,
+        vae_file=s.vae.name if s.vae else None,
     )
 
 

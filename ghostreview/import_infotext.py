@@ -24,17 +24,15 @@ from ghostreview.benchmark import (
     lora_entry_from_mapping,
 )
 from ghostreview.errors import UserError
-from ghostreview.infotext import parse_infotext, read_png_infotext
+from ghostreview.infotext import combined_sampler_name, parse_infotext, read_a1111_sampler, read_png_infotext
 from ghostreview.prompts import extract_lora_tags
 
 DEFAULT_WEIGHT = 0.8  # the article's weight for a header prompt with no LoRA tag
 A1111_MULTIPLIER = 1.0  # A1111's default for <lora:name> written without a weight
 
 # A1111 infotext key -> (settings key, converter). The benchmark draws with params.yaml's settings; these are
-# recorded so a user can compare with the header image.
+# recorded so a user can compare with the header image. Sampler and Schedule type: :func:`sampler_settings`.
 SETTINGS_FROM_INFOTEXT: Mapping[str, tuple[str, Callable[[str], Any]]] = {
-    "Sampler": ("sampler", str),
-    "Schedule type": ("schedule_type", str),
     "Steps": ("steps", int),
     "CFG scale": ("cfg", float),
     "Seed": ("seed", int),
@@ -74,9 +72,34 @@ def _number(value: Any, convert: Callable[[str], Any], key: str, path: Path) -> 
                                   f"the entry by hand, or import another copy of the image.") from None
 
 
+def sampler_settings(fields: Mapping[str, Any]) -> dict[str, str]:
+    """``sampler`` as GhostReview (and A1111 before 1.9) names it, from the old combined form ("DPM++ 2M Karras") or
+    the split one ("DPM++ 2M" + "Schedule type: Karras"); ``schedule_type`` (resolved: "Automatic" is the sampler's
+    default in A1111 >= 1.9) when the infotext has that field."""
+    sampler = str(fields.get("Sampler", "")).strip()
+    if not sampler:
+        return {}
+    stated = str(fields.get("Schedule type", "")).strip() or None
+    name, schedule = read_a1111_sampler(sampler, stated)
+    out = {"sampler": combined_sampler_name(name, schedule)}
+    return out | {"schedule_type": schedule} if stated else out
+
+
+def noise_note(fields: Mapping[str, Any]) -> str | None:
+    """Why GhostReview cannot redraw the image bit-for-bit when A1111 drew its noise elsewhere than on the CPU.
+
+    A1111 writes ``RNG`` only when the noise source is not its default, the GPU; GhostReview draws CPU noise.
+    """
+    rng = str(fields.get("RNG", "")).strip()
+    if rng.upper() == "CPU":
+        return None
+    source = f"{rng} noise" if rng else "A1111's default GPU noise (no RNG field)"
+    return f"drawn with {source}: GhostReview draws CPU noise, so that image cannot be reproduced bit-for-bit"
+
+
 def settings_from_fields(fields: Mapping[str, Any], path: Path) -> dict[str, Any]:
     """The recorded settings of a header image, from its infotext ``Key: value`` fields."""
-    out = {}
+    out: dict[str, Any] = sampler_settings(fields)
     for key, (name, convert) in SETTINGS_FROM_INFOTEXT.items():
         if key in fields and str(fields[key]).strip():
             out[name] = _number(fields[key], convert, key, path)
@@ -148,7 +171,7 @@ def lora_entry_from_png(path: Path, name: str | None = None) -> dict:
         "header_images": [path.name],
         "default_weight": DEFAULT_WEIGHT,
         "made_with": made_with_from_fields(fields),
-        "source": f"imported from the infotext of {path.name}",
+        "source": "; ".join(filter(None, [f"imported from the infotext of {path.name}", noise_note(fields)])),
         "settings": settings_from_fields(fields, path),
     }
 

@@ -4,10 +4,16 @@ Layout (A1111's, so that A1111, civitai and other readers understand our images)
 
     <prompt, possibly several lines>
     Negative prompt: <negative prompt, possibly several lines>     (omitted when empty)
-    Steps: 25, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 1, Size: 512x512, Lora hashes: "a: 0123, b: 4567"
+    Steps: 25, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 512x512, Lora hashes: "a: 0123"
 
 A value containing a comma, colon, newline or double quote is written as a JSON string (A1111 quotes on comma,
 colon and newline; quoting on ``"`` too keeps values that start with a quote round-trippable).
+
+Samplers: GhostReview's sampler names are A1111's combined names ("DPM++ 2M Karras"), as A1111 wrote them before
+1.9. Since 1.9 A1111 writes the sigma schedule as its own field (``Sampler: DPM++ 2M, Schedule type: Karras``) and
+reads "Automatic" (or a missing field) as the sampler's own default, which for DPM++ 2M is Karras.
+:func:`a1111_sampler_fields` writes the split form with the schedule always explicit; :func:`read_a1111_sampler`
+reads either form.
 """
 
 from __future__ import annotations
@@ -28,6 +34,17 @@ _KEY = re.compile(r"\w[\w \-/]+")
 # A last line is taken as the parameter line when it parses fully and has at least this many entries (A1111's rule),
 # or when it starts with "Steps:" (every generation writes Steps first).
 MIN_PARAMS_WITHOUT_STEPS = 3
+
+# A1111's schedule-type labels (sd_schedulers); a combined sampler name ends in one of them.
+SCHEDULE_LABELS = ("Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "KL Optimal",
+                   "Align Your Steps", "Simple", "Normal", "DDIM", "Beta")
+UNIFORM, AUTOMATIC = "Uniform", "Automatic"  # Uniform: the model's own sigmas, what a plain name meant before 1.9
+# What "Schedule type: Automatic" means in A1111 >= 1.9 (its samplers' "scheduler" option); any other: Uniform.
+A1111_AUTOMATIC_SCHEDULES = {"DPM++ 2M": "Karras", "DPM++ SDE": "Karras", "DPM++ 2S a": "Karras",
+                             "DPM++ 2M SDE": "Exponential", "DPM++ 2M SDE Heun": "Exponential",
+                             "DPM++ 3M SDE": "Exponential"}
+# A1111's time-step samplers (sd_samplers_timesteps) have no sigma schedule: it writes "Automatic" for them.
+TIMESTEP_SAMPLERS = ("DDIM", "PLMS", "UniPC")
 
 
 def format_value(value: object) -> str:
@@ -119,6 +136,49 @@ def parse_infotext(text: str) -> tuple[str, str, dict[str, str]]:
         else:
             negative_lines.append(line)
     return "\n".join(prompt_lines), "\n".join(negative_lines or []), params
+
+
+def split_schedule(name: str) -> tuple[str, str | None]:
+    """A combined sampler name's sampler and schedule: "DPM++ 2M Karras" -> ("DPM++ 2M", "Karras"); a name without a
+    schedule label -> (name, None)."""
+    for label in sorted(SCHEDULE_LABELS, key=len, reverse=True):  # "SGM Uniform" before "Uniform"
+        if name.endswith(" " + label):
+            return name[: -len(label) - 1], label
+    return name, None
+
+
+def a1111_sampler_fields(name: str) -> tuple[str, str]:
+    """``(Sampler, Schedule type)`` as A1111 >= 1.9 writes them for our sampler ``name``.
+
+    "DPM++ 2M Karras" -> ("DPM++ 2M", "Karras"); "DPM++ 2M" -> ("DPM++ 2M", "Uniform"), never "Automatic" (A1111
+    >= 1.9 reads that as Karras for DPM++ 2M); time-step samplers -> ("DDIM", "Automatic").
+    """
+    sampler, schedule = split_schedule(name)
+    if sampler in TIMESTEP_SAMPLERS:
+        return sampler, AUTOMATIC
+    return sampler, schedule or UNIFORM
+
+
+def read_a1111_sampler(sampler: str, schedule_type: str | None) -> tuple[str, str]:
+    """``(sampler, schedule)`` an infotext's ``Sampler`` and ``Schedule type`` fields say the image was drawn with.
+
+    A schedule at the end of the name wins, as in A1111. Without a Schedule type field (A1111 before 1.9 wrote none)
+    a plain name is Uniform; "Automatic" is the sampler's default in A1111 >= 1.9 (``A1111_AUTOMATIC_SCHEDULES``).
+    Time-step samplers keep "Automatic": they have no schedule.
+    """
+    sampler, named = split_schedule(sampler.strip())
+    schedule = named or (schedule_type or "").strip() or UNIFORM
+    if sampler in TIMESTEP_SAMPLERS:
+        return sampler, AUTOMATIC
+    if schedule == AUTOMATIC:
+        return sampler, A1111_AUTOMATIC_SCHEDULES.get(sampler, UNIFORM)
+    return sampler, schedule
+
+
+def combined_sampler_name(sampler: str, schedule: str) -> str:
+    """Our (and pre-1.9 A1111's) name for a sampler and schedule: ("DPM++ 2M", "Karras") -> "DPM++ 2M Karras";
+    Uniform and Automatic add nothing."""
+    return sampler if schedule in (UNIFORM, AUTOMATIC) else f"{sampler} {schedule}"
 
 
 def pnginfo(text: str) -> PngInfo:

@@ -212,3 +212,122 @@ def test_a_lora_applied_in_part_is_flagged_and_one_diffusers_cannot_read_is_unsu
         assert unreadable["flags"] == "lora_unsupported" and unreadable["image"] == ""
         assert "Could not automatically infer state dict type" in unreadable["lora_status"]
     assert stats == {"images": 1, "drawn": 0, "reused": 1, "skipped": 1}
+
+
+# ------------------------------------------------------------------------------------------------ A1111 reads our PNGs
+# What AUTOMATIC1111 (1.9 and later) takes from an infotext pasted into it, written here from its documented
+# behaviour (no code of it): the last line holds the parameters when at least 3 "Key: value" pairs are found in it
+# (values with commas, colons or newlines are JSON strings); lines are stripped, and from the first one starting with
+# "Negative prompt:" on they are the negative prompt. A "WxH" value becomes "<Key>-1" and "<Key>-2". Missing fields
+# mean the defaults: Clip skip 1, RNG GPU, Schedule type Automatic, no hires resize, the same sampler and schedule for
+# the hires pass. A sampler name ending in a schedule label ("DPM++ 2M Karras") is split into the two; "Automatic" is
+# the sampler's own default schedule. A Version that parses as an A1111 version before 1.6/1.7/1.8 switches on
+# backward-compatibility options; one that does not parse switches on none.
+
+A1111_PAIR = r'\s*(\w[\w /-]+):\s*("(?:[^"\\]|\\.)+"|[^,]*)(?:,|$)'
+A1111_SCHEDULE_LABELS = ("Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "KL Optimal",
+                         "Align Your Steps", "Simple", "Normal", "DDIM", "Beta")
+A1111_AUTOMATIC = {"DPM++ 2M": "Karras", "DPM++ SDE": "Karras", "DPM++ 2S a": "Karras", "DPM++ 2M SDE": "Exponential",
+                   "DPM++ 2M SDE Heun": "Exponential", "DPM++ 3M SDE": "Exponential"}  # others: Uniform
+A1111_TIMESTEP_SAMPLERS = ("DDIM", "PLMS", "UniPC")  # no sigma schedule: the Schedule type does not apply
+
+
+def a1111_paste(text: str) -> dict[str, str]:
+    import re
+
+    *lines, last = text.strip().split("\n")
+    pairs = re.findall(A1111_PAIR, last)
+    if len(pairs) < 3:
+        lines, pairs = [*lines, last], []
+    prompt, negative, in_negative = [], [], False
+    for line in (line.strip() for line in lines):
+        if line.startswith("Negative prompt:"):
+            in_negative, line = True, line[len("Negative prompt:"):].strip()
+        (negative if in_negative else prompt).append(line)
+    res = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
+    for key, value in pairs:
+        if value[:1] == '"' == value[-1:]:
+            value = json.loads(value)
+        size = re.fullmatch(r"(\d+)x(\d+)", value)
+        res.update({f"{key}-1": size[1], f"{key}-2": size[2]} if size else {key: value})
+    defaults = {"Clip skip": "1", "RNG": "GPU", "Schedule type": "Automatic", "Hires resize-1": "0",
+                "Hires resize-2": "0", "Hires sampler": "Use same sampler", "Hires schedule type": "Use same scheduler"}
+    return defaults | res
+
+
+def a1111_sampler(res: dict[str, str]) -> tuple[str, str]:
+    """(sampler, schedule) A1111 draws with."""
+    name, schedule = res["Sampler"], res["Schedule type"]
+    for label in sorted(A1111_SCHEDULE_LABELS, key=len, reverse=True):
+        if name.endswith(" " + label):
+            name, schedule = name[: -len(label) - 1], label
+            break
+    if name in A1111_TIMESTEP_SAMPLERS:
+        return name, "-"
+    return name, A1111_AUTOMATIC.get(name, "Uniform") if schedule == "Automatic" else schedule
+
+
+def a1111_version_backcompat(version: str) -> bool:
+    """Whether A1111 would switch on backward-compatibility options for this Version (it does below 1.8.0)."""
+    import re
+
+    from packaging.version import InvalidVersion, Version
+
+    m = re.match(r"([^-]+-[^-]+)-.*", version)
+    try:
+        return Version(m[1] if m else version) < Version("1.8.0")
+    except InvalidVersion:
+        return False
+
+
+def expected_sampler(ours: str) -> tuple[str, str]:
+    """What our sampler name means: a trailing "Karras" is the Karras schedule; anything else samples the model's
+    own sigmas (A1111's Uniform); A1111's time-step samplers have no schedule."""
+    name = ours.removesuffix(" Karras")
+    if name in A1111_TIMESTEP_SAMPLERS:
+        return name, "-"
+    return name, "Karras" if ours.endswith(" Karras") else "Uniform"
+
+
+def test_a1111_pasting_our_png_draws_with_our_settings(kit, tmp_path):
+    from ghostreview.kit.sd import write_tiny_vae
+
+    root, bench = kit
+    vae = write_tiny_vae(tmp_path / "tiny-vae.safetensors", "sd15", seed=8)
+    generation = dataclasses.replace(GENERATION, sampler="DPM++ 2M Karras", cfg_scale=6.5, hires=HiresParams(
+        enabled=True, scale=1.5, steps=1, denoising_strength=0.5, upscaler="Latent"))
+    s = settings(root, tmp_path / "store", generation=generation, vae=vae, clip_skip=2, tasks=("lora",),
+                 counts={"general": 1, "style": 1, "lora": 1})
+    run_generate(bench, s, tmp_path / "out", progress=False)
+    for row in read_manifest(tmp_path / "out"):
+        res = a1111_paste(read_png_infotext(tmp_path / "out" / row["image"]))
+        assert (res["Prompt"], res["Negative prompt"]) == (row["prompt"], row["negative_prompt"])
+        assert a1111_sampler(res) == ("DPM++ 2M", "Karras")
+        assert res["RNG"] == "CPU"  # A1111 draws GPU noise unless told: a different image
+        assert (res["Steps"], float(res["CFG scale"]), res["Seed"]) == ("2", 6.5, row["seed"])
+        assert (res["Size-1"], res["Size-2"], res["Clip skip"]) == ("64", "64", "2")
+        assert (float(res["Hires upscale"]), res["Hires steps"], res["Hires upscaler"]) == (1.5, "1", "Latent")
+        assert float(res["Denoising strength"]) == 0.5 and res["Hires resize-1"] == "0"
+        assert (res["Hires sampler"], res["Hires schedule type"]) == ("Use same sampler", "Use same scheduler")
+        assert (res["Model hash"], res["Model"]) == (autov2(file_sha256(root / "model.safetensors")), "model")
+        assert (res["VAE hash"], res["VAE"]) == (autov2(file_sha256(vae)), "tiny-vae.safetensors")
+        assert res["Emphasis"] == "Original" and res["Pad conds"] == "True"  # our prompt encoding, whatever A1111's
+        assert row["item"] in res["Lora hashes"] and f"<lora:{row['item']}:" in res["Prompt"]
+        assert not a1111_version_backcompat(res["Version"])
+
+
+def test_every_sampler_name_reaches_a1111_as_the_same_sampler_and_schedule(kit):
+    from ghostreview.samplers import SAMPLERS
+
+    root, bench = kit
+    model = gen.ModelIdentity("m", "sd15", "model", "a" * 64)
+    job = gen.plan_jobs(bench, "sd15", {"general": 1, "style": 1, "lora": 1}, ("general",),
+                        dataclasses.asdict(GENERATION), 1, root / "loras" / "sd15", lambda p: "ok",
+                        lambda p: "0" * 64)[0]
+    for name in SAMPLERS:
+        text = gen.infotext_for(dataclasses.replace(job, request=dataclasses.replace(job.request, sampler=name)),
+                                model, "ghostreview-x")
+        res = a1111_paste(text)
+        assert a1111_sampler(res) == expected_sampler(name), name
+        assert "VAE hash" not in res and res["VAE"] == "None"  # the checkpoint's own VAE, whatever A1111 has set
+        assert "Hires upscale" not in res and "Hires steps" not in res

@@ -33,6 +33,10 @@ NO_TAG = (
 )
 
 
+GPU_NOISE_NOTE = ("drawn with A1111's default GPU noise (no RNG field): GhostReview draws CPU noise, so that image "
+                  "cannot be reproduced bit-for-bit")
+
+
 def png(path: Path, infotext: str | None) -> Path:
     info = PngInfo()
     if infotext is not None:
@@ -53,7 +57,7 @@ def test_entry_from_png_reads_prompt_negative_settings_tags_and_model(tmp_path):
         "header_images": ["moxin header.png"],
         "default_weight": 0.8,
         "made_with": ["someMix_v2", "7c3e9a1b44"],
-        "source": "imported from the infotext of moxin header.png",
+        "source": "imported from the infotext of moxin header.png; " + GPU_NOISE_NOTE,
         "settings": {"sampler": "DPM++ 2M Karras", "schedule_type": "Karras", "steps": 28, "cfg": 7.0,
                      "seed": 1829374650, "size": "512x768", "clip_skip": 2,
                      "lora_hashes": "MoXin_v1: 1a2b3c4d5e6f, Paper Texture: 0a1b2c3d4e5f"},
@@ -151,3 +155,36 @@ def test_duplicate_and_invalid_entries_are_refused_before_writing(tmp_path):
     assert table.read_text(encoding="utf-8") == before
     with pytest.raises(ImportInfotextError, match="not a LoRA table"):
         append_entries(d / "protocol.yaml", [entry])
+
+
+# A1111 1.9 made the schedule its own field ("Schedule type: Karras"); sampler names lost "Karras". Both forms, and
+# "Automatic" (the sampler's own default in 1.9+: Karras for DPM++ 2M), read as the sampler the image was drawn with.
+SAMPLER_FORMS = [
+    ("Sampler: DPM++ 2M Karras, Version: v1.6.0", {"sampler": "DPM++ 2M Karras"}),
+    ("Sampler: DPM++ 2M, Version: v1.6.0", {"sampler": "DPM++ 2M"}),  # before 1.9: the model's own sigmas
+    ("Sampler: DPM++ 2M, Schedule type: Karras, Version: v1.10.1", {"sampler": "DPM++ 2M Karras",
+                                                                   "schedule_type": "Karras"}),
+    ("Sampler: DPM++ 2M, Schedule type: Automatic, Version: v1.10.1", {"sampler": "DPM++ 2M Karras",
+                                                                      "schedule_type": "Karras"}),
+    ("Sampler: DPM++ 2M, Schedule type: Uniform, Version: v1.10.1", {"sampler": "DPM++ 2M", "schedule_type": "Uniform"}),
+    ("Sampler: Euler a, Schedule type: Automatic, Version: v1.10.1", {"sampler": "Euler a", "schedule_type": "Uniform"}),
+    ("Sampler: DPM++ 2M SDE, Schedule type: Automatic", {"sampler": "DPM++ 2M SDE Exponential",
+                                                        "schedule_type": "Exponential"}),
+    ("Sampler: DDIM, Schedule type: Automatic", {"sampler": "DDIM", "schedule_type": "Automatic"}),
+]
+
+
+@pytest.mark.parametrize("fields, expected", SAMPLER_FORMS)
+def test_old_combined_and_new_split_sampler_names_read_alike(tmp_path, fields, expected):
+    text = f"a fox <lora:fox:0.8>\nSteps: 20, {fields}, CFG scale: 7, Seed: 1, Size: 512x512"
+    settings = lora_entry_from_png(png(tmp_path / "h.png", text))["settings"]
+    assert {k: v for k, v in settings.items() if k in ("sampler", "schedule_type")} == expected
+
+
+def test_an_infotext_without_rng_says_it_was_drawn_with_gpu_noise(tmp_path):
+    base = "a fox <lora:fox:0.8>\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512"
+    assert lora_entry_from_png(png(tmp_path / "a.png", base))["source"].endswith(GPU_NOISE_NOTE)
+    cpu = lora_entry_from_png(png(tmp_path / "b.png", base + ", RNG: CPU"))
+    assert cpu["source"] == "imported from the infotext of b.png"
+    nv = lora_entry_from_png(png(tmp_path / "c.png", base + ", RNG: NV"))
+    assert "NV noise" in nv["source"] and "cannot be reproduced bit-for-bit" in nv["source"]

@@ -123,3 +123,18 @@ def test_png_chunk_round_trip(tmp_path):
     assert read_png_infotext(path) == latin
     Image.new("RGB", (4, 4)).save(path)
     assert read_png_infotext(path) is None
+
+
+def test_every_sampler_name_round_trips_through_a1111s_split_form():
+    from ghostreview.infotext import a1111_sampler_fields, combined_sampler_name, read_a1111_sampler
+    from ghostreview.samplers import SAMPLERS
+
+    for name in SAMPLERS:
+        sampler, schedule = a1111_sampler_fields(name)
+        assert "Karras" not in sampler and schedule != "Automatic" or sampler in ("DDIM", "PLMS", "UniPC"), name
+        assert combined_sampler_name(*read_a1111_sampler(sampler, schedule)) == name
+        assert combined_sampler_name(*read_a1111_sampler(name, None)) == name  # the old combined form
+    assert a1111_sampler_fields("DPM++ 2M Karras") == ("DPM++ 2M", "Karras")
+    assert a1111_sampler_fields("DPM++ 2M") == ("DPM++ 2M", "Uniform")  # "Automatic" would be Karras in A1111 1.9+
+    assert read_a1111_sampler("DPM++ 2M", "Automatic") == ("DPM++ 2M", "Karras")
+    assert read_a1111_sampler("Euler a Karras", "Uniform") == ("Euler a", "Karras")  # the name's schedule wins
