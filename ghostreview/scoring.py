@@ -65,7 +65,7 @@ def aesthetic_rows(rows: Sequence[Mapping[str, str]], embeddings: Path, scoring:
     emb = load_embeddings(embeddings)
     head_path = resolve(root, scoring.aesthetic.weights)
     head_sha = verify_weights(head_path, scoring.aesthetic.sha256, "scoring.aesthetic.weights")
-    values = aesthetic.aesthetic_scores(emb.rows([r["image_hash"] for r in rows]), aesthetic.load_head(head_path))
+    values = aesthetic.aesthetic_scores(emb.rows([r["image_hash"] for r in rows], str(embeddings)), aesthetic.load_head(head_path))
     info = aesthetic.INFO
     return score_rows(rows, info.name, values, info.version, f"{head_sha}+{emb.weights_sha256}")
 
@@ -75,7 +75,7 @@ def clipscore_rows(rows: Sequence[Mapping[str, str]], embeddings: Path, scoring:
     emb = load_embeddings(embeddings)
     clip = _clip(scoring, root)
     text_emb, truncated = text_embeddings(clip, [plain_text(r["prompt"]) for r in rows], scoring.batch_size)
-    values = clipscore.clip_scores(emb.rows([r["image_hash"] for r in rows]), text_emb)
+    values = clipscore.clip_scores(emb.rows([r["image_hash"] for r in rows], str(embeddings)), text_emb)
     flags = [["text_truncated"] if t else [] for t in truncated]
     info = clipscore.INFO
     return score_rows(rows, info.name, values, info.version, clip.weights_sha256, flags)
@@ -210,7 +210,8 @@ def _group_refs(rows: Sequence[Mapping[str, str]], task: str, refstats: Path,
             raise FileNotFoundError(f"{path}: no reference statistics for {what} run `dvc repro` (refstats reruns).")
         size = styleloss.read_ref_stats_meta(path)["size"]
         if size != image_size:
-            raise ValueError(f"{path} was computed at size {size}, params say scoring.style.image_size = {image_size}: rerun refstats.")
+            raise ReferenceImagesError(f"{path} was computed at size {size}, params say scoring.style.image_size = "
+                                       f"{image_size}: run `dvc repro` (refstats reruns).")
     return groups
 
 

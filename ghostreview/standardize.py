@@ -48,7 +48,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-EXCLUDING_FLAGS = frozenset({"nan", "black", "lora_unsupported", "lora_incompatible", "error"})
+EXCLUDING_FLAGS = frozenset({"nan", "black", "lora_unsupported", "lora_incompatible", "lora_partial", "error"})
 SCORE_COLUMNS = ("model", "task", "item", "seed", "image_hash", "metric", "value", "flags")
 MODEL_COLUMNS = ("model", "family")
 GROUPING_TASK = {"prompt": "general", "style": "style", "lora": "lora"}

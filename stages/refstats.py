@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         style=params.scoring.style,
         root=root,
         out=args.out,
+        device=params.scoring.device,
     )
     print(f"refstats: {n} reference sets -> {args.out}")
 

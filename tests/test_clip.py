@@ -186,3 +186,15 @@ def test_file_weights_get_the_openai_tag_preprocessing():
     assert tag["quick_gelu"] is True
     for key in ("mean", "std", "interpolation", "resize_mode"):
         assert tuple(np.atleast_1d(tag[key])) == tuple(np.atleast_1d(default[key])), key
+
+
+def test_a_garbled_or_stale_embeddings_file_is_a_user_error_naming_it(tmp_path):
+    from ghostreview.errors import UserError
+
+    bad = tmp_path / "m.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(UserError, match=r"m\.npz is not a readable embeddings artifact.*dvc repro"):
+        gclip.load_embeddings(bad)
+    good = gclip.save_embeddings(tmp_path / "ok.npz", gclip.Embeddings(["h1"], np.ones((1, 4), np.float32), "a", "s"))
+    with pytest.raises(UserError, match=r"ok\.npz: 1 images of the manifest have no embedding \(first: h2\).*dvc repro"):
+        gclip.load_embeddings(good).rows(["h1", "h2"], str(good))

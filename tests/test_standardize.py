@@ -108,6 +108,15 @@ def test_lower_is_better_ranks_smallest_first_and_combined_orients():
     assert [score(r, m, "combined", "rank") for m in ("lo", "mid", "hi")] == [2, 1, 3]
 
 
+def test_a_half_applied_lora_image_is_excluded_like_other_flagged_images():
+    rows = [row(m, "loraloss", "L1", s, float(v), task="lora") for m, vals in (("a", [1, 2, 3]), ("b", [4, 5, 6]))
+            for s, v in enumerate(vals)]
+    rows[2]["flags"] = "lora_partial"  # the file's q/k/v deltas did not reach the text encoder
+    r = standardize(pd.DataFrame(rows), models_table(a="sd1", b="sd1"), METRICS, {}, n_boot=10)
+    assert r.images["status"].tolist() == ["ok", "ok", "flagged", "ok", "ok", "ok"]
+    assert score(r, "a", "loraloss", "n_excluded") == 1
+
+
 def test_flags_excluded_and_counted():
     rows = [row(m, "aesthetic", "p1", s, float(v)) for m, vals in (("a", [1, 2, 3]), ("b", [4, 5, 6]))
             for s, v in enumerate(vals)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -23,6 +24,7 @@ import open_clip
 import torch
 from PIL import Image
 
+from ghostreview.errors import UserError
 from ghostreview.metrics.batching import chunks, padded
 from ghostreview.metrics.weights import verify_weights, write_state_dict
 
@@ -160,6 +162,10 @@ def convert_openai_clip(src: Path, dst: Path) -> Path:
     return write_state_dict(state, dst)
 
 
+class EmbeddingsError(UserError, ValueError):
+    """An embeddings artifact that cannot be used (unreadable, or stale for its manifest); names the file and fix."""
+
+
 @dataclass(frozen=True)
 class Embeddings:
     """The embeddings artifact: one unnormalized row per image hash, plus the CLIP that produced them."""
@@ -175,12 +181,14 @@ class Embeddings:
         if len(set(self.image_hash)) != len(self.image_hash):
             raise ValueError("duplicate image_hash in embeddings")
 
-    def rows(self, hashes: Sequence[str]) -> np.ndarray:
-        """Embedding rows [len(hashes), D] for the given image hashes (missing hash: KeyError naming it)."""
+    def rows(self, hashes: Sequence[str], source: str = "embeddings") -> np.ndarray:
+        """Embedding rows [len(hashes), D] for the given image hashes (missing hashes: an error naming ``source``)."""
         index = {h: i for i, h in enumerate(self.image_hash)}
         missing = [h for h in hashes if h not in index]
         if missing:
-            raise KeyError(f"{len(missing)} image hashes have no embedding, first: {missing[0]}")
+            raise EmbeddingsError(f"{source}: {len(missing)} images of the manifest have no embedding (first: "
+                                  f"{missing[0]}): the embeddings are older than the images; run `dvc repro` (the "
+                                  f"model's embed stage reruns)")
         return self.embedding[[index[h] for h in hashes]]
 
 
@@ -201,9 +209,15 @@ def save_embeddings(path: Path, emb: Embeddings) -> Path:
 
 def load_embeddings(path: Path) -> Embeddings:
     """Read an artifact written by :func:`save_embeddings`."""
-    with np.load(path, allow_pickle=False) as z:
-        missing = {"image_hash", "embedding", "arch", "weights_sha256"} - set(z.files)
-        if missing:
-            raise ValueError(f"{path} is not an embeddings artifact: missing arrays {sorted(missing)}")
-        return Embeddings([str(h) for h in z["image_hash"]], z["embedding"].astype(np.float32), str(z["arch"]),
-                          str(z["weights_sha256"]))
+    fix = "delete it and run `dvc repro` (the model's embed stage writes it again)"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = {"image_hash", "embedding", "arch", "weights_sha256"} - set(z.files)
+            if missing:
+                raise EmbeddingsError(f"{path} is not an embeddings artifact (missing arrays {sorted(missing)}): {fix}")
+            return Embeddings([str(h) for h in z["image_hash"]], z["embedding"].astype(np.float32), str(z["arch"]),
+                              str(z["weights_sha256"]))
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # a garbled or truncated .npz (never unpickled)
+        if isinstance(exc, (EmbeddingsError, FileNotFoundError)):
+            raise
+        raise EmbeddingsError(f"{path} is not a readable embeddings artifact ({exc}): {fix}") from exc

@@ -20,7 +20,7 @@ import pandas as pd
 
 from ghostreview.standardize import COMBINED, Standardized, parse_flags
 
-LORA_FLAGS = ("lora_unsupported", "lora_incompatible")
+LORA_FLAGS = ("lora_unsupported", "lora_incompatible", "lora_partial")
 LABELS = {"aesthetic": "Aesthetic", "clipscore": "CLIPScore", "styleloss": "StyleLoss", "loraloss": "LoRALoss",
           "loraloss_notm": "LoRALoss NoTM", COMBINED: "Combined"}
 
