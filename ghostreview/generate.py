@@ -25,9 +25,17 @@ from ghostreview import __version__
 from ghostreview.benchmark import Benchmark, BenchmarkError, LoraEntry, benchmark_items
 from ghostreview.draw import DrawRequest, Hires, draw
 from ghostreview.hashing import autov2, file_sha256
-from ghostreview.infotext import a1111_sampler_fields, format_infotext
+from ghostreview.infotext import a1111_sampler_fields, format_infotext, format_lora_hashes
 from ghostreview.loading import CheckpointFile, inspect_checkpoint, load_pipeline, pipeline_config_dir
-from ghostreview.lora import PARTIAL_FLAG, LoraSpec, apply_loras, lora_status, partial_status, remove_loras
+from ghostreview.lora import (
+    PARTIAL_FLAG,
+    LoraSpec,
+    a1111_lora_hash,
+    apply_loras,
+    lora_status,
+    partial_status,
+    remove_loras,
+)
 from ghostreview.manifest import MANIFEST_COLUMNS
 from ghostreview.prompts import extract_lora_tags
 from ghostreview.runtime import library_versions, pick_device, pick_dtype, set_cpu_threads
@@ -151,15 +159,16 @@ def job_fields(job: ImageJob, model: ModelIdentity, runtime: Mapping[str, str]) 
     }
 
 
-def infotext_for(job: ImageJob, model: ModelIdentity, version: str) -> str:
+def infotext_for(job: ImageJob, model: ModelIdentity, version: str, lora_hash: Callable[[Path], str]) -> str:
     """A1111 infotext, so that the PNG dropped into A1111 (1.9 or later) draws this image with the same settings.
 
     Fields in A1111's order and form, including those whose absence A1111 reads as its own default or the user's
     current setting: ``Schedule type`` always explicit (A1111 reads a missing one as the sampler's default, Karras
     for DPM++ 2M), ``RNG: CPU`` (its default is GPU noise; we draw CPU noise), ``VAE`` (``None``: the checkpoint's
     own), and our prompt encoding (``ghostreview.encode``): ``Emphasis: Original`` and ``Pad conds: True`` (prompt
-    and negative padded to one length with empty chunks). ``Version`` does not parse as an A1111 version, so A1111
-    switches on none of its backward-compatibility options.
+    and negative padded to one length with empty chunks). ``Lora hashes`` holds ``lora_hash(file)``
+    (``a1111_lora_hash``): A1111 finds a tag's LoRA by it, since our tags carry benchmark names, not file names.
+    ``Version`` does not parse as an A1111 version, so A1111 switches on none of its backward-compatibility options.
     """
     r = job.request
     sampler, schedule = a1111_sampler_fields(r.sampler)
@@ -184,8 +193,8 @@ def infotext_for(job: ImageJob, model: ModelIdentity, version: str) -> str:
             "Hires steps": r.hires.steps or None,  # 0: the base steps, which A1111 writes as no field
             "Hires upscaler": r.hires.upscaler,
         })
-    if job.lora_hashes:
-        fields["Lora hashes"] = ", ".join(f"{n}: {autov2(h)}" for n, h in job.lora_hashes)
+    if job.loras:
+        fields["Lora hashes"] = format_lora_hashes({spec.name: lora_hash(spec.path) for spec in job.loras})
     fields.update({"Emphasis": "Original", "Pad conds": True, "Version": version})
     return format_infotext(job.prompt, job.negative_prompt, fields)
 
@@ -416,7 +425,8 @@ def run_generate(bench: Benchmark, s: GenerateSettings, out_dir: Path, progress:
         bench, family, s.counts, s.tasks, dataclasses.asdict(gen), s.clip_skip, s.lora_dirs[family],
         functools.cache(lambda p: lora_status(p, family)), lambda p: file_sha256(p, hash_cache),
     )
-    texts = [infotext_for(j, model, f"ghostreview-{__version__}") for j in jobs]
+    lora_hash = functools.cache(a1111_lora_hash)  # reads each LoRA file once per run
+    texts = [infotext_for(j, model, f"ghostreview-{__version__}", lora_hash) for j in jobs]
     store = ImageStore(s.store)
     with open_engine(gen) as engine:
         device = engine.device(gen.device)  # where the images are drawn: part of every key

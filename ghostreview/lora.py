@@ -14,6 +14,7 @@ ones that did not; the drawn images carry a ``lora_partial`` flag naming them (:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import warnings
@@ -62,6 +63,18 @@ class LoraSpec:
     name: str
     path: Path
     weight: float
+
+
+def a1111_lora_hash(path: Path) -> str:
+    """The hash A1111 writes for a LoRA in an infotext's ``Lora hashes`` and finds it by when the infotext is pasted
+    (a ``<lora:alias:w>`` tag whose alias no local file has): the first 12 hex digits of the sha256 of a safetensors
+    file's bytes after its header (kohya's "addnet" hash, which ignores metadata edits)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(8 + int.from_bytes(f.read(8), "little"))
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]
 
 
 def lora_family(shapes: Mapping[str, list[int]], metadata: Mapping[str, str]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -299,6 +300,7 @@ def test_a1111_pasting_our_png_draws_with_our_settings(kit, tmp_path):
     s = settings(root, tmp_path / "store", generation=generation, vae=vae, clip_skip=2, tasks=("lora",),
                  counts={"general": 1, "style": 1, "lora": 1})
     run_generate(bench, s, tmp_path / "out", progress=False)
+    lora_files = {e.name: e.file for e in bench.loras["sd15"]}
     for row in read_manifest(tmp_path / "out"):
         res = a1111_paste(read_png_infotext(tmp_path / "out" / row["image"]))
         assert (res["Prompt"], res["Negative prompt"]) == (row["prompt"], row["negative_prompt"])
@@ -312,7 +314,13 @@ def test_a1111_pasting_our_png_draws_with_our_settings(kit, tmp_path):
         assert (res["Model hash"], res["Model"]) == (autov2(file_sha256(root / "model.safetensors")), "model")
         assert (res["VAE hash"], res["VAE"]) == (autov2(file_sha256(vae)), "tiny-vae.safetensors")
         assert res["Emphasis"] == "Original" and res["Pad conds"] == "True"  # our prompt encoding, whatever A1111's
-        assert row["item"] in res["Lora hashes"] and f"<lora:{row['item']}:" in res["Prompt"]
+        # A1111 finds the LoRA of a pasted <lora:alias:w> tag by this hash when no local file has that alias: the
+        # first 12 hex digits of the sha256 of the file's bytes after the safetensors header ("addnet" hash).
+        pairs = dict(p.strip().split(":", 1) for p in res["Lora hashes"].split(","))
+        data = (root / "loras" / "sd15" / lora_files[row["item"]]).read_bytes()
+        addnet = hashlib.sha256(data[8 + int.from_bytes(data[:8], "little"):]).hexdigest()[:12]
+        assert {k.strip(): v.strip() for k, v in pairs.items()} == {row["item"]: addnet}
+        assert f"<lora:{row['item']}:" in res["Prompt"]
         assert not a1111_version_backcompat(res["Version"])
 
 
@@ -326,7 +334,7 @@ def test_every_sampler_name_reaches_a1111_as_the_same_sampler_and_schedule(kit):
                         lambda p: "0" * 64)[0]
     for name in SAMPLERS:
         text = gen.infotext_for(dataclasses.replace(job, request=dataclasses.replace(job.request, sampler=name)),
-                                model, "ghostreview-x")
+                                model, "ghostreview-x", lora_hash=lambda p: "0" * 12)
         res = a1111_paste(text)
         assert a1111_sampler(res) == expected_sampler(name), name
         assert "VAE hash" not in res and res["VAE"] == "None"  # the checkpoint's own VAE, whatever A1111 has set
