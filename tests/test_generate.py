@@ -201,7 +201,8 @@ def test_a_lora_applied_in_part_is_flagged_and_one_diffusers_cannot_read_is_unsu
     # text encoder q/k/v and fc1 without out_proj: diffusers drops q/k/v; a lone q_proj: diffusers cannot read it
     write_tiny_lora(loras / "sd15" / entries[0].file, "sd15", root / "configs" / "sd15", seed=1,
                     keep=r"^lora_unet_|_self_attn_[qkv]_proj$|_mlp_fc1$")
-    write_tiny_lora(loras / "sd15" / entries[1].file, "sd15", root / "configs" / "sd15", seed=2, keep=r"^lora_te_.*_q_proj$")
+    write_tiny_lora(loras / "sd15" / entries[1].file, "sd15", root / "configs" / "sd15", seed=2,
+                    keep=r"^lora_te_.*_q_proj$")
     s = settings(root, tmp_path / "store", lora_dirs={"sd15": loras / "sd15", "sdxl": loras / "sdxl"}, tasks=("lora",))
     for out in ("first", "again"):  # the second run draws nothing: the flag comes back from the store
         stats = run_generate(bench, s, tmp_path / out, progress=False)
