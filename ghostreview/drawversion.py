@@ -9,7 +9,7 @@ rename, a refactor) sets the pin alone.
 """
 
 DRAW_VERSION = "2"
-DRAW_CODE_SHA256 = "fe53ac68322bd4c9c58cdc6f6e693726d3d1128865cb442f779a55fcb6334302"
+DRAW_CODE_SHA256 = "067c02ad8f7ea670ffe898356bd3107c0ef5abfedb8611755e16fb5cb0dbc829"
 
 # What turns an image's key fields into pixels. The test checks that these cover everything they import.
 PIXEL_MODULES = (
