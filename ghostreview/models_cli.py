@@ -6,11 +6,13 @@ so the first ``dvc repro`` does not hash it again), and adds one entry, keeping 
 formatting (ruamel round trip; written atomically, and only when the whole new file validates).
 
 remove-model takes the entry out and cleans what DVC leaves behind when a ``foreach`` key disappears: the instance's
-outputs (``data/images/<name>``, ``data/scores/<name>/...``, as listed in ``dvc.lock``), their lines in the
-``.gitignore`` files DVC wrote, and the stale ``<stage>@<name>`` entries of ``dvc.lock``. Standardize and the report
-read only the models params lists, so the next ``dvc repro`` reruns those two and the model is gone from the report.
-Its images stay in the image store and DVC's cache (``dvc gc`` frees them), so adding it back restores from the run
-cache instead of recomputing.
+outputs (``data/images/<name>``, ``data/scores/<name>/...``), their lines in the ``.gitignore`` files DVC wrote, and
+the stale ``<stage>@<name>`` entries of ``dvc.lock``. The outputs deleted are the ones ``dvc.yaml`` declares for the
+model's ``foreach`` instances, resolved by DVC itself; ``dvc.lock`` only says which instances ran, never what to
+delete (a lock is data anyone can edit: ``outs: [{path: .git}]`` in it must not delete ``.git``). Standardize and the
+report read only the models params lists, so the next ``dvc repro`` reruns those two and the model is gone from the
+report. Its images stay in the image store and DVC's cache (``dvc gc`` frees them), so adding it back restores from
+the run cache instead of recomputing.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
+import json
 import os
 import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 from ruamel.yaml import YAML
@@ -268,17 +271,65 @@ def lock_entries(lock: Any, name: str) -> list[str]:
     return [s for s in stages if "@" in s and s.split("@", 1)[1] == name]
 
 
-def lock_outputs(lock: Any, stage_names: list[str]) -> list[str]:
-    """The ``outs`` paths the lock records for these stages, in order, without duplicates."""
+def recorded_entry(lock: Any, name: str) -> dict[str, Any]:
+    """The ``models.<name>`` params value a lock recorded for the model's instances ({} when none is recorded).
+
+    Used only to resolve ``dvc.yaml`` for a model already gone from params (its templates may read ``${item.x}``);
+    what is deleted is still what ``dvc.yaml`` declares.
+    """
     stages = (lock or {}).get("stages") or {}
-    paths = [o["path"] for s in stage_names for o in (stages[s].get("outs") or [])]
-    return list(dict.fromkeys(paths))
+    for stage in lock_entries(lock, name):
+        for values in ((stages[stage] or {}).get("params") or {}).values():
+            entry = (values or {}).get(f"models.{name}") if isinstance(values, dict) else None
+            if isinstance(entry, dict):
+                return json.loads(json.dumps(entry, default=str))  # plain types, as DVC's context takes them
+    return {}
+
+
+def declared_outputs(root: Path, name: str, entry: Mapping[str, Any]) -> dict[str, list[str]]:
+    """``{"<stage>@<name>": [output, ...]}`` for model ``name``'s ``foreach`` instances, as DVC resolves ``dvc.yaml``.
+
+    The stages are the ``foreach`` groups over the params' models; outputs are paths relative to ``root``. DVC resolves
+    only the keys it finds in ``params.yaml``, so a model missing there is resolved with ``entry`` put back. DVC's own
+    check that no two stages' outputs overlap runs over the whole pipeline, so nothing another stage owns comes back.
+
+    Raises:
+        ModelsError: no ``dvc.yaml`` in ``root``, or DVC cannot resolve it with this model.
+    """
+    from dvc.dvcfile import ProjectFile
+    from dvc.exceptions import DvcException
+    from dvc.parsing import ForeachDefinition
+    from dvc.repo import Repo
+    from dvc.repo.trie import build_outs_trie
+    from dvc.stage.loader import StageLoader
+
+    dvc_yaml = root / "dvc.yaml"
+    if not dvc_yaml.is_file():
+        raise ModelsError(f"{dvc_yaml}: no such file; remove-model deletes only what dvc.yaml declares, so run it in "
+                          "the project (where dvc.yaml and params.yaml live)")
+    try:
+        with Repo(str(root), uninitialized=True) as repo:  # reads only; a folder without .dvc/ is fine too
+            dvcfile = ProjectFile(repo, str(dvc_yaml))
+            resolver = dvcfile.resolver
+            models = resolver.context["models"] if "models" in resolver.context else {}
+            if name not in models:
+                models[name] = dict(entry)
+            groups = [g for g, d in resolver.definitions.items()
+                      if isinstance(d, ForeachDefinition) and set(d.normalized_iterable) == set(models)]
+            # every stage, resolved without the lock (its hashes do not matter here, and it may be garbled)
+            stages = [StageLoader.load_stage(dvcfile, n, resolver.resolve_one(n)[n]) for n in resolver.get_keys()]
+            build_outs_trie(stages)  # DVC's OverlappingOutputPathsError / OutputDuplicationError
+            mine = {f"{g}@{name}" for g in groups}
+            return {s.name: [Path(os.path.relpath(o.fs_path, root)).as_posix() for o in s.outs]
+                    for s in stages if s.name in mine}
+    except DvcException as exc:
+        raise ModelsError(f"{dvc_yaml}: DVC cannot resolve the stages of model {name!r}: {exc}") from exc
 
 
 def _inside(root: Path, rel: str) -> Path:
     path = (root / rel).resolve()
     if not path.is_relative_to(root) or path == root:
-        raise ModelsError(f"dvc.lock: output {rel!r} is outside the project {root}; not deleting it")
+        raise ModelsError(f"dvc.yaml: output {rel!r} is outside the project {root}; not deleting it")
     return path
 
 
@@ -356,30 +407,50 @@ def add_model(params_file: Path, checkpoint: Path, *, name: str | None = None, v
 def remove_model(params_file: Path, name: str, lock_file: Path | None = None) -> RemovedModel:
     """Remove ``models.<name>`` from ``params_file``, its outputs and its ``dvc.lock`` entries.
 
-    ``lock_file`` defaults to ``dvc.lock`` next to the params file. Outputs go first, params last, so an interrupted
-    removal can simply be run again.
+    ``lock_file`` defaults to ``dvc.lock`` next to the params file. The outputs deleted are those ``dvc.yaml`` declares
+    for the model's stage instances (:func:`declared_outputs`), never paths read from the lock; a model no longer in
+    params is cleaned only when the lock records instances of it that ``dvc.yaml`` declares. Outputs go first, params
+    last, so an interrupted removal can simply be run again.
 
     Raises:
-        ModelsError: unknown name with no leftovers (the message lists the known models), or the last model.
+        ModelsError: a name that is no slug, an unknown name with no leftovers (the message lists the known models),
+            the last model, or a ``dvc.yaml`` DVC cannot resolve. Nothing is deleted then.
     """
     params_file = Path(params_file)
     root = params_file.parent.resolve()
     lock_file = Path(lock_file) if lock_file is not None else root / "dvc.lock"
     doc = load_roundtrip(params_file)
     models = doc.get("models") or {}
+    if not config.SLUG.fullmatch(name):
+        raise ModelsError(f"{params_file}: {name!r} is not a model name (a slug of lower-case letters, digits, '-' and "
+                          f"'_'); pass one of the names under models: {', '.join(models) or 'none'}")
     lock = load_roundtrip(lock_file, lock=True) if lock_file.is_file() else None
-    stages = lock_entries(lock, name)
-    if name not in models and not stages:
-        raise ModelsError(f"{params_file}: no model {name!r} under models (known: {', '.join(models) or 'none'})")
-    if name in models and len(models) == 1:
+    recorded = lock_entries(lock, name)
+    in_params = name in models
+    unknown = f"{params_file}: no model {name!r} under models (known: {', '.join(models) or 'none'})"
+    if not in_params and not recorded:
+        raise ModelsError(unknown)
+    if in_params and len(models) == 1:
         raise ModelsError(f"{params_file}: {name!r} is the only model; add another first (ghostreview add-model PATH)")
-    removed = remove_outputs(root, lock_outputs(lock, stages))
+    entry = json.loads(json.dumps(models[name], default=str)) if in_params else recorded_entry(lock, name)
+    leftovers = f"{unknown}; {lock_file} has entries for it ({', '.join(recorded)}), but"
+    try:
+        declared = declared_outputs(root, name, entry)
+    except ModelsError as exc:
+        if in_params:
+            raise ModelsError(f"{exc}; nothing was deleted. Fix dvc.yaml (`dvc status` shows it too)") from exc
+        raise ModelsError(f"{leftovers} {exc}; nothing was deleted. If they are a removed model's leftovers, put its "
+                          f"entry back under models in {params_file} and remove it again") from exc
+    stages = [s for s in declared if s in recorded]  # instances that ran: their lock entries go
+    if not in_params and not stages:
+        raise ModelsError(f"{leftovers} dvc.yaml declares no such stage instance; nothing was deleted")
+    removed = remove_outputs(root, list(dict.fromkeys(o for outs in declared.values() for o in outs)))
     if stages:
         for stage in stages:
             del lock["stages"][stage]
         write_text_atomic(lock_file, dump_text(lock, lock=True))
-    in_params = remove_entry(doc, name)
     if in_params:
+        remove_entry(doc, name)
         validated(doc, str(params_file))
         write_text_atomic(params_file, dump_text(doc))
     return RemovedModel(name, in_params, tuple(stages), tuple(removed))

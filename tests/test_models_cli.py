@@ -8,6 +8,7 @@ import difflib
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,7 @@ def project(tmp_path):
     text = re.sub(r"(?m)^  cache: \S+", f"  cache: {tmp_path / 'cache'}", text)
     text = re.sub(r"(?m)^  image_store: \S+", f"  image_store: {tmp_path / 'store'}", text)
     (tmp_path / "params.yaml").write_text(text)
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")  # remove-model deletes what its stages declare
     return tmp_path
 
 
@@ -165,6 +167,13 @@ stages:
       md5: 11111111111111111111111111111111.dir
   generate@demo-sd15-b:
     cmd: python stages/generate.py --model demo-sd15-b --out data/images/demo-sd15-b
+    params:
+      params.yaml:
+        models.demo-sd15-b:
+          checkpoint: demo/kit/models/tiny-sd15-b.safetensors
+          clip_skip: 2
+          config: demo/kit/configs/sd15
+          title: Demo SD1.5 B (random weights)
     outs:
     - path: data/images/demo-sd15-b
       hash: md5
@@ -247,7 +256,7 @@ def test_remove_model_cleans_leftovers_of_a_model_already_gone_from_params(proje
     assert (project / "params.yaml").read_text() == config_text
 
 
-def test_remove_model_refuses_the_last_model_and_outputs_outside_the_project(project):
+def test_remove_model_refuses_the_last_model_and_ignores_what_the_lock_says_its_outputs_are(project):
     outputs_as_dvc_leaves_them(project)
     for name in ("demo-sd15-b", "demo-sdxl-a"):
         remove_model(project / "params.yaml", name)
@@ -256,9 +265,74 @@ def test_remove_model_refuses_the_last_model_and_outputs_outside_the_project(pro
     (project / "dvc.lock").write_text(LOCK.replace("data/images/demo-sd15-a\n      hash", "../outside\n      hash"))
     (project.parent / "outside").mkdir(exist_ok=True)
     add_model(project / "params.yaml", sd15(project / "second.safetensors"))
-    with pytest.raises(ModelsError, match=r"output '../outside' is outside the project"):
-        remove_model(project / "params.yaml", "demo-sd15-a")
-    assert (project.parent / "outside").is_dir() and (project / "data" / "images" / "demo-sd15-a").is_dir()
+    removed = remove_model(project / "params.yaml", "demo-sd15-a")
+    # what dvc.yaml declares (the lock did not even list the scores), not the lock's ../outside
+    assert removed.outputs == ("data/images/demo-sd15-a", "data/scores/demo-sd15-a/aesthetic.csv")
+    assert (project.parent / "outside").is_dir() and not (project / "data" / "images" / "demo-sd15-a").exists()
+
+
+def lock_claiming(name: str, paths: list[str], item: dict | None = None) -> str:
+    """A dvc.lock whose ``generate@<name>`` entry claims these outputs (as a hostile or garbled lock could)."""
+    entry = {"cmd": f"python stages/generate.py --model {name} --out data/images/{name}",
+             "outs": [{"path": p, "hash": "md5", "md5": "0" * 32} for p in paths]}
+    if item is not None:
+        entry["params"] = {"params.yaml": {f"models.{name}": item}}
+    return yaml.safe_dump({"schema": "2.0", "stages": {f"generate@{name}": entry}}, sort_keys=False)
+
+
+def git_dir(root: Path) -> Path:
+    (root / ".git" / "objects").mkdir(parents=True)
+    (root / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    return root / ".git"
+
+
+def test_remove_model_deletes_only_the_outputs_dvc_yaml_declares_for_its_stages(project):
+    outputs_as_dvc_leaves_them(project)
+    git = git_dir(project)
+    (project / "dvc.lock").write_text(LOCK.replace(
+        "    - path: data/images/demo-sd15-b\n",
+        "    - path: .git\n      hash: md5\n      md5: 0\n    - path: params.yaml\n      hash: md5\n      md5: 0\n"
+        "    - path: data/images/demo-sd15-a\n      hash: md5\n      md5: 0\n    - path: data/images/demo-sd15-b\n"))
+    removed = remove_model(project / "params.yaml", "demo-sd15-b")
+    assert set(removed.outputs) == {"data/images/demo-sd15-b", "data/embeddings/demo-sd15-b.npz",
+                                    "data/scores/demo-sd15-b/aesthetic.csv"}
+    assert (git / "HEAD").is_file() and (project / "params.yaml").is_file()
+    assert (project / "data" / "images" / "demo-sd15-a" / "x.png").is_file()
+
+
+def test_a_lock_entry_alone_cannot_make_remove_model_delete_anything(project):
+    """The issue's case: ``generate@victim`` in dvc.lock with ``outs: [.git]``, victim not in params."""
+    git = git_dir(project)
+    (project / "dvc.lock").write_text(lock_claiming("victim", [".git"]))
+    before = (project / "dvc.lock").read_text()
+    with pytest.raises(ModelsError, match=r"model 'victim'.*nothing was deleted"):
+        remove_model(project / "params.yaml", "victim")
+    assert (git / "HEAD").is_file() and (project / "dvc.lock").read_text() == before
+    result = CliRunner().invoke(app, ["remove-model", "victim", "--params", str(project / "params.yaml")])
+    assert result.exit_code == 2 and "error:" in result.output and "Traceback" not in result.output
+    assert (git / "HEAD").is_file()
+
+
+def test_leftovers_of_a_removed_model_are_resolved_through_dvc_yaml_not_taken_from_the_lock(project):
+    git = git_dir(project)
+    (project / "data" / "images" / "victim").mkdir(parents=True)
+    (project / "data" / "images" / "victim" / "x.png").write_bytes(b"png")
+    item = {"checkpoint": "demo/kit/models/tiny-sd15-a.safetensors"}
+    (project / "dvc.lock").write_text(lock_claiming("victim", [".git", "data/images/victim"], item))
+    removed = remove_model(project / "params.yaml", "victim")
+    assert not removed.in_params and removed.lock_entries == ("generate@victim",)
+    assert removed.outputs == ("data/images/victim",)
+    assert (git / "HEAD").is_file() and not (project / "data" / "images" / "victim").exists()
+    assert yaml.safe_load((project / "dvc.lock").read_text())["stages"] == {}
+
+
+@pytest.mark.parametrize("name", ["../../.git", "victim\n", "Victim", ""])
+def test_remove_model_refuses_a_name_that_is_no_slug(project, name):
+    git_dir(project)
+    (project / "dvc.lock").write_text(lock_claiming(name, [".git"]))
+    with pytest.raises(ModelsError, match=r"not a model name"):
+        remove_model(project / "params.yaml", name)
+    assert (project / ".git" / "HEAD").is_file()
 
 
 def test_cli_commands(project):
