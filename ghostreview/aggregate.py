@@ -18,13 +18,19 @@ from ghostreview.scores import SCORE_COLUMNS
 from ghostreview.standardize import MetricLike, metric_task
 
 
-def models_table(images_dir: Path, names: Sequence[str]) -> pd.DataFrame:
-    """One row per model from ``<images_dir>/<model>/model.json`` (written by generate)."""
+def models_table(images_dir: Path, names: Sequence[str],
+                 titles: Mapping[str, str | None] | None = None) -> pd.DataFrame:
+    """One row per model from ``<images_dir>/<model>/model.json`` (written by generate).
+
+    ``titles``: the display name of each model (its params ``title``; "" when it has none or none are given).
+    """
+    titles = titles or {}
     rows = []
     for name in names:
         info = _model_info(images_dir / name / "model.json", name)
         rows.append({
             "model": name,
+            "title": titles.get(name) or "",
             "family": info["family"],
             "checkpoint_file": info["checkpoint_name"],
             "sha256": info["sha256"],

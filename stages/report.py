@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     names = list(params.models)
     paths = write_report(
         Standardized.read(args.standardized), read_scores(args.scores, names), manifests(args.images, names),
-        models_table(args.images, names), args.images, args.out,
+        models_table(args.images, names, {n: m.title for n, m in params.models.items()}), args.images, args.out,
     )
     print("report: " + ", ".join(str(p) for p in paths.values()))
 

@@ -221,3 +221,37 @@ def test_reports_name_the_benchmark_they_answer(demo, tmp_path):
     board = leaderboard_frame(stamped, models)
     assert f"digest {digest[:12]}" in page_html(stamped, board, {}, "")
     assert "Benchmark:" not in write_tables(result, models, tmp_path / "plain")["leaderboard.md"].read_text()
+
+
+def test_titles_from_params_show_next_to_the_model_key_escaped(demo, tmp_path):
+    """``models.<key>.title`` (the name ``add-model --title`` promises in the report) reaches every leaderboard."""
+    from ghostreview.aggregate import models_table
+
+    result, scores, manifests, models, images_root = demo
+    for row in models.to_dict(orient="records"):  # the model.json generate writes, as models_table reads it
+        info = {"family": row["family"], "checkpoint_name": row["checkpoint_file"], "sha256": row["sha256"],
+                "autov2": row["autov2"], "random_weights": True}
+        (tmp_path / "images" / row["model"]).mkdir(parents=True)
+        (tmp_path / "images" / row["model"] / "model.json").write_text(json.dumps(info))
+    hostile = '<b>Alpha</b> | "v2" <script>alert(3)</script>'
+    titles = {"alpha": hostile, "beta": "Beta Mix v5", "gamma": None}
+    table = models_table(tmp_path / "images", list(FAMILIES), titles)
+    assert table["title"].tolist() == [hostile, "Beta Mix v5", ""]
+    assert models_table(tmp_path / "images", ["beta"])["title"].tolist() == [""]  # standardize passes no titles
+
+    paths = write_report(result, scores, manifests, table, images_root, tmp_path / "out")
+    board = pd.read_csv(paths["leaderboard.csv"], keep_default_na=False)
+    assert list(board.columns[:4]) == ["rank", "model", "title", "family"]
+    assert board.set_index("model")["title"].to_dict() == {"alpha": hostile, "beta": "Beta Mix v5", "gamma": ""}
+    assert {r["model"]: r["title"] for r in json.loads(paths["leaderboard.json"].read_text())}["beta"] == "Beta Mix v5"
+    md = paths["leaderboard.md"].read_text()
+    assert "| # | Model | Title | Family |" in md
+    assert re.search(r"\| beta \| Beta Mix v5 \| sd1 \|", md)
+    assert '| alpha | <b>Alpha</b> \\| "v2" <script>alert(3)</script> | sd1 |' in md  # pipe escaped: one cell
+    page = paths["index.html"].read_text()
+    assert "<b>Alpha</b>" not in page and "alert(3)</script>" not in page
+    shown = "&lt;b&gt;Alpha&lt;/b&gt; | &quot;v2&quot; &lt;script&gt;alert(3)&lt;/script&gt;"
+    assert re.search(r'<tr data-model="alpha">.*?<td data-v="alpha">alpha</td><td data-v="[^"]*">'
+                     + re.escape(shown) + "</td>", page)
+    assert '<td data-v="beta">beta</td><td data-v="Beta Mix v5">Beta Mix v5</td>' in page
+    assert "<th>Model</th><th>Title</th><th>Family</th>" in page

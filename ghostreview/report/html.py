@@ -101,13 +101,13 @@ def warning_html(board: pd.DataFrame) -> str:
 
 def leaderboard_html(board: pd.DataFrame, metrics: list[str], raw: str) -> str:
     """The sortable leaderboard table: one ``tr[data-model]`` per model; each cell's ``data-v`` is its sort value."""
-    heads = ["#", "Model", "Family", "AutoV2", label(COMBINED)] + [label(m) for m in metrics]
+    heads = ["#", "Model", "Title", "Family", "AutoV2", label(COMBINED)] + [label(m) for m in metrics]
     heads += [f"Raw {raw} mean", f"Raw {raw} std", "Good rate", "Flagged images"]
     head = "".join(f"<th>{esc(h)}</th>" for h in heads)
     out = [f'<table id="leaderboard"><thead><tr>{head}</tr></thead><tbody>']
     for r in board_records(board):
         cells = [num_td(r["rank"], fmt_rank(r["rank"]))] + [f'<td data-v="{esc(r[k])}">{esc(r[k])}</td>'
-                                                            for k in ("model", "family", "autov2")]
+                                                            for k in ("model", "title", "family", "autov2")]
         cells += [score_td(r, m) for m in [COMBINED] + metrics]
         cells += [num_td(r[f"{raw}_{k}"], fmt(r[f"{raw}_{k}"])) for k in ("mean", "std", "good_rate")]
         cells.append(num_td(r["n_flagged_images"], str(r["n_flagged_images"])))

@@ -1,10 +1,11 @@
 """Leaderboard tables: one row per model, written as Markdown, CSV, JSON, plus a DVC ``metrics.json``.
 
 Leaderboard columns (CSV/JSON), models sorted by combined rank:
-``rank, model, family, autov2, random_weights``, then for each scored metric ``M`` (registered metrics,
-``loraloss_notm``, ``combined``): ``M, M_lo, M_hi, M_rank, M_rank_lo, M_rank_hi`` (natural sign: lower is better for
-losses; ``combined`` is oriented, higher is better), then ``<raw>_mean, <raw>_std, <raw>_good_rate`` (raw LAION
-aesthetic over unflagged general images, std with ddof=0, share >= threshold) and ``n_flagged_images``.
+``rank, model, title, family, autov2, random_weights`` (``title``: the model's display name from params, "" when it
+has none), then for each scored metric ``M`` (registered metrics, ``loraloss_notm``, ``combined``):
+``M, M_lo, M_hi, M_rank, M_rank_lo, M_rank_hi`` (natural sign: lower is better for losses; ``combined`` is oriented,
+higher is better), then ``<raw>_mean, <raw>_std, <raw>_good_rate`` (raw LAION aesthetic over unflagged general
+images, std with ddof=0, share >= threshold) and ``n_flagged_images``.
 ``rank`` is the combined rank.
 """
 
@@ -78,6 +79,7 @@ def leaderboard_frame(result: Standardized, models: pd.DataFrame) -> pd.DataFram
     raw = result.raw.set_index("model")[["mean", "std", "good_rate"]].add_prefix(f"{raw_metric}_")
     n_flagged = flagged_images(result).groupby("model").size()
     board = pd.DataFrame(index=wide.index)
+    board["title"] = info.get("title", pd.Series(dtype=str)).reindex(board.index).fillna("").astype(str)
     board["family"] = info["family"].reindex(board.index).astype(str)
     board["autov2"] = info.get("autov2", pd.Series(dtype=str)).reindex(board.index).fillna("").astype(str)
     board["random_weights"] = [as_bool(v) for v in info.get("random_weights", pd.Series(dtype=object))
@@ -181,9 +183,9 @@ def leaderboard_markdown(board: pd.DataFrame, result: Standardized) -> str:
               "Higher is better for " + ", ".join(label(m) for m in metrics if directions.get(m, True)) +
               "; lower is better for " + (", ".join(label(m) for m in metrics if not directions.get(m, True)) or "none")
               + ". Combined = mean of the scores with losses sign-flipped (higher is better).", ""]
-    header = ["#", "Model", "Family", "AutoV2", "Combined"] + [label(m) for m in metrics]
+    header = ["#", "Model", "Title", "Family", "AutoV2", "Combined"] + [label(m) for m in metrics]
     header += [f"Raw {raw} mean ± std", f"Good rate (≥ {meta.get('good_threshold')})", "Flagged images"]
-    rows = [[fmt_rank(r["rank"]), r["model"], r["family"], r["autov2"], score_cell(r, COMBINED)]
+    rows = [[fmt_rank(r["rank"]), r["model"], r["title"], r["family"], r["autov2"], score_cell(r, COMBINED)]
             + [score_cell(r, m) for m in metrics]
             + [f"{fmt(r[f'{raw}_mean'])} ± {fmt(r[f'{raw}_std'])}", fmt(r[f"{raw}_good_rate"]), r["n_flagged_images"]]
             for r in board_records(board)]
