@@ -6,8 +6,9 @@ One module-scoped workspace ``review`` (a git repo made from the project, benchm
 1 LoRA, images 64 px) reviews one model with the workers' command, then the tests below run IN ORDER on it, each
 starting from the state the previous one left. Clones ``reader`` and ``coordinator`` sit next to it, with the
 committed default remote ``../ghostreview-dvc-remote`` between them. Every stage process costs ~7 s of CPU here
-(imports), so the tests make each stage run count: 28 stage runs in all, and the prompt/seed change reruns only the
-stages whose outputs it compares (``dvc repro aesthetic@...``).
+(imports), so the tests make each stage run count: 28 stage runs in all (plus 5 of checkparams, which imports no torch
+and reruns on every params.yaml edit), and the prompt/seed change reruns only the stages whose outputs it compares
+(``dvc repro aesthetic@...``).
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ def test_review_of_one_model(review):
     ws, worker, rest = review
     assert ran(worker) == instances(A) | {"refstats"}  # the workers' command: one model's stages and their inputs
     assert drawn(worker) == {A: 4}  # 2 prompts + 1 style + 1 LoRA, one seed each
-    assert ran(rest) == {"standardize", "report"}
+    assert ran(rest) == {"checkparams", "standardize", "report"}  # checkparams: not upstream of the workers' targets
     assert A in (ws / "reports" / "leaderboard.csv").read_text()
     assert "random" in (ws / "reports" / "leaderboard.md").read_text().lower()  # the demo says what it is
     assert "random weights" in (ws / "reports" / "index.html").read_text().lower()
@@ -190,10 +191,10 @@ def test_add_model_keeps_params_comments_and_runs_only_its_stages(review):
     assert changes == [f"+   {B}:", "+     checkpoint: demo/kit/models/tiny-sdxl-a.safetensors", "+     clip_skip: 2"]
     assert "# key: a slug used in stage names" in after  # comments kept
     stale = json.loads(dvc(ws, "status", "--json"))  # (`dvc repro --dry` cannot plan stages whose deps are missing)
-    assert set(stale) == instances(B) | {"standardize", "report"}
+    assert set(stale) == instances(B) | {"checkparams", "standardize", "report"}
 
     out = dvc(ws, "repro")
-    assert ran(out) == instances(B) | {"standardize", "report"}  # nothing of A, not refstats
+    assert ran(out) == instances(B) | {"checkparams", "standardize", "report"}  # nothing of A, not refstats
     assert drawn(out) == {B: 4}
     board = (ws / "reports" / "leaderboard.csv").read_text()
     assert A in board and B in board
@@ -249,7 +250,8 @@ def test_scoring_setting_experiment_rescores_without_generating_and_shows_per_mo
     aesthetic = {m: (ws / "data" / "scores" / m / "aesthetic.csv").read_bytes() for m in (A, B)}
     try:
         out = dvc(ws, "exp", "run", "-n", "good5", "-S", "scoring.aesthetic.good_threshold=5.0")
-        assert ran(out) == instances(A, ("aesthetic",)) | instances(B, ("aesthetic",)) | {"standardize", "report"}
+        assert ran(out) == (instances(A, ("aesthetic",)) | instances(B, ("aesthetic",))
+                            | {"checkparams", "standardize", "report"})
         assert not drawn(out) and store_pngs(ws) == pngs
         for m in (A, B):  # the threshold only changes the good-image rate: the scores are the same bytes
             assert (ws / "data" / "scores" / m / "aesthetic.csv").read_bytes() == aesthetic[m]
@@ -313,9 +315,10 @@ def test_a_coordinator_restores_the_workers_results_from_the_remote_without_reco
     (coordinator / "dvc.lock").unlink()
     out = dvc(coordinator, "repro", "--pull")
     # Everything comes from the run cache, except `report`: its reports/metrics.json is kept in git (cache: false),
-    # so the remote has no copy to check out and the report (seconds) is rewritten, identical.
+    # so the remote has no copy to check out and the report (seconds) is rewritten, identical; and checkparams, which
+    # has no outputs, so the run cache never holds it (a second's check of params.yaml).
     assert restored(out) == instances(A) | instances(B) | {"refstats", "standardize"}
-    assert ran(out) == {"report"}
+    assert ran(out) == {"checkparams", "report"}
     assert not (coordinator / "store").exists()  # not one image drawn here
     for directory in ("data/images", "data/scores", "reports"):
         assert tree(coordinator / directory) == tree(ws / directory), directory
@@ -334,7 +337,7 @@ def test_remove_model_takes_it_out_of_params_outputs_lock_and_report(review):
     assert f"/{B}" not in (ws / "data" / "images" / ".gitignore").read_text()
     out = dvc(ws, "repro")
     # the one-model review of the start has exactly these inputs again: its results come from the run cache
-    assert restored(out) | ran(out) == {"standardize", "report"}
+    assert restored(out) | ran(out) == {"checkparams", "standardize", "report"} and "checkparams" in ran(out)
     board = (ws / "reports" / "leaderboard.csv").read_text()
     assert A in board and B not in board
     assert "up to date" in dvc(ws, "status").lower()
