@@ -166,6 +166,13 @@ class EmbeddingsError(UserError, ValueError):
     """An embeddings artifact that cannot be used (unreadable, or stale for its manifest); names the file and fix."""
 
 
+class MissingEmbeddingsError(EmbeddingsError, KeyError):
+    """Images without an embedding: the artifact is older than the images (a KeyError too, for the hash lookup)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
 @dataclass(frozen=True)
 class Embeddings:
     """The embeddings artifact: one unnormalized row per image hash, plus the CLIP that produced them."""
@@ -186,7 +193,7 @@ class Embeddings:
         index = {h: i for i, h in enumerate(self.image_hash)}
         missing = [h for h in hashes if h not in index]
         if missing:
-            raise EmbeddingsError(f"{source}: {len(missing)} images of the manifest have no embedding (first: "
+            raise MissingEmbeddingsError(f"{source}: {len(missing)} images of the manifest have no embedding (first: "
                                   f"{missing[0]}): the embeddings are older than the images; run `dvc repro` (the "
                                   f"model's embed stage reruns)")
         return self.embedding[[index[h] for h in hashes]]
