@@ -187,5 +187,50 @@ def remove_model(
                "Run `dvc repro` to update the report.")
 
 
+store_app = typer.Typer(help="The image store (paths.image_store): check it, move damaged images aside.",
+                        no_args_is_help=True)
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("verify")
+def store_verify(
+    store: Optional[Path] = typer.Option(None, help="image store to check (default: paths.image_store of --params)"),
+    params: Path = typer.Option(Path("params.yaml"), help="params file naming the store"),
+    fix: bool = typer.Option(False, help="move every bad entry to <store>/corrupt/ (generate draws it again)"),
+) -> None:
+    """Check every image in the store against the sha256 recorded when it was stored. Lists damaged PNGs (truncated,
+    replaced), unreadable metadata, entries without a recorded hash, half entries and stray temporary files; exit
+    status 1 when any is found."""
+    from ghostreview import config
+    from ghostreview.store import ImageStore
+
+    where = "--store"
+    if store is None:
+        try:
+            store = config.resolve(params.parent.resolve(), config.load_params(params).paths.image_store)
+        except config.ConfigError as exc:
+            _fail(str(exc))
+        where = f"paths.image_store in {params}"
+    if not store.is_dir():
+        _fail(f"no image store at {store} ({where}): fix the path; a store is created by the first generate stage.")
+    images = ImageStore(store)
+    try:
+        keys = list(images.keys())
+        problems = [p for p in map(images.check, keys) if p] + list(images.strays())
+        for problem in problems:
+            typer.echo(str(problem))
+            if fix:
+                images.set_aside(problem)
+    except OSError as exc:  # an unreadable shard, a file that cannot be moved
+        _fail(f"{exc}. Give this user access to {store}, or run it as the store's owner.")
+    summary = f"{store}: {len(keys)} entries, {len(problems) or 'no'} problems"
+    if problems and fix:
+        summary += f"; moved {len(problems)} to {images.quarantine} (generate draws those images again)"
+    elif problems:
+        summary += f"; `ghostreview store verify --fix` moves them to {images.quarantine} (generate draws them again)"
+    typer.echo(summary)
+    raise typer.Exit(1 if problems else 0)
+
+
 if __name__ == "__main__":
     app()

@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -39,7 +40,7 @@ from ghostreview.lora import (
 from ghostreview.manifest import MANIFEST_COLUMNS
 from ghostreview.prompts import extract_lora_tags
 from ghostreview.runtime import library_versions, pick_device, pick_dtype, set_cpu_threads
-from ghostreview.store import ImageStore, job_key
+from ghostreview.store import DamagedEntryError, ImageStore, Problem, job_key
 from ghostreview.drawversion import DRAW_VERSION  # part of every image's key; when to bump it: that module
 
 
@@ -212,11 +213,35 @@ def batches(jobs: Sequence[ImageJob], size: int) -> list[list[ImageJob]]:
 WorkUnit = list  # [(ImageJob, key, infotext), ...]: one batch of missing images, the unit an engine hands out
 
 
+def warn(message: str) -> None:
+    """``warning: <message>`` on stderr, as the stages and the CLI print warnings."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def work_units(jobs: Sequence[ImageJob], keys: Sequence[str], infotexts: Sequence[str], store: ImageStore,
-               batch_size: int) -> list[WorkUnit]:
-    """The drawable jobs whose key the store lacks, as batches (:func:`batches`) of (job, key, infotext)."""
-    todo = {id(j): (j, k, t) for j, k, t in zip(jobs, keys, infotexts) if not j.status and not store.has(k)}
+               batch_size: int, warn: Callable[[str], None] = warn) -> list[WorkUnit]:
+    """The drawable jobs whose key the store lacks or cannot hand back (``store.check``: each stored PNG is read and
+    hashed once), as batches (:func:`batches`) of (job, key, infotext); damaged entries are moved aside
+    (:func:`set_aside_damaged`)."""
+    drawable = [(j, k, t) for j, k, t in zip(jobs, keys, infotexts) if not j.status]
+    problems = {k: store.check(k) for _, k, _ in drawable}
+    set_aside_damaged(store, [p for p in problems.values() if p], warn)
+    todo = {id(j): (j, k, t) for j, k, t in drawable if problems[k]}
     return [[todo[id(j)] for j in batch] for batch in batches([j for j, _, _ in todo.values()], batch_size)]
+
+
+def set_aside_damaged(store: ImageStore, problems: Sequence[Problem], warn: Callable[[str], None]) -> None:
+    """Move each damaged entry (truncated or replaced PNG, unreadable JSON) to the store's quarantine with a warning
+    naming its file; entries without a recorded hash get one warning for all (their redraw overwrites them); absent
+    and half-written entries are simply drawn."""
+    for p in problems:
+        if p.damaged:
+            store.set_aside(p)
+            warn(f"{p}; moved to {store.quarantine}/, the image is drawn again")
+    unhashed = [p for p in problems if p.kind == "unhashed"]
+    if unhashed:
+        warn(f"{len(unhashed)} image(s) in the store have no recorded sha256 (stored before GhostReview recorded one, "
+             f"e.g. {unhashed[0].path}): they are drawn again")
 
 
 def draw_unit(unit: WorkUnit, store: ImageStore, draw_batch: Callable[[Sequence[ImageJob]], list]) -> int:
@@ -272,7 +297,7 @@ def write_output(out_dir: Path, rows: Sequence[dict], store: ImageStore, model: 
     tmp.mkdir(parents=True)
     for row in rows:
         if row["image"]:
-            store.link_into(row["image_hash"], tmp / row["image"])
+            link_checked(store, row["image_hash"], tmp / row["image"])
     with open(tmp / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
         writer.writeheader()
@@ -282,6 +307,19 @@ def write_output(out_dir: Path, rows: Sequence[dict], store: ImageStore, model: 
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
+
+
+def link_checked(store: ImageStore, key: str, dest: Path) -> None:
+    """``store.link_into`` for an entry :func:`work_units` checked: a hard link to the checked file costs a stat. An
+    entry damaged since (another process wrote to the store, or the disk failed) is moved aside and the stage stops
+    with an error; the next run draws it again."""
+    try:
+        store.link_into(key, dest)
+    except DamagedEntryError as exc:
+        store.set_aside(exc.problem)
+        raise DamagedEntryError(exc.problem, f"{exc.problem}; the image changed in the store after this run checked "
+                                f"it (another process wrote to the store, or the disk failed) and was moved to "
+                                f"{store.quarantine}/. Run `dvc repro` again: it draws the image anew.") from exc
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,19 @@
 """Content-addressed image store shared by workspaces (outside DVC's workspace, so stages rebuild outputs from it).
 
 Layout: ``root/ab/<key>.png`` (the image, its infotext in the PNG ``parameters`` chunk) and ``root/ab/<key>.json``
-(metadata: flags etc.), ``key`` = the 64-hex sha256 ``job_key`` of everything that decides the pixels.
+(metadata: flags etc., and under ``"png"`` the sha256 and size of the PNG as written), ``key`` = the 64-hex sha256
+``job_key`` of everything that decides the pixels. ``root/corrupt/`` holds entries found damaged, moved aside.
 
-Crash safety: every file is written to a temporary name in the same directory, fsynced and renamed with
-``os.replace`` (atomic on POSIX). The JSON goes first, the PNG last, and an entry counts as present only when both
-exist: a crash between the two leaves a JSON without its PNG, which ``has`` reports as missing and the next ``put``
-overwrites. A failed ``put`` removes what it wrote and raises ``StoreError``.
+Crash safety: every file is written to a temporary name in the same directory and fsynced. The PNG is written and
+hashed first, then the JSON holding its hash is renamed into place with ``os.replace`` (atomic on POSIX), then the
+PNG: a crash leaves at most a temporary file or a JSON without its PNG, which the next ``put`` overwrites. A failed
+``put`` removes what it wrote and raises ``StoreError``.
+
+Trust: an entry is handed back (``has``, ``link_into``) only when its PNG has the size and sha256 recorded at ``put``
+(:meth:`ImageStore.check`). A truncated or replaced PNG, unreadable metadata, or an entry written before the store
+recorded hashes counts as absent and is drawn again. The check reads and hashes each PNG once per ``ImageStore``;
+after that the same file (device, inode, size, mtime) costs a ``stat``, so the hard link made into a stage's output
+is the very file that was checked, without a second read.
 """
 
 from __future__ import annotations
@@ -17,7 +24,9 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -27,6 +36,10 @@ from ghostreview.errors import UserError
 from ghostreview.infotext import pnginfo
 
 _KEY = re.compile(r"[0-9a-f]{64}")
+_SHARD = re.compile(r"[0-9a-f]{2}")
+PNG_RECORD = "png"  # the metadata key holding {"sha256": ..., "size": ...} of the PNG: the store's own
+QUARANTINE = "corrupt"  # root/corrupt/: damaged entries moved aside, kept for a look
+STALE_TEMP_S = 600  # a temporary file younger than this may be a write in progress (a PNG write takes milliseconds)
 
 
 class StoreError(UserError, OSError):
@@ -35,6 +48,39 @@ class StoreError(UserError, OSError):
     def __init__(self, message: str, path: Path) -> None:
         super().__init__(f"{message}: {path}")
         self.path = path
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why the store cannot hand back an entry, or a stray file in it.
+
+    ``kind``: ``absent`` (neither file), ``incomplete`` (the PNG or the JSON alone: an interrupted write),
+    ``unhashed`` (no sha256 recorded: written before the store recorded one), ``unreadable`` (the JSON does not parse
+    or the PNG cannot be read), ``mismatch`` (the PNG's size or sha256 differs from the recorded one: truncated,
+    replaced, corrupted), ``stray`` (a file that is no part of an entry, e.g. the temporary file of a killed write).
+    ``path``: the store file concerned; ``key``: the entry's key, None for a stray file.
+    """
+
+    kind: str
+    path: Path
+    detail: str
+    key: str | None = None
+
+    @property
+    def damaged(self) -> bool:
+        """A file holds something other than what the store wrote (moved aside when found)."""
+        return self.kind in ("unreadable", "mismatch")
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.detail}"
+
+
+class DamagedEntryError(UserError):
+    """A store entry exists but cannot be handed back (see ``problem``); no disk is at fault, so not a StoreError."""
+
+    def __init__(self, problem: Problem, message: str | None = None) -> None:
+        super().__init__(message or f"{problem}; the image store entry {problem.key} is not used")
+        self.problem = problem
 
 
 def job_key(fields: Mapping[str, object]) -> str:
@@ -58,10 +104,10 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through ``write(file)`` into a temporary sibling, fsync, then ``os.replace``.
+def _write_temp(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write through ``write(file)`` into a new temporary sibling of ``path`` and fsync it; returns its path.
 
-    On any error the temporary file is removed and the error re-raised; ``path`` is then untouched.
+    On any error the temporary file is removed and the error re-raised.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -70,11 +116,37 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return Path(tmp)
+
+
+def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` through ``write(file)`` into a temporary sibling, fsync, then ``os.replace``.
+
+    On any error the temporary file is removed and the error re-raised; ``path`` is then untouched.
+    """
+    tmp = _write_temp(path, write)
+    try:
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+
+
+def _encode_meta(meta: Mapping) -> bytes:
+    return (json.dumps(dict(meta), sort_keys=True, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode()
+
+
+def _sha256_of(f: IO[bytes]) -> str:
+    """sha256 hex of the rest of the open binary file ``f``."""
+    return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What changes when a file is replaced or written: not ctime, which a hard link changes."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 class ImageStore:
@@ -82,6 +154,12 @@ class ImageStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._checked: dict[str, tuple[tuple[int, int, int, int], str]] = {}  # key -> (PNG identity, its sha256)
+
+    @property
+    def quarantine(self) -> Path:
+        """``root/corrupt``: where :meth:`set_aside` moves damaged entries."""
+        return self.root / QUARANTINE
 
     def path(self, key: str) -> Path:
         """``root/ab/<key>.png`` for key ``ab...``.
@@ -98,55 +176,130 @@ class ImageStore:
         return self.path(key).with_suffix(".json")
 
     def has(self, key: str) -> bool:
-        """True when both the PNG and its JSON are present (a crash can leave a JSON alone, never the reverse)."""
-        return self.path(key).is_file() and self.meta_path(key).is_file()
+        """True when the entry is complete and its PNG matches the recorded sha256 (:meth:`check`)."""
+        return self.check(key) is None
 
     def put(self, key: str, image: Image.Image, infotext: str, meta: Mapping) -> Path:
         """Store ``image`` (with ``infotext`` in its PNG) and ``meta`` under ``key``; returns the PNG path.
 
-        An existing entry is overwritten (same key, same pixels).
+        The PNG's sha256 and size are recorded in the JSON under ``"png"``. An existing entry is overwritten (same
+        key, same pixels).
 
         Raises:
             StoreError: writing failed (disk full, permissions, ...); nothing of this call is left behind.
-            TypeError / ValueError: ``meta`` is not JSON-serializable (raised before anything is written).
+            TypeError / ValueError: ``meta`` is not JSON-serializable or holds ``"png"`` (before anything is written).
         """
+        if PNG_RECORD in meta:
+            raise ValueError(f"metadata key {PNG_RECORD!r} is the store's own (the PNG's sha256 and size); rename it")
+        _encode_meta(meta)  # refuse what JSON cannot hold before writing anything
         png, js = self.path(key), self.meta_path(key)
-        meta_bytes = (json.dumps(dict(meta), sort_keys=True, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode()
         info = pnginfo(infotext)
-        had_png = png.is_file()
+        had_png, tmp = png.is_file(), None
         try:
-            write_atomic(js, lambda f: f.write(meta_bytes))
-            write_atomic(png, lambda f: image.save(f, format="PNG", pnginfo=info))
+            tmp = _write_temp(png, lambda f: image.save(f, format="PNG", pnginfo=info))
+            with open(tmp, "rb") as f:  # just written: read back from the page cache
+                written, sha = _identity(os.fstat(f.fileno())), _sha256_of(f)
+            record = {"sha256": sha, "size": written[2]}
+            write_atomic(js, lambda f: f.write(_encode_meta({**meta, PNG_RECORD: record})))
+            os.replace(tmp, png)
+            _fsync_dir(png.parent)
         except OSError as err:
             if not had_png:  # a JSON without its PNG is harmless, but leave nothing behind
                 js.unlink(missing_ok=True)
             raise StoreError(f"could not store image {key} ({err.strerror or err})", png) from err
+        finally:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+        self._checked[key] = (written, sha)  # renaming keeps the identity: this process need not hash it again
         return png
 
     def get_meta(self, key: str) -> dict:
-        """The metadata stored with ``key``.
+        """The metadata stored with ``key``, as given to :meth:`put`.
 
         Raises:
             StoreError: the entry is missing or incomplete, or its JSON is unreadable.
         """
-        if not self.has(key):
+        if not (self.path(key).is_file() and self.meta_path(key).is_file()):
             raise StoreError(f"no complete store entry for {key}", self.path(key))
         try:
-            return json.loads(self.meta_path(key).read_text(encoding="utf-8"))
+            meta = self._read_meta(key)
         except (OSError, ValueError) as err:
             raise StoreError(f"unreadable metadata ({err})", self.meta_path(key)) from err
+        meta.pop(PNG_RECORD, None)
+        return meta
+
+    def _read_meta(self, key: str) -> dict:
+        """The entry's JSON. Raises OSError, or ValueError saying what is wrong with it."""
+        meta = json.loads(self.meta_path(key).read_text(encoding="utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+        return meta
+
+    def check(self, key: str, copy: Path | None = None) -> Problem | None:
+        """None when the entry is complete and its PNG has the size and sha256 recorded at :meth:`put`; else what is
+        wrong. ``copy``: check that file (a link or copy of the PNG) against the entry's record instead of the PNG.
+
+        The first check of a file reads and hashes it; a later one of the same file (device, inode, size, mtime)
+        in this ``ImageStore`` costs a ``stat``.
+        """
+        png, js = self.path(key), self.meta_path(key)
+        if not (png.is_file() and js.is_file()):
+            return self._missing(key)
+        try:
+            record = self._read_meta(key).get(PNG_RECORD)
+        except (OSError, ValueError) as err:
+            return Problem("unreadable", js, f"unreadable metadata ({err})", key)
+        if record is None:
+            return Problem("unhashed", png, "no sha256 recorded for the PNG (stored before GhostReview recorded one)",
+                           key)
+        if not (isinstance(record, dict) and isinstance(record.get("sha256"), str) and _KEY.fullmatch(record["sha256"])
+                and type(record.get("size")) is int):
+            return Problem("unreadable", js, f"unreadable metadata (a malformed {PNG_RECORD!r} record)", key)
+        return self._compare(key, png, copy or png, record["sha256"], record["size"])
+
+    def _missing(self, key: str) -> Problem:
+        png, js = self.path(key), self.meta_path(key)
+        if png.is_file():
+            return Problem("incomplete", png, "a PNG without its JSON metadata", key)
+        if js.is_file():
+            return Problem("incomplete", js, "JSON metadata without its PNG (a store write was interrupted)", key)
+        return Problem("absent", png, "not in the store", key)
+
+    def _compare(self, key: str, png: Path, target: Path, sha: str, size: int) -> Problem | None:
+        try:
+            with open(target, "rb") as f:
+                seen = _identity(os.fstat(f.fileno()))
+                if self._checked.get(key) == (seen, sha):
+                    return None
+                if seen[2] != size:
+                    return Problem("mismatch", png, f"the PNG holds {seen[2]} bytes, {size} recorded when it was "
+                                                    f"stored (truncated or replaced)", key)
+                digest = _sha256_of(f)
+                unchanged = _identity(os.fstat(f.fileno())) == seen
+        except OSError as err:
+            return Problem("unreadable", png, f"cannot read the PNG ({err.strerror or err})", key)
+        if digest != sha:
+            return Problem("mismatch", png, "the PNG's sha256 differs from the one recorded when it was stored "
+                                            "(replaced or corrupted)", key)
+        if unchanged and target == png:
+            self._checked[key] = (seen, sha)
+        return None
 
     def link_into(self, key: str, dest: Path) -> None:
-        """Make ``dest`` a copy of the stored PNG: a hard link when the filesystem allows, else a byte copy.
+        """Make ``dest`` a checked copy of the stored PNG: a hard link when the filesystem allows, else a byte copy.
 
-        Atomic: ``dest`` is created under a temporary name in its directory and renamed over any existing file.
+        The copy itself is checked against the recorded sha256 (:meth:`check`): a hard link to a PNG this store
+        already checked costs a ``stat``. Atomic: ``dest`` is created under a temporary name in its directory and
+        renamed over any existing file, only once checked.
 
         Raises:
             StoreError: the entry is missing, or neither linking nor copying worked.
+            DamagedEntryError: the entry, or the copy made of it, does not match the recorded hash.
         """
         src, dest = self.path(key), Path(dest)
-        if not self.has(key):
-            raise StoreError(f"no complete store entry for {key}", src)
+        problem = self.check(key)
+        if problem:
+            raise self._refusal(problem)
         if dest.exists() and os.path.samefile(src, dest):
             return  # already linked (and POSIX rename between two links of one file would do nothing)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -157,8 +310,63 @@ class ImageStore:
                 os.link(src, tmp)
             except OSError:  # other filesystem, or links not supported
                 shutil.copyfile(src, tmp)
+            problem = self.check(key, copy=tmp)  # what lands in dest is what was checked
+            if problem:
+                raise self._refusal(problem)
             os.replace(tmp, dest)
+        except StoreError:
+            raise
         except OSError as err:
             raise StoreError(f"could not link or copy {src} ({err.strerror or err})", dest) from err
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _refusal(self, problem: Problem) -> UserError:
+        if problem.kind in ("absent", "incomplete"):
+            return StoreError(f"no complete store entry for {problem.key}", self.path(problem.key))
+        return DamagedEntryError(problem)
+
+    def set_aside(self, problem: Problem) -> None:
+        """Move the files of ``problem`` (an entry's PNG, then its JSON; or a stray file) into :attr:`quarantine`,
+        replacing an older copy of the same name there. Files already gone (another process moved them) are skipped.
+
+        Raises:
+            StoreError: a file could not be moved.
+        """
+        files = [problem.path] if problem.key is None else [self.path(problem.key), self.meta_path(problem.key)]
+        for f in files:  # the PNG first: an interruption leaves a JSON alone, as an interrupted put does
+            try:
+                self.quarantine.mkdir(exist_ok=True)
+                os.replace(f, self.quarantine / f.name)
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                raise StoreError(f"could not move a damaged store file to {self.quarantine} ({err.strerror or err})",
+                                 f) from err
+        self._checked.pop(problem.key or "", None)
+
+    def keys(self) -> Iterator[str]:
+        """The key of every entry, whole or not, shard by shard."""
+        for shard in self._shards():
+            yield from sorted({f.stem for f in shard.iterdir() if _is_entry_file(f, shard)})
+
+    def strays(self, now: float | None = None) -> Iterator[Problem]:
+        """Files in the shards that belong to no entry: temporary files of writes that never finished (older than
+        ``STALE_TEMP_S``; a younger one may be a write in progress, and is left alone) and any other name."""
+        now = time.time() if now is None else now
+        for shard in self._shards():
+            for f in sorted(shard.iterdir()):
+                if _is_entry_file(f, shard):
+                    continue
+                if f.name.startswith(".") and f.name.endswith(".tmp"):
+                    if now - f.lstat().st_mtime > STALE_TEMP_S:
+                        yield Problem("stray", f, "temporary file of a store write that never finished")
+                else:
+                    yield Problem("stray", f, "not a file of the image store")
+
+    def _shards(self) -> list[Path]:
+        return sorted(p for p in self.root.iterdir() if _SHARD.fullmatch(p.name) and p.is_dir())
+
+
+def _is_entry_file(f: Path, shard: Path) -> bool:
+    return f.suffix in (".png", ".json") and bool(_KEY.fullmatch(f.stem)) and f.stem[:2] == shard.name and f.is_file()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -340,3 +341,85 @@ def test_every_sampler_name_reaches_a1111_as_the_same_sampler_and_schedule(kit):
         assert a1111_sampler(res) == expected_sampler(name), name
         assert "VAE hash" not in res and res["VAE"] == "None"  # the checkpoint's own VAE, whatever A1111 has set
         assert "Hires upscale" not in res and "Hires steps" not in res
+
+
+# ------------------------------------------------------------------------------------------------ damaged store entries
+# (issue 12 item 2: an image reused from the store is the image that was stored, checked against its recorded hash)
+
+
+@pytest.fixture(scope="module")
+def stored(kit, tmp_path_factory):
+    """A store filled by one run (3 images), copied by each test before it damages an entry."""
+    root, bench = kit
+    where = tmp_path_factory.mktemp("stored")
+    run_generate(bench, settings(root, where / "store", tasks=("general", "style")), where / "out", progress=False)
+    return where / "store", {r["image_hash"]: (where / "out" / r["image"]).read_bytes() for r in
+                             read_manifest(where / "out")}
+
+
+def damage_entry(store: Path, key: str, other: str, how: str) -> None:
+    png = store / key[:2] / f"{key}.png"
+    if how == "truncated":  # as a full disk or a killed copy leaves it
+        png.write_bytes(png.read_bytes()[: png.stat().st_size // 2])
+    elif how == "swapped":  # a valid PNG, another image
+        png.write_bytes((store / other[:2] / f"{other}.png").read_bytes())
+    elif how == "unhashed":  # as code before the hash wrote the entry
+        meta = json.loads(png.with_suffix(".json").read_text())
+        meta.pop("png", None)
+        png.with_suffix(".json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("how", ["truncated", "swapped", "unhashed"])
+def test_a_damaged_store_entry_is_drawn_again_with_a_warning_and_the_output_is_whole(kit, stored, tmp_path, capsys,
+                                                                                      how):
+    root, bench = kit
+    pristine, images = stored
+    store = tmp_path / "store"
+    shutil.copytree(pristine, store)
+    key, other = sorted(images)[:2]
+    damage_entry(store, key, other, how)
+    capsys.readouterr()
+    stats = run_generate(bench, settings(root, store, tasks=("general", "style")), tmp_path / "out", progress=False)
+    assert stats == {"images": 3, "drawn": 1, "reused": 2, "skipped": 0}
+    out = {r["image_hash"]: (tmp_path / "out" / r["image"]).read_bytes() for r in read_manifest(tmp_path / "out")}
+    assert out == images  # the redrawn image is the image first stored, every other one is the stored one
+    for name in out:
+        with Image.open(tmp_path / "out" / f"{name}.png") as im:
+            im.load()
+    err = capsys.readouterr().err
+    png = store / key[:2] / f"{key}.png"
+    assert str(png) in err and "drawn again" in err and "Traceback" not in err
+    if how != "unhashed":  # a damaged entry is kept aside for a look; one without a hash is simply overwritten
+        assert (store / "corrupt" / png.name).is_file()
+    again = run_generate(bench, settings(root, store, tasks=("general", "style")), tmp_path / "out2", progress=False)
+    assert again["drawn"] == 0 and "warning" not in capsys.readouterr().err
+
+
+def test_an_entry_damaged_after_the_check_stops_the_stage_with_an_error_and_the_rerun_draws_it(kit, stored, tmp_path,
+                                                                                                 monkeypatch):
+    """Checked when the run plans its work, changed before the run links it into the output (another process, a
+    failing disk): the damaged file never reaches the output; the next run draws it again."""
+    from ghostreview.store import DamagedEntryError, StoreError
+
+    root, bench = kit
+    pristine, images = stored
+    store = tmp_path / "store"
+    shutil.copytree(pristine, store)
+    key = sorted(images)[0]
+    png = store / key[:2] / f"{key}.png"
+    real_rows = gen.manifest_rows
+
+    def damaging_rows(*args):
+        png.write_bytes(png.read_bytes()[:100])
+        return real_rows(*args)
+
+    monkeypatch.setattr(gen, "manifest_rows", damaging_rows)
+    s = settings(root, store, tasks=("general", "style"))
+    with pytest.raises(DamagedEntryError, match="changed in the store after this run checked it") as err:
+        run_generate(bench, s, tmp_path / "out", progress=False)
+    assert str(png) in str(err.value) and "dvc repro" in str(err.value) and not (tmp_path / "out").exists()
+    assert not isinstance(err.value, StoreError)  # the stage adds disk-full advice to a StoreError; no disk is full
+    assert (store / "corrupt" / png.name).stat().st_size == 100 and not png.exists()
+    monkeypatch.setattr(gen, "manifest_rows", real_rows)
+    assert run_generate(bench, s, tmp_path / "out", progress=False)["drawn"] == 1
+    assert (tmp_path / "out" / png.name).read_bytes() == images[key]
