@@ -9,7 +9,7 @@ rename, a refactor) sets the pin alone.
 """
 
 DRAW_VERSION = "2"
-DRAW_CODE_SHA256 = "067c02ad8f7ea670ffe898356bd3107c0ef5abfedb8611755e16fb5cb0dbc829"
+DRAW_CODE_SHA256 = "08e1542fed1042fb54916d62523503d5bfd0575f29b413e7612d055703141583"
 
 # What turns an image's key fields into pixels. The test checks that these cover everything they import.
 PIXEL_MODULES = (

@@ -27,15 +27,22 @@ from ghostreview.benchmark import Benchmark, BenchmarkError, LoraEntry, benchmar
 from ghostreview.draw import DrawRequest, Hires, draw
 from ghostreview.hashing import autov2, file_sha256
 from ghostreview.infotext import a1111_sampler_fields, format_infotext, format_lora_hashes
-from ghostreview.loading import CheckpointFile, inspect_checkpoint, load_pipeline, pipeline_config_dir
+from ghostreview.loading import (
+    CheckpointFile,
+    checkpoint_config_dir,
+    inspect_checkpoint,
+    load_pipeline,
+    pipeline_config_dir,
+)
 from ghostreview.lora import (
     PARTIAL_FLAG,
     LoraSpec,
     a1111_lora_hash,
     apply_loras,
     lora_status,
-    partial_status,
+    model_modules,
     remove_loras,
+    status_flag,
 )
 from ghostreview.manifest import MANIFEST_COLUMNS
 from ghostreview.prompts import extract_lora_tags
@@ -65,7 +72,8 @@ class ModelIdentity:
 
 @dataclass(frozen=True)
 class ImageJob:
-    """One image of the benchmark for one model; ``status`` is empty when it can be drawn."""
+    """One image of the benchmark for one model; ``status`` is empty when it can be drawn, else its LoRAs' statuses
+    (``; ``-joined) and ``status_flags`` their manifest flags (:func:`ghostreview.lora.status_flag`)."""
 
     task: str
     item: str
@@ -76,6 +84,7 @@ class ImageJob:
     lora_hashes: tuple[tuple[str, str], ...]
     status: str
     request: DrawRequest
+    status_flags: tuple[str, ...] = ()
 
 
 def settings_requests(settings: Mapping, prompt: str, negative: str, seed: int, clip_skip: int) -> DrawRequest:
@@ -144,7 +153,7 @@ def plan_jobs(
         hashes = tuple((spec.name, file_hash(spec.path)) for spec in specs)
         request = settings_requests(settings, text, it.negative_prompt, it.seed, clip_skip)
         jobs.append(ImageJob(it.task, it.item, it.seed, it.prompt, it.negative_prompt, specs, hashes,
-                             "; ".join(statuses), request))
+                             "; ".join(statuses), request, tuple(dict.fromkeys(map(status_flag, statuses)))))
     return jobs
 
 
@@ -258,7 +267,7 @@ def image_flags(job: ImageJob, key: str, store: ImageStore) -> tuple[list[str], 
     manifest's ``flags`` keep the name, the detail of ``lora_partial`` becomes the ``lora_status``.
     """
     if job.status:
-        return ["lora_incompatible" if job.status.startswith("incompatible") else "lora_unsupported"], job.status
+        return list(job.status_flags), job.status
     stored = [str(f).partition(": ") for f in store.get_meta(key).get("flags", [])]
     partial = [detail for name, _, detail in stored if name == PARTIAL_FLAG]
     return [name for name, _, _ in stored], "; ".join(partial) or ("ok" if job.loras else "")
@@ -360,7 +369,8 @@ def model_identity(s: GenerateSettings, ckpt: CheckpointFile, hash_cache: Path) 
 def pipeline_drawer(pipe, family: str, batch_size: int) -> Callable[[Sequence[ImageJob]], list]:
     """A ``draw_batch`` for :func:`draw_unit` that swaps LoRAs only when a batch needs other ones; every forward
     holds ``batch_size`` images (see :func:`ghostreview.draw.draw`). Images drawn with a LoRA applied in part carry
-    ``lora_partial: <partial_status>`` among their flags."""
+    ``lora_partial: <status>`` among their flags (a LoRA diffusers applied in part, or failed to load: see
+    :func:`ghostreview.lora.apply_loras`); the images are drawn with the LoRAs that did load, and excluded."""
     current: list[tuple[LoraSpec, ...]] = [()]
     partial: list[list[str]] = [[]]  # the flags of the active LoRAs
 
@@ -368,8 +378,8 @@ def pipeline_drawer(pipe, family: str, batch_size: int) -> Callable[[Sequence[Im
         if batch[0].loras != current[0]:
             if current[0]:
                 remove_loras(pipe)
-            missing = apply_loras(pipe, family, batch[0].loras)
-            partial[0] = [f"{PARTIAL_FLAG}: {partial_status(n, m)}" for n, m in missing.items()]
+            problems = apply_loras(pipe, family, batch[0].loras)
+            partial[0] = [f"{PARTIAL_FLAG}: {status}" for status in problems.values()]
             current[0] = batch[0].loras
         drawn = draw(pipe, family, [j.request for j in batch], batch_size=batch_size)
         return [(image, flags + partial[0]) for image, flags in drawn]
@@ -459,9 +469,13 @@ def run_generate(bench: Benchmark, s: GenerateSettings, out_dir: Path, progress:
     model = model_identity(s, ckpt, hash_cache)
     gen = s.generation
     set_cpu_threads(gen.cpu_threads)
+    # a LoRA must fit the model's modules (names, shapes): built on the meta device from the config dir once a LoRA
+    # is checked, so a file that would stop PEFT is recorded for its (model, LoRA) pair and never drawn
+    modules = functools.cache(lambda: model_modules(family, s.config_dir or checkpoint_config_dir(
+        ckpt, family, s.cache / "configs")))
     jobs = plan_jobs(
         bench, family, s.counts, s.tasks, dataclasses.asdict(gen), s.clip_skip, s.lora_dirs[family],
-        functools.cache(lambda p: lora_status(p, family)), lambda p: file_sha256(p, hash_cache),
+        functools.cache(lambda p: lora_status(p, family, modules())), lambda p: file_sha256(p, hash_cache),
     )
     lora_hash = functools.cache(a1111_lora_hash)  # reads each LoRA file once per run
     texts = [infotext_for(j, model, f"ghostreview-{__version__}", lora_hash) for j in jobs]

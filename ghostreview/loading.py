@@ -1,11 +1,14 @@
 """Load Stable Diffusion single-file checkpoints (as Civitai distributes them) fully offline.
 
 * ``read_safetensors_header`` / ``detect_family`` look only at the safetensors header (8-byte little-endian
-  length + JSON): no tensor data is read, so checking a 7 GB file is instant.
+  length + JSON): no tensor data is read, so checking a 7 GB file is instant. The header is validated as the
+  safetensors loader validates it (dtypes, shapes, byte ranges tiling the data), so a file that passes also loads.
 * ``family_config_dir`` materializes the shipped real-size diffusers configs (``ghostreview/configs/<family>``)
   plus generated CLIP tokenizers, so ``from_single_file(config=...)`` never looks for a hub.
 * ``load_pipeline`` builds the diffusers pipeline. Pickle checkpoints (.ckpt/.pt) are refused unless the caller
   opts in, and even then are read only with ``torch.load(weights_only=True)``.
+* ``check_config_dir`` refuses a config dir (shipped, generated or the user's ``config:``) that could make diffusers
+  import a module or class other than the family's own, or point at a hub repository, before anything loads.
 * ``inspect_checkpoint`` is the one place that decides what a checkpoint file is (``checkpoint_format``) and reads
   it once into a :class:`CheckpointFile` (format, tensor shapes, metadata); family, tiny-kit marker and config dir are
   answered from that record, for safetensors and (opted-in) pickle files alike.
@@ -16,8 +19,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import pickle
+import reprlib
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -39,7 +44,12 @@ PIPELINE_CLASSES = {
 }
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+REVIEWABLE_FAMILIES = ("sd15", "sdxl")  # what prompt encoding, drawing and the LoRA tables handle (draw.py, encode.py)
 MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit
+# safetensors dtypes (those safetensors.torch reads) -> bytes per element
+DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E4M3FNUZ": 1, "F8_E5M2": 1, "F8_E5M2FNUZ": 1,
+               "U16": 2, "I16": 2, "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8,
+               "C64": 8}
 PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip container; a legacy pickle's PROTO opcode
 CONFIG_DIR_FORMAT = 1  # bump when the layout written by family_config_dir changes
 
@@ -64,7 +74,12 @@ class CheckpointError(UserError, ValueError):
 
 
 def read_safetensors_header(path: Path) -> dict:
-    """Parse and validate the header of a safetensors file without reading tensor data.
+    """Parse and validate the header of a safetensors file without reading tensor data: the one reader of
+    safetensors headers here (checkpoints, VAEs, LoRAs).
+
+    Checks what the safetensors loader checks later, so that a file passing here also loads: a header length within
+    the format's 100 MB bound, JSON without duplicate keys (nesting depth cannot blow the stack: see
+    :func:`_parse_header_json`), ``__metadata__`` a str -> str object, and :func:`_check_entries`.
 
     Returns:
         The header JSON: ``{tensor_name: {"dtype", "shape", "data_offsets"}, ..., "__metadata__": {...}}``
@@ -72,7 +87,7 @@ def read_safetensors_header(path: Path) -> dict:
 
     Raises:
         CheckpointError: missing, zero-byte, truncated, or not a safetensors file (bad length, non-JSON header,
-            malformed entries, tensor data past the end of the file or trailing bytes after it).
+            malformed entries, tensor data past the end of the file, overlapping or unused bytes).
     """
     path = Path(path)
     if not path.is_file():
@@ -97,34 +112,99 @@ def read_safetensors_header(path: Path) -> dict:
                 "expected a .safetensors checkpoint, fetch it again or convert it"
             )
         raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a safetensors file (header is not JSON: {e}); fetch it again") from e
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: not a safetensors file (header is not a JSON object)")
+    header = _parse_header_json(path, raw)
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise CheckpointError(
+            f"{path}: malformed safetensors header: __metadata__ must map strings to strings, got "
+            f"{_short(meta)}; the file is corrupt or was not written by a safetensors library, fetch it again"
+        )
     _check_entries(path, header, data_len=size - 8 - n)
     return header
 
 
+def _parse_header_json(path: Path, raw: bytes) -> dict:
+    """The header's JSON object; duplicate keys refused (JSON parsers disagree on which one wins)."""
+
+    def no_duplicates(pairs: list) -> dict:
+        out = dict(pairs)
+        if len(out) != len(pairs):
+            seen: set = set()
+            dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+            raise CheckpointError(f"{path}: malformed safetensors header: key {_short(dup)} appears twice; the file "
+                                  "is corrupt, fetch it again")
+        return out
+
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates)
+    except RecursionError as e:  # a header nested thousands of levels deep: no safetensors file is
+        raise CheckpointError(f"{path}: not a safetensors file (header JSON nested too deeply); fetch it again") from e
+    except (UnicodeDecodeError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{path}: not a safetensors file (header is not JSON: {e}); fetch it again") from e
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a safetensors file (header is not a JSON object)")
+    return header
+
+
 def _check_entries(path: Path, header: Mapping, data_len: int) -> None:
-    """Validate tensor entries and that their byte ranges exactly cover the data section."""
-    end = 0
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        ok = (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
-              and 0 <= offsets[0] <= offsets[1] and isinstance(entry.get("shape"), list) and "dtype" in entry)
-        if not ok:
-            raise CheckpointError(f"{path}: malformed safetensors entry {name!r}: {entry!r}; the file is corrupt")
-        end = max(end, offsets[1])
+    """Every tensor entry well formed (:func:`_entry_range`), and the byte ranges, sorted, tiling the data section
+    exactly: no overlap, no gap, nothing past its end or after the last tensor (as the safetensors loader demands)."""
+    ranges = sorted((_entry_range(path, name, entry), name) for name, entry in header.items() if name != "__metadata__")
+    end, previous = 0, None
+    for (begin, stop), name in ranges:
+        if begin < end:
+            raise CheckpointError(f"{path}: malformed safetensors header: the bytes of {_short(name)} "
+                                  f"[{begin}, {stop}) overlap those of {_short(previous)}; the file is corrupt, fetch "
+                                  "it again")
+        if begin > end:
+            raise CheckpointError(f"{path}: malformed safetensors header: {begin - end} data bytes before "
+                                  f"{_short(name)} belong to no tensor; the file is corrupt, fetch it again")
+        end, previous = stop, name
     if end > data_len:
         raise CheckpointError(
             f"{path}: truncated: tensors need {end} data bytes but the file holds {data_len}; fetch it again"
         )
     if end < data_len:
         raise CheckpointError(f"{path}: {data_len - end} unexpected bytes after the tensor data; the file is corrupt")
+
+
+def _entry_range(path: Path, name: str, entry: object) -> tuple[int, int]:
+    """The ``[begin, end)`` of a tensor entry whose dtype is known (``DTYPE_SIZES``), whose shape is a list of
+    non-negative ints, and whose ``data_offsets`` span exactly numel x itemsize bytes (the loader's own checks)."""
+    problem = None
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
+        problem = "an entry must hold dtype, shape and data_offsets"  # other fields: ignored, as the loader does
+    elif not isinstance(entry["dtype"], str) or entry["dtype"] not in DTYPE_SIZES:
+        problem = f"unknown dtype (known: {', '.join(DTYPE_SIZES)})"
+    elif not _int_list(entry["shape"], None) or min(entry["shape"], default=0) < 0:
+        problem = "shape must be a list of non-negative integers"
+    elif not _int_list(entry["data_offsets"], 2) or not 0 <= entry["data_offsets"][0] <= entry["data_offsets"][1]:
+        problem = "data_offsets must be [begin, end] with 0 <= begin <= end"
+    else:
+        begin, end = entry["data_offsets"]
+        need = math.prod(entry["shape"]) * DTYPE_SIZES[entry["dtype"]]
+        if end - begin == need:
+            return begin, end
+        problem = f"shape {entry['shape']} of {entry['dtype']} needs {need} bytes, data_offsets give {end - begin}"
+    raise CheckpointError(f"{path}: malformed safetensors entry {_short(name)}: {_short(entry)}: {problem}; the file "
+                          "is corrupt, fetch it again")
+
+
+def _int_list(value: object, length: int | None) -> bool:
+    return (isinstance(value, list) and (length is None or len(value) == length)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict, _REPR.maxlevel = 100, 100, 6, 6, 3
+
+
+def _short(value: object, limit: int = 120) -> str:
+    """``repr(value)`` cut to ``limit`` characters (and 3 nesting levels), for messages about hostile input."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def tensor_shapes(header: Mapping) -> dict[str, list[int]]:
@@ -217,8 +297,20 @@ class CheckpointFile:
 
     @property
     def family(self) -> str:
-        """"sd15" | "sd2" | "sdxl" (``family_from_shapes``; raises CheckpointError for anything else)."""
-        return family_from_shapes(self.shapes, str(self.path))
+        """"sd15" | "sdxl": the family of a checkpoint this tool can review (``family_from_shapes``).
+
+        Raises:
+            CheckpointError: for SD2.x checkpoints (recognised, but prompt encoding, drawing and the benchmark's LoRA
+                tables cover SD1.x and SDXL only) and for anything that is not an SD checkpoint.
+        """
+        family = family_from_shapes(self.shapes, str(self.path))
+        if family not in REVIEWABLE_FAMILIES:
+            raise CheckpointError(
+                f"{self.path}: an SD2.x checkpoint (OpenCLIP-H text encoder, cond_stage_model.model.* keys); "
+                f"GhostReview reviews {' and '.join(REVIEWABLE_FAMILIES)} checkpoints only (its prompt encoding, "
+                "drawing and LoRA tables cover SD1.x and SDXL): review an SD1.5 or SDXL model instead"
+            )
+        return family
 
     @property
     def is_tiny_kit(self) -> bool:
@@ -244,11 +336,11 @@ def inspect_checkpoint(path: Path, *, allow_pickle: bool = False) -> CheckpointF
 
 
 def detect_family(path: Path, *, allow_pickle: bool = False) -> str:
-    """Family of the single-file checkpoint at ``path``: "sd15" | "sdxl" | "sd2", from tensor names and shapes.
+    """Family of the single-file checkpoint at ``path``: "sd15" | "sdxl", from tensor names and shapes.
 
     Raises:
-        CheckpointError: see ``inspect_checkpoint``; and files that are not SD checkpoints (the message lists what
-            was expected).
+        CheckpointError: see ``inspect_checkpoint``; SD2.x checkpoints and files that are not SD checkpoints (the
+            message lists what was expected; see :attr:`CheckpointFile.family`).
     """
     return inspect_checkpoint(path, allow_pickle=allow_pickle).family
 
@@ -256,6 +348,21 @@ def detect_family(path: Path, *, allow_pickle: bool = False) -> str:
 def is_tiny_kit_file(path: Path, *, allow_pickle: bool = False) -> bool:
     """True when the checkpoint at ``path`` was written by ``ghostreview.kit`` (random weights, for tests/CI)."""
     return inspect_checkpoint(path, allow_pickle=allow_pickle).is_tiny_kit
+
+
+def check_vae_file(path: Path, *, allow_pickle: bool = False) -> None:
+    """Read a standalone VAE file's header (or opted-in pickle) as ``inspect_checkpoint`` does and check it holds a VAE.
+
+    Raises:
+        CheckpointError: unreadable, corrupt or refused files (see ``inspect_checkpoint``), or no VAE encoder in it.
+    """
+    shapes = inspect_checkpoint(path, allow_pickle=allow_pickle).shapes
+    if not any(k in shapes for k in VAE_KEYS):
+        raise CheckpointError(_not_a_vae(path, shapes))
+
+
+def _not_a_vae(path: Path, shapes: Mapping) -> str:
+    return f"{path}: not a VAE file (no encoder.conv_in.weight; {_what_is_it(shapes)})"
 
 
 # ---------------------------------------------------------------------------------------------------- configs
@@ -320,9 +427,181 @@ def tiny_config_dir(family: str, cache_root: Path) -> Path:
 
 def pipeline_config_dir(checkpoint: Path, family: str, cache_root: Path, *, allow_pickle: bool = False) -> Path:
     """The config dir to load ``checkpoint`` with: the tiny topology for tiny-kit files, else the real one."""
-    if is_tiny_kit_file(checkpoint, allow_pickle=allow_pickle):
-        return tiny_config_dir(family, cache_root)
-    return family_config_dir(family, cache_root)
+    return checkpoint_config_dir(inspect_checkpoint(checkpoint, allow_pickle=allow_pickle), family, cache_root)
+
+
+def checkpoint_config_dir(ckpt: CheckpointFile, family: str, cache_root: Path) -> Path:
+    """``pipeline_config_dir`` of a checkpoint already read (``inspect_checkpoint``)."""
+    return tiny_config_dir(family, cache_root) if ckpt.is_tiny_kit else family_config_dir(family, cache_root)
+
+
+# ---------------------------------------------------------------------------------------------------- config dirs
+
+# What a config dir may name, per family: diffusers imports the library of every (library, class) pair of
+# model_index.json (importlib.import_module) and loads each component with that class, so any other pair would let
+# the config dir choose code. Components we pass as None (safety checker, feature extractor) may keep the pairs
+# hub configs carry for them: they are never loaded.
+_SD_COMPONENTS = {
+    "unet": ("diffusers", "UNet2DConditionModel"),
+    "vae": ("diffusers", "AutoencoderKL"),
+    "text_encoder": ("transformers", "CLIPTextModel"),
+    "tokenizer": ("transformers", "CLIPTokenizer"),
+}
+PIPELINE_COMPONENTS = {
+    "sd15": _SD_COMPONENTS,
+    "sd2": _SD_COMPONENTS,
+    "sdxl": {**_SD_COMPONENTS, "text_encoder_2": ("transformers", "CLIPTextModelWithProjection"),
+             "tokenizer_2": ("transformers", "CLIPTokenizer")},
+}
+SCHEDULER_CLASSES = (  # diffusers schedulers that build from an SD scheduler config without extra packages
+    "DDIMScheduler", "DDPMScheduler", "DEISMultistepScheduler", "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler", "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler",
+    "HeunDiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler", "PNDMScheduler",
+    "UniPCMultistepScheduler",
+)
+_NULL = [None, None]
+_UNLOADED = {  # component -> the pairs accepted besides [null, null]; load_pipeline passes None for these
+    "safety_checker": (["stable_diffusion", "StableDiffusionSafetyChecker"],),
+    "feature_extractor": (["transformers", "CLIPImageProcessor"], ["transformers", "CLIPFeatureExtractor"]),
+    "image_encoder": (),
+}
+PIPELINE_OPTIONS = {  # model_index.json keys that are pipeline arguments, not components: allowed value types
+    "sd15": {"requires_safety_checker": (bool,)},
+    "sd2": {"requires_safety_checker": (bool,)},
+    "sdxl": {"force_zeros_for_empty_prompt": (bool,), "add_watermarker": (bool, type(None))},
+}
+# Keys that make transformers or diffusers fetch or run code from elsewhere (auto_map + trust_remote_code: a module
+# shipped with the config; _name_or_path: a hub id): refused in every JSON file of a config dir.
+FOREIGN_KEYS = ("auto_map", "_name_or_path", "name_or_path", "trust_remote_code", "custom_pipeline")
+DATA_JSON = ("vocab.json", "added_tokens.json")  # {token: id} maps: their keys are tokens, not settings
+TOKENIZER_CLASSES = ("CLIPTokenizer", "CLIPTokenizerFast")
+CLIP_TEXT_MODEL_TYPE = "clip_text_model"
+MAX_CONFIG_JSON_BYTES = 64_000_000  # a CLIP tokenizer.json is ~3.6 MB
+
+
+def check_config_dir(config_dir: Path, family: str) -> None:
+    """Refuse a diffusers config dir that could choose code, point elsewhere, or is not ``family``'s pipeline.
+
+    Reads every ``*.json`` file of ``config_dir`` and its component folders (no model is loaded, nothing is
+    imported) and checks:
+    ``model_index.json`` names ``PIPELINE_CLASSES[family]`` and exactly the (library, class) pairs of
+    ``PIPELINE_COMPONENTS[family]``, a scheduler of ``SCHEDULER_CLASSES``, no other component and no unknown key;
+    each component's own config names the same class (``_class_name``; ``architectures`` and ``model_type`` of the
+    text encoders; ``tokenizer_class``) and no JSON file holds a key of ``FOREIGN_KEYS``.
+
+    Raises:
+        CheckpointError: naming the file, the key and the fix.
+    """
+    config_dir = Path(config_dir)
+    if not config_dir.is_dir():
+        raise CheckpointError(f"{config_dir}: not a directory; point config: at a diffusers config directory "
+                              "(model_index.json + one folder per component), or remove config: to use the shipped "
+                              "one")
+    index_path = config_dir / "model_index.json"
+    if not index_path.is_file():
+        raise CheckpointError(
+            f"{config_dir}: no model_index.json; build the config dir with "
+            f"ghostreview.loading.family_config_dir({family!r}, cache_root)"
+        )
+    # what diffusers and transformers read: model_index.json and the files of each component's folder
+    found = sorted({*config_dir.glob("*.json"), *config_dir.glob("*/*.json")})
+    docs = {p: _read_config_json(p) for p in found if p.is_file()}
+    for path, doc in docs.items():
+        for key in () if path.name in DATA_JSON else FOREIGN_KEYS:
+            if key in doc:
+                raise CheckpointError(
+                    f"{path}: key {key!r} = {_short(doc[key])}: a config dir must describe the model itself, never "
+                    f"point at other code or a hub repository; remove the key"
+                )
+    components = _check_model_index(index_path, docs[index_path], family)
+    for name, (library, cls) in components.items():
+        _check_component(config_dir / name, name, library, cls, docs)
+
+
+def _read_config_json(path: Path) -> dict:
+    """A config file's JSON object (size bounded, nesting that would blow the stack refused)."""
+    try:
+        if path.stat().st_size > MAX_CONFIG_JSON_BYTES:
+            raise CheckpointError(f"{path}: {path.stat().st_size} bytes, more than any diffusers config file "
+                                  f"({MAX_CONFIG_JSON_BYTES}); remove it from the config dir")
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror or e}); give this user read access") from e
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: not UTF-8 text ({e}); fix or replace the file") from e
+    try:
+        doc = json.loads(text)
+    except RecursionError as e:
+        raise CheckpointError(f"{path}: JSON nested too deeply; not a diffusers config file, replace it") from e
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); fix or replace the file") from e
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"{path}: a JSON {type(doc).__name__}, not an object; fix or replace the file")
+    return doc
+
+
+def _check_model_index(path: Path, index: Mapping, family: str) -> dict[str, tuple[str, str]]:
+    """The components ``model_index.json`` names, checked against ``family``'s pipeline: {name: (library, class)}."""
+    expected, options = PIPELINE_COMPONENTS[family], PIPELINE_OPTIONS[family]
+    if index.get("_class_name") != PIPELINE_CLASSES[family]:
+        raise CheckpointError(f"{path}: key '_class_name' = {_short(index.get('_class_name'))}, but family {family!r} "
+                              f"needs {PIPELINE_CLASSES[family]}; use that family's config dir")
+    components = {"scheduler": _pair(path, "scheduler", index.get("scheduler"))}
+    if components["scheduler"][0] != "diffusers" or components["scheduler"][1] not in SCHEDULER_CLASSES:
+        raise CheckpointError(f"{path}: key 'scheduler' = {_short(index['scheduler'])}; the scheduler must be "
+                              f"[\"diffusers\", one of {', '.join(SCHEDULER_CLASSES)}]")
+    for key, value in index.items():
+        if key in ("_class_name", "_diffusers_version", "scheduler"):
+            continue
+        if key in expected:
+            if _pair(path, key, value) != expected[key]:
+                raise CheckpointError(f"{path}: key {key!r} = {_short(value)}; {PIPELINE_CLASSES[family]} needs "
+                                      f"{list(expected[key])} there")
+            components[key] = expected[key]
+        elif key in _UNLOADED:
+            if value != _NULL and value not in _UNLOADED[key]:
+                raise CheckpointError(f"{path}: key {key!r} = {_short(value)}; this component is not loaded, write "
+                                      f"[null, null]")
+        elif key in options:
+            if not isinstance(value, options[key]):
+                raise CheckpointError(f"{path}: key {key!r} = {_short(value)}; it must be true or false")
+        else:
+            valid = ["_class_name", "_diffusers_version", "scheduler", *expected, *_UNLOADED, *options]
+            raise CheckpointError(f"{path}: unknown key {_short(key)}; valid keys for {PIPELINE_CLASSES[family]}: "
+                                  f"{', '.join(valid)}. Remove it")
+    missing = [k for k in expected if k not in components]
+    if missing:
+        raise CheckpointError(f"{path}: no {', '.join(missing)}; {PIPELINE_CLASSES[family]} needs "
+                              + ", ".join(f"{k}: {list(expected[k])}" for k in missing))
+    return components
+
+
+def _pair(path: Path, key: str, value: object) -> tuple[str, str]:
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
+        raise CheckpointError(f"{path}: key {key!r} = {_short(value)}; expected [library, class], e.g. "
+                              f"[\"diffusers\", \"UNet2DConditionModel\"]")
+    return value[0], value[1]
+
+
+def _check_component(folder: Path, name: str, library: str, cls: str, docs: Mapping[Path, dict]) -> None:
+    """The component's own config file exists and names the class model_index.json names for it."""
+    is_model = library == "transformers" and cls not in TOKENIZER_CLASSES
+    if cls in TOKENIZER_CLASSES:
+        file, field, allowed = "tokenizer_config.json", "tokenizer_class", TOKENIZER_CLASSES
+    elif is_model:
+        file, field, allowed = "config.json", "architectures", ([cls],)
+    else:
+        file, field, allowed = "scheduler_config.json" if name == "scheduler" else "config.json", "_class_name", (cls,)
+    path = folder / file
+    if path not in docs:
+        raise CheckpointError(f"{path}: missing; the {name} component of the config dir needs it")
+    doc = docs[path]
+    if field in doc and doc[field] not in allowed:
+        raise CheckpointError(f"{path}: key {field!r} = {_short(doc[field])}; model_index.json makes {name} a {cls}, "
+                              f"write {_short(allowed[0])} (or remove the key)")
+    if is_model and doc.get("model_type", CLIP_TEXT_MODEL_TYPE) != CLIP_TEXT_MODEL_TYPE:
+        raise CheckpointError(f"{path}: key 'model_type' = {_short(doc['model_type'])}; a {cls} config has "
+                              f"model_type {CLIP_TEXT_MODEL_TYPE!r}")
 
 
 # ---------------------------------------------------------------------------------------------------- pickle
@@ -411,19 +690,6 @@ def _as_safetensors(path: Path, allow_pickle: bool) -> Iterator[Path]:
 # ---------------------------------------------------------------------------------------------------- pipelines
 
 
-def _check_config_dir(config_dir: Path, family: str) -> None:
-    """Fail early when ``config_dir`` is not a diffusers config dir for ``family``'s pipeline class."""
-    index = Path(config_dir) / "model_index.json"
-    if not index.is_file():
-        raise CheckpointError(
-            f"{config_dir}: no model_index.json; build the config dir with "
-            f"ghostreview.loading.family_config_dir({family!r}, cache_root)"
-        )
-    cls = json.loads(index.read_text()).get("_class_name")
-    if cls != PIPELINE_CLASSES[family]:
-        raise CheckpointError(f"{config_dir}: a {cls} config, but family {family!r} needs {PIPELINE_CLASSES[family]}")
-
-
 def _load_vae(vae: Path, config_dir: Path, dtype: torch.dtype, allow_pickle: bool):
     """``AutoencoderKL`` from a standalone single-file VAE (LDM keys with or without ``first_stage_model.``)."""
     from diffusers import AutoencoderKL
@@ -431,7 +697,7 @@ def _load_vae(vae: Path, config_dir: Path, dtype: torch.dtype, allow_pickle: boo
     with _as_safetensors(vae, allow_pickle) as st:
         shapes = tensor_shapes(read_safetensors_header(st))
         if not any(k in shapes for k in VAE_KEYS):
-            raise CheckpointError(f"{vae}: not a VAE file (no encoder.conv_in.weight; {_what_is_it(shapes)})")
+            raise CheckpointError(_not_a_vae(vae, shapes))
         return AutoencoderKL.from_single_file(
             str(st), config=str(config_dir), subfolder="vae", torch_dtype=dtype, local_files_only=True
         )
@@ -464,7 +730,7 @@ def load_pipeline(checkpoint: Path, family: str, config_dir: Path, *, vae: Path 
         raise ValueError(f"unknown family {family!r}; valid: {', '.join(PIPELINE_CLASSES)}")
     if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type {prediction_type!r} is not one of {PREDICTION_TYPES} (or None)")
-    _check_config_dir(config_dir, family)
+    check_config_dir(config_dir, family)
     extra = {"add_watermarker": False} if family == "sdxl" else {
         "safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     with _as_safetensors(checkpoint, allow_pickle) as st:

@@ -5,15 +5,22 @@ diffusers' own reading of the file, whether diffusers can apply a LoRA file to a
 any GPU work. ``apply_loras`` / ``remove_loras`` wrap diffusers' PEFT adapters: loading a kohya file, weighting
 several at once, and unloading back to the exact base weights (adapters are never fused, so nothing is baked in).
 
+A file can also name modules the model does not have, or hold deltas of other shapes than the model's weights
+(PEFT then raises ``NoMatchingPeftModuleError`` or a size-mismatch ``RuntimeError``): given the model's modules
+(:func:`model_modules`, from its config dir on the meta device), ``lora_status`` compares the file's header with them
+(:func:`fit_status`) before anything is drawn.
+
 diffusers can read a file and still drop part of it: its kohya key-format detection loses a text encoder's q/k/v
 deltas when that encoder has ``fc1`` but no ``out_proj`` deltas (diffusers 0.42.1). ``apply_loras`` therefore
-compares, after loading, the modules a file targets with the modules that received its adapter, and returns the
-ones that did not; the drawn images carry a ``lora_partial`` flag naming them (:func:`partial_status`).
+compares, after loading, the modules a file targets with the modules that received its adapter, and returns a status
+for each LoRA that did not reach all of them, or that diffusers failed to load at all (never raised: the other LoRAs
+stay applied); the drawn images carry a ``lora_partial`` flag with that status (:func:`partial_status`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import re
@@ -54,6 +61,10 @@ KOHYA_COMPONENTS = {
     "sdxl": {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"},
 }
 PARTIAL_FLAG = "lora_partial"
+DOWN, UP = ".lora_down.weight", ".lora_up.weight"
+# status prefix -> the manifest flag of the images it keeps from being drawn as asked (report and standardize read it)
+STATUS_FLAGS = {"incompatible": "lora_incompatible", "partial": PARTIAL_FLAG}
+UNSUPPORTED_FLAG = "lora_unsupported"  # "unsupported: ..." and "error: ..."
 
 
 @dataclass(frozen=True)
@@ -98,13 +109,17 @@ def lora_family(shapes: Mapping[str, list[int]], metadata: Mapping[str, str]) ->
     return "sd2" if SD2_CONTEXT_DIM in context_dims else "sd15"
 
 
-def lora_status(path: Path, family: str) -> str:
+def lora_status(path: Path, family: str, modules: Mapping[str, Sequence[int]] | None = None) -> str:
     """Whether the LoRA at ``path`` can be applied to a ``family`` checkpoint, from its header only.
 
+    Args:
+        modules: the model's modules (:func:`model_modules`); when given, the file must fit them (:func:`fit_status`).
+
     Returns:
-        "ok"; "unsupported: <what>" for LyCORIS LoHa/LoKr/lora_mid, DoRA, non-kohya files and files diffusers'
-        reader refuses; "incompatible: <lora family> LoRA on <family> checkpoint"; or "error: <reason>" for
-        unreadable files.
+        "ok"; "unsupported: <what>" for LyCORIS LoHa/LoKr/lora_mid, DoRA, non-kohya files, incomplete files and files
+        diffusers' reader refuses; "incompatible: <why>" for a LoRA of another family or one that fits no module of
+        the model (names or shapes); "partial: <file>: ..." when some of its modules are not in the model; or
+        "error: <reason>" for unreadable files. :func:`status_flag` gives the manifest flag of each.
     """
     try:
         header = read_safetensors_header(Path(path))
@@ -120,8 +135,89 @@ def lora_status(path: Path, family: str) -> str:
     found = lora_family(shapes, metadata)
     if found != family:
         return f"incompatible: {found} LoRA on {family} checkpoint"
+    misfit = fit_status(Path(path).name, shapes, family, modules) if modules is not None else None
+    if misfit:
+        return misfit
     refused = diffusers_read_error(Path(path), family)
     return f"unsupported: diffusers cannot read it ({refused})" if refused else "ok"
+
+
+def status_flag(status: str) -> str:
+    """The manifest flag of a LoRA status other than "ok": ``lora_incompatible``, ``lora_partial`` or
+    ``lora_unsupported`` (unsupported files and unreadable ones)."""
+    return STATUS_FLAGS.get(status.partition(":")[0], UNSUPPORTED_FLAG)
+
+
+def fit_status(name: str, shapes: Mapping[str, Sequence[int]], family: str,
+               modules: Mapping[str, Sequence[int]]) -> str | None:
+    """Why the kohya LoRA ``name`` with header ``shapes`` cannot be applied in full to the model whose modules are
+    ``modules`` (:func:`model_modules`), or None when every module it targets exists with the shapes it expects.
+
+    A module's ``lora_down`` must be [r, in] for a linear weight [out, in] ([r, in, kh, kw] for a convolution) and
+    its ``lora_up`` [out, r] ([out, r, 1, 1]), as PEFT builds the adapter from the base layer; anything else is
+    PEFT's size-mismatch error at load time.
+    """
+    downs = {k.removesuffix(DOWN): list(s) for k, s in shapes.items() if k.endswith(DOWN)}
+    ups = {k.removesuffix(UP): list(s) for k, s in shapes.items() if k.endswith(UP)}
+    unpaired = sorted(set(downs) ^ set(ups))
+    if unpaired:
+        return (f"unsupported: {len(unpaired)} modules have a lora_down or a lora_up weight but not both (e.g. "
+                f"{unpaired[0]}); the file is incomplete, fetch it again")
+    unknown = sorted(m for m in downs if m not in modules)
+    if downs and len(unknown) == len(downs):
+        return (f"incompatible: none of its {len(downs)} modules is in the {family} model (e.g. {unknown[0]}); "
+                "a LoRA for another model or architecture")
+    misfit = sorted(m for m in downs if m in modules and not _fits(downs[m], ups[m], list(modules[m])))
+    if misfit:
+        m = misfit[0]
+        return (f"incompatible: {len(misfit)} of its {len(downs)} modules have other shapes than the {family} "
+                f"model's (e.g. {m}: lora_down {downs[m]}, lora_up {ups[m]}, module weight {list(modules[m])}); "
+                "a LoRA for another model size or architecture")
+    return partial_status(name, unknown, f"not in the {family} model") if unknown else None
+
+
+def _fits(down: list[int], up: list[int], weight: list[int]) -> bool:
+    """Whether PEFT's adapter for a base ``weight`` takes lora_down ``down`` and lora_up ``up`` of a kohya file."""
+    if len(weight) < 2 or len(down) != len(weight) or len(up) != len(weight):
+        return False
+    return down[1:] == weight[1:] and up[:2] == [weight[0], down[0]] and all(d == 1 for d in up[2:])
+
+
+def model_modules(family: str, config_dir: Path) -> dict[str, tuple[int, ...]]:
+    """{kohya name: weight shape} of every linear and convolution layer of the UNet and text encoders described by
+    the diffusers config dir ``config_dir``, built on the meta device (no weights, under a second for SDXL)."""
+    configs = {n: json.loads((Path(config_dir) / n / "config.json").read_text()) for n in KOHYA_COMPONENTS[family]}
+    return dict(_model_modules(family, json.dumps(configs, sort_keys=True)))
+
+
+@functools.lru_cache(maxsize=4)
+def _model_modules(family: str, configs_json: str) -> tuple:
+    from ghostreview.kit.sd import build_component
+
+    import torch
+
+    configs = json.loads(configs_json)
+    with torch.device("meta"):
+        components = {name: build_component(name, configs[name]) for name in KOHYA_COMPONENTS[family]}
+    return tuple(module_shapes(components, family).items())
+
+
+def module_shapes(components: Mapping, family: str) -> dict[str, tuple[int, ...]]:
+    """{kohya name: weight shape} of the linear and convolution layers of ``components`` (unet, text_encoder[_2])."""
+    import torch
+
+    out = {}
+    for component, prefix in KOHYA_COMPONENTS[family].items():
+        model = components[component]
+        for name, module in model.named_modules():
+            if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                continue
+            try:
+                path = _kohya_path(family, component, name, model.config)
+            except KeyError:  # an SDXL UNet layer without an SGM name: no kohya file can name it
+                continue
+            out[prefix + path.replace(".", "_")] = tuple(module.weight.shape)
+    return out
 
 
 def diffusers_read_error(path: Path, family: str) -> str | None:
@@ -177,18 +273,20 @@ def _quiet_transformers() -> Iterator[None]:
             tf_logging.enable_progress_bar()
 
 
-def apply_loras(pipe, family: str, loras: Sequence[LoraSpec]) -> dict[str, tuple[str, ...]]:
-    """Load each LoRA as a PEFT adapter named ``spec.name`` and activate all of them with their weights.
+def apply_loras(pipe, family: str, loras: Sequence[LoraSpec]) -> dict[str, str]:
+    """Load each LoRA as a PEFT adapter and activate all of them with their weights.
 
     Checks every file with ``lora_status`` first, so nothing is loaded when one of them cannot be applied.
-    Replaces any previously active set of adapters. An empty ``loras`` is a no-op.
+    Replaces any previously active set of adapters. An empty ``loras`` is a no-op. Adapters get names of our own
+    (``_adapter_name``): a LoRA called ``half`` or ``to`` would otherwise clash with torch module attributes.
 
     Returns:
-        {LoRA name: kohya names of the modules its file targets that received no delta}, for the LoRAs that were
-        applied in part only ({} when every file was applied in full).
+        {LoRA name: status} for the LoRAs that do not reach every module their file targets ({} when all do): a
+        file diffusers loaded in part (:func:`partial_status` naming the modules without a delta), or one it failed
+        to load (its error; nothing of it stays in the pipeline, the other LoRAs are applied).
 
     Raises:
-        ValueError: duplicate adapter names, or a LoRA whose status is not "ok" (the status is in the message).
+        ValueError: duplicate LoRA names, or a LoRA whose status is not "ok" (the status is in the message).
     """
     names = [spec.name for spec in loras]
     if len(set(names)) != len(names):
@@ -197,21 +295,36 @@ def apply_loras(pipe, family: str, loras: Sequence[LoraSpec]) -> dict[str, tuple
         status = lora_status(spec.path, family)
         if status != "ok":
             raise ValueError(f"LoRA {spec.name!r} ({spec.path}): {status}")
-    if not loras:
-        return {}
+    problems, loaded = {}, []
     with _quiet_transformers():
-        for spec in loras:
-            pipe.load_lora_weights(str(spec.path), adapter_name=spec.name)
-    pipe.set_adapters(names, adapter_weights=[float(spec.weight) for spec in loras])
-    missing = {spec.name: tuple(sorted(targeted_modules(spec.path) - installed_modules(pipe, family, spec.name)))
-               for spec in loras}
-    return {name: modules for name, modules in missing.items() if modules}
+        for i, spec in enumerate(loras):
+            try:
+                pipe.load_lora_weights(str(spec.path), adapter_name=_adapter_name(i))
+                loaded.append(i)
+            except Exception as e:  # PEFT and diffusers raise many types; whatever it is, this LoRA is not applied
+                pipe.delete_adapters([_adapter_name(i)])  # diffusers removes its partial adapter; make sure
+                message = " ".join(str(e).split())
+                message = message if len(message) <= 300 else message[:297] + "..."
+                problems[spec.name] = partial_status(spec.name, sorted(targeted_modules(spec.path)),
+                                                     f"diffusers could not load it: {type(e).__name__}: {message}")
+    if loaded:
+        pipe.set_adapters([_adapter_name(i) for i in loaded], adapter_weights=[float(loras[i].weight) for i in loaded])
+    for i in loaded:
+        missing = sorted(targeted_modules(loras[i].path) - installed_modules(pipe, family, _adapter_name(i)))
+        if missing:
+            problems[loras[i].name] = partial_status(loras[i].name, missing)
+    return problems
+
+
+def _adapter_name(index: int) -> str:
+    """The PEFT adapter name of the ``index``-th LoRA applied together (never a torch attribute name)."""
+    return f"ghostreview_lora_{index}"
 
 
 def targeted_modules(path: Path) -> set[str]:
-    """kohya names of the modules the LoRA file at ``path`` holds a delta for (its ``*.lora_down.weight`` keys)."""
+    """kohya names of the modules the LoRA file at ``path`` holds a delta for (its ``lora_down`` / ``lora_up`` keys)."""
     keys = tensor_shapes(read_safetensors_header(Path(path)))
-    return {k.removesuffix(".lora_down.weight") for k in keys if k.endswith(".lora_down.weight")}
+    return {k.removesuffix(suffix) for k in keys for suffix in (DOWN, UP) if k.endswith(suffix)}
 
 
 def installed_modules(pipe, family: str, adapter: str) -> set[str]:
@@ -232,15 +345,16 @@ def _kohya_path(family: str, component: str, name: str, config) -> str:
     return unet_key_to_ldm(name + ".weight", config).removesuffix(".weight") if family == "sdxl" else name
 
 
-def partial_status(name: str, missing: Sequence[str]) -> str:
-    """``partial: <name>: no delta on <n> targeted modules: <pattern> (<count>), ...``: the modules a LoRA file
-    targets that received no delta, with layer and block numbers folded into ``*``."""
+def partial_status(name: str, missing: Sequence[str], reason: str | None = None) -> str:
+    """``partial: <name>: no delta on <n> targeted modules[ (<reason>)]: <pattern> (<count>), ...``: the modules a LoRA
+    file targets that received no delta, with layer and block numbers folded into ``*``."""
     patterns: dict[str, int] = {}
     for module in missing:
         pattern = re.sub(r"(?<=_)\d+(?=_|$)", "*", module)
         patterns[pattern] = patterns.get(pattern, 0) + 1
     listed = ", ".join(f"{p} ({n})" for p, n in sorted(patterns.items()))
-    return f"partial: {name}: no delta on {len(missing)} targeted modules: {listed}"
+    why = f" ({reason})" if reason else ""
+    return f"partial: {name}: no delta on {len(missing)} targeted modules{why}: {listed}"
 
 
 def remove_loras(pipe) -> None:

@@ -149,7 +149,9 @@ UNET = {"model.diffusion_model.input_blocks.0.0.weight": [8, 4, 3, 3]}
 
 def test_detect_family_from_keys(tmp_path):
     sd2 = header_file(tmp_path, "sd2", {**UNET, "cond_stage_model.model.token_embedding.weight": [10, 4]})
-    assert loading.detect_family(sd2) == "sd2"
+    assert loading.family_from_shapes(loading.inspect_checkpoint(sd2).shapes) == "sd2"  # recognised, then refused:
+    with pytest.raises(CheckpointError, match="reviews sd15 and sdxl checkpoints only"):
+        loading.detect_family(sd2)
     assert not loading.is_tiny_kit_file(sd2)
     sdxl_shallow = header_file(tmp_path, "xl", {
         **UNET, "conditioner.embedders.1.model.positional_embedding": [77, 4],
@@ -278,8 +280,11 @@ def test_load_pipeline_rejects_wrong_family_and_config(files):
         loading.load_pipeline(files["sdxl"], "sd15", loading.pipeline_config_dir(files["sdxl"], "sd15", files["cache"]))
     with pytest.raises(CheckpointError, match="needs StableDiffusionPipeline"):
         loading.load_pipeline(files["sd15"], "sd15", sdxl_dir)
-    with pytest.raises(CheckpointError, match="family_config_dir"):
+    with pytest.raises(CheckpointError, match="nowhere: not a directory"):
         loading.load_pipeline(files["sd15"], "sd15", files["cache"] / "nowhere")
+    (files["cache"] / "empty").mkdir(exist_ok=True)
+    with pytest.raises(CheckpointError, match="no model_index.json; build the config dir with .*family_config_dir"):
+        loading.load_pipeline(files["sd15"], "sd15", files["cache"] / "empty")
     with pytest.raises(ValueError, match="v_prediction"):
         loading.load_pipeline(files["sdxl"], "sdxl", sdxl_dir, prediction_type="v-pred")
 
