@@ -34,6 +34,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from ghostreview.errors import UserError
+from ghostreview.infotext import NEGATIVE_PREFIX, format_infotext, parse_infotext
 from ghostreview.prompts import extract_lora_tags
 
 TASKS = ("general", "style", "lora")
@@ -50,6 +51,9 @@ STYLE_NAME = re.compile(r"[A-Za-z0-9_]+")
 # Any A1111 extra-network tag (<lora:...>, <hypernet:...>, <lyco:...>), as ghostreview.prompts recognises them;
 # LoRA tags themselves are parsed by ghostreview.prompts.extract_lora_tags, the parser generation uses.
 NETWORK_TAG = re.compile(r"<(\w+):([^>]+)>")
+# Line breaks other than "\n": A1111 and ghostreview.infotext split an infotext on "\n" only, other readers
+# (Python's str.splitlines, many viewers) on these as well, so a prompt holding one reads back differently there.
+OTHER_LINE_BREAKS = re.compile("[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
 # Header-infotext settings a LoRA entry may record (for the user; the benchmark draws with params.yaml's settings).
 SETTINGS_TYPES: Mapping[str, type] = MappingProxyType({
@@ -217,6 +221,31 @@ def read_text(value: Any, loc: Loc) -> str:
     return text
 
 
+def read_prompt(value: Any, loc: Loc, negative: bool = False) -> str:
+    """Prompt text (a positive prompt, non-empty; or a ``negative`` one, may be empty) that every image's infotext
+    carries intact: no line starting with "Negative prompt:" (A1111 and we read it as the start of the negative
+    prompt), no line break but "\\n", and read back unchanged by ``ghostreview.infotext.parse_infotext``."""
+    text = read_str(value, loc) if negative else read_text(value, loc)
+    odd = OTHER_LINE_BREAKS.search(text)
+    if odd:
+        raise _fail(loc, f"has the line break {odd.group(0)!r}",
+                    "Use a plain newline (\\n) or a space: an image's infotext keeps only plain newlines.")
+    if any(line.strip().startswith(NEGATIVE_PREFIX) for line in text.split("\n")):
+        raise _fail(loc, f"has a line starting with {NEGATIVE_PREFIX!r}",
+                    "An image's infotext would read that line as the start of the negative prompt: put the negative "
+                    "prompt in negative_prompt, or reword the line.")
+    infotext = format_infotext("x", text, {"Steps": 1}) if negative else format_infotext(text, "", {"Steps": 1})
+    back = parse_infotext(infotext)[1 if negative else 0]
+    if back != text:
+        raise _fail(loc, f"would be read back from an image's infotext as {back[:60]!r}",
+                    "Remove the leading or trailing blank lines.")
+    return text
+
+
+def read_negative(value: Any, loc: Loc) -> str:
+    return read_prompt(value, loc, negative=True)
+
+
 def read_int(value: Any, loc: Loc) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _fail(loc, f"expected a whole number, got {_describe(value)}", "Write an integer such as 20.")
@@ -352,7 +381,7 @@ def _read_group(value: Any, loc: Loc) -> str:
 
 
 def _read_general_prompt(value: Any, loc: Loc) -> GeneralPrompt:
-    f = read_fields(value, loc, {"id": read_slug, "group": _read_group, "category": read_slug, "prompt": read_text})
+    f = read_fields(value, loc, {"id": read_slug, "group": _read_group, "category": read_slug, "prompt": read_prompt})
     _no_network_tags(f["prompt"], loc.key(value, "prompt"))
     return GeneralPrompt(id=f["id"], category=f["category"], prompt=f["prompt"], group=f["group"])
 
@@ -360,7 +389,7 @@ def _read_general_prompt(value: Any, loc: Loc) -> GeneralPrompt:
 def parse_prompts(data: Any, file: str = PROMPTS_FILE) -> tuple[str, tuple[GeneralPrompt, ...]]:
     """The shared negative prompt and the general prompts, in file order."""
     loc = Loc(file)
-    f = read_fields(data, loc, {"negative_prompt": read_str, "prompts": read_list})
+    f = read_fields(data, loc, {"negative_prompt": read_negative, "prompts": read_list})
     items = data["prompts"]
     prompts = tuple(_read_general_prompt(v, loc.key(data, "prompts").item(items, i)) for i, v in enumerate(items))
     check_unique((p.id for p in prompts), Loc(file, "prompts"), "prompt id", "id")
@@ -369,7 +398,7 @@ def parse_prompts(data: Any, file: str = PROMPTS_FILE) -> tuple[str, tuple[Gener
 
 def _read_template(value: Any, loc: Loc) -> str:
     """A style template: exactly one ``{subject}`` field and no other braces."""
-    text = _no_network_tags(read_text(value, loc), loc)
+    text = _no_network_tags(read_prompt(value, loc), loc)
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
     except ValueError as exc:
@@ -381,7 +410,7 @@ def _read_template(value: Any, loc: Loc) -> str:
 
 
 def _read_subject(value: Any, loc: Loc) -> str:
-    text = _no_network_tags(read_text(value, loc), loc)
+    text = _no_network_tags(read_prompt(value, loc), loc)
     if "{" in text or "}" in text:
         raise _fail(loc, "has braces", "Subjects are plain text; remove the braces.")
     return text
@@ -396,7 +425,7 @@ def _read_dir_name(value: Any, loc: Loc) -> str:
 
 def _read_style(value: Any, loc: Loc) -> Style:
     f = read_fields(value, loc, {
-        "name": lambda v, l: read_slug(v, l, STYLE_NAME), "template": _read_template, "negative_prompt": read_str,
+        "name": lambda v, l: read_slug(v, l, STYLE_NAME), "template": _read_template, "negative_prompt": read_negative,
     }, {"reference_dir": (_read_dir_name, None)})
     return Style(f["name"], f["template"], f["negative_prompt"], f["reference_dir"] or f["name"])
 
@@ -413,6 +442,11 @@ def parse_styles(data: Any, file: str = STYLES_FILE) -> tuple[tuple[str, ...], t
         raise _fail(loc.key(data, "subjects"), "is empty", "List at least one subject.")
     check_unique(subjects, Loc(file, "subjects"), "subject", "")
     check_unique((s.name for s in styles), Loc(file, "styles"), "style name", "name")
+    for i, style in enumerate(styles):  # each part passed; their joins are the prompts drawn
+        where = loc.key(data, "styles").item(data["styles"], i).key(data["styles"][i], "template")
+        for subject in subjects:
+            read_prompt(style.template.format(subject=subject), Loc(where.file, f"{where.path} with subject "
+                                                                         f"{subject[:40]!r}", where.line))
     return subjects, styles
 
 
@@ -453,7 +487,7 @@ def lora_entry_from_mapping(data: Any, loc: Loc) -> LoraEntry:
     """One LoRA-table entry, checked field by field (tags are checked against the table by :func:`load_benchmark`)."""
     f = read_fields(data, loc, {
         "name": read_slug, "title": read_text, "file": lambda v, l: _read_plain_file(v, l, (".safetensors",)),
-        "prompt": read_text, "negative_prompt": read_str, "header_images": _read_header_images,
+        "prompt": read_prompt, "negative_prompt": read_negative, "header_images": _read_header_images,
         "default_weight": _read_weight, "made_with": read_str_tuple,
     }, {"source": (read_str, ""), "settings": (read_settings, MappingProxyType({}))})
     _check_tag_syntax(f["prompt"], loc.key(data, "prompt"))

@@ -35,8 +35,8 @@ def kit(
 
 @app.command()
 def validate(params: Path = typer.Option(Path("params.yaml"), help="params file to check")) -> None:
-    """Check params.yaml and every file it names (checkpoint headers, sampler, benchmark, LoRA files, reference
-    images), without loading any model. Lists every problem found, each with its key and fix."""
+    """Check params.yaml and every file it names (checkpoint headers, scorer weights, sampler, devices, benchmark,
+    LoRA files, reference images), without loading any model. Lists every problem found, each with its key and fix."""
     from ghostreview import config
     from ghostreview.benchmark import BenchmarkError, load_benchmark
     from ghostreview.generate import check_lora_files
@@ -57,10 +57,12 @@ def validate(params: Path = typer.Option(Path("params.yaml"), help="params file 
             return None
 
     check(config.check_files, p, root, source)
+    check(config.check_weights, p, root, source)
     check(config.check_sampler, p, source)
+    check(config.check_devices, p, source)
     families = {}
     for name, m in p.models.items():
-        if config.resolve(root, m.checkpoint).exists():  # a missing one is reported by check_files
+        if config.resolve(root, m.checkpoint).is_file():  # a missing one (or a directory) is reported by check_files
             families[name] = check(config.check_checkpoint, p, name, root, source)
     bench = check(load_benchmark, config.resolve(root, p.benchmark.dir))
     if bench is not None:
@@ -73,8 +75,8 @@ def validate(params: Path = typer.Option(Path("params.yaml"), help="params file 
         check(reference_sets, bench,  # LoRA header images: only the families of the reviewed models need them
               config.resolve(root, p.paths.style_refs) if "style" in tasks else None,
               {f: config.resolve(root, getattr(p.paths.lora_headers, f)) for f in in_use})
-    for problem in problems:
-        typer.secho(f"error: {problem}", fg=typer.colors.RED, err=True)
+    for line in (line for problem in problems for line in problem.splitlines()):  # a check may list several
+        typer.secho(f"error: {line}", fg=typer.colors.RED, err=True)
     if problems:
         raise typer.Exit(2)
     described = ", ".join(f"{n} ({f})" for n, f in families.items())

@@ -7,6 +7,7 @@ order; :func:`append_entries` adds such dicts to a ``loras_<family>.yaml`` table
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -25,26 +26,30 @@ from ghostreview.benchmark import (
 )
 from ghostreview.errors import UserError
 from ghostreview.infotext import combined_sampler_name, parse_infotext, read_a1111_sampler, read_png_infotext
+from ghostreview.metrics.styleloss import ImageLimitError, open_checked_image
 from ghostreview.prompts import extract_lora_tags
 
 DEFAULT_WEIGHT = 0.8  # the article's weight for a header prompt with no LoRA tag
 A1111_MULTIPLIER = 1.0  # A1111's default for <lora:name> written without a weight
 
-# A1111 infotext key -> (settings key, converter). The benchmark draws with params.yaml's settings; these are
-# recorded so a user can compare with the header image. Sampler and Schedule type: :func:`sampler_settings`.
-SETTINGS_FROM_INFOTEXT: Mapping[str, tuple[str, Callable[[str], Any]]] = {
-    "Steps": ("steps", int),
-    "CFG scale": ("cfg", float),
-    "Seed": ("seed", int),
-    "Size": ("size", str),
-    "Clip skip": ("clip_skip", int),
-    "Denoising strength": ("denoising_strength", float),
-    "Hires upscale": ("hires_upscale", float),
-    "Hires steps": ("hires_steps", int),
-    "Hires upscaler": ("hires_upscaler", str),
-    "VAE": ("vae", str),
-    "Lora hashes": ("lora_hashes", str),
+# A1111 infotext key -> (settings key, converter, (lo, hi) for numbers). The benchmark draws with params.yaml's
+# settings; these are recorded so a user can compare with the header image. Sampler and Schedule type:
+# :func:`sampler_settings`. The bounds are wider than A1111's sliders (other UIs write these fields too) and only
+# keep out what no generator writes: seeds are 64-bit at most (A1111 draws below 2**32, ComfyUI/Forge below 2**64).
+SETTINGS_FROM_INFOTEXT: Mapping[str, tuple[str, Callable[[str], Any], tuple[float, float] | None]] = {
+    "Steps": ("steps", int, (1, 1000)),
+    "CFG scale": ("cfg", float, (0, 100)),
+    "Seed": ("seed", int, (0, 2**64 - 1)),
+    "Size": ("size", str, None),
+    "Clip skip": ("clip_skip", int, (1, 12)),
+    "Denoising strength": ("denoising_strength", float, (0, 1)),
+    "Hires upscale": ("hires_upscale", float, (1, 8)),
+    "Hires steps": ("hires_steps", int, (0, 1000)),
+    "Hires upscaler": ("hires_upscaler", str, None),
+    "VAE": ("vae", str, None),
+    "Lora hashes": ("lora_hashes", str, None),
 }
+INTEGER = re.compile(r"[+-]?[0-9]{1,20}(\.0*)?")  # "20", and "20.0" as some UIs write it
 
 
 class ImportInfotextError(UserError, ValueError):
@@ -57,19 +62,32 @@ def slugify(text: str) -> str:
     return slug or "lora"
 
 
-def _to_int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        return int(float(text))  # "20.0"
+def _parse(text: str, convert: Callable[[str], Any]) -> Any:
+    """``text`` as ``convert`` (int, float or str); ValueError for a non-number, an int with a fraction, inf or nan."""
+    if convert is int:
+        if not INTEGER.fullmatch(text):
+            raise ValueError(text)
+        return int(text.split(".")[0])
+    value = convert(text)
+    if convert is float and not math.isfinite(value):
+        raise ValueError(text)
+    return value
 
 
-def _number(value: Any, convert: Callable[[str], Any], key: str, path: Path) -> Any:
+def _number(value: Any, convert: Callable[[str], Any], bounds: tuple[float, float] | None, key: str,
+            path: Path) -> Any:
+    """One infotext value, converted and inside ``bounds`` (lo, hi); else an error naming the file and key."""
+    text = str(value).strip()
+    fix = "Fix the value in the entry by hand, or import another copy of the image."
     try:
-        return (_to_int if convert is int else convert)(str(value).strip())
+        number = _parse(text, convert)
     except ValueError:
-        raise ImportInfotextError(f"{path}: infotext {key}: {value!r} is not a {convert.__name__}. Fix the value in "
-                                  f"the entry by hand, or import another copy of the image.") from None
+        kind = {int: "a whole number", float: "a finite number"}.get(convert, convert.__name__)
+        raise ImportInfotextError(f"{path}: infotext {key}: {text[:80]!r} is not {kind}. {fix}") from None
+    if bounds is not None and not bounds[0] <= number <= bounds[1]:
+        raise ImportInfotextError(f"{path}: infotext {key}: {text[:80]!r} is out of range (allowed {bounds[0]} to "
+                                  f"{bounds[1]}). {fix}")
+    return number
 
 
 def sampler_settings(fields: Mapping[str, Any]) -> dict[str, str]:
@@ -100,9 +118,9 @@ def noise_note(fields: Mapping[str, Any]) -> str | None:
 def settings_from_fields(fields: Mapping[str, Any], path: Path) -> dict[str, Any]:
     """The recorded settings of a header image, from its infotext ``Key: value`` fields."""
     out: dict[str, Any] = sampler_settings(fields)
-    for key, (name, convert) in SETTINGS_FROM_INFOTEXT.items():
+    for key, (name, convert, bounds) in SETTINGS_FROM_INFOTEXT.items():
         if key in fields and str(fields[key]).strip():
-            out[name] = _number(fields[key], convert, key, path)
+            out[name] = _number(fields[key], convert, bounds, key, path)
     return out
 
 
@@ -145,7 +163,10 @@ def lora_entry_from_png(path: Path, name: str | None = None) -> dict:
     """
     path = Path(path)
     try:
+        open_checked_image(path).close()  # the pixel and aspect limits, from the header, before Pillow reads more
         text = read_png_infotext(path)
+    except ImageLimitError as exc:
+        raise ImportInfotextError(str(exc)) from None
     except OSError as exc:
         raise ImportInfotextError(f"{path}: cannot read it as an image ({exc}). Give the header PNG itself.") from None
     if not text or not text.strip():

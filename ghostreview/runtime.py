@@ -5,6 +5,15 @@ from __future__ import annotations
 import os
 from importlib import metadata
 
+from ghostreview.config import DEVICE  # the device syntax params allow, one definition
+from ghostreview.errors import UserError
+
+DEVICE_FIX = "Use auto (the first CUDA GPU when there is one, else the CPU) or cpu in params.yaml"
+
+
+class DeviceError(UserError, ValueError):
+    """A device name that is not one, or names a device this machine lacks."""
+
 
 def stage_runtime() -> None:
     """No stage touches the network: make any stray hub call fail at once instead of timing out.
@@ -30,12 +39,30 @@ def set_cpu_threads(n: int) -> None:
 
 
 def pick_device(name: str) -> str:
-    """``auto`` is the first CUDA GPU when there is one, else the CPU."""
+    """The torch device for a params device name: ``auto`` is the first CUDA GPU when there is one, else the CPU;
+    ``cpu``, ``cuda``, ``cuda:N`` and ``mps`` are checked against this machine before any model loads.
+
+    Raises:
+        DeviceError: a name of another syntax, or a GPU this machine (as torch sees it) does not have.
+    """
     import torch
 
-    if name != "auto":
-        return name
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    match = DEVICE.fullmatch(name)
+    if match is None:
+        raise DeviceError(f"{name!r} is not a device: use auto, cpu, cuda, cuda:N or mps. {DEVICE_FIX}.")
+    gpus = torch.cuda.device_count()  # the one question asked of CUDA (0 without a driver)
+    if name == "auto":
+        return "cuda" if gpus else "cpu"
+    if name.startswith("cuda") and not gpus:
+        raise DeviceError(f"{name}: torch finds no CUDA GPU on this machine (torch {torch.__version__}, CUDA build "
+                          f"{torch.version.cuda or 'none'}). {DEVICE_FIX}.")
+    if match.group(1) is not None and int(match.group(1)) >= gpus:
+        have = "cuda:0" if gpus == 1 else f"cuda:0 to cuda:{gpus - 1}"
+        raise DeviceError(f"{name}: this machine has {gpus} CUDA GPU{'s' if gpus > 1 else ''} ({have}). Use one of "
+                          f"them, or auto, in params.yaml.")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"mps: torch finds no Apple GPU (MPS) on this machine. {DEVICE_FIX}.")
+    return name
 
 
 def pick_dtype(name: str, device: str):

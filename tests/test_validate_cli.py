@@ -70,3 +70,35 @@ def test_a_missing_lora_file_is_named(project, tmp_path):
     result = validate(tmp_path / "params.yaml")
     assert result.exit_code == 2
     assert "LoRA file(s) of the benchmark are missing" in result.output and "no-loras" in result.output
+
+
+def test_bad_images_weights_devices_and_paths_are_listed_without_a_traceback(project, tmp_path, monkeypatch):
+    """Issue 12, items 6-8 through the command: a decompression bomb among the reference images, a pickle payload as
+    the aesthetic head, a directory as a model's VAE and a CUDA device on a machine without one: all four listed at
+    once, each with its key, and nothing escapes as a traceback."""
+    import torch
+
+    from test_hardening_values import Payload, png_of_zeros
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    text = (project / "params.yaml").read_text().replace("demo/kit/", f"{project}/demo/kit/")
+    refs = tmp_path / "style_refs"
+    for style in (project / "demo" / "kit" / "style_refs").iterdir():
+        (refs / style.name).mkdir(parents=True)
+        png_of_zeros(refs / style.name / "bomb.png", 20000, 20000)
+    text = text.replace(f"style_refs: {project}/demo/kit/style_refs", f"style_refs: {refs}")
+    torch.save({"layers.0.weight": torch.zeros(1), "x": Payload(tmp_path / "ran")}, tmp_path / "head.pth")
+    text = text.replace(f"weights: {project}/demo/kit/scorers/laion_head.pth", f"weights: {tmp_path / 'head.pth'}")
+    (tmp_path / "vae").mkdir()
+    text = text.replace("    title: Demo SD1.5 A", f"    vae: {tmp_path / 'vae'}\n    title: Demo SD1.5 A", 1)
+    text = text.replace("  device: auto                    # auto, cpu", "  device: cuda                    # auto, cpu")
+    (tmp_path / "params.yaml").write_text(text)
+
+    result = validate(tmp_path / "params.yaml")
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    errors = "\n".join(line for line in result.output.splitlines() if line.startswith("error: "))
+    assert "models.demo-sd15-a.vae" in errors and "is a directory, not a file" in errors
+    assert "scoring.aesthetic.weights" in errors and "head.pth" in errors and ".safetensors" in errors
+    assert "generation.device = 'cuda'" in errors and "no CUDA GPU" in errors
+    assert "bomb.png: 400,000,000 pixels" in errors and "paths.style_refs" in errors
+    assert not (tmp_path / "ran").exists()

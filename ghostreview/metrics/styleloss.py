@@ -21,6 +21,8 @@ LoRA loss is the same function against a LoRA's header image(s).
 from __future__ import annotations
 
 import json
+import re
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
@@ -32,6 +34,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 from torchvision.models import VGG19_Weights
 
+from ghostreview.errors import UserError
 from ghostreview.metrics import MetricInfo
 from ghostreview.metrics.batching import padded
 from ghostreview.metrics.weights import read_state_dict, sha256_file
@@ -63,6 +66,21 @@ _META = VGG19_Weights.IMAGENET1K_V1.transforms()
 IMAGENET_MEAN: tuple[float, ...] = tuple(_META.mean)
 IMAGENET_STD: tuple[float, ...] = tuple(_META.std)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+# Limits of every image GhostReview opens from the user (reference images, LoRA header images, A1111 PNGs for
+# import-infotext), checked from the file's header before any pixel is decoded (:func:`open_checked_image`).
+# 50 MP (e.g. 8660x5773) passes every A1111 output (a 4x upscale of SDXL's 1024x1024 is 16.8 MP) and 45 MP camera
+# files; decoding one costs at most 200 MB as RGBA bytes, 600 MB as the float32 tensor StyleLoss makes of it.
+# Pillow's own limit (a warning at 89 MP, DecompressionBombError at 179 MP) is higher and not an error below that.
+MAX_IMAGE_PIXELS = 50_000_000
+# Longer side / shorter side. StyleLoss resizes the shorter side to scoring.style.image_size keeping the ratio, so at
+# 512 a 4:1 image becomes 512x2048 (the work of a 1024x1024 one), while a 6000x1 strip of a few hundred bytes would
+# become 512x3,072,000 (gigabytes of VGG activations). Panoramas and tall scrolls beyond 4:1: crop them.
+MAX_ASPECT_RATIO = 4
+
+
+class ImageLimitError(UserError, ValueError):
+    """An image over :data:`MAX_IMAGE_PIXELS` or :data:`MAX_ASPECT_RATIO`; the message names the file, its size and
+    the limit."""
 
 
 # ---------------------------------------------------------------------------------------------------------- VGG
@@ -321,21 +339,61 @@ def validate_reference_dir(directory: Path) -> list[Path]:
     return files
 
 
+def check_image_size(path: Path, size: tuple[int, int]) -> None:
+    """Raise :class:`ImageLimitError` when an image of ``size`` (width, height) is over the limits above."""
+    w, h = size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise ImageLimitError(f"{path}: {w}x{h} ({w * h:,} pixels) is over the limit of {MAX_IMAGE_PIXELS:,} pixels "
+                              f"for an image GhostReview reads. Downscale it (e.g. to 4096 pixels on its longer side).")
+    if max(w, h) > MAX_ASPECT_RATIO * max(1, min(w, h)):
+        raise ImageLimitError(f"{path}: {w}x{h} has an aspect ratio of {max(w, h) / max(1, min(w, h)):,.1f}:1, over "
+                              f"the limit of {MAX_ASPECT_RATIO}:1 (StyleLoss resizes the shorter side to "
+                              f"scoring.style.image_size and the longer one with it). Crop it.")
+
+
+def open_checked_image(path: Path) -> Image.Image:
+    """``Image.open(path)`` once its header passed :func:`check_image_size`; no pixel is decoded yet.
+
+    Raises:
+        ImageLimitError: too many pixels or too extreme an aspect ratio (also for the files Pillow itself refuses
+            to open as decompression bombs).
+        OSError: Pillow cannot identify or read the file (``UnidentifiedImageError`` is one).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit is checked next
+        try:
+            im = Image.open(path)
+        except Image.DecompressionBombError as exc:  # over 2x Pillow's limit: it gives only the pixel count
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            pixels = f"{int(found.group(1)):,} pixels" if found else str(exc)
+            raise ImageLimitError(f"{path}: {pixels}, over the limit of {MAX_IMAGE_PIXELS:,} pixels for an image "
+                                  f"GhostReview reads (a decompression bomb?). Use another image.") from None
+    try:
+        check_image_size(path, im.size)
+    except ImageLimitError:
+        im.close()
+        raise
+    return im
+
+
 def check_image_file(path: Path) -> None:
-    """Fail with a message naming ``path`` unless it is an image file that decodes completely."""
+    """Fail with a message naming ``path`` unless it is an image file within the limits that decodes completely."""
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"Not an image file: {path} (allowed suffixes: {', '.join(IMAGE_SUFFIXES)})")
     try:
-        with Image.open(path) as im:
+        with open_checked_image(path) as im:
             im.load()
+    except ImageLimitError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"Corrupt or unreadable image {path}: {e}") from e
 
 
 def open_images(paths: Sequence[Path]) -> Iterator[Image.Image]:
-    """Decode images one at a time (Pillow closes a single-frame file once it is loaded)."""
+    """Decode images one at a time, each checked against the limits first (Pillow closes a single-frame file once
+    it is loaded)."""
     for p in paths:
-        im = Image.open(p)
+        im = open_checked_image(p)
         im.load()
         yield im
 

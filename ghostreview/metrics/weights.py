@@ -6,6 +6,9 @@ directory) or verifies an explicit path with :func:`verify_weights`, and records
 
 from __future__ import annotations
 
+import pickle
+import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -64,20 +67,67 @@ KNOWN: dict[str, WeightsSpec] = {
 }
 
 
+SAFETENSORS_FIX = "Use the .safetensors file of these weights (see README, 'Scorer weights')"
+
+
 def read_state_dict(path: Path) -> dict:
     """A state dict from ``.safetensors`` or a torch file, the latter through ``torch.load(weights_only=True)``
-    (which refuses pickled code). Raises ValueError naming the file when it holds something else."""
-    import torch
+    (which refuses pickled code: the payload never runs).
 
+    Raises:
+        WeightsError: naming the file, what is wrong (a pickle that holds more than tensors, a corrupt or truncated
+            file, something other than a state dict) and the fix (the .safetensors file).
+    """
+    return _read(Path(path), mmap=False)
+
+
+def check_state_dict_file(path: Path) -> None:
+    """Raise what :func:`read_state_dict` would, reading as little as possible: a safetensors header only; a torch
+    zip file memory-mapped (its pickle is unpickled and refused exactly as on load, no tensor data is read); an old
+    non-zip torch file in full (it cannot be mapped)."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors import SafetensorError, safe_open
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            with safe_open(str(path), framework="pt"):
+                return
+        except (SafetensorError, OSError) as exc:
+            raise WeightsError(f"{path}: not a readable safetensors file ({exc}); fetch it again.") from None
+    _read(path, mmap=zipfile.is_zipfile(path))
+
+
+def _read(path: Path, mmap: bool) -> dict:
+    import torch
+    from safetensors import SafetensorError
+
+    if path.suffix != ".safetensors" and not zipfile.is_zipfile(path) and not _starts_like_pickle(path):
+        raise WeightsError(f"{path}: not a weights file (neither safetensors, nor a torch zip or pickle file); fetch "
+                           f"it again. {SAFETENSORS_FIX}.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        # torch's message is a page of advice on turning weights_only off; keep its one line of diagnosis
+        found = re.search(r"WeightsUnpickler error: (.*?)(?:\. Please|\n|$)", str(exc))
+        why = found.group(1) if found else str(exc).strip().splitlines()[0] if str(exc).strip() else "refused"
+        raise WeightsError(f"{path}: refused by torch.load(weights_only=True): {why[:300]} (the file holds objects "
+                           f"other than tensors, possibly code; none of it ran). {SAFETENSORS_FIX}.") from None
+    except (SafetensorError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        raise WeightsError(f"{path}: not a readable weights file ({str(exc)[:300]}); fetch it again. "
+                           f"{SAFETENSORS_FIX}.") from None
     if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+        raise WeightsError(f"{path}: expected a state dict of tensors, got {type(state).__name__}. {SAFETENSORS_FIX}.")
     return dict(state)
+
+
+def _starts_like_pickle(path: Path) -> bool:
+    """Old (non-zip) torch files are pickles; pickle protocols 2+ open with the PROTO opcode, 0x80."""
+    with open(path, "rb") as fh:
+        return fh.read(1) == b"\x80"
 
 
 def write_state_dict(state: Mapping, path: Path) -> Path:
