@@ -88,7 +88,8 @@ def _vgg(style: StyleParams, root: Path, device: str):
     """VGG19 features on ``device`` ("auto" as in ``scoring.device``) and the weights file's sha256."""
     path = resolve(root, style.vgg_weights)
     sha = verify_weights(path, style.sha256, "scoring.style.vgg_weights")
-    return styleloss.load_vgg19_features(path).to(pick_device(device)), sha
+    device = pick_device(device)  # an unusable device stops here, before the weights load
+    return styleloss.load_vgg19_features(path).to(device), sha
 
 
 MAX_LISTED = 12  # reference-set problems shown in one error

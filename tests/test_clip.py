@@ -198,3 +198,19 @@ def test_a_garbled_or_stale_embeddings_file_is_a_user_error_naming_it(tmp_path):
     good = gclip.save_embeddings(tmp_path / "ok.npz", gclip.Embeddings(["h1"], np.ones((1, 4), np.float32), "a", "s"))
     with pytest.raises(UserError, match=r"ok\.npz: 1 images of the manifest have no embedding \(first: h2\).*dvc repro"):
         gclip.load_embeddings(good).rows(["h1", "h2"], str(good))
+
+
+def test_clip_weights_with_a_pickle_payload_are_refused_naming_the_file(tmp_path, tiny):
+    import pickle
+
+    from ghostreview.errors import UserError
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("payload ran",))
+
+    bad = tmp_path / "clip.bin"
+    bad.write_bytes(pickle.dumps({"w": Payload()}))
+    arch, _, config = tiny
+    with pytest.raises(UserError, match=r"clip\.bin"):
+        gclip.load_clip(arch, bad, model_config=config)

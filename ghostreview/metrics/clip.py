@@ -26,7 +26,7 @@ from PIL import Image
 
 from ghostreview.errors import UserError
 from ghostreview.metrics.batching import chunks, padded
-from ghostreview.metrics.weights import verify_weights, write_state_dict
+from ghostreview.metrics.weights import check_state_dict_file, verify_weights, write_state_dict
 
 # Keys of OpenAI's TorchScript state dict that are not parameters of open_clip's CLIP.
 _OPENAI_JIT_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -91,6 +91,7 @@ def load_clip(
     # An absolute path to an existing file can never be mistaken by open_clip for a pretrained tag (which downloads).
     weights = Path(weights).resolve()
     sha = verify_weights(weights, expected_sha256)
+    check_state_dict_file(weights)  # a refused pickle is a WeightsError naming the file, before open_clip reads it
     model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(weights), device=device)
     model.eval()
     return ClipModel(model, preprocess, open_clip.get_tokenizer(arch), arch, sha)
