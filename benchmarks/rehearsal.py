@@ -410,7 +410,12 @@ def markdown(r: Rehearsal) -> str:
               f"- Benchmark: `ghostreview cut-benchmark` of v1 ({s['cut']}); images per item per pass: "
               + "; ".join(", ".join(f"{k} {v}" for k, v in p.items()) for p in r.passes)
               + f" ({s['images_per_model']} images per checkpoint)",
-              f"- Generation: {s['generation']}", f"- Scoring: {s['scoring']}", ""]
+              f"- Generation: {s['generation']}", f"- Scoring: {s['scoring']}"]
+    if not gpu:
+        lines.append(f"- Changed from v1 to fit 2 cores: base size, steps and hires steps (above), and the scorers' batch "
+                     f"({CPU_SCORING_BATCH} instead of 16: every scorer forward is padded to the batch size, so with 2 "
+                     f"to 8 images per stage a batch of 16 would compute 2x to 8x the images)")
+    lines.append("")
     if r.kit_build_s:
         lines += ["Kit build (once, cached in the kit directory; not part of the review): "
                   + ", ".join(f"`{k}` {v:.0f} s" for k, v in r.kit_build_s.items()), ""]
@@ -442,7 +447,8 @@ def markdown(r: Rehearsal) -> str:
                   "seconds). Peak RSS is `ru_maxrss` of the stage's process tree (the stage script dominates)."]
     if r.extrapolation:
         lines += ["", "Extrapolated to the full v1 protocol per checkpoint (fixed + per-image seconds fitted from the "
-                      "two passes; LoRA loading counted per image as drawn here):", "",
+                      "two passes). The fixed part holds one LoRA load (the cut benchmark has one LoRA; v1 has 16 per "
+                      "family, so add 15 loads) and each stage's process start and model load:", "",
                   "| checkpoint | stage | fixed s | s / image | v1 images | v1 minutes |", "| --- | --- | ---: | ---: | ---: | ---: |"]
         for model, ex in r.extrapolation.items():
             for name, row in ex["stages"].items():
