@@ -11,8 +11,9 @@ Conventions (each one tested in tests/test_standardize.py):
 - Groups. z = (x - mean) / std within the group (metric, task, item, pool) over all usable images of all models, with
   the POPULATION std (ddof=0, like sklearn's StandardScaler): inside a group the z then have mean 0 and mean square 1
   exactly. ``pool`` is the model family for LoRA-grouped metrics (an SD1 LoRA is compared among SD1 models only) and
-  ``"all"`` otherwise. A group with fewer than 2 usable values or zero spread (max == min, tested exactly so that a
-  constant group never yields 1e-17 / 1e-17) is listed in ``degenerate`` and its rows get status ``degenerate``.
+  ``"all"`` otherwise. A group with fewer than 2 usable values, zero spread (max == min, tested exactly so that a
+  constant group never yields 1e-17 / 1e-17) or the images of one model only is listed in ``degenerate`` and its
+  rows get status ``degenerate``.
 - Scores. A model's score on a metric = mean of its z, in the metric's natural sign (lower is better for losses, as
   the GhostReview article shows). Oriented score = score for higher-is-better metrics, -score otherwise; ranks (1 =
   best) order oriented scores. ``combined`` = mean of a model's oriented scores over the registered metrics it has
@@ -190,18 +191,32 @@ GROUP_KEYS = ["metric", "task", "item", "pool"]
 def zscore_groups(ok: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame]:
     """z of usable rows within GROUP_KEYS (population std) and the table of degenerate groups.
 
+    A group is degenerate with fewer than 2 usable values, zero spread, or images of one model only: a z-score
+    compares models, and one model's z within its own images averages to 0 up to rounding (it was ranked on
+    1e-15 noise in the rehearsal, where each family's LoRA pool held one model with several seeds).
+
     ok: rows with status ok. Returns (z indexed like ``ok``, NaN in degenerate groups; degenerate table).
     """
-    g = ok.groupby(GROUP_KEYS, sort=True)["value"]
+    grouped = ok.groupby(GROUP_KEYS, sort=True)
+    g = grouped["value"]
     mean, std = g.transform("mean"), g.transform("std", ddof=STD_DDOF)
     n, spread = g.transform("size"), g.transform("max") - g.transform("min")
-    bad = (n < 2) | (spread == 0)
+    n_models = grouped["model"].transform("nunique")
+    bad = (n < 2) | (spread == 0) | (n_models < 2)
     z = (ok["value"] - mean) / std.where(~bad)  # NaN denominators: degenerate groups are never divided
     stats = g.agg(n_values="size", low="min", high="max").reset_index()
-    stats = stats[(stats["n_values"] < 2) | (stats["high"] == stats["low"])].copy()
-    stats["reason"] = ["fewer than 2 usable values" if n < 2 else f"zero spread: every value equals {v:.6g}"
-                       for n, v in zip(stats["n_values"], stats["low"])]
-    return z, stats.drop(columns=["low", "high"]).reset_index(drop=True)
+    stats["n_models"] = grouped["model"].nunique().to_numpy()
+    stats = stats[(stats["n_values"] < 2) | (stats["high"] == stats["low"]) | (stats["n_models"] < 2)].copy()
+    stats["reason"] = [degenerate_reason(n, m, v) for n, m, v in zip(stats["n_values"], stats["n_models"], stats["low"])]
+    return z, stats.drop(columns=["low", "high", "n_models"]).reset_index(drop=True)
+
+
+def degenerate_reason(n_values: int, n_models: int, low: float) -> str:
+    if n_values < 2:
+        return "fewer than 2 usable values"
+    if n_models < 2:
+        return "one model only: nothing to compare with"
+    return f"zero spread: every value equals {low:.6g}"
 
 
 def image_table(scores: pd.DataFrame, models: pd.DataFrame,

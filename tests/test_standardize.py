@@ -169,9 +169,21 @@ def test_lora_groups_pool_within_family():
     for (item, fam), g in ok.groupby(["item", "family"]):
         assert (g["pool"] == fam).all()
         assert g["z"].tolist() == pytest.approx(plain_z(g["value"].tolist()), abs=1e-12)
-    # c's L1 images form their own sdxl pool instead of mixing with sd1's (values near 10 vs near 1)
-    assert ok[(ok["item"] == "L1") & (ok["model"] == "c")]["z"].abs().max() < 2
+    # c's L1 images form their own sdxl pool instead of mixing with sd1's (values near 10 vs near 1); alone in that
+    # pool they have nothing to be compared with, so they get no z (a one-model group is degenerate)
+    c_l1 = r.images[(r.images["item"] == "L1") & (r.images["model"] == "c") & (r.images["metric"] == "loraloss")]
+    assert len(c_l1) and (c_l1["pool"] == "sdxl").all() and (c_l1["status"] == "degenerate").all()
     assert score(r, "a", "loraloss", "n_excluded") == 4  # X1 is incompatible with sd1
+
+
+def test_a_group_of_one_model_has_no_z_however_many_seeds():
+    """The rehearsal's finding: one model per family, 4 seeds per LoRA, z = +-1e-15 ranked #1 and #2."""
+    rows = [row(m, "loraloss", "L1", s, v, task="lora") for m, vals in (("a", [1.0, 2.0, 4.0]), ("x", [3.0, 5.0, 6.0]))
+            for s, v in enumerate(vals)]
+    r = standardize(pd.DataFrame(rows), models_table(a="sd1", x="sdxl"), METRICS, {}, n_boot=10)
+    assert (r.images["status"] == "degenerate").all() and r.images["z"].isna().all()
+    assert set(r.degenerate["reason"]) == {"one model only: nothing to compare with"}
+    assert score(r, "a", "loraloss", "n_degenerate") == 3
 
 
 def test_notm_excludes_items_made_with_the_model():
