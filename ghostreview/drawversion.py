@@ -9,7 +9,7 @@ rename, a refactor) sets the pin alone.
 """
 
 DRAW_VERSION = "2"
-DRAW_CODE_SHA256 = "08e1542fed1042fb54916d62523503d5bfd0575f29b413e7612d055703141583"
+DRAW_CODE_SHA256 = "7dc25cad611f11df5e7f15d22113efec5e1c517352325e17d8454048518bbd7f"
 
 # What turns an image's key fields into pixels. The test checks that these cover everything they import.
 PIXEL_MODULES = (

@@ -361,7 +361,7 @@ def model_identity(s: GenerateSettings, ckpt: CheckpointFile, hash_cache: Path) 
         vae_sha256=vae_sha,
         clip_skip=s.clip_skip,
         prediction=s.prediction,
-        random_weights=ckpt.is_tiny_kit,
+        random_weights=ckpt.random_weights,
         vae_file=s.vae.name if s.vae else None,
     )
 

@@ -317,6 +317,12 @@ class CheckpointFile:
         """Written by ``ghostreview.kit.sd`` (random weights, tiny topology), for tests and CI."""
         return self.metadata.get(KIT_METADATA_KEY) == KIT_METADATA_VALUE
 
+    @property
+    def random_weights(self) -> bool:
+        """Written by ``ghostreview.kit`` (any stand-in: tiny, or full-size for the rehearsal): every report made
+        from it says its weights are random."""
+        return KIT_METADATA_KEY in self.metadata
+
 
 def inspect_checkpoint(path: Path, *, allow_pickle: bool = False) -> CheckpointFile:
     """Read the checkpoint at ``path`` once: for safetensors only the header; pickles (refused unless

@@ -5,6 +5,8 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -61,3 +63,14 @@ def test_diffusers_recognises_the_full_size_layout():
     for family, expected in (("sd15", "v1"), ("sdxl", "xl_base")):
         meta = {k: torch.empty(s, device="meta") for k, s in fullsize.checkpoint_plan(family).items()}
         assert infer_diffusers_model_type(meta) == expected
+
+
+def test_full_size_stand_ins_are_reported_as_random_weights():
+    from ghostreview.kit.fullsize import FULL_METADATA_VALUE
+    from ghostreview.kit.sd import KIT_METADATA_KEY
+    from ghostreview.loading import CheckpointFile
+
+    full = CheckpointFile(Path("m.safetensors"), "safetensors", {}, {KIT_METADATA_KEY: FULL_METADATA_VALUE})
+    real = CheckpointFile(Path("m.safetensors"), "safetensors", {}, {"modelspec.title": "x"})
+    assert full.random_weights and not full.is_tiny_kit  # real topology: the real configs load it
+    assert not real.random_weights
