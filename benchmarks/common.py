@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 LIBRARIES = ("torch", "torchvision", "diffusers", "transformers", "open_clip_torch", "dvc", "numpy")
@@ -110,3 +113,18 @@ def header(title: str) -> None:
 
 def row(label: str, value: str) -> None:
     print(f"  {label:<52} {value}", flush=True)
+
+
+def sh(args: list[str], cwd: Path, env: dict | None = None) -> str:
+    """Run a command; its stdout, or a RuntimeError with the ends of its output."""
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(args)} failed in {cwd} ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                           f"{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def stage_env(*pythonpath: Path) -> dict:
+    """The stages' environment in a benchmark workspace: this venv first on PATH, ``pythonpath`` first, offline."""
+    return dict(os.environ, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join(map(str, pythonpath)),
+                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")

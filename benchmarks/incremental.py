@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.common import header, row
+from benchmarks.common import header, row, sh, stage_env
 from ghostreview.benchmark import cut_benchmark
 
 NAME = "incremental"
@@ -39,17 +38,8 @@ NEW_MODEL = ("demo-sd15-c", {"checkpoint": "demo/kit/models/tiny-sd15-c.safetens
 PER_MODEL_STAGES = ("generate", "embed", "aesthetic", "clipscore", "styleloss", "loraloss")
 
 
-def sh(args: list[str], cwd: Path, env: dict) -> str:
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(args)} failed in {cwd} ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                           f"{proc.stderr[-3000:]}")
-    return proc.stdout
-
-
 def environment(ws: Path) -> dict:
-    return dict(os.environ, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(ws),
-                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    return stage_env(ws)
 
 
 def make_workspace(ws: Path, kit: Path | None, models: dict, quick: bool) -> dict:

@@ -57,7 +57,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.common import cpu_model, versions
+from benchmarks.common import cpu_model, sh, stage_env, versions
 
 NAME = "rehearsal"
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,19 +184,10 @@ def machine(device: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- workspace
-def sh(args: list[str], cwd: Path, env: dict | None = None) -> str:
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(args)} failed in {cwd} ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                           f"{proc.stderr[-3000:]}")
-    return proc.stdout
-
-
 def environment(ws: Path) -> dict:
     """The stages' environment: the project venv first on PATH, the workspace's code, the CUDA hook, offline."""
     hook = ws / ".rehearsal" / "hook"
-    return dict(os.environ, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", PYTHONPATH=f"{hook}{os.pathsep}{ws}",
-                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    return stage_env(hook, ws)
 
 
 def rehearsal_params(ws: Path, device: str, counts: dict, generation: dict | None) -> dict:
