@@ -18,7 +18,6 @@ the run cache instead of recomputing.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import io
 import json
 import os
@@ -39,7 +38,6 @@ from ghostreview.hashing import autov2, file_sha256
 from ghostreview.loading import PICKLE_SUFFIXES, VAE_KEYS, detect_family, read_safetensors_header
 
 HASH_CACHE_NAME = "sha256.json"  # under paths.cache: the same file ghostreview.generate reads
-FAMILIES = tuple(f.name for f in dataclasses.fields(config.FamilyPaths))  # families the benchmark has LoRA tables for
 
 
 class ModelsError(UserError, ValueError):
@@ -105,15 +103,6 @@ def model_entry(checkpoint: str, *, vae: str | None = None, clip_skip: int | Non
     if title is not None:
         entry["title"] = title
     return entry
-
-
-def check_family(path: Path, family: str) -> None:
-    """Only families with a LoRA table and LoRA paths (``paths.loras.<family>``) can be reviewed."""
-    if family not in FAMILIES:
-        raise ModelsError(
-            f"{path}: an {family} checkpoint; GhostReview v1 reviews {', '.join(FAMILIES)} checkpoints only "
-            f"(the benchmark has no LoRA table for {family})"
-        )
 
 
 def check_vae_file(path: Path, allow_pickle: bool) -> None:
@@ -386,8 +375,7 @@ def add_model(params_file: Path, checkpoint: Path, *, name: str | None = None, v
     params_file, checkpoint = Path(params_file), Path(checkpoint)
     root = params_file.parent.resolve()
     source = str(params_file)
-    family = detect_family(checkpoint, allow_pickle=allow_pickle)
-    check_family(checkpoint, family)
+    family = detect_family(checkpoint, allow_pickle=allow_pickle)  # refuses what GhostReview cannot review (SD2)
     if vae is not None:
         check_vae_file(Path(vae), allow_pickle)
     name = name if name is not None else slug_from_filename(checkpoint)

@@ -132,7 +132,7 @@ REFUSALS = {
     "not a slug": (dict(name="My Model"), config.ConfigError, r"not a valid model name"),
     "clip skip 0": (dict(clip_skip=0), config.ConfigError, r"clip_skip = 0; A1111 numbering starts at 1"),
     "a LoRA": (dict(file="lora"), CheckpointError, r"looks like a LoRA"),
-    "an SD2 checkpoint": (dict(file="sd2"), ModelsError, r"an sd2 checkpoint; GhostReview v1 reviews sd15, sdxl"),
+    "an SD2 checkpoint": (dict(file="sd2"), CheckpointError, r"an SD2\.x checkpoint.*reviews sd15 and sdxl"),
     "missing file": (dict(file="missing"), CheckpointError, r"no such file"),
     "a VAE that is not one": (dict(vae="lora"), ModelsError, r"not a VAE file"),
 }
