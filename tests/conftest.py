@@ -21,3 +21,21 @@ def small_benchmark(dest: Path, general: int = 2, styles: int = 2, loras: int = 
     """The v1 benchmark cut to a few items per task (same files, same schema), for fast pipeline tests."""
     cut_benchmark(ROOT / "data" / "benchmark" / "v1", dest, general, styles, loras)
     return dest
+
+
+def placeholder_params(model: str, checkpoint: str, **overrides) -> dict:
+    """Params of a small test workspace: a cut benchmark in ``bench``, scorer files under ``scorers/`` (placeholders
+    where a test stops before any scorer loads), LoRAs, references and headers in their usual folders."""
+    params = {
+        "benchmark": {"dir": "bench", "images_per_item": {"general": 1, "style": 1, "lora": 1}},
+        "paths": {"loras": {"sd15": "loras/sd15", "sdxl": "loras/sdxl"}, "style_refs": "refs",
+                  "lora_headers": {"sd15": "headers/sd15", "sdxl": "headers/sdxl"},
+                  "image_store": "store", "cache": "cache"},
+        "generation": {"sampler": "Euler a", "steps": 2, "width": 64, "height": 64, "hires": {"enabled": False}},
+        "scoring": {"clip": {"arch": "tiny", "weights": "scorers/clip.safetensors",
+                             "model_config": "scorers/clip.json"},
+                    "aesthetic": {"weights": "scorers/head.pth", "sha256": None},
+                    "style": {"vgg_weights": "scorers/vgg.safetensors"}},
+        "models": {model: {"checkpoint": checkpoint}},
+    }
+    return params | overrides

@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import ROOT, small_benchmark
+from conftest import ROOT, placeholder_params, small_benchmark
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -124,18 +124,7 @@ def project(tmp_path_factory):
     for scorer in ("clip.safetensors", "clip.json", "head.pth", "vgg.safetensors"):
         (root / "scorers").mkdir(exist_ok=True)
         (root / "scorers" / scorer).write_bytes(b"placeholder: only its existence is checked here")
-    params = {
-        "benchmark": {"dir": "bench", "images_per_item": {"general": 1, "style": 1, "lora": 1}},
-        "paths": {"loras": {"sd15": "loras/sd15", "sdxl": "loras/sdxl"}, "style_refs": "refs",
-                  "lora_headers": {"sd15": "headers/sd15", "sdxl": "headers/sdxl"},
-                  "image_store": "store", "cache": "cache"},
-        "generation": {"sampler": "Euler a", "steps": 2, "width": 64, "height": 64, "hires": {"enabled": False}},
-        "scoring": {"clip": {"arch": "tiny", "weights": "scorers/clip.safetensors",
-                             "model_config": "scorers/clip.json"},
-                    "aesthetic": {"weights": "scorers/head.pth", "sha256": None},
-                    "style": {"vgg_weights": "scorers/vgg.safetensors"}},
-        "models": {MODEL: {"checkpoint": GOOD_CKPT}},
-    }
+    params = placeholder_params(MODEL, GOOD_CKPT)
     return root, bench, params
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ROOT, small_benchmark
+from conftest import ROOT, placeholder_params, small_benchmark
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -45,19 +45,8 @@ def workspace(tmp_path_factory):
     (ws / "scorers").mkdir()
     for name in ("clip.safetensors", "clip.json", "head.pth", "vgg.safetensors"):
         (ws / "scorers" / name).write_bytes(b"placeholder: every case stops before a scorer loads")
-    params = {
-        "benchmark": {"dir": "bench", "images_per_item": {"general": 1, "style": 1, "lora": 1},
-                      "tasks": ["general", "style"]},
-        "paths": {"loras": {"sd15": "loras/sd15", "sdxl": "loras/sdxl"}, "style_refs": "refs",
-                  "lora_headers": {"sd15": "headers/sd15", "sdxl": "headers/sdxl"},
-                  "image_store": "store", "cache": "cache"},
-        "generation": {"sampler": "Euler a", "steps": 2, "width": 64, "height": 64, "hires": {"enabled": False}},
-        "scoring": {"clip": {"arch": "tiny", "weights": "scorers/clip.safetensors",
-                             "model_config": "scorers/clip.json"},
-                    "aesthetic": {"weights": "scorers/head.pth", "sha256": None},
-                    "style": {"vgg_weights": "scorers/vgg.safetensors"}},
-        "models": {"m": {"checkpoint": "models/m.safetensors"}},
-    }
+    params = placeholder_params("m", "models/m.safetensors", benchmark={
+        "dir": "bench", "images_per_item": {"general": 1, "style": 1, "lora": 1}, "tasks": ["general", "style"]})
     write_params(ws / "params.yaml", params)
     write_params(ws / "params-nobench.yaml", params, benchmark=params["benchmark"] | {"dir": "gone"})
     write_params(ws / "params-cache.yaml", params, paths=params["paths"] | {"cache": "not-a-dir"})
