@@ -1,6 +1,6 @@
 """What fixed forward shapes cost: one image drawn alone in a forward of 1 vs padded to a forward of 4.
 
-Every forward runs at ``batch_size`` images (``ghostreview.draw``; the scorers likewise, ``ghostreview.metrics.
+Every forward runs at ``batch_size`` images (``ghostreview.generation.draw``; the scorers likewise, ``ghostreview.scoring.registry.
 batching``) so that an image's pixels and scores never depend on its batch-mates. The cost is the padding of short
 batches. Tiny kit SD1.5 at 64 px with hires x1.5, 4 + 2 steps, one torch thread, interleaved repeats, median.
 Command: ``python -m benchmarks.fixed_shapes``.
@@ -9,7 +9,7 @@ Command: ``python -m benchmarks.fixed_shapes``.
 import torch, time, statistics, numpy as np
 torch.set_num_threads(1); torch.set_flush_denormal(True)
 from ghostreview.kit.sd import tiny_pipeline
-from ghostreview.draw import DrawRequest, Hires, draw_arrays
+from ghostreview.generation.draw import DrawRequest, Hires, draw_arrays
 pipe = tiny_pipeline("sd15", 1); pipe.set_progress_bar_config(disable=True)
 r = DrawRequest("a photo of a lighthouse", "lowres", 100, 4, 7.0, 64, 64, "DPM++ 2M Karras", 1, Hires(1.5,2,0.5))
 draw_arrays(pipe, "sd15", [r], batch_size=4); draw_arrays(pipe, "sd15", [r], batch_size=1)

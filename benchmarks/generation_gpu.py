@@ -1,6 +1,6 @@
 """Generation throughput: the plain diffusers call at batch 1 against this project's generate path, on a GPU.
 
-Models: full-size SD1.5 and SDXL-base architectures built from the shipped configs (``ghostreview/configs/sd15``,
+Models: full-size SD1.5 and SDXL-base architectures built from the shipped configs (``ghostreview/generation/configs/sd15``,
 ``sdxl``) with diffusers/transformers ``from_config`` and seeded random weights (a forward pass costs the same as
 with real weights). Weights are re-initialised at unit activation scale (the rule of ``ghostreview.kit.sd.
 random_tensor``: N(0, 1/fan_in) matrices, 1 + N(0, 0.1) gains, N(0, 0.1) biases) so half precision neither
@@ -8,7 +8,7 @@ overflows nor underflows more than a real checkpoint would.
 
 - naive: ``pipe(prompt, negative_prompt, ...)`` once per image (batch 1), float32 as loaded, DPM++ 2M Karras,
   25 steps, CFG 7 (diffusers' default attention processor, which already uses SDPA).
-- project: ``ghostreview.draw.draw`` (A1111 encoding, one CPU generator per image) in batches of 4 on a copy of the
+- project: ``ghostreview.generation.draw.draw`` (A1111 encoding, one CPU generator per image) in batches of 4 on a copy of the
   pipeline passed through :func:`optimize_pipeline` (float16, explicit SDPA, channels_last, fused QKV, optionally
   torch.compile). Images are compared with the naive ones (same prompts and seeds): the options must keep the
   mean absolute pixel difference within ``TOLERANCE_MEAN_ABS``.
@@ -119,7 +119,7 @@ def full_pipeline(family: str, device: str, seed: int = 0):
 def build_pipeline(family: str, device: str, tiny: bool, seed: int = 0):
     """The plain pipeline: float32, DPM++ 2M Karras, no progress bar."""
     from ghostreview.kit.sd import tiny_pipeline
-    from ghostreview.samplers import make_scheduler
+    from ghostreview.generation.samplers import make_scheduler
 
     pipe = tiny_pipeline(family, seed).to(device) if tiny else full_pipeline(family, device, seed)
     pipe.scheduler = make_scheduler(SAMPLER, pipe.scheduler.config)
@@ -173,8 +173,8 @@ def naive_images(pipe, n: int, size: int) -> list[np.ndarray]:
 
 
 def project_images(pipe, family: str, n: int, size: int, hires=None) -> list[np.ndarray]:
-    """``ghostreview.draw.draw_arrays`` in batches of ``BATCH``; float [H, W, 3] in [0, 1]."""
-    from ghostreview.draw import DrawRequest, draw_arrays
+    """``ghostreview.generation.draw.draw_arrays`` in batches of ``BATCH``; float [H, W, 3] in [0, 1]."""
+    from ghostreview.generation.draw import DrawRequest, draw_arrays
 
     prompts, seeds = prompts_seeds(n)
     reqs = [DrawRequest(prompt=p, negative_prompt=NEGATIVE, seed=s, steps=STEPS, cfg_scale=CFG, width=size,
@@ -299,7 +299,7 @@ def compare(case: Case, device: str, tiny: bool, compile: bool) -> dict:
 
 def v1_hires(tiny: bool) -> tuple[int, object]:
     """Base size and ``Hires`` of examples/params.full-v1.yaml (tiny: 64 px base, same hires settings)."""
-    from ghostreview.draw import Hires
+    from ghostreview.generation.draw import Hires
 
     gen = yaml.safe_load(V1_PARAMS.read_text())["generation"]
     h = gen["hires"]
@@ -311,7 +311,7 @@ def v1_hires(tiny: bool) -> tuple[int, object]:
 
 def protocol_time(device: str, tiny: bool, compile: bool, n: int) -> dict:
     """SD1.5 v1 protocol (hires fix), project path: seconds per image, MFU, and the extrapolated 1,568-image time."""
-    from ghostreview.draw import hires_size
+    from ghostreview.generation.draw import hires_size
 
     size, hires = v1_hires(tiny)
     pipe = build_pipeline("sd15", device, tiny)
@@ -339,13 +339,13 @@ def protocol_time(device: str, tiny: bool, compile: bool, n: int) -> dict:
 def run(quick: bool = False, device: str = "cpu", families: tuple[str, ...] = ("sd15", "sdxl"),
         compile: bool = False) -> dict:
     tiny = quick or not device.startswith("cuda")
-    header(f"{NAME}: plain diffusers batch 1 vs ghostreview.draw + optimize_pipeline")
+    header(f"{NAME}: plain diffusers batch 1 vs ghostreview.generation.draw + optimize_pipeline")
     if tiny:
         row("models", "TINY kit models (ghostreview.kit.sd.tiny_pipeline), 64 px, float32: code path only, "
                       "not GPU figures")
         cases = [Case(f, 64, 4, 3) for f in families]
     else:
-        row("models", "full-size SD1.5 / SDXL from ghostreview/configs, random weights")
+        row("models", "full-size SD1.5 / SDXL from ghostreview/generation/configs, random weights")
         cases = [c for c in (Case("sd15", 512, 8, 3), Case("sdxl", 1024, 4, 3)) if c.family in families]
     row("settings", f"{SAMPLER}, {STEPS} steps, CFG {CFG}, project batch {BATCH}, device {device}, compile {compile}")
     threads = torch.get_num_threads()
@@ -370,7 +370,7 @@ def run(quick: bool = False, device: str = "cpu", families: tuple[str, ...] = ("
 def report_full_size_flops(families: tuple[str, ...]) -> dict:
     """Counted FLOPs per image of the full-size models (meta device), printed for GPU planning."""
     size, hires = v1_hires(tiny=False)
-    from ghostreview.draw import hires_size
+    from ghostreview.generation.draw import hires_size
 
     big, _ = hires_size(size, size, hires.scale)
     cases = {"sd15_512": ("sd15", 512, None, 0), "sdxl_1024": ("sdxl", 1024, None, 0),

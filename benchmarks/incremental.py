@@ -11,7 +11,7 @@ without generated data and the kit) into a temp dir, ``git init`` and commit, bu
   model's 6 stages plus standardize and report.
 - full: a fresh workspace whose params list the 4 models from the start; the timed `dvc repro` runs everything.
 Both use the demo's params.yaml unchanged otherwise (full demo benchmark: 30 prompts, 9 styles, 16 LoRAs per family,
-1 image each). ``--quick`` cuts the benchmark with ``ghostreview.benchmark.cut_benchmark`` (2 prompts, 2 styles, 2 LoRAs per family).
+1 image each). ``--quick`` cuts the benchmark with ``ghostreview.protocol.cut_benchmark`` (2 prompts, 2 styles, 2 LoRAs per family).
 The kit is built once with the CLI and copied into each workspace (its build is deterministic: byte-identical files).
 """
 
@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import header, row, sh, stage_env
-from ghostreview.benchmark import cut_benchmark
+from ghostreview.protocol import cut_benchmark
 
 NAME = "incremental"
 ROOT = Path(__file__).resolve().parents[1]

@@ -343,7 +343,7 @@ def tail(path: str, n: int = 40) -> str:
 # ---------------------------------------------------------------------------------------------------- extrapolation
 def v1_images(family: str) -> dict[str, int]:
     """Images per task of one checkpoint in the full v1 protocol (examples/params.full-v1.yaml counts)."""
-    from ghostreview.benchmark import load_benchmark
+    from ghostreview.protocol import load_benchmark
 
     bench = load_benchmark(ROOT / "data" / "benchmark" / "v1")
     counts = yaml.safe_load(V1_PARAMS.read_text())["benchmark"]["images_per_item"]
@@ -542,7 +542,7 @@ def run(args: argparse.Namespace, command: str) -> Rehearsal:
 
 
 def run_in(ws: Path, args, command: str, passes, generation, started: float) -> Rehearsal:
-    from ghostreview.benchmark import load_benchmark
+    from ghostreview.protocol import load_benchmark
     from ghostreview.kit.fullsize import build_fullsize_kit
 
     load_before = load_text()

@@ -7,7 +7,7 @@ scoring of a set of images. The images are one A1111 batch of the v1 protocol: 4
 (what the hires fix produces); v1 has 32 images per prompt, so text is an even smaller share there.
 
 Model: open_clip's real ``ViT-L-14-quickgelu`` config (OpenAI CLIP ViT-L/14, 428 M parameters) with seeded random
-init, saved as a state dict into a temp dir and loaded through ``ghostreview.metrics.clip.load_clip`` (the cost of
+init, saved as a state dict into a temp dir and loaded through ``ghostreview.scoring.clip.load_clip`` (the cost of
 a forward pass does not depend on the values). ``--quick`` uses the tiny stand-in of ``ghostreview.kit.scorers``.
 The LAION head has the real shapes (``write_tiny_laion_head``).
 """
@@ -22,9 +22,9 @@ import torch
 from PIL import Image
 
 from benchmarks.common import header, interleaved, row, timed
-from ghostreview.metrics.aesthetic import aesthetic_scores, load_head
-from ghostreview.metrics.clip import ClipModel, image_embeddings, load_clip, text_embeddings
-from ghostreview.metrics.clipscore import clip_scores
+from ghostreview.scoring.aesthetic import aesthetic_scores, load_head
+from ghostreview.scoring.clip import ClipModel, image_embeddings, load_clip, text_embeddings
+from ghostreview.scoring.clipscore import clip_scores
 
 NAME = "scoring_clip"
 FULL_ARCH = "ViT-L-14-quickgelu"

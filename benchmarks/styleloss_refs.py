@@ -31,10 +31,10 @@ from PIL import Image
 from torch import Tensor
 
 from benchmarks.common import header, interleaved, row, timed
-from ghostreview.metrics.styleloss import (
+from ghostreview.scoring.styleloss import (
     RefStats, image_grams, load_vgg19_features, resize_shorter, stats_from_grams, style_grams, style_loss,
 )
-from ghostreview.runtime import pick_device
+from ghostreview.util.runtime import pick_device
 
 NAME = "styleloss_refs"
 R = 32

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from ghostreview.runtime import stage_runtime
+from ghostreview.util.runtime import stage_runtime
 
 stage_runtime()
 
@@ -26,7 +26,7 @@ def kit(
     seed: int = typer.Option(0, help="seed of every random weight and image in the kit"),
 ) -> None:
     """Build the offline demo kit: tiny random-weight checkpoints, LoRAs, scorers and reference images."""
-    from ghostreview.benchmark import load_benchmark
+    from ghostreview.protocol import load_benchmark
     from ghostreview.kit.demo import build_demo_kit
 
     build_demo_kit(dest, load_benchmark(benchmark), seed=seed)
@@ -38,9 +38,9 @@ def validate(params: Path = typer.Option(Path("params.yaml"), help="params file 
     """Check params.yaml and every file it names (checkpoint headers, scorer weights, sampler, devices, benchmark,
     LoRA files, reference images), without loading any model. Lists every problem found, each with its key and fix."""
     from ghostreview import config
-    from ghostreview.benchmark import BenchmarkError, load_benchmark
-    from ghostreview.generate import check_lora_files
-    from ghostreview.scoring import ReferenceImagesError, reference_sets
+    from ghostreview.protocol import BenchmarkError, load_benchmark
+    from ghostreview.generation.generate import check_lora_files
+    from ghostreview.scoring.run import ReferenceImagesError, reference_sets
 
     try:
         p = config.load_params(params)  # nothing else can be checked without a parseable params file
@@ -92,7 +92,7 @@ def cut_benchmark_cmd(
     loras: int = typer.Option(2, help="LoRAs to keep per family"),
 ) -> None:
     """Copy the benchmark keeping its first few items per task: a smoke-test run (set benchmark.dir to it)."""
-    from ghostreview.benchmark import BenchmarkError, cut_benchmark
+    from ghostreview.protocol import BenchmarkError, cut_benchmark
 
     try:
         bench = cut_benchmark(source, dest, general, styles, loras)
@@ -105,7 +105,7 @@ def cut_benchmark_cmd(
 @app.command()
 def leaderboard(path: Path = typer.Argument(Path("reports/leaderboard.csv"), help="leaderboard written by the report stage")) -> None:
     """Print the leaderboard in the terminal."""
-    from ghostreview.report import print_leaderboard
+    from ghostreview.analysis.report import print_leaderboard
 
     if not path.is_file():
         _fail(f"{path} not found: run `dvc repro` first.")
@@ -143,7 +143,7 @@ def convert_clip(
     dst: Path = typer.Argument(..., help="state-dict file to write (point scoring.clip.weights at it)"),
 ) -> None:
     """Turn OpenAI's TorchScript CLIP archive into a plain state dict, once (open_clip loads it with weights_only)."""
-    from ghostreview.metrics.clip import convert_openai_clip
+    from ghostreview.scoring.clip import convert_openai_clip
 
     convert_openai_clip(src, dst)
     typer.echo(f"wrote {dst}")
@@ -161,7 +161,7 @@ def add_model(
 ) -> None:
     """Check a checkpoint (header, family, sha256) and add it under models in params.yaml; then run `dvc repro`."""
     from ghostreview import config, models_cli
-    from ghostreview.loading import CheckpointError
+    from ghostreview.generation.loading import CheckpointError
 
     try:
         added = models_cli.add_model(params, path, name=name, vae=vae, clip_skip=clip_skip, allow_pickle=allow_pickle,
@@ -204,7 +204,7 @@ def store_verify(
     replaced), unreadable metadata, entries without a recorded hash, half entries and stray temporary files; exit
     status 1 when any is found."""
     from ghostreview import config
-    from ghostreview.store import ImageStore
+    from ghostreview.generation.store import ImageStore
 
     where = "--store"
     if store is None:

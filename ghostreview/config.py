@@ -26,7 +26,7 @@ from ghostreview.errors import UserError
 # \A...\Z, not ^...$: "$" also matches before a trailing newline, and a model name with one splits DVC's command line.
 SLUG = re.compile(r"\A[a-z0-9][a-z0-9_-]*\Z")
 TASKS = ("general", "style", "lora")
-DEVICE = re.compile(r"auto|cpu|mps|cuda(?::([0-9]{1,2}))?")  # availability: ghostreview.runtime.pick_device
+DEVICE = re.compile(r"auto|cpu|mps|cuda(?::([0-9]{1,2}))?")  # availability: ghostreview.util.runtime.pick_device
 MAX_SEED = 2**32 - 1  # numpy's and A1111's seed range
 # A params file of 1,000 models composes to ~15,000 YAML nodes; an alias bomb ("billion laughs") expands a few lines
 # into billions, which anything that walks or prints the value (the error message's repr) would run out of memory on.
@@ -489,7 +489,7 @@ def check_weights(params: Params, root: Path, source: str = "params.yaml") -> No
     ``torch.load(weights_only=True)`` accepts (memory-mapped: no tensor data read; see
     ``metrics.weights.check_state_dict_file``). A pickle payload (never run) or a corrupt file is an error naming the
     key here, before any model loads. Imports torch; missing files are left to :func:`check_files`."""
-    from ghostreview.metrics.weights import WeightsError, check_state_dict_file
+    from ghostreview.scoring.weights import WeightsError, check_state_dict_file
 
     problems = []
     for key, rel in _scorer_weights(params):
@@ -505,7 +505,7 @@ def check_weights(params: Params, root: Path, source: str = "params.yaml") -> No
 def check_devices(params: Params, source: str = "params.yaml") -> None:
     """``generation.device`` and ``scoring.device`` name a device this machine has (``runtime.pick_device``; imports
     torch). With ``generation.engine: ray`` the images are drawn by the cluster's workers, so that one is theirs."""
-    from ghostreview.runtime import DeviceError, pick_device
+    from ghostreview.util.runtime import DeviceError, pick_device
 
     keys = [("scoring.device", params.scoring.device)]
     if params.generation.engine != "ray":
@@ -521,10 +521,10 @@ def check_devices(params: Params, source: str = "params.yaml") -> None:
 
 
 def check_sampler(params: Params, source: str = "params.yaml") -> None:
-    """``generation.sampler`` must be a key of ``ghostreview.samplers.SAMPLERS``; otherwise it would only fail when the
+    """``generation.sampler`` must be a key of ``ghostreview.generation.samplers.SAMPLERS``; otherwise it would only fail when the
     first batch is drawn, after the model has loaded. Imports diffusers (seconds): the generate stage and
     ``ghostreview validate`` call it, the scoring stages do not."""
-    from ghostreview.samplers import SAMPLERS, unknown_name_message
+    from ghostreview.generation.samplers import SAMPLERS, unknown_name_message
 
     name = params.generation.sampler
     if name not in SAMPLERS:
@@ -550,7 +550,7 @@ def check_checkpoint(params: Params, name: str, root: Path, source: str = "param
         ConfigError: naming ``source``, the key (``models.<name>.checkpoint``, ``.vae`` or ``.config``), the file,
             what is wrong and the fix.
     """
-    from ghostreview.loading import CheckpointError, check_config_dir, check_vae_file, detect_family
+    from ghostreview.generation.loading import CheckpointError, check_config_dir, check_vae_file, detect_family
 
     m = params.models[name]
     try:

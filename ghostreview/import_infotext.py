@@ -18,16 +18,16 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
-from ghostreview.benchmark import (
+from ghostreview.protocol import (
     SLUG,
     BenchmarkError,
     Loc,
     lora_entry_from_mapping,
 )
 from ghostreview.errors import UserError
-from ghostreview.infotext import combined_sampler_name, parse_infotext, read_a1111_sampler, read_png_infotext
-from ghostreview.metrics.styleloss import ImageLimitError, open_checked_image
-from ghostreview.prompts import extract_lora_tags
+from ghostreview.generation.infotext import combined_sampler_name, parse_infotext, read_a1111_sampler, read_png_infotext
+from ghostreview.scoring.styleloss import ImageLimitError, open_checked_image
+from ghostreview.generation.prompts import extract_lora_tags
 
 DEFAULT_WEIGHT = 0.8  # the article's weight for a header prompt with no LoRA tag
 A1111_MULTIPLIER = 1.0  # A1111's default for <lora:name> written without a weight

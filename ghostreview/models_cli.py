@@ -34,10 +34,10 @@ from ruamel.yaml.comments import CommentedMap
 
 from ghostreview import config
 from ghostreview.errors import UserError
-from ghostreview.hashing import autov2, file_sha256
-from ghostreview.loading import PICKLE_SUFFIXES, VAE_KEYS, detect_family, read_safetensors_header
+from ghostreview.util.hashing import autov2, file_sha256
+from ghostreview.generation.loading import PICKLE_SUFFIXES, VAE_KEYS, detect_family, read_safetensors_header
 
-HASH_CACHE_NAME = "sha256.json"  # under paths.cache: the same file ghostreview.generate reads
+HASH_CACHE_NAME = "sha256.json"  # under paths.cache: the same file ghostreview.generation.generate reads
 
 
 class ModelsError(UserError, ValueError):

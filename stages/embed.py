@@ -6,12 +6,12 @@ import argparse
 from pathlib import Path
 
 from ghostreview.errors import stage_main
-from ghostreview.runtime import scoring_params, stage_runtime
+from ghostreview.util.runtime import scoring_params, stage_runtime
 
 stage_runtime()
 
-from ghostreview.scoring import drawable, embed_images  # noqa: E402
-from ghostreview.manifest import read_manifest  # noqa: E402
+from ghostreview.scoring.run import drawable, embed_images  # noqa: E402
+from ghostreview.generation.manifest import read_manifest  # noqa: E402
 
 
 @stage_main

@@ -10,13 +10,13 @@ import argparse
 from pathlib import Path
 
 from ghostreview.errors import stage_main
-from ghostreview.runtime import scoring_params, stage_runtime
+from ghostreview.util.runtime import scoring_params, stage_runtime
 
 stage_runtime()
 
-from ghostreview.manifest import read_manifest  # noqa: E402
-from ghostreview.scoring import aesthetic_rows, clipscore_rows, drawable  # noqa: E402
-from ghostreview.scores import write_scores  # noqa: E402
+from ghostreview.generation.manifest import read_manifest  # noqa: E402
+from ghostreview.scoring.run import aesthetic_rows, clipscore_rows, drawable  # noqa: E402
+from ghostreview.scoring.table import write_scores  # noqa: E402
 
 # metric -> (which images it scores, how)
 METRICS = {

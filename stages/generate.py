@@ -6,16 +6,16 @@ import argparse
 from pathlib import Path
 
 from ghostreview.errors import UserError, about, about_paths, stage_main
-from ghostreview.runtime import stage_runtime
+from ghostreview.util.runtime import stage_runtime
 
 stage_runtime()
 
 from ghostreview import config  # noqa: E402
-from ghostreview.benchmark import BenchmarkError, images_per_item, load_benchmark  # noqa: E402
-from ghostreview.generate import GenerateSettings, run_generate  # noqa: E402
-from ghostreview.loading import CheckpointError  # noqa: E402
-from ghostreview.scoring import reference_sets  # noqa: E402
-from ghostreview.store import StoreError  # noqa: E402
+from ghostreview.protocol import BenchmarkError, images_per_item, load_benchmark  # noqa: E402
+from ghostreview.generation.generate import GenerateSettings, run_generate  # noqa: E402
+from ghostreview.generation.loading import CheckpointError  # noqa: E402
+from ghostreview.scoring.run import reference_sets  # noqa: E402
+from ghostreview.generation.store import StoreError  # noqa: E402
 
 
 @stage_main

@@ -6,13 +6,13 @@ import argparse
 from pathlib import Path
 
 from ghostreview.errors import about, stage_main
-from ghostreview.runtime import scoring_params, stage_runtime
+from ghostreview.util.runtime import scoring_params, stage_runtime
 
 stage_runtime()
 
 from ghostreview import config  # noqa: E402
-from ghostreview.benchmark import BenchmarkError, load_benchmark  # noqa: E402
-from ghostreview.scoring import header_families, write_refstats  # noqa: E402
+from ghostreview.protocol import BenchmarkError, load_benchmark  # noqa: E402
+from ghostreview.scoring.run import header_families, write_refstats  # noqa: E402
 
 
 @stage_main

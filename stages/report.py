@@ -6,11 +6,11 @@ import argparse
 from pathlib import Path
 
 from ghostreview import config
-from ghostreview.aggregate import manifests, models_table
+from ghostreview.analysis.aggregate import manifests, models_table
 from ghostreview.errors import stage_main
-from ghostreview.report import write_report
-from ghostreview.scores import read_scores
-from ghostreview.standardize import Standardized
+from ghostreview.analysis.report import write_report
+from ghostreview.scoring.table import read_scores
+from ghostreview.analysis.standardize import Standardized
 
 
 @stage_main

@@ -8,12 +8,12 @@ from pathlib import Path
 import pandas as pd
 
 from ghostreview import config
-from ghostreview.aggregate import made_with_map, manifests, models_table, undrawn_rows
-from ghostreview.benchmark import BenchmarkError, benchmark_digest, load_benchmark
+from ghostreview.analysis.aggregate import made_with_map, manifests, models_table, undrawn_rows
+from ghostreview.protocol import BenchmarkError, benchmark_digest, load_benchmark
 from ghostreview.errors import about, stage_main
-from ghostreview.metrics import REGISTRY
-from ghostreview.scores import read_scores
-from ghostreview.standardize import standardize
+from ghostreview.scoring.registry import REGISTRY
+from ghostreview.scoring.table import read_scores
+from ghostreview.analysis.standardize import standardize
 
 
 @stage_main

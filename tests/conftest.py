@@ -12,7 +12,7 @@ torch.set_num_threads(1)
 
 from pathlib import Path  # noqa: E402
 
-from ghostreview.benchmark import cut_benchmark  # noqa: E402
+from ghostreview.protocol import cut_benchmark  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

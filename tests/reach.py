@@ -238,12 +238,12 @@ class Project:
     """Tiny stand-ins at the paths both params files name (assets/), shared read-only by every workspace."""
 
     def __init__(self, root: Path) -> None:
-        from ghostreview.benchmark import cut_benchmark, load_benchmark
+        from ghostreview.protocol import cut_benchmark, load_benchmark
         from ghostreview.kit.images import write_lora_header, write_style_references
         from ghostreview.kit.lora import write_tiny_lora
         from ghostreview.kit.scorers import TINY_CLIP_ARCH, tiny_clip_config, write_tiny_clip, write_tiny_vgg19
         from ghostreview.kit.sd import write_tiny_checkpoint, write_tiny_config_dir
-        from ghostreview.metrics.weights import read_state_dict, write_state_dict
+        from ghostreview.scoring.weights import read_state_dict, write_state_dict
 
         self.root = root
         a = self.assets = root / "assets"
@@ -332,7 +332,7 @@ def write_spread_head(path: Path) -> Path:
     """A head of the LAION v2 layout scoring every image in (4.1, 5.9): 5 + 0.9 u.e on the L2-normalized embedding
     e, u a fixed unit vector. So scoring.aesthetic.good_threshold 0 and 6 give good-image rates 1 and 0 for sure
     (the kit's random head scores everything near 0, where no allowed threshold tells images apart)."""
-    from ghostreview.metrics.aesthetic import LAYERS
+    from ghostreview.scoring.aesthetic import LAYERS
 
     u = torch.randn(768, generator=torch.Generator().manual_seed(0))
     state = {}
@@ -385,10 +385,10 @@ def spies(mp: pytest.MonkeyPatch, rec: Record, project: Project) -> Iterator[Non
     from open_clip import factory
 
     import ghostreview.config as config
-    import ghostreview.engines.ray_cluster as ray_cluster
-    import ghostreview.generate as gen
-    import ghostreview.metrics.aesthetic as aesthetic
-    import ghostreview.metrics.styleloss as styleloss
+    import ghostreview.generation.engines.ray as ray_cluster
+    import ghostreview.generation.generate as gen
+    import ghostreview.scoring.aesthetic as aesthetic
+    import ghostreview.scoring.styleloss as styleloss
 
     calls = rec.calls
     mp.setattr(os, "fsync", lambda fd: None)  # the image store's crash safety is not probed here; it costs seconds
@@ -492,7 +492,7 @@ def spies(mp: pytest.MonkeyPatch, rec: Record, project: Project) -> Iterator[Non
     mp.setattr(styleloss, "style_grams", lambda vgg, images: log(
         "style_grams", shape=list(images.shape), threads=torch.get_num_threads()) or real_grams(vgg, images))
     # report: the plots' figures are not built (seconds of matplotlib; they show standardize's output, no setting)
-    import ghostreview.report.plots as plots
+    import ghostreview.analysis.report.plots as plots
 
     mp.setattr(plots, "figures", lambda result, data, models: log("figures") or {})
     yield

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ghostreview.kit.scorers import write_tiny_laion_head
-from ghostreview.metrics import aesthetic
-from ghostreview.metrics.weights import KNOWN, WeightsError, resolve_weights, sha256_file, verify_weights
+from ghostreview.scoring import aesthetic
+from ghostreview.scoring.weights import KNOWN, WeightsError, resolve_weights, sha256_file, verify_weights
 
 
 def numpy_head(x: np.ndarray, s: dict[str, np.ndarray]) -> np.ndarray:

@@ -11,16 +11,17 @@ import torch
 from conftest import small_benchmark
 from PIL import Image
 
-from ghostreview.benchmark import load_benchmark
+from ghostreview.protocol import load_benchmark
 from ghostreview.config import GenerationParams, HiresParams
-from ghostreview.draw import DrawRequest, Hires, draw_arrays
-from ghostreview.generate import GenerateSettings, run_generate
+from ghostreview.generation.draw import DrawRequest, Hires, draw_arrays
+from ghostreview.generation.generate import GenerateSettings, run_generate
 from ghostreview.kit.scorers import write_tiny_clip, write_tiny_laion_head, write_tiny_vgg19
 from ghostreview.kit.sd import tiny_pipeline, write_tiny_checkpoint, write_tiny_config_dir
-from ghostreview.manifest import read_manifest
-from ghostreview.metrics import aesthetic, styleloss
-from ghostreview.metrics import clip as gclip
-from ghostreview.metrics.batching import map_rows
+from ghostreview.generation.manifest import read_manifest
+from ghostreview.scoring import aesthetic
+from ghostreview.scoring import styleloss
+from ghostreview.scoring import clip as gclip
+from ghostreview.scoring.batching import map_rows
 
 
 def images(n: int, seed: int = 0, size: int = 72) -> list[Image.Image]:
@@ -125,7 +126,7 @@ def test_an_image_redrawn_alone_is_byte_identical_to_the_one_drawn_in_a_full_bat
 
 def test_the_cpu_thread_count_is_part_of_every_cpu_image_key():
     """1 vs 2 torch threads changed a few 8-bit values of the same tiny images: the key must tell them apart."""
-    from ghostreview.generate import image_runtime
+    from ghostreview.generation.generate import image_runtime
 
     before = torch.get_num_threads()
     try:

@@ -1,6 +1,6 @@
 """The shipped v1 benchmark and its loader: counts, names, seeds, tags, digest, and errors on malformed files.
 
-Expectations are computed from the raw YAML with PyYAML and plain loops, independently of ghostreview.benchmark.
+Expectations are computed from the raw YAML with PyYAML and plain loops, independently of ghostreview.protocol.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ghostreview.benchmark import (
+from ghostreview.protocol import (
     BenchmarkError,
     LoraEntry,
     benchmark_digest,
@@ -312,7 +312,7 @@ def test_a_missing_file_is_named(tmp_path):
 
 
 def test_cut_benchmark_keeps_schema_seeds_and_comments(tmp_path):
-    from ghostreview.benchmark import cut_benchmark, load_benchmark
+    from ghostreview.protocol import cut_benchmark, load_benchmark
 
     full = load_benchmark(V1)
     cut = cut_benchmark(V1, tmp_path / "cut", general=3, styles=2, loras=2)
@@ -332,7 +332,7 @@ def test_cut_benchmark_keeps_schema_seeds_and_comments(tmp_path):
 
 
 def test_cut_benchmark_refuses_an_existing_directory_and_empty_tasks(tmp_path):
-    from ghostreview.benchmark import BenchmarkError, cut_benchmark
+    from ghostreview.protocol import BenchmarkError, cut_benchmark
 
     (tmp_path / "there").mkdir()
     with pytest.raises(BenchmarkError, match="already exists"):

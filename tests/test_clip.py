@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 from torchvision import transforms
 
 from ghostreview.kit.scorers import tiny_clip_config, write_tiny_clip
-from ghostreview.metrics import clip as gclip
-from ghostreview.metrics.weights import WeightsError, sha256_file
+from ghostreview.scoring import clip as gclip
+from ghostreview.scoring.weights import WeightsError, sha256_file
 
 
 @pytest.fixture

@@ -7,8 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from ghostreview.metrics import REGISTRY, MetricInfo, get_metric
-from ghostreview.metrics.clipscore import INFO, clip_scores
+from ghostreview.scoring.registry import REGISTRY, get_metric
+
+from ghostreview.scoring.metric import MetricInfo
+from ghostreview.scoring.clipscore import INFO, clip_scores
 
 
 def plain_clipscore(a: list[float], b: list[float]) -> float:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
-from ghostreview.draw import (
+from ghostreview.generation.draw import (
     DrawRequest,
     Hires,
     check_requests,

@@ -25,17 +25,17 @@ from pathlib import Path
 
 import yaml
 
-from ghostreview import drawversion
+from ghostreview.generation import drawversion
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "ghostreview"
-PIN_FILE = "ghostreview/drawversion.py"
+PIN_FILE = "ghostreview/generation/drawversion.py"
 
 # module that reads package data -> the directory it reads (see the module docstring)
 PACKAGE_DATA = {
-    "ghostreview/loading.py": "ghostreview/configs",
-    "ghostreview/kit/sd.py": "ghostreview/configs",
-    "ghostreview/report/html.py": "ghostreview/report/static",
+    "ghostreview/generation/loading.py": "ghostreview/generation/configs",
+    "ghostreview/kit/sd.py": "ghostreview/generation/configs",
+    "ghostreview/analysis/report/html.py": "ghostreview/analysis/report/static",
 }
 # modules that the pixel-deciding code imports but that cannot alter a pixel, with the reason
 NOT_PIXEL = {

@@ -7,7 +7,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from ghostreview.encode import (
+from ghostreview.generation.encode import (
     COMMA_BACKTRACK,
     apply_emphasis,
     encode_prompts,

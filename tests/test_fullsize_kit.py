@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from ghostreview.kit import fullsize, sd
-from ghostreview.loading import family_from_shapes, is_tiny_kit_file, read_safetensors_header
+from ghostreview.generation.loading import family_from_shapes, is_tiny_kit_file, read_safetensors_header
 
 torch.set_num_threads(1)
 
@@ -68,7 +68,7 @@ def test_diffusers_recognises_the_full_size_layout():
 def test_full_size_stand_ins_are_reported_as_random_weights():
     from ghostreview.kit.fullsize import FULL_METADATA_VALUE
     from ghostreview.kit.sd import KIT_METADATA_KEY
-    from ghostreview.loading import CheckpointFile
+    from ghostreview.generation.loading import CheckpointFile
 
     full = CheckpointFile(Path("m.safetensors"), "safetensors", {}, {KIT_METADATA_KEY: FULL_METADATA_VALUE})
     real = CheckpointFile(Path("m.safetensors"), "safetensors", {}, {"modelspec.title": "x"})

@@ -13,14 +13,14 @@ import torch
 from conftest import small_benchmark
 from PIL import Image
 
-from ghostreview import generate as gen
-from ghostreview.benchmark import load_benchmark
+from ghostreview.generation import generate as gen
+from ghostreview.protocol import load_benchmark
 from ghostreview.config import GenerationParams, HiresParams
-from ghostreview.generate import GenerateSettings, run_generate
-from ghostreview.loading import CheckpointError
-from ghostreview.manifest import read_manifest
-from ghostreview.hashing import autov2, file_sha256
-from ghostreview.infotext import parse_infotext, read_png_infotext
+from ghostreview.generation.generate import GenerateSettings, run_generate
+from ghostreview.generation.loading import CheckpointError
+from ghostreview.generation.manifest import read_manifest
+from ghostreview.util.hashing import autov2, file_sha256
+from ghostreview.generation.infotext import parse_infotext, read_png_infotext
 from ghostreview.kit.lora import write_tiny_lora
 from ghostreview.kit.sd import write_tiny_checkpoint, write_tiny_config_dir
 
@@ -327,7 +327,7 @@ def test_a1111_pasting_our_png_draws_with_our_settings(kit, tmp_path):
 
 
 def test_every_sampler_name_reaches_a1111_as_the_same_sampler_and_schedule(kit):
-    from ghostreview.samplers import SAMPLERS
+    from ghostreview.generation.samplers import SAMPLERS
 
     root, bench = kit
     model = gen.ModelIdentity("m", "sd15", "model", "a" * 64)
@@ -399,7 +399,7 @@ def test_an_entry_damaged_after_the_check_stops_the_stage_with_an_error_and_the_
                                                                                                  monkeypatch):
     """Checked when the run plans its work, changed before the run links it into the output (another process, a
     failing disk): the damaged file never reaches the output; the next run draws it again."""
-    from ghostreview.store import DamagedEntryError, StoreError
+    from ghostreview.generation.store import DamagedEntryError, StoreError
 
     root, bench = kit
     pristine, images = stored

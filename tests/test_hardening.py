@@ -29,18 +29,21 @@ from conftest import ROOT, placeholder_params, small_benchmark
 from PIL import Image
 from safetensors.torch import save_file
 
-from ghostreview import aggregate, scoring
-from ghostreview.benchmark import BenchmarkError, load_benchmark
+from ghostreview.analysis import aggregate
+
+from ghostreview.scoring import run as scoring
+from ghostreview.protocol import BenchmarkError, load_benchmark
 from ghostreview.config import GenerationParams, HiresParams, ScoringParams, StyleParams
-from ghostreview.generate import GenerateSettings, run_generate
-from ghostreview.manifest import read_manifest
-from ghostreview.infotext import read_png_infotext
-from ghostreview.metrics import REGISTRY, styleloss
-from ghostreview.report.html import write_html
-from ghostreview.report.tables import write_tables
-from ghostreview.scores import score_rows
-from ghostreview.standardize import EXCLUDING_FLAGS, parse_flags, standardize
-from ghostreview.store import ImageStore, job_key
+from ghostreview.generation.generate import GenerateSettings, run_generate
+from ghostreview.generation.manifest import read_manifest
+from ghostreview.generation.infotext import read_png_infotext
+from ghostreview.scoring.registry import REGISTRY
+from ghostreview.scoring import styleloss
+from ghostreview.analysis.report.html import write_html
+from ghostreview.analysis.report.tables import write_tables
+from ghostreview.scoring.table import score_rows
+from ghostreview.analysis.standardize import EXCLUDING_FLAGS, parse_flags, standardize
+from ghostreview.generation.store import ImageStore, job_key
 
 MODEL = "m"
 GOOD_CKPT = "models/good.safetensors"
@@ -517,14 +520,14 @@ def test_empty_prompt_is_an_error_naming_file_and_line(tmp_path):
 def sd_tokenizer(tmp_path: Path):
     from transformers import CLIPTokenizer
 
-    from ghostreview.kit.tokenizer import EOS_TOKEN, write_clip_tokenizer
+    from ghostreview.generation.tokenizer import EOS_TOKEN, write_clip_tokenizer
 
     return CLIPTokenizer.from_pretrained(str(write_clip_tokenizer(tmp_path / "tok", pad_token=EOS_TOKEN)))
 
 
 def test_unicode_emoji_and_html_survive_store_infotext_and_tokenizers(tmp_path):
-    from ghostreview.encode import prompt_chunks
-    from ghostreview.prompts import plain_text
+    from ghostreview.generation.encode import prompt_chunks
+    from ghostreview.generation.prompts import plain_text
 
     prompt = f"{HOSTILE}, Ünïcödé — ✨ (glow:1.2) 🐱‍👤"
     store = ImageStore(tmp_path / "store")
@@ -545,9 +548,9 @@ def test_unicode_emoji_and_html_survive_store_infotext_and_tokenizers(tmp_path):
 
 
 def test_300_token_prompt_is_chunked_for_drawing_and_flagged_when_clipscore_truncates(tmp_path):
-    from ghostreview.encode import prompt_chunks
+    from ghostreview.generation.encode import prompt_chunks
     from ghostreview.kit.scorers import write_tiny_clip
-    from ghostreview.metrics.clip import load_clip, tokenize
+    from ghostreview.scoring.clip import load_clip, tokenize
 
     words = [f"{w}{i % 7}" for i, w in enumerate(["red", "blue", "green", "cat", "house"] * 60)]
     prompt = " ".join(words)
@@ -582,7 +585,7 @@ def test_300_token_prompt_is_chunked_for_drawing_and_flagged_when_clipscore_trun
 
 
 def test_nan_and_black_images_are_flagged_excluded_and_listed(tmp_path):
-    from ghostreview.draw import image_flags
+    from ghostreview.generation.draw import image_flags
 
     assert image_flags(np.full((8, 8, 3), np.nan, np.float32)) == ["nan"]
     assert image_flags(np.zeros((8, 8, 3), np.float32)) == ["black"]
@@ -627,7 +630,7 @@ STORE_SCRIPT = textwrap.dedent("""
     from pathlib import Path
     import numpy as np
     from PIL import Image
-    from ghostreview.store import ImageStore, StoreError
+    from ghostreview.generation.store import ImageStore, StoreError
 
     store = ImageStore(Path(sys.argv[1]))
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (128, 128, 3), np.uint8))
@@ -677,7 +680,7 @@ def test_disk_refusing_a_write_is_an_error_and_nothing_is_half_written(tmp_path)
 
 
 def test_stage_turns_a_store_failure_into_an_error_with_the_fix(project, generate_stage, monkeypatch):
-    from ghostreview.store import StoreError
+    from ghostreview.generation.store import StoreError
 
     root, _, params = project
     path = write_params(root, "store-error", params)

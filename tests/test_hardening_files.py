@@ -24,15 +24,19 @@ from conftest import small_benchmark
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from ghostreview import config, loading, lora
-from ghostreview.benchmark import load_benchmark
+from ghostreview import config
+
+from ghostreview.generation import loading
+
+from ghostreview.generation import lora
+from ghostreview.protocol import load_benchmark
 from ghostreview.config import GenerationParams, HiresParams
-from ghostreview.generate import GenerateSettings, run_generate
+from ghostreview.generation.generate import GenerateSettings, run_generate
 from ghostreview.kit import lora as kit_lora
 from ghostreview.kit import sd
-from ghostreview.loading import CheckpointError
-from ghostreview.lora import LoraSpec, apply_loras, lora_status
-from ghostreview.manifest import read_manifest
+from ghostreview.generation.loading import CheckpointError
+from ghostreview.generation.lora import LoraSpec, apply_loras, lora_status
+from ghostreview.generation.manifest import read_manifest
 
 # 2 shared cores: OpenMP threads spin against other processes and make tiny models 10-50x slower.
 torch.set_num_threads(1)

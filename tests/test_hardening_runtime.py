@@ -30,7 +30,7 @@ import yaml
 from conftest import ROOT, small_benchmark
 from PIL import Image
 
-from ghostreview.infotext import read_png_infotext
+from ghostreview.generation.infotext import read_png_infotext
 
 pytestmark = pytest.mark.dvc
 
@@ -46,7 +46,7 @@ BUILD = r'''
 """Build the demo kit, make the first sd15 LoRA a LyCORIS LoHa, then run every stage command in this process."""
 import runpy, shlex, subprocess, sys
 from pathlib import Path
-from ghostreview.benchmark import load_benchmark
+from ghostreview.protocol import load_benchmark
 from ghostreview.kit.demo import build_demo_kit
 from ghostreview.kit.lora import write_tiny_lora
 
@@ -66,7 +66,7 @@ import os
 if os.environ.get("GHOSTREVIEW_TEST_HANG_AFTER"):
     import time
     from pathlib import Path
-    import ghostreview.store as _store
+    import ghostreview.generation.store as _store
 
     _put, _done = _store.ImageStore.put, []
 

@@ -19,13 +19,15 @@ from PIL import Image, ImageFile
 from PIL.PngImagePlugin import PngInfo
 from typer.testing import CliRunner
 
-from ghostreview import config, runtime
+from ghostreview import config
+
+from ghostreview.util import runtime
 from ghostreview.cli import app
 from ghostreview.config import ConfigError, check_files, load_params, parse_params
 from ghostreview.errors import UserError
 from ghostreview.import_infotext import ImportInfotextError, lora_entry_from_png
-from ghostreview.metrics import styleloss
-from ghostreview.metrics.weights import WeightsError, read_state_dict
+from ghostreview.scoring import styleloss
+from ghostreview.scoring.weights import WeightsError, read_state_dict
 
 
 # ----------------------------------------------------------------------------------------------- 6. image limits
@@ -95,8 +97,8 @@ def test_images_at_the_limits_pass(tmp_path):
 
 
 def test_reference_sets_and_refstats_decoding_name_the_bomb(bomb, tmp_path):
-    from ghostreview.benchmark import load_benchmark
-    from ghostreview.scoring import ReferenceImagesError, reference_sets
+    from ghostreview.protocol import load_benchmark
+    from ghostreview.scoring.run import ReferenceImagesError, reference_sets
 
     from conftest import small_benchmark
 
@@ -179,7 +181,7 @@ def test_check_weights_names_the_key_of_pickled_or_broken_weights(tmp_path):
 def test_a_legacy_torch_file_and_garbage_are_told_apart(tmp_path):
     torch.save({"w": torch.zeros(2)}, tmp_path / "old.pth", _use_new_zipfile_serialization=False)
     (tmp_path / "junk.pth").write_bytes(b"placeholder")
-    from ghostreview.metrics.weights import check_state_dict_file
+    from ghostreview.scoring.weights import check_state_dict_file
 
     check_state_dict_file(tmp_path / "old.pth")
     assert torch.equal(read_state_dict(tmp_path / "old.pth")["w"], torch.zeros(2))
@@ -372,14 +374,14 @@ def test_check_devices_names_the_key(monkeypatch):
     ("\na cat", "read back"),
 ])
 def test_benchmark_prompts_that_break_the_infotext_are_refused(text, fragment):
-    from ghostreview.benchmark import BenchmarkError, Loc, read_prompt
+    from ghostreview.protocol import BenchmarkError, Loc, read_prompt
 
     with pytest.raises(BenchmarkError, match=fragment):
         read_prompt(text, Loc("prompts.yaml", "prompts[0].prompt", 7))
 
 
 def test_a_benchmark_with_such_a_prompt_does_not_load(tmp_path):
-    from ghostreview.benchmark import BenchmarkError, load_benchmark
+    from ghostreview.protocol import BenchmarkError, load_benchmark
 
     from conftest import small_benchmark
 
@@ -406,7 +408,7 @@ def test_a_benchmark_with_such_a_prompt_does_not_load(tmp_path):
 
 
 def test_multiline_prompts_that_round_trip_are_fine():
-    from ghostreview.benchmark import Loc, read_prompt
+    from ghostreview.protocol import Loc, read_prompt
 
     assert read_prompt("a cat,\nsitting\n\non a mat", Loc("p.yaml")) == "a cat,\nsitting\n\non a mat"
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from ghostreview import hashing
+from ghostreview.util import hashing
 
 
 def plain_sha256(path) -> str:

@@ -10,7 +10,7 @@ import yaml
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from ghostreview.benchmark import BenchmarkError, load_benchmark
+from ghostreview.protocol import BenchmarkError, load_benchmark
 from ghostreview.import_infotext import ImportInfotextError, append_entries, lora_entry_from_png
 
 V1 = Path(__file__).resolve().parents[1] / "data" / "benchmark" / "v1"

@@ -3,7 +3,7 @@
 import pytest
 from PIL import Image
 
-from ghostreview.infotext import (
+from ghostreview.generation.infotext import (
     format_infotext,
     format_lora_hashes,
     format_value,
@@ -126,8 +126,8 @@ def test_png_chunk_round_trip(tmp_path):
 
 
 def test_every_sampler_name_round_trips_through_a1111s_split_form():
-    from ghostreview.infotext import a1111_sampler_fields, combined_sampler_name, read_a1111_sampler
-    from ghostreview.samplers import SAMPLERS
+    from ghostreview.generation.infotext import a1111_sampler_fields, combined_sampler_name, read_a1111_sampler
+    from ghostreview.generation.samplers import SAMPLERS
 
     for name in SAMPLERS:
         sampler, schedule = a1111_sampler_fields(name)

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ghostreview.standardize import estimates, image_table, pairwise_rows, score_rows, standardize
+from ghostreview.analysis.standardize import estimates, image_table, pairwise_rows, score_rows, standardize
 
 MODELS = ("A", "B", "C", "D")
 MU = np.array([0.0, 0.0, 0.25, 0.5])
@@ -47,7 +47,7 @@ PAIRS = list(itertools.combinations(range(len(MODELS)), 2))
 
 @dataclass(frozen=True)
 class Info:
-    """Stand-in for ghostreview.metrics.MetricInfo (only what standardize reads)."""
+    """Stand-in for ghostreview.scoring.registry.MetricInfo (only what standardize reads)."""
 
     higher_is_better: bool
     grouped_by: str

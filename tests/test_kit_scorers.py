@@ -17,8 +17,9 @@ from ghostreview.kit.scorers import (
     write_tiny_scorers,
     write_tiny_vgg19,
 )
-from ghostreview.metrics import aesthetic, styleloss
-from ghostreview.metrics.weights import sha256_file
+from ghostreview.scoring import aesthetic
+from ghostreview.scoring import styleloss
+from ghostreview.scoring.weights import sha256_file
 
 
 def test_tiny_clip_files(tmp_path):

@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ghostreview import loading
+from ghostreview.generation import loading
 from ghostreview.kit import sd
-from ghostreview.loading import CheckpointError
+from ghostreview.generation.loading import CheckpointError
 
 # 2 shared cores: OpenMP threads spin against other processes and make tiny models 10-50x slower.
 torch.set_num_threads(1)

@@ -12,16 +12,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ghostreview import lora
+from ghostreview.generation import lora
 from ghostreview.kit import lora as kit_lora
 from ghostreview.kit import sd
-from ghostreview.lora import LoraSpec, apply_loras, lora_status, remove_loras
+from ghostreview.generation.lora import LoraSpec, apply_loras, lora_status, remove_loras
 
 # 2 shared cores: OpenMP threads spin against other processes and make tiny models 10-50x slower.
 torch.set_num_threads(1)
 
 OTHER = {"sd15": "sdxl", "sdxl": "sd15"}
-# kohya name -> diffusers module (written out by hand from the two layouts, independent of ghostreview.kit.ldm_keys)
+# kohya name -> diffusers module (written out by hand from the two layouts, independent of ghostreview.generation.ldm_keys)
 PROBES = {
     "sd15": [("lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k", "unet",
               "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"),

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from ghostreview import config
 from ghostreview.cli import app
-from ghostreview.loading import CheckpointError
+from ghostreview.generation.loading import CheckpointError
 from ghostreview.models_cli import ModelsError, add_model, remove_model, slug_from_filename
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ghostreview.prompts import extract_lora_tags, parse_prompt_attention, plain_text
+from ghostreview.generation.prompts import extract_lora_tags, parse_prompt_attention, plain_text
 
 
 @pytest.mark.parametrize(

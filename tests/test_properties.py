@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from ghostreview import config
 from ghostreview.errors import UserError
 from ghostreview.import_infotext import settings_from_fields
-from ghostreview.infotext import parse_infotext
-from ghostreview.loading import inspect_checkpoint, read_safetensors_header
-from ghostreview.prompts import extract_lora_tags, parse_prompt_attention, plain_text
+from ghostreview.generation.infotext import parse_infotext
+from ghostreview.generation.loading import inspect_checkpoint, read_safetensors_header
+from ghostreview.generation.prompts import extract_lora_tags, parse_prompt_attention, plain_text
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = int(os.environ.get("GHOSTREVIEW_PROPERTY_EXAMPLES", "150"))

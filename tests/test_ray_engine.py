@@ -16,12 +16,12 @@ from conftest import small_benchmark
 
 ray = pytest.importorskip("ray", reason="Ray is the optional extra `.[ray]`: pip install -e '.[ray]'")
 
-from ghostreview import generate as gen  # noqa: E402
-from ghostreview.benchmark import load_benchmark  # noqa: E402
+from ghostreview.generation import generate as gen  # noqa: E402
+from ghostreview.protocol import load_benchmark  # noqa: E402
 from ghostreview.config import ConfigError, GenerationParams, HiresParams, parse_params  # noqa: E402
-from ghostreview.engines.ray_cluster import import_ray, worker_count, worker_device  # noqa: E402
-from ghostreview.generate import GenerateSettings, run_generate  # noqa: E402
-from ghostreview.manifest import read_manifest  # noqa: E402
+from ghostreview.generation.engines.ray import import_ray, worker_count, worker_device  # noqa: E402
+from ghostreview.generation.generate import GenerateSettings, run_generate  # noqa: E402
+from ghostreview.generation.manifest import read_manifest  # noqa: E402
 from ghostreview.kit.lora import write_tiny_lora  # noqa: E402
 from ghostreview.kit.sd import write_tiny_checkpoint, write_tiny_config_dir  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Tests of ghostreview.report: tables, plots and the offline HTML page on a tiny synthetic review."""
+"""Tests of ghostreview.analysis.report: tables, plots and the offline HTML page on a tiny synthetic review."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ghostreview.report import print_leaderboard, write_report
-from ghostreview.report.html import grid_row, write_html
-from ghostreview.report.tables import leaderboard_frame, write_tables
-from ghostreview.standardize import standardize
+from ghostreview.analysis.report import print_leaderboard, write_report
+from ghostreview.analysis.report.html import grid_row, write_html
+from ghostreview.analysis.report.tables import leaderboard_frame, write_tables
+from ghostreview.analysis.standardize import standardize
 
 SCRIPT_PROMPT = "<script>alert(1)</script> a cat"
 ATTR_PROMPT = '"><img src=x onerror=alert(2)> a dog'
@@ -208,8 +208,8 @@ def test_reports_name_the_benchmark_they_answer(demo, tmp_path):
     """The standardize stage records name, version and digest; the Markdown and the page show them."""
     from dataclasses import replace
 
-    from ghostreview.benchmark import benchmark_digest, load_benchmark
-    from ghostreview.report.html import page_html
+    from ghostreview.protocol import benchmark_digest, load_benchmark
+    from ghostreview.analysis.report.html import page_html
 
     result, _, _, models, _ = demo
     bench = load_benchmark(Path(__file__).resolve().parents[1] / "data" / "benchmark" / "v1")
@@ -225,7 +225,7 @@ def test_reports_name_the_benchmark_they_answer(demo, tmp_path):
 
 def test_titles_from_params_show_next_to_the_model_key_escaped(demo, tmp_path):
     """``models.<key>.title`` (the name ``add-model --title`` promises in the report) reaches every leaderboard."""
-    from ghostreview.aggregate import models_table
+    from ghostreview.analysis.aggregate import models_table
 
     result, scores, manifests, models, images_root = demo
     for row in models.to_dict(orient="records"):  # the model.json generate writes, as models_table reads it

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ghostreview.report import write_report
+from ghostreview.analysis.report import write_report
 from test_report import ATTR_PROMPT, SCRIPT_PROMPT, make_demo  # tests/ is on sys.path (pytest's default rootdir import)
 
 CHROMIUM = Path("/usr/bin/chromium")

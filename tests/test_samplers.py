@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ghostreview.samplers import SAMPLERS, make_scheduler
+from ghostreview.generation.samplers import SAMPLERS, make_scheduler
 
 # SD1.5's shipped scheduler config (PNDM), the base every sampler is built from.
 SD15_SCHEDULER = {

@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping
 
 import pytest
 import yaml
-from ghostreview.hashing import file_sha256
+from ghostreview.util.hashing import file_sha256
 from reach import (PARAMS_FILES, ROOT, WHOLE_FILE, Pipeline, Project, Record, covered, get_key, leaves, pattern,
                    read_params, set_key)
 

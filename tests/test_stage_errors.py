@@ -22,10 +22,20 @@ from conftest import ROOT, placeholder_params, small_benchmark
 from PIL import Image
 from safetensors.torch import save_file
 
-from ghostreview import benchmark, config, import_infotext, loading, manifest, models_cli, scoring, store
+from ghostreview import config, import_infotext, models_cli
+
+from ghostreview import protocol as benchmark
+
+from ghostreview.generation import loading
+
+from ghostreview.generation import manifest
+
+from ghostreview.scoring import run as scoring
+
+from ghostreview.generation import store
 from ghostreview.errors import UserError, stage_main
-from ghostreview.manifest import MANIFEST_COLUMNS
-from ghostreview.metrics import weights
+from ghostreview.generation.manifest import MANIFEST_COLUMNS
+from ghostreview.scoring import weights
 
 SD1_KEYS = {  # the keys family detection reads, with tiny shapes: a header-only stand-in for an SD1.5 checkpoint
     "model.diffusion_model.input_blocks.0.0.weight": (8, 4, 3, 3),

@@ -1,4 +1,4 @@
-"""Tests of ghostreview.standardize against hand-computed values and plain re-implementations."""
+"""Tests of ghostreview.analysis.standardize against hand-computed values and plain re-implementations."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ghostreview.standardize import Standardized, rank_desc, standardize, unit_weights
+from ghostreview.analysis.standardize import Standardized, rank_desc, standardize, unit_weights
 
 
 @dataclass(frozen=True)
 class Info:
-    """Stand-in for ghostreview.metrics.MetricInfo (only what standardize reads)."""
+    """Stand-in for ghostreview.scoring.registry.MetricInfo (only what standardize reads)."""
 
     name: str
     higher_is_better: bool

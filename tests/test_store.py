@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import ghostreview.store as store_mod
-from ghostreview.infotext import read_png_infotext
-from ghostreview.store import DamagedEntryError, ImageStore, StoreError, job_key
+import ghostreview.generation.store as store_mod
+from ghostreview.generation.infotext import read_png_infotext
+from ghostreview.generation.store import DamagedEntryError, ImageStore, StoreError, job_key
 
 KEY = hashlib.sha256(b"job").hexdigest()
 

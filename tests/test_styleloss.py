@@ -12,8 +12,8 @@ from torchvision.models.vgg import cfgs, make_layers
 
 from ghostreview.kit.images import write_style_references
 from ghostreview.kit.scorers import write_tiny_vgg19
-from ghostreview.metrics import styleloss as sl
-from ghostreview.metrics.weights import sha256_file
+from ghostreview.scoring import styleloss as sl
+from ghostreview.scoring.weights import sha256_file
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ghostreview.benchmark import load_benchmark
+from ghostreview.protocol import load_benchmark
 from ghostreview.cli import app
 from ghostreview.kit.demo import build_demo_kit
 

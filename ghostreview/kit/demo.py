@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ghostreview.benchmark import Benchmark
+from ghostreview.protocol import Benchmark
 
 # name -> (family, seed). The fourth SD1.5 model is spare: tests add it to params to show incremental reruns.
 DEMO_MODELS = {

@@ -2,11 +2,11 @@
 
 Where ``ghostreview.kit.sd`` shrinks widths so tests run in seconds, this module keeps the real architectures:
 
-- SD1.5 and SDXL-base checkpoints from the shipped configs (``ghostreview/configs/<family>``), single-file LDM/SGM
+- SD1.5 and SDXL-base checkpoints from the shipped configs (``ghostreview/generation/configs/<family>``), single-file LDM/SGM
   layout, float16, the real parameter counts (SD1.5 1,066,235,307 = UNet 859.5 M + VAE 83.7 M + CLIP-L 123.1 M;
   SDXL 3,468,837,867 = UNet 2,567.5 M + VAE + CLIP-L + OpenCLIP-bigG 694.7 M). Values follow
   ``sd.random_tensor`` (unit activation scale, so float16 neither overflows nor underflows), drawn by one generator
-  in the order ``sd.tiny_state_dicts`` uses, and renamed with ``ghostreview.kit.ldm_keys``: applied to the tiny
+  in the order ``sd.tiny_state_dicts`` uses, and renamed with ``ghostreview.generation.ldm_keys``: applied to the tiny
   configs, :func:`write_checkpoint` writes the same tensors as ``sd.write_tiny_checkpoint`` (tested).
   The file is written tensor by tensor (:func:`write_streaming_safetensors`): peak memory is one tensor, not 7 GB.
 - OpenAI CLIP ViT-L/14 as open_clip's ``ViT-L-14-quickgelu`` (open_clip's own seeded init), a float16 state dict.
@@ -32,7 +32,9 @@ from pathlib import Path
 
 import torch
 
-from ghostreview.kit import ldm_keys, sd
+from ghostreview.kit import sd
+
+from ghostreview.generation import ldm_keys
 
 FULL_METADATA_VALUE = "fullsize-random-weights"
 CLIP_ARCH = "ViT-L-14-quickgelu"
@@ -177,7 +179,7 @@ def write_clip(path: Path, seed: int) -> Path:
     """
     import open_clip
 
-    from ghostreview.metrics.weights import write_state_dict
+    from ghostreview.scoring.weights import write_state_dict
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

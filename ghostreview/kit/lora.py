@@ -21,7 +21,9 @@ from pathlib import Path
 
 import torch
 
-from ghostreview.kit import ldm_keys, sd
+from ghostreview.kit import sd
+
+from ghostreview.generation import ldm_keys
 
 VARIANTS = ("lora", "loha", "lokr", "lora_mid")
 Tensors = dict[str, torch.Tensor]

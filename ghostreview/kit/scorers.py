@@ -18,9 +18,9 @@ import torch
 from open_clip.model import CLIP
 from safetensors.torch import save_file
 
-from ghostreview.metrics.aesthetic import LAYERS as HEAD_LAYERS
-from ghostreview.metrics.styleloss import VGG19_CFG, conv_indices
-from ghostreview.metrics.weights import write_state_dict
+from ghostreview.scoring.aesthetic import LAYERS as HEAD_LAYERS
+from ghostreview.scoring.styleloss import VGG19_CFG, conv_indices
+from ghostreview.scoring.weights import write_state_dict
 
 TINY_CLIP_ARCH = "ghostreview-tiny-ViT-quickgelu"
 

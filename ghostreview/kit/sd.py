@@ -1,6 +1,6 @@
 """Tiny Stable Diffusion models with the real topology, for tests and CI (no real weights exist here).
 
-A tiny model is the real SD1.5 / SDXL-base diffusers config (shipped in ``ghostreview/configs/<family>/``) with
+A tiny model is the real SD1.5 / SDXL-base diffusers config (shipped in ``ghostreview/generation/configs/<family>/``) with
 only widths shrunk (``TINY_OVERRIDES``): same number of UNet levels, resnets per level, attention placement,
 SDXL ``text_time`` conditioning, both SDXL text encoders, real CLIP vocabulary (49,408) and 77 positions. Its
 random weights are written in the *original* single-file layout Civitai distributes, so the production loading
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from ghostreview.kit import ldm_keys
-from ghostreview.kit.tokenizer import TOKENIZER_PADS, build_vocab, open_clip_bpe_path, read_merges, write_clip_tokenizer
+from ghostreview.generation import ldm_keys
+from ghostreview.generation.tokenizer import TOKENIZER_PADS, build_vocab, open_clip_bpe_path, read_merges, write_clip_tokenizer
 
 FAMILIES = ("sd15", "sdxl")
-CONFIGS_ROOT = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS_ROOT = Path(__file__).resolve().parent.parent / "generation" / "configs"
 KIT_METADATA_KEY = "ghostreview.kit"
 KIT_METADATA_VALUE = "tiny-random-weights"
 
@@ -69,7 +69,7 @@ def real_configs(family: str) -> dict[str, dict]:
     """The shipped real-size configs of ``family``: {"model_index": ..., "unet": ..., "scheduler": ..., ...}."""
     root = CONFIGS_ROOT / family
     if not (root / "model_index.json").is_file():
-        raise FileNotFoundError(f"{root}/model_index.json missing: ghostreview/configs/{family} is not shipped")
+        raise FileNotFoundError(f"{root}/model_index.json missing: ghostreview/generation/configs/{family} is not shipped")
     configs = {"model_index": json.loads((root / "model_index.json").read_text())}
     for cfg in sorted(root.glob("*/*.json")):
         configs[cfg.parent.name] = json.loads(cfg.read_text())

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ghostreview.metrics import MetricInfo
-from ghostreview.metrics.batching import map_rows
-from ghostreview.metrics.weights import read_state_dict
+from ghostreview.scoring.metric import MetricInfo
+from ghostreview.scoring.batching import map_rows
+from ghostreview.scoring.weights import read_state_dict
 
 INFO = MetricInfo(
     name="aesthetic",
@@ -79,7 +79,7 @@ def l2_normalize(embeddings: np.ndarray) -> np.ndarray:
 
 
 # Rows per forward of the head: a constant, so that a score never depends on how many images its model has
-# (``ghostreview.metrics.batching``). The head is tiny; a fixed 256 costs nothing measurable.
+# (``ghostreview.scoring.batching``). The head is tiny; a fixed 256 costs nothing measurable.
 HEAD_BATCH = 256
 
 

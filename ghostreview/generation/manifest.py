@@ -1,6 +1,6 @@
 """The image manifest of one model (``data/images/<model>/manifest.csv``): its columns and its reader.
 
-Kept apart from ``ghostreview.generate`` so that the scoring stages, which only read manifests, do not import
+Kept apart from ``ghostreview.generation.generate`` so that the scoring stages, which only read manifests, do not import
 diffusers (seconds per stage process).
 """
 

@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 
 from ghostreview.errors import UserError
-from ghostreview.metrics.batching import chunks, padded
-from ghostreview.metrics.weights import check_state_dict_file, verify_weights, write_state_dict
+from ghostreview.scoring.batching import chunks, padded
+from ghostreview.scoring.weights import check_state_dict_file, verify_weights, write_state_dict
 
 # Keys of OpenAI's TorchScript state dict that are not parameters of open_clip's CLIP.
 _OPENAI_JIT_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -101,7 +101,7 @@ def load_clip(
 def image_embeddings(clip: ClipModel, images: Iterable[Image.Image], batch_size: int = 16) -> np.ndarray:
     """Unnormalized CLIP image embeddings, [N, D] float32, in input order (images are preprocessed by open_clip).
 
-    Every forward holds exactly ``batch_size`` images (the last one padded: ``ghostreview.metrics.batching``), so an
+    Every forward holds exactly ``batch_size`` images (the last one padded: ``ghostreview.scoring.batching``), so an
     image's embedding depends on ``batch_size`` but never on the other images.
     """
     out = [np.zeros((0, clip.embed_dim), np.float32)]

@@ -34,8 +34,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from ghostreview.errors import UserError
-from ghostreview.infotext import NEGATIVE_PREFIX, format_infotext, parse_infotext
-from ghostreview.prompts import extract_lora_tags
+from ghostreview.generation.infotext import NEGATIVE_PREFIX, format_infotext, parse_infotext
+from ghostreview.generation.prompts import extract_lora_tags
 
 TASKS = ("general", "style", "lora")
 FAMILIES = ("sd15", "sdxl")
@@ -48,10 +48,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 SLUG = re.compile(r"[a-z0-9_]+")
 STYLE_NAME = re.compile(r"[A-Za-z0-9_]+")
-# Any A1111 extra-network tag (<lora:...>, <hypernet:...>, <lyco:...>), as ghostreview.prompts recognises them;
-# LoRA tags themselves are parsed by ghostreview.prompts.extract_lora_tags, the parser generation uses.
+# Any A1111 extra-network tag (<lora:...>, <hypernet:...>, <lyco:...>), as ghostreview.generation.prompts recognises them;
+# LoRA tags themselves are parsed by ghostreview.generation.prompts.extract_lora_tags, the parser generation uses.
 NETWORK_TAG = re.compile(r"<(\w+):([^>]+)>")
-# Line breaks other than "\n": A1111 and ghostreview.infotext split an infotext on "\n" only, other readers
+# Line breaks other than "\n": A1111 and ghostreview.generation.infotext split an infotext on "\n" only, other readers
 # (Python's str.splitlines, many viewers) on these as well, so a prompt holding one reads back differently there.
 OTHER_LINE_BREAKS = re.compile("[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
@@ -224,7 +224,7 @@ def read_text(value: Any, loc: Loc) -> str:
 def read_prompt(value: Any, loc: Loc, negative: bool = False) -> str:
     """Prompt text (a positive prompt, non-empty; or a ``negative`` one, may be empty) that every image's infotext
     carries intact: no line starting with "Negative prompt:" (A1111 and we read it as the start of the negative
-    prompt), no line break but "\\n", and read back unchanged by ``ghostreview.infotext.parse_infotext``."""
+    prompt), no line break but "\\n", and read back unchanged by ``ghostreview.generation.infotext.parse_infotext``."""
     text = read_str(value, loc) if negative else read_text(value, loc)
     odd = OTHER_LINE_BREAKS.search(text)
     if odd:

@@ -33,7 +33,7 @@ from typing import IO
 from PIL import Image
 
 from ghostreview.errors import UserError
-from ghostreview.infotext import pnginfo
+from ghostreview.generation.infotext import pnginfo
 
 _KEY = re.compile(r"[0-9a-f]{64}")
 _SHARD = re.compile(r"[0-9a-f]{2}")

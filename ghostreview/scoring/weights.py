@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Mapping
 
 from ghostreview.errors import UserError
-from ghostreview.hashing import file_sha256
+from ghostreview.util.hashing import file_sha256
 
 
 class WeightsError(UserError, RuntimeError):
@@ -54,7 +54,7 @@ KNOWN: dict[str, WeightsSpec] = {
             "ViT-L-14-quickgelu.safetensors",
             None,  # produced locally by convert_openai_clip; its bytes depend on the converter, so not pinned
             "convert the OpenAI TorchScript ViT-L-14.pt (key 'clip-vit-l-14-openai-jit') with "
-            "ghostreview.metrics.clip.convert_openai_clip(src, dst)",
+            "ghostreview.scoring.clip.convert_openai_clip(src, dst)",
         ),
         WeightsSpec(
             "vgg19",
@@ -146,7 +146,7 @@ def write_state_dict(state: Mapping, path: Path) -> Path:
 
 
 def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes (the one hashing of the project: ``ghostreview.hashing.file_sha256``)."""
+    """Hex sha256 of a file's bytes (the one hashing of the project: ``ghostreview.util.hashing.file_sha256``)."""
     return file_sha256(path)
 
 

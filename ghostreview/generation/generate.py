@@ -4,7 +4,7 @@ the stage's output directory (PNGs + manifest) from the store.
 Every image is keyed by a hash of everything that decides its pixels (:func:`job_fields`), so a change of the prompt
 set or of the seed count draws only the new images, and a killed run resumes from what finished. The missing images
 go to an engine in work units (one batch each, :func:`work_units`): :class:`LocalEngine` draws them in this process,
-``generation.engine: ray`` on a Ray cluster (:mod:`ghostreview.engines`); both fill the same store with the same keys.
+``generation.engine: ray`` on a Ray cluster (:mod:`ghostreview.generation.engines`); both fill the same store with the same keys.
 """
 
 from __future__ import annotations
@@ -23,18 +23,18 @@ from typing import Callable, Iterable, Mapping, Sequence
 from tqdm import tqdm
 
 from ghostreview import __version__
-from ghostreview.benchmark import Benchmark, BenchmarkError, LoraEntry, benchmark_items
-from ghostreview.draw import DrawRequest, Hires, draw
-from ghostreview.hashing import autov2, file_sha256
-from ghostreview.infotext import a1111_sampler_fields, format_infotext, format_lora_hashes
-from ghostreview.loading import (
+from ghostreview.protocol import Benchmark, BenchmarkError, LoraEntry, benchmark_items
+from ghostreview.generation.draw import DrawRequest, Hires, draw
+from ghostreview.util.hashing import autov2, file_sha256
+from ghostreview.generation.infotext import a1111_sampler_fields, format_infotext, format_lora_hashes
+from ghostreview.generation.loading import (
     CheckpointFile,
     checkpoint_config_dir,
     inspect_checkpoint,
     load_pipeline,
     pipeline_config_dir,
 )
-from ghostreview.lora import (
+from ghostreview.generation.lora import (
     PARTIAL_FLAG,
     LoraSpec,
     a1111_lora_hash,
@@ -44,11 +44,11 @@ from ghostreview.lora import (
     remove_loras,
     status_flag,
 )
-from ghostreview.manifest import MANIFEST_COLUMNS
-from ghostreview.prompts import extract_lora_tags
-from ghostreview.runtime import library_versions, pick_device, pick_dtype, set_cpu_threads
-from ghostreview.store import DamagedEntryError, ImageStore, Problem, job_key
-from ghostreview.drawversion import DRAW_VERSION  # part of every image's key; when to bump it: that module
+from ghostreview.generation.manifest import MANIFEST_COLUMNS
+from ghostreview.generation.prompts import extract_lora_tags
+from ghostreview.util.runtime import library_versions, pick_device, pick_dtype, set_cpu_threads
+from ghostreview.generation.store import DamagedEntryError, ImageStore, Problem, job_key
+from ghostreview.generation.drawversion import DRAW_VERSION  # part of every image's key; when to bump it: that module
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class ModelIdentity:
 @dataclass(frozen=True)
 class ImageJob:
     """One image of the benchmark for one model; ``status`` is empty when it can be drawn, else its LoRAs' statuses
-    (``; ``-joined) and ``status_flags`` their manifest flags (:func:`ghostreview.lora.status_flag`)."""
+    (``; ``-joined) and ``status_flags`` their manifest flags (:func:`ghostreview.generation.lora.status_flag`)."""
 
     task: str
     item: str
@@ -175,7 +175,7 @@ def infotext_for(job: ImageJob, model: ModelIdentity, version: str, lora_hash: C
     Fields in A1111's order and form, including those whose absence A1111 reads as its own default or the user's
     current setting: ``Schedule type`` always explicit (A1111 reads a missing one as the sampler's default, Karras
     for DPM++ 2M), ``RNG: CPU`` (its default is GPU noise; we draw CPU noise), ``VAE`` (``None``: the checkpoint's
-    own), and our prompt encoding (``ghostreview.encode``): ``Emphasis: Original`` and ``Pad conds: True`` (prompt
+    own), and our prompt encoding (``ghostreview.generation.encode``): ``Emphasis: Original`` and ``Pad conds: True`` (prompt
     and negative padded to one length with empty chunks). ``Lora hashes`` holds ``lora_hash(file)``
     (``a1111_lora_hash``): A1111 finds a tag's LoRA by it, since our tags carry benchmark names, not file names.
     ``Version`` does not parse as an A1111 version, so A1111 switches on none of its backward-compatibility options.
@@ -368,9 +368,9 @@ def model_identity(s: GenerateSettings, ckpt: CheckpointFile, hash_cache: Path) 
 
 def pipeline_drawer(pipe, family: str, batch_size: int) -> Callable[[Sequence[ImageJob]], list]:
     """A ``draw_batch`` for :func:`draw_unit` that swaps LoRAs only when a batch needs other ones; every forward
-    holds ``batch_size`` images (see :func:`ghostreview.draw.draw`). Images drawn with a LoRA applied in part carry
+    holds ``batch_size`` images (see :func:`ghostreview.generation.draw.draw`). Images drawn with a LoRA applied in part carry
     ``lora_partial: <status>`` among their flags (a LoRA diffusers applied in part, or failed to load: see
-    :func:`ghostreview.lora.apply_loras`); the images are drawn with the LoRAs that did load, and excluded."""
+    :func:`ghostreview.generation.lora.apply_loras`); the images are drawn with the LoRAs that did load, and excluded."""
     current: list[tuple[LoraSpec, ...]] = [()]
     partial: list[list[str]] = [[]]  # the flags of the active LoRAs
 
@@ -452,7 +452,7 @@ class LocalEngine:
 def open_engine(gen):
     """The engine named by ``generation.engine``: ``local`` (this process) or ``ray`` (a Ray cluster; optional extra)."""
     if gen.engine == "ray":
-        from ghostreview.engines.ray_cluster import RayEngine  # imports ray: only when asked for
+        from ghostreview.generation.engines.ray import RayEngine  # imports ray: only when asked for
 
         return RayEngine(gen.ray_address, gen.ray_workers)
     return LocalEngine()

@@ -5,7 +5,7 @@ Reproducibility rules:
   the CPU in float32, image by image, so an image's noise never depends on its batch-mates, the batch size or the
   device.
   (A1111 gives image k of a batch seed+k: that is the caller's job.)
-- Text is encoded per request (``ghostreview.encode``) and requests are run in sub-batches of equal conditioning
+- Text is encoded per request (``ghostreview.generation.encode``) and requests are run in sub-batches of equal conditioning
   length, so a long prompt in a batch never pads its neighbours' embeddings.
 - Every forward runs at one fixed batch shape (``batch_size`` images, short sub-batches padded with copies that are
   dropped): on the CPU, oneDNN picks kernels by shape, and the same (prompt, seed) drawn in a batch of 1 and of 4
@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ghostreview.encode import Conditioning, encode_prompts
-from ghostreview.samplers import make_scheduler
+from ghostreview.generation.encode import Conditioning, encode_prompts
+from ghostreview.generation.samplers import make_scheduler
 
 # "black": brightest pixel below 2% of full scale (<= 5/255 in 8 bits). Safety-checker and fp16-overflow
 # failures give exact zeros; a real dark scene still has highlights well above 2%.

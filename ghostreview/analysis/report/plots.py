@@ -30,8 +30,8 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ghostreview.report.tables import as_bool, label
-from ghostreview.standardize import COMBINED, Standardized, excluded_mask
+from ghostreview.analysis.report.tables import as_bool, label
+from ghostreview.analysis.standardize import COMBINED, Standardized, excluded_mask
 
 RAW = "aesthetic"
 CLIP = "clipscore"

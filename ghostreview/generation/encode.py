@@ -2,7 +2,7 @@
 
 What A1111 does, and this module reproduces (from its documented behaviour):
 
-- The prompt is parsed for emphasis (``ghostreview.prompts.parse_prompt_attention``); each segment is tokenized on
+- The prompt is parsed for emphasis (``ghostreview.generation.prompts.parse_prompt_attention``); each segment is tokenized on
   its own, without special tokens.
 - Tokens are packed into chunks of 75. When a chunk is full and the next token is not a comma, the tokens after the
   last comma are moved to the next chunk if that comma lies within the last 20 tokens ("comma padding backtrack",
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ghostreview.prompts import BREAK_MARKER, parse_prompt_attention
+from ghostreview.generation.prompts import BREAK_MARKER, parse_prompt_attention
 
 FAMILIES = ("sd15", "sdxl")
 CHUNK_TOKENS = 75

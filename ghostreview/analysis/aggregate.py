@@ -12,10 +12,10 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from ghostreview.benchmark import Benchmark
-from ghostreview.manifest import ManifestError, check_columns, manifest_file
-from ghostreview.scores import SCORE_COLUMNS
-from ghostreview.standardize import MetricLike, metric_task
+from ghostreview.protocol import Benchmark
+from ghostreview.generation.manifest import ManifestError, check_columns, manifest_file
+from ghostreview.scoring.table import SCORE_COLUMNS
+from ghostreview.analysis.standardize import MetricLike, metric_task
 
 
 def models_table(images_dir: Path, names: Sequence[str],

@@ -26,11 +26,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ghostreview.report.plots import render
-from ghostreview.report.tables import (COMBINED, benchmark_line, board_records, demo_warning, flagged_images, fmt,
+from ghostreview.analysis.report.plots import render
+from ghostreview.analysis.report.tables import (COMBINED, benchmark_line, board_records, demo_warning, flagged_images, fmt,
                                        fmt_rank, interval_note, label, leaderboard_frame, lora_problems,
                                        scored_metrics)
-from ghostreview.standardize import Standardized, parse_flags
+from ghostreview.analysis.standardize import Standardized, parse_flags
 
 STATIC = Path(__file__).parent / "static"
 MANIFEST_COLUMNS = ("task", "item", "seed", "image", "image_hash", "prompt", "negative_prompt", "flags", "infotext")

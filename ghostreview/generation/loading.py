@@ -3,7 +3,7 @@
 * ``read_safetensors_header`` / ``detect_family`` look only at the safetensors header (8-byte little-endian
   length + JSON): no tensor data is read, so checking a 7 GB file is instant. The header is validated as the
   safetensors loader validates it (dtypes, shapes, byte ranges tiling the data), so a file that passes also loads.
-* ``family_config_dir`` materializes the shipped real-size diffusers configs (``ghostreview/configs/<family>``)
+* ``family_config_dir`` materializes the shipped real-size diffusers configs (``ghostreview/generation/configs/<family>``)
   plus generated CLIP tokenizers, so ``from_single_file(config=...)`` never looks for a hub.
 * ``load_pipeline`` builds the diffusers pipeline. Pickle checkpoints (.ckpt/.pt) are refused unless the caller
   opts in, and even then are read only with ``torch.load(weights_only=True)``.
@@ -33,7 +33,7 @@ import torch
 
 from ghostreview.errors import UserError
 from ghostreview.kit.sd import KIT_METADATA_KEY, KIT_METADATA_VALUE  # the tiny kit's marker: tiny configs
-from ghostreview.kit.tokenizer import TOKENIZER_PADS, open_clip_bpe_path, write_clip_tokenizer
+from ghostreview.generation.tokenizer import TOKENIZER_PADS, open_clip_bpe_path, write_clip_tokenizer
 
 CONFIGS_ROOT = Path(__file__).resolve().parent / "configs"
 CONFIG_FAMILIES = ("sd15", "sd2", "sdxl")
@@ -407,7 +407,7 @@ def _materialize(dest: Path, build) -> Path:
 def family_config_dir(family: str, cache_root: Path) -> Path:
     """Local diffusers config dir of the real-size ``family`` ("sd15" | "sd2" | "sdxl"), built once.
 
-    Copies ``ghostreview/configs/<family>/`` and writes the CLIP tokenizer(s) into
+    Copies ``ghostreview/generation/configs/<family>/`` and writes the CLIP tokenizer(s) into
     ``cache_root/<family>-<12 hex of the contents' sha256>/`` (atomic; reused while the shipped files are unchanged).
     """
     if family not in CONFIG_FAMILIES:
@@ -507,7 +507,7 @@ def check_config_dir(config_dir: Path, family: str) -> None:
     if not index_path.is_file():
         raise CheckpointError(
             f"{config_dir}: no model_index.json; build the config dir with "
-            f"ghostreview.loading.family_config_dir({family!r}, cache_root)"
+            f"ghostreview.generation.loading.family_config_dir({family!r}, cache_root)"
         )
     # what diffusers and transformers read: model_index.json and the files of each component's folder
     found = sorted({*config_dir.glob("*.json"), *config_dir.glob("*/*.json")})
@@ -617,7 +617,7 @@ def _pickle_refusal(path: Path) -> str:
     return (
         f"{path}: a pickle checkpoint ({path.suffix}); unpickling can run arbitrary code, so it is refused by "
         "default. Prefer the model's .safetensors download, or convert it once with "
-        "ghostreview.loading.convert_pickle_checkpoint(src, dest), or opt in with allow_pickle: true for this "
+        "ghostreview.generation.loading.convert_pickle_checkpoint(src, dest), or opt in with allow_pickle: true for this "
         "model (read with torch.load(weights_only=True): tensors only, never code)"
     )
 

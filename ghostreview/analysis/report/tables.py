@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ghostreview.standardize import COMBINED, Standardized, parse_flags
+from ghostreview.analysis.standardize import COMBINED, Standardized, parse_flags
 
 LORA_FLAGS = ("lora_unsupported", "lora_incompatible", "lora_partial")
 LABELS = {"aesthetic": "Aesthetic", "clipscore": "CLIPScore", "styleloss": "StyleLoss", "loraloss": "LoRALoss",

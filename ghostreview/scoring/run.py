@@ -1,6 +1,6 @@
 """The scoring stages' library side: from a model's manifest and images to tidy score rows.
 
-Metric definitions live in ``ghostreview/metrics/`` (one module each); this module only wires manifests, weights
+Metric definitions live in ``ghostreview/scoring/`` (one module each); this module only wires manifests, weights
 files and artifacts to them. Expensive features are computed once: CLIP image embeddings (shared by aesthetic and
 CLIPScore) and the reference Gram statistics (shared by every model).
 """
@@ -17,15 +17,17 @@ from typing import Callable, Iterator, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from ghostreview.benchmark import Benchmark
+from ghostreview.protocol import Benchmark
 from ghostreview.config import ScoringParams, StyleParams, resolve
 from ghostreview.errors import UserError
-from ghostreview.metrics import aesthetic, clipscore, styleloss
-from ghostreview.metrics.clip import Embeddings, image_embeddings, load_clip, load_embeddings, save_embeddings, text_embeddings
-from ghostreview.metrics.weights import verify_weights
-from ghostreview.prompts import plain_text
-from ghostreview.runtime import pick_device
-from ghostreview.scores import score_rows
+from ghostreview.scoring import aesthetic
+from ghostreview.scoring import clipscore
+from ghostreview.scoring import styleloss
+from ghostreview.scoring.clip import Embeddings, image_embeddings, load_clip, load_embeddings, save_embeddings, text_embeddings
+from ghostreview.scoring.weights import verify_weights
+from ghostreview.generation.prompts import plain_text
+from ghostreview.util.runtime import pick_device
+from ghostreview.scoring.table import score_rows
 
 
 def drawable(rows: Sequence[Mapping[str, str]]) -> list[Mapping[str, str]]:

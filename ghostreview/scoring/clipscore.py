@@ -3,15 +3,15 @@
 Conventions fixed for GhostReview: OpenAI CLIP ViT-L/14 (the aesthetic metric's CLIP, embeddings shared); no
 "A photo depicts" prefix; weight 100 (torchmetrics' scale, not Hessel et al.'s 2.5); the clamp at 0 is applied per
 image (torchmetrics clamps after averaging); the text is the prompt with A1111 syntax removed; text longer than 77
-tokens is truncated keeping EOT as the last token and flagged (see ``ghostreview.metrics.clip.tokenize``).
+tokens is truncated keeping EOT as the last token and flagged (see ``ghostreview.scoring.clip.tokenize``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ghostreview.metrics import MetricInfo
-from ghostreview.metrics.aesthetic import l2_normalize
+from ghostreview.scoring.metric import MetricInfo
+from ghostreview.scoring.aesthetic import l2_normalize
 
 INFO = MetricInfo(
     name="clipscore",

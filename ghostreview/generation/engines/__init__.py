@@ -1,8 +1,8 @@
 """Where the generate stage draws the images its store lacks (``generation.engine`` in params.yaml).
 
-- ``local`` (:class:`ghostreview.generate.LocalEngine`): the stage's own process loads the checkpoint once and draws
+- ``local`` (:class:`ghostreview.generation.generate.LocalEngine`): the stage's own process loads the checkpoint once and draws
   every missing image.
-- ``ray`` (:class:`ghostreview.engines.ray_cluster.RayEngine`, optional extra ``pip install -e '.[ray]'``): the
+- ``ray`` (:class:`ghostreview.generation.engines.ray.RayEngine`, optional extra ``pip install -e '.[ray]'``): the
   missing images, in batches, are fanned out to the actors of a Ray cluster; each actor loads the checkpoint once and
   draws many batches straight into the shared image store.
 

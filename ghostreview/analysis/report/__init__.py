@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ghostreview.standardize import Standardized
+from ghostreview.analysis.standardize import Standardized
 
 SUMMARY_COLUMNS = ("rank", "model", "family", "combined", "aesthetic", "clipscore", "styleloss", "loraloss",
                    "loraloss_notm", "aesthetic_mean", "aesthetic_good_rate")
@@ -19,9 +19,9 @@ SUMMARY_COLUMNS = ("rank", "model", "family", "combined", "aesthetic", "clipscor
 def write_report(result: Standardized, scores: pd.DataFrame, manifests: Mapping[str, pd.DataFrame],
                  models: pd.DataFrame, images_root: str | Path, out_dir: str | Path) -> dict[str, Path]:
     """Write the tables, ``plots/`` and ``index.html`` into ``out_dir``; returns {name: path} of the main files."""
-    from ghostreview.report.html import write_html
-    from ghostreview.report.plots import write_plots
-    from ghostreview.report.tables import write_tables
+    from ghostreview.analysis.report.html import write_html
+    from ghostreview.analysis.report.plots import write_plots
+    from ghostreview.analysis.report.tables import write_tables
 
     paths = write_tables(result, models, out_dir)
     pngs = write_plots(result, scores, models, out_dir)

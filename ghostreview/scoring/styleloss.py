@@ -35,9 +35,9 @@ from torch import Tensor, nn
 from torchvision.models import VGG19_Weights
 
 from ghostreview.errors import UserError
-from ghostreview.metrics import MetricInfo
-from ghostreview.metrics.batching import padded
-from ghostreview.metrics.weights import read_state_dict, sha256_file
+from ghostreview.scoring.metric import MetricInfo
+from ghostreview.scoring.batching import padded
+from ghostreview.scoring.weights import read_state_dict, sha256_file
 
 INFO = MetricInfo(
     name="styleloss",
@@ -254,7 +254,7 @@ def image_grams(vgg: nn.Module, images: Iterable[Image.Image], size: int, batch_
 
     Images are resized by :func:`resize_shorter`; consecutive images of one shape share a forward of exactly
     ``batch_size`` images (the last one padded with black images), so an image's Grams never depend on its
-    batch-mates (``ghostreview.metrics.batching``).
+    batch-mates (``ghostreview.scoring.batching``).
     """
     pending: list[Tensor] = []
 

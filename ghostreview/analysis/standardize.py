@@ -59,7 +59,7 @@ STD_DDOF = 0
 
 
 class MetricLike(Protocol):
-    """What standardize reads from ``ghostreview.metrics.MetricInfo``."""
+    """What standardize reads from ``ghostreview.scoring.registry.MetricInfo``."""
 
     higher_is_better: bool
     grouped_by: str

@@ -1,7 +1,7 @@
 """``generation.engine: ray``: draw one checkpoint's missing images on the actors of a Ray cluster.
 
 The generate stage still plans every image, computes every key and rebuilds its output from the image store; only the
-drawing moves. The work units (batches of missing images, :func:`ghostreview.generate.work_units`) go to a pool of
+drawing moves. The work units (batches of missing images, :func:`ghostreview.generation.generate.work_units`) go to a pool of
 :class:`DrawWorker` actors. Each actor loads the checkpoint once, draws unit after unit (LoRAs are swapped only when a
 unit needs other ones) and puts every image in the store itself, so the driver never holds pixels.
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ghostreview.config import ConfigError
-from ghostreview.generate import (
+from ghostreview.generation.generate import (
     PipelineSpec,
     WorkUnit,
     draw_unit,
@@ -28,7 +28,7 @@ from ghostreview.generate import (
     load_spec_pipeline,
     pipeline_drawer,
 )
-from ghostreview.store import ImageStore
+from ghostreview.generation.store import ImageStore
 
 INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray[default]>=2.9') on the driver and every node"
 
@@ -75,7 +75,7 @@ class DrawWorker:
     """A Ray actor: loads the checkpoint once, then draws units into the shared image store."""
 
     def __init__(self, spec: PipelineSpec, store_root: str, expected_runtime: dict[str, str]) -> None:
-        from ghostreview.runtime import set_cpu_threads, stage_runtime
+        from ghostreview.util.runtime import set_cpu_threads, stage_runtime
 
         stage_runtime()  # offline hub, flushed denormals: the same numerics as a local stage process
         set_cpu_threads(spec.cpu_threads)

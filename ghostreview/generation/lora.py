@@ -29,8 +29,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ghostreview.kit.ldm_keys import unet_key_to_ldm
-from ghostreview.loading import (
+from ghostreview.generation.ldm_keys import unet_key_to_ldm
+from ghostreview.generation.loading import (
     CONFIGS_ROOT,
     PIPELINE_CLASSES,
     CheckpointError,

@@ -1,0 +1,26 @@
+"""The registered metrics: one line per metric module's ``INFO``.
+
+Standardize and the report read every metric's direction and metadata from ``REGISTRY``. Only registered names are
+standardized; per-layer StyleLoss rows (``styleloss.relu3_1``...) are diagnostics and are not registered. A new
+judge is a new module in this folder with its ``INFO`` and one line here.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from ghostreview.scoring import aesthetic, clipscore, styleloss
+from ghostreview.scoring.metric import MetricInfo
+
+REGISTRY: dict[str, MetricInfo] = {
+    info.name: info for info in (aesthetic.INFO, clipscore.INFO, styleloss.INFO, styleloss.LORA_INFO)
+}
+
+
+def get_metric(name: str) -> MetricInfo:
+    """Return the registered metric ``name``; unknown names fail with the valid names and a close match."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    close = difflib.get_close_matches(name, list(REGISTRY), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"Unknown metric {name!r}.{hint} Available: {sorted(REGISTRY)}")
