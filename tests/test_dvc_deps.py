@@ -33,8 +33,7 @@ PIN_FILE = "ghostreview/generation/drawversion.py"
 
 # module that reads package data -> the directory it reads (see the module docstring)
 PACKAGE_DATA = {
-    "ghostreview/generation/loading.py": "ghostreview/generation/configs",
-    "ghostreview/kit/sd.py": "ghostreview/generation/configs",
+    "ghostreview/generation/topology.py": "ghostreview/generation/configs",
     "ghostreview/analysis/report/html.py": "ghostreview/analysis/report/static",
 }
 # modules that the pixel-deciding code imports but that cannot alter a pixel, with the reason

@@ -9,7 +9,7 @@ rename, a refactor) sets the pin alone.
 """
 
 DRAW_VERSION = "2"
-DRAW_CODE_SHA256 = "e1cd2651262052bee3cf7ca8239fffbbeaa3ed1e44eaa8fa397aada3058c0969"
+DRAW_CODE_SHA256 = "489cdd85c6c402cad650eaa10b276c1d72b160bb2ad449b7854353cd006d3e2e"
 
 # What turns an image's key fields into pixels. The test checks that these cover everything they import.
 PIXEL_MODULES = (
@@ -20,9 +20,9 @@ PIXEL_MODULES = (
     "ghostreview/generation/samplers.py",
     "ghostreview/generation/loading.py",  # checkpoint conversion, config dirs, tokenizers
     "ghostreview/generation/lora.py",
-    "ghostreview/kit/__init__.py",  # the tiny kit's configs and tokenizer (loading imports them)
+    "ghostreview/generation/families.py",
     "ghostreview/generation/ldm_keys.py",
-    "ghostreview/kit/sd.py",
+    "ghostreview/generation/topology.py",  # shipped and tiny configs (loading builds config dirs from them)
     "ghostreview/generation/tokenizer.py",
 )
 # Single functions of modules whose other code cannot alter a pixel (plans, manifests, the store).

@@ -32,9 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ghostreview.generation.families import FAMILIES
 from ghostreview.generation.prompts import BREAK_MARKER, parse_prompt_attention
-
-FAMILIES = ("sd15", "sdxl")
 CHUNK_TOKENS = 75
 COMMA_BACKTRACK = 20
 

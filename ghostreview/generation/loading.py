@@ -32,19 +32,14 @@ from pathlib import Path
 import torch
 
 from ghostreview.errors import UserError
-from ghostreview.kit.sd import KIT_METADATA_KEY, KIT_METADATA_VALUE  # the tiny kit's marker: tiny configs
+from ghostreview.generation import topology
+from ghostreview.generation.families import CONFIG_FAMILIES, PIPELINE_CLASSES
+from ghostreview.generation.families import FAMILIES as REVIEWABLE_FAMILIES
 from ghostreview.generation.tokenizer import TOKENIZER_PADS, open_clip_bpe_path, write_clip_tokenizer
+from ghostreview.generation.topology import CONFIGS_ROOT, KIT_METADATA_KEY, KIT_METADATA_VALUE
 
-CONFIGS_ROOT = Path(__file__).resolve().parent / "configs"
-CONFIG_FAMILIES = ("sd15", "sd2", "sdxl")
-PIPELINE_CLASSES = {
-    "sd15": "StableDiffusionPipeline",
-    "sd2": "StableDiffusionPipeline",
-    "sdxl": "StableDiffusionXLPipeline",
-}
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-REVIEWABLE_FAMILIES = ("sd15", "sdxl")  # what prompt encoding, drawing and the LoRA tables handle (draw.py, encode.py)
 MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit
 # safetensors dtypes (those safetensors.torch reads) -> bytes per element
 DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E4M3FNUZ": 1, "F8_E5M2": 1, "F8_E5M2FNUZ": 1,
@@ -314,7 +309,7 @@ class CheckpointFile:
 
     @property
     def is_tiny_kit(self) -> bool:
-        """Written by ``ghostreview.kit.sd`` (random weights, tiny topology), for tests and CI."""
+        """Written by the tiny kit (random weights, ``topology.TINY_OVERRIDES``), for tests and CI."""
         return self.metadata.get(KIT_METADATA_KEY) == KIT_METADATA_VALUE
 
     @property
@@ -423,12 +418,10 @@ def family_config_dir(family: str, cache_root: Path) -> Path:
 
 
 def tiny_config_dir(family: str, cache_root: Path) -> Path:
-    """Config dir of the tiny test topology of ``family`` (``ghostreview.kit.sd``), built once under ``cache_root``."""
-    from ghostreview.kit import sd
-
-    text = json.dumps(sd.tiny_configs(family), sort_keys=True) + _config_source_digest(family)
+    """Config dir of the tiny test topology of ``family`` (``topology.tiny_configs``), built once under ``cache_root``."""
+    text = json.dumps(topology.tiny_configs(family), sort_keys=True) + _config_source_digest(family)
     dest = Path(cache_root) / f"{family}-tiny-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
-    return _materialize(dest, lambda tmp: sd.write_tiny_config_dir(tmp, family))
+    return _materialize(dest, lambda tmp: topology.write_tiny_config_dir(tmp, family))
 
 
 def pipeline_config_dir(checkpoint: Path, family: str, cache_root: Path, *, allow_pickle: bool = False) -> Path:

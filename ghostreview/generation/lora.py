@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ghostreview.generation.ldm_keys import unet_key_to_ldm
+from ghostreview.generation.topology import CONFIGS_ROOT
+from ghostreview.generation.families import PIPELINE_CLASSES
 from ghostreview.generation.loading import (
-    CONFIGS_ROOT,
-    PIPELINE_CLASSES,
     CheckpointError,
     header_metadata,
     read_safetensors_header,
@@ -192,7 +192,7 @@ def model_modules(family: str, config_dir: Path) -> dict[str, tuple[int, ...]]:
 
 @functools.lru_cache(maxsize=4)
 def _model_modules(family: str, configs_json: str) -> tuple:
-    from ghostreview.kit.sd import build_component
+    from ghostreview.generation.topology import build_component
 
     import torch
 
