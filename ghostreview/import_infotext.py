@@ -8,7 +8,6 @@ order; :func:`append_entries` adds such dicts to a ``loras_<family>.yaml`` table
 from __future__ import annotations
 
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -28,6 +27,7 @@ from ghostreview.errors import UserError
 from ghostreview.generation.infotext import combined_sampler_name, parse_infotext, read_a1111_sampler, read_png_infotext
 from ghostreview.scoring.styleloss import ImageLimitError, open_checked_image
 from ghostreview.generation.prompts import extract_lora_tags
+from ghostreview.util.atomic import write_atomic
 
 DEFAULT_WEIGHT = 0.8  # the article's weight for a header prompt with no LoRA tag
 A1111_MULTIPLIER = 1.0  # A1111's default for <lora:name> written without a weight
@@ -288,7 +288,5 @@ def _merge(rows: list, entries: list[dict], replace: bool, table_yaml: Path) -> 
 
 
 def _write(table_yaml: Path, data: Any) -> None:
-    tmp = table_yaml.with_name(table_yaml.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        _yaml().dump(data, fh)
-    os.replace(tmp, table_yaml)
+    """Replace the table file atomically (a killed import never leaves half a table)."""
+    write_atomic(table_yaml, lambda f: _yaml().dump(data, f))

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 
 from ghostreview.protocol import Benchmark
+from ghostreview.util.atomic import replace_dir
 
 # name -> (family, seed). The fourth SD1.5 model is spare: tests add it to params to show incremental reruns.
 DEMO_MODELS = {
@@ -33,17 +32,23 @@ def _seed(*parts: object) -> int:
 
 
 def build_demo_kit(dest: Path, bench: Benchmark, seed: int = 0, image_size: int = 96) -> Path:
-    """Write the whole kit under ``dest`` (skipped when a complete kit of this version and seed is already there)."""
+    """Write the whole kit under ``dest`` (skipped when a complete kit of this version and seed is already there).
+
+    The kit is built in a temporary sibling and swapped in whole (:func:`ghostreview.util.atomic.replace_dir`).
+    """
+    stamp = {"version": KIT_VERSION, "seed": seed, "benchmark": bench.name, "image_size": image_size}
+    if _stamp_matches(dest, stamp):
+        return dest
+    return replace_dir(Path(dest), lambda tmp: _write_kit(tmp, bench, seed, image_size, stamp))
+
+
+def _write_kit(tmp: Path, bench: Benchmark, seed: int, image_size: int, stamp: dict) -> None:
+    """Every file of the demo kit, under the (empty) directory ``tmp``."""
     from ghostreview.kit.images import write_lora_header, write_style_references
     from ghostreview.kit.lora import write_tiny_lora
     from ghostreview.kit.scorers import write_tiny_clip, write_tiny_laion_head, write_tiny_vgg19
     from ghostreview.kit.sd import write_tiny_checkpoint, write_tiny_config_dir
 
-    stamp = {"version": KIT_VERSION, "seed": seed, "benchmark": bench.name, "image_size": image_size}
-    if _stamp_matches(dest, stamp):
-        return dest
-    tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
     for family in ("sd15", "sdxl"):
         write_tiny_config_dir(tmp / "configs" / family, family)
     for name, (family, s) in DEMO_MODELS.items():
@@ -62,10 +67,6 @@ def build_demo_kit(dest: Path, bench: Benchmark, seed: int = 0, image_size: int 
     write_tiny_laion_head(tmp / "scorers" / "laion_head.pth", seed)
     write_tiny_vgg19(tmp / "scorers" / "vgg19_features.safetensors", seed)
     (tmp / STAMP).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
-    return dest
 
 
 def _stamp_matches(dest: Path, stamp: dict) -> bool:

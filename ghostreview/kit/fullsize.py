@@ -25,16 +25,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import IO
 
 import torch
 
 from ghostreview.kit import sd
 
 from ghostreview.generation import ldm_keys
+from ghostreview.util.atomic import create_dir_once, save_atomic, write_atomic, write_text_atomic
 
 FULL_METADATA_VALUE = "fullsize-random-weights"
 CLIP_ARCH = "ViT-L-14-quickgelu"
@@ -138,10 +139,9 @@ def write_streaming_safetensors(path: Path, plan: Mapping[str, tuple[torch.dtype
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    expected = iter(plan.items())
-    with open(tmp, "wb") as f:
+
+    def write(f: IO[bytes]) -> None:
+        expected = iter(plan.items())
         f.write(len(text).to_bytes(8, "little") + text)
         for name, tensor in tensors:
             want_name, (dtype, shape) = next(expected)
@@ -149,10 +149,10 @@ def write_streaming_safetensors(path: Path, plan: Mapping[str, tuple[torch.dtype
                 raise RuntimeError(f"{path}: tensor {name} {tensor.dtype} {tuple(tensor.shape)} does not match the "
                                    f"planned {want_name} {dtype} {tuple(shape)}")
             f.write(tensor.contiguous().view(torch.uint8).numpy().tobytes())
-    if next(expected, None) is not None:
-        raise RuntimeError(f"{path}: fewer tensors than planned")
-    os.replace(tmp, path)
-    return path
+        if next(expected, None) is not None:
+            raise RuntimeError(f"{path}: fewer tensors than planned")
+
+    return write_atomic(path, write)
 
 
 def write_checkpoint(path: Path, family: str, seed: int, configs: Mapping[str, dict] | None = None) -> Path:
@@ -184,7 +184,7 @@ def write_clip(path: Path, seed: int) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = open_clip.create_model(CLIP_ARCH)
-    return _atomic(path, lambda tmp: write_state_dict({k: v.half() for k, v in model.state_dict().items()}, tmp))
+    return save_atomic(path, lambda tmp: write_state_dict({k: v.half() for k, v in model.state_dict().items()}, tmp))
 
 
 def write_vgg19(path: Path, seed: int) -> Path:
@@ -195,23 +195,14 @@ def write_vgg19(path: Path, seed: int) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = vgg19(weights=None)
-    return _atomic(path, lambda tmp: torch.save(model.state_dict(), tmp))
+    return save_atomic(path, lambda tmp: torch.save(model.state_dict(), tmp))
 
 
 def write_laion_head(path: Path, seed: int) -> Path:
     """The LAION v2 head layout (768-1024-128-64-16-1, keys ``layers.{0,2,4,6,7}``): the kit's writer is full size."""
     from ghostreview.kit.scorers import write_tiny_laion_head
 
-    return _atomic(path, lambda tmp: write_tiny_laion_head(tmp, seed))
-
-
-def _atomic(path: Path, write: Callable[[Path], object]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
-    return path
+    return save_atomic(path, lambda tmp: write_tiny_laion_head(tmp, seed))
 
 
 # ---------------------------------------------------------------------------------------------------- LoRAs
@@ -273,7 +264,7 @@ def build_fullsize_kit(dest: Path, bench, seed: int = 0, log: Callable[[str], No
         raise RuntimeError(f"{dest}: a full-size kit of another version or seed ({(dest / STAMP).read_text().strip()}); "
                            f"delete the directory to rebuild it as {stamp}")
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / STAMP).write_text(json.dumps(stamp) + "\n")
+    write_text_atomic(dest / STAMP, json.dumps(stamp) + "\n")
     paths, times = kit_paths(dest), dest / "build-times.json"
     spent = json.loads(times.read_text()) if times.is_file() else {}
 
@@ -284,7 +275,7 @@ def build_fullsize_kit(dest: Path, bench, seed: int = 0, log: Callable[[str], No
         start = perf_counter()
         write(path)
         spent[str(path.relative_to(dest))] = round(perf_counter() - start, 1)
-        times.write_text(json.dumps(spent, indent=1) + "\n")
+        write_text_atomic(times, json.dumps(spent, indent=1) + "\n")
 
     for family, (_, s) in MODELS.items():
         once(paths[f"models/{family}"], lambda p, f=family, s=s: write_checkpoint(p, f, seed * 1000 + s))
@@ -303,9 +294,8 @@ def build_fullsize_kit(dest: Path, bench, seed: int = 0, log: Callable[[str], No
         ref_dir = paths["style_refs"] / style.reference_dir
         if not ref_dir.is_dir():
             start = perf_counter()
-            write_style_references(ref_dir.with_name(ref_dir.name + ".partial"), style.name, REFS_PER_STYLE,
-                                   _seed(seed, style.name), IMAGE_SIZE)
-            os.replace(ref_dir.with_name(ref_dir.name + ".partial"), ref_dir)
+            create_dir_once(ref_dir, lambda d, s=style: write_style_references(d, s.name, REFS_PER_STYLE,
+                                                                              _seed(seed, s.name), IMAGE_SIZE))
             spent[str(ref_dir.relative_to(dest))] = round(perf_counter() - start, 1)
-            times.write_text(json.dumps(spent, indent=1) + "\n")
+            write_text_atomic(times, json.dumps(spent, indent=1) + "\n")
     return spent

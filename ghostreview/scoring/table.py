@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
+
+from ghostreview.util.atomic import save_atomic
 
 SCORE_COLUMNS = (
     "model", "task", "item", "seed", "image_hash", "metric", "value", "flags", "metric_version", "weights_sha256",
@@ -43,10 +44,8 @@ def score_rows(
 
 def write_scores(path: Path, rows: Sequence[Mapping]) -> None:
     """Write rows atomically (a killed stage never leaves a half-written table)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pd.DataFrame(list(rows), columns=list(SCORE_COLUMNS)).to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    frame = pd.DataFrame(list(rows), columns=list(SCORE_COLUMNS))
+    save_atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
 def read_scores(score_dir: Path, models: Sequence[str]) -> pd.DataFrame:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
+
+from ghostreview.util.atomic import write_text_atomic
 
 CACHE_VERSION = 1
 _CHUNK = 1 << 20
@@ -38,13 +39,9 @@ def _read_cache(cache_file: Path) -> dict[str, dict]:
 
 
 def _write_cache(cache_file: Path, entries: dict[str, dict]) -> None:
-    """Write the cache atomically (temp file in the same directory, then ``os.replace``)."""
-    cache_file = Path(cache_file)
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
+    """Write the cache atomically (:func:`ghostreview.util.atomic.write_text_atomic`)."""
     text = json.dumps({"version": CACHE_VERSION, "entries": entries}, indent=1, sort_keys=True)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, cache_file)
+    write_text_atomic(Path(cache_file), text)
 
 
 def file_sha256(path: Path, cache_file: Path | None = None) -> str:

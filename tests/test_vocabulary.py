@@ -1,0 +1,184 @@
+"""One owner per fact: the atomic writer, the slug rule, "did you mean", the YAML reader and the shared column lists.
+
+The owners are tested here against plain expectations; an AST scan of ``ghostreview/`` and ``stages/`` keeps every
+other module from growing its own copy again. Each allow-list entry says why; ``PENDING`` entries are copies whose
+owners switch to the shared definition (a test keeps each entry true, so a switched file must leave the list).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from ghostreview.util import atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+SCANNED = sorted(p for d in ("ghostreview", "stages") for p in (ROOT / d).rglob("*.py"))
+
+
+def _rel(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+def _trees() -> dict[str, ast.Module]:
+    return {_rel(p): ast.parse(p.read_text(encoding="utf-8"), str(p)) for p in SCANNED}
+
+
+TREES = _trees()
+
+
+# ---------------------------------------------------------------------------------------------------- atomic writes
+def test_write_atomic_replaces_the_file_and_leaves_no_temporary_behind(tmp_path):
+    target = tmp_path / "sub" / "table.csv"
+    assert atomic.write_bytes_atomic(target, b"old\n") == target  # the directory is created
+    atomic.write_atomic(target, lambda f: f.write(b"new\n"))
+    assert target.read_bytes() == b"new\n"
+    assert [p.name for p in target.parent.iterdir()] == ["table.csv"]
+
+
+def test_a_failing_writer_leaves_the_target_untouched(tmp_path):
+    target = tmp_path / "scores.csv"
+    target.write_bytes(b"complete\n")
+
+    def half(f):
+        f.write(b"half a ")
+        raise RuntimeError("disk full")
+
+    def save_half(tmp):
+        with open(tmp, "wb") as f:
+            half(f)
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic.write_atomic(target, half)
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic.save_atomic(target, save_half)
+    assert target.read_bytes() == b"complete\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["scores.csv"]
+
+
+def test_a_replaced_file_keeps_its_mode_and_a_new_one_gets_the_umask_default(tmp_path):
+    kept = tmp_path / "params.yaml"
+    kept.write_text("a: 1\n")
+    os.chmod(kept, 0o640)
+    atomic.write_text_atomic(kept, "a: 2\n")
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o640 and kept.read_text() == "a: 2\n"
+    atomic.save_atomic(kept, lambda tmp: Path(tmp).write_text("a: 3\n"))
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o640 and kept.read_text() == "a: 3\n"
+
+    umask = os.umask(0o022)
+    try:
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")  # what open() gives: the mode a new atomic file must get too (not mkstemp's 0o600)
+        for new in (atomic.write_text_atomic(tmp_path / "new.txt", "x"),
+                    atomic.save_atomic(tmp_path / "saved.txt", lambda tmp: Path(tmp).write_text("x"))):
+            assert stat.S_IMODE(new.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o644
+    finally:
+        os.umask(umask)
+
+
+def test_save_atomic_gives_the_writer_a_fresh_path_with_the_target_suffix(tmp_path):
+    seen = []
+    atomic.save_atomic(tmp_path / "w.safetensors", lambda tmp: (seen.append(Path(tmp)), Path(tmp).write_bytes(b"w")))
+    assert seen[0].parent == tmp_path and seen[0].suffix == ".safetensors" and seen[0].name.startswith(".w.")
+    assert not seen[0].exists() and (tmp_path / "w.safetensors").read_bytes() == b"w"
+
+
+def test_write_temp_then_move_into_place(tmp_path):
+    target = tmp_path / "a.png"
+    tmp = atomic.write_temp(target, lambda f: f.write(b"png"))
+    assert tmp.parent == tmp_path and tmp.read_bytes() == b"png" and not target.exists()
+    atomic.move_into_place(tmp, target)
+    assert target.read_bytes() == b"png" and not tmp.exists()
+
+
+def test_replace_dir_swaps_a_whole_tree_and_keeps_the_old_one_on_error(tmp_path):
+    dest = tmp_path / "kit"
+
+    def build(version):
+        def fill(d):
+            (d / "models").mkdir()
+            (d / "models" / "a.txt").write_text(version)
+        return fill
+
+    atomic.replace_dir(dest, build("1"))
+    (dest / "stale.txt").write_text("from the old tree")
+    atomic.replace_dir(dest, build("2"))
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*")) == ["models", "models/a.txt"]
+    assert (dest / "models" / "a.txt").read_text() == "2"
+
+    def broken(d):
+        (d / "half").write_text("x")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        atomic.replace_dir(dest, broken)
+    assert (dest / "models" / "a.txt").read_text() == "2"
+    assert [p.name for p in tmp_path.iterdir()] == ["kit"]
+
+
+def test_create_dir_once_builds_only_a_missing_directory(tmp_path):
+    dest, calls = tmp_path / "refs", []
+
+    def build(d):
+        calls.append(d)
+        (d / "r.png").write_bytes(b"r")
+
+    assert atomic.create_dir_once(dest, build) == dest
+    atomic.create_dir_once(dest, build)
+    assert len(calls) == 1 and (dest / "r.png").read_bytes() == b"r"
+    assert [p.name for p in tmp_path.iterdir()] == ["refs"]
+
+
+def test_create_dir_once_discards_the_copy_of_a_builder_that_lost_the_race(tmp_path):
+    dest = tmp_path / "refs"
+
+    def racing(d):  # another process finishes first, while this one is still building
+        (d / "mine.png").write_bytes(b"mine")
+        dest.mkdir()
+        (dest / "theirs.png").write_bytes(b"theirs")
+
+    atomic.create_dir_once(dest, racing)
+    assert [p.name for p in dest.iterdir()] == ["theirs.png"]
+    assert [p.name for p in tmp_path.iterdir()] == ["refs"]
+
+
+# Renames outside util/atomic.py. Legitimate ones move an existing file or directory, which no writer can do.
+RENAMES_ALLOWED = {
+    "ghostreview/generation/store.py": "set_aside moves a damaged entry into the quarantine (a move, not a write); "
+                                       "put and link move a checked temporary file (PENDING: move_into_place)",
+}
+RENAMES_PENDING = {  # owners switch these to ghostreview.util.atomic
+    "ghostreview/generation/loading.py": "_materialize -> create_dir_once; convert_pickle_checkpoint -> save_atomic",
+    "ghostreview/generation/generate.py": "write_output -> replace_dir",
+    "ghostreview/kit/sd.py": "save_safetensors_atomic -> write_bytes_atomic; write_tiny_pickle_checkpoint -> save_atomic",
+    "ghostreview/scoring/run.py": "the reference stats directory -> replace_dir",
+    "ghostreview/models_cli.py": "write_text_atomic -> ghostreview.util.atomic.write_text_atomic (keeps the mode)",
+}
+
+
+def _renames(tree: ast.Module) -> list[int]:
+    """Lines calling os.replace / os.rename / shutil.move, or ``x.rename(y)`` / ``x.replace(y)`` (pathlib's)."""
+    lines = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        f = node.func
+        owner = f.value.id if isinstance(f.value, ast.Name) else None
+        if (owner, f.attr) in {("os", "replace"), ("os", "rename"), ("shutil", "move")}:
+            lines.append(node.lineno)
+        elif f.attr in ("rename", "replace") and len(node.args) == 1 and not node.keywords and not (
+                isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            lines.append(node.lineno)  # not str.replace (two arguments), DataFrame.rename (keywords), Series.rename("z")
+    return lines
+
+
+def test_only_the_atomic_module_renames_files():
+    found = {path: lines for path, tree in TREES.items() if (lines := _renames(tree))}
+    found.pop("ghostreview/util/atomic.py", None)
+    allowed = RENAMES_ALLOWED | RENAMES_PENDING
+    assert {p: ls for p, ls in found.items() if p not in allowed} == {}, "use ghostreview.util.atomic"
+    assert sorted(p for p in allowed if p not in found) == [], "switched: take it off the allow-list"
