@@ -28,7 +28,9 @@ from ghostreview.generation.infotext import combined_sampler_name, parse_infotex
 from ghostreview.scoring.styleloss import ImageLimitError, open_checked_image
 from ghostreview.generation.prompts import extract_lora_tags
 from ghostreview.util.atomic import write_atomic
+from ghostreview.util.names import table_slug
 
+DEFAULT_NAME = "lora"  # the table name of a LoRA whose name has no letter or digit
 DEFAULT_WEIGHT = 0.8  # the article's weight for a header prompt with no LoRA tag
 A1111_MULTIPLIER = 1.0  # A1111's default for <lora:name> written without a weight
 
@@ -54,12 +56,6 @@ INTEGER = re.compile(r"[+-]?[0-9]{1,20}(\.0*)?")  # "20", and "20.0" as some UIs
 
 class ImportInfotextError(UserError, ValueError):
     """A header image or table that cannot be imported; the message names the file and the fix."""
-
-
-def slugify(text: str) -> str:
-    """A table name from a LoRA or file name: ``"MoXin v1.0"`` -> ``"moxin_v1_0"``."""
-    slug = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
-    return slug or "lora"
 
 
 def _parse(text: str, convert: Callable[[str], Any]) -> Any:
@@ -134,7 +130,7 @@ def _own_tag(tags: list[tuple[str, float | None]], name: str | None) -> str | No
     """The tag that is the imported LoRA itself: the one whose slug is ``name``, else the first; None without tags."""
     if not tags:
         return None
-    by_slug = [t for t, _ in tags if slugify(t) == name]
+    by_slug = [t for t, _ in tags if table_slug(t, DEFAULT_NAME) == name]
     return by_slug[0] if by_slug else tags[0][0]
 
 
@@ -148,7 +144,7 @@ def rename_tags(prompt: str, renames: Mapping[str, str]) -> str:
             return tag
         original, weight = tags[0]
         w = A1111_MULTIPLIER if weight is None else weight
-        return f"<lora:{renames.get(original, slugify(original))}:{w:g}>"
+        return f"<lora:{renames.get(original, table_slug(original, DEFAULT_NAME))}:{w:g}>"
 
     return re.sub(r"<\w+:[^>]+>", one, prompt)
 
@@ -179,10 +175,10 @@ def lora_entry_from_png(path: Path, name: str | None = None) -> dict:
     except ValueError as exc:
         raise ImportInfotextError(f"{path}: {exc}. Edit the tag in the entry after importing.") from None
     own = _own_tag(tags, name)
-    name = name or slugify(own or path.stem)
+    name = name or table_slug(own or path.stem, DEFAULT_NAME)
     if not SLUG.fullmatch(name):
         raise ImportInfotextError(f"{path}: name {name!r} is not a slug. Use lower-case letters, digits and _, "
-                                  f"e.g. {slugify(name)!r}.")
+                                  f"e.g. {table_slug(name, DEFAULT_NAME)!r}.")
     return {
         "name": name,
         "title": own or path.stem,

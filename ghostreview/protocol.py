@@ -19,7 +19,6 @@ through the subjects: image ``k`` of a style shows ``subjects[k % len(subjects)]
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import re
@@ -36,6 +35,7 @@ from ruamel.yaml.error import YAMLError
 from ghostreview.errors import UserError
 from ghostreview.generation.infotext import NEGATIVE_PREFIX, format_infotext, parse_infotext
 from ghostreview.generation.prompts import extract_lora_tags
+from ghostreview.util.names import did_you_mean, table_slug
 
 TASKS = ("general", "style", "lora")
 FAMILIES = ("sd15", "sdxl")
@@ -192,11 +192,6 @@ def _fail(loc: Loc, problem: str, fix: str) -> BenchmarkError:
     return BenchmarkError(f"{loc}: {problem}. {fix}")
 
 
-def _did_you_mean(word: str, options: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
-    return f' Did you mean "{close[0]}"?' if close else ""
-
-
 def _describe(value: Any) -> str:
     if value is None:
         return "nothing (an empty value)"
@@ -279,7 +274,7 @@ def read_slug(value: Any, loc: Loc, pattern: re.Pattern = SLUG) -> str:
     text = read_str(value, loc)
     if not pattern.fullmatch(text):
         allowed = "lower-case letters, digits and _" if pattern is SLUG else "letters, digits and _"
-        suggestion = re.sub(r"[^a-z0-9_]+", "_", text.lower()).strip("_") if pattern is SLUG else text
+        suggestion = table_slug(text) if pattern is SLUG else text
         raise _fail(loc, f"{text!r} is not a valid name", f"Use only {allowed}, e.g. {suggestion!r}.")
     return text
 
@@ -292,7 +287,7 @@ def read_fields(
     allowed = [*required, *optional]
     for key in data:
         if key not in allowed:
-            fix = f"{_did_you_mean(key, allowed)} Allowed keys: {', '.join(allowed)}.".lstrip()
+            fix = f"{did_you_mean(key, allowed)} Allowed keys: {', '.join(allowed)}.".lstrip()
             raise _fail(loc.key(data, key), "unknown key", fix)
     missing = [k for k in required if k not in data]
     if missing:
@@ -376,7 +371,7 @@ def _no_network_tags(text: str, loc: Loc) -> str:
 def _read_group(value: Any, loc: Loc) -> str:
     group = read_str(value, loc)
     if group not in GROUPS:
-        raise _fail(loc, f"unknown group {group!r}", f"{_did_you_mean(group, GROUPS)} Use one of: {', '.join(GROUPS)}.")
+        raise _fail(loc, f"unknown group {group!r}", f"{did_you_mean(group, GROUPS)} Use one of: {', '.join(GROUPS)}.")
     return group
 
 
@@ -525,7 +520,7 @@ def parse_lora_table(data: Any, file: str) -> tuple[LoraEntry, ...]:
         for name, _ in _tags(entry.prompt):
             if name not in names:
                 raise _fail(Loc(file, f"loras[{i}].prompt", _line(items[i], "prompt")),
-                            f"<lora:{name}:...> names no LoRA of this table{_did_you_mean(name, names)}",
+                            f"<lora:{name}:...> names no LoRA of this table{did_you_mean(name, names)}",
                             f"Add an entry named {name!r} (a header prompt with several LoRAs draws with all of them), "
                             f"or remove the tag.")
     return entries
@@ -653,7 +648,7 @@ def _check_names_across_families(b: Benchmark) -> None:
 def lora_table(b: Benchmark, family: str) -> tuple[LoraEntry, ...]:
     """The LoRA table of one family; an unknown family fails with the valid ones."""
     if family not in b.loras:
-        raise BenchmarkError(f"unknown model family {family!r}.{_did_you_mean(family, b.loras)} "
+        raise BenchmarkError(f"unknown model family {family!r}.{did_you_mean(family, b.loras)} "
                              f"Valid: {', '.join(b.loras)}.")
     return b.loras[family]
 
@@ -663,7 +658,7 @@ def images_per_item(b: Benchmark, seeds: Mapping[str, int] | None = None) -> dic
     counts = {t: b.counts[t].images_per_item for t in TASKS}
     for task, n in (seeds or {}).items():
         if task not in counts:
-            raise BenchmarkError(f"images per item: unknown task {task!r}.{_did_you_mean(task, TASKS)} "
+            raise BenchmarkError(f"images per item: unknown task {task!r}.{did_you_mean(task, TASKS)} "
                                  f"Valid: {', '.join(TASKS)}.")
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= counts[task]:
             raise BenchmarkError(f"images per item: {task} = {n!r}; {b.name} allows 0 to {counts[task]} "

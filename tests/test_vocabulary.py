@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ghostreview.util import atomic
+from ghostreview.util import atomic, names
 
 ROOT = Path(__file__).resolve().parents[1]
 SCANNED = sorted(p for d in ("ghostreview", "stages") for p in (ROOT / d).rglob("*.py"))
@@ -182,3 +182,109 @@ def test_only_the_atomic_module_renames_files():
     allowed = RENAMES_ALLOWED | RENAMES_PENDING
     assert {p: ls for p, ls in found.items() if p not in allowed} == {}, "use ghostreview.util.atomic"
     assert sorted(p for p in allowed if p not in found) == [], "switched: take it off the allow-list"
+
+
+# ---------------------------------------------------------------------------------------------------- names
+@pytest.mark.parametrize("text, model, table", [
+    ("DreamShaper_8", "dreamshaper_8", "dreamshaper_8"),
+    ("MoXin v1.0", "moxin-v1-0", "moxin_v1_0"),
+    ("  Ink  Wash!!  ", "ink-wash", "ink_wash"),
+    ("a__b--c", "a__b--c", "a_b_c"),
+    ("_hidden-", "hidden", "hidden"),
+    ("Ünïcode Ø", "n-code", "n_code"),
+    ("+++", "", ""),
+])
+def test_the_slug_presets(text, model, table):
+    assert names.model_slug(text) == model and names.table_slug(text) == table
+    assert names.table_slug("+++", default="lora") == "lora"
+
+
+def test_a_model_slug_is_a_params_key_dvc_can_address():
+    """A '.' in a params key splits DVC's params path (models.a.b reads as two levels): the key rule refuses it."""
+    import re
+
+    for text in ("v1.5", "../evil", "a\nb", "sd 1.5 (pruned).ckpt", "-x-", "Ø1"):
+        assert re.fullmatch(r"[a-z0-9][a-z0-9_-]*", names.model_slug(text)), text
+
+
+def test_slug_keeps_case_and_characters_when_asked():
+    assert names.slug("Low Poly.v2", keep="_.-", lower=False, default="style") == "Low_Poly.v2"
+    assert names.slug("", default="style") == "style"
+
+
+@pytest.mark.parametrize("word, options, cutoff, quote, hint", [
+    ("generaton", ["generation", "models"], 0.6, '"', ' Did you mean "generation"?'),
+    ("clipscor", ["aesthetic", "clipscore"], 0.6, "'", " Did you mean 'clipscore'?"),
+    ("zzz", ["generation"], 0.6, '"', ""),
+    (12, ["1", "12x"], 0.6, '"', ' Did you mean "12x"?'),  # a YAML key that is a number
+])
+def test_did_you_mean(word, options, cutoff, quote, hint):
+    assert names.did_you_mean(word, options, cutoff, quote) == hint
+
+
+def test_closest_takes_the_best_match_above_the_cutoff():
+    samplers = ["Euler", "Euler a", "DPM++ 2M Karras"]
+    assert names.closest("euler a", samplers, cutoff=0.5) == "Euler a"
+    assert names.closest("DPM++ 2M Karas", samplers) == "DPM++ 2M Karras"
+    assert names.closest("heun", samplers) is None
+
+
+# config.py imports nothing of the project, so it keeps marked copies of these two; they must give the same output.
+# Not "_x": config's copy strips only "-" today ("_x" -> "_x", an invalid suggestion); add it once the copy strips "-_".
+COPY_INPUTS = ["DreamShaper 8", "../evil", "a.b", "Model+V2", "x--y", "Ünïcode", "sd15", "m1\n"]
+
+
+def test_configs_copy_of_the_model_slug_agrees():
+    config = pytest.importorskip("ghostreview.config")
+    for text in COPY_INPUTS:
+        assert config._slugify(text) == names.model_slug(text, default="model"), text
+
+
+def test_configs_copy_of_did_you_mean_agrees():
+    config = pytest.importorskip("ghostreview.config")
+    keys = ["generation", "models", "scoring", "report", "checkpoint"]
+    for word in ("generaton", "model", "chekpoint", "zzz", "scorin", ""):
+        assert config._did_you_mean(word, keys) == names.did_you_mean(word, keys), word
+
+
+def _functions(tree: ast.Module):
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+def _calls(node: ast.AST) -> set[str]:
+    """Names of the functions ``node`` calls (``f(...)`` and ``x.f(...)``)."""
+    return {c.func.id if isinstance(c.func, ast.Name) else c.func.attr for c in ast.walk(node)
+            if isinstance(c, ast.Call) and isinstance(c.func, (ast.Name, ast.Attribute))}
+
+
+SLUG_COPIES = {
+    "ghostreview/config.py": "the leaf's marked copy of model_slug (test_configs_copy_of_the_model_slug_agrees)",
+}
+SLUG_PENDING = {
+    "ghostreview/models_cli.py": "slug_from_filename -> names.model_slug(Path(path).stem), then its SLUG check",
+}
+
+
+def test_every_slug_function_uses_the_one_rule():
+    """A function named *slug* outside util/names.py must call names' rule, not carry a rule of its own."""
+    rule = {"slug", "model_slug", "table_slug"}
+    found = {path for path, tree in TREES.items() if path != "ghostreview/util/names.py"
+             for f in _functions(tree) if "slug" in f.name.lower() and not (_calls(f) & rule)}
+    allowed = SLUG_COPIES | SLUG_PENDING
+    assert sorted(found - set(allowed)) == [], "use ghostreview.util.names"
+    assert sorted(set(allowed) - found) == [], "switched: take it off the allow-list"
+
+
+HINT_COPIES = {"ghostreview/config.py": "the leaf's marked copy of did_you_mean (test_configs_copy_of_did_you_mean_agrees)"}
+HINT_PENDING = {
+    "ghostreview/generation/samplers.py": "unknown_name_message: names.closest(name, valid, cutoff=0.5)",
+    "ghostreview/scoring/registry.py": "get_metric: names.did_you_mean(name, REGISTRY, quote=\"'\")",
+}
+
+
+def test_only_names_looks_for_close_matches():
+    found = {path for path, tree in TREES.items() if "get_close_matches" in _calls(tree)}
+    found.discard("ghostreview/util/names.py")
+    allowed = HINT_COPIES | HINT_PENDING
+    assert sorted(found - set(allowed)) == [], "use ghostreview.util.names.did_you_mean / closest"
+    assert sorted(set(allowed) - found) == [], "switched: take it off the allow-list"

@@ -11,12 +11,13 @@ consumers see non-square images too.
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from ghostreview.util.names import slug
 
 Painter = Callable[[np.random.Generator, int, int], Image.Image]
 
@@ -135,7 +136,8 @@ def painter_for(name: str) -> Painter:
 
 
 def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "style"
+    """A file-name stem for style ``name``: its case and dots kept (style names are ``[A-Za-z0-9_]+`` already)."""
+    return slug(name, keep="_.-", lower=False, default="style")
 
 
 def write_style_references(dir: Path, style: str, n: int, seed: int, size: int = 96) -> list[Path]:
