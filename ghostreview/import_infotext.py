@@ -14,7 +14,6 @@ from typing import Any, Callable, Iterable, Mapping
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from ghostreview.protocol import (
@@ -29,6 +28,7 @@ from ghostreview.scoring.styleloss import ImageLimitError, open_checked_image
 from ghostreview.generation.prompts import extract_lora_tags
 from ghostreview.util.atomic import write_atomic
 from ghostreview.util.names import table_slug
+from ghostreview.util.yamlio import YamlError, read_yaml_lines
 
 DEFAULT_NAME = "lora"  # the table name of a LoRA whose name has no letter or digit
 DEFAULT_WEIGHT = 0.8  # the article's weight for a header prompt with no LoRA tag
@@ -256,9 +256,10 @@ def append_entries(table_yaml: Path, entries: Iterable[Mapping[str, Any]], repla
     table_yaml = Path(table_yaml)
     entries = [dict(e) for e in entries]
     try:
-        data = _yaml().load(table_yaml)
-    except (OSError, YAMLError) as exc:
-        raise ImportInfotextError(f"{table_yaml}: cannot read the table: {exc}") from None
+        data = read_yaml_lines(table_yaml, _yaml())
+    except (OSError, YamlError) as exc:
+        why = exc.problem if isinstance(exc, YamlError) else exc
+        raise ImportInfotextError(f"{table_yaml}: cannot read the table: {why}") from None
     if not isinstance(data, dict) or not isinstance(data.get("loras"), list):
         raise ImportInfotextError(f"{table_yaml}: not a LoRA table (no top-level 'loras:' list). Point at a "
                                   f"loras_<family>.yaml file of a benchmark directory.")

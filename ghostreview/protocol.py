@@ -30,12 +30,12 @@ from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
 from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
 
 from ghostreview.errors import UserError
 from ghostreview.generation.infotext import NEGATIVE_PREFIX, format_infotext, parse_infotext
 from ghostreview.generation.prompts import extract_lora_tags
 from ghostreview.util.names import did_you_mean, table_slug
+from ghostreview.util.yamlio import YamlError, read_yaml_lines
 
 TASKS = ("general", "style", "lora")
 FAMILIES = ("sd15", "sdxl")
@@ -317,15 +317,18 @@ def check_unique(names: Iterable[str], loc: Loc, what: str, key: str) -> None:
 
 
 def read_yaml(path: Path) -> Any:
-    """Parse one YAML file (round-trip mode keeps line numbers; duplicate keys are errors)."""
+    """Parse one benchmark file with :func:`ghostreview.util.yamlio.read_yaml_lines` (line numbers kept; duplicate
+    keys, alias bombs and non-UTF-8 text refused), as a :class:`BenchmarkError`."""
     if not path.is_file():
         raise BenchmarkError(f"{path}: file not found. A benchmark directory holds {PROTOCOL_FILE}, {PROMPTS_FILE}, "
                              f"{STYLES_FILE}, {', '.join(lora_table_file(f) for f in FAMILIES)}.")
     try:
-        return YAML(typ="rt").load(path)
-    except YAMLError as exc:
-        raise BenchmarkError(f"{path.name}: invalid YAML: {exc}\nFix the syntax at the line shown (quote text that "
-                             f"holds ': ' or starts with a special character).") from exc
+        return read_yaml_lines(path)
+    except YamlError as exc:
+        if not exc.syntax:
+            raise BenchmarkError(str(exc)) from exc
+        raise BenchmarkError(f"{path.name}: invalid YAML: {exc.detail}\nFix the syntax at the line shown (quote text "
+                             f"that holds ': ' or starts with a special character).") from exc
 
 
 def lora_table_file(family: str) -> str:
@@ -567,7 +570,7 @@ def cut_benchmark(source: Path, dest: Path, general: int, styles: int, loras: in
     yaml.width = 4096
 
     def edit(name: str, change: Callable[[Any], None]) -> None:
-        doc = yaml.load(source / name)
+        doc = read_yaml(source / name)
         change(doc)
         with open(dest / name, "w", encoding="utf-8") as fh:
             yaml.dump(doc, fh)
@@ -586,7 +589,7 @@ def cut_benchmark(source: Path, dest: Path, general: int, styles: int, loras: in
     edit(STYLES_FILE, keep("styles", styles))
     self_contained = lambda e: not NETWORK_TAG.search(str(e["prompt"]))  # noqa: E731
     # both families' tables need the same count: cut to what the poorer one has
-    loras = min([loras] + [sum(map(self_contained, yaml.load(source / lora_table_file(f))["loras"])) for f in FAMILIES])
+    loras = min([loras] + [sum(map(self_contained, read_yaml(source / lora_table_file(f))["loras"])) for f in FAMILIES])
     if loras < 1:
         raise BenchmarkError(f"{source}: a LoRA table has no entry without <lora:...> tags in its prompt; the cut "
                              f"benchmark needs one per family.")

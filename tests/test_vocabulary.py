@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ghostreview.util import atomic, names
+from ghostreview.util import atomic, names, yamlio
 
 ROOT = Path(__file__).resolve().parents[1]
 SCANNED = sorted(p for d in ("ghostreview", "stages") for p in (ROOT / d).rglob("*.py"))
@@ -288,3 +288,57 @@ def test_only_names_looks_for_close_matches():
     allowed = HINT_COPIES | HINT_PENDING
     assert sorted(found - set(allowed)) == [], "use ghostreview.util.names.did_you_mean / closest"
     assert sorted(set(allowed) - found) == [], "switched: take it off the allow-list"
+
+
+# ---------------------------------------------------------------------------------------------------- YAML
+BAD_YAML = {
+    "duplicate key": (b"a: 1\nb: 2\na: 3\n", "duplicate key"),
+    "alias bomb": (b"a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+                   + b"".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n".encode()
+                              for p, c in zip("abcdef", "bcdefg")), "aliases (*name) expand to more than 100,000"),
+    "an alias inside itself": (b"a: &a [1, *a]\n", "an alias that contains itself"),
+    "not UTF-8": (b"a: \xff\n", "not UTF-8 text"),
+    "nested too deeply": (b"[" * 20_000 + b"]" * 20_000, "nested too deeply"),
+    "bad syntax": (b"a: b: c\n", "not valid YAML"),
+}
+
+
+@pytest.mark.parametrize("read", [yamlio.read_yaml, yamlio.read_yaml_lines])
+@pytest.mark.parametrize("case", sorted(BAD_YAML))
+def test_both_readers_refuse_the_same_files(tmp_path, read, case):
+    text, message = BAD_YAML[case]
+    path = tmp_path / "f.yaml"
+    path.write_bytes(text)
+    with pytest.raises(yamlio.YamlError) as err:
+        read(path)
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+    assert err.value.syntax == (case in ("bad syntax", "duplicate key"))  # both parsers report a duplicate key
+    assert len(str(err.value)) < 600
+
+
+def test_both_readers_give_the_same_data_and_merge_keys_work(tmp_path):
+    path = tmp_path / "f.yaml"
+    path.write_text("base: &d {steps: 20, cfg: 7}\nrun:\n  <<: *d\n  steps: 30\nlist: [1, two, null]\n")
+    plain, lines = yamlio.read_yaml(path), yamlio.read_yaml_lines(path)
+    assert plain == {"base": {"steps": 20, "cfg": 7}, "run": {"steps": 30, "cfg": 7}, "list": [1, "two", None]}
+    assert dict(lines["run"]) == plain["run"] and list(lines["list"]) == plain["list"]
+    assert lines.lc.key("list") == (4, 0)  # 0-based line and column, as ruamel records them
+    (tmp_path / "empty.yaml").write_text("")
+    assert yamlio.read_yaml(tmp_path / "empty.yaml") is None is yamlio.read_yaml_lines(tmp_path / "empty.yaml")
+
+
+def test_a_syntax_error_cites_the_file_and_line(tmp_path):
+    path = tmp_path / "prompts.yaml"
+    path.write_text("a: 1\nb: c: d\n")
+    with pytest.raises(yamlio.YamlError) as err:
+        yamlio.read_yaml_lines(path)
+    assert f'"{path}", line 2' in err.value.detail
+
+
+def test_only_yamlio_builds_a_strict_loader():
+    """No other module subclasses PyYAML's loaders or sizes a composed node graph."""
+    found = {path for path, tree in TREES.items()
+             if "get_single_node" in _calls(tree) or any(
+                 isinstance(n, ast.ClassDef) and any("Loader" in ast.unparse(b) for b in n.bases) for n in ast.walk(tree))}
+    found.discard("ghostreview/util/yamlio.py")
+    assert sorted(found) == [], "use ghostreview.util.yamlio"
