@@ -65,4 +65,13 @@ def test_get_metric_did_you_mean():
 
 def test_metricinfo_rejects_unknown_grouping():
     with pytest.raises(ValueError, match="grouped_by"):
-        MetricInfo("x", "1", True, "u", "model", "d")
+        MetricInfo("x", "1", True, "u", "model", "d", label="X", axis_label="x")
+
+
+def test_registry_declares_the_report_labels():
+    """The labels the report's columns, buttons and plots show, one per metric, declared in the metric modules."""
+    assert [(i.label, i.better) for i in REGISTRY.values()] == [
+        ("Aesthetic", "higher"), ("CLIPScore", "higher"), ("StyleLoss", "lower"), ("LoRALoss", "lower")]
+    assert REGISTRY["aesthetic"].axis_label == "LAION aesthetic"
+    with pytest.raises(ValueError, match="label"):
+        MetricInfo("x", "1", True, "u", "prompt", "d", label=" ", axis_label="x")

@@ -47,7 +47,7 @@ PAIRS = list(itertools.combinations(range(len(MODELS)), 2))
 
 @dataclass(frozen=True)
 class Info:
-    """Stand-in for ghostreview.scoring.registry.MetricInfo (only what standardize reads)."""
+    """Stand-in for ghostreview.scoring.metric.MetricInfo (only what standardize reads: MetricLike)."""
 
     higher_is_better: bool
     grouped_by: str

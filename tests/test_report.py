@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,23 +13,17 @@ import pytest
 from PIL import Image
 
 from ghostreview.analysis.report import print_leaderboard, write_report
+from ghostreview.analysis.report.display import registered, shown_metrics
 from ghostreview.analysis.report.html import grid_row, write_html
 from ghostreview.analysis.report.tables import leaderboard_frame, write_tables
 from ghostreview.analysis.standardize import standardize
+from ghostreview.scoring.registry import REGISTRY
 
 SCRIPT_PROMPT = "<script>alert(1)</script> a cat"
 ATTR_PROMPT = '"><img src=x onerror=alert(2)> a dog'
 
 
-@dataclass(frozen=True)
-class Info:
-    name: str
-    higher_is_better: bool
-    grouped_by: str
-
-
-METRICS = {"aesthetic": Info("aesthetic", True, "prompt"), "clipscore": Info("clipscore", True, "prompt"),
-           "styleloss": Info("styleloss", False, "style"), "loraloss": Info("loraloss", False, "lora")}
+METRICS = REGISTRY  # the real labels and directions: the report shows what the metric modules declare
 FAMILIES = {"alpha": "sd1", "beta": "sd1", "gamma": "sdxl"}
 ITEMS = {"general": {"p1": SCRIPT_PROMPT, "p2": ATTR_PROMPT}, "style": {"anime": "anime style, a house"},
          "lora": {"L1": "<lora:L1:0.8> a tree"}}
@@ -39,8 +32,9 @@ METRICS_OF = {"general": ["aesthetic", "clipscore"], "style": ["styleloss", "sty
 AESTHETIC_P1 = {"alpha": 4.0, "beta": 5.0, "gamma": 6.5}
 
 
-def make_demo(root: Path, random_weights: bool = True, seeds: int = 2):
-    """Images, manifests, models and scores of a 3-model review; gamma (sdxl) cannot use the sd1 LoRA L1."""
+def make_demo(root: Path, random_weights: bool = True, seeds: int = 2, metrics=METRICS):
+    """Images, manifests, models and scores of a 3-model review; gamma (sdxl) cannot use the sd1 LoRA L1.
+    metrics: the registry standardize ranks with."""
     rng = np.random.default_rng(0)
     images_root = root / "images"
     manifests, score_rows = {}, []
@@ -72,7 +66,7 @@ def make_demo(root: Path, random_weights: bool = True, seeds: int = 2):
                            "checkpoint_file": [f"{m}.safetensors" for m in FAMILIES], "sha256": ["ab" * 32] * 3,
                            "autov2": ["ABCDEF0123", "BCDEF01234", "CDEF012345"], "random_weights": random_weights})
     scores = pd.DataFrame(score_rows)
-    result = standardize(scores, models, METRICS, {"L1": ["alpha"]}, n_boot=50, seed=0, good_threshold=6.0)
+    result = standardize(scores, models, metrics, {"L1": ["alpha"]}, n_boot=50, seed=0, good_threshold=6.0)
     return result, scores, manifests, models, images_root
 
 
@@ -86,12 +80,12 @@ def report(demo, tmp_path_factory):
     """write_report once (rendering the figures is the slow part): (paths, out_dir)."""
     result, scores, manifests, models, images_root = demo
     out = tmp_path_factory.mktemp("report")
-    return write_report(result, scores, manifests, models, images_root, out), out
+    return write_report(result, scores, manifests, models, images_root, out, metrics=METRICS), out
 
 
 def test_tables(demo, tmp_path):
     result, scores, manifests, models, _ = demo
-    paths = write_tables(result, models, tmp_path)
+    paths = write_tables(result, models, tmp_path, metrics=METRICS)
     md = paths["leaderboard.md"].read_text()
     assert md.startswith("**DEMO / RANDOM WEIGHTS")
     board = pd.read_csv(paths["leaderboard.csv"])
@@ -124,7 +118,7 @@ def test_tables(demo, tmp_path):
 
 def test_tables_without_demo_have_no_warning(tmp_path):
     result, _, _, models, _ = make_demo(tmp_path / "d", random_weights=False, seeds=2)
-    md = write_tables(result, models, tmp_path / "out")["leaderboard.md"].read_text()
+    md = write_tables(result, models, tmp_path / "out", metrics=METRICS)["leaderboard.md"].read_text()
     assert md.startswith("# GhostReview leaderboard") and "DEMO" not in md
 
 
@@ -177,7 +171,7 @@ def test_html_is_offline_and_escaped(demo, report):
 def test_html_links_large_images(demo, tmp_path):
     result, scores, manifests, models, images_root = demo
     as_text = {m: t.astype(str) for m, t in manifests.items()}  # as the report stage reads them
-    page = write_html(result, scores, as_text, models, images_root, tmp_path, plot_pngs={},
+    page = write_html(result, scores, as_text, models, images_root, tmp_path, metrics=METRICS, plot_pngs={},
                       embed_max_bytes=0).read_text()
     links = re.findall(r'data-full="(images/[^"]+)"', page)
     assert len(links) == 22 and all((tmp_path / link).is_file() for link in links)
@@ -186,7 +180,7 @@ def test_html_links_large_images(demo, tmp_path):
 def test_grid_row_orders_text_seeds_numerically():
     # manifests are read as text by the report stage: seed "10" must come after "2"
     images = pd.DataFrame({"seed": ["10", "2", "1"]})
-    row_html = grid_row("m", 0, images, {"aesthetic": 0.5}, {"aesthetic": True}, ["aesthetic"],
+    row_html = grid_row("m", 0, images, {"aesthetic": 0.5}, [registered(METRICS["aesthetic"])],
                         lambda r: f"[{r['seed']}]")
     assert "[1][2][10]" in row_html and 'data-score="0.5"' in row_html
 
@@ -216,11 +210,12 @@ def test_reports_name_the_benchmark_they_answer(demo, tmp_path):
     digest = benchmark_digest(bench)
     stamped = replace(result, meta={**result.meta, "benchmark": {"name": bench.name, "version": bench.version,
                                                                    "digest": digest}})
-    md = write_tables(stamped, models, tmp_path)["leaderboard.md"].read_text()
+    md = write_tables(stamped, models, tmp_path, metrics=METRICS)["leaderboard.md"].read_text()
     assert f"Benchmark: {bench.name} {bench.version}, digest {digest[:12]}." in md
     board = leaderboard_frame(stamped, models)
-    assert f"digest {digest[:12]}" in page_html(stamped, board, {}, "")
-    assert "Benchmark:" not in write_tables(result, models, tmp_path / "plain")["leaderboard.md"].read_text()
+    assert f"digest {digest[:12]}" in page_html(stamped, shown_metrics(stamped, METRICS), board, {}, "")
+    plain = write_tables(result, models, tmp_path / "plain", metrics=METRICS)["leaderboard.md"].read_text()
+    assert "Benchmark:" not in plain
 
 
 def test_titles_from_params_show_next_to_the_model_key_escaped(demo, tmp_path):
@@ -239,7 +234,7 @@ def test_titles_from_params_show_next_to_the_model_key_escaped(demo, tmp_path):
     assert table["title"].tolist() == [hostile, "Beta Mix v5", ""]
     assert models_table(tmp_path / "images", ["beta"])["title"].tolist() == [""]  # standardize passes no titles
 
-    paths = write_report(result, scores, manifests, table, images_root, tmp_path / "out")
+    paths = write_report(result, scores, manifests, table, images_root, tmp_path / "out", metrics=METRICS)
     board = pd.read_csv(paths["leaderboard.csv"], keep_default_na=False)
     assert list(board.columns[:4]) == ["rank", "model", "title", "family"]
     assert board.set_index("model")["title"].to_dict() == {"alpha": hostile, "beta": "Beta Mix v5", "gamma": ""}
@@ -255,3 +250,64 @@ def test_titles_from_params_show_next_to_the_model_key_escaped(demo, tmp_path):
                      + re.escape(shown) + "</td>", page)
     assert '<td data-v="beta">beta</td><td data-v="Beta Mix v5">Beta Mix v5</td>' in page
     assert "<th>Model</th><th>Title</th><th>Family</th>" in page
+
+
+def figure_texts(fig) -> list[str]:
+    """Every title, axis label, colour-bar label and tick label of a matplotlib figure."""
+    out = [t.get_text() for t in fig.texts]
+    for ax in fig.axes:  # a colour bar is an axes of its own
+        out += [ax.get_title(), ax.get_xlabel(), ax.get_ylabel()]
+        out += [t.get_text() for t in ax.get_xticklabels() + ax.get_yticklabels()]
+    return out
+
+
+def test_labels_and_directions_come_from_the_registry(tmp_path):
+    """Relabel every registered metric and flip StyleLoss's direction in a copy of the registry: tables, plots and
+    page follow it, and none of the declared labels is left anywhere (a label or direction retyped in the report
+    would be)."""
+    from dataclasses import replace
+
+    from ghostreview.analysis.report.html import item_scores
+    from ghostreview.analysis.report.plots import figures, plot_data
+
+    patched = {n: replace(i, label=f"Lbl{n.upper()}", axis_label=f"Axis{n.upper()}") for n, i in REGISTRY.items()}
+    patched["styleloss"] = replace(patched["styleloss"], higher_is_better=True)
+    result, scores, manifests, models, images_root = make_demo(tmp_path / "d", metrics=patched)
+    md = write_tables(result, models, tmp_path / "out", metrics=patched)["leaderboard.md"].read_text()
+    page = write_html(result, scores, manifests, models, images_root, tmp_path / "out", metrics=patched,
+                      plot_pngs={}).read_text()
+    figs = figures(result, plot_data(result, scores), models, shown_metrics(result, patched))
+    texts = {stem: figure_texts(fig) for stem, fig in figs.items()}
+
+    assert ("| Combined | LblAESTHETIC | LblCLIPSCORE | LblSTYLELOSS | LblLORALOSS | LblLORALOSS NoTM |" in md)
+    assert ("Higher is better for LblAESTHETIC, LblCLIPSCORE, LblSTYLELOSS; lower is better for LblLORALOSS, "
+            "LblLORALOSS NoTM." in md)
+    assert "<th>Combined</th><th>LblAESTHETIC</th><th>LblCLIPSCORE</th><th>LblSTYLELOSS</th>" in page
+    assert "Losses (LblLORALOSS): lower is better." in page
+    assert '<button type="button" data-sort="styleloss">LblSTYLELOSS</button>' in page
+    z = item_scores(result).set_index(["model", "item", "metric"])["z"]
+    alpha = page.split('data-item="anime"')[1].split('<div class="grid-row" data-model="alpha"')[1].split(">")[0]
+    assert f' data-m-styleloss="{float(z["alpha", "anime", "styleloss"])!r}"' in alpha  # oriented: not negated
+    assert "LblSTYLELOSS: higher is better" in texts["ranking_styleloss"]
+    assert "LblLORALOSS NoTM: lower is better" in texts["ranking_loraloss_notm"]
+    assert {"Mean LblSTYLELOSS per style", "mean raw AxisSTYLELOSS (higher is better)"} <= set(texts["style_heatmap"])
+    assert "mean raw AxisLORALOSS (lower is better)" in texts["lora_heatmap"]
+    assert "AxisAESTHETIC (raw)" in texts["aesthetic_distribution"]
+    assert {"AxisAESTHETIC (raw)", "AxisCLIPSCORE (raw)"} <= set(texts["clip_vs_aesthetic"])
+    declared = {i.label for i in REGISTRY.values()} | {i.axis_label for i in REGISTRY.values()}
+    for text in [md, page] + [t for ts in texts.values() for t in ts]:
+        assert not [d for d in declared if d in text], text
+
+
+def test_a_registry_that_disagrees_with_standardize_fails(demo, tmp_path):
+    """A direction changed since standardize ran, or a scored metric the registry lacks, fails before any output."""
+    from dataclasses import replace
+
+    result, scores, manifests, models, images_root = demo
+    flipped = {**REGISTRY, "clipscore": replace(REGISTRY["clipscore"], higher_is_better=False)}
+    with pytest.raises(ValueError, match=r"'clipscore'.*higher_is_better=True.*rerun standardize"):
+        write_report(result, scores, manifests, models, images_root, tmp_path, metrics=flipped)
+    lacking = {n: i for n, i in REGISTRY.items() if n != "styleloss"}
+    with pytest.raises(ValueError, match=r"'styleloss' is neither registered"):
+        write_tables(result, models, tmp_path, metrics=lacking)
+    assert not list(tmp_path.iterdir())

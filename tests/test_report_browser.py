@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from ghostreview.analysis.report import write_report
-from test_report import ATTR_PROMPT, SCRIPT_PROMPT, make_demo  # tests/ is on sys.path (pytest's default rootdir import)
+from test_report import ATTR_PROMPT, METRICS, SCRIPT_PROMPT, make_demo  # tests/ is on sys.path (pytest's default rootdir import)
 
 CHROMIUM = Path("/usr/bin/chromium")
 # CI sets GHOSTREVIEW_REQUIRE_BROWSER=1 so that a missing browser fails instead of silently skipping.
@@ -106,7 +106,7 @@ def dump_dom(tmp: Path, page: Path, fragment: str = "") -> Node:
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
     result, scores, manifests, models, images_root = make_demo(root / "in")
-    paths = write_report(result, scores, manifests, models, images_root, root / "reports")
+    paths = write_report(result, scores, manifests, models, images_root, root / "reports", metrics=METRICS)
     return paths["index.html"], pd.read_csv(paths["leaderboard.csv"]), manifests, root
 
 

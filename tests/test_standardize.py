@@ -16,7 +16,7 @@ from ghostreview.analysis.standardize import Standardized, rank_desc, standardiz
 
 @dataclass(frozen=True)
 class Info:
-    """Stand-in for ghostreview.scoring.registry.MetricInfo (only what standardize reads)."""
+    """Stand-in for ghostreview.scoring.metric.MetricInfo (only what standardize reads: MetricLike)."""
 
     name: str
     higher_is_better: bool

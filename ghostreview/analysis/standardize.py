@@ -59,7 +59,7 @@ STD_DDOF = 0
 
 
 class MetricLike(Protocol):
-    """What standardize reads from ``ghostreview.scoring.registry.MetricInfo``."""
+    """What standardize reads from ``ghostreview.scoring.metric.MetricInfo`` (the registry's records)."""
 
     higher_is_better: bool
     grouped_by: str

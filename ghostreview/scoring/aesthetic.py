@@ -27,6 +27,8 @@ INFO = MetricInfo(
     unit="LAION aesthetic score (about 1-10)",
     grouped_by="prompt",
     description="LAION improved aesthetic predictor v2 on L2-normalized OpenAI CLIP ViT-L/14 image embeddings",
+    label="Aesthetic",
+    axis_label="LAION aesthetic",
 )
 
 # Linear layers of the original nn.Sequential (indices 1, 3, 5 are Dropouts) and their (out, in) shapes.

@@ -20,6 +20,8 @@ INFO = MetricInfo(
     unit="100*max(cos,0), range [0, 100]",
     grouped_by="prompt",
     description="CLIPScore on OpenAI CLIP ViT-L/14: 100*max(cos(image, prompt text), 0) per image",
+    label="CLIPScore",
+    axis_label="CLIPScore",
 )
 
 

@@ -46,6 +46,8 @@ INFO = MetricInfo(
     unit="Gram MSE / (4 N^2), mean of 5 VGG19 layers",
     grouped_by="style",
     description="Gatys Gram-matrix style loss (VGG19 relu1_1..relu5_1) against the style's reference images",
+    label="StyleLoss",
+    axis_label="StyleLoss",
 )
 LORA_INFO = MetricInfo(
     name="loraloss",
@@ -54,6 +56,8 @@ LORA_INFO = MetricInfo(
     unit="Gram MSE / (4 N^2), mean of 5 VGG19 layers",
     grouped_by="lora",
     description="Gatys Gram-matrix style loss (VGG19 relu1_1..relu5_1) against the LoRA's header image(s)",
+    label="LoRALoss",
+    axis_label="LoRALoss",
 )
 
 LAYERS: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")

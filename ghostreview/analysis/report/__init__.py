@@ -1,6 +1,8 @@
 """GhostReview report: leaderboard tables, plots and one offline HTML page.
 
-``write_report`` does everything; ``print_leaderboard`` is for the CLI.
+``write_report`` does everything; ``print_leaderboard`` is for the CLI. Every metric label, axis text and direction
+comes from the registry's ``MetricInfo`` records the caller passes in (``display`` derives the combined and NoTM
+columns from them).
 """
 
 from __future__ import annotations
@@ -10,28 +12,34 @@ from pathlib import Path
 
 import pandas as pd
 
+from ghostreview.analysis.report.tables import summary_columns, write_tables
 from ghostreview.analysis.standardize import Standardized
-
-SUMMARY_COLUMNS = ("rank", "model", "family", "combined", "aesthetic", "clipscore", "styleloss", "loraloss",
-                   "loraloss_notm", "aesthetic_mean", "aesthetic_good_rate")
+from ghostreview.scoring.metric import MetricInfo
 
 
 def write_report(result: Standardized, scores: pd.DataFrame, manifests: Mapping[str, pd.DataFrame],
-                 models: pd.DataFrame, images_root: str | Path, out_dir: str | Path) -> dict[str, Path]:
-    """Write the tables, ``plots/`` and ``index.html`` into ``out_dir``; returns {name: path} of the main files."""
+                 models: pd.DataFrame, images_root: str | Path, out_dir: str | Path, *,
+                 metrics: Mapping[str, MetricInfo]) -> dict[str, Path]:
+    """Write the tables, ``plots/`` and ``index.html`` into ``out_dir``; returns {name: path} of the main files.
+
+    metrics: the registry the scores were standardized with (``ghostreview.scoring.registry.REGISTRY``); every
+    label, axis text and direction the report shows comes from it. Passed in, not imported: the registry imports the
+    scorers and torch.
+    """
+    # matplotlib and seaborn load only when a report is written, not for ``print_leaderboard``
     from ghostreview.analysis.report.html import write_html
     from ghostreview.analysis.report.plots import write_plots
-    from ghostreview.analysis.report.tables import write_tables
 
-    paths = write_tables(result, models, out_dir)
-    pngs = write_plots(result, scores, models, out_dir)
-    paths["index.html"] = write_html(result, scores, manifests, models, images_root, out_dir, plot_pngs=pngs)
+    paths = write_tables(result, models, out_dir, metrics=metrics)
+    pngs = write_plots(result, scores, models, out_dir, metrics=metrics)
+    paths["index.html"] = write_html(result, scores, manifests, models, images_root, out_dir, metrics=metrics,
+                                     plot_pngs=pngs)
     return paths
 
 
 def format_leaderboard(board: pd.DataFrame) -> str:
     """Plain-text table of the summary columns present in ``board`` (a leaderboard.csv frame)."""
-    cols = [c for c in SUMMARY_COLUMNS if c in board.columns]
+    cols = summary_columns(list(board.columns))
     view = board[cols].copy()
     for c in cols:
         if pd.api.types.is_float_dtype(view[c]):

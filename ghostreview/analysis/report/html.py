@@ -19,18 +19,19 @@ import html
 import io
 import shutil
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from ghostreview.analysis.report.display import Shown, losses, shown_metrics
 from ghostreview.analysis.report.plots import render
-from ghostreview.analysis.report.tables import (COMBINED, benchmark_line, board_records, demo_warning, flagged_images, fmt,
-                                       fmt_rank, interval_note, label, leaderboard_frame, lora_problems,
-                                       scored_metrics)
-from ghostreview.analysis.standardize import Standardized, parse_flags
+from ghostreview.analysis.report.tables import (benchmark_line, board_records, demo_warning, flagged_images, fmt,
+                                                fmt_rank, interval_note, leaderboard_frame, lora_problems)
+from ghostreview.analysis.standardize import COMBINED, Standardized, parse_flags
+from ghostreview.scoring.metric import MetricInfo
 
 STATIC = Path(__file__).parent / "static"
 MANIFEST_COLUMNS = ("task", "item", "seed", "image", "image_hash", "prompt", "negative_prompt", "flags", "infotext")
@@ -48,11 +49,11 @@ def data_uri(raw: bytes, mime: str) -> str:
 
 def thumbnail_uri(path: Path, px: int) -> str:
     """A JPEG thumbnail (longest side <= px) of the image at ``path`` as a data URI."""
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        im.thumbnail((px, px))
-        buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality=85)
+    with Image.open(path) as src:
+        im = src.convert("RGB")
+    im.thumbnail((px, px))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=85)
     return data_uri(buf.getvalue(), "image/jpeg")
 
 
@@ -99,9 +100,10 @@ def warning_html(board: pd.DataFrame) -> str:
     return f'<div id="demo-warning" class="demo-warning" role="alert">⚠ {esc(w)}</div>' if w else ""
 
 
-def leaderboard_html(board: pd.DataFrame, metrics: list[str], raw: str) -> str:
-    """The sortable leaderboard table: one ``tr[data-model]`` per model; each cell's ``data-v`` is its sort value."""
-    heads = ["#", "Model", "Title", "Family", "AutoV2", label(COMBINED)] + [label(m) for m in metrics]
+def leaderboard_html(board: pd.DataFrame, shown: Mapping[str, Shown], metrics: list[str], raw: str) -> str:
+    """The sortable leaderboard table: one ``tr[data-model]`` per model; each cell's ``data-v`` is its sort value.
+    Columns: combined, then ``metrics`` (names of ``shown``), then the raw metric ``raw``."""
+    heads = ["#", "Model", "Title", "Family", "AutoV2"] + [shown[m].label for m in [COMBINED] + metrics]
     heads += [f"Raw {raw} mean", f"Raw {raw} std", "Good rate", "Flagged images"]
     head = "".join(f"<th>{esc(h)}</th>" for h in heads)
     out = [f'<table id="leaderboard"><thead><tr>{head}</tr></thead><tbody>']
@@ -162,14 +164,15 @@ def image_figure(row: Mapping[str, object], model: str, images_root: Path, out_d
             "</figure>")
 
 
-def grid_row(model: str, rank: int, images: pd.DataFrame, zs: Mapping[str, float], directions: Mapping[str, bool],
-             metrics: list[str], render_image) -> str:
-    """One model's row of a grid; ``data-m-<metric>`` holds the oriented item score, ``data-score`` the primary."""
-    oriented = {m: zs.get(m, np.nan) * (1 if directions.get(m, True) else -1) for m in metrics}
+def grid_row(model: str, rank: int, images: pd.DataFrame, zs: Mapping[str, float], metrics: Sequence[Shown],
+             render_image) -> str:
+    """One model's row of a grid; ``data-m-<metric>`` holds the oriented item score, ``data-score`` the primary (the
+    first of ``metrics``). zs: metric name -> the model's mean z on this item (missing: no score)."""
+    oriented = {s.name: zs.get(s.name, np.nan) * (1 if s.higher_is_better else -1) for s in metrics}
     attrs = "".join(f' data-m-{esc(m)}="{"" if np.isnan(v) else repr(float(v))}"' for m, v in oriented.items())
-    primary = oriented[metrics[0]] if metrics else np.nan
+    primary = oriented[metrics[0].name] if metrics else np.nan
     attrs += f' data-score="{"" if np.isnan(primary) else repr(float(primary))}" data-default="{-rank}"'
-    text = " · ".join(f"{label(m)} {fmt(zs.get(m, np.nan), 2)}" for m in metrics)
+    text = " · ".join(f"{s.label} {fmt(zs.get(s.name, np.nan), 2)}" for s in metrics)
     by_seed = images.assign(_n=pd.to_numeric(images["seed"], errors="coerce")).sort_values(["_n", "seed"])
     cells = "".join(render_image(r) for r in by_seed.drop(columns="_n").to_dict(orient="records"))
     return (f'<div class="grid-row" data-model="{esc(model)}"{attrs}><div class="who"><b>{esc(model)}</b><br>'
@@ -177,38 +180,39 @@ def grid_row(model: str, rank: int, images: pd.DataFrame, zs: Mapping[str, float
 
 
 def grid_section(task: str, item: str, rows: pd.DataFrame, order: list[str], zs: pd.DataFrame,
-                 directions: Mapping[str, bool], metrics: list[str], render_image) -> str:
-    """All models' images of one benchmark item, sortable (buttons or the URL hash)."""
+                 metrics: Sequence[Shown], render_image) -> str:
+    """All models' images of one benchmark item, sortable (buttons or the URL hash) by each of ``metrics``."""
     prompts = list(dict.fromkeys(rows["prompt"].fillna("").astype(str)))[:3]
     negs = [n for n in dict.fromkeys(rows["negative_prompt"].fillna("").astype(str)) if n][:1]
-    buttons = [("default", "leaderboard order"), ("name", "name")] + [(m, label(m)) for m in metrics]
+    buttons = [("default", "leaderboard order"), ("name", "name")] + [(s.name, s.label) for s in metrics]
     sorter = "".join(f'<button type="button" data-sort="{esc(k)}">{esc(t)}</button>' for k, t in buttons)
     body = []
     for rank, model in enumerate(order):
         z = zs[zs["model"] == model].set_index("metric")["z"].to_dict()
-        body.append(grid_row(model, rank, rows[rows["model"] == model], z, directions, metrics, render_image))
+        body.append(grid_row(model, rank, rows[rows["model"] == model], z, metrics, render_image))
     prompt_html = "".join(f'<div class="prompt">{esc(p)}</div>' for p in prompts)
     prompt_html += "".join(f'<div class="prompt">Negative prompt: {esc(n)}</div>' for n in negs)
-    primary = esc(metrics[0]) if metrics else ""
+    primary = esc(metrics[0].name) if metrics else ""
     return (f'<section class="grid" data-task="{esc(task)}" data-item="{esc(item)}" data-primary="{primary}">'
             f"<h3>{esc(TASK_TITLES.get(task, task))}: {esc(item)}</h3>{prompt_html}"
             f'<div class="sorter">mean z on this item; sort by: {sorter}</div>'
             f'<div class="grid-body">{"".join(body)}</div></section>')
 
 
-def grids_html(result: Standardized, manifests: Mapping[str, pd.DataFrame], order: list[str], render_image) -> str:
+def grids_html(result: Standardized, shown: Mapping[str, Shown], manifests: Mapping[str, pd.DataFrame],
+               order: list[str], render_image) -> str:
     """Grids for every (task, item) of the manifests, tasks in general/style/lora order."""
     rows = pd.concat([m.assign(model=name) for name, m in manifests.items()], ignore_index=True)
     rows["item"] = rows["item"].astype(str)
     zs, metrics_of = item_scores(result), task_metrics(result)
-    directions = result.meta.get("directions", {})
     out = []
     tasks = [t for t in TASK_TITLES if t in set(rows["task"])] + sorted(set(rows["task"]) - set(TASK_TITLES))
     for task in tasks:
         out.append(f'<h2 id="task-{esc(task)}">{esc(TASK_TITLES.get(task, task))}s</h2>')
         for item, g in rows[rows["task"] == task].groupby("item", sort=True):
             z = zs[(zs["task"] == task) & (zs["item"] == item)]
-            out.append(grid_section(task, item, g, order, z, directions, metrics_of.get(task, []), render_image))
+            metrics = [shown[m] for m in metrics_of.get(task, [])]
+            out.append(grid_section(task, item, g, order, z, metrics, render_image))
     return "\n".join(out)
 
 
@@ -218,15 +222,24 @@ def csp(script: str, style: str) -> str:
     return f"default-src 'none'; img-src data: 'self' file:; style-src {h(style)}; script-src {h(script)}"
 
 
-def page_html(result: Standardized, board: pd.DataFrame, pngs: Mapping[str, bytes], grids: str) -> str:
-    """The whole document."""
+def leaderboard_note(meta: dict, shown: Mapping[str, Shown]) -> str:
+    """The text above the leaderboard: what a score and a bracket are, the directions, the benchmark. The losses
+    named are those the combined score flips (``meta["combined_of"]``, the registered metrics scored)."""
+    lower = ", ".join(s.label for s in losses(shown, meta["combined_of"]))
+    combined = shown[COMBINED]
+    return (f"Scores are mean z-scores (z within each benchmark item over all models' images); brackets: the rank "
+            f"interval and the {interval_note(meta)}. Losses ({lower}): lower is better. "
+            f"{combined.label}: mean of scores with losses sign-flipped, {combined.better} is better. Click a column "
+            f"to sort. {benchmark_line(meta)}")
+
+
+def page_html(result: Standardized, shown: Mapping[str, Shown], board: pd.DataFrame, pngs: Mapping[str, bytes],
+              grids: str) -> str:
+    """The whole document. shown: ``shown_metrics(result, registry)``."""
     script, style = (STATIC / "report.js").read_text(), (STATIC / "report.css").read_text()
-    metrics = [m for m in scored_metrics(result) if m != COMBINED]
+    metrics = [m for m in shown if m != COMBINED]
     meta, raw = result.meta, result.meta.get("raw_metric", "aesthetic")
-    note = (f"Scores are mean z-scores (z within each benchmark item over all models' images); brackets: the rank "
-            f"interval and the {interval_note(meta)}. Losses (StyleLoss, LoRALoss): lower is better. "
-            f"Combined: mean of scores with losses sign-flipped, higher is better. Click a column to sort. "
-            f"{benchmark_line(meta)}")
+    note = leaderboard_note(meta, shown)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{esc(csp(script, style))}">
@@ -238,7 +251,7 @@ def page_html(result: Standardized, board: pd.DataFrame, pngs: Mapping[str, byte
 <nav><a href="#leaderboard-section">Leaderboard</a> · <a href="#plots">Plots</a> · <a href="#problems">Flags</a> ·
 <a href="#task-general">Prompts</a> · <a href="#task-style">Styles</a> · <a href="#task-lora">LoRAs</a></nav>
 <section id="leaderboard-section"><h2>Leaderboard</h2><p class="note">{esc(note)}</p>
-<div class="wide">{leaderboard_html(board, metrics, raw)}</div></section>
+<div class="wide">{leaderboard_html(board, shown, metrics, raw)}</div></section>
 <section id="plots"><h2>Plots</h2>{plots_html(pngs)}</section>
 <section id="problems"><h2>Unsupported / incompatible LoRA pairs</h2>
 {frame_html(lora_problems(result), "lora-problems")}
@@ -253,21 +266,23 @@ def page_html(result: Standardized, board: pd.DataFrame, pngs: Mapping[str, byte
 
 def write_html(result: Standardized, scores: pd.DataFrame, manifests: Mapping[str, pd.DataFrame],
                models: pd.DataFrame, images_root: str | Path, out_dir: str | Path, *,
-               plot_pngs: Mapping[str, bytes] | None = None, thumb_px: int = 160,
+               metrics: Mapping[str, MetricInfo], plot_pngs: Mapping[str, bytes] | None = None, thumb_px: int = 160,
                embed_max_bytes: int = 65_536) -> Path:
     """Write ``<out_dir>/index.html`` (see the module docstring) and return its path.
 
-    manifests: model -> its manifest table (images at ``images_root/<model>/<image>``). plot_pngs: PNG bytes by name
-    from ``write_plots`` (rendered here from ``result`` and ``scores`` when None). thumb_px: thumbnail size.
+    manifests: model -> its manifest table (images at ``images_root/<model>/<image>``). metrics: the registry the
+    scores were standardized with (labels, directions). plot_pngs: PNG bytes by name from ``write_plots`` (rendered
+    here from ``result`` and ``scores`` when None). thumb_px: thumbnail size.
     """
     check_manifests(manifests)
     out, root = Path(out_dir), Path(images_root)
     out.mkdir(parents=True, exist_ok=True)
     board = leaderboard_frame(result, models)
-    pngs = plot_pngs if plot_pngs is not None else render(result, scores, models)[1]
+    shown = shown_metrics(result, metrics)
+    pngs = plot_pngs if plot_pngs is not None else render(result, scores, models, metrics)[1]
     order = [m for m in board["model"].astype(str) if m in manifests] + sorted(set(manifests) - set(board["model"]))
     render_image = lambda r: image_figure(r, str(r["model"]), root, out, thumb_px, embed_max_bytes)
     path = out / "index.html"
-    path.write_text(page_html(result, board, pngs, grids_html(result, manifests, order, render_image)),
-                    encoding="utf-8")
+    grids = grids_html(result, shown, manifests, order, render_image)
+    path.write_text(page_html(result, shown, board, pngs, grids), encoding="utf-8")
     return path

@@ -22,6 +22,7 @@ A ``dvc.yaml`` can declare them, e.g.::
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +31,15 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ghostreview.analysis.report.tables import as_bool, label
+from ghostreview.analysis.report.display import Shown, shown_metrics
+from ghostreview.analysis.report.tables import as_bool
 from ghostreview.analysis.standardize import COMBINED, Standardized, excluded_mask
+from ghostreview.scoring.metric import MetricInfo
 
 RAW = "aesthetic"
 CLIP = "clipscore"
+# heatmap stem -> (the metric it draws, what its rows are called)
+HEATMAPS = {"style_heatmap": ("styleloss", "style"), "lora_heatmap": ("loraloss", "LoRA")}
 
 
 def usable_raw(scores: pd.DataFrame, result: Standardized, metric: str) -> pd.DataFrame:
@@ -67,8 +72,7 @@ def plot_data(result: Standardized, scores: pd.DataFrame) -> dict[str, pd.DataFr
     return {
         "aesthetic_distribution": usable_raw(scores, result, RAW),
         "ranking": result.scores[cols].copy(),
-        "style_heatmap": cell_means(usable_raw(scores, result, "styleloss")),
-        "lora_heatmap": cell_means(usable_raw(scores, result, "loraloss")),
+        **{stem: cell_means(usable_raw(scores, result, metric)) for stem, (metric, _) in HEATMAPS.items()},
         "clip_vs_aesthetic": clip_vs_aesthetic(scores, result),
     }
 
@@ -88,13 +92,19 @@ def new_figure(width: float, height: float, demo: bool) -> Figure:
     return fig
 
 
-def distribution_figure(data: pd.DataFrame, order: list[str], threshold: float, demo: bool) -> Figure:
-    """Violin of raw aesthetic per model (quartiles inside), with the good-image threshold."""
+def raw_axis(s: Shown) -> str:
+    """Axis text of a metric's raw per-image values: "LAION aesthetic (raw)"."""
+    return f"{s.axis_label} (raw)"
+
+
+def distribution_figure(data: pd.DataFrame, order: list[str], threshold: float, shown: Shown, demo: bool) -> Figure:
+    """Violin of raw values of ``shown`` (the aesthetic) per model (quartiles inside), with the good-image
+    threshold."""
     fig = new_figure(max(5.0, 1.1 * len(order)), 4.0, demo)
     ax = fig.add_subplot()
     present = [m for m in order if m in set(data["model"])]
     sns.violinplot(data=data, x="model", y="value", order=present, cut=0, inner="quartile", ax=ax, color="#9ecae1")
-    ax.set(xlabel="", ylabel="LAION aesthetic (raw)", title="Distribution of aesthetic scores")
+    ax.set(xlabel="", ylabel=raw_axis(shown), title=f"Distribution of {shown.label} scores")
     lo, hi = float(data["value"].min()), float(data["value"].max())
     margin = 0.25 * max(hi - lo, 0.1)
     if lo - margin <= threshold <= hi + margin:
@@ -108,9 +118,10 @@ def distribution_figure(data: pd.DataFrame, order: list[str], threshold: float, 
     return fig
 
 
-def ranking_figure(table: pd.DataFrame, metric: str, demo: bool) -> Figure:
-    """Scores of one metric with their interval whiskers, best on top."""
-    t = table[table["metric"] == metric].sort_values(["rank", "model"], ascending=[False, False], na_position="first")
+def ranking_figure(table: pd.DataFrame, shown: Shown, ci: float, demo: bool) -> Figure:
+    """Scores of one metric with their ``ci`` interval whiskers, best on top."""
+    t = table[table["metric"] == shown.name]
+    t = t.sort_values(["rank", "model"], ascending=[False, False], na_position="first")
     fig = new_figure(6.0, 1.0 + 0.4 * len(t), demo)
     ax = fig.add_subplot()
     y = np.arange(len(t))
@@ -118,49 +129,51 @@ def ranking_figure(table: pd.DataFrame, metric: str, demo: bool) -> Figure:
     ax.errorbar(t["score"], y, xerr=np.nan_to_num(err), fmt="o", color="#3182bd", ecolor="#6baed6", capsize=3)
     ax.set_yticks(y, [f"#{int(r)} {m}" if r == r else str(m) for m, r in zip(t["model"], t["rank"])])
     ax.axvline(0, color="grey", linewidth=0.8)
-    better = "higher" if bool(t["higher_is_better"].iloc[0]) else "lower"
-    ax.set(xlabel="mean z-score (95% bootstrap interval)", title=f"{label(metric)}: {better} is better")
+    ax.set(xlabel=f"mean z-score ({100 * ci:g}% bootstrap interval)", title=f"{shown.label}: {shown.better} is better")
     return fig
 
 
-def heatmap_figure(cells: pd.DataFrame, order: list[str], title: str, demo: bool) -> Figure:
-    """Item x model heatmap of mean raw loss (lower is better: dark = low); empty cells (a LoRA of the other family)
-    left blank. Items run down the rows: there are many more items (up to 32 LoRAs) than models to compare."""
+def heatmap_figure(cells: pd.DataFrame, order: list[str], shown: Shown, items: str, demo: bool) -> Figure:
+    """Item x model heatmap of the mean raw value of ``shown`` (dark = low); empty cells (a LoRA of the other family)
+    left blank. Items (called ``items`` in the title) run down the rows: there are many more items (up to 32 LoRAs)
+    than models to compare."""
     grid = cells.pivot(index="item", columns="model", values="mean")
     grid = grid[[m for m in order if m in grid.columns]]
     fig = new_figure(max(5.0, 1.1 * grid.shape[1] + 4), max(3.0, 0.32 * grid.shape[0] + 1.8), demo)
     ax = fig.add_subplot()
     sns.heatmap(grid, annot=grid.size <= 200, fmt=".3g", cmap="viridis", mask=grid.isna(), ax=ax,
-                cbar_kws={"label": "mean raw loss (lower is better)"})
-    ax.set(xlabel="", ylabel="", title=title)
+                cbar_kws={"label": f"mean raw {shown.axis_label} ({shown.better} is better)"})
+    ax.set(xlabel="", ylabel="", title=f"Mean {shown.label} per {items}")
     return fig
 
 
-def scatter_figure(data: pd.DataFrame, order: list[str], demo: bool) -> Figure:
+def scatter_figure(data: pd.DataFrame, order: list[str], shown: Mapping[str, Shown], demo: bool) -> Figure:
     """CLIPScore vs aesthetic, one point per general image, colour = model."""
     fig = new_figure(6.5, 4.5, demo)
     ax = fig.add_subplot()
     sns.scatterplot(data=data, x=RAW, y=CLIP, hue="model", hue_order=[m for m in order if m in set(data["model"])],
                     ax=ax, s=25, alpha=0.8)
-    ax.set(xlabel="LAION aesthetic (raw)", ylabel="CLIPScore (raw)", title="Prompt fidelity vs aesthetics per image")
+    ax.set(xlabel=raw_axis(shown[RAW]), ylabel=raw_axis(shown[CLIP]), title="Prompt fidelity vs aesthetics per image")
     return fig
 
 
-def figures(result: Standardized, data: dict[str, pd.DataFrame], models: pd.DataFrame) -> dict[str, Figure]:
-    """Figures keyed by file stem; a figure whose data is empty is left out."""
+def figures(result: Standardized, data: dict[str, pd.DataFrame], models: pd.DataFrame,
+            shown: Mapping[str, Shown]) -> dict[str, Figure]:
+    """Figures keyed by file stem; a figure whose data is empty is left out. shown: ``shown_metrics(result, ...)``."""
     demo = any(as_bool(v) for v in models.get("random_weights", pd.Series(dtype=object)))
     order = model_order(result)
     figs: dict[str, Figure] = {}
     if not data["aesthetic_distribution"].empty:
         threshold = float(result.meta.get("good_threshold", 6.0))
-        figs["aesthetic_distribution"] = distribution_figure(data["aesthetic_distribution"], order, threshold, demo)
+        figs["aesthetic_distribution"] = distribution_figure(data["aesthetic_distribution"], order, threshold,
+                                                             shown[RAW], demo)
     for metric in dict.fromkeys(data["ranking"]["metric"]):
-        figs[f"ranking_{metric}"] = ranking_figure(data["ranking"], metric, demo)
-    for stem, title in (("style_heatmap", "Mean StyleLoss per style"), ("lora_heatmap", "Mean LoRALoss per LoRA")):
+        figs[f"ranking_{metric}"] = ranking_figure(data["ranking"], shown[metric], result.meta.get("ci", 0.95), demo)
+    for stem, (metric, items) in HEATMAPS.items():
         if not data[stem].empty:
-            figs[stem] = heatmap_figure(data[stem], order, title, demo)
+            figs[stem] = heatmap_figure(data[stem], order, shown[metric], items, demo)
     if not data["clip_vs_aesthetic"].empty:
-        figs["clip_vs_aesthetic"] = scatter_figure(data["clip_vs_aesthetic"], order, demo)
+        figs["clip_vs_aesthetic"] = scatter_figure(data["clip_vs_aesthetic"], order, shown, demo)
     return figs
 
 
@@ -171,19 +184,22 @@ def png_bytes(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def render(result: Standardized, scores: pd.DataFrame,
-           models: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], dict[str, bytes]]:
-    """(CSV tables, PNG bytes), both keyed by file stem."""
+def render(result: Standardized, scores: pd.DataFrame, models: pd.DataFrame,
+           metrics: Mapping[str, MetricInfo]) -> tuple[dict[str, pd.DataFrame], dict[str, bytes]]:
+    """(CSV tables, PNG bytes), both keyed by file stem; labels and directions from ``metrics`` (the registry)."""
     data = plot_data(result, scores)
-    return data, {stem: png_bytes(fig) for stem, fig in figures(result, data, models).items()}
+    figs = figures(result, data, models, shown_metrics(result, metrics))
+    return data, {stem: png_bytes(fig) for stem, fig in figs.items()}
 
 
-def write_plots(result: Standardized, scores: pd.DataFrame, models: pd.DataFrame,
-                out_dir: str | Path) -> dict[str, bytes]:
-    """Write ``<out_dir>/plots/<stem>.png`` and ``<stem>.csv``; returns the PNG bytes by stem (for the HTML page)."""
+def write_plots(result: Standardized, scores: pd.DataFrame, models: pd.DataFrame, out_dir: str | Path, *,
+                metrics: Mapping[str, MetricInfo]) -> dict[str, bytes]:
+    """Write ``<out_dir>/plots/<stem>.png`` and ``<stem>.csv``; returns the PNG bytes by stem (for the HTML page).
+
+    metrics: the registry the scores were standardized with (labels, axis texts, directions)."""
     plots = Path(out_dir) / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    data, pngs = render(result, scores, models)
+    data, pngs = render(result, scores, models, metrics)
     for stem, table in data.items():
         table.to_csv(plots / f"{stem}.csv", index=False)
     for stem, png in pngs.items():

@@ -13,22 +13,19 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import SupportsFloat, SupportsInt, cast
 
 import numpy as np
 import pandas as pd
 
+from ghostreview.analysis.report.display import Shown, losses, scored_metrics, shown_metrics
 from ghostreview.analysis.standardize import COMBINED, Standardized, parse_flags
+from ghostreview.scoring.metric import MetricInfo
 
 LORA_FLAGS = ("lora_unsupported", "lora_incompatible", "lora_partial")
-LABELS = {"aesthetic": "Aesthetic", "clipscore": "CLIPScore", "styleloss": "StyleLoss", "loraloss": "LoRALoss",
-          "loraloss_notm": "LoRALoss NoTM", COMBINED: "Combined"}
-
-
-def label(metric: str) -> str:
-    """Display name of a metric ("loraloss_notm" -> "LoRALoss NoTM"); unknown names pass through."""
-    return LABELS.get(metric, metric)
+RAW_SUMMARY = ("_mean", "_good_rate")  # the raw metric's columns the plain-text summary shows
 
 
 def as_bool(value: object) -> bool:
@@ -38,11 +35,6 @@ def as_bool(value: object) -> bool:
             raise ValueError(f"random_weights={value!r}: expected true/false")
         return value.strip().lower() in {"true", "1"}
     return bool(value) if value is not None and not (isinstance(value, float) and math.isnan(value)) else False
-
-
-def scored_metrics(result: Standardized) -> list[str]:
-    """Metric names of the score table, in the order standardize wrote them (registered, NoTM, combined)."""
-    return list(dict.fromkeys(result.scores["metric"]))
 
 
 def metric_columns(result: Standardized) -> pd.DataFrame:
@@ -127,12 +119,17 @@ def md_cell(value: object) -> str:
 
 
 def fmt(x: object, digits: int = 3) -> str:
-    """A number with ``digits`` decimals; missing -> an em dash."""
-    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{float(x):.{digits}f}"
+    """A number with ``digits`` decimals; missing (None, NaN, inf) -> an em dash."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    return f"{float(cast(SupportsFloat, x)):.{digits}f}"
 
 
 def fmt_rank(x: object) -> str:
-    return "—" if x is None or x is pd.NA or (isinstance(x, float) and not math.isfinite(x)) else str(int(x))
+    """A rank as an integer; missing (None, pd.NA, NaN) -> an em dash."""
+    if x is None or x is pd.NA or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    return str(int(cast(SupportsInt, x)))
 
 
 def score_cell(rec: Mapping[str, object], m: str) -> str:
@@ -171,19 +168,27 @@ def interval_note(meta: dict) -> str:
             "(styles, LoRAs) like these, seed noise included")
 
 
-def leaderboard_markdown(board: pd.DataFrame, result: Standardized) -> str:
-    """The Markdown report: warning first (bold), the leaderboard, LoRA problems, flagged images, degenerate groups."""
+def direction_note(shown: Mapping[str, Shown], metrics: list[str]) -> str:
+    """"Higher is better for A, B; lower is better for C. Combined = ... (higher is better)." over ``metrics``."""
+    higher = [shown[m].label for m in metrics if shown[m].higher_is_better]
+    lower = [s.label for s in losses(shown, metrics)]
+    combined = shown[COMBINED]
+    return (f"Higher is better for {', '.join(higher)}; lower is better for {', '.join(lower) or 'none'}. "
+            f"{combined.label} = mean of the scores with losses sign-flipped ({combined.better} is better).")
+
+
+def leaderboard_markdown(board: pd.DataFrame, result: Standardized, shown: Mapping[str, Shown]) -> str:
+    """The Markdown report: warning first (bold), the leaderboard, LoRA problems, flagged images, degenerate groups.
+
+    shown: ``shown_metrics(result, registry)``, every scored metric's label and direction."""
     meta, raw = result.meta, result.meta.get("raw_metric", "aesthetic")
-    metrics = [m for m in scored_metrics(result) if m != COMBINED]
-    directions = meta.get("directions", {})
+    metrics = [m for m in shown if m != COMBINED]
     lines = [f"**{w}**\n" for w in [demo_warning(board)] if w]
     lines += ["# GhostReview leaderboard", ""] + ([benchmark_line(meta), ""] if benchmark_line(meta) else [])
     lines += [f"Scores are mean z-scores per model (z within each benchmark item across all models' images). "
               f"Brackets: {interval_note(meta)}; `#r (lo–hi)`: rank and its interval. "
-              "Higher is better for " + ", ".join(label(m) for m in metrics if directions.get(m, True)) +
-              "; lower is better for " + (", ".join(label(m) for m in metrics if not directions.get(m, True)) or "none")
-              + ". Combined = mean of the scores with losses sign-flipped (higher is better).", ""]
-    header = ["#", "Model", "Title", "Family", "AutoV2", "Combined"] + [label(m) for m in metrics]
+              + direction_note(shown, metrics), ""]
+    header = ["#", "Model", "Title", "Family", "AutoV2", shown[COMBINED].label] + [shown[m].label for m in metrics]
     header += [f"Raw {raw} mean ± std", f"Good rate (≥ {meta.get('good_threshold')})", "Flagged images"]
     rows = [[fmt_rank(r["rank"]), r["model"], r["title"], r["family"], r["autov2"], score_cell(r, COMBINED)]
             + [score_cell(r, m) for m in metrics]
@@ -204,13 +209,28 @@ def section(title: str, table: pd.DataFrame) -> list[str]:
     return head + md_table(list(table.columns), table.astype(object).values.tolist())
 
 
-def write_tables(result: Standardized, models: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
-    """Write leaderboard.md/.csv/.json and metrics.json into ``out_dir``; returns {name: path}."""
+def summary_columns(columns: Sequence[str]) -> list[str]:
+    """The leaderboard columns the plain-text summary shows, from a leaderboard's own columns: rank, model, family,
+    combined, the other scored metrics (each column ``M`` with an ``M_rank``) and the raw metric's mean and good rate.
+    """
+    have = set(columns)
+    scored = [c for c in columns if f"{c}_rank" in have and c != COMBINED]
+    raw = [c for c in columns if c.endswith(RAW_SUMMARY)]
+    return [c for c in ["rank", "model", "family", COMBINED] if c in have] + scored + raw
+
+
+def write_tables(result: Standardized, models: pd.DataFrame, out_dir: str | Path, *,
+                 metrics: Mapping[str, MetricInfo]) -> dict[str, Path]:
+    """Write leaderboard.md/.csv/.json and metrics.json into ``out_dir``; returns {name: path}.
+
+    metrics: the registry (name -> MetricInfo) the scores were standardized with; labels and directions come from it.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     board = leaderboard_frame(result, models)
     paths = {n: out / n for n in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "metrics.json")}
-    paths["leaderboard.md"].write_text(leaderboard_markdown(board, result), encoding="utf-8")
+    paths["leaderboard.md"].write_text(leaderboard_markdown(board, result, shown_metrics(result, metrics)),
+                                       encoding="utf-8")
     board.to_csv(paths["leaderboard.csv"], index=False)
     dump = lambda obj: json.dumps(obj, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
     paths["leaderboard.json"].write_text(dump(board_records(board)), encoding="utf-8")
