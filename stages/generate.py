@@ -10,11 +10,13 @@ from ghostreview.util.runtime import stage_runtime
 
 stage_runtime()
 
-from ghostreview import config  # noqa: E402
-from ghostreview.protocol import BenchmarkError, images_per_item, load_benchmark  # noqa: E402
-from ghostreview.generation.generate import GenerateSettings, run_generate  # noqa: E402
-from ghostreview.generation.loading import CheckpointError  # noqa: E402
-from ghostreview.scoring.run import reference_sets  # noqa: E402
+from ghostreview import validate  # noqa: E402
+from ghostreview.config import GenerationParams, Params  # noqa: E402
+from ghostreview.generation.draw import Hires  # noqa: E402
+from ghostreview.generation.families import FAMILIES  # noqa: E402
+from ghostreview.generation.generate import EngineChoice, GenerateSettings, run_generate  # noqa: E402
+from ghostreview.generation.loading import CheckpointError, CheckpointFile  # noqa: E402
+from ghostreview.generation.plan import DrawSettings  # noqa: E402
 from ghostreview.generation.store import StoreError  # noqa: E402
 
 
@@ -35,41 +37,46 @@ def main(argv: list[str] | None = None) -> None:
         ) from exc
 
 
-def generate(model: str, out: Path, params_path: Path) -> None:
-    """Validate everything the model's review reads (params, sampler, checkpoint header, benchmark), then generate."""
-    root = params_path.parent.resolve()
-    params = config.load_params(params_path)
-    if model not in params.models:
-        raise config.ConfigError(f"{params_path}: no model {model!r} under models (known: {', '.join(params.models)}).")
-    config.check_sampler(params, str(params_path))
-    config.check_files(params, root, str(params_path))
-    family = config.check_checkpoint(params, model, root, str(params_path))
-    m, paths = params.models[model], params.paths
-    settings = GenerateSettings(
+def draw_settings(g: GenerationParams) -> DrawSettings:
+    """params' ``generation`` section as the library's plain settings (numbers as the floats A1111 writes)."""
+    h = g.hires
+    hires = Hires(float(h.scale), h.steps, float(h.denoising_strength), h.upscaler) if h.enabled else None
+    return DrawSettings(g.sampler, g.steps, float(g.cfg_scale), g.width, g.height, hires, g.batch_size, g.device,
+                        g.dtype, g.cpu_threads)
+
+
+def settings_for(params: Params, model: str, ckpt: CheckpointFile, root: Path) -> GenerateSettings:
+    """Everything ``run_generate`` needs for ``model``, its paths resolved from the project root."""
+    m, paths, g = params.models[model], params.paths, params.generation
+    return GenerateSettings(
         model_name=model,
-        checkpoint=config.resolve(root, m.checkpoint),
-        config_dir=config.resolve(root, m.config) if m.config else None,
-        vae=config.resolve(root, m.vae) if m.vae else None,
+        checkpoint=ckpt,
+        config_dir=validate.resolve(root, m.config) if m.config else None,
+        vae=validate.resolve(root, m.vae) if m.vae else None,
         clip_skip=m.clip_skip,
         prediction=m.prediction,
         allow_pickle=m.allow_pickle,
-        lora_dirs={"sd15": config.resolve(root, paths.loras.sd15), "sdxl": config.resolve(root, paths.loras.sdxl)},
+        lora_dirs={f: validate.resolve(root, getattr(paths.loras, f)) for f in FAMILIES},
         counts=vars(params.benchmark.images_per_item),
         tasks=params.benchmark.tasks,
-        generation=params.generation,
-        store=config.resolve(root, paths.image_store),
-        cache=config.resolve(root, paths.cache),
+        generation=draw_settings(g),
+        store=validate.resolve(root, paths.image_store),
+        cache=validate.resolve(root, paths.cache),
+        engine=EngineChoice(g.engine, g.ray_address, g.ray_workers),
     )
-    with about(f"{params_path}: benchmark.dir = {params.benchmark.dir!r}", BenchmarkError):
-        bench = load_benchmark(config.resolve(root, params.benchmark.dir))
-    try:
-        images_per_item(bench, settings.counts)
-    except BenchmarkError as exc:  # more seeds than the protocol fixes
-        raise config.ConfigError(f"{params_path}: benchmark.images_per_item: {exc}") from exc
-    if "lora" in params.benchmark.tasks and family in ("sd15", "sdxl"):
-        # the LoRA loss of this model needs its family's header images: find out now, not after hours of drawing
-        reference_sets(bench, None, {family: config.resolve(root, getattr(paths.lora_headers, family))})
-    with about_paths(str(params_path), {"paths.cache": settings.cache, "paths.image_store": settings.store}):
+
+
+def generate(model: str, out: Path, params_path: Path) -> None:
+    """Validate everything the model's review reads (params, sampler, checkpoint header, benchmark), then generate."""
+    root, source = params_path.parent.resolve(), str(params_path)
+    params = validate.load(params_path)
+    ckpt = validate.for_generate(params, model, root, source)  # the checkpoint, read once and passed down
+    bench = validate.benchmark(params, root, source)
+    validate.check_images_per_item(params, bench, source)
+    # the LoRA loss of this model needs its family's header images: find out now, not after hours of drawing
+    validate.check_references(params, bench, [ckpt.family], root, styles=False)
+    settings = settings_for(params, model, ckpt, root)
+    with about_paths(source, {"paths.cache": settings.cache, "paths.image_store": settings.store}):
         stats = run_generate(bench, settings, out)  # a file where paths.cache should be: an error naming the key
     print(f"generate@{model}: {stats['images']} images ({stats['drawn']} drawn, {stats['reused']} from the store, "
           f"{stats['skipped']} not drawable: see manifest flags)")

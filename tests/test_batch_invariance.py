@@ -12,8 +12,10 @@ from conftest import small_benchmark
 from PIL import Image
 
 from ghostreview.protocol import load_benchmark
-from ghostreview.config import GenerationParams, HiresParams
-from ghostreview.generation.draw import DrawRequest, Hires, draw_arrays
+from ghostreview.generation.draw import Hires
+from ghostreview.generation.loading import inspect_checkpoint
+from ghostreview.generation.plan import DrawSettings
+from ghostreview.generation.draw import DrawRequest, draw_arrays
 from ghostreview.generation.generate import GenerateSettings, run_generate
 from ghostreview.kit.scorers import write_tiny_clip, write_tiny_laion_head, write_tiny_vgg19
 from ghostreview.kit.sd import tiny_pipeline, write_tiny_checkpoint, write_tiny_config_dir
@@ -102,11 +104,12 @@ def test_an_image_redrawn_alone_is_byte_identical_to_the_one_drawn_in_a_full_bat
     bench = load_benchmark(small_benchmark(tmp_path / "bench", general=2, styles=1, loras=1))
     write_tiny_config_dir(tmp_path / "configs", "sd15")
     write_tiny_checkpoint(tmp_path / "model.safetensors", "sd15", seed=7)
-    gen = GenerationParams(sampler="DPM++ 2M Karras", steps=3, width=64, height=64, batch_size=3,
-                           hires=HiresParams(enabled=True, scale=1.5, steps=2, denoising_strength=0.5), cpu_threads=1)
+    gen = DrawSettings(sampler="DPM++ 2M Karras", steps=3, cfg_scale=7.0, width=64, height=64, batch_size=3,
+                       hires=Hires(scale=1.5, steps=2, denoising_strength=0.5), cpu_threads=1)
 
     def run(store: Path, out: Path) -> dict[str, bytes]:
-        s = GenerateSettings(model_name="m", checkpoint=tmp_path / "model.safetensors", config_dir=tmp_path / "configs",
+        s = GenerateSettings(model_name="m", checkpoint=inspect_checkpoint(tmp_path / "model.safetensors"),
+                             config_dir=tmp_path / "configs",
                              vae=None, clip_skip=1, prediction="epsilon", allow_pickle=False,
                              lora_dirs={"sd15": tmp_path, "sdxl": tmp_path}, counts={"general": 2, "style": 1},
                              tasks=("general", "style"), generation=gen, store=store, cache=tmp_path / "cache")
@@ -126,7 +129,7 @@ def test_an_image_redrawn_alone_is_byte_identical_to_the_one_drawn_in_a_full_bat
 
 def test_the_cpu_thread_count_is_part_of_every_cpu_image_key():
     """1 vs 2 torch threads changed a few 8-bit values of the same tiny images: the key must tell them apart."""
-    from ghostreview.generation.generate import image_runtime
+    from ghostreview.generation.worker import image_runtime
 
     before = torch.get_num_threads()
     try:

@@ -14,8 +14,11 @@ from conftest import small_benchmark
 from PIL import Image
 
 from ghostreview.generation import generate as gen
+from ghostreview.generation import worker
 from ghostreview.protocol import load_benchmark
-from ghostreview.config import GenerationParams, HiresParams
+from ghostreview.generation.draw import Hires
+from ghostreview.generation.loading import inspect_checkpoint
+from ghostreview.generation.plan import DrawSettings
 from ghostreview.generation.generate import GenerateSettings, run_generate
 from ghostreview.generation.loading import CheckpointError
 from ghostreview.generation.manifest import read_manifest
@@ -24,8 +27,8 @@ from ghostreview.generation.infotext import parse_infotext, read_png_infotext
 from ghostreview.kit.lora import write_tiny_lora
 from ghostreview.kit.sd import write_tiny_checkpoint, write_tiny_config_dir
 
-GENERATION = GenerationParams(sampler="Euler a", steps=2, width=64, height=64, batch_size=2,
-                              hires=HiresParams(enabled=False), cpu_threads=1)
+GENERATION = DrawSettings(sampler="Euler a", steps=2, cfg_scale=7.0, width=64, height=64, batch_size=2, hires=None,
+                          cpu_threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +45,12 @@ def kit(tmp_path_factory):
     return root, bench
 
 
-def settings(root: Path, store: Path, **over) -> GenerateSettings:
+def settings(root: Path, store: Path, checkpoint: Path | None = None, **over) -> GenerateSettings:
+    """The stage's settings for the kit's model (or ``checkpoint``), inspected as the stage inspects it."""
+    path = checkpoint or root / "model.safetensors"
     base = dict(
-        model_name="tiny", checkpoint=root / "model.safetensors", config_dir=root / "configs" / "sd15", vae=None,
+        model_name="tiny", checkpoint=inspect_checkpoint(path, allow_pickle=over.get("allow_pickle", False)),
+        config_dir=root / "configs" / "sd15", vae=None,
         clip_skip=1, prediction="epsilon", allow_pickle=False,
         lora_dirs={"sd15": root / "loras" / "sd15", "sdxl": root / "loras" / "sdxl"},
         counts={"general": 1, "style": 1, "lora": 1}, tasks=("general", "style", "lora"),
@@ -91,7 +97,7 @@ def test_second_run_reuses_the_store_and_more_seeds_draw_only_new_images(kit, tm
 def test_interrupted_run_resumes_from_what_finished(kit, tmp_path, monkeypatch):
     root, bench = kit
     store = tmp_path / "store"
-    real_draw, calls = gen.draw, []
+    real_draw, calls = worker.draw, []
 
     def dying_draw(*args, **kwargs):
         calls.append(1)
@@ -99,13 +105,13 @@ def test_interrupted_run_resumes_from_what_finished(kit, tmp_path, monkeypatch):
             raise KeyboardInterrupt("killed midway")
         return real_draw(*args, **kwargs)
 
-    monkeypatch.setattr(gen, "draw", dying_draw)
+    monkeypatch.setattr(worker, "draw", dying_draw)
     with pytest.raises(KeyboardInterrupt):
         run_generate(bench, settings(root, store), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()  # the stage output appears only complete
     finished = list(store.rglob("*.png"))
     assert len(finished) == 2  # the first batch (batch_size 2) landed in the store
-    monkeypatch.setattr(gen, "draw", real_draw)
+    monkeypatch.setattr(worker, "draw", real_draw)
     stats = run_generate(bench, settings(root, store), tmp_path / "out", progress=False)
     assert stats["reused"] == 2 and stats["drawn"] == 3
     for png in (tmp_path / "out").glob("*.png"):
@@ -139,7 +145,7 @@ def test_image_key_covers_everything_that_decides_pixels(kit):
     root, bench = kit
     model = gen.ModelIdentity("m", "sd15", "model", "a" * 64)
     job = gen.plan_jobs(bench, "sd15", {"general": 1, "style": 1, "lora": 1}, ("general",),
-                        dataclasses.asdict(GENERATION), 1, root / "loras" / "sd15", lambda p: "ok",
+                        GENERATION, 1, root / "loras" / "sd15", lambda p: "ok",
                         lambda p: "0" * 64)[0]
     runtime = {"torch": "x", "device": "cpu"}
     key = gen.job_key(gen.job_fields(job, model, runtime))
@@ -188,9 +194,8 @@ def test_a_kit_pickle_checkpoint_loads_with_its_tiny_config_when_none_is_given(k
     s = settings(root, tmp_path / "store", checkpoint=ckpt, allow_pickle=True, config_dir=None, tasks=("general",))
     assert run_generate(bench, s, tmp_path / "out", progress=False)["drawn"] == 2
     assert json.loads((tmp_path / "out" / "model.json").read_text())["random_weights"] is True
-    refused = dataclasses.replace(s, allow_pickle=False)
-    with pytest.raises(CheckpointError, match="allow_pickle: true"):
-        run_generate(bench, refused, tmp_path / "out2", progress=False)
+    with pytest.raises(CheckpointError, match="allow_pickle: true"):  # refused where the stage reads it, once
+        settings(root, tmp_path / "store", checkpoint=ckpt, allow_pickle=False, config_dir=None, tasks=("general",))
 
 
 # ------------------------------------------------------------------------------------------------ LoRAs read in part
@@ -297,8 +302,8 @@ def test_a1111_pasting_our_png_draws_with_our_settings(kit, tmp_path):
 
     root, bench = kit
     vae = write_tiny_vae(tmp_path / "tiny-vae.safetensors", "sd15", seed=8)
-    generation = dataclasses.replace(GENERATION, sampler="DPM++ 2M Karras", cfg_scale=6.5, hires=HiresParams(
-        enabled=True, scale=1.5, steps=1, denoising_strength=0.5, upscaler="Latent"))
+    generation = dataclasses.replace(GENERATION, sampler="DPM++ 2M Karras", cfg_scale=6.5, hires=Hires(
+        scale=1.5, steps=1, denoising_strength=0.5, upscaler="Latent"))
     s = settings(root, tmp_path / "store", generation=generation, vae=vae, clip_skip=2, tasks=("lora",),
                  counts={"general": 1, "style": 1, "lora": 1})
     run_generate(bench, s, tmp_path / "out", progress=False)
@@ -332,7 +337,7 @@ def test_every_sampler_name_reaches_a1111_as_the_same_sampler_and_schedule(kit):
     root, bench = kit
     model = gen.ModelIdentity("m", "sd15", "model", "a" * 64)
     job = gen.plan_jobs(bench, "sd15", {"general": 1, "style": 1, "lora": 1}, ("general",),
-                        dataclasses.asdict(GENERATION), 1, root / "loras" / "sd15", lambda p: "ok",
+                        GENERATION, 1, root / "loras" / "sd15", lambda p: "ok",
                         lambda p: "0" * 64)[0]
     for name in SAMPLERS:
         text = gen.infotext_for(dataclasses.replace(job, request=dataclasses.replace(job.request, sampler=name)),

@@ -33,7 +33,9 @@ from ghostreview.analysis import aggregate
 
 from ghostreview.scoring import run as scoring
 from ghostreview.protocol import BenchmarkError, load_benchmark
-from ghostreview.config import GenerationParams, HiresParams, ScoringParams, StyleParams
+from ghostreview.config import ScoringParams, StyleParams
+from ghostreview.generation.loading import inspect_checkpoint
+from ghostreview.generation.plan import DrawSettings
 from ghostreview.generation.generate import GenerateSettings, run_generate
 from ghostreview.generation.manifest import read_manifest
 from ghostreview.generation.infotext import read_png_infotext
@@ -339,11 +341,10 @@ def test_corrupt_lycoris_and_other_family_loras_are_flagged_in_manifest_and_repo
     rows = {}
     for model, loras in ((MODEL, root / "loras"), ("n", root / "loras-b")):
         settings = GenerateSettings(
-            model_name=model, checkpoint=root / GOOD_CKPT, config_dir=None, vae=None, clip_skip=1,
+            model_name=model, checkpoint=inspect_checkpoint(root / GOOD_CKPT), config_dir=None, vae=None, clip_skip=1,
             prediction="epsilon", allow_pickle=False, lora_dirs={"sd15": loras / "sd15", "sdxl": loras / "sdxl"},
             counts={"general": 1, "style": 1, "lora": 1}, tasks=("lora",),
-            generation=GenerationParams(sampler="Euler a", steps=2, width=64, height=64,
-                                        hires=HiresParams(enabled=False)),
+            generation=DrawSettings(sampler="Euler a", steps=2, cfg_scale=7.0, width=64, height=64),
             store=tmp_path / "store", cache=tmp_path / "cache")
         stats = run_generate(bench, settings, tmp_path / "images" / model, progress=False)
         assert stats["skipped"] == 2 and stats["drawn"] == 0

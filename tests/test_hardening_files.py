@@ -30,7 +30,8 @@ from ghostreview.generation import loading
 
 from ghostreview.generation import lora
 from ghostreview.protocol import load_benchmark
-from ghostreview.config import GenerationParams, HiresParams
+from ghostreview.generation.loading import inspect_checkpoint
+from ghostreview.generation.plan import DrawSettings
 from ghostreview.generation.generate import GenerateSettings, run_generate
 from ghostreview.kit import lora as kit_lora
 from ghostreview.kit import sd
@@ -357,11 +358,11 @@ def test_every_lora_problem_is_recorded_for_its_pair_and_the_model_is_drawn(tiny
     for entry, kind in zip(entries, pair, strict=True):
         shutil.copy(loras[kind], lora_dir / "sd15" / entry.file)
     s = GenerateSettings(
-        model_name="tiny", checkpoint=tiny["ckpt"], config_dir=tiny["config"], vae=None, clip_skip=1,
+        model_name="tiny", checkpoint=inspect_checkpoint(tiny["ckpt"]), config_dir=tiny["config"], vae=None, clip_skip=1,
         prediction="epsilon", allow_pickle=False, lora_dirs={"sd15": lora_dir / "sd15", "sdxl": lora_dir / "sdxl"},
         counts={"general": 1, "style": 1, "lora": 1}, tasks=("general", "lora"),
-        generation=GenerationParams(sampler="Euler a", steps=2, width=64, height=64, batch_size=1,
-                                    hires=HiresParams(enabled=False), cpu_threads=1),
+        generation=DrawSettings(sampler="Euler a", steps=2, cfg_scale=7.0, width=64, height=64, batch_size=1,
+                                cpu_threads=1),
         store=tmp_path / "store", cache=tmp_path / "cache")
     stats = run_generate(bench, s, tmp_path / "out", progress=False)  # today: NoMatchingPeftModuleError / RuntimeError
     rows = {r["item"]: r for r in read_manifest(tmp_path / "out")}

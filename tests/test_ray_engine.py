@@ -6,7 +6,6 @@ spread over several actors that each load the checkpoint once; a second run draw
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -18,16 +17,20 @@ ray = pytest.importorskip("ray", reason="Ray is the optional extra `.[ray]`: pip
 
 from ghostreview.generation import generate as gen  # noqa: E402
 from ghostreview.protocol import load_benchmark  # noqa: E402
-from ghostreview.config import ConfigError, GenerationParams, HiresParams, parse_params  # noqa: E402
+from ghostreview.config import ConfigError, parse_params  # noqa: E402
+from ghostreview.generation.engines.ray import EngineError  # noqa: E402
+from ghostreview.generation.generate import EngineChoice  # noqa: E402
+from ghostreview.generation.loading import inspect_checkpoint  # noqa: E402
+from ghostreview.generation.plan import DrawSettings  # noqa: E402
 from ghostreview.generation.engines.ray import import_ray, worker_count, worker_device  # noqa: E402
 from ghostreview.generation.generate import GenerateSettings, run_generate  # noqa: E402
 from ghostreview.generation.manifest import read_manifest  # noqa: E402
 from ghostreview.kit.lora import write_tiny_lora  # noqa: E402
 from ghostreview.kit.sd import write_tiny_checkpoint, write_tiny_config_dir  # noqa: E402
 
-LOCAL = GenerationParams(sampler="Euler a", steps=2, width=64, height=64, batch_size=2,
-                         hires=HiresParams(enabled=False), device="cpu", cpu_threads=1)
-RAY = dataclasses.replace(LOCAL, engine="ray", ray_workers=2)
+GENERATION = DrawSettings(sampler="Euler a", steps=2, cfg_scale=7.0, width=64, height=64, batch_size=2, hires=None,
+                          device="cpu", cpu_threads=1)
+LOCAL, RAY = EngineChoice("local"), EngineChoice("ray", None, 2)
 COUNTS = {"general": 2, "style": 1, "lora": 1}  # 2 prompts x 2 seeds + 1 style + 1 LoRA image = 6 images, 4 batches
 
 
@@ -52,12 +55,14 @@ def cluster():
         ray.shutdown()
 
 
-def settings(root: Path, store: Path, generation: GenerationParams) -> GenerateSettings:
+def settings(root: Path, store: Path, engine: EngineChoice) -> GenerateSettings:
     return GenerateSettings(
-        model_name="tiny", checkpoint=root / "model.safetensors", config_dir=root / "configs" / "sd15", vae=None,
+        model_name="tiny", checkpoint=inspect_checkpoint(root / "model.safetensors"),
+        config_dir=root / "configs" / "sd15", vae=None,
         clip_skip=1, prediction="epsilon", allow_pickle=False,
         lora_dirs={"sd15": root / "loras" / "sd15", "sdxl": root / "loras" / "sdxl"},
-        counts=COUNTS, tasks=("general", "style", "lora"), generation=generation, store=store, cache=root / "cache",
+        counts=COUNTS, tasks=("general", "style", "lora"), generation=GENERATION, store=store,
+        cache=root / "cache", engine=engine,
     )
 
 
@@ -71,7 +76,7 @@ def test_ray_run_gives_the_local_output_byte_for_byte_with_actors_sharing_the_wo
 
     engines = []
     open_engine = gen.open_engine
-    monkeypatch.setattr(gen, "open_engine", lambda g: engines.append(open_engine(g)) or engines[-1])
+    monkeypatch.setattr(gen, "open_engine", lambda *a: engines.append(open_engine(*a)) or engines[-1])
     on_ray = run_generate(bench, settings(root, tmp_path / "store-ray", RAY), tmp_path / "ray", progress=False)
 
     assert local == on_ray == {"images": 6, "drawn": 6, "reused": 0, "skipped": 0}
@@ -99,9 +104,9 @@ def test_device_and_worker_count_follow_the_cluster():
     assert worker_count(0, "cpu", {"CPU": 16.0}, 4, 100) == 4
     assert worker_count(3, "cpu", {"CPU": 16.0}, 1, 2) == 2  # never more actors than units
     assert worker_count(8, "cpu", {"CPU": 2.0}, 1, 100) == 2  # nor more than fit: the others would never start
-    with pytest.raises(ConfigError, match=r"no room for one draw worker, which needs 1 GPU"):
+    with pytest.raises(EngineError, match=r"no room for one draw worker, which needs 1 GPU"):
         worker_count(0, "cuda", {"CPU": 8.0}, 1, 5)
-    with pytest.raises(ConfigError, match=r"which needs 4 CPUs.*lower generation.cpu_threads"):
+    with pytest.raises(EngineError, match=r"which needs 4 CPUs.*lower generation.cpu_threads"):
         worker_count(0, "cpu", {"CPU": 2.0}, 4, 5)
 
 
@@ -118,5 +123,5 @@ def test_engine_settings_are_checked():
 
 def test_without_ray_the_engine_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
-    with pytest.raises(ConfigError, match=r"Ray is not installed: pip install -e '.\[ray\]'.*engine: local"):
+    with pytest.raises(EngineError, match=r"Ray is not installed: pip install -e '.\[ray\]'.*engine: local"):
         import_ray()

@@ -9,7 +9,7 @@ rename, a refactor) sets the pin alone.
 """
 
 DRAW_VERSION = "2"
-DRAW_CODE_SHA256 = "489cdd85c6c402cad650eaa10b276c1d72b160bb2ad449b7854353cd006d3e2e"
+DRAW_CODE_SHA256 = "43d57785cbf3cb6294657b6b066ca380661d8ce8ecbb212c2fb58fe0d0cdb21a"
 
 # What turns an image's key fields into pixels. The test checks that these cover everything they import.
 PIXEL_MODULES = (
@@ -27,7 +27,7 @@ PIXEL_MODULES = (
 )
 # Single functions of modules whose other code cannot alter a pixel (plans, manifests, the store).
 PIXEL_FUNCTIONS = {
-    "ghostreview/generation/generate.py": ("load_spec_pipeline", "pipeline_drawer"),
+    "ghostreview/generation/worker.py": ("load_spec_pipeline", "pipeline_drawer"),
     "ghostreview/util/runtime.py": ("stage_runtime", "set_cpu_threads"),  # flush-denormal and thread count
 }
 PIXEL_DATA = ("ghostreview/generation/configs",)  # the shipped diffusers configs: scheduler, UNet, VAE, text encoders

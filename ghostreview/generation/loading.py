@@ -705,12 +705,35 @@ def _load_vae(vae: Path, config_dir: Path, dtype: torch.dtype, allow_pickle: boo
 def load_pipeline(checkpoint: Path, family: str, config_dir: Path, *, vae: Path | None = None,
                   prediction_type: str | None = None, allow_pickle: bool = False,
                   dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """Load a single-file SD checkpoint into a diffusers pipeline, offline.
+    """Load a single-file SD checkpoint into a diffusers pipeline, offline: :func:`open_pipeline` of the file read
+    once (:func:`inspect_checkpoint`), after checking that it holds a ``family`` checkpoint.
 
     Args:
         checkpoint: ``.safetensors`` (or, with ``allow_pickle``, ``.ckpt``/``.pt``) in the original LDM/SGM layout.
         family: "sd15" | "sd2" | "sdxl"; checked against the file's header before any tensor is read.
-        config_dir: diffusers config dir (``family_config_dir`` / ``pipeline_config_dir``).
+        config_dir, vae, prediction_type, allow_pickle, dtype, device: as for :func:`open_pipeline`.
+
+    Raises:
+        CheckpointError: refused pickle, corrupt file, family mismatch, missing VAE, wrong config dir.
+    """
+    ckpt = inspect_checkpoint(checkpoint, allow_pickle=allow_pickle)
+    found = family_from_shapes(ckpt.shapes, str(checkpoint))
+    if family in PIPELINE_CLASSES and found != family:
+        raise CheckpointError(f"{checkpoint}: an {found} checkpoint, but family {family!r} was given; set family: {found}")
+    return open_pipeline(ckpt, family, config_dir, vae=vae, prediction_type=prediction_type, allow_pickle=allow_pickle,
+                         dtype=dtype, device=device)
+
+
+def open_pipeline(ckpt: CheckpointFile, family: str, config_dir: Path, *, vae: Path | None = None,
+                  prediction_type: str | None = None, allow_pickle: bool = False,
+                  dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """Load the checkpoint ``ckpt`` (read once by :func:`inspect_checkpoint`; its family decided once) into a
+    diffusers pipeline, offline.
+
+    Args:
+        ckpt: the inspected checkpoint file; its shapes say whether it carries a VAE.
+        family: "sd15" | "sd2" | "sdxl": the family decided when it was inspected (``CheckpointFile.family``).
+        config_dir: diffusers config dir (``family_config_dir`` / ``checkpoint_config_dir``).
         vae: optional standalone VAE file replacing the checkpoint's own (required when the checkpoint has none).
         prediction_type: None keeps the config's scheduler; "epsilon" or "v_prediction" overrides it.
         allow_pickle: read pickle files with ``torch.load(weights_only=True)`` (via a temporary safetensors copy).
@@ -721,7 +744,7 @@ def load_pipeline(checkpoint: Path, family: str, config_dir: Path, *, vae: Path 
         watermarker.
 
     Raises:
-        CheckpointError: refused pickle, corrupt file, family mismatch, missing VAE, wrong config dir.
+        CheckpointError: refused pickle, missing VAE, wrong config dir.
     """
     import diffusers
 
@@ -732,17 +755,11 @@ def load_pipeline(checkpoint: Path, family: str, config_dir: Path, *, vae: Path 
     check_config_dir(config_dir, family)
     extra = {"add_watermarker": False} if family == "sdxl" else {
         "safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-    with _as_safetensors(checkpoint, allow_pickle) as st:
-        shapes = tensor_shapes(read_safetensors_header(st))
-        found = family_from_shapes(shapes, str(checkpoint))
-        if found != family:
-            raise CheckpointError(
-                f"{checkpoint}: an {found} checkpoint, but family {family!r} was given; set family: {found}"
-            )
+    if vae is None and not any(k.startswith("first_stage_model.") for k in ckpt.shapes):
+        raise CheckpointError(f"{ckpt.path}: has no VAE (no first_stage_model.* keys); give the model a vae file")
+    with _as_safetensors(ckpt.path, allow_pickle) as st:
         if vae is not None:
             extra["vae"] = _load_vae(vae, config_dir, dtype, allow_pickle)
-        elif not any(k.startswith("first_stage_model.") for k in shapes):
-            raise CheckpointError(f"{checkpoint}: has no VAE (no first_stage_model.* keys); give the model a vae file")
         cls = getattr(diffusers, PIPELINE_CLASSES[family])
         pipe = cls.from_single_file(str(st), config=str(config_dir), torch_dtype=dtype, local_files_only=True, **extra)
     if prediction_type is not None:

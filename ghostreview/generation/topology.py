@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ghostreview.generation.families import FAMILIES, TEXT_ENCODERS, check_family
+from ghostreview.generation.families import check_family
 from ghostreview.generation.tokenizer import TOKENIZER_PADS, write_clip_tokenizer
 
 CONFIGS_ROOT = Path(__file__).resolve().parent / "configs"

@@ -19,8 +19,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ghostreview.config import ConfigError
-from ghostreview.generation.generate import (
+from ghostreview.errors import UserError
+from ghostreview.generation.store import ImageStore
+from ghostreview.generation.worker import (
     PipelineSpec,
     WorkUnit,
     draw_unit,
@@ -28,17 +29,20 @@ from ghostreview.generation.generate import (
     load_spec_pipeline,
     pipeline_drawer,
 )
-from ghostreview.generation.store import ImageStore
+
+class EngineError(UserError, ValueError):
+    """The Ray engine cannot run as asked (Ray missing, no room for a worker); the message says the fix."""
+
 
 INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray[default]>=2.9') on the driver and every node"
 
 
 def import_ray():
-    """The ``ray`` module, or a ConfigError (the generate stage prints it without a traceback) saying how to install it."""
+    """The ``ray`` module, or an EngineError (the generate stage prints it without a traceback) saying how to install it."""
     try:
         import ray
     except ImportError as exc:
-        raise ConfigError(f"generation.engine is 'ray' but Ray is not installed: {INSTALL_HINT}, "
+        raise EngineError(f"generation.engine is 'ray' but Ray is not installed: {INSTALL_HINT}, "
                           "or set generation.engine: local in params.yaml") from exc
     return ray
 
@@ -59,14 +63,14 @@ def worker_count(requested: int, device: str, resources: dict, cpu_threads: int,
     (one per GPU, or per ``cpu_threads`` CPUs on the CPU) nor more than there are units.
 
     Raises:
-        ConfigError: not even one actor fits (an actor that can never be scheduled would wait forever).
+        EngineError: not even one actor fits (an actor that can never be scheduled would wait forever).
     """
     if device.startswith("cuda"):
         slots, need = int(resources.get("GPU", 0)), "1 GPU"
     else:
         slots, need = int(resources.get("CPU", 0) // max(1, cpu_threads)), f"{max(1, cpu_threads)} CPUs"
     if slots < 1:
-        raise ConfigError(f"the Ray cluster ({resources}) has no room for one draw worker, which needs {need}; "
+        raise EngineError(f"the Ray cluster ({resources}) has no room for one draw worker, which needs {need}; "
                            "add nodes, lower generation.cpu_threads, or set generation.device")
     return max(1, min(requested or slots, slots, units))
 
@@ -87,9 +91,9 @@ class DrawWorker:
     def _check(self, spec: PipelineSpec, expected: dict[str, str]) -> None:
         import torch
 
-        if not spec.checkpoint.is_file():
-            raise FileNotFoundError(f"Ray worker {self.name}: checkpoint {spec.checkpoint} not found; every node must "
-                                    "see the checkpoint, LoRAs, cache and image store at the same paths")
+        if not spec.checkpoint.path.is_file():
+            raise FileNotFoundError(f"Ray worker {self.name}: checkpoint {spec.checkpoint.path} not found; "
+                                    "every node must see the checkpoint, LoRAs, cache and image store at the same paths")
         if spec.device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"Ray worker {self.name}: device {spec.device!r} but this node has no usable GPU")
         found = image_runtime(spec.device, getattr(torch, spec.dtype), spec.batch_size)

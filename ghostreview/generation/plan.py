@@ -1,0 +1,184 @@
+"""The plan of one model's review: every image of the benchmark as an :class:`ImageJob`, what decides its pixels
+(:func:`job_fields`, hashed into its key in the store), its A1111 infotext, and the batches it is drawn in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+from ghostreview.generation.draw import DrawRequest, Hires
+from ghostreview.generation.infotext import a1111_sampler_fields, format_infotext, format_lora_hashes
+from ghostreview.generation.lora import LoraSpec, status_flag
+from ghostreview.generation.prompts import extract_lora_tags
+from ghostreview.protocol import Benchmark, BenchmarkError, LoraEntry, benchmark_items
+from ghostreview.util.hashing import autov2
+
+
+@dataclass(frozen=True)
+class DrawSettings:
+    """The settings every image of a run shares (A1111's txt2img fields): what the stage reads from params'
+    ``generation`` section, as plain values. ``hires`` None: no hires fix."""
+
+    sampler: str
+    steps: int
+    cfg_scale: float
+    width: int
+    height: int
+    hires: Hires | None = None
+    batch_size: int = 4  # images per forward: part of every image's key
+    device: str = "auto"
+    dtype: str = "auto"
+    cpu_threads: int = 0  # 0 keeps torch's default
+
+    def request(self, prompt: str, negative: str, seed: int, clip_skip: int) -> DrawRequest:
+        """The :class:`DrawRequest` of one image drawn with these settings."""
+        return DrawRequest(prompt=prompt, negative_prompt=negative, seed=seed, steps=self.steps,
+                           cfg_scale=float(self.cfg_scale), width=self.width, height=self.height,
+                           sampler=self.sampler, clip_skip=clip_skip, hires=self.hires)
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What identifies the checkpoint side of an image."""
+
+    name: str
+    family: str
+    checkpoint_name: str
+    sha256: str
+    vae_sha256: str | None = None
+    clip_skip: int = 1
+    prediction: str = "epsilon"
+    random_weights: bool = False
+    vae_file: str | None = None  # the standalone VAE's file name (A1111's infotext names it so)
+
+    @property
+    def autov2(self) -> str:
+        return autov2(self.sha256)
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One image of the benchmark for one model; ``status`` is empty when it can be drawn, else its LoRAs' statuses
+    (``; ``-joined) and ``status_flags`` their manifest flags (:func:`ghostreview.generation.lora.status_flag`)."""
+
+    task: str
+    item: str
+    seed: int
+    prompt: str
+    negative_prompt: str
+    loras: tuple[LoraSpec, ...]
+    lora_hashes: tuple[tuple[str, str], ...]
+    status: str
+    request: DrawRequest
+    status_flags: tuple[str, ...] = ()
+
+
+def check_lora_files(entries: Iterable[LoraEntry], lora_dir: Path, source: str) -> None:
+    """Every LoRA file of the table must exist before any work starts."""
+    missing = [e for e in entries if not (lora_dir / e.file).is_file()]
+    if missing:
+        names = ", ".join(f"{e.name} -> {lora_dir / e.file}" for e in missing[:5])
+        raise BenchmarkError(
+            f"{source}: {len(missing)} LoRA file(s) of the benchmark are missing: {names}"
+            f"{' ...' if len(missing) > 5 else ''}. Put the files there (see docs/benchmark.md), or leave the LoRA task "
+            f"out with benchmark.tasks in params.yaml."
+        )
+
+
+def plan_jobs(
+    bench: Benchmark,
+    family: str,
+    counts: Mapping[str, int],
+    tasks: Sequence[str],
+    settings: DrawSettings,
+    clip_skip: int,
+    lora_dir: Path,
+    lora_check: Callable[[Path], str],
+    file_hash: Callable[[Path], str],
+) -> list[ImageJob]:
+    """Every image of the benchmark for one model, in benchmark order.
+
+    ``lora_check(path)`` returns "ok" or the reason a LoRA cannot be used with this family (recorded, not raised);
+    ``file_hash(path)`` gives a file's sha256 (cached by the caller).
+    """
+    table = {e.name: e for e in bench.loras.get(family, ())}
+    source = f"{bench.name} LoRA table for {family}"
+    if "lora" in tasks:
+        check_lora_files(table.values(), lora_dir, source)
+    jobs = []
+    for it in benchmark_items(bench, family, counts):
+        if it.task not in tasks:
+            continue
+        text, _ = extract_lora_tags(it.prompt)  # LoRAs are applied to the weights, not through the text
+        specs = tuple(LoraSpec(name, lora_dir / table[name].file, weight) for name, weight in it.loras)
+        statuses = [s for s in (lora_check(spec.path) for spec in specs) if s != "ok"]
+        hashes = tuple((spec.name, file_hash(spec.path)) for spec in specs)
+        request = settings.request(text, it.negative_prompt, it.seed, clip_skip)
+        jobs.append(ImageJob(it.task, it.item, it.seed, it.prompt, it.negative_prompt, specs, hashes,
+                             "; ".join(statuses), request, tuple(dict.fromkeys(map(status_flag, statuses)))))
+    return jobs
+
+
+def job_fields(job: ImageJob, model: ModelIdentity, runtime: Mapping[str, str]) -> dict:
+    """Everything that decides an image's pixels; its hash is the image's key in the store."""
+    return {
+        "checkpoint_sha256": model.sha256,
+        "vae_sha256": model.vae_sha256,
+        "prediction": model.prediction,
+        "loras": [[name, sha, spec.weight] for (name, sha), spec in zip(job.lora_hashes, job.loras)],
+        "request": dataclasses.asdict(job.request),
+        "runtime": dict(runtime),
+    }
+
+
+def infotext_for(job: ImageJob, model: ModelIdentity, version: str, lora_hash: Callable[[Path], str]) -> str:
+    """A1111 infotext, so that the PNG dropped into A1111 (1.9 or later) draws this image with the same settings.
+
+    Fields in A1111's order and form, including those whose absence A1111 reads as its own default or the user's
+    current setting: ``Schedule type`` always explicit (A1111 reads a missing one as the sampler's default, Karras
+    for DPM++ 2M), ``RNG: CPU`` (its default is GPU noise; we draw CPU noise), ``VAE`` (``None``: the checkpoint's
+    own), and our prompt encoding (``ghostreview.generation.encode``): ``Emphasis: Original`` and ``Pad conds: True`` (prompt
+    and negative padded to one length with empty chunks). ``Lora hashes`` holds ``lora_hash(file)``
+    (``a1111_lora_hash``): A1111 finds a tag's LoRA by it, since our tags carry benchmark names, not file names.
+    ``Version`` does not parse as an A1111 version, so A1111 switches on none of its backward-compatibility options.
+    """
+    r = job.request
+    sampler, schedule = a1111_sampler_fields(r.sampler)
+    fields: dict[str, object] = {
+        "Steps": r.steps,
+        "Sampler": sampler,
+        "Schedule type": schedule,
+        "CFG scale": r.cfg_scale,
+        "Seed": r.seed,
+        "Size": f"{r.width}x{r.height}",
+        "Model hash": model.autov2,
+        "Model": model.checkpoint_name,
+        "VAE hash": autov2(model.vae_sha256) if model.vae_sha256 else None,
+        "VAE": model.vae_file or "None",
+        "Denoising strength": r.hires.denoising_strength if r.hires else None,
+        "Clip skip": r.clip_skip if r.clip_skip > 1 else None,
+        "RNG": "CPU",
+    }
+    if r.hires:
+        fields.update({
+            "Hires upscale": r.hires.scale,
+            "Hires steps": r.hires.steps or None,  # 0: the base steps, which A1111 writes as no field
+            "Hires upscaler": r.hires.upscaler,
+        })
+    if job.loras:
+        fields["Lora hashes"] = format_lora_hashes({spec.name: lora_hash(spec.path) for spec in job.loras})
+    fields.update({"Emphasis": "Original", "Pad conds": True, "Version": version})
+    return format_infotext(job.prompt, job.negative_prompt, fields)
+
+
+def batches(jobs: Sequence[ImageJob], size: int) -> list[list[ImageJob]]:
+    """Consecutive jobs that share their LoRAs and settings, at most ``size`` each (A1111's batch of seed+k)."""
+    groups: dict[tuple, list[ImageJob]] = {}
+    for job in jobs:
+        r = job.request
+        key = (job.loras, r.sampler, r.steps, r.cfg_scale, r.width, r.height, r.hires, r.clip_skip)
+        groups.setdefault(key, []).append(job)
+    return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
