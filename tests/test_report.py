@@ -303,11 +303,17 @@ def test_a_registry_that_disagrees_with_standardize_fails(demo, tmp_path):
     """A direction changed since standardize ran, or a scored metric the registry lacks, fails before any output."""
     from dataclasses import replace
 
+    from ghostreview.analysis.report.plots import write_plots
+
     result, scores, manifests, models, images_root = demo
     flipped = {**REGISTRY, "clipscore": replace(REGISTRY["clipscore"], higher_is_better=False)}
-    with pytest.raises(ValueError, match=r"'clipscore'.*higher_is_better=True.*rerun standardize"):
-        write_report(result, scores, manifests, models, images_root, tmp_path, metrics=flipped)
     lacking = {n: i for n, i in REGISTRY.items() if n != "styleloss"}
-    with pytest.raises(ValueError, match=r"'styleloss' is neither registered"):
-        write_tables(result, models, tmp_path, metrics=lacking)
-    assert not list(tmp_path.iterdir())
+    for metrics, error in ((flipped, r"'clipscore'.*higher_is_better=True.*rerun standardize"),
+                           (lacking, r"'styleloss' is neither registered")):
+        with pytest.raises(ValueError, match=error):
+            write_report(result, scores, manifests, models, images_root, tmp_path / "out", metrics=metrics)
+        with pytest.raises(ValueError, match=error):
+            write_plots(result, scores, models, tmp_path / "out", metrics=metrics)
+        with pytest.raises(ValueError, match=error):
+            write_html(result, scores, manifests, models, images_root, tmp_path / "out", metrics=metrics)
+    assert not (tmp_path / "out").exists()

@@ -275,10 +275,10 @@ def write_html(result: Standardized, scores: pd.DataFrame, manifests: Mapping[st
     here from ``result`` and ``scores`` when None). thumb_px: thumbnail size.
     """
     check_manifests(manifests)
+    shown = shown_metrics(result, metrics)
     out, root = Path(out_dir), Path(images_root)
     out.mkdir(parents=True, exist_ok=True)
     board = leaderboard_frame(result, models)
-    shown = shown_metrics(result, metrics)
     pngs = plot_pngs if plot_pngs is not None else render(result, scores, models, metrics)[1]
     order = [m for m in board["model"].astype(str) if m in manifests] + sorted(set(manifests) - set(board["model"]))
     render_image = lambda r: image_figure(r, str(r["model"]), root, out, thumb_px, embed_max_bytes)

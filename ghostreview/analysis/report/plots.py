@@ -197,9 +197,9 @@ def write_plots(result: Standardized, scores: pd.DataFrame, models: pd.DataFrame
     """Write ``<out_dir>/plots/<stem>.png`` and ``<stem>.csv``; returns the PNG bytes by stem (for the HTML page).
 
     metrics: the registry the scores were standardized with (labels, axis texts, directions)."""
+    data, pngs = render(result, scores, models, metrics)
     plots = Path(out_dir) / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    data, pngs = render(result, scores, models, metrics)
     for stem, table in data.items():
         table.to_csv(plots / f"{stem}.csv", index=False)
     for stem, png in pngs.items():

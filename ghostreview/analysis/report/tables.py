@@ -225,12 +225,12 @@ def write_tables(result: Standardized, models: pd.DataFrame, out_dir: str | Path
 
     metrics: the registry (name -> MetricInfo) the scores were standardized with; labels and directions come from it.
     """
+    shown = shown_metrics(result, metrics)  # a registry that disagrees with the scores fails before any output
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     board = leaderboard_frame(result, models)
     paths = {n: out / n for n in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "metrics.json")}
-    paths["leaderboard.md"].write_text(leaderboard_markdown(board, result, shown_metrics(result, metrics)),
-                                       encoding="utf-8")
+    paths["leaderboard.md"].write_text(leaderboard_markdown(board, result, shown), encoding="utf-8")
     board.to_csv(paths["leaderboard.csv"], index=False)
     dump = lambda obj: json.dumps(obj, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
     paths["leaderboard.json"].write_text(dump(board_records(board)), encoding="utf-8")
