@@ -33,18 +33,19 @@ from ruamel.yaml import YAML
 
 from ghostreview.errors import UserError
 from ghostreview.generation.infotext import NEGATIVE_PREFIX, format_infotext, parse_infotext
+from ghostreview.generation.families import FAMILIES
 from ghostreview.generation.prompts import extract_lora_tags
 from ghostreview.util.names import did_you_mean, table_slug
 from ghostreview.util.yamlio import YamlError, read_yaml_lines
 
 TASKS = ("general", "style", "lora")
-FAMILIES = ("sd15", "sdxl")
 GROUPS = ("common", "stylized")
 PROTOCOL_FILE = "protocol.yaml"
 PROMPTS_FILE = "prompts.yaml"
 STYLES_FILE = "styles.yaml"
 MAX_SEED = 2**32 - 1  # A1111 draws its seeds below 2**32; keep the benchmark's inside that range
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+# The benchmark's reference files (style references, LoRA header images): plain images, any format PIL reads.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 SLUG = re.compile(r"[a-z0-9_]+")
 STYLE_NAME = re.compile(r"[A-Za-z0-9_]+")

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ghostreview.generation.families import FAMILIES
 from ghostreview.kit import fullsize, sd
 from ghostreview.generation.loading import family_from_shapes, is_tiny_kit_file, read_safetensors_header
 
@@ -23,7 +24,7 @@ REAL_COUNTS = {
 }
 
 
-@pytest.mark.parametrize("family", sd.FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_streamed_checkpoint_equals_the_tiny_kit_on_tiny_configs(tmp_path, family):
     """Same generator order, same renaming: the streaming writer reproduces write_tiny_checkpoint tensor for tensor."""
     expected = load_file(sd.write_tiny_checkpoint(tmp_path / "kit.safetensors", family, seed=5))
@@ -38,7 +39,7 @@ def test_streamed_checkpoint_equals_the_tiny_kit_on_tiny_configs(tmp_path, famil
     assert again.read_bytes() == path.read_bytes()
 
 
-@pytest.mark.parametrize("family", sd.FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_full_size_plan_has_the_real_parameter_counts_and_layout(family):
     counts = fullsize.parameter_counts(family)
     assert {k: v for k, v in counts.items() if k != "total"} == REAL_COUNTS[family]

@@ -11,7 +11,7 @@ model (z within a prompt over its 4 x 8 images, population std), averaged over 2
 is checked against the library's point scores on one review, so the truth is on the scale standardize reports. With
 1,024 seeds per prompt instead of 8 the truth moved by less than its Monte Carlo error (0.007 on 4,000 prompts).
 
-The intervals are the library's own: ``image_table``, ``estimates`` (the bootstrap draw), ``score_rows`` (per-model
+The intervals are the library's own: ``image_table``, ``estimates`` (the bootstrap draw), ``estimate_rows`` (per-model
 percentile intervals) and ``pairwise_rows`` (P(A beats B)); a difference's interval is the percentile interval of the
 library's resampled differences. "A beats B" is declared when P(A beats B) >= 0.95, so two equal models are declared
 different (either way) 10% of the time at nominal level.
@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ghostreview.analysis.standardize import estimates, image_table, pairwise_rows, score_rows, standardize
+from ghostreview.analysis.standardize import estimates, image_table, pairwise_rows, estimate_rows, standardize
 
 MODELS = ("A", "B", "C", "D")
 MU = np.array([0.0, 0.0, 0.25, 0.5])
@@ -92,7 +92,7 @@ def score_table(data: np.ndarray) -> pd.DataFrame:
 def review(images: pd.DataFrame, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One review's image rows -> per-model intervals [M, 2], difference intervals [pairs, 2], P(A>B), P(B>A)."""
     (e, *_), _ = estimates(images, list(MODELS), METRICS, {}, n_boot=N_BOOT, seed=seed, lora_metric="loraloss")
-    rows = score_rows(e, MODELS, CI)
+    rows = estimate_rows(e, MODELS, CI)
     diffs = np.stack([e.boot[:, a] - e.boot[:, b] for a, b in PAIRS], axis=1)
     diff_ci = np.percentile(diffs, [50 * (1 - CI), 50 * (1 + CI)], axis=0).T
     pw = pairwise_rows(e, MODELS).set_index(["model_a", "model_b"])["p_a_beats_b"]

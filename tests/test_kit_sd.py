@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from ghostreview.generation.families import FAMILIES
 from ghostreview.kit import sd
 from ghostreview.generation.tokenizer import write_clip_tokenizer
 from ghostreview.generation.loading import read_safetensors_header
@@ -64,7 +65,7 @@ def test_tokenizer_config(tokenizer_dirs):
 
 
 def test_tiny_configs_keep_real_topology():
-    for family in sd.FAMILIES:
+    for family in FAMILIES:
         real, tiny = sd.real_configs(family), sd.tiny_configs(family)
         for key in ("down_block_types", "up_block_types", "layers_per_block", "addition_embed_type"):
             assert tiny["unet"].get(key) == real["unet"].get(key)
@@ -84,7 +85,7 @@ def tiny(tmp_path_factory):
     """{family: (checkpoint path, config dir)} written once for this module."""
     root = tmp_path_factory.mktemp("tiny")
     return {f: (sd.write_tiny_checkpoint(root / f"{f}.safetensors", f, seed=11),
-                sd.write_tiny_config_dir(root / f"{f}-config", f)) for f in sd.FAMILIES}
+                sd.write_tiny_config_dir(root / f"{f}-config", f)) for f in FAMILIES}
 
 
 def test_checkpoint_is_deterministic_small_and_marked(tiny, tmp_path):
@@ -168,7 +169,7 @@ def test_diffusers_recognises_tiny_files(tiny):
     assert infer_diffusers_model_type(load_file(str(tiny["sdxl"][0]))) == "xl_base"
 
 
-@pytest.mark.parametrize("family", sd.FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_round_trip_through_from_single_file_is_exact(tiny, family):
     import diffusers
 
@@ -185,7 +186,7 @@ def test_round_trip_through_from_single_file_is_exact(tiny, family):
         assert not mismatched, f"{component}: {mismatched[:5]}"
 
 
-@pytest.mark.parametrize("family", sd.FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_tiny_pipeline_generates_64px_in_4_steps(family):
     pipe = sd.tiny_pipeline(family, seed=2)
     pipe.set_progress_bar_config(disable=True)

@@ -342,3 +342,49 @@ def test_only_yamlio_builds_a_strict_loader():
                  isinstance(n, ast.ClassDef) and any("Loader" in ast.unparse(b) for b in n.bases) for n in ast.walk(tree))}
     found.discard("ghostreview/util/yamlio.py")
     assert sorted(found) == [], "use ghostreview.util.yamlio"
+
+
+# ---------------------------------------------------------------------------------------------------- shared lists
+OWNERS = {
+    "FAMILIES": "ghostreview/generation/families.py",
+    "SCORE_COLUMNS": "ghostreview/scoring/table.py",  # the score-row contract; standardize reads VALUE_COLUMNS of it
+    "MANIFEST_COLUMNS": "ghostreview/generation/manifest.py",
+    "IMAGE_SUFFIXES": "ghostreview/protocol.py",  # the benchmark's reference files; style loss opens the same set
+}
+OWNERS_PENDING = {  # (name, module): what the owner does
+    ("MANIFEST_COLUMNS", "ghostreview/analysis/report/html.py"): "the columns the report reads: a named subset of "
+                                                                  "manifest.MANIFEST_COLUMNS",
+    ("IMAGE_SUFFIXES", "ghostreview/scoring/styleloss.py"): "from ghostreview.protocol import IMAGE_SUFFIXES",
+}
+
+
+def _assigned(tree: ast.Module) -> set[str]:
+    names_ = set()
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, (ast.AnnAssign, ast.AugAssign)) else []
+        names_ |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names_
+
+
+def test_each_shared_list_is_assigned_by_its_owner_only():
+    found = {(name, path) for path, tree in TREES.items() for name in _assigned(tree) & set(OWNERS)}
+    assert {name for name, path in found if path == OWNERS[name]} == set(OWNERS)
+    strays = {(n, p) for n, p in found if p != OWNERS[n]}
+    assert sorted(strays - set(OWNERS_PENDING)) == [], "import the list from its owner"
+    assert sorted(set(OWNERS_PENDING) - strays) == [], "switched: take it off the allow-list"
+
+
+def test_score_rows_means_one_thing():
+    """``scoring.table.score_rows`` builds tidy score rows; standardize's per-model output rows are ``estimate_rows``."""
+    found = {path for path, tree in TREES.items() for f in _functions(tree) if f.name == "score_rows"}
+    assert found == {"ghostreview/scoring/table.py"}
+
+
+def test_standardize_reads_the_score_contract_not_a_copy():
+    from ghostreview.analysis import standardize
+    from ghostreview.scoring import table
+
+    assert standardize.VALUE_COLUMNS is table.VALUE_COLUMNS
+    assert table.SCORE_COLUMNS[:len(table.VALUE_COLUMNS)] == table.VALUE_COLUMNS
+    assert set(table.PROVENANCE_COLUMNS).isdisjoint(table.VALUE_COLUMNS)

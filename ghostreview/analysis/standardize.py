@@ -49,8 +49,9 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
+from ghostreview.scoring.table import VALUE_COLUMNS  # what standardize reads of a score row (not its provenance)
+
 EXCLUDING_FLAGS = frozenset({"nan", "black", "lora_unsupported", "lora_incompatible", "lora_partial", "error"})
-SCORE_COLUMNS = ("model", "task", "item", "seed", "image_hash", "metric", "value", "flags")
 MODEL_COLUMNS = ("model", "family")
 GROUPING_TASK = {"prompt": "general", "style": "style", "lora": "lora"}
 ALL_POOL = "all"
@@ -69,7 +70,7 @@ class MetricLike(Protocol):
 class Standardized:
     """Everything standardize computes; ``write``/``read`` round-trip it through CSV + JSON files in one directory.
 
-    images: one row per score row: SCORE_COLUMNS + family, pool, status (ok|flagged|degenerate|other_task|detail), z.
+    images: one row per score row: VALUE_COLUMNS + family, pool, status (ok|flagged|degenerate|other_task|detail), z.
     scores: one row per model x scored metric: model, metric, higher_is_better, score, lo, hi, rank, rank_lo,
         rank_hi, n_images, n_excluded, n_degenerate. Metrics: the registered ones, ``<lora>_notm``, ``combined``.
     pairwise: metric, model_a, model_b, p_a_beats_b (share of resamples where A's oriented score > B's), n_boot.
@@ -152,7 +153,7 @@ def metric_task(name: str, info: MetricLike) -> str:
 
 def attach_family(scores: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
     """Copy of ``scores`` with a ``family`` column from ``models``; every scored model must be listed there."""
-    check_columns(scores, SCORE_COLUMNS, "score table")
+    check_columns(scores, VALUE_COLUMNS, "score table")
     check_columns(models, MODEL_COLUMNS, "models table")
     family = dict(zip(models["model"].astype(str), models["family"].astype(str)))
     unknown = sorted(set(scores["model"].astype(str)) - set(family))
@@ -164,7 +165,7 @@ def attach_family(scores: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
     blank = [c for c in ("model", "task", "item", "seed", "metric") if scores[c].isna().any()]
     if blank:
         raise ValueError(f"score table has empty cells in key columns {blank}; every row needs them")
-    out = scores.loc[:, list(SCORE_COLUMNS)].copy()
+    out = scores.loc[:, list(VALUE_COLUMNS)].copy()
     out["model"] = out["model"].astype(str)
     out["item"] = out["item"].astype(str)
     out["flags"] = out["flags"].fillna("").astype(str)
@@ -358,7 +359,7 @@ def combine(estimates: Sequence[MetricEstimate]) -> MetricEstimate:
 # Output tables
 
 
-def score_rows(e: MetricEstimate, models: Sequence[str], ci: float) -> pd.DataFrame:
+def estimate_rows(e: MetricEstimate, models: Sequence[str], ci: float) -> pd.DataFrame:
     """One row per model: score, percentile interval, rank and rank interval (integers, rounded outward)."""
     lo_q, hi_q = 50 * (1 - ci), 50 * (1 + ci)
     ranks = rank_desc(e.oriented(e.boot))
@@ -423,7 +424,7 @@ def standardize(scores: pd.DataFrame, models: pd.DataFrame, metrics: Mapping[str
                 lora_metric: str = "loraloss") -> Standardized:
     """Standardize, score, rank and bootstrap (conventions in the module docstring).
 
-    scores: tidy score rows (SCORE_COLUMNS at least). models: ``model, family`` (+ anything). metrics: registry,
+    scores: tidy score rows (VALUE_COLUMNS at least). models: ``model, family`` (+ anything). metrics: registry,
     name -> MetricInfo. made_with: LoRA item -> models that made its reference images (for ``<lora_metric>_notm``).
     n_boot: resamples B. seed: for np.random.default_rng. ci: interval level. good_threshold: raw ``raw_metric``
     value counted as a good image (LAION-Aesthetics' "6+" subset by default).
@@ -443,6 +444,6 @@ def standardize(scores: pd.DataFrame, models: pd.DataFrame, metrics: Mapping[str
     }
     return Standardized(
         images=images,
-        scores=pd.concat([score_rows(e, names, ci) for e in all_ests], ignore_index=True),
+        scores=pd.concat([estimate_rows(e, names, ci) for e in all_ests], ignore_index=True),
         pairwise=pd.concat([pairwise_rows(e, names) for e in all_ests], ignore_index=True),
         degenerate=degenerate, raw=raw_table(images, names, raw_metric, good_threshold), meta=meta)

@@ -11,6 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from ghostreview.generation.families import FAMILIES
 from ghostreview.protocol import Benchmark
 from ghostreview.util.atomic import replace_dir
 
@@ -49,7 +50,7 @@ def _write_kit(tmp: Path, bench: Benchmark, seed: int, image_size: int, stamp: d
     from ghostreview.kit.scorers import write_tiny_clip, write_tiny_laion_head, write_tiny_vgg19
     from ghostreview.kit.sd import write_tiny_checkpoint, write_tiny_config_dir
 
-    for family in ("sd15", "sdxl"):
+    for family in FAMILIES:
         write_tiny_config_dir(tmp / "configs" / family, family)
     for name, (family, s) in DEMO_MODELS.items():
         write_tiny_checkpoint(tmp / "models" / f"{name}.safetensors", family, seed * 1000 + s)

@@ -9,9 +9,11 @@ import pandas as pd
 
 from ghostreview.util.atomic import save_atomic
 
-SCORE_COLUMNS = (
-    "model", "task", "item", "seed", "image_hash", "metric", "value", "flags", "metric_version", "weights_sha256",
-)
+# The score-row contract, in file order. What a row says (which image, which metric, its value and flags) ...
+VALUE_COLUMNS = ("model", "task", "item", "seed", "image_hash", "metric", "value", "flags")
+# ... and where the value comes from (the metric's code version and its weights' hash).
+PROVENANCE_COLUMNS = ("metric_version", "weights_sha256")
+SCORE_COLUMNS = VALUE_COLUMNS + PROVENANCE_COLUMNS
 
 
 def score_rows(
