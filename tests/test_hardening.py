@@ -369,11 +369,12 @@ def test_corrupt_lycoris_and_other_family_loras_are_flagged_in_manifest_and_repo
     result = standardize(pd.concat([general, undrawn], ignore_index=True), models, REGISTRY, {}, n_boot=20)
     excluded = result.scores.set_index(["model", "metric"])["n_excluded"]
     assert excluded[(MODEL, "loraloss")] == 2 and excluded[("n", "loraloss")] == 2
-    md = write_tables(result, models, tmp_path / "report")["leaderboard.md"].read_text(encoding="utf-8")
+    md = write_tables(result, models, tmp_path / "report", metrics=REGISTRY)["leaderboard.md"].read_text(encoding="utf-8")
     section = md.split("## Unsupported / incompatible LoRA pairs")[1].split("## ")[0]
     for row in rows[MODEL] + rows["n"]:
         assert f"| {row['model']} | {row['item']} | {row['flags']} | 1 |" in section
-    html = write_html(result, general, manifests, models, tmp_path / "images", tmp_path / "report", plot_pngs={})
+    html = write_html(result, general, manifests, models, tmp_path / "images", tmp_path / "report", plot_pngs={},
+                      metrics=REGISTRY)
     page = html.read_text(encoding="utf-8")
     table = page.split('id="lora-problems"')[1].split("</table>")[0]
     assert all(e.name in table for e in bench.loras["sd15"]) and "lora_incompatible" in table and "<td>n</td>" in table
@@ -614,13 +615,13 @@ def test_nan_and_black_images_are_flagged_excluded_and_listed(tmp_path):
         assert np.allclose(usable["z"], (x - x.mean()) / x.std())  # z over the usable images only (ddof=0)
     excluded = result.scores.set_index(["model", "metric"])["n_excluded"]
     assert (excluded[("a", "aesthetic")], excluded[("b", "aesthetic")], excluded[("c", "aesthetic")]) == (1, 1, 0)
-    md = write_tables(result, models, tmp_path / "report")["leaderboard.md"].read_text(encoding="utf-8")
+    md = write_tables(result, models, tmp_path / "report", metrics=REGISTRY)["leaderboard.md"].read_text(encoding="utf-8")
     flagged = md.split("## Flagged images")[1].split("## ")[0]
     assert "| a | general | p0 | 0 | a-0-0 | black |" in flagged and "| b | general | p0 | 1 | b-0-1 | nan |" in flagged
 
     manifests = {m: pd.DataFrame([r for r in manifest if r["model"] == m]) for m in ("a", "b", "c")}
     page = write_html(result, scores, manifests, models, tmp_path / "images", tmp_path / "report",
-                      plot_pngs={}).read_text(encoding="utf-8")
+                      plot_pngs={}, metrics=REGISTRY).read_text(encoding="utf-8")
     assert "window.pwned" in page and "<script>window.pwned" not in page and "<img src=x" not in page
     assert "&lt;script&gt;window.pwned=1&lt;/script&gt;" in page and "café 🎨 ねこ" in page
     assert 'id="flagged-images"' in page and "b-0-1" in page.split('id="flagged-images"')[1].split("</table>")[0]

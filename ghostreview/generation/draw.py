@@ -118,7 +118,7 @@ def check_requests(requests: Sequence[DrawRequest]) -> DrawRequest:
         raise ValueError(f"steps must be >= 1, got {first.steps}")
     _check_size(first.width, first.height, "size")
     if first.hires is not None:
-        _check_hires(first)
+        _check_hires(first, first.hires)
     return first
 
 
@@ -127,8 +127,7 @@ def _check_size(width: int, height: int, what: str) -> None:
         raise ValueError(f"{what} {width}x{height} must be positive multiples of {SIZE_MULTIPLE}")
 
 
-def _check_hires(req: DrawRequest) -> None:
-    hires = req.hires
+def _check_hires(req: DrawRequest, hires: Hires) -> None:
     if not 0 < hires.denoising_strength <= 1:
         raise ValueError(f"hires denoising_strength must be in (0, 1], got {hires.denoising_strength}")
     if hires.steps < 0:
@@ -186,12 +185,14 @@ def _finite_rows(x: torch.Tensor | np.ndarray) -> list[bool]:
 
 def _sub_conditioning(conds: Sequence[Conditioning]) -> Conditioning:
     """Stack single-prompt conditionings (all of one sequence length) into a batch."""
-    def cat(name: str) -> torch.Tensor | None:
-        parts = [getattr(c, name) for c in conds]
-        return None if parts[0] is None else torch.cat(parts)
+    def cat(name: str) -> torch.Tensor:
+        return torch.cat([getattr(c, name) for c in conds])
 
-    return Conditioning(cat("prompt_embeds"), cat("negative_prompt_embeds"), cat("pooled_prompt_embeds"),
-                        cat("negative_pooled_prompt_embeds"), any(c.truncated for c in conds))
+    def cat_pooled(name: str) -> torch.Tensor | None:  # SDXL only
+        return None if getattr(conds[0], name) is None else cat(name)
+
+    return Conditioning(cat("prompt_embeds"), cat("negative_prompt_embeds"), cat_pooled("pooled_prompt_embeds"),
+                        cat_pooled("negative_pooled_prompt_embeds"), any(c.truncated for c in conds))
 
 
 def _pipe_like(cls, pipe, sampler: str, scheduler_config: dict):
@@ -228,8 +229,8 @@ def _run_group(pipe, family: str, reqs: Sequence[DrawRequest], cond: Conditionin
     if hires is None:
         images = np.asarray(base, dtype=np.float32)
     else:
-        images = _hires_pass(pipe, img2img_cls, reqs, base, common, scheduler_config)
-    return [(np.zeros_like(img), ["nan"]) if not ok else _flagged(img) for img, ok in zip(images, base_ok)]
+        images = _hires_pass(pipe, img2img_cls, reqs, hires, base, common, scheduler_config)
+    return [(np.zeros_like(img), ["nan"]) if not ok else _flagged(img) for img, ok in zip(images, base_ok, strict=True)]
 
 
 def _flagged(image: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -238,14 +239,14 @@ def _flagged(image: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return (np.zeros_like(image) if "nan" in flags else image), flags
 
 
-def _hires_pass(pipe, img2img_cls, reqs: Sequence[DrawRequest], base, common: dict, scheduler_config: dict) -> np.ndarray:
+def _hires_pass(pipe, img2img_cls, reqs: Sequence[DrawRequest], hires: Hires, base, common: dict,
+                scheduler_config: dict) -> np.ndarray:
     """Upscale the base pass (latents, or [B, H, W, 3] images for image-space upscalers) and run img2img."""
     first = reqs[0]
-    hires = first.hires
     w2, h2 = hires_size(first.width, first.height, hires.scale)
     if hires.upscaler in LATENT_UPSCALERS:
         f = pipe.vae_scale_factor
-        init = upscale_latents(base, (h2 // f, w2 // f), hires.upscaler)
+        init: torch.Tensor | list = upscale_latents(base, (h2 // f, w2 // f), hires.upscaler)
     else:
         init = [to_pil(np.nan_to_num(img)).resize((w2, h2), IMAGE_UPSCALERS[hires.upscaler]) for img in base]
     total, strength = hires_schedule(hires.steps or first.steps, hires.denoising_strength)

@@ -9,7 +9,7 @@ rename, a refactor) sets the pin alone.
 """
 
 DRAW_VERSION = "2"
-DRAW_CODE_SHA256 = "43d57785cbf3cb6294657b6b066ca380661d8ce8ecbb212c2fb58fe0d0cdb21a"
+DRAW_CODE_SHA256 = "f96f6a1654aa7b63f3001a602fd43591d981871347ed08bb2570ffb6951ce1fc"
 
 # What turns an image's key fields into pixels. The test checks that these cover everything they import.
 PIXEL_MODULES = (

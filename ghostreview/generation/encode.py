@@ -63,9 +63,9 @@ class Conditioning:
     negative_pooled_prompt_embeds: torch.Tensor | None = None
     truncated: bool = False
 
-    def pipeline_kwargs(self) -> dict[str, torch.Tensor]:
+    def pipeline_kwargs(self) -> dict[str, torch.Tensor | None]:
         """The embedding keyword arguments of a diffusers SD/SDXL pipeline call (pooled ones only when set)."""
-        kwargs = {"prompt_embeds": self.prompt_embeds, "negative_prompt_embeds": self.negative_prompt_embeds}
+        kwargs: dict[str, torch.Tensor | None] = {"prompt_embeds": self.prompt_embeds, "negative_prompt_embeds": self.negative_prompt_embeds}
         if self.pooled_prompt_embeds is not None:
             kwargs["pooled_prompt_embeds"] = self.pooled_prompt_embeds
             kwargs["negative_pooled_prompt_embeds"] = self.negative_pooled_prompt_embeds
@@ -265,6 +265,8 @@ def encode_prompts(
                 pooled = text_embeds.reshape(len(texts), n, -1)[:, 0]  # first chunk's pooled EOS state
     embeds = torch.cat(hidden, dim=-1)
     if family == "sdxl":
+        if pooled is None:  # the OpenCLIP-bigG encoder's projection: every SDXL text encoder 2 has one
+            raise ValueError("the SDXL pipeline's text_encoder_2 returned no pooled text embedding")
         embeds, pooled = _zero_empty_negatives(embeds, pooled, texts, len(prompts))
     b = len(prompts)
     return Conditioning(

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
@@ -124,8 +125,7 @@ def _parse_header_json(path: Path, raw: bytes) -> dict:
     def no_duplicates(pairs: list) -> dict:
         out = dict(pairs)
         if len(out) != len(pairs):
-            seen: set = set()
-            dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+            dup = next(k for k, n in collections.Counter(k for k, _ in pairs).items() if n > 1)
             raise CheckpointError(f"{path}: malformed safetensors header: key {_short(dup)} appears twice; the file "
                                   "is corrupt, fetch it again")
         return out
@@ -459,12 +459,12 @@ SCHEDULER_CLASSES = (  # diffusers schedulers that build from an SD scheduler co
     "UniPCMultistepScheduler",
 )
 _NULL = [None, None]
-_UNLOADED = {  # component -> the pairs accepted besides [null, null]; load_pipeline passes None for these
+_UNLOADED: dict[str, tuple[list[str], ...]] = {  # component -> the pairs accepted besides [null, null]; load_pipeline passes None for these
     "safety_checker": (["stable_diffusion", "StableDiffusionSafetyChecker"],),
     "feature_extractor": (["transformers", "CLIPImageProcessor"], ["transformers", "CLIPFeatureExtractor"]),
     "image_encoder": (),
 }
-PIPELINE_OPTIONS = {  # model_index.json keys that are pipeline arguments, not components: allowed value types
+PIPELINE_OPTIONS: dict[str, dict[str, tuple[type, ...]]] = {  # model_index.json keys that are pipeline arguments, not components: allowed value types
     "sd15": {"requires_safety_checker": (bool,)},
     "sd2": {"requires_safety_checker": (bool,)},
     "sdxl": {"force_zeros_for_empty_prompt": (bool,), "add_watermarker": (bool, type(None))},
@@ -585,6 +585,7 @@ def _pair(path: Path, key: str, value: object) -> tuple[str, str]:
 def _check_component(folder: Path, name: str, library: str, cls: str, docs: Mapping[Path, dict]) -> None:
     """The component's own config file exists and names the class model_index.json names for it."""
     is_model = library == "transformers" and cls not in TOKENIZER_CLASSES
+    allowed: tuple
     if cls in TOKENIZER_CLASSES:
         file, field, allowed = "tokenizer_config.json", "tokenizer_class", TOKENIZER_CLASSES
     elif is_model:

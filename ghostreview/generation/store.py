@@ -19,21 +19,21 @@ is the very file that was checked, without a second read.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
 import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from PIL import Image
 
 from ghostreview.errors import UserError
 from ghostreview.generation.infotext import pnginfo
+from ghostreview.util.atomic import move_into_place, write_bytes_atomic, write_temp
 
 _KEY = re.compile(r"[0-9a-f]{64}")
 _SHARD = re.compile(r"[0-9a-f]{2}")
@@ -96,50 +96,11 @@ def job_key(fields: Mapping[str, object]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_temp(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write through ``write(file)`` into a new temporary sibling of ``path`` and fsync it; returns its path.
-
-    On any error the temporary file is removed and the error re-raised.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
-
-
-def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through ``write(file)`` into a temporary sibling, fsync, then ``os.replace``.
-
-    On any error the temporary file is removed and the error re-raised; ``path`` is then untouched.
-    """
-    tmp = _write_temp(path, write)
-    try:
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
 def _encode_meta(meta: Mapping) -> bytes:
     return (json.dumps(dict(meta), sort_keys=True, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode()
 
 
-def _sha256_of(f: IO[bytes]) -> str:
+def _sha256_of(f: io.BufferedReader) -> str:
     """sha256 hex of the rest of the open binary file ``f``."""
     return hashlib.file_digest(f, "sha256").hexdigest()
 
@@ -196,13 +157,12 @@ class ImageStore:
         info = pnginfo(infotext)
         had_png, tmp = png.is_file(), None
         try:
-            tmp = _write_temp(png, lambda f: image.save(f, format="PNG", pnginfo=info))
+            tmp = write_temp(png, lambda f: image.save(f, format="PNG", pnginfo=info))
             with open(tmp, "rb") as f:  # just written: read back from the page cache
                 written, sha = _identity(os.fstat(f.fileno())), _sha256_of(f)
             record = {"sha256": sha, "size": written[2]}
-            write_atomic(js, lambda f: f.write(_encode_meta({**meta, PNG_RECORD: record})))
-            os.replace(tmp, png)
-            _fsync_dir(png.parent)
+            write_bytes_atomic(js, _encode_meta({**meta, PNG_RECORD: record}))
+            move_into_place(tmp, png)
         except OSError as err:
             if not had_png:  # a JSON without its PNG is harmless, but leave nothing behind
                 js.unlink(missing_ok=True)
@@ -323,7 +283,7 @@ class ImageStore:
 
     def _refusal(self, problem: Problem) -> UserError:
         if problem.kind in ("absent", "incomplete"):
-            return StoreError(f"no complete store entry for {problem.key}", self.path(problem.key))
+            return StoreError(f"no complete store entry for {problem.key}", problem.path)
         return DamagedEntryError(problem)
 
     def set_aside(self, problem: Problem) -> None:

@@ -17,7 +17,7 @@ import os
 import socket
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from ghostreview.errors import UserError
 from ghostreview.generation.store import ImageStore
@@ -117,14 +117,14 @@ class RayEngine:
         self.address = address
         self.workers = workers
         self.per_worker: dict[str, int] = {}
-        self._ray = None
+        self._ray: Any = None  # the ray module, once connected
         self._started = False
 
     def __enter__(self) -> "RayEngine":
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._started:
+        if self._started and self._ray is not None:
             self._ray.shutdown()
         self._ray, self._started = None, False
 
