@@ -40,6 +40,9 @@ PACKAGE_DATA = {
 NOT_PIXEL = {
     "ghostreview/__init__.py": "holds __version__ only, which goes into the infotext, not into pixels",
     "ghostreview/errors.py": "exception classes and the stages' error wrapper: what a failure says, never a pixel",
+    "ghostreview/util/__init__.py": "the package docstring",
+    "ghostreview/util/atomic.py": "how files are written (temporary sibling, fsync, rename), never what they hold",
+    "ghostreview/util/names.py": "slugs and 'did you mean' hints: what an error message suggests",
 }
 DATA_READERS = {"importlib.resources", "pkgutil", "pkg_resources"}
 

@@ -148,13 +148,9 @@ def test_create_dir_once_discards_the_copy_of_a_builder_that_lost_the_race(tmp_p
 
 # Renames outside util/atomic.py. Legitimate ones move an existing file or directory, which no writer can do.
 RENAMES_ALLOWED = {
-    "ghostreview/generation/store.py": "set_aside moves a damaged entry into the quarantine (a move, not a write); "
-                                       "put and link move a checked temporary file (PENDING: move_into_place)",
+    "ghostreview/generation/store.py": "set_aside moves a damaged entry into the quarantine (a move, not a write)",
 }
 RENAMES_PENDING = {  # owners switch these to ghostreview.util.atomic
-    "ghostreview/generation/loading.py": "_materialize -> create_dir_once; convert_pickle_checkpoint -> save_atomic",
-    "ghostreview/generation/generate.py": "write_output -> replace_dir",
-    "ghostreview/kit/sd.py": "save_safetensors_atomic -> write_bytes_atomic; write_tiny_pickle_checkpoint -> save_atomic",
     "ghostreview/scoring/run.py": "the reference stats directory -> replace_dir",
     "ghostreview/models_cli.py": "write_text_atomic -> ghostreview.util.atomic.write_text_atomic (keeps the mode)",
 }
@@ -277,8 +273,6 @@ def test_every_slug_function_uses_the_one_rule():
 
 HINT_COPIES = {"ghostreview/config.py": "the leaf's marked copy of did_you_mean (test_configs_copy_of_did_you_mean_agrees)"}
 HINT_PENDING = {
-    "ghostreview/generation/samplers.py": "unknown_name_message: names.closest(name, valid, cutoff=0.5)",
-    "ghostreview/scoring/registry.py": "get_metric: names.did_you_mean(name, REGISTRY, quote=\"'\")",
 }
 
 
@@ -352,9 +346,6 @@ OWNERS = {
     "IMAGE_SUFFIXES": "ghostreview/protocol.py",  # the benchmark's reference files; style loss opens the same set
 }
 OWNERS_PENDING = {  # (name, module): what the owner does
-    ("MANIFEST_COLUMNS", "ghostreview/analysis/report/html.py"): "the columns the report reads: a named subset of "
-                                                                  "manifest.MANIFEST_COLUMNS",
-    ("IMAGE_SUFFIXES", "ghostreview/scoring/styleloss.py"): "from ghostreview.protocol import IMAGE_SUFFIXES",
 }
 
 
@@ -388,3 +379,10 @@ def test_standardize_reads_the_score_contract_not_a_copy():
     assert standardize.VALUE_COLUMNS is table.VALUE_COLUMNS
     assert table.SCORE_COLUMNS[:len(table.VALUE_COLUMNS)] == table.VALUE_COLUMNS
     assert set(table.PROVENANCE_COLUMNS).isdisjoint(table.VALUE_COLUMNS)
+
+
+def test_the_report_reads_manifest_columns_the_manifest_contract_has():
+    from ghostreview.analysis.report.html import REPORT_COLUMNS
+    from ghostreview.generation.manifest import MANIFEST_COLUMNS
+
+    assert set(REPORT_COLUMNS) <= set(MANIFEST_COLUMNS)

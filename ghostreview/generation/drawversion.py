@@ -9,7 +9,7 @@ rename, a refactor) sets the pin alone.
 """
 
 DRAW_VERSION = "2"
-DRAW_CODE_SHA256 = "f96f6a1654aa7b63f3001a602fd43591d981871347ed08bb2570ffb6951ce1fc"
+DRAW_CODE_SHA256 = "8f19a4cdd5b2358e201dd21888d6c9a3662c0dd5c7d3572ad601dd5ed964c90a"
 
 # What turns an image's key fields into pixels. The test checks that these cover everything they import.
 PIXEL_MODULES = (

@@ -34,6 +34,7 @@ import torch
 
 from ghostreview.generation.families import FAMILIES
 from ghostreview.generation.prompts import BREAK_MARKER, parse_prompt_attention
+
 CHUNK_TOKENS = 75
 COMMA_BACKTRACK = 20
 

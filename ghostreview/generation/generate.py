@@ -14,8 +14,6 @@ import csv
 import dataclasses
 import functools
 import json
-import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +39,7 @@ from ghostreview.generation.plan import (  # noqa: F401 (check_lora_files: the C
 from ghostreview.generation.store import DamagedEntryError, ImageStore, Problem, job_key
 from ghostreview.generation.worker import PipelineSpec, WorkUnit, image_runtime
 from ghostreview.protocol import Benchmark
+from ghostreview.util.atomic import replace_dir
 from ghostreview.util.hashing import file_sha256
 from ghostreview.util.runtime import pick_dtype, set_cpu_threads
 
@@ -117,21 +116,19 @@ def manifest_rows(
 
 def write_output(out_dir: Path, rows: Sequence[dict], store: ImageStore, model: ModelIdentity) -> None:
     """Rebuild the stage output from the store: PNGs, ``manifest.csv`` and ``model.json``, swapped in atomically."""
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for row in rows:
-        if row["image"]:
-            link_checked(store, row["image_hash"], tmp / row["image"])
-    with open(tmp / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    info = dataclasses.asdict(model) | {"autov2": model.autov2}
-    (tmp / "model.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+
+    def build(tmp: Path) -> None:
+        for row in rows:
+            if row["image"]:
+                link_checked(store, row["image_hash"], tmp / row["image"])
+        with open(tmp / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        info = dataclasses.asdict(model) | {"autov2": model.autov2}
+        (tmp / "model.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    replace_dir(out_dir, build)
 
 
 def link_checked(store: ImageStore, key: str, dest: Path) -> None:

@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import pickle
 import reprlib
 import shutil
@@ -38,6 +37,7 @@ from ghostreview.generation.families import CONFIG_FAMILIES, PIPELINE_CLASSES
 from ghostreview.generation.families import FAMILIES as REVIEWABLE_FAMILIES
 from ghostreview.generation.tokenizer import TOKENIZER_PADS, open_clip_bpe_path, write_clip_tokenizer
 from ghostreview.generation.topology import CONFIGS_ROOT, KIT_METADATA_KEY, KIT_METADATA_VALUE
+from ghostreview.util.atomic import create_dir_once, save_atomic
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -379,26 +379,6 @@ def _config_source_digest(family: str) -> str:
     return digest.hexdigest()
 
 
-def _materialize(dest: Path, build) -> Path:
-    """Create directory ``dest`` once: ``build(tmp_dir)`` fills a sibling temp dir, which is renamed to ``dest``.
-
-    A concurrent builder that loses the race discards its copy; readers never see a half-written ``dest``.
-    """
-    if dest.is_dir():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        build(tmp)
-        os.rename(tmp, dest)
-    except OSError:
-        if not dest.is_dir():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
-
-
 def family_config_dir(family: str, cache_root: Path) -> Path:
     """Local diffusers config dir of the real-size ``family`` ("sd15" | "sd2" | "sdxl"), built once.
 
@@ -414,14 +394,14 @@ def family_config_dir(family: str, cache_root: Path) -> Path:
         for name, pad in TOKENIZER_PADS[family].items():
             write_clip_tokenizer(tmp / name, pad_token=pad)
 
-    return _materialize(dest, build)
+    return create_dir_once(dest, build)
 
 
 def tiny_config_dir(family: str, cache_root: Path) -> Path:
     """Config dir of the tiny test topology of ``family`` (``topology.tiny_configs``), built once under ``cache_root``."""
     text = json.dumps(topology.tiny_configs(family), sort_keys=True) + _config_source_digest(family)
     dest = Path(cache_root) / f"{family}-tiny-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
-    return _materialize(dest, lambda tmp: topology.write_tiny_config_dir(tmp, family))
+    return create_dir_once(dest, lambda tmp: topology.write_tiny_config_dir(tmp, family))
 
 
 def pipeline_config_dir(checkpoint: Path, family: str, cache_root: Path, *, allow_pickle: bool = False) -> Path:
@@ -667,11 +647,7 @@ def convert_pickle_checkpoint(src: Path, dest: Path) -> Path:
 
     src, dest = Path(src), Path(dest)
     tensors, metadata = _load_pickle(src)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    save_file(_dedupe_storage(tensors), str(tmp), metadata=metadata or None)
-    os.replace(tmp, dest)
-    return dest
+    return save_atomic(dest, lambda tmp: save_file(_dedupe_storage(tensors), str(tmp), metadata=metadata or None))
 
 
 @contextlib.contextmanager

@@ -29,15 +29,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ghostreview.generation.ldm_keys import unet_key_to_ldm
-from ghostreview.generation.topology import CONFIGS_ROOT
 from ghostreview.generation.families import PIPELINE_CLASSES
+from ghostreview.generation.ldm_keys import unet_key_to_ldm
 from ghostreview.generation.loading import (
     CheckpointError,
     header_metadata,
     read_safetensors_header,
     tensor_shapes,
 )
+from ghostreview.generation.topology import CONFIGS_ROOT
 
 KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 SGM_UNET_PREFIXES = ("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")
@@ -192,9 +192,9 @@ def model_modules(family: str, config_dir: Path) -> dict[str, tuple[int, ...]]:
 
 @functools.lru_cache(maxsize=4)
 def _model_modules(family: str, configs_json: str) -> tuple:
-    from ghostreview.generation.topology import build_component
-
     import torch
+
+    from ghostreview.generation.topology import build_component
 
     configs = json.loads(configs_json)
     with torch.device("meta"):

@@ -19,7 +19,6 @@ match); A1111's SDE samplers draw Brownian-tree noise where diffusers draws plai
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import inspect
 from collections.abc import Mapping
@@ -28,6 +27,8 @@ from types import MappingProxyType
 
 import diffusers
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from ghostreview.util.names import closest
 
 K_DIFFUSION_SPACING = MappingProxyType({"timestep_spacing": "linspace"})
 COMPVIS_SPACING = MappingProxyType({"timestep_spacing": "leading", "steps_offset": 1})
@@ -92,8 +93,8 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 def unknown_name_message(kind: str, name: str, valid: list[str]) -> str:
     """``unknown <kind> 'name'; did you mean ...? Valid: ...`` (the suggestion only when one is close)."""
-    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    close = closest(name, valid, cutoff=0.5)
+    hint = f"; did you mean {close!r}?" if close is not None else ""
     return f"unknown {kind} {name!r}{hint} Valid: {', '.join(valid)}"
 
 

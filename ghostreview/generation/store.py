@@ -273,7 +273,7 @@ class ImageStore:
             problem = self.check(key, copy=tmp)  # what lands in dest is what was checked
             if problem:
                 raise self._refusal(problem)
-            os.replace(tmp, dest)
+            move_into_place(tmp, dest)
         except StoreError:
             raise
         except OSError as err:

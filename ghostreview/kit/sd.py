@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from ghostreview.generation.topology import (  # noqa: F401 (re-exported: the ki
     write_config_dir,
     write_tiny_config_dir,
 )
+from ghostreview.util.atomic import save_atomic, write_bytes_atomic
 
 
 def meta_models(family: str, configs: Mapping[str, dict]) -> dict[str, torch.nn.Module]:
@@ -116,13 +116,8 @@ def safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str
 
 
 def save_safetensors_atomic(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> Path:
-    """Write ``safetensors_bytes`` to a sibling temp file, then rename (readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(safetensors_bytes(tensors, metadata))
-    os.replace(tmp, path)
-    return path
+    """Write ``safetensors_bytes`` atomically (readers never see half a file)."""
+    return write_bytes_atomic(Path(path), safetensors_bytes(tensors, metadata))
 
 
 def write_tiny_checkpoint(path: Path, family: str, seed: int) -> Path:
@@ -148,12 +143,8 @@ def write_tiny_pickle_checkpoint(path: Path, family: str, seed: int) -> Path:
     ``{"state_dict": {...}, **kit_metadata}`` (the layout of A1111-era checkpoints; the marker strings sit where
     ``global_step`` sits in those). Loading reads it with ``torch.load(weights_only=True)``. Returns ``path``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"state_dict": _tiny_ldm_checkpoint(family, seed), **kit_metadata(family, seed)}, tmp)
-    os.replace(tmp, path)
-    return path
+    checkpoint = {"state_dict": _tiny_ldm_checkpoint(family, seed), **kit_metadata(family, seed)}
+    return save_atomic(Path(path), lambda tmp: torch.save(checkpoint, tmp))
 
 
 def write_tiny_vae(path: Path, family: str, seed: int) -> Path:

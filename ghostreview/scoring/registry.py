@@ -7,10 +7,9 @@ judge is a new module in this folder with its ``INFO`` and one line here.
 
 from __future__ import annotations
 
-import difflib
-
 from ghostreview.scoring import aesthetic, clipscore, styleloss
 from ghostreview.scoring.metric import MetricInfo
+from ghostreview.util.names import did_you_mean
 
 REGISTRY: dict[str, MetricInfo] = {
     info.name: info for info in (aesthetic.INFO, clipscore.INFO, styleloss.INFO, styleloss.LORA_INFO)
@@ -21,6 +20,5 @@ def get_metric(name: str) -> MetricInfo:
     """Return the registered metric ``name``; unknown names fail with the valid names and a close match."""
     if name in REGISTRY:
         return REGISTRY[name]
-    close = difflib.get_close_matches(name, list(REGISTRY), n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(name, REGISTRY, quote="'")
     raise ValueError(f"Unknown metric {name!r}.{hint} Available: {sorted(REGISTRY)}")

@@ -35,8 +35,9 @@ from torch import Tensor, nn
 from torchvision.models import VGG19_Weights
 
 from ghostreview.errors import UserError
-from ghostreview.scoring.metric import MetricInfo
+from ghostreview.protocol import IMAGE_SUFFIXES  # the reference files the benchmark allows
 from ghostreview.scoring.batching import padded
+from ghostreview.scoring.metric import MetricInfo
 from ghostreview.scoring.weights import read_state_dict, sha256_file
 
 INFO = MetricInfo(
@@ -69,7 +70,6 @@ VGG19_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, 2
 _META = VGG19_Weights.IMAGENET1K_V1.transforms()
 IMAGENET_MEAN: tuple[float, ...] = tuple(_META.mean)
 IMAGENET_STD: tuple[float, ...] = tuple(_META.std)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # Limits of every image GhostReview opens from the user (reference images, LoRA header images, A1111 PNGs for
 # import-infotext), checked from the file's header before any pixel is decoded (:func:`open_checked_image`).
 # 50 MP (e.g. 8660x5773) passes every A1111 output (a 4x upscale of SDXL's 1024x1024 is 16.8 MP) and 45 MP camera

@@ -28,13 +28,23 @@ from PIL import Image
 
 from ghostreview.analysis.report.display import Shown, losses, shown_metrics
 from ghostreview.analysis.report.plots import render
-from ghostreview.analysis.report.tables import (benchmark_line, board_records, demo_warning, flagged_images, fmt,
-                                                fmt_rank, interval_note, leaderboard_frame, lora_problems)
+from ghostreview.analysis.report.tables import (
+    benchmark_line,
+    board_records,
+    demo_warning,
+    flagged_images,
+    fmt,
+    fmt_rank,
+    interval_note,
+    leaderboard_frame,
+    lora_problems,
+)
 from ghostreview.analysis.standardize import COMBINED, Standardized, parse_flags
 from ghostreview.scoring.metric import MetricInfo
 
 STATIC = Path(__file__).parent / "static"
-MANIFEST_COLUMNS = ("task", "item", "seed", "image", "image_hash", "prompt", "negative_prompt", "flags", "infotext")
+# The manifest columns (generation.manifest.MANIFEST_COLUMNS, the contract) the grids and flag lists read
+REPORT_COLUMNS = ("task", "item", "seed", "image", "image_hash", "prompt", "negative_prompt", "flags", "infotext")
 TASK_TITLES = {"general": "General prompt", "style": "Style", "lora": "LoRA"}
 
 
@@ -72,7 +82,7 @@ def full_image_src(path: Path, model: str, out_dir: Path, embed_max_bytes: int) 
 def check_manifests(manifests: Mapping[str, pd.DataFrame]) -> None:
     """Every manifest has the columns the page shows; the error names the model and the missing columns."""
     for model, m in manifests.items():
-        missing = [c for c in MANIFEST_COLUMNS if c not in m.columns]
+        missing = [c for c in REPORT_COLUMNS if c not in m.columns]
         if missing:
             raise ValueError(f"manifest of model {model!r} lacks columns {missing}; it has {list(m.columns)}")
 

@@ -30,6 +30,7 @@ from ghostreview.generation.worker import (
     pipeline_drawer,
 )
 
+
 class EngineError(UserError, ValueError):
     """The Ray engine cannot run as asked (Ray missing, no room for a worker); the message says the fix."""
 
