@@ -37,49 +37,18 @@ def kit(
 def validate(params: Path = typer.Option(Path("params.yaml"), help="params file to check")) -> None:
     """Check params.yaml and every file it names (checkpoint headers, scorer weights, sampler, devices, benchmark,
     LoRA files, reference images), without loading any model. Lists every problem found, each with its key and fix."""
-    from ghostreview import config
-    from ghostreview.protocol import BenchmarkError, load_benchmark
-    from ghostreview.generation.generate import check_lora_files
-    from ghostreview.scoring.run import ReferenceImagesError, reference_sets
+    from ghostreview import validate as checks
 
     try:
-        p = config.load_params(params)  # nothing else can be checked without a parseable params file
-    except config.ConfigError as exc:
+        p = checks.load(params)  # nothing else can be checked without a parseable params file
+    except checks.ParamsError as exc:
         _fail(str(exc))
-    root, source = params.parent.resolve(), str(params)
-    problems: list[str] = []
-
-    def check(fn, *args):
-        try:
-            return fn(*args)
-        except (config.ConfigError, BenchmarkError, ReferenceImagesError) as exc:
-            problems.append(str(exc))
-            return None
-
-    check(config.check_files, p, root, source)
-    check(config.check_weights, p, root, source)
-    check(config.check_sampler, p, source)
-    check(config.check_devices, p, source)
-    families = {}
-    for name, m in p.models.items():
-        if config.resolve(root, m.checkpoint).is_file():  # a missing one (or a directory) is reported by check_files
-            families[name] = check(config.check_checkpoint, p, name, root, source)
-    bench = check(load_benchmark, config.resolve(root, p.benchmark.dir))
-    if bench is not None:
-        tasks = p.benchmark.tasks
-        if "lora" in tasks:
-            for family in sorted({f for f in families.values() if f in ("sd15", "sdxl")}):
-                check(check_lora_files, bench.loras.get(family, ()), config.resolve(root, getattr(p.paths.loras, family)),
-                      f"{bench.name} LoRA table for {family}")
-        in_use = sorted({f for f in families.values() if f in ("sd15", "sdxl")}) if "lora" in tasks else []
-        check(reference_sets, bench,  # LoRA header images: only the families of the reviewed models need them
-              config.resolve(root, p.paths.style_refs) if "style" in tasks else None,
-              {f: config.resolve(root, getattr(p.paths.lora_headers, f)) for f in in_use})
+    checkpoints, problems = checks.everything(p, params.parent.resolve(), str(params))
     for line in (line for problem in problems for line in problem.splitlines()):  # a check may list several
         typer.secho(f"error: {line}", fg=typer.colors.RED, err=True)
     if problems:
         raise typer.Exit(2)
-    described = ", ".join(f"{n} ({f})" for n, f in families.items())
+    described = ", ".join(f"{n} ({c.family})" for n, c in checkpoints.items())
     typer.echo(f"{params}: OK ({len(p.models)} models: {described})")
 
 
@@ -160,13 +129,14 @@ def add_model(
     params: Path = typer.Option(Path("params.yaml"), help="params file to edit (comments and order are kept)"),
 ) -> None:
     """Check a checkpoint (header, family, sha256) and add it under models in params.yaml; then run `dvc repro`."""
-    from ghostreview import config, models_cli
+    from ghostreview import models_cli
     from ghostreview.generation.loading import CheckpointError
+    from ghostreview.validate import ParamsError
 
     try:
         added = models_cli.add_model(params, path, name=name, vae=vae, clip_skip=clip_skip, allow_pickle=allow_pickle,
                                      title=title)
-    except (models_cli.ModelsError, CheckpointError, config.ConfigError, FileNotFoundError) as exc:
+    except (models_cli.ModelsError, CheckpointError, ParamsError, FileNotFoundError) as exc:
         _fail(str(exc))
     typer.echo(f"added models.{added.name} to {params}: {added.family} checkpoint {added.checkpoint} "
                f"(AutoV2 {added.autov2}, sha256 {added.sha256}). Run `dvc repro` to review it.")
@@ -178,11 +148,12 @@ def remove_model(
     params: Path = typer.Option(Path("params.yaml"), help="params file to edit (comments and order are kept)"),
 ) -> None:
     """Remove a model from params.yaml with its outputs and dvc.lock entries; `dvc repro` then drops it from the report."""
-    from ghostreview import config, models_cli
+    from ghostreview import models_cli
+    from ghostreview.validate import ParamsError
 
     try:
         removed = models_cli.remove_model(params, name)
-    except (models_cli.ModelsError, config.ConfigError) as exc:
+    except (models_cli.ModelsError, ParamsError) as exc:
         _fail(str(exc))
     where = f"removed models.{name} from {params}" if removed.in_params else f"{name} was not in {params}"
     typer.echo(f"{where}; deleted {len(removed.outputs)} outputs and {len(removed.lock_entries)} dvc.lock entries. "
@@ -203,14 +174,14 @@ def store_verify(
     """Check every image in the store against the sha256 recorded when it was stored. Lists damaged PNGs (truncated,
     replaced), unreadable metadata, entries without a recorded hash, half entries and stray temporary files; exit
     status 1 when any is found."""
-    from ghostreview import config
+    from ghostreview import validate as checks
     from ghostreview.generation.store import ImageStore
 
     where = "--store"
     if store is None:
         try:
-            store = config.resolve(params.parent.resolve(), config.load_params(params).paths.image_store)
-        except config.ConfigError as exc:
+            store = checks.resolve(params.parent.resolve(), checks.load(params).paths.image_store)
+        except checks.ParamsError as exc:
             _fail(str(exc))
         where = f"paths.image_store in {params}"
     if not store.is_dir():

@@ -1,9 +1,12 @@
-"""Typed, strict view of ``params.yaml``.
+"""Typed, strict view of ``params.yaml``: the params dataclasses and :func:`parse_params`.
 
-Config flows one way: ``params.yaml`` -> a stage script -> :func:`load_params` -> frozen dataclasses -> plain function
-arguments. Unknown keys, wrong types and bad values stop with a :class:`ConfigError` that names the file, the key and
-the fix, before any expensive work starts. Nothing in the library reads ``params.yaml`` except through here, and only
-stage scripts and the CLI call it.
+Config flows one way: ``params.yaml`` -> a stage script -> ``ghostreview.validate.load`` -> these frozen dataclasses
+-> plain function arguments. Unknown keys and wrong types stop :func:`parse_params`; each dataclass checks its own
+values (the bounds declared next to each field, and the rules that span fields) in ``__post_init__``. Every refusal
+is a :class:`ConfigError` naming the file, the key and the fix.
+
+This module is a leaf: it imports nothing of the project. Reading the file, and the checks that need the files,
+devices and libraries it names, live in ``ghostreview.validate``.
 """
 
 from __future__ import annotations
@@ -15,30 +18,42 @@ import re
 import reprlib
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal, Mapping
-
-import yaml
-
-from ghostreview.errors import UserError
+from typing import Any, Literal
 
 # \A...\Z, not ^...$: "$" also matches before a trailing newline, and a model name with one splits DVC's command line.
 SLUG = re.compile(r"\A[a-z0-9][a-z0-9_-]*\Z")
 TASKS = ("general", "style", "lora")
-DEVICE = re.compile(r"auto|cpu|mps|cuda(?::([0-9]{1,2}))?")  # availability: ghostreview.util.runtime.pick_device
+# The device names params allow. Copied as ghostreview.util.runtime.DEVICE (pick_device refuses any other name too;
+# this leaf may not import it): tests/test_config.py keeps the two equal. Availability: runtime.pick_device.
+DEVICE = re.compile(r"auto|cpu|mps|cuda(?::([0-9]{1,2}))?")
 MAX_SEED = 2**32 - 1  # numpy's and A1111's seed range
-# A params file of 1,000 models composes to ~15,000 YAML nodes; an alias bomb ("billion laughs") expands a few lines
-# into billions, which anything that walks or prints the value (the error message's repr) would run out of memory on.
-MAX_YAML_NODES = 100_000
 
 
-class ConfigError(UserError, ValueError):
-    """A problem in params.yaml; the message names the file, the key and the fix."""
+class ConfigError(ValueError):
+    """A problem in params data; the message names the file, the key and the fix.
+
+    Not a ``UserError`` (this module imports nothing of the project): ``ghostreview.validate`` raises it as a
+    ``ParamsError``, which the stages print as an ``error:`` line.
+    """
+
+
+class Invalid(ConfigError):
+    """A value a params dataclass refuses in ``__post_init__``.
+
+    A dataclass does not know where it sits in params.yaml, so its message is ``render(at, source)``: ``at`` is its
+    own key with a trailing dot ("generation.hires.", "" at the top), ``source`` the file; :func:`parse_params` fills
+    them in. Constructed directly (``GenerationParams(width=500)``), the message names keys relative to the dataclass.
+    """
+
+    def __init__(self, render: Callable[[str, str], str]) -> None:
+        super().__init__(render("", "params"))
+        self.render = render
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Bounds, declared next to each field and checked generically by _build (every float must also be finite).
+# Bounds, declared next to each field and checked by each dataclass (every float must also be finite: _scalar).
 
 
 @dataclass(frozen=True)
@@ -83,12 +98,40 @@ def _show(value: Any) -> str:
     return _SHORT.repr(value)
 
 
+def _check_field(f: dataclasses.Field, value: Any) -> None:
+    """The bounds field ``f`` declares (:func:`ranged`, :func:`matching`); None (an unset optional) has none."""
+    if value is None:
+        return
+    name = f.name
+    bounds: Range | None = f.metadata.get("range")
+    broken = bounds.violated(value) if bounds else None
+    if bounds and broken:
+        lead, text = (f"{bounds.why}. It" if bounds.why else "it"), bounds.text(name)
+        raise Invalid(lambda at, src: f"{at}{name} = {_show(value)}; {lead} must be {broken} ({text}). "
+                                      f"Fix the value of {at}{name} in {src}.")
+    pattern, allowed = f.metadata.get("pattern", (None, ""))
+    if pattern is not None and not pattern.fullmatch(value):
+        raise Invalid(lambda at, src: f"{at}{name} = {_show(value)} is not allowed; use {allowed}.")
+
+
+class Checked:
+    """Base of the params dataclasses: ``__post_init__`` checks every field's declared bounds; a dataclass with rules
+    that span its fields extends it (calling ``super().__post_init__()`` first)."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]  # every subclass is a dataclass
+            _check_field(f, getattr(self, f.name))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The params tree. Bounds of numbers taken from A1111 are its sliders' ranges.
+
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 LEAVE_OUT = "to leave the {task} task out, remove it from benchmark.tasks instead"
 
 
 @dataclass(frozen=True)
-class ImagesPerItem:
+class ImagesPerItem(Checked):
     """Images drawn per benchmark item; the full v1 protocol is general 32, style 32, lora 20."""
 
     general: int = ranged(32, 1, 1000, why=LEAVE_OUT.format(task="general"))
@@ -97,20 +140,27 @@ class ImagesPerItem:
 
 
 @dataclass(frozen=True)
-class BenchmarkParams:
+class BenchmarkParams(Checked):
     dir: str = "data/benchmark/v1"
     images_per_item: ImagesPerItem = ImagesPerItem()
     tasks: tuple[str, ...] = TASKS
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unknown = [task for task in self.tasks if task not in TASKS]
+        if unknown:
+            task = unknown[0]
+            raise Invalid(lambda at, src: f"{at}tasks has {task!r};{_did_you_mean(task, TASKS)} Valid: {TASKS}.")
+
 
 @dataclass(frozen=True)
-class FamilyPaths:
+class FamilyPaths(Checked):
     sd15: str = "loras/sd15"
     sdxl: str = "loras/sdxl"
 
 
 @dataclass(frozen=True)
-class PathParams:
+class PathParams(Checked):
     loras: FamilyPaths = FamilyPaths()
     lora_headers: FamilyPaths = FamilyPaths("lora_headers/sd15", "lora_headers/sdxl")
     style_refs: str = "style_refs"
@@ -119,20 +169,26 @@ class PathParams:
 
 
 @dataclass(frozen=True)
-class HiresParams:
+class HiresParams(Checked):
     enabled: bool = True
-    scale: float = ranged(2.0, 1, 4)  # bounds of numbers taken from A1111: its sliders' ranges
-    steps: int = ranged(10, 0, 150)  # at least 1 when enabled (_check_values)
+    scale: float = ranged(2.0, 1, 4)
+    steps: int = ranged(10, 0, 150)  # and at least 1 when enabled
     denoising_strength: float = ranged(0.5, 0, 1, lo_open=True)
     upscaler: Literal["Latent", "Lanczos"] = "Latent"
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.enabled and self.steps < 1:
+            raise Invalid(lambda at, src: f"{at}steps = {self.steps}; it must be a positive integer when hires is "
+                                          f"enabled.")
+
 
 @dataclass(frozen=True)
-class GenerationParams:
-    sampler: str = "DPM++ 2M Karras"
-    steps: int = ranged(25, 1, 150)  # steps, cfg_scale, the maximum size: A1111's sliders' ranges
+class GenerationParams(Checked):
+    sampler: str = "DPM++ 2M Karras"  # a name of ghostreview.generation.samplers.SAMPLERS: validate.check_sampler
+    steps: int = ranged(25, 1, 150)
     cfg_scale: float = ranged(7.0, 1, 30)
-    width: int = ranged(512, 8, 2048)  # and a multiple of 8 (_check_values)
+    width: int = ranged(512, 8, 2048)  # and a multiple of 8
     height: int = ranged(512, 8, 2048)
     batch_size: int = ranged(4, 1, 256)
     hires: HiresParams = HiresParams()
@@ -146,9 +202,31 @@ class GenerationParams:
     ray_address: str | None = None
     ray_workers: int = ranged(0, 0, 1024, why="0 starts one per GPU")
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        odd = [(key, size) for key, size in (("width", self.width), ("height", self.height)) if size % 8]
+        if odd:
+            key, size = odd[0]
+            raise Invalid(lambda at, src: f"{at}{key} = {size} is not a positive multiple of 8 (the VAE downsamples by "
+                                          f"8); use e.g. {max(8, round(size / 8) * 8)}.")
+        if self.engine != "ray" and (self.ray_address is not None or self.ray_workers):
+            raise Invalid(lambda at, src: f"{at}ray_address/ray_workers are set but {at}engine is {self.engine!r}; "
+                                          f"set engine: ray to use the cluster, or remove them.")
+        if self.hires.enabled:
+            self._check_hires_sizes()
+
+    def _check_hires_sizes(self) -> None:
+        scale = self.hires.scale
+        odd = [(key, size) for key, size in (("width", self.width), ("height", self.height)) if int(size * scale) % 8]
+        if odd:
+            key, size = odd[0]
+            fit = max(8, round(size * scale / 8) * 8) / size
+            raise Invalid(lambda at, src: f"{at}{key} × hires.scale = {size * scale:g} is not a multiple of 8; use "
+                                          f"e.g. {at}hires.scale: {fit:g}.")
+
 
 @dataclass(frozen=True)
-class ClipParams:
+class ClipParams(Checked):
     arch: str = "ViT-L-14-quickgelu"
     weights: str = "weights/open_clip_vit_l14_quickgelu.bin"
     model_config: str | None = None
@@ -156,14 +234,14 @@ class ClipParams:
 
 
 @dataclass(frozen=True)
-class AestheticParams:
+class AestheticParams(Checked):
     weights: str = "weights/sac+logos+ava1-l14-linearMSE.pth"
     sha256: str | None = "21dd590f3ccdc646f0d53120778b296013b096a035a2718c9cb0d511bff0f1e0"
     good_threshold: float = ranged(6.0, 0, 10, why="the LAION predictor rates images from 1 to 10")
 
 
 @dataclass(frozen=True)
-class StyleParams:
+class StyleParams(Checked):
     vgg_weights: str = "weights/vgg19-dcbb9e9d.pth"
     sha256: str | None = None
     # not `size`: DVC's run cache ignores params of that name (treeverse/dvc#10296). At least 16: relu5_1 sits after
@@ -172,7 +250,7 @@ class StyleParams:
 
 
 @dataclass(frozen=True)
-class ScoringParams:
+class ScoringParams(Checked):
     clip: ClipParams = ClipParams()
     aesthetic: AestheticParams = AestheticParams()
     style: StyleParams = StyleParams()
@@ -182,14 +260,14 @@ class ScoringParams:
 
 
 @dataclass(frozen=True)
-class StandardizeParams:
+class StandardizeParams(Checked):
     bootstrap: int = ranged(1000, 1, 1_000_000)
     seed: int = ranged(0, 0, MAX_SEED)
     confidence: float = ranged(0.95, 0, 1, lo_open=True, hi_open=True)
 
 
 @dataclass(frozen=True)
-class ModelParams:
+class ModelParams(Checked):
     """One reviewed checkpoint. ``config`` overrides the shipped diffusers config directory of its family."""
 
     checkpoint: str
@@ -202,7 +280,7 @@ class ModelParams:
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(Checked):
     models: dict[str, ModelParams]
     benchmark: BenchmarkParams = BenchmarkParams()
     paths: PathParams = PathParams()
@@ -210,12 +288,31 @@ class Params:
     scoring: ScoringParams = ScoringParams()
     standardize: StandardizeParams = StandardizeParams()
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.models:
+            raise Invalid(lambda at, src: f"{at}models is empty. Add a checkpoint: ghostreview add-model PATH (see "
+                                          f"README).")
+        bad = [name for name in self.models if not SLUG.fullmatch(name)]
+        if bad:
+            name = bad[0]
+            raise Invalid(lambda at, src: (
+                f"{at}models.{_show(name)} is not a valid model name: use a slug of lower-case letters, digits, '-' "
+                f"and '_' (no '/', '.', spaces, newlines), e.g. {_slugify(name)!r}. The file name goes in "
+                f"'checkpoint:'."))
+
+
+def _slugify(name: str) -> str:
+    """Copied from ghostreview.util.names.model_slug (default "model"); tests/test_vocabulary.py keeps them equal."""
+    return re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-") or "model"
+
 
 # --------------------------------------------------------------------------------------------------------------------
 # Strict conversion of plain YAML data into the dataclasses above.
 
 
 def _did_you_mean(word: str, options: typing.Iterable[str]) -> str:
+    """Copied from ghostreview.util.names.did_you_mean; tests/test_vocabulary.py keeps them equal."""
     close = difflib.get_close_matches(word, list(options), n=1)
     return f' Did you mean "{close[0]}"?' if close else ""
 
@@ -228,7 +325,7 @@ def _convert(tp: Any, value: Any, where: str, source: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where, source)
+        return _build(tp, value, where, source)  # type: ignore[arg-type]
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -260,26 +357,13 @@ def _scalar(tp: type, value: Any, where: str, source: str) -> Any:
             f"Fix the value of {where} in {source}."
         )
     if tp is float and not math.isfinite(value):
-        raise ConfigError(f"{source}: {where} = {value!r} is not a finite number. Fix the value of {where} in {source}.")
+        raise ConfigError(f"{source}: {where} = {value!r} is not a finite number. Fix the value of {where} in "
+                          f"{source}.")
     return value
 
 
-def _check_field(f: dataclasses.Field, value: Any, where: str, source: str) -> None:
-    """The bounds a field declares (:func:`ranged`, :func:`matching`); None (an unset optional) has none."""
-    if value is None:
-        return
-    bounds: Range | None = f.metadata.get("range")
-    broken = bounds.violated(value) if bounds else None
-    if broken:
-        lead = f"{bounds.why}. It" if bounds.why else "it"
-        raise ConfigError(f"{source}: {where} = {_show(value)}; {lead} must be {broken} ({bounds.text(f.name)}). "
-                          f"Fix the value of {where} in {source}.")
-    pattern, allowed = f.metadata.get("pattern", (None, ""))
-    if pattern is not None and not pattern.fullmatch(value):
-        raise ConfigError(f"{source}: {where} = {_show(value)} is not allowed; use {allowed}.")
-
-
 def _build(cls: type, data: Any, where: str, source: str) -> Any:
+    """``cls(**data)`` with every key known, every value of its field's type; ``cls``'s own check names the key."""
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
@@ -296,310 +380,42 @@ def _build(cls: type, data: Any, where: str, source: str) -> Any:
     for name, f in fields.items():
         if name in data:
             kwargs[name] = _convert(hints[name], data[name], _join(where, name), source)
-            _check_field(f, kwargs[name], _join(where, name), source)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{source}: missing required key {_join(where, name)}. Add it to {source}.")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except Invalid as exc:
+        raise ConfigError(f"{source}: {exc.render(_join(where, ''), source)}") from None
 
 
 def _join(where: str, key: object) -> str:
     return f"{where}.{key}" if where else str(key)
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Semantic checks that span fields (each field's own range is declared next to it and checked by _build).
-
-
-def _check_values(p: Params, source: str) -> None:
-    if not p.models:
-        raise ConfigError(f"{source}: models is empty. Add a checkpoint: ghostreview add-model PATH (see README).")
-    for name in p.models:
-        if not SLUG.fullmatch(name):
-            raise ConfigError(
-                f"{source}: models.{_show(name)} is not a valid model name: use a slug of lower-case letters, digits, "
-                f"'-' and '_' (no '/', '.', spaces, newlines), e.g. {_slugify(name)!r}. The file name goes in "
-                f"'checkpoint:'."
-            )
-    for task in p.benchmark.tasks:
-        if task not in TASKS:
-            raise ConfigError(f"{source}: benchmark.tasks has {task!r};{_did_you_mean(task, TASKS)} Valid: {TASKS}.")
-    g = p.generation
-    for key, size in (("width", g.width), ("height", g.height)):  # the range (8 to 2048) is checked by _build
-        if size % 8:
-            raise ConfigError(
-                f"{source}: generation.{key} = {size} is not a positive multiple of 8 (the VAE downsamples by 8); "
-                f"use e.g. {max(8, round(size / 8) * 8)}."
-            )
-    if g.engine != "ray" and (g.ray_address is not None or g.ray_workers):
-        raise ConfigError(
-            f"{source}: generation.ray_address/ray_workers are set but generation.engine is {g.engine!r}; "
-            f"set engine: ray to use the cluster, or remove them."
-        )
-    if g.hires.enabled:
-        _positive(source, "generation.hires.steps", g.hires.steps)
-        for key, size in (("width", g.width), ("height", g.height)):
-            if int(size * g.hires.scale) % 8:
-                fit = max(8, round(size * g.hires.scale / 8) * 8) / size
-                raise ConfigError(
-                    f"{source}: generation.{key} × hires.scale = {size * g.hires.scale:g} is not a multiple of 8; "
-                    f"use e.g. generation.hires.scale: {fit:g}."
-                )
-
-
-def _positive(source: str, key: str, value: int) -> None:
-    if value < 1:
-        raise ConfigError(f"{source}: {key} = {value}; it must be a positive integer when hires is enabled.")
-
-
-def _slugify(name: str) -> str:
-    return re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-") or "model"
-
-
 def parse_params(data: Mapping[str, Any], source: str = "params.yaml") -> Params:
-    """Validate plain params data (as read from YAML) and return typed :class:`Params`."""
-    params = _build(Params, data, "", source)
-    _check_values(params, source)
-    return params
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """YAML loader that refuses duplicate keys (PyYAML silently keeps the last one, hiding a duplicate model)."""
-
-
-def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen = set()
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: its keys may be overridden here
-            continue
-        key = loader.construct_object(key_node, deep=deep)
-        if not isinstance(key, typing.Hashable):
-            raise yaml.constructor.ConstructorError(None, None, "a list or mapping as a key", key_node.start_mark)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}: each key (and each model name) may appear once", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
-
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.MappingNode):
-        return [n for pair in node.value for n in pair]
-    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
-
-
-def expanded_size(root: yaml.Node) -> int | None:
-    """How many nodes the YAML document holds once every alias is expanded; None when an alias contains itself.
-
-    Aliases share one node object, so each node is sized once (memoized, iterative): linear in the file, whatever
-    the expansion.
-    """
-    sizes: dict[int, int] = {}
-    open_: set[int] = {id(root)}
-    stack = [(root, iter(_children(root)))]
-    while stack:
-        node, todo = stack[-1]
-        child = next(todo, None)
-        if child is None:
-            stack.pop()
-            open_.discard(id(node))
-            sizes[id(node)] = min(1 + sum(sizes[id(c)] for c in _children(node)), MAX_YAML_NODES + 1)
-        elif id(child) in open_:
-            return None
-        elif id(child) not in sizes:
-            open_.add(id(child))
-            stack.append((child, iter(_children(child))))
-    return sizes[id(root)]
-
-
-def read_yaml(path: Path) -> object:
-    """Read a YAML file strictly; errors name the file and the line.
-
-    Refused: duplicate keys, and aliases that expand to more than :data:`MAX_YAML_NODES` nodes or into themselves
-    (checked on the composed node graph, before anything is built from it). Merge keys (``<<: *defaults``) work.
-    """
-    loader = None
-    try:
-        loader = _StrictLoader(path.read_text(encoding="utf-8"))  # the reader refuses unprintable characters here
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        size = expanded_size(node)
-        if size is None or size > MAX_YAML_NODES:
-            what = "an alias that contains itself" if size is None else f"more than {MAX_YAML_NODES:,} values"
-            raise ConfigError(f"{path}: its YAML aliases (*name) expand to {what} (an alias bomb?). Write the "
-                              f"values out, or use fewer aliases.")
-        return loader.construct_document(node)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    except RecursionError:
-        raise ConfigError(f"{path}: YAML nested too deeply to read (thousands of levels); params.yaml needs a few.") \
-            from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8.") from None
-    finally:
-        if loader is not None:
-            loader.dispose()
-
-
-def load_params(path: Path | str = "params.yaml") -> Params:
-    """Read and validate ``params.yaml``; errors name the file and the key."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file. Run from the project root, where params.yaml lives.")
-    return parse_params(read_yaml(path) or {}, str(path))
-
-
-def check_files(params: Params, root: Path, source: str = "params.yaml") -> None:
-    """Check that every file the review reads exists and is of its kind (a file, or a directory for a model's
-    ``config``), before any work starts; one error lists every problem."""
-    checks = []
-    for name, m in params.models.items():
-        checks.append((m.checkpoint, f"models.{name}.checkpoint", "put the checkpoint there or fix the path", "file"))
-        if m.vae:
-            checks.append((m.vae, f"models.{name}.vae", "put the VAE file there or remove the key", "file"))
-        if m.config:
-            checks.append((m.config, f"models.{name}.config", "point it at a diffusers config directory", "dir"))
-    s = params.scoring
-    hint = "see README, 'Scorer weights'"
-    checks += [(rel, key, hint, "file") for key, rel in _scorer_weights(params)]
-    if s.clip.model_config:
-        checks.append((s.clip.model_config, "scoring.clip.model_config", hint, "file"))
-    problems = []
-    for rel, key, fix, kind in checks:
-        try:
-            _exists(root, rel, key, source, fix, kind)
-        except ConfigError as exc:
-            problems.append(str(exc))
-    if problems:
-        raise ConfigError("\n".join(problems))
-
-
-def _scorer_weights(params: Params) -> list[tuple[str, str]]:
-    s = params.scoring
-    return [("scoring.clip.weights", s.clip.weights), ("scoring.aesthetic.weights", s.aesthetic.weights),
-            ("scoring.style.vgg_weights", s.style.vgg_weights)]
-
-
-def check_weights(params: Params, root: Path, source: str = "params.yaml") -> None:
-    """Every scorer weights file reads as tensors only: a safetensors header, or a torch file that
-    ``torch.load(weights_only=True)`` accepts (memory-mapped: no tensor data read; see
-    ``metrics.weights.check_state_dict_file``). A pickle payload (never run) or a corrupt file is an error naming the
-    key here, before any model loads. Imports torch; missing files are left to :func:`check_files`."""
-    from ghostreview.scoring.weights import WeightsError, check_state_dict_file
-
-    problems = []
-    for key, rel in _scorer_weights(params):
-        if resolve(root, rel).is_file():
-            try:
-                check_state_dict_file(resolve(root, rel))
-            except WeightsError as exc:
-                problems.append(f"{source}: {key} = {rel!r}: {exc}")
-    if problems:
-        raise ConfigError("\n".join(problems))
-
-
-def check_devices(params: Params, source: str = "params.yaml") -> None:
-    """``generation.device`` and ``scoring.device`` name a device this machine has (``runtime.pick_device``; imports
-    torch). With ``generation.engine: ray`` the images are drawn by the cluster's workers, so that one is theirs."""
-    from ghostreview.util.runtime import DeviceError, pick_device
-
-    keys = [("scoring.device", params.scoring.device)]
-    if params.generation.engine != "ray":
-        keys.insert(0, ("generation.device", params.generation.device))
-    problems = []
-    for key, name in keys:
-        try:
-            pick_device(name)
-        except DeviceError as exc:
-            problems.append(f"{source}: {key} = {name!r}: {exc}")
-    if problems:
-        raise ConfigError("\n".join(problems))
-
-
-def check_sampler(params: Params, source: str = "params.yaml") -> None:
-    """``generation.sampler`` must be a key of ``ghostreview.generation.samplers.SAMPLERS``; otherwise it would only fail when the
-    first batch is drawn, after the model has loaded. Imports diffusers (seconds): the generate stage and
-    ``ghostreview validate`` call it, the scoring stages do not."""
-    from ghostreview.generation.samplers import SAMPLERS, unknown_name_message
-
-    name = params.generation.sampler
-    if name not in SAMPLERS:
-        raise ConfigError(
-            f"{source}: generation.sampler: {unknown_name_message('sampler', name, list(SAMPLERS))}. "
-            f"Write one of these A1111 names (case-sensitive) as generation.sampler in {source}."
-        )
-
-
-def check_checkpoint(params: Params, name: str, root: Path, source: str = "params.yaml") -> str:
-    """Read the header of model ``name``'s checkpoint (no tensor data) and return its family ("sd15" | "sdxl"); check
-    its ``vae`` file's header and its ``config`` directory too.
-
-    Catches, before any model work: zero-byte, truncated or corrupt safetensors files, files that are not Stable
-    Diffusion checkpoints (LoRA, VAE, diffusers component, inpainting UNet, ...), SD2.x checkpoints (not reviewable),
-    pickle files (refused unless ``allow_pickle``; then read with ``torch.load(weights_only=True)``, which refuses
-    code), a ``vae`` that is not a readable VAE file, and a ``config`` directory that names other classes than the
-    family's pipeline (which would make diffusers import them) or points at a hub repository
-    (``loading.check_config_dir``). A ``vae`` that is no file, or a ``config`` that does not exist, is left to
-    ``check_files``.
+    """Validate plain params data (as read from YAML) and return typed :class:`Params`.
 
     Raises:
-        ConfigError: naming ``source``, the key (``models.<name>.checkpoint``, ``.vae`` or ``.config``), the file,
-            what is wrong and the fix.
+        ConfigError: an unknown key, a wrong type or a refused value; the message names ``source``, the key and the fix.
     """
-    from ghostreview.generation.loading import CheckpointError, check_config_dir, check_vae_file, detect_family
-
-    m = params.models[name]
-    try:
-        family = detect_family(resolve(root, m.checkpoint), allow_pickle=m.allow_pickle)
-    except CheckpointError as exc:
-        raise ConfigError(f"{source}: models.{name}.checkpoint = {m.checkpoint!r}: {exc}.") from exc
-    checks = (("vae", m.vae, Path.is_file, lambda p: check_vae_file(p, allow_pickle=m.allow_pickle)),
-              ("config", m.config, Path.exists, lambda p: check_config_dir(p, family)))
-    for key, rel, present, check in checks:
-        if rel is not None and present(resolve(root, rel)):
-            try:
-                check(resolve(root, rel))
-            except CheckpointError as exc:
-                raise ConfigError(f"{source}: models.{name}.{key} = {rel!r}: {exc}.") from exc
-    return family
-
-
-def _exists(root: Path, rel: str, key: str, source: str, fix: str, kind: str = "file") -> None:
-    """``rel`` exists and is a ``kind``: "file" or "dir"."""
-    path = resolve(root, rel)
-    if not path.exists():
-        demo = " (demo files: run `ghostreview kit demo/kit` first)" if "demo/kit" in rel else ""
-        raise ConfigError(f"{source}: {key} = {rel!r}: file not found at {path}; {fix}{demo}.")
-    if kind == "dir" and not path.is_dir():
-        raise ConfigError(f"{source}: {key} = {rel!r}: {path} is a file, not a directory; {fix}.")
-    if kind != "dir" and path.is_dir():
-        raise ConfigError(f"{source}: {key} = {rel!r}: {path} is a directory, not a file; {fix}.")
-
-
-def resolve(root: Path, rel: str) -> Path:
-    """A params path: ``~`` expanded, relative paths taken from the project root."""
-    path = Path(rel).expanduser()
-    return path if path.is_absolute() else root / path
+    return _build(Params, data, "", source)
 
 
 __all__ = [
     "ConfigError",
     "Params",
     "ModelParams",
+    "BenchmarkParams",
+    "PathParams",
     "GenerationParams",
     "HiresParams",
     "ScoringParams",
-    "load_params",
+    "ClipParams",
+    "AestheticParams",
+    "StyleParams",
+    "StandardizeParams",
     "parse_params",
-    "check_files",
-    "check_devices",
-    "check_weights",
-    "check_sampler",
-    "check_checkpoint",
-    "resolve",
+    "DEVICE",
+    "SLUG",
     "TASKS",
 ]

@@ -32,7 +32,7 @@ import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
-from ghostreview import config
+from ghostreview import validate
 from ghostreview.errors import UserError
 from ghostreview.util.hashing import autov2, file_sha256
 from ghostreview.generation.loading import PICKLE_SUFFIXES, VAE_KEYS, detect_family, read_safetensors_header
@@ -75,7 +75,7 @@ def slug_from_filename(path: Path | str) -> str:
     Raises ModelsError when nothing usable is left (e.g. ``+++.safetensors``).
     """
     slug = re.sub(r"[^a-z0-9_-]+", "-", Path(path).stem.lower()).strip("-_")
-    if not slug or not config.SLUG.match(slug):
+    if not slug or not validate.is_model_name(slug):
         raise ModelsError(f"{path}: cannot derive a model name from the file name; pass --name SLUG")
     return slug
 
@@ -246,9 +246,9 @@ def remove_entry(doc: CommentedMap, name: str) -> bool:
     return True
 
 
-def validated(doc: Any, source: str) -> config.Params:
+def validated(doc: Any, source: str) -> validate.Params:
     """The typed params of a document about to be written: nothing invalid is ever written."""
-    return config.parse_params(yaml.safe_load(dump_text(doc)) or {}, source)
+    return validate.parse(yaml.safe_load(dump_text(doc)) or {}, source)
 
 
 # ------------------------------------------------------------------------------------------------ dvc.lock leftovers
@@ -360,8 +360,8 @@ def remove_outputs(root: Path, rels: list[str]) -> list[str]:
 # ------------------------------------------------------------------------------------------------ the two commands
 
 
-def _hash_cache(params: config.Params, root: Path) -> Path:
-    return config.resolve(root, params.paths.cache) / HASH_CACHE_NAME
+def _hash_cache(params: validate.Params, root: Path) -> Path:
+    return validate.resolve(root, params.paths.cache) / HASH_CACHE_NAME
 
 
 def add_model(params_file: Path, checkpoint: Path, *, name: str | None = None, vae: Path | None = None,
@@ -369,7 +369,7 @@ def add_model(params_file: Path, checkpoint: Path, *, name: str | None = None, v
     """Validate ``checkpoint`` (and ``vae``), hash it, and add ``models.<name>`` to ``params_file``.
 
     Raises:
-        ModelsError / CheckpointError / ConfigError: unreadable or unsupported files, a bad or duplicate name, or a
+        ModelsError / CheckpointError / validate.ParamsError: unreadable or unsupported files, a bad or duplicate name, or a
             params file that would not validate afterwards. Nothing is written then.
     """
     params_file, checkpoint = Path(params_file), Path(checkpoint)
@@ -409,7 +409,7 @@ def remove_model(params_file: Path, name: str, lock_file: Path | None = None) ->
     lock_file = Path(lock_file) if lock_file is not None else root / "dvc.lock"
     doc = load_roundtrip(params_file)
     models = doc.get("models") or {}
-    if not config.SLUG.fullmatch(name):
+    if not validate.is_model_name(name):
         raise ModelsError(f"{params_file}: {name!r} is not a model name (a slug of lower-case letters, digits, '-' and "
                           f"'_'); pass one of the names under models: {', '.join(models) or 'none'}")
     lock = load_roundtrip(lock_file, lock=True) if lock_file.is_file() else None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ghostreview import config
+from ghostreview import validate
 from ghostreview.errors import stage_main
 
 
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", required=True, type=Path, help="the params file dvc.yaml tracks as a whole")
     args = ap.parse_args(argv)
-    params = config.load_params(args.params)
+    params = validate.load(args.params)
     print(f"checkparams: {args.params} is valid ({len(params.models)} models)")
 
 

@@ -6,12 +6,13 @@ import argparse
 from pathlib import Path
 
 from ghostreview.errors import stage_main
-from ghostreview.util.runtime import scoring_params, stage_runtime
+from ghostreview.util.runtime import set_cpu_threads, stage_runtime
 
 stage_runtime()
 
-from ghostreview.scoring.run import drawable, embed_images  # noqa: E402
+from ghostreview import validate  # noqa: E402
 from ghostreview.generation.manifest import read_manifest  # noqa: E402
+from ghostreview.scoring.run import drawable, embed_images  # noqa: E402
 
 
 @stage_main
@@ -22,9 +23,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", default="params.yaml", type=Path)
     args = ap.parse_args(argv)
 
-    params, root = scoring_params(args.params)
+    params, root = validate.for_scoring(args.params)
+    set_cpu_threads(params.scoring.cpu_threads)
     rows = drawable(read_manifest(args.images))
-    n = embed_images(rows, args.images, params.scoring, root, args.out)
+    n = embed_images(rows, args.images, validate.clip_spec(params, root), params.scoring.batch_size, args.out)
     print(f"embed: {n} images -> {args.out}")
 
 

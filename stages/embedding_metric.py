@@ -10,18 +10,30 @@ import argparse
 from pathlib import Path
 
 from ghostreview.errors import stage_main
-from ghostreview.util.runtime import scoring_params, stage_runtime
+from ghostreview.util.runtime import set_cpu_threads, stage_runtime
 
 stage_runtime()
 
+from ghostreview import validate  # noqa: E402
+from ghostreview.config import Params  # noqa: E402
 from ghostreview.generation.manifest import read_manifest  # noqa: E402
 from ghostreview.scoring.run import aesthetic_rows, clipscore_rows, drawable  # noqa: E402
 from ghostreview.scoring.table import write_scores  # noqa: E402
 
+
+def aesthetic(rows: list, embeddings: Path, params: Params, root: Path) -> list[dict]:
+    a = params.scoring.aesthetic
+    return aesthetic_rows(rows, embeddings, validate.resolve(root, a.weights), a.sha256)
+
+
+def clipscore(rows: list, embeddings: Path, params: Params, root: Path) -> list[dict]:
+    return clipscore_rows(rows, embeddings, validate.clip_spec(params, root), params.scoring.batch_size)
+
+
 # metric -> (which images it scores, how)
 METRICS = {
-    "aesthetic": (lambda row: True, aesthetic_rows),
-    "clipscore": (lambda row: row["task"] == "general", clipscore_rows),
+    "aesthetic": (lambda row: True, aesthetic),
+    "clipscore": (lambda row: row["task"] == "general", clipscore),
 }
 
 
@@ -35,10 +47,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", default="params.yaml", type=Path)
     args = ap.parse_args(argv)
 
-    params, root = scoring_params(args.params)
+    params, root = validate.for_scoring(args.params)
+    set_cpu_threads(params.scoring.cpu_threads)
     selected, score = METRICS[args.metric]
     rows = [r for r in drawable(read_manifest(args.images)) if selected(r)]
-    scores = score(rows, args.embeddings, params.scoring, root)
+    scores = score(rows, args.embeddings, params, root)
     write_scores(args.out, scores)
     print(f"{args.metric}: {len(scores)} rows -> {args.out}")
 

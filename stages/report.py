@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ghostreview import config
+from ghostreview import validate
 from ghostreview.analysis.aggregate import manifests, models_table
-from ghostreview.errors import stage_main
 from ghostreview.analysis.report import write_report
-from ghostreview.scoring.table import read_scores
 from ghostreview.analysis.standardize import Standardized
+from ghostreview.errors import stage_main
+from ghostreview.scoring.registry import REGISTRY
+from ghostreview.scoring.table import read_scores
 
 
 @stage_main
@@ -23,11 +24,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", default="params.yaml", type=Path)
     args = ap.parse_args(argv)
 
-    params = config.load_params(args.params)
+    params = validate.load(args.params)
     names = list(params.models)
     paths = write_report(
         Standardized.read(args.standardized), read_scores(args.scores, names), manifests(args.images, names),
         models_table(args.images, names, {n: m.title for n, m in params.models.items()}), args.images, args.out,
+        metrics=REGISTRY,
     )
     print("report: " + ", ".join(str(p) for p in paths.values()))
 

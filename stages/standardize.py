@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from ghostreview import config
+from ghostreview import validate
 from ghostreview.analysis.aggregate import made_with_map, manifests, models_table, undrawn_rows
-from ghostreview.protocol import BenchmarkError, benchmark_digest, load_benchmark
-from ghostreview.errors import about, stage_main
+from ghostreview.analysis.standardize import standardize
+from ghostreview.errors import stage_main
+from ghostreview.protocol import benchmark_digest
 from ghostreview.scoring.registry import REGISTRY
 from ghostreview.scoring.table import read_scores
-from ghostreview.analysis.standardize import standardize
 
 
 @stage_main
@@ -26,11 +26,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     root = args.params.parent.resolve()
-    params = config.load_params(args.params)
+    params = validate.load(args.params)
     names = list(params.models)
     models = models_table(args.images, names)
-    with about(f"{args.params}: benchmark.dir = {params.benchmark.dir!r}", BenchmarkError):
-        bench = load_benchmark(config.resolve(root, params.benchmark.dir))
+    bench = validate.benchmark(params, root, str(args.params))
     s = params.standardize
     scores = read_scores(args.scores, names)
     undrawn = undrawn_rows(manifests(args.images, names), REGISTRY)  # unusable LoRA pairs: flagged, not silent

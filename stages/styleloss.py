@@ -7,10 +7,11 @@ import argparse
 from pathlib import Path
 
 from ghostreview.errors import stage_main
-from ghostreview.util.runtime import scoring_params, stage_runtime
+from ghostreview.util.runtime import set_cpu_threads, stage_runtime
 
 stage_runtime()
 
+from ghostreview import validate  # noqa: E402
 from ghostreview.generation.manifest import read_manifest  # noqa: E402
 from ghostreview.scoring.run import drawable, styleloss_rows  # noqa: E402
 from ghostreview.scoring.table import write_scores  # noqa: E402
@@ -26,9 +27,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", default="params.yaml", type=Path)
     args = ap.parse_args(argv)
 
-    params, root = scoring_params(args.params)
+    params, root = validate.for_scoring(args.params)
+    set_cpu_threads(params.scoring.cpu_threads)
     rows = [r for r in drawable(read_manifest(args.images)) if r["task"] == args.task]
-    scores = styleloss_rows(rows, args.task, args.images, args.refstats, params.scoring, root)
+    s = params.scoring
+    scores = styleloss_rows(rows, args.task, args.images, args.refstats, validate.vgg_spec(params, root),
+                            s.style.image_size, s.batch_size)
     write_scores(args.out, scores)
     print(f"{'styleloss' if args.task == 'style' else 'loraloss'}: {len(scores)} rows -> {args.out}")
 

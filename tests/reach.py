@@ -138,7 +138,8 @@ def covered(stage: Stage, key: str) -> bool:
 
 # ---------------------------------------------------------------------------------------------- reads of params
 class Reads:
-    """Leaf keys read from a Params object; reads inside validation-only calls (``check_files``) are not counted."""
+    """Leaf keys read from a Params object; reads inside validation (``check_files``, each dataclass's own checks)
+    are not counted."""
 
     def __init__(self) -> None:
         self.keys: set[str] = set()
@@ -182,7 +183,11 @@ def recording(obj: Any, reads: Reads, prefix: str = "") -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         values = {f.name: recording(getattr(obj, f.name), reads, f"{prefix}.{f.name}" if prefix else f.name)
                   for f in dataclasses.fields(obj)}
-        copy = _recording_class(type(obj))(**values)
+        reads.paused += 1  # building the copy runs the dataclass's own checks (__post_init__): validation, not a use
+        try:
+            copy = _recording_class(type(obj))(**values)
+        finally:
+            reads.paused -= 1
         reads._keep.append(copy)
         _OWNERS[id(copy)] = (reads, prefix)
         return copy
@@ -384,9 +389,11 @@ def spies(mp: pytest.MonkeyPatch, rec: Record, project: Project) -> Iterator[Non
     import open_clip
     from open_clip import factory
 
-    import ghostreview.config as config
+    import ghostreview.validate as validate
     import ghostreview.generation.engines.ray as ray_cluster
+    import ghostreview.generation.engines.local as local_engine
     import ghostreview.generation.generate as gen
+    import ghostreview.generation.worker as worker
     import ghostreview.scoring.aesthetic as aesthetic
     import ghostreview.scoring.styleloss as styleloss
 
@@ -402,8 +409,8 @@ def spies(mp: pytest.MonkeyPatch, rec: Record, project: Project) -> Iterator[Non
 
     # params: which keys the stage reads (validation of every file's existence does not count)
     reads = Reads()
-    real_load, real_check = config.load_params, config.check_files
-    mp.setattr(config, "load_params", lambda *a, **k: recording(real_load(*a, **k), reads))
+    real_load, real_check = validate.load, validate.check_files
+    mp.setattr(validate, "load", lambda *a, **k: recording(real_load(*a, **k), reads))
 
     def check_files(*a, **k):
         reads.paused += 1
@@ -412,12 +419,12 @@ def spies(mp: pytest.MonkeyPatch, rec: Record, project: Project) -> Iterator[Non
         finally:
             reads.paused -= 1
 
-    mp.setattr(config, "check_files", check_files)
+    mp.setattr(validate, "check_files", check_files)
 
     # generate
-    def load_pipeline(checkpoint, family, config_dir, **kw):
-        log("load_pipeline", checkpoint=checkpoint, family=family, config_dir=config_dir, **kw)
-        return FakePipe(Path(checkpoint).name)
+    def open_pipeline(ckpt, family, config_dir, **kw):
+        log("load_pipeline", checkpoint=ckpt.path, family=family, config_dir=config_dir, **kw)
+        return FakePipe(ckpt.path.name)
 
     def draw(pipe, family, requests, base_scheduler_config=None, batch_size=None):
         log("draw", family=family, requests=list(requests), batch_size=batch_size, threads=torch.get_num_threads())
@@ -437,16 +444,16 @@ def spies(mp: pytest.MonkeyPatch, rec: Record, project: Project) -> Iterator[Non
 
     mp.setattr(gen, "plan_jobs", plan_jobs)
     mp.setattr(gen, "job_key", job_key)
-    mp.setattr(gen, "load_pipeline", load_pipeline)
-    mp.setattr(gen, "draw", draw)
-    mp.setattr(gen, "apply_loras", lambda pipe, family, specs: log("apply_loras", family=family, loras=list(specs))
+    mp.setattr(worker, "open_pipeline", open_pipeline)
+    mp.setattr(worker, "draw", draw)
+    mp.setattr(worker, "apply_loras", lambda pipe, family, specs: log("apply_loras", family=family, loras=list(specs))
                or {})  # every targeted module received its delta
-    mp.setattr(gen, "remove_loras", lambda pipe: None)
+    mp.setattr(worker, "remove_loras", lambda pipe: None)
     mp.setattr(gen, "file_sha256", lambda path, cache=None: log("file_sha256", path=path, cache=cache) or real_sha(
         path, cache))
     mp.setattr(gen, "ImageStore", lambda root: log("image_store", root=root) or real_store(root))
 
-    class FakeRayEngine(gen.LocalEngine):
+    class FakeRayEngine(local_engine.LocalEngine):
         def __init__(self, address, workers=0):
             log("ray_engine", address=address, workers=workers)
 
@@ -494,7 +501,7 @@ def spies(mp: pytest.MonkeyPatch, rec: Record, project: Project) -> Iterator[Non
     # report: the plots' figures are not built (seconds of matplotlib; they show standardize's output, no setting)
     import ghostreview.analysis.report.plots as plots
 
-    mp.setattr(plots, "figures", lambda result, data, models: log("figures") or {})
+    mp.setattr(plots, "figures", lambda result, data, models, shown: log("figures") or {})
     yield
     rec.reads = reads.keys
 

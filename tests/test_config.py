@@ -5,7 +5,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ghostreview.config import ConfigError, check_files, load_params, parse_params
+from ghostreview import config
+from ghostreview.config import ConfigError, parse_params
+from ghostreview.util import runtime
+from ghostreview.validate import check_files
+from ghostreview.validate import load as load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,3 +132,16 @@ def test_no_param_is_named_like_the_keys_dvc_leaves_out_of_its_run_cache():
                 yield from keys(v, f"{path}{k}.")
 
     assert not [k for k in keys(shipped) if k.rsplit(".", 1)[-1] in ("size", "nfiles")]
+
+
+def test_the_device_syntax_has_one_definition_and_a_marked_copy():
+    """config (a leaf) checks device names when params are read; runtime.pick_device refuses other names too."""
+    assert runtime.DEVICE.pattern == config.DEVICE.pattern and runtime.DEVICE.flags == config.DEVICE.flags
+
+
+def test_each_dataclass_checks_its_own_values_when_built_directly():
+    with pytest.raises(ConfigError, match=r"^width = 500 is not a positive multiple of 8"):
+        config.GenerationParams(width=500)
+    with pytest.raises(ConfigError, match=r"^steps = 0; it must be a positive integer when hires is enabled"):
+        config.HiresParams(steps=0)
+    assert config.HiresParams(enabled=False, steps=0).steps == 0

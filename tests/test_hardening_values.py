@@ -19,11 +19,13 @@ from PIL import Image, ImageFile
 from PIL.PngImagePlugin import PngInfo
 from typer.testing import CliRunner
 
-from ghostreview import config
+from ghostreview import config, validate
 
 from ghostreview.util import runtime
 from ghostreview.cli import app
-from ghostreview.config import ConfigError, check_files, load_params, parse_params
+from ghostreview.config import ConfigError, parse_params
+from ghostreview.validate import check_files
+from ghostreview.validate import load as load_params
 from ghostreview.errors import UserError
 from ghostreview.import_infotext import ImportInfotextError, lora_entry_from_png
 from ghostreview.scoring import styleloss
@@ -170,12 +172,12 @@ def test_check_weights_names_the_key_of_pickled_or_broken_weights(tmp_path):
     params = parse_params(scorer_files(tmp_path, **{"aesthetic.weights": "evil.pth", "clip.weights": "junk.safetensors"}))
     check_files(params, tmp_path)  # they exist and are files
     with pytest.raises(ConfigError) as err:
-        config.check_weights(params, tmp_path, "params.yaml")
+        validate.check_weights(params, tmp_path, "params.yaml")
     clip, head = str(err.value).splitlines()
     assert clip.startswith("params.yaml: scoring.clip.weights = 'junk.safetensors': ") and "fetch it again" in clip
     assert head.startswith("params.yaml: scoring.aesthetic.weights = 'evil.pth': ") and ".safetensors" in head
     assert "GLOBAL io.open" in head and not (tmp_path / "ran").exists()
-    config.check_weights(parse_params(scorer_files(tmp_path)), tmp_path)  # real stand-ins pass
+    validate.check_weights(parse_params(scorer_files(tmp_path)), tmp_path)  # real stand-ins pass
 
 
 def test_a_legacy_torch_file_and_garbage_are_told_apart(tmp_path):
@@ -358,9 +360,9 @@ def test_check_devices_names_the_key(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     params = parse_params(base(scoring={"device": "cuda:0"}))
     with pytest.raises(ConfigError, match=r"^params.yaml: scoring.device = 'cuda:0': .*no CUDA GPU"):
-        config.check_devices(params, "params.yaml")
+        validate.check_devices(params, "params.yaml")
     ray = parse_params(base(generation={"device": "cuda", "engine": "ray"}))
-    config.check_devices(ray, "params.yaml")  # drawn on the cluster's workers: not this machine's GPU
+    validate.check_devices(ray, "params.yaml")  # drawn on the cluster's workers: not this machine's GPU
 
 
 # benchmark prompts that would break the infotext

@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from ghostreview import config
+from ghostreview import config, validate
 from ghostreview.cli import app
 from ghostreview.generation.loading import CheckpointError
 from ghostreview.models_cli import ModelsError, add_model, remove_model, slug_from_filename
@@ -82,7 +82,7 @@ def test_add_model_appends_one_entry_keeps_the_rest_and_hashes_like_hashlib(proj
     assert after.startswith(before)  # models is the last section: the new entry is appended, nothing else moves
     sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert (added.name, added.family, added.sha256, added.autov2) == ("my_model", "sd15", sha, sha[:10])
-    params = config.load_params(project / "params.yaml")
+    params = validate.load(project / "params.yaml")
     assert list(params.models)[-1] == "my_model" and params.models["my_model"].clip_skip == 2
     cache = json.loads((project / "cache" / "sha256.json").read_text())  # the cache generate reads
     assert [e["sha256"] for e in cache["entries"].values()] == [sha]
@@ -124,7 +124,7 @@ def test_first_model_into_an_empty_models_section(tmp_path):
     add_model(tmp_path / "params.yaml", sd15(tmp_path / "a.safetensors"))
     after = (tmp_path / "params.yaml").read_text()
     assert "# add checkpoints with ghostreview add-model" in after and "# settings" in after
-    assert config.load_params(tmp_path / "params.yaml").models["a"].checkpoint == "a.safetensors"
+    assert validate.load(tmp_path / "params.yaml").models["a"].checkpoint == "a.safetensors"
 
 
 REFUSALS = {

@@ -18,7 +18,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ghostreview import config
+from ghostreview import validate
 from ghostreview.errors import UserError
 from ghostreview.import_infotext import settings_from_fields
 from ghostreview.generation.infotext import parse_infotext
@@ -158,7 +158,7 @@ def test_mutated_params_files_validate_or_get_a_project_error(params):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "params.yaml"
         path.write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
-        passes_or_user_error(config.load_params, path)
+        passes_or_user_error(validate.load, path)
 
 
 @BOUNDED
@@ -167,7 +167,7 @@ def test_arbitrary_text_as_params_gets_a_project_error_or_passes(text):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "params.yaml"
         path.write_text(text, encoding="utf-8")
-        passes_or_user_error(config.load_params, path)
+        passes_or_user_error(validate.load, path)
 
 
 # ------------------------------------------------------------------------------------------ prompts and infotext

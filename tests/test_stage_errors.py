@@ -22,7 +22,7 @@ from conftest import ROOT, placeholder_params, small_benchmark
 from PIL import Image
 from safetensors.torch import save_file
 
-from ghostreview import config, import_infotext, models_cli
+from ghostreview import import_infotext, models_cli, validate
 
 from ghostreview import protocol as benchmark
 
@@ -187,7 +187,7 @@ def run_main(main, argv=None) -> str:
 
 def test_a_user_error_exits_with_its_message_and_a_bug_keeps_its_exception():
     def user_error(argv):
-        raise config.ConfigError("params.yaml: steps = 0; it must be a positive integer.")
+        raise validate.ParamsError("params.yaml: steps = 0; it must be a positive integer.")
 
     def bug(argv):
         raise KeyError("image_hash")
@@ -221,7 +221,7 @@ def test_bad_path_os_errors_name_the_stage_option_and_the_fix(tmp_path):
 
 
 @pytest.mark.parametrize("error, old_base", [
-    (config.ConfigError, ValueError), (benchmark.BenchmarkError, ValueError), (loading.CheckpointError, ValueError),
+    (validate.ParamsError, ValueError), (benchmark.BenchmarkError, ValueError), (loading.CheckpointError, ValueError),
     (store.StoreError, OSError), (scoring.ReferenceImagesError, ValueError), (weights.WeightsError, RuntimeError),
     (import_infotext.ImportInfotextError, ValueError), (models_cli.ModelsError, ValueError),
     (manifest.ManifestError, UserError),

@@ -10,24 +10,30 @@ from __future__ import annotations
 import os
 import shutil
 from collections import defaultdict
-from pathlib import Path
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ghostreview.protocol import Benchmark
-from ghostreview.config import ScoringParams, StyleParams, resolve
 from ghostreview.errors import UserError
-from ghostreview.scoring import aesthetic
-from ghostreview.scoring import clipscore
-from ghostreview.scoring import styleloss
-from ghostreview.scoring.clip import Embeddings, image_embeddings, load_clip, load_embeddings, save_embeddings, text_embeddings
-from ghostreview.scoring.weights import verify_weights
 from ghostreview.generation.prompts import plain_text
-from ghostreview.util.runtime import pick_device
+from ghostreview.protocol import Benchmark
+from ghostreview.scoring import aesthetic, clipscore, styleloss
+from ghostreview.scoring.clip import (
+    ClipModel,
+    Embeddings,
+    image_embeddings,
+    load_clip,
+    load_embeddings,
+    save_embeddings,
+    text_embeddings,
+)
 from ghostreview.scoring.table import score_rows
+from ghostreview.scoring.weights import verify_weights
+from ghostreview.util.runtime import pick_device
 
 
 def drawable(rows: Sequence[Mapping[str, str]]) -> list[Mapping[str, str]]:
@@ -42,56 +48,73 @@ def open_images(images_dir: Path, rows: Sequence[Mapping[str, str]]) -> Iterator
             yield im.convert("RGB")
 
 
-def _clip(scoring: ScoringParams, root: Path):
-    c = scoring.clip
-    return load_clip(
-        c.arch,
-        resolve(root, c.weights),
-        model_config=resolve(root, c.model_config) if c.model_config else None,
-        device=pick_device(scoring.device),
-        expected_sha256=c.sha256,
-    )
+@dataclass(frozen=True)
+class ClipSpec:
+    """Which CLIP to load, and where: an open_clip arch (``model_config``: its JSON, for archs open_clip lacks), a
+    local weights file, the sha256 it must have (None: not checked) and a device name ("auto", "cpu", "cuda:1", ...,
+    resolved by ``runtime.pick_device`` when it loads)."""
+
+    arch: str
+    weights: Path
+    model_config: Path | None = None
+    sha256: str | None = None
+    device: str = "cpu"
+
+    def load(self) -> ClipModel:
+        return load_clip(self.arch, self.weights, model_config=self.model_config, device=pick_device(self.device),
+                         expected_sha256=self.sha256)
 
 
-def embed_images(rows: Sequence[Mapping[str, str]], images_dir: Path, scoring: ScoringParams, root: Path,
+def embed_images(rows: Sequence[Mapping[str, str]], images_dir: Path, clip: ClipSpec, batch_size: int,
                  out: Path) -> int:
-    """CLIP image embeddings of every row's image, saved as the embeddings artifact."""
-    clip = _clip(scoring, root)
-    emb = image_embeddings(clip, open_images(images_dir, rows), scoring.batch_size)
-    save_embeddings(out, Embeddings([r["image_hash"] for r in rows], emb, clip.arch, clip.weights_sha256))
+    """CLIP image embeddings of every row's image, in forwards of ``batch_size``, saved as the embeddings artifact."""
+    model = clip.load()
+    emb = image_embeddings(model, open_images(images_dir, rows), batch_size)
+    save_embeddings(out, Embeddings([r["image_hash"] for r in rows], emb, model.arch, model.weights_sha256))
     return len(rows)
 
 
-def aesthetic_rows(rows: Sequence[Mapping[str, str]], embeddings: Path, scoring: ScoringParams, root: Path) -> list[dict]:
-    """LAION aesthetic v2 rows from stored embeddings; ``weights_sha256`` names the head and the CLIP weights."""
+def aesthetic_rows(rows: Sequence[Mapping[str, str]], embeddings: Path, head: Path,
+                   head_sha256: str | None = None) -> list[dict]:
+    """LAION aesthetic v2 rows from stored embeddings and the head's weights file (checked against ``head_sha256``
+    when given); ``weights_sha256`` names the head and the CLIP weights."""
     emb = load_embeddings(embeddings)
-    head_path = resolve(root, scoring.aesthetic.weights)
-    head_sha = verify_weights(head_path, scoring.aesthetic.sha256, "scoring.aesthetic.weights")
-    values = aesthetic.aesthetic_scores(emb.rows([r["image_hash"] for r in rows], str(embeddings)), aesthetic.load_head(head_path))
+    head_sha = verify_weights(head, head_sha256)
+    image_emb = emb.rows([r["image_hash"] for r in rows], str(embeddings))
+    values = aesthetic.aesthetic_scores(image_emb, aesthetic.load_head(head))
     info = aesthetic.INFO
     return score_rows(rows, info.name, values, info.version, f"{head_sha}+{emb.weights_sha256}")
 
 
-def clipscore_rows(rows: Sequence[Mapping[str, str]], embeddings: Path, scoring: ScoringParams, root: Path) -> list[dict]:
-    """CLIPScore rows: stored image embeddings against each prompt's plain text (text tower once per prompt)."""
+def clipscore_rows(rows: Sequence[Mapping[str, str]], embeddings: Path, clip: ClipSpec, batch_size: int) -> list[dict]:
+    """CLIPScore rows: stored image embeddings against each prompt's plain text (text tower once per prompt, in
+    forwards of ``batch_size``)."""
     emb = load_embeddings(embeddings)
-    clip = _clip(scoring, root)
-    text_emb, truncated = text_embeddings(clip, [plain_text(r["prompt"]) for r in rows], scoring.batch_size)
+    model = clip.load()
+    text_emb, truncated = text_embeddings(model, [plain_text(r["prompt"]) for r in rows], batch_size)
     values = clipscore.clip_scores(emb.rows([r["image_hash"] for r in rows], str(embeddings)), text_emb)
     flags = [["text_truncated"] if t else [] for t in truncated]
     info = clipscore.INFO
-    return score_rows(rows, info.name, values, info.version, clip.weights_sha256, flags)
+    return score_rows(rows, info.name, values, info.version, model.weights_sha256, flags)
 
 
 # ------------------------------------------------------------------------------------------------ StyleLoss
 
 
-def _vgg(style: StyleParams, root: Path, device: str):
-    """VGG19 features on ``device`` ("auto" as in ``scoring.device``) and the weights file's sha256."""
-    path = resolve(root, style.vgg_weights)
-    sha = verify_weights(path, style.sha256, "scoring.style.vgg_weights")
-    device = pick_device(device)  # an unusable device stops here, before the weights load
-    return styleloss.load_vgg19_features(path).to(device), sha
+@dataclass(frozen=True)
+class VggSpec:
+    """Which VGG19 to load, and where: its local weights file, the sha256 it must have (None: not checked) and a
+    device name ("auto", "cpu", ..., resolved by ``runtime.pick_device`` before the weights load)."""
+
+    weights: Path
+    sha256: str | None = None
+    device: str = "cpu"
+
+    def load(self):
+        """VGG19 features on the device, and the weights file's sha256."""
+        sha = verify_weights(self.weights, self.sha256)
+        device = pick_device(self.device)  # an unusable device stops here, before the weights load
+        return styleloss.load_vgg19_features(self.weights).to(device), sha
 
 
 MAX_LISTED = 12  # reference-set problems shown in one error
@@ -173,19 +196,21 @@ def header_families(header_dirs: Mapping[str, Path]) -> tuple[dict[str, Path], l
     return present, notes
 
 
-def write_refstats(bench: Benchmark, style_dir: Path | None, header_dirs: Mapping[str, Path], style: StyleParams,
-                   root: Path, out: Path, device: str = "cpu") -> int:
-    """Gram statistics of every reference set, written to ``out/<set>.safetensors`` (swapped in atomically).
+def write_refstats(bench: Benchmark, style_dir: Path | None, header_dirs: Mapping[str, Path], vgg_spec: VggSpec,
+                   image_size: int, out: Path) -> int:
+    """Gram statistics of every reference set at ``image_size`` (the longer side), written to
+    ``out/<set>.safetensors`` (swapped in atomically).
 
-    VGG runs on ``device``, one reference per forward (references differ in size; a batch of one is a fixed shape).
+    VGG loads once every set is validated and runs one reference per forward (references differ in size; a batch of
+    one is a fixed shape).
     """
     sets = reference_sets(bench, style_dir, header_dirs)
-    vgg, _ = _vgg(style, root, device)
+    vgg, _ = vgg_spec.load()
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     for name, files in sets.items():
         shas = [styleloss.sha256_file(f) for f in files]
-        stats = styleloss.ref_stats(vgg, styleloss.open_images(files), style.image_size, shas)
+        stats = styleloss.ref_stats(vgg, styleloss.open_images(files), image_size, shas)
         styleloss.save_ref_stats(stats, tmp / f"{name}.safetensors")
     tmp.mkdir(parents=True, exist_ok=True)
     if out.exists():
@@ -218,21 +243,21 @@ def _group_refs(rows: Sequence[Mapping[str, str]], task: str, refstats: Path,
     return groups
 
 
-def styleloss_rows(rows: Sequence[Mapping[str, str]], task: str, images_dir: Path, refstats: Path,
-                   scoring: ScoringParams, root: Path) -> list[dict]:
+def styleloss_rows(rows: Sequence[Mapping[str, str]], task: str, images_dir: Path, refstats: Path, vgg_spec: VggSpec,
+                   image_size: int, batch_size: int) -> list[dict]:
     """StyleLoss (task "style") or LoRA loss (task "lora") rows, plus per-layer rows ``<metric>.<layer>``.
 
-    VGG runs on ``scoring.device`` in forwards of ``scoring.batch_size`` images (across reference sets: one model's
-    images share one size), each image then compared with its own set's statistics.
+    Images are resized to ``image_size`` (the size the statistics were computed at; checked) and VGG runs in forwards
+    of ``batch_size`` images (across reference sets: one model's images share one size), each image then compared
+    with its own set's statistics. VGG loads once every statistics file is found.
     """
     info = styleloss.INFO if task == "style" else styleloss.LORA_INFO
-    groups = _group_refs(rows, task, refstats, scoring.style.image_size)
-    vgg, vgg_sha = _vgg(scoring.style, root, scoring.device)
+    groups = _group_refs(rows, task, refstats, image_size)
+    vgg, vgg_sha = vgg_spec.load()
     device = next(vgg.parameters()).device
     refs = {path: styleloss.load_ref_stats(path).to(device) for path in groups}
     ordered = [(path, row) for path, group in groups.items() for row in group]
-    grams = styleloss.image_grams(vgg, open_images(images_dir, [row for _, row in ordered]), scoring.style.image_size,
-                                  scoring.batch_size)
+    grams = styleloss.image_grams(vgg, open_images(images_dir, [row for _, row in ordered]), image_size, batch_size)
     per_image = [styleloss.style_loss([g[None] for g in image], refs[path]) for (path, _), image in zip(ordered, grams)]
     losses = np.array([float(loss[0]) for loss, _ in per_image])
     layers = np.array([per_layer[0].cpu().numpy() for _, per_layer in per_image]).reshape(len(ordered), -1)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from importlib import metadata
 
-from ghostreview.config import DEVICE  # the device syntax params allow, one definition
 from ghostreview.errors import UserError
+
+# Copied from ghostreview.config.DEVICE, which checks params when they are read (a leaf: it may not import this
+# module); pick_device refuses any other name too. tests/test_config.py keeps the two equal.
+DEVICE = re.compile(r"auto|cpu|mps|cuda(?::([0-9]{1,2}))?")
 
 DEVICE_FIX = "Use auto (the first CUDA GPU when there is one, else the CPU) or cpu in params.yaml"
 
@@ -78,16 +82,3 @@ def library_versions(names: tuple[str, ...] = ("torch", "diffusers", "transforme
     """Versions of the libraries that draw or score, recorded with every image and score."""
     return {n: metadata.version(n) for n in names}
 
-
-def scoring_params(path):
-    """Params for a scoring stage: validated, every named file present, torch's CPU threads set. Returns (params, root)."""
-    from pathlib import Path
-
-    from ghostreview import config
-
-    path = Path(path)
-    root = path.parent.resolve()
-    params = config.load_params(path)
-    config.check_files(params, root, str(path))
-    set_cpu_threads(params.scoring.cpu_threads)
-    return params, root

@@ -1,0 +1,364 @@
+"""The one validation sequence: params.yaml and everything it names, checked before any model loads.
+
+The stages and ``ghostreview validate`` call these functions; nothing else reads ``params.yaml``. :func:`load` reads
+the file strictly and parses it into ``ghostreview.config`` dataclasses; the ``check_*`` functions look at what the
+values name (files, scorer weights, devices, the sampler, checkpoint headers), :func:`for_generate` is what the
+generate stage of one model checks, :func:`everything` what ``ghostreview validate`` checks. Every refusal is a
+:class:`ParamsError` naming the file, the key and the fix; the stages print it as an ``error:`` line.
+
+Heavy libraries (torch, diffusers) are imported inside the checks that need them, so that loading params stays fast.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ghostreview.config import SLUG, ConfigError, Params, parse_params
+from ghostreview.errors import UserError, about
+from ghostreview.protocol import BenchmarkError, images_per_item, load_benchmark
+from ghostreview.util.yamlio import YamlError, read_yaml
+
+if TYPE_CHECKING:
+    from ghostreview.generation.loading import CheckpointFile
+    from ghostreview.protocol import Benchmark
+    from ghostreview.scoring.run import ClipSpec, VggSpec
+
+
+class ParamsError(UserError, ConfigError):
+    """A problem in params.yaml or in a file it names; the message names the file, the key and the fix.
+
+    A ``UserError`` (stages print it without a traceback) and a ``ConfigError`` (so also a ``ValueError``).
+    """
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reading params.yaml
+
+
+def parse(data: Mapping[str, object], source: str = "params.yaml") -> Params:
+    """``config.parse_params``, its refusal raised as a :class:`ParamsError`."""
+    try:
+        return parse_params(data, source)
+    except ConfigError as exc:
+        raise ParamsError(str(exc)) from exc
+
+
+def load(path: Path | str = "params.yaml") -> Params:
+    """Read ``params.yaml`` strictly (``util.yamlio.read_yaml``: duplicate keys and alias bombs refused) and validate
+    it; errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: no such file. Run from the project root, where params.yaml lives.")
+    try:
+        data = read_yaml(path)
+    except YamlError as exc:
+        raise ParamsError(str(exc)) from exc
+    return parse(data or {}, str(path))  # type: ignore[arg-type]  # parse refuses a non-mapping
+
+
+def resolve(root: Path, rel: str) -> Path:
+    """A params path: ``~`` expanded, relative paths taken from the project root."""
+    path = Path(rel).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# What the values name
+
+
+def _one_error(problems: list[str]) -> None:
+    if problems:
+        raise ParamsError("\n".join(problems))
+
+
+def check_files(params: Params, root: Path, source: str = "params.yaml") -> None:
+    """Check that every file the review reads exists and is of its kind (a file, or a directory for a model's
+    ``config``), before any work starts; one error lists every problem."""
+    checks = []
+    for name, m in params.models.items():
+        checks.append((m.checkpoint, f"models.{name}.checkpoint", "put the checkpoint there or fix the path", "file"))
+        if m.vae:
+            checks.append((m.vae, f"models.{name}.vae", "put the VAE file there or remove the key", "file"))
+        if m.config:
+            checks.append((m.config, f"models.{name}.config", "point it at a diffusers config directory", "dir"))
+    hint = "see README, 'Scorer weights'"
+    checks += [(rel, key, hint, "file") for key, rel in _scorer_weights(params)]
+    if params.scoring.clip.model_config:
+        checks.append((params.scoring.clip.model_config, "scoring.clip.model_config", hint, "file"))
+    _one_error([problem for rel, key, fix, kind in checks if (problem := _missing(root, rel, key, source, fix, kind))])
+
+
+def _missing(root: Path, rel: str, key: str, source: str, fix: str, kind: str = "file") -> str | None:
+    """What is wrong with ``rel`` (None when it exists and is a ``kind``: "file" or "dir")."""
+    path = resolve(root, rel)
+    if not path.exists():
+        demo = " (demo files: run `ghostreview kit demo/kit` first)" if "demo/kit" in rel else ""
+        return f"{source}: {key} = {rel!r}: file not found at {path}; {fix}{demo}."
+    if kind == "dir" and not path.is_dir():
+        return f"{source}: {key} = {rel!r}: {path} is a file, not a directory; {fix}."
+    if kind != "dir" and path.is_dir():
+        return f"{source}: {key} = {rel!r}: {path} is a directory, not a file; {fix}."
+    return None
+
+
+def _scorer_weights(params: Params) -> list[tuple[str, str]]:
+    s = params.scoring
+    return [("scoring.clip.weights", s.clip.weights), ("scoring.aesthetic.weights", s.aesthetic.weights),
+            ("scoring.style.vgg_weights", s.style.vgg_weights)]
+
+
+def check_weights(params: Params, root: Path, source: str = "params.yaml") -> None:
+    """Every scorer weights file reads as tensors only: a safetensors header, or a torch file that
+    ``torch.load(weights_only=True)`` accepts (memory-mapped: no tensor data read; see
+    ``scoring.weights.check_state_dict_file``). A pickle payload (never run) or a corrupt file is an error naming the
+    key here, before any model loads. Imports torch; missing files are left to :func:`check_files`."""
+    from ghostreview.scoring.weights import WeightsError, check_state_dict_file
+
+    problems = []
+    for key, rel in _scorer_weights(params):
+        if resolve(root, rel).is_file():
+            try:
+                check_state_dict_file(resolve(root, rel))
+            except WeightsError as exc:
+                problems.append(f"{source}: {key} = {rel!r}: {exc}")
+    _one_error(problems)
+
+
+def check_devices(params: Params, source: str = "params.yaml") -> None:
+    """``generation.device`` and ``scoring.device`` name a device this machine has (``runtime.pick_device``; imports
+    torch). With ``generation.engine: ray`` the images are drawn by the cluster's workers, so that one is theirs."""
+    from ghostreview.util.runtime import DeviceError, pick_device
+
+    keys = [("scoring.device", params.scoring.device)]
+    if params.generation.engine != "ray":
+        keys.insert(0, ("generation.device", params.generation.device))
+    problems = []
+    for key, name in keys:
+        try:
+            pick_device(name)
+        except DeviceError as exc:
+            problems.append(f"{source}: {key} = {name!r}: {exc}")
+    _one_error(problems)
+
+
+def check_sampler(params: Params, source: str = "params.yaml") -> None:
+    """``generation.sampler`` must be a key of ``ghostreview.generation.samplers.SAMPLERS``; otherwise it would only
+    fail when the first batch is drawn, after the model has loaded. Imports diffusers (seconds): the generate stage and
+    ``ghostreview validate`` call it, the scoring stages do not."""
+    from ghostreview.generation.samplers import SAMPLERS, unknown_name_message
+
+    name = params.generation.sampler
+    if name not in SAMPLERS:
+        raise ParamsError(
+            f"{source}: generation.sampler: {unknown_name_message('sampler', name, list(SAMPLERS))}. "
+            f"Write one of these A1111 names (case-sensitive) as generation.sampler in {source}."
+        )
+
+
+def check_checkpoint(params: Params, name: str, root: Path, source: str = "params.yaml") -> CheckpointFile:
+    """Read the header of model ``name``'s checkpoint once (no tensor data) and return it, its family known to be
+    reviewable ("sd15" | "sdxl": ``.family``); check its ``vae`` file's header and its ``config`` directory too.
+
+    Catches, before any model work: zero-byte, truncated or corrupt safetensors files, files that are not Stable
+    Diffusion checkpoints (LoRA, VAE, diffusers component, inpainting UNet, ...), SD2.x checkpoints (not reviewable),
+    pickle files (refused unless ``allow_pickle``; then read with ``torch.load(weights_only=True)``, which refuses
+    code), a ``vae`` that is not a readable VAE file, and a ``config`` directory that names other classes than the
+    family's pipeline (which would make diffusers import them) or points at a hub repository
+    (``loading.check_config_dir``). A ``vae`` that is no file, or a ``config`` that does not exist, is left to
+    :func:`check_files`.
+
+    Raises:
+        ParamsError: naming ``source``, the key (``models.<name>.checkpoint``, ``.vae`` or ``.config``), the file,
+            what is wrong and the fix.
+    """
+    from ghostreview.generation.loading import CheckpointError, check_config_dir, check_vae_file, inspect_checkpoint
+
+    m = params.models[name]
+    try:
+        checkpoint = inspect_checkpoint(resolve(root, m.checkpoint), allow_pickle=m.allow_pickle)
+        family = checkpoint.family  # refuses SD2 and anything that is no SD checkpoint
+    except CheckpointError as exc:
+        raise ParamsError(f"{source}: models.{name}.checkpoint = {m.checkpoint!r}: {exc}.") from exc
+    checks: tuple[tuple[str, str | None, Callable[[Path], bool], Callable[[Path], None]], ...] = (
+        ("vae", m.vae, Path.is_file, lambda p: check_vae_file(p, allow_pickle=m.allow_pickle)),
+        ("config", m.config, Path.exists, lambda p: check_config_dir(p, family)))
+    for key, rel, present, check in checks:
+        if rel is not None and present(resolve(root, rel)):
+            try:
+                check(resolve(root, rel))
+            except CheckpointError as exc:
+                raise ParamsError(f"{source}: models.{name}.{key} = {rel!r}: {exc}.") from exc
+    return checkpoint
+
+
+def is_model_name(name: str) -> bool:
+    """``name`` can be a key of ``models``: a slug of lower-case letters, digits, ``-`` and ``_``."""
+    return SLUG.fullmatch(name) is not None
+
+
+def check_model_name(params: Params, name: str, source: str = "params.yaml") -> None:
+    """``name`` (a stage's ``--model``) is a key of ``models``."""
+    if name not in params.models:
+        raise ParamsError(f"{source}: no model {name!r} under models (known: {', '.join(params.models)}).")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The benchmark params name
+
+
+def benchmark(params: Params, root: Path, source: str = "params.yaml") -> Benchmark:
+    """The benchmark at ``benchmark.dir``; its errors name the key."""
+    with about(f"{source}: benchmark.dir = {params.benchmark.dir!r}", BenchmarkError):
+        return load_benchmark(resolve(root, params.benchmark.dir))
+
+
+def check_images_per_item(params: Params, bench: Benchmark, source: str = "params.yaml") -> None:
+    """``benchmark.images_per_item`` asks for no more seeds than the benchmark's protocol fixes."""
+    try:
+        images_per_item(bench, vars(params.benchmark.images_per_item))
+    except BenchmarkError as exc:
+        raise ParamsError(f"{source}: benchmark.images_per_item: {exc}") from exc
+
+
+def check_references(params: Params, bench: Benchmark, families: Iterable[str], root: Path, *,
+                     styles: bool = True) -> None:
+    """The reference images the scores need, each decoded once (``scoring.run.reference_sets``): the LoRA header
+    images of ``families`` when the lora task runs and, with ``styles``, every style's reference images when the
+    style task runs.
+
+    Raises:
+        ReferenceImagesError: every broken set at once, each with its directory, params key and fix.
+    """
+    from ghostreview.scoring.run import reference_sets
+
+    tasks = params.benchmark.tasks
+    headers = {f: resolve(root, getattr(params.paths.lora_headers, f)) for f in sorted(set(families))} \
+        if "lora" in tasks else {}
+    style_dir = resolve(root, params.paths.style_refs) if styles and "style" in tasks else None
+    reference_sets(bench, style_dir, headers)
+
+
+def check_lora_files(params: Params, bench: Benchmark, families: Iterable[str], root: Path) -> None:
+    """Every LoRA file of the benchmark's tables of ``families`` is in ``paths.loras.<family>`` (when the lora task
+    runs); one error per family."""
+    from ghostreview.generation.generate import check_lora_files as check
+
+    if "lora" not in params.benchmark.tasks:
+        return
+    problems = []
+    for family in sorted(set(families)):
+        try:
+            check(bench.loras.get(family, ()), resolve(root, getattr(params.paths.loras, family)),
+                  f"{bench.name} LoRA table for {family}")
+        except BenchmarkError as exc:
+            problems.append(str(exc))
+    _one_error(problems)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Params as the scorers' arguments (two stages each: one owner)
+
+
+def clip_spec(params: Params, root: Path) -> ClipSpec:
+    """``scoring.clip`` and ``scoring.device`` as the CLIP to load (the embed and clipscore stages)."""
+    from ghostreview.scoring.run import ClipSpec
+
+    c = params.scoring.clip
+    return ClipSpec(c.arch, resolve(root, c.weights), resolve(root, c.model_config) if c.model_config else None,
+                    c.sha256, params.scoring.device)
+
+
+def vgg_spec(params: Params, root: Path) -> VggSpec:
+    """``scoring.style`` and ``scoring.device`` as the VGG19 to load (the refstats and styleloss stages)."""
+    from ghostreview.scoring.run import VggSpec
+
+    s = params.scoring.style
+    return VggSpec(resolve(root, s.vgg_weights), s.sha256, params.scoring.device)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The sequences
+
+
+def for_generate(params: Params, name: str, root: Path, source: str = "params.yaml") -> CheckpointFile:
+    """What the generate stage of model ``name`` checks before it reads the benchmark: the name, the sampler, every
+    file params names, and the checkpoint (header, family, ``vae``, ``config``), which is returned, read once.
+
+    The stage then reads the benchmark (:func:`benchmark`, :func:`check_images_per_item`) and checks the LoRA header
+    images of the checkpoint's family (:func:`check_references` with ``styles=False``): a LoRA loss that cannot be
+    computed stops the stage before anything is drawn.
+    """
+    check_model_name(params, name, source)
+    check_sampler(params, source)
+    check_files(params, root, source)
+    return check_checkpoint(params, name, root, source)
+
+
+def for_scoring(path: Path | str) -> tuple[Params, Path]:
+    """Params for a scoring stage: validated, every named file present. Returns (params, project root)."""
+    path = Path(path)
+    params = load(path)
+    root = path.parent.resolve()
+    check_files(params, root, str(path))
+    return params, root
+
+
+def everything(params: Params, root: Path, source: str = "params.yaml") -> tuple[dict[str, CheckpointFile], list[str]]:
+    """What ``ghostreview validate`` checks, without loading any model: every file params names, the scorer weights,
+    the sampler, the devices, every checkpoint, the benchmark, its LoRA files and the reference images of the
+    families reviewed. Returns the checkpoints read (by model name) and every problem found, each a message naming
+    the file, the key and the fix (one may hold several lines)."""
+    problems: list[str] = []
+
+    def check(fn: Callable, *args: object) -> typing.Any:
+        try:
+            return fn(*args)
+        except UserError as exc:
+            problems.append(str(exc))
+            return None
+
+    check(check_files, params, root, source)
+    check(check_weights, params, root, source)
+    check(check_sampler, params, source)
+    check(check_devices, params, source)
+    checkpoints = {}
+    for name, m in params.models.items():
+        # a missing checkpoint (or a directory) is reported by check_files
+        if resolve(root, m.checkpoint).is_file() and (checkpoint := check(check_checkpoint, params, name, root,
+                                                                          source)) is not None:
+            checkpoints[name] = checkpoint
+    bench = check(benchmark, params, root, source)
+    if bench is not None:
+        check(check_images_per_item, params, bench, source)
+        families = {c.family for c in checkpoints.values()}
+        check(check_lora_files, params, bench, families, root)
+        check(check_references, params, bench, families, root)
+    return checkpoints, problems
+
+
+__all__ = [
+    "Params",
+    "ParamsError",
+    "is_model_name",
+    "load",
+    "parse",
+    "resolve",
+    "check_files",
+    "check_weights",
+    "check_devices",
+    "check_sampler",
+    "check_checkpoint",
+    "check_model_name",
+    "benchmark",
+    "check_images_per_item",
+    "check_references",
+    "check_lora_files",
+    "for_generate",
+    "for_scoring",
+    "clip_spec",
+    "vgg_spec",
+    "everything",
+]
