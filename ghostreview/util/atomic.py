@@ -42,7 +42,7 @@ def _target_mode(path: Path) -> int | None:
     """``path``'s permission bits when it exists (a replacement keeps them), else None."""
     try:
         return path.stat().st_mode & 0o7777
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a file where its directory should be: mkdir says so next
         return None
 
 
