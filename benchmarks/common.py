@@ -13,10 +13,11 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 LIBRARIES = ("torch", "torchvision", "diffusers", "transformers", "open_clip_torch", "dvc", "numpy")
 

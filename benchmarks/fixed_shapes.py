@@ -6,10 +6,15 @@ batches. Tiny kit SD1.5 at 64 px with hires x1.5, 4 + 2 steps, one torch thread,
 Command: ``python -m benchmarks.fixed_shapes``.
 """
 
-import torch, time, statistics, numpy as np
+import statistics
+import time
+
+import torch
+
 torch.set_num_threads(1); torch.set_flush_denormal(True)
-from ghostreview.kit.sd import tiny_pipeline
 from ghostreview.generation.draw import DrawRequest, Hires, draw_arrays
+from ghostreview.kit.sd import tiny_pipeline
+
 pipe = tiny_pipeline("sd15", 1); pipe.set_progress_bar_config(disable=True)
 r = DrawRequest("a photo of a lighthouse", "lowres", 100, 4, 7.0, 64, 64, "DPM++ 2M Karras", 1, Hires(1.5,2,0.5))
 draw_arrays(pipe, "sd15", [r], batch_size=4); draw_arrays(pipe, "sd15", [r], batch_size=1)

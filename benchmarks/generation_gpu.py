@@ -118,8 +118,8 @@ def full_pipeline(family: str, device: str, seed: int = 0):
 
 def build_pipeline(family: str, device: str, tiny: bool, seed: int = 0):
     """The plain pipeline: float32, DPM++ 2M Karras, no progress bar."""
-    from ghostreview.kit.sd import tiny_pipeline
     from ghostreview.generation.samplers import make_scheduler
+    from ghostreview.kit.sd import tiny_pipeline
 
     pipe = tiny_pipeline(family, seed).to(device) if tiny else full_pipeline(family, device, seed)
     pipe.scheduler = make_scheduler(SAMPLER, pipe.scheduler.config)

@@ -84,11 +84,11 @@ CUDA_LOG_ENV = "GHOSTREVIEW_REHEARSAL_CUDA_LOG"
 SECTION = "<!-- rehearsal:{device}:{edge} (written by python -m benchmarks.rehearsal) -->"
 
 # Put on PYTHONPATH for the stage processes only: at exit, a process that used CUDA appends its peak memory.
-CUDA_HOOK = '''import atexit, json, os, sys
+CUDA_HOOK = f'''import atexit, json, os, sys
 
 
 def _ghostreview_rehearsal_cuda_peak():
-    torch, path = sys.modules.get("torch"), os.environ.get("{env}")
+    torch, path = sys.modules.get("torch"), os.environ.get("{CUDA_LOG_ENV}")
     if torch is None or not path:
         return
     try:
@@ -103,7 +103,7 @@ def _ghostreview_rehearsal_cuda_peak():
 
 
 atexit.register(_ghostreview_rehearsal_cuda_peak)
-'''.format(env=CUDA_LOG_ENV)
+'''
 
 
 @dataclass
@@ -542,8 +542,8 @@ def run(args: argparse.Namespace, command: str) -> Rehearsal:
 
 
 def run_in(ws: Path, args, command: str, passes, generation, started: float) -> Rehearsal:
-    from ghostreview.protocol import load_benchmark
     from ghostreview.kit.fullsize import build_fullsize_kit
+    from ghostreview.protocol import load_benchmark
 
     load_before = load_text()
     commit = make_workspace(ws)

@@ -32,7 +32,13 @@ from torch import Tensor
 
 from benchmarks.common import header, interleaved, row, timed
 from ghostreview.scoring.styleloss import (
-    RefStats, image_grams, load_vgg19_features, resize_shorter, stats_from_grams, style_grams, style_loss,
+    RefStats,
+    image_grams,
+    load_vgg19_features,
+    resize_shorter,
+    stats_from_grams,
+    style_grams,
+    style_loss,
 )
 from ghostreview.util.runtime import pick_device
 

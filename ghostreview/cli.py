@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -26,8 +25,8 @@ def kit(
     seed: int = typer.Option(0, help="seed of every random weight and image in the kit"),
 ) -> None:
     """Build the offline demo kit: tiny random-weight checkpoints, LoRAs, scorers and reference images."""
-    from ghostreview.protocol import load_benchmark
     from ghostreview.kit.demo import build_demo_kit
+    from ghostreview.protocol import load_benchmark
 
     build_demo_kit(dest, load_benchmark(benchmark), seed=seed)
     typer.echo(f"demo kit ready in {dest} (random weights: its rankings mean nothing)")
@@ -83,9 +82,9 @@ def leaderboard(path: Path = typer.Argument(Path("reports/leaderboard.csv"), hel
 
 @app.command("import-infotext")
 def import_infotext(
-    images: List[Path] = typer.Argument(..., help="PNG header images saved with their A1111 parameters"),
-    table: Optional[Path] = typer.Option(None, help="LoRA table YAML to append to (default: print the entries)"),
-    name: Optional[str] = typer.Option(None, help="LoRA name (slug) for a single image"),
+    images: list[Path] = typer.Argument(..., help="PNG header images saved with their A1111 parameters"),
+    table: Path | None = typer.Option(None, help="LoRA table YAML to append to (default: print the entries)"),
+    name: str | None = typer.Option(None, help="LoRA name (slug) for a single image"),
     replace: bool = typer.Option(False, help="replace the table's entry of the same name in place"),
 ) -> None:
     """Read A1111 infotext from PNGs and write LoRA-table entries (prompt, negative, settings, LoRA tags)."""
@@ -121,10 +120,10 @@ def convert_clip(
 @app.command("add-model")
 def add_model(
     path: Path = typer.Argument(..., help="single-file checkpoint (.safetensors)"),
-    name: Optional[str] = typer.Option(None, help="model name (slug) in params and stage names; default: from the file name"),
-    vae: Optional[Path] = typer.Option(None, help="single-file VAE to draw with"),
-    clip_skip: Optional[int] = typer.Option(None, help="clip skip in A1111 numbering (2 for most anime models)"),
-    title: Optional[str] = typer.Option(None, help="name shown in the report"),
+    name: str | None = typer.Option(None, help="model name (slug) in params and stage names; default: from the file name"),
+    vae: Path | None = typer.Option(None, help="single-file VAE to draw with"),
+    clip_skip: int | None = typer.Option(None, help="clip skip in A1111 numbering (2 for most anime models)"),
+    title: str | None = typer.Option(None, help="name shown in the report"),
     allow_pickle: bool = typer.Option(False, help="accept a pickle .ckpt (loaded with torch.load(weights_only=True))"),
     params: Path = typer.Option(Path("params.yaml"), help="params file to edit (comments and order are kept)"),
 ) -> None:
@@ -167,7 +166,7 @@ app.add_typer(store_app, name="store")
 
 @store_app.command("verify")
 def store_verify(
-    store: Optional[Path] = typer.Option(None, help="image store to check (default: paths.image_store of --params)"),
+    store: Path | None = typer.Option(None, help="image store to check (default: paths.image_store of --params)"),
     params: Path = typer.Option(Path("params.yaml"), help="params file naming the store"),
     fix: bool = typer.Option(False, help="move every bad entry to <store>/corrupt/ (generate draws it again)"),
 ) -> None:

@@ -14,9 +14,9 @@ import errno
 import functools
 import os
 import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
 
 
 class UserError(Exception):
@@ -119,7 +119,7 @@ def about_paths(prefix: str, keys: Mapping[str, str | os.PathLike]) -> Iterator[
         raise UserError(f"{prefix}: {describe_os_error(exc, keys)}") from exc
 
 
-def stage_main(main: Callable[[Sequence[str] | None], None]) -> Callable[[Sequence[str] | None], None]:
+def stage_main(main: Callable[[list[str] | None], None]) -> Callable[..., None]:
     """Wrap a stage's ``main(argv)``: a bad input ends the stage with ``error: <message>`` on stderr and status 1.
 
     Bad input is a :class:`UserError`, or an OSError that means a bad path or a full disk (:func:`is_bad_path`); the
@@ -129,7 +129,7 @@ def stage_main(main: Callable[[Sequence[str] | None], None]) -> Callable[[Sequen
     """
 
     @functools.wraps(main)
-    def run(argv: Sequence[str] | None = None) -> None:
+    def run(argv: list[str] | None = None) -> None:
         try:
             return main(argv)
         except UserError as exc:

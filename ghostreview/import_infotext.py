@@ -9,23 +9,24 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
+from ghostreview.errors import UserError
+from ghostreview.generation.infotext import combined_sampler_name, parse_infotext, read_a1111_sampler, read_png_infotext
+from ghostreview.generation.prompts import extract_lora_tags
 from ghostreview.protocol import (
     SLUG,
     BenchmarkError,
     Loc,
     lora_entry_from_mapping,
 )
-from ghostreview.errors import UserError
-from ghostreview.generation.infotext import combined_sampler_name, parse_infotext, read_a1111_sampler, read_png_infotext
 from ghostreview.scoring.styleloss import ImageLimitError, open_checked_image
-from ghostreview.generation.prompts import extract_lora_tags
 from ghostreview.util.atomic import write_atomic
 from ghostreview.util.names import table_slug
 from ghostreview.util.yamlio import YamlError, read_yaml_lines

@@ -24,9 +24,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 from ruamel.yaml import YAML
@@ -34,8 +35,8 @@ from ruamel.yaml.comments import CommentedMap
 
 from ghostreview import validate
 from ghostreview.errors import UserError
-from ghostreview.util.hashing import autov2, file_sha256
 from ghostreview.generation.loading import PICKLE_SUFFIXES, VAE_KEYS, detect_family, read_safetensors_header
+from ghostreview.util.hashing import autov2, file_sha256
 
 HASH_CACHE_NAME = "sha256.json"  # under paths.cache: the same file ghostreview.generation.generate reads
 

@@ -24,16 +24,17 @@ import json
 import re
 import shutil
 import string
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from ruamel.yaml import YAML
 
 from ghostreview.errors import UserError
-from ghostreview.generation.infotext import NEGATIVE_PREFIX, format_infotext, parse_infotext
 from ghostreview.generation.families import FAMILIES
+from ghostreview.generation.infotext import NEGATIVE_PREFIX, format_infotext, parse_infotext
 from ghostreview.generation.prompts import extract_lora_tags
 from ghostreview.util.names import did_you_mean, table_slug
 from ghostreview.util.yamlio import YamlError, read_yaml_lines

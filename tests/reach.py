@@ -27,10 +27,11 @@ import re
 import shlex
 import shutil
 from collections import defaultdict
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import pytest
@@ -243,11 +244,11 @@ class Project:
     """Tiny stand-ins at the paths both params files name (assets/), shared read-only by every workspace."""
 
     def __init__(self, root: Path) -> None:
-        from ghostreview.protocol import cut_benchmark, load_benchmark
         from ghostreview.kit.images import write_lora_header, write_style_references
         from ghostreview.kit.lora import write_tiny_lora
         from ghostreview.kit.scorers import TINY_CLIP_ARCH, tiny_clip_config, write_tiny_clip, write_tiny_vgg19
         from ghostreview.kit.sd import write_tiny_checkpoint, write_tiny_config_dir
+        from ghostreview.protocol import cut_benchmark, load_benchmark
         from ghostreview.scoring.weights import read_state_dict, write_state_dict
 
         self.root = root
@@ -389,13 +390,13 @@ def spies(mp: pytest.MonkeyPatch, rec: Record, project: Project) -> Iterator[Non
     import open_clip
     from open_clip import factory
 
-    import ghostreview.validate as validate
-    import ghostreview.generation.engines.ray as ray_cluster
     import ghostreview.generation.engines.local as local_engine
+    import ghostreview.generation.engines.ray as ray_cluster
     import ghostreview.generation.generate as gen
     import ghostreview.generation.worker as worker
     import ghostreview.scoring.aesthetic as aesthetic
     import ghostreview.scoring.styleloss as styleloss
+    import ghostreview.validate as validate
 
     calls = rec.calls
     mp.setattr(os, "fsync", lambda fd: None)  # the image store's crash safety is not probed here; it costs seconds

@@ -11,17 +11,15 @@ import torch
 from conftest import small_benchmark
 from PIL import Image
 
-from ghostreview.protocol import load_benchmark
-from ghostreview.generation.draw import Hires
-from ghostreview.generation.loading import inspect_checkpoint
-from ghostreview.generation.plan import DrawSettings
-from ghostreview.generation.draw import DrawRequest, draw_arrays
+from ghostreview.generation.draw import DrawRequest, Hires, draw_arrays
 from ghostreview.generation.generate import GenerateSettings, run_generate
+from ghostreview.generation.loading import inspect_checkpoint
+from ghostreview.generation.manifest import read_manifest
+from ghostreview.generation.plan import DrawSettings
 from ghostreview.kit.scorers import write_tiny_clip, write_tiny_laion_head, write_tiny_vgg19
 from ghostreview.kit.sd import tiny_pipeline, write_tiny_checkpoint, write_tiny_config_dir
-from ghostreview.generation.manifest import read_manifest
-from ghostreview.scoring import aesthetic
-from ghostreview.scoring import styleloss
+from ghostreview.protocol import load_benchmark
+from ghostreview.scoring import aesthetic, styleloss
 from ghostreview.scoring import clip as gclip
 from ghostreview.scoring.batching import map_rows
 

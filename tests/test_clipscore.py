@@ -7,10 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from ghostreview.scoring.registry import REGISTRY, get_metric
-
-from ghostreview.scoring.metric import MetricInfo
 from ghostreview.scoring.clipscore import INFO, clip_scores
+from ghostreview.scoring.metric import MetricInfo
+from ghostreview.scoring.registry import REGISTRY, get_metric
 
 
 def plain_clipscore(a: list[float], b: list[float]) -> float:

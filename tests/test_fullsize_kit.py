@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from ghostreview.generation.families import FAMILIES
-from ghostreview.kit import fullsize, sd
 from ghostreview.generation.loading import family_from_shapes, is_tiny_kit_file, read_safetensors_header
+from ghostreview.kit import fullsize, sd
 
 torch.set_num_threads(1)
 
@@ -67,9 +67,9 @@ def test_diffusers_recognises_the_full_size_layout():
 
 
 def test_full_size_stand_ins_are_reported_as_random_weights():
+    from ghostreview.generation.loading import CheckpointFile
     from ghostreview.kit.fullsize import FULL_METADATA_VALUE
     from ghostreview.kit.sd import KIT_METADATA_KEY
-    from ghostreview.generation.loading import CheckpointFile
 
     full = CheckpointFile(Path("m.safetensors"), "safetensors", {}, {KIT_METADATA_KEY: FULL_METADATA_VALUE})
     real = CheckpointFile(Path("m.safetensors"), "safetensors", {}, {"modelspec.title": "x"})

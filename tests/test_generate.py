@@ -15,17 +15,16 @@ from PIL import Image
 
 from ghostreview.generation import generate as gen
 from ghostreview.generation import worker
-from ghostreview.protocol import load_benchmark
 from ghostreview.generation.draw import Hires
-from ghostreview.generation.loading import inspect_checkpoint
-from ghostreview.generation.plan import DrawSettings
 from ghostreview.generation.generate import GenerateSettings, run_generate
-from ghostreview.generation.loading import CheckpointError
-from ghostreview.generation.manifest import read_manifest
-from ghostreview.util.hashing import autov2, file_sha256
 from ghostreview.generation.infotext import parse_infotext, read_png_infotext
+from ghostreview.generation.loading import CheckpointError, inspect_checkpoint
+from ghostreview.generation.manifest import read_manifest
+from ghostreview.generation.plan import DrawSettings
 from ghostreview.kit.lora import write_tiny_lora
 from ghostreview.kit.sd import write_tiny_checkpoint, write_tiny_config_dir
+from ghostreview.protocol import load_benchmark
+from ghostreview.util.hashing import autov2, file_sha256
 
 GENERATION = DrawSettings(sampler="Euler a", steps=2, cfg_scale=7.0, width=64, height=64, batch_size=2, hires=None,
                           cpu_threads=1)

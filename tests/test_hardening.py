@@ -30,22 +30,21 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from ghostreview.analysis import aggregate
-
-from ghostreview.scoring import run as scoring
-from ghostreview.protocol import BenchmarkError, load_benchmark
-from ghostreview.config import ScoringParams, StyleParams
-from ghostreview.generation.loading import inspect_checkpoint
-from ghostreview.generation.plan import DrawSettings
-from ghostreview.generation.generate import GenerateSettings, run_generate
-from ghostreview.generation.manifest import read_manifest
-from ghostreview.generation.infotext import read_png_infotext
-from ghostreview.scoring.registry import REGISTRY
-from ghostreview.scoring import styleloss
 from ghostreview.analysis.report.html import write_html
 from ghostreview.analysis.report.tables import write_tables
-from ghostreview.scoring.table import score_rows
 from ghostreview.analysis.standardize import EXCLUDING_FLAGS, parse_flags, standardize
+from ghostreview.config import ScoringParams, StyleParams
+from ghostreview.generation.generate import GenerateSettings, run_generate
+from ghostreview.generation.infotext import read_png_infotext
+from ghostreview.generation.loading import inspect_checkpoint
+from ghostreview.generation.manifest import read_manifest
+from ghostreview.generation.plan import DrawSettings
 from ghostreview.generation.store import ImageStore, job_key
+from ghostreview.protocol import BenchmarkError, load_benchmark
+from ghostreview.scoring import run as scoring
+from ghostreview.scoring import styleloss
+from ghostreview.scoring.registry import REGISTRY
+from ghostreview.scoring.table import score_rows
 
 MODEL = "m"
 GOOD_CKPT = "models/good.safetensors"

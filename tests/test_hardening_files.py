@@ -25,19 +25,15 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from ghostreview import config
-
-from ghostreview.generation import loading
-
-from ghostreview.generation import lora
-from ghostreview.protocol import load_benchmark
-from ghostreview.generation.loading import inspect_checkpoint
-from ghostreview.generation.plan import DrawSettings
+from ghostreview.generation import loading, lora
 from ghostreview.generation.generate import GenerateSettings, run_generate
-from ghostreview.kit import lora as kit_lora
-from ghostreview.kit import sd
-from ghostreview.generation.loading import CheckpointError
+from ghostreview.generation.loading import CheckpointError, inspect_checkpoint
 from ghostreview.generation.lora import LoraSpec, apply_loras, lora_status
 from ghostreview.generation.manifest import read_manifest
+from ghostreview.generation.plan import DrawSettings
+from ghostreview.kit import lora as kit_lora
+from ghostreview.kit import sd
+from ghostreview.protocol import load_benchmark
 
 # 2 shared cores: OpenMP threads spin against other processes and make tiny models 10-50x slower.
 torch.set_num_threads(1)

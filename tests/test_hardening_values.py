@@ -20,17 +20,15 @@ from PIL.PngImagePlugin import PngInfo
 from typer.testing import CliRunner
 
 from ghostreview import config, validate
-
-from ghostreview.util import runtime
 from ghostreview.cli import app
 from ghostreview.config import ConfigError, parse_params
-from ghostreview.validate import check_files
-from ghostreview.validate import load as load_params
 from ghostreview.errors import UserError
 from ghostreview.import_infotext import ImportInfotextError, lora_entry_from_png
 from ghostreview.scoring import styleloss
 from ghostreview.scoring.weights import WeightsError, read_state_dict
-
+from ghostreview.util import runtime
+from ghostreview.validate import check_files
+from ghostreview.validate import load as load_params
 
 # ----------------------------------------------------------------------------------------------- 6. image limits
 
@@ -99,10 +97,10 @@ def test_images_at_the_limits_pass(tmp_path):
 
 
 def test_reference_sets_and_refstats_decoding_name_the_bomb(bomb, tmp_path):
+    from conftest import small_benchmark
+
     from ghostreview.protocol import load_benchmark
     from ghostreview.scoring.run import ReferenceImagesError, reference_sets
-
-    from conftest import small_benchmark
 
     bench = load_benchmark(small_benchmark(tmp_path / "bench", general=1, styles=1, loras=1))
     style = bench.styles[0]
@@ -383,9 +381,9 @@ def test_benchmark_prompts_that_break_the_infotext_are_refused(text, fragment):
 
 
 def test_a_benchmark_with_such_a_prompt_does_not_load(tmp_path):
-    from ghostreview.protocol import BenchmarkError, load_benchmark
-
     from conftest import small_benchmark
+
+    from ghostreview.protocol import BenchmarkError, load_benchmark
 
     def change(file, edit):
         d = small_benchmark(tmp_path / f"bench-{file}", general=1, styles=1, loras=1)

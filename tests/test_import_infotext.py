@@ -10,8 +10,8 @@ import yaml
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from ghostreview.protocol import BenchmarkError, load_benchmark
 from ghostreview.import_infotext import ImportInfotextError, append_entries, lora_entry_from_png
+from ghostreview.protocol import BenchmarkError, load_benchmark
 
 V1 = Path(__file__).resolve().parents[1] / "data" / "benchmark" / "v1"
 

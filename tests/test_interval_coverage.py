@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ghostreview.analysis.standardize import estimates, image_table, pairwise_rows, estimate_rows, standardize
+from ghostreview.analysis.standardize import estimate_rows, estimates, image_table, pairwise_rows, standardize
 
 MODELS = ("A", "B", "C", "D")
 MU = np.array([0.0, 0.0, 0.25, 0.5])

@@ -17,8 +17,7 @@ from ghostreview.kit.scorers import (
     write_tiny_scorers,
     write_tiny_vgg19,
 )
-from ghostreview.scoring import aesthetic
-from ghostreview.scoring import styleloss
+from ghostreview.scoring import aesthetic, styleloss
 from ghostreview.scoring.weights import sha256_file
 
 

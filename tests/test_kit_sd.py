@@ -10,9 +10,9 @@ import torch
 from safetensors import safe_open
 
 from ghostreview.generation.families import FAMILIES
-from ghostreview.kit import sd
-from ghostreview.generation.tokenizer import write_clip_tokenizer
 from ghostreview.generation.loading import read_safetensors_header
+from ghostreview.generation.tokenizer import write_clip_tokenizer
+from ghostreview.kit import sd
 
 # 2 shared cores: OpenMP threads spin against other processes and make tiny models 10-50x slower.
 torch.set_num_threads(1)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import ast
 
 import pytest
-
 from test_dvc_deps import PACKAGE, ROOT, project_imports, rel
 
 FILES = sorted(rel(p) for p in (ROOT / PACKAGE).rglob("*.py"))

@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import save_file
 
 from ghostreview.generation import loading
-from ghostreview.kit import sd
 from ghostreview.generation.loading import CheckpointError
+from ghostreview.kit import sd
 
 # 2 shared cores: OpenMP threads spin against other processes and make tiny models 10-50x slower.
 torch.set_num_threads(1)

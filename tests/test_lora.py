@@ -13,9 +13,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ghostreview.generation import lora
+from ghostreview.generation.lora import LoraSpec, apply_loras, lora_status, remove_loras
 from ghostreview.kit import lora as kit_lora
 from ghostreview.kit import sd
-from ghostreview.generation.lora import LoraSpec, apply_loras, lora_status, remove_loras
 
 # 2 shared cores: OpenMP threads spin against other processes and make tiny models 10-50x slower.
 torch.set_num_threads(1)

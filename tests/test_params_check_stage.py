@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ("dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", "stages/", "ghostreview/")
 

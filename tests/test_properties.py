@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 
 from ghostreview import validate
 from ghostreview.errors import UserError
-from ghostreview.import_infotext import settings_from_fields
 from ghostreview.generation.infotext import parse_infotext
 from ghostreview.generation.loading import inspect_checkpoint, read_safetensors_header
 from ghostreview.generation.prompts import extract_lora_tags, parse_prompt_attention, plain_text
+from ghostreview.import_infotext import settings_from_fields
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = int(os.environ.get("GHOSTREVIEW_PROPERTY_EXAMPLES", "150"))

@@ -15,18 +15,25 @@ from conftest import small_benchmark
 
 ray = pytest.importorskip("ray", reason="Ray is the optional extra `.[ray]`: pip install -e '.[ray]'")
 
-from ghostreview.generation import generate as gen  # noqa: E402
-from ghostreview.protocol import load_benchmark  # noqa: E402
 from ghostreview.config import ConfigError, parse_params  # noqa: E402
-from ghostreview.generation.engines.ray import EngineError  # noqa: E402
-from ghostreview.generation.generate import EngineChoice  # noqa: E402
+from ghostreview.generation import generate as gen  # noqa: E402
+from ghostreview.generation.engines.ray import (  # noqa: E402
+    EngineError,  # noqa: E402
+    import_ray,
+    worker_count,
+    worker_device,
+)
+from ghostreview.generation.generate import (  # noqa: E402
+    EngineChoice,  # noqa: E402
+    GenerateSettings,
+    run_generate,
+)
 from ghostreview.generation.loading import inspect_checkpoint  # noqa: E402
-from ghostreview.generation.plan import DrawSettings  # noqa: E402
-from ghostreview.generation.engines.ray import import_ray, worker_count, worker_device  # noqa: E402
-from ghostreview.generation.generate import GenerateSettings, run_generate  # noqa: E402
 from ghostreview.generation.manifest import read_manifest  # noqa: E402
+from ghostreview.generation.plan import DrawSettings  # noqa: E402
 from ghostreview.kit.lora import write_tiny_lora  # noqa: E402
 from ghostreview.kit.sd import write_tiny_checkpoint, write_tiny_config_dir  # noqa: E402
+from ghostreview.protocol import load_benchmark  # noqa: E402
 
 GENERATION = DrawSettings(sampler="Euler a", steps=2, cfg_scale=7.0, width=64, height=64, batch_size=2, hires=None,
                           device="cpu", cpu_threads=1)

@@ -202,8 +202,8 @@ def test_reports_name_the_benchmark_they_answer(demo, tmp_path):
     """The standardize stage records name, version and digest; the Markdown and the page show them."""
     from dataclasses import replace
 
-    from ghostreview.protocol import benchmark_digest, load_benchmark
     from ghostreview.analysis.report.html import page_html
+    from ghostreview.protocol import benchmark_digest, load_benchmark
 
     result, _, _, models, _ = demo
     bench = load_benchmark(Path(__file__).resolve().parents[1] / "data" / "benchmark" / "v1")

@@ -15,9 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from test_report import (  # tests/ is on sys.path (pytest's default rootdir import)
+    ATTR_PROMPT,
+    METRICS,
+    SCRIPT_PROMPT,
+    make_demo,
+)
 
 from ghostreview.analysis.report import write_report
-from test_report import ATTR_PROMPT, METRICS, SCRIPT_PROMPT, make_demo  # tests/ is on sys.path (pytest's default rootdir import)
 
 CHROMIUM = Path("/usr/bin/chromium")
 # CI sets GHOSTREVIEW_REQUIRE_BROWSER=1 so that a missing browser fails instead of silently skipping.

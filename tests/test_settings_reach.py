@@ -19,14 +19,28 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import pytest
 import yaml
+from reach import (
+    PARAMS_FILES,
+    ROOT,
+    WHOLE_FILE,
+    Pipeline,
+    Project,
+    Record,
+    covered,
+    get_key,
+    leaves,
+    pattern,
+    read_params,
+    set_key,
+)
+
 from ghostreview.util.hashing import file_sha256
-from reach import (PARAMS_FILES, ROOT, WHOLE_FILE, Pipeline, Project, Record, covered, get_key, leaves, pattern,
-                   read_params, set_key)
 
 PARAMS, FULL = PARAMS_FILES
 WRONG_SHA = "0" * 64

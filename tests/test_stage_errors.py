@@ -23,18 +23,11 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from ghostreview import import_infotext, models_cli, validate
-
 from ghostreview import protocol as benchmark
-
-from ghostreview.generation import loading
-
-from ghostreview.generation import manifest
-
-from ghostreview.scoring import run as scoring
-
-from ghostreview.generation import store
 from ghostreview.errors import UserError, stage_main
+from ghostreview.generation import loading, manifest, store
 from ghostreview.generation.manifest import MANIFEST_COLUMNS
+from ghostreview.scoring import run as scoring
 from ghostreview.scoring import weights
 
 SD1_KEYS = {  # the keys family detection reads, with tiny shapes: a header-only stand-in for an SD1.5 checkpoint

@@ -130,8 +130,8 @@ def test_captured_layers_and_inplace_relus(vgg):
     grams = sl.style_grams(tv, x)
     for i, g in zip(sl.LAYER_INDICES, grams):
         torch.testing.assert_close(g, sl.gram(captured[i]).double(), rtol=1e-5, atol=1e-7)
-    assert sl.IMAGENET_MEAN == pytest.approx((0.485, 0.456, 0.406)) and sl.IMAGENET_STD == pytest.approx(
-        (0.229, 0.224, 0.225))
+    assert pytest.approx((0.485, 0.456, 0.406)) == sl.IMAGENET_MEAN and pytest.approx(
+        (0.229, 0.224, 0.225)) == sl.IMAGENET_STD
 
 
 def test_loader_rejects_wrong_files(tmp_path):

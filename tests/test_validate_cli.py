@@ -7,13 +7,12 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import small_benchmark
 from typer.testing import CliRunner
 
-from ghostreview.protocol import load_benchmark
 from ghostreview.cli import app
 from ghostreview.kit.demo import build_demo_kit
-
-from conftest import small_benchmark
+from ghostreview.protocol import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +76,6 @@ def test_bad_images_weights_devices_and_paths_are_listed_without_a_traceback(pro
     the aesthetic head, a directory as a model's VAE and a CUDA device on a machine without one: all four listed at
     once, each with its key, and nothing escapes as a traceback."""
     import torch
-
     from test_hardening_values import Payload, png_of_zeros
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)

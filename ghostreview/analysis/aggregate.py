@@ -7,15 +7,15 @@ never discovered by listing.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import pandas as pd
 
-from ghostreview.protocol import Benchmark
-from ghostreview.generation.manifest import ManifestError, check_columns, manifest_file
-from ghostreview.scoring.table import SCORE_COLUMNS
 from ghostreview.analysis.standardize import MetricLike, metric_task
+from ghostreview.generation.manifest import ManifestError, check_columns, manifest_file
+from ghostreview.protocol import Benchmark
+from ghostreview.scoring.table import SCORE_COLUMNS
 
 
 def models_table(images_dir: Path, names: Sequence[str],

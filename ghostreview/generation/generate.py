@@ -15,9 +15,9 @@ import dataclasses
 import functools
 import json
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 from tqdm import tqdm
 

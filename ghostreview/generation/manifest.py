@@ -7,8 +7,8 @@ diffusers (seconds per stage process).
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from ghostreview.errors import UserError
 

@@ -5,9 +5,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
 
 from ghostreview.generation.draw import DrawRequest, Hires
 from ghostreview.generation.infotext import a1111_sampler_fields, format_infotext, format_lora_hashes

@@ -8,9 +8,10 @@ with the driver's before it draws.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from ghostreview.generation.draw import draw
 from ghostreview.generation.drawversion import DRAW_VERSION  # part of every image's key; when to bump it: that module

@@ -32,9 +32,9 @@ from typing import IO
 
 import torch
 
-from ghostreview.kit import sd
-
 from ghostreview.generation import ldm_keys
+from ghostreview.generation.topology import CONFIGS_ROOT
+from ghostreview.kit import sd
 from ghostreview.util.atomic import create_dir_once, save_atomic, write_atomic, write_text_atomic
 
 FULL_METADATA_VALUE = "fullsize-random-weights"
@@ -285,7 +285,7 @@ def build_fullsize_kit(dest: Path, bench, seed: int = 0, log: Callable[[str], No
     for family, entries in bench.loras.items():
         for entry in entries:
             once(paths["loras"] / family / entry.file,
-                 lambda p, f=family, e=entry: write_lora(p, f, sd.CONFIGS_ROOT / f, _seed(seed, f, e.name)))
+                 lambda p, f=family, e=entry: write_lora(p, f, CONFIGS_ROOT / f, _seed(seed, f, e.name)))
             for header in entry.header_images:
                 once(paths["lora_headers"] / family / entry.name / header,
                      lambda p, f=family, e=entry, h=header: write_lora_header(p, e.name, _seed(seed, f, e.name, h),

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import torch
 
-from ghostreview.kit import sd
-
 from ghostreview.generation import ldm_keys
+from ghostreview.kit import sd
 
 VARIANTS = ("lora", "loha", "lokr", "lora_mid")
 Tensors = dict[str, torch.Tensor]

@@ -9,15 +9,15 @@ scores around 20-30. Written here from that description, not copied.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ghostreview.scoring.metric import MetricInfo
 from ghostreview.scoring.batching import map_rows
+from ghostreview.scoring.metric import MetricInfo
 from ghostreview.scoring.weights import read_state_dict
 
 INFO = MetricInfo(

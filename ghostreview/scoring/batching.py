@@ -9,8 +9,9 @@ exactly ``size`` rows, padding the last chunk with zeros and dropping the paddin
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import Tensor

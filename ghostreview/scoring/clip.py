@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import warnings
 import zipfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import open_clip

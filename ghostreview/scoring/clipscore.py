@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ghostreview.scoring.metric import MetricInfo
 from ghostreview.scoring.aesthetic import l2_normalize
+from ghostreview.scoring.metric import MetricInfo
 
 INFO = MetricInfo(
     name="clipscore",

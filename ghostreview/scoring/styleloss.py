@@ -23,9 +23,9 @@ from __future__ import annotations
 import json
 import re
 import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -208,7 +208,7 @@ class RefStats:
         if self.count < 1 or (self.sha256s and len(self.sha256s) != self.count):
             raise ValueError(f"RefStats count {self.count} vs {len(self.sha256s)} sha256s")
 
-    def to(self, device: torch.device | str) -> "RefStats":
+    def to(self, device: torch.device | str) -> RefStats:
         """The same statistics with their tensors on ``device`` (the VGG's, so comparisons stay there)."""
         return replace(self, means=tuple(m.to(device) for m in self.means), spreads=self.spreads.to(device))
 

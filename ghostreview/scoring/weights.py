@@ -9,9 +9,9 @@ from __future__ import annotations
 import pickle
 import re
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from ghostreview.errors import UserError
 from ghostreview.util.hashing import file_sha256

@@ -18,8 +18,9 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 _TRIES = 16  # name clashes of 64 random bits: one is already a miracle
 

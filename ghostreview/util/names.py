@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 CUTOFF = 0.6  # difflib's own default similarity for get_close_matches
 _ENDS = "-_"

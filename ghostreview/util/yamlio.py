@@ -16,8 +16,9 @@ Every refusal is a :class:`YamlError`; its message is ``"<path>: <problem>"``, a
 from __future__ import annotations
 
 import io
+from collections.abc import Hashable
 from pathlib import Path
-from typing import Any, Hashable
+from typing import Any
 
 import yaml
 from ruamel.yaml import YAML

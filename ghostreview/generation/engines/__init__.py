@@ -14,7 +14,8 @@ here with a class that satisfies :class:`Engine`, and one line in :data:`ENGINES
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from ghostreview.generation.store import ImageStore
 from ghostreview.generation.worker import PipelineSpec, WorkUnit
@@ -23,7 +24,7 @@ from ghostreview.generation.worker import PipelineSpec, WorkUnit
 class Engine(Protocol):
     """What the generate stage asks of an engine, used as a context manager around one model's run."""
 
-    def __enter__(self) -> "Engine": ...
+    def __enter__(self) -> Engine: ...
 
     def __exit__(self, *exc: object) -> None: ...
 

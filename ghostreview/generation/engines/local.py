@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from ghostreview.generation.store import ImageStore
 from ghostreview.generation.worker import PipelineSpec, WorkUnit, draw_unit, load_spec_pipeline, pipeline_drawer
@@ -12,7 +12,7 @@ from ghostreview.util.runtime import pick_device
 class LocalEngine:
     """Draws in this process: the checkpoint is loaded once, then every unit is drawn in turn."""
 
-    def __enter__(self) -> "LocalEngine":
+    def __enter__(self) -> LocalEngine:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -16,8 +16,9 @@ from __future__ import annotations
 import os
 import socket
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ghostreview.errors import UserError
 from ghostreview.generation.store import ImageStore
@@ -121,7 +122,7 @@ class RayEngine:
         self._ray: Any = None  # the ray module, once connected
         self._started = False
 
-    def __enter__(self) -> "RayEngine":
+    def __enter__(self) -> RayEngine:
         return self
 
     def __exit__(self, *exc) -> None:
