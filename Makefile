@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ghostreview-installed
 
-.PHONY: install demo test bench clean-demo
+.PHONY: install demo test lint bench clean-demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: install
 
 test: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
+
+# ruff (pyproject's [tool.ruff]) and mypy ([tool.mypy]: ghostreview/ and stages/); CI runs it before the tests.
+lint: install
+	$(BIN)/ruff check ghostreview stages tests benchmarks
+	$(BIN)/mypy
 
 bench: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m benchmarks.run
