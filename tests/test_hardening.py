@@ -10,7 +10,6 @@ every case is docs/failure-modes.md.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import io
 import json
@@ -33,7 +32,6 @@ from ghostreview.analysis import aggregate
 from ghostreview.analysis.report.html import write_html
 from ghostreview.analysis.report.tables import write_tables
 from ghostreview.analysis.standardize import EXCLUDING_FLAGS, parse_flags, standardize
-from ghostreview.config import ScoringParams, StyleParams
 from ghostreview.generation.generate import GenerateSettings, run_generate
 from ghostreview.generation.infotext import read_png_infotext
 from ghostreview.generation.loading import inspect_checkpoint
@@ -368,7 +366,8 @@ def test_corrupt_lycoris_and_other_family_loras_are_flagged_in_manifest_and_repo
     result = standardize(pd.concat([general, undrawn], ignore_index=True), models, REGISTRY, {}, n_boot=20)
     excluded = result.scores.set_index(["model", "metric"])["n_excluded"]
     assert excluded[(MODEL, "loraloss")] == 2 and excluded[("n", "loraloss")] == 2
-    md = write_tables(result, models, tmp_path / "report", metrics=REGISTRY)["leaderboard.md"].read_text(encoding="utf-8")
+    tables = write_tables(result, models, tmp_path / "report", metrics=REGISTRY)
+    md = tables["leaderboard.md"].read_text(encoding="utf-8")
     section = md.split("## Unsupported / incompatible LoRA pairs")[1].split("## ")[0]
     for row in rows[MODEL] + rows["n"]:
         assert f"| {row['model']} | {row['item']} | {row['flags']} | 1 |" in section
@@ -574,10 +573,9 @@ def test_300_token_prompt_is_chunked_for_drawing_and_flagged_when_clipscore_trun
         png(images / name, Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32, 3), np.uint8)))
         rows.append({"model": MODEL, "task": "general", "item": f"p{i}", "seed": "0", "image": name,
                      "image_hash": f"h{i}", "prompt": text, "flags": ""})
-    scoring_params = ScoringParams(clip=dataclasses.replace(ScoringParams().clip, arch=arch, weights=str(weights),
-                                                            model_config=str(config)), style=StyleParams())
-    scoring.embed_images(rows, images, scoring_params, tmp_path, tmp_path / "emb.npz")
-    scores = scoring.clipscore_rows(rows, tmp_path / "emb.npz", scoring_params, tmp_path)
+    spec = scoring.ClipSpec(arch, weights, model_config=config)
+    scoring.embed_images(rows, images, spec, 16, tmp_path / "emb.npz")
+    scores = scoring.clipscore_rows(rows, tmp_path / "emb.npz", spec, 16)
     assert [r["flags"] for r in scores] == ["text_truncated", ""]
     assert "text_truncated" not in EXCLUDING_FLAGS  # scored on its first 77 tokens, kept, and listed as flagged
 
@@ -607,14 +605,15 @@ def test_nan_and_black_images_are_flagged_excluded_and_listed(tmp_path):
     result = standardize(scores, models, REGISTRY, {}, n_boot=20)
     status = result.images.set_index("image_hash")["status"]
     assert status["a-0-0"] == "flagged" and status["b-0-1"] == "flagged" and (status == "ok").sum() == 10
-    for item, group in result.images.groupby("item"):  # z groups: (metric, task, item, pool)
+    for _, group in result.images.groupby("item"):  # z groups: (metric, task, item, pool)
         usable = group[group["status"] == "ok"]
         x = usable["value"].to_numpy()
         assert len(usable) == len(group) - sum(bool(f) for f in group["flags"])  # exactly the flagged rows left out
         assert np.allclose(usable["z"], (x - x.mean()) / x.std())  # z over the usable images only (ddof=0)
     excluded = result.scores.set_index(["model", "metric"])["n_excluded"]
     assert (excluded[("a", "aesthetic")], excluded[("b", "aesthetic")], excluded[("c", "aesthetic")]) == (1, 1, 0)
-    md = write_tables(result, models, tmp_path / "report", metrics=REGISTRY)["leaderboard.md"].read_text(encoding="utf-8")
+    tables = write_tables(result, models, tmp_path / "report", metrics=REGISTRY)
+    md = tables["leaderboard.md"].read_text(encoding="utf-8")
     flagged = md.split("## Flagged images")[1].split("## ")[0]
     assert "| a | general | p0 | 0 | a-0-0 | black |" in flagged and "| b | general | p0 | 1 | b-0-1 | nan |" in flagged
 

@@ -24,7 +24,7 @@ from conftest import small_benchmark
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from ghostreview import config
+from ghostreview import config, validate
 from ghostreview.generation import loading, lora
 from ghostreview.generation.generate import GenerateSettings, run_generate
 from ghostreview.generation.loading import CheckpointError, inspect_checkpoint
@@ -138,7 +138,7 @@ def test_an_sd2_checkpoint_is_refused_up_front_naming_the_families_reviewed(tmp_
         loading.detect_family(path)
     params = config.parse_params({"models": {"v2": {"checkpoint": str(path)}}})
     with pytest.raises(config.ConfigError, match=r"models\.v2\.checkpoint = .*SD2\.x"):
-        config.check_checkpoint(params, "v2", tmp_path)
+        validate.check_checkpoint(params, "v2", tmp_path)
 
 
 # ------------------------------------------------------------------------------------ 3. config directories
@@ -213,7 +213,7 @@ def test_a_config_dir_that_could_choose_code_is_refused_naming_file_and_key(tiny
     assert str(info.value).startswith(f"{bad / file}: ")
     params = config.parse_params({"models": {"m": {"checkpoint": str(tiny["ckpt"]), "config": str(bad)}}})
     with pytest.raises(config.ConfigError, match=rf"models\.m\.config = .*{bad / file}: .*{match}"):
-        config.check_checkpoint(params, "m", tmp_path)  # the check ghostreview validate and the generate stage run
+        validate.check_checkpoint(params, "m", tmp_path)  # the check ghostreview validate and the generate stage run
 
 
 def test_loading_with_a_hostile_config_dir_imports_nothing(tiny, tmp_path, probe):
@@ -354,7 +354,8 @@ def test_every_lora_problem_is_recorded_for_its_pair_and_the_model_is_drawn(tiny
     for entry, kind in zip(entries, pair, strict=True):
         shutil.copy(loras[kind], lora_dir / "sd15" / entry.file)
     s = GenerateSettings(
-        model_name="tiny", checkpoint=inspect_checkpoint(tiny["ckpt"]), config_dir=tiny["config"], vae=None, clip_skip=1,
+        model_name="tiny", checkpoint=inspect_checkpoint(tiny["ckpt"]), config_dir=tiny["config"], vae=None,
+        clip_skip=1,
         prediction="epsilon", allow_pickle=False, lora_dirs={"sd15": lora_dir / "sd15", "sdxl": lora_dir / "sdxl"},
         counts={"general": 1, "style": 1, "lora": 1}, tasks=("general", "lora"),
         generation=DrawSettings(sampler="Euler a", steps=2, cfg_scale=7.0, width=64, height=64, batch_size=1,
