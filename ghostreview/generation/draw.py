@@ -5,7 +5,7 @@ Reproducibility rules:
   the CPU in float32, image by image, so an image's noise never depends on its batch-mates, the batch size or the
   device.
   (A1111 gives image k of a batch seed+k: that is the caller's job.)
-- Text is encoded per request (``ghostreview.generation.encode``) and requests are run in sub-batches of equal conditioning
+- Text is encoded per request (``generation.encode``) and requests are run in sub-batches of equal conditioning
   length, so a long prompt in a batch never pads its neighbours' embeddings.
 - Every forward runs at one fixed batch shape (``batch_size`` images, short sub-batches padded with copies that are
   dropped): on the CPU, oneDNN picks kernels by shape, and the same (prompt, seed) drawn in a batch of 1 and of 4
@@ -113,7 +113,8 @@ def check_requests(requests: Sequence[DrawRequest]) -> DrawRequest:
     for i, req in enumerate(requests[1:], start=1):
         diff = [f for f in SHARED_FIELDS if getattr(req, f) != getattr(first, f)]
         if diff:
-            raise ValueError(f"request {i} differs from request 0 in {diff}; draw one batch per sampler/steps/cfg/size/hires")
+            raise ValueError(f"request {i} differs from request 0 in {diff}; draw one batch per "
+                             "sampler/steps/cfg/size/hires")
     if first.steps < 1:
         raise ValueError(f"steps must be >= 1, got {first.steps}")
     _check_size(first.width, first.height, "size")
@@ -211,7 +212,8 @@ def _pipe_like(cls, pipe, sampler: str, scheduler_config: dict):
 
 
 # ---------------------------------------------------------------------------------------------------- drawing
-def _run_group(pipe, family: str, reqs: Sequence[DrawRequest], cond: Conditioning, scheduler_config: dict) -> list[tuple[np.ndarray, list[str]]]:
+def _run_group(pipe, family: str, reqs: Sequence[DrawRequest], cond: Conditioning,
+               scheduler_config: dict) -> list[tuple[np.ndarray, list[str]]]:
     """Draw requests whose conditionings share one length; returns (float [H, W, 3] image, flags) per request."""
     first = reqs[0]
     txt2img_cls, img2img_cls = _pipeline_classes(family)
@@ -302,4 +304,5 @@ def draw(pipe, family: str, requests: Sequence[DrawRequest], base_scheduler_conf
     Raises:
         ValueError: inconsistent or invalid requests, unknown sampler, before any model work.
     """
-    return [(to_pil(img), flags) for img, flags in draw_arrays(pipe, family, requests, base_scheduler_config, batch_size)]
+    drawn = draw_arrays(pipe, family, requests, base_scheduler_config, batch_size)
+    return [(to_pil(img), flags) for img, flags in drawn]

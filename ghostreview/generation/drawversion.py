@@ -1,4 +1,4 @@
-"""The drawing code's version: part of every image's key in the store (``ghostreview.generation.generate.image_runtime``).
+"""The drawing code's version: part of every image's key in the store (``generation.worker.image_runtime``).
 
 An image's key holds the fields that decide its pixels (checkpoint, prompt, seed, settings, library versions, ...);
 the code that turns those fields into pixels is covered only by ``DRAW_VERSION``. Bump it with any change that can
@@ -9,7 +9,7 @@ rename, a refactor) sets the pin alone.
 """
 
 DRAW_VERSION = "2"
-DRAW_CODE_SHA256 = "8f19a4cdd5b2358e201dd21888d6c9a3662c0dd5c7d3572ad601dd5ed964c90a"
+DRAW_CODE_SHA256 = "de9f18ed91a411aac73314d494cbb8d7e513b81cbc5720e4d8814dbb03b483ee"
 
 # What turns an image's key fields into pixels. The test checks that these cover everything they import.
 PIXEL_MODULES = (

@@ -2,7 +2,7 @@
 
 What A1111 does, and this module reproduces (from its documented behaviour):
 
-- The prompt is parsed for emphasis (``ghostreview.generation.prompts.parse_prompt_attention``); each segment is tokenized on
+- The prompt is parsed for emphasis (``generation.prompts.parse_prompt_attention``); each segment is tokenized on
   its own, without special tokens.
 - Tokens are packed into chunks of 75. When a chunk is full and the next token is not a comma, the tokens after the
   last comma are moved to the next chunk if that comma lies within the last 20 tokens ("comma padding backtrack",
@@ -66,7 +66,8 @@ class Conditioning:
 
     def pipeline_kwargs(self) -> dict[str, torch.Tensor | None]:
         """The embedding keyword arguments of a diffusers SD/SDXL pipeline call (pooled ones only when set)."""
-        kwargs: dict[str, torch.Tensor | None] = {"prompt_embeds": self.prompt_embeds, "negative_prompt_embeds": self.negative_prompt_embeds}
+        kwargs: dict[str, torch.Tensor | None] = {"prompt_embeds": self.prompt_embeds,
+                                                  "negative_prompt_embeds": self.negative_prompt_embeds}
         if self.pooled_prompt_embeds is not None:
             kwargs["pooled_prompt_embeds"] = self.pooled_prompt_embeds
             kwargs["negative_pooled_prompt_embeds"] = self.negative_pooled_prompt_embeds
@@ -173,7 +174,8 @@ def final_layer_norm(text_encoder) -> torch.nn.Module:
     return inner.final_layer_norm
 
 
-def run_text_encoder(text_encoder, ids: torch.Tensor, layer: int, layer_norm: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def run_text_encoder(text_encoder, ids: torch.Tensor, layer: int,
+                     layer_norm: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Hidden state ``hidden_states[layer]`` ([N, 77, D]), optionally final-layer-normed, and ``text_embeds``
     ([N, P], the projected pooled EOS state) when the encoder has a projection, else None."""
     out = text_encoder(ids.to(text_encoder.device), output_hidden_states=True)
@@ -241,7 +243,8 @@ def encode_prompts(
         ``Conditioning`` with [B, 77*k, D] embeddings, k the largest chunk count among all the prompts.
     """
     if len(prompts) != len(negative_prompts):
-        raise ValueError(f"{len(prompts)} prompts but {len(negative_prompts)} negative prompts; give one negative per prompt")
+        raise ValueError(f"{len(prompts)} prompts but {len(negative_prompts)} negative prompts; give one negative "
+                         "per prompt")
     if not prompts:
         raise ValueError("no prompts to encode")
     if max_chunks is not None and max_chunks < 1:

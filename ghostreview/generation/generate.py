@@ -92,8 +92,9 @@ def manifest_rows(
     jobs: Sequence[ImageJob], keys: Sequence[str], infotexts: Sequence[str], store: ImageStore, model: ModelIdentity
 ) -> list[dict]:
     rows = []
-    for job, key, text in zip(jobs, keys, infotexts):
+    for job, key, text in zip(jobs, keys, infotexts, strict=True):
         flags, status = image_flags(job, key, store)
+        r = job.request
         rows.append({
             "model": model.name,
             "family": model.family,
@@ -106,8 +107,8 @@ def manifest_rows(
             "negative_prompt": job.negative_prompt,
             "loras": ", ".join(f"{s.name}:{s.weight:g}" for s in job.loras),
             "lora_status": status,
-            "width": job.request.width if not job.request.hires else int(job.request.width * job.request.hires.scale),
-            "height": job.request.height if not job.request.hires else int(job.request.height * job.request.hires.scale),
+            "width": r.width if not r.hires else int(r.width * r.hires.scale),
+            "height": r.height if not r.hires else int(r.height * r.hires.scale),
             "flags": ";".join(flags),
             "infotext": text,
         })

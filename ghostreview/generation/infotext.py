@@ -18,6 +18,7 @@ reads either form.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Mapping
@@ -85,7 +86,8 @@ def format_infotext(prompt: str, negative_prompt: str, params: Mapping[str, obje
         if not _KEY.fullmatch(key):
             raise ValueError(f"infotext key {key!r}: use letters, digits, spaces, '-', '/' (at least 2 characters)")
     if any(line.lstrip().startswith(NEGATIVE_PREFIX) for line in prompt.split("\n")):
-        raise ValueError(f"prompt has a line starting with {NEGATIVE_PREFIX!r}; it would be read back as the negative prompt")
+        raise ValueError(f"prompt has a line starting with {NEGATIVE_PREFIX!r}; it would be read back as the "
+                         "negative prompt")
     lines = [prompt]
     if negative_prompt:
         lines.append(f"{NEGATIVE_PREFIX} {negative_prompt}")
@@ -103,10 +105,8 @@ def parse_params_line(line: str) -> dict[str, str] | None:
             return None
         key, value = match.group(1).strip(), match.group(2).strip()
         if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
-            try:
+            with contextlib.suppress(json.JSONDecodeError):  # not JSON: kept as written, quotes and all
                 value = json.loads(value)
-            except json.JSONDecodeError:
-                pass
         params[key] = value
         pos = match.end()
     return params or None

@@ -3,7 +3,7 @@
 * ``read_safetensors_header`` / ``detect_family`` look only at the safetensors header (8-byte little-endian
   length + JSON): no tensor data is read, so checking a 7 GB file is instant. The header is validated as the
   safetensors loader validates it (dtypes, shapes, byte ranges tiling the data), so a file that passes also loads.
-* ``family_config_dir`` materializes the shipped real-size diffusers configs (``ghostreview/generation/configs/<family>``)
+* ``family_config_dir`` materializes the shipped real-size diffusers configs (``generation/configs/<family>``)
   plus generated CLIP tokenizers, so ``from_single_file(config=...)`` never looks for a hub.
 * ``load_pipeline`` builds the diffusers pipeline. Pickle checkpoints (.ckpt/.pt) are refused unless the caller
   opts in, and even then are read only with ``torch.load(weights_only=True)``.
@@ -398,7 +398,7 @@ def family_config_dir(family: str, cache_root: Path) -> Path:
 
 
 def tiny_config_dir(family: str, cache_root: Path) -> Path:
-    """Config dir of the tiny test topology of ``family`` (``topology.tiny_configs``), built once under ``cache_root``."""
+    """Config dir of the tiny test topology of ``family`` (``topology.tiny_configs``), built once in ``cache_root``."""
     text = json.dumps(topology.tiny_configs(family), sort_keys=True) + _config_source_digest(family)
     dest = Path(cache_root) / f"{family}-tiny-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
     return create_dir_once(dest, lambda tmp: topology.write_tiny_config_dir(tmp, family))
@@ -439,12 +439,14 @@ SCHEDULER_CLASSES = (  # diffusers schedulers that build from an SD scheduler co
     "UniPCMultistepScheduler",
 )
 _NULL = [None, None]
-_UNLOADED: dict[str, tuple[list[str], ...]] = {  # component -> the pairs accepted besides [null, null]; load_pipeline passes None for these
+# component -> the pairs accepted besides [null, null]; load_pipeline passes None for these
+_UNLOADED: dict[str, tuple[list[str], ...]] = {
     "safety_checker": (["stable_diffusion", "StableDiffusionSafetyChecker"],),
     "feature_extractor": (["transformers", "CLIPImageProcessor"], ["transformers", "CLIPFeatureExtractor"]),
     "image_encoder": (),
 }
-PIPELINE_OPTIONS: dict[str, dict[str, tuple[type, ...]]] = {  # model_index.json keys that are pipeline arguments, not components: allowed value types
+# model_index.json keys that are pipeline arguments, not components: allowed value types
+PIPELINE_OPTIONS: dict[str, dict[str, tuple[type, ...]]] = {
     "sd15": {"requires_safety_checker": (bool,)},
     "sd2": {"requires_safety_checker": (bool,)},
     "sdxl": {"force_zeros_for_empty_prompt": (bool,), "add_watermarker": (bool, type(None))},
@@ -591,8 +593,8 @@ def _pickle_refusal(path: Path) -> str:
     return (
         f"{path}: a pickle checkpoint ({path.suffix}); unpickling can run arbitrary code, so it is refused by "
         "default. Prefer the model's .safetensors download, or convert it once with "
-        "ghostreview.generation.loading.convert_pickle_checkpoint(src, dest), or opt in with allow_pickle: true for this "
-        "model (read with torch.load(weights_only=True): tensors only, never code)"
+        "ghostreview.generation.loading.convert_pickle_checkpoint(src, dest), or opt in with allow_pickle: true for "
+        "this model (read with torch.load(weights_only=True): tensors only, never code)"
     )
 
 
@@ -696,7 +698,8 @@ def load_pipeline(checkpoint: Path, family: str, config_dir: Path, *, vae: Path 
     ckpt = inspect_checkpoint(checkpoint, allow_pickle=allow_pickle)
     found = family_from_shapes(ckpt.shapes, str(checkpoint))
     if family in PIPELINE_CLASSES and found != family:
-        raise CheckpointError(f"{checkpoint}: an {found} checkpoint, but family {family!r} was given; set family: {found}")
+        raise CheckpointError(f"{checkpoint}: an {found} checkpoint, but family {family!r} was given; "
+                              f"set family: {found}")
     return open_pipeline(ckpt, family, config_dir, vae=vae, prediction_type=prediction_type, allow_pickle=allow_pickle,
                          dtype=dtype, device=device)
 

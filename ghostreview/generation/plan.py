@@ -83,8 +83,8 @@ def check_lora_files(entries: Iterable[LoraEntry], lora_dir: Path, source: str) 
         names = ", ".join(f"{e.name} -> {lora_dir / e.file}" for e in missing[:5])
         raise BenchmarkError(
             f"{source}: {len(missing)} LoRA file(s) of the benchmark are missing: {names}"
-            f"{' ...' if len(missing) > 5 else ''}. Put the files there (see docs/benchmark.md), or leave the LoRA task "
-            f"out with benchmark.tasks in params.yaml."
+            f"{' ...' if len(missing) > 5 else ''}. Put the files there (see docs/benchmark.md), or leave the LoRA "
+            f"task out with benchmark.tasks in params.yaml."
         )
 
 
@@ -140,7 +140,7 @@ def infotext_for(job: ImageJob, model: ModelIdentity, version: str, lora_hash: C
     Fields in A1111's order and form, including those whose absence A1111 reads as its own default or the user's
     current setting: ``Schedule type`` always explicit (A1111 reads a missing one as the sampler's default, Karras
     for DPM++ 2M), ``RNG: CPU`` (its default is GPU noise; we draw CPU noise), ``VAE`` (``None``: the checkpoint's
-    own), and our prompt encoding (``ghostreview.generation.encode``): ``Emphasis: Original`` and ``Pad conds: True`` (prompt
+    own), and our prompt encoding (``generation.encode``): ``Emphasis: Original`` and ``Pad conds: True`` (prompt
     and negative padded to one length with empty chunks). ``Lora hashes`` holds ``lora_hash(file)``
     (``a1111_lora_hash``): A1111 finds a tag's LoRA by it, since our tags carry benchmark names, not file names.
     ``Version`` does not parse as an A1111 version, so A1111 switches on none of its backward-compatibility options.

@@ -129,7 +129,8 @@ class ImageStore:
             ValueError: ``key`` is not 64 lower-case hex characters.
         """
         if not _KEY.fullmatch(key):
-            raise ValueError(f"store key {key!r} is not a sha256 hex digest (64 lower-case hex characters); see job_key")
+            raise ValueError(f"store key {key!r} is not a sha256 hex digest (64 lower-case hex characters); "
+                             "see job_key")
         return self.root / key[:2] / f"{key}.png"
 
     def meta_path(self, key: str) -> Path:

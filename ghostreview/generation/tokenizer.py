@@ -44,7 +44,8 @@ def open_clip_bpe_path() -> Path:
     """
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("open_clip (it ships the CLIP BPE vocabulary) is missing: pip install open_clip_torch")
+        raise ModuleNotFoundError("open_clip (it ships the CLIP BPE vocabulary) is missing: "
+                                  "pip install open_clip_torch")
     path = Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing from the open_clip install; reinstall open_clip_torch")
@@ -70,7 +71,8 @@ def bytes_to_unicode() -> dict[int, str]:
 @lru_cache(maxsize=2)
 def read_merges(bpe_path: Path) -> tuple[tuple[str, str], ...]:
     """The 48,894 BPE merges (pairs of symbols) in rank order, read from the gzip'd merges file."""
-    lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")
+    with gzip.open(bpe_path) as f:
+        lines = f.read().decode("utf-8").split("\n")
     merges = tuple(tuple(line.split()) for line in lines[1 : N_MERGES + 1])
     bad = [m for m in merges if len(m) != 2]
     if len(merges) != N_MERGES or bad:

@@ -58,7 +58,7 @@ def real_configs(family: str) -> dict[str, dict]:
     """The shipped real-size configs of ``family``: {"model_index": ..., "unet": ..., "scheduler": ..., ...}."""
     root = CONFIGS_ROOT / family
     if not (root / "model_index.json").is_file():
-        raise FileNotFoundError(f"{root}/model_index.json missing: ghostreview/generation/configs/{family} is not shipped")
+        raise FileNotFoundError(f"{root}/model_index.json missing: generation/configs/{family} is not shipped")
     configs = {"model_index": json.loads((root / "model_index.json").read_text())}
     for cfg in sorted(root.glob("*/*.json")):
         configs[cfg.parent.name] = json.loads(cfg.read_text())

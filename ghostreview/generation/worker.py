@@ -62,9 +62,9 @@ def load_spec_pipeline(spec: PipelineSpec):
 
 def pipeline_drawer(pipe, family: str, batch_size: int) -> Callable[[Sequence[ImageJob]], list]:
     """A ``draw_batch`` for :func:`draw_unit` that swaps LoRAs only when a batch needs other ones; every forward
-    holds ``batch_size`` images (see :func:`ghostreview.generation.draw.draw`). Images drawn with a LoRA applied in part carry
+    holds ``batch_size`` images (see :func:`generation.draw.draw`). Images drawn with a LoRA applied in part carry
     ``lora_partial: <status>`` among their flags (a LoRA diffusers applied in part, or failed to load: see
-    :func:`ghostreview.generation.lora.apply_loras`); the images are drawn with the LoRAs that did load, and excluded."""
+    :func:`generation.lora.apply_loras`); the images are drawn with the LoRAs that did load, and excluded."""
     current: list[tuple[LoraSpec, ...]] = [()]
     partial: list[list[str]] = [[]]  # the flags of the active LoRAs
 

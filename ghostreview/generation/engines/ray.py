@@ -1,7 +1,7 @@
 """``generation.engine: ray``: draw one checkpoint's missing images on the actors of a Ray cluster.
 
 The generate stage still plans every image, computes every key and rebuilds its output from the image store; only the
-drawing moves. The work units (batches of missing images, :func:`ghostreview.generation.generate.work_units`) go to a pool of
+drawing moves. The work units (batches of missing images, :func:`generation.generate.work_units`) go to a pool of
 :class:`DrawWorker` actors. Each actor loads the checkpoint once, draws unit after unit (LoRAs are swapped only when a
 unit needs other ones) and puts every image in the store itself, so the driver never holds pixels.
 
@@ -40,7 +40,7 @@ INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray[default]>=2.9') on 
 
 
 def import_ray():
-    """The ``ray`` module, or an EngineError (the generate stage prints it without a traceback) saying how to install it."""
+    """The ``ray`` module, or an EngineError (the stage prints it without a traceback) saying how to install it."""
     try:
         import ray
     except ImportError as exc:
@@ -94,8 +94,8 @@ class DrawWorker:
         import torch
 
         if not spec.checkpoint.path.is_file():
-            raise FileNotFoundError(f"Ray worker {self.name}: checkpoint {spec.checkpoint.path} not found; "
-                                    "every node must see the checkpoint, LoRAs, cache and image store at the same paths")
+            raise FileNotFoundError(f"Ray worker {self.name}: checkpoint {spec.checkpoint.path} not found; every "
+                                    "node must see the checkpoint, LoRAs, cache and image store at the same paths")
         if spec.device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"Ray worker {self.name}: device {spec.device!r} but this node has no usable GPU")
         found = image_runtime(spec.device, getattr(torch, spec.dtype), spec.batch_size)
