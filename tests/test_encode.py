@@ -44,7 +44,7 @@ def test_sd15_plain_prompt_equals_diffusers(sd15):
     cond = encode_prompts(sd15, "sd15", ["a photo of a cat, best quality!"], ["blurry, lowres"])
     pos, neg = sd15.encode_prompt("a photo of a cat, best quality!", "cpu", 1, True, negative_prompt="blurry, lowres")
     assert close(cond.prompt_embeds, pos) and close(cond.negative_prompt_embeds, neg)
-    assert cond.pooled_prompt_embeds is None and cond.truncated is False
+    assert cond.pooled_prompt_embeds is None
 
 
 @pytest.mark.parametrize("negative", ["", "blurry, lowres"])
@@ -133,13 +133,6 @@ def test_break_starts_a_new_chunk(sd15):
     assert cond.prompt_embeds.shape[1] == 154
     assert close(cond.prompt_embeds[:, :77], plain_sd15(sd15, "a red cat"))
     assert close(cond.prompt_embeds[:, 77:], plain_sd15(sd15, "on grass"))
-
-
-def test_max_chunks_truncates_and_says_so(sd15):
-    cond = encode_prompts(sd15, "sd15", ["cat " * 100], [""], max_chunks=1)
-    assert cond.truncated is True and cond.prompt_embeds.shape[1] == 77
-    assert close(cond.prompt_embeds, plain_sd15(sd15, "cat " * 75))
-    assert encode_prompts(sd15, "sd15", ["cat " * 10], [""], max_chunks=1).truncated is False
 
 
 COMMA = 9

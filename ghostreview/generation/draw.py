@@ -193,7 +193,7 @@ def _sub_conditioning(conds: Sequence[Conditioning]) -> Conditioning:
         return None if getattr(conds[0], name) is None else cat(name)
 
     return Conditioning(cat("prompt_embeds"), cat("negative_prompt_embeds"), cat_pooled("pooled_prompt_embeds"),
-                        cat_pooled("negative_pooled_prompt_embeds"), any(c.truncated for c in conds))
+                        cat_pooled("negative_pooled_prompt_embeds"))
 
 
 def _pipe_like(cls, pipe, sampler: str, scheduler_config: dict):

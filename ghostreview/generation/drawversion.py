@@ -9,7 +9,7 @@ rename, a refactor) sets the pin alone.
 """
 
 DRAW_VERSION = "2"
-DRAW_CODE_SHA256 = "de9f18ed91a411aac73314d494cbb8d7e513b81cbc5720e4d8814dbb03b483ee"
+DRAW_CODE_SHA256 = "1badc7c54f13ab62bb553cd0a171bfa09793cf3828b948dfa07b46efa6f43d36"
 
 # What turns an image's key fields into pixels. The test checks that these cover everything they import.
 PIXEL_MODULES = (

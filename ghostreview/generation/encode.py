@@ -54,15 +54,14 @@ class Conditioning:
     """Embeddings ready for a diffusers pipeline call.
 
     Shapes: ``prompt_embeds`` and ``negative_prompt_embeds`` [B, 77*k, D] (D = 768 for SD1.5, 2048 for SDXL);
-    the pooled embeddings [B, P] (SDXL only, P = text_encoder_2's projection size). ``truncated`` is True when a
-    prompt had more chunks than ``max_chunks`` allowed and was cut.
+    the pooled embeddings [B, P] (SDXL only, P = text_encoder_2's projection size). A prompt is never cut: as in
+    A1111, a long prompt takes as many 75-token chunks as it needs.
     """
 
     prompt_embeds: torch.Tensor
     negative_prompt_embeds: torch.Tensor
     pooled_prompt_embeds: torch.Tensor | None = None
     negative_pooled_prompt_embeds: torch.Tensor | None = None
-    truncated: bool = False
 
     def pipeline_kwargs(self) -> dict[str, torch.Tensor | None]:
         """The embedding keyword arguments of a diffusers SD/SDXL pipeline call (pooled ones only when set)."""
@@ -214,22 +213,12 @@ def _pad_chunks(per_prompt: list[list[TokenChunk]], n: int, tokenizer) -> list[T
     return [c for chunks in per_prompt for c in chunks + [empty] * (n - len(chunks))]
 
 
-def _chunk_prompts(enc: _Encoder, texts: Sequence[str], max_chunks: int | None) -> tuple[list[list[TokenChunk]], bool]:
-    """Each text's chunks for ``enc``'s tokenizer, cut to ``max_chunks``; True when a cut happened."""
-    per_prompt = [prompt_chunks(enc.tokenizer, t) for t in texts]
-    truncated = max_chunks is not None and any(len(c) > max_chunks for c in per_prompt)
-    if max_chunks is not None:
-        per_prompt = [c[:max_chunks] for c in per_prompt]
-    return per_prompt, truncated
-
-
 def encode_prompts(
     pipe,
     family: str,
     prompts: Sequence[str],
     negative_prompts: Sequence[str],
     clip_skip: int = 1,
-    max_chunks: int | None = None,
 ) -> Conditioning:
     """Encode positive and negative prompts the way A1111 does (see the module docstring).
 
@@ -237,7 +226,6 @@ def encode_prompts(
         pipe: a diffusers ``StableDiffusionPipeline`` (family "sd15") or ``StableDiffusionXLPipeline`` ("sdxl").
         prompts, negative_prompts: equal-length lists; A1111 emphasis and BREAK allowed, LoRA tags already removed.
         clip_skip: A1111 numbering, 1 = last layer (SD1); SDXL accepts 1 or 2 (penultimate either way).
-        max_chunks: cut prompts to this many 75-token chunks (``truncated`` records it); None = no limit, as A1111.
 
     Returns:
         ``Conditioning`` with [B, 77*k, D] embeddings, k the largest chunk count among all the prompts.
@@ -247,18 +235,16 @@ def encode_prompts(
                          "per prompt")
     if not prompts:
         raise ValueError("no prompts to encode")
-    if max_chunks is not None and max_chunks < 1:
-        raise ValueError(f"max_chunks must be >= 1 or None, got {max_chunks}")
     texts = [*prompts, *negative_prompts]
     encoders = _encoders(pipe, family, clip_skip)
-    chunked = [_chunk_prompts(enc, texts, max_chunks) for enc in encoders]
-    counts = [[len(c) for c in per_prompt] for per_prompt, _ in chunked]
+    chunked = [[prompt_chunks(enc.tokenizer, t) for t in texts] for enc in encoders]
+    counts = [[len(c) for c in per_prompt] for per_prompt in chunked]
     if any(c != counts[0] for c in counts[1:]):
         raise ValueError(f"the two SDXL tokenizers split the prompts into different chunk counts: {counts}")
     n = max(counts[0])
     hidden, pooled = [], None
     with torch.no_grad():
-        for enc, (per_prompt, _) in zip(encoders, chunked):
+        for enc, per_prompt in zip(encoders, chunked, strict=True):
             chunks = _pad_chunks(per_prompt, n, enc.tokenizer)
             ids = torch.tensor([c.ids for c in chunks], dtype=torch.long)
             weights = torch.tensor([c.weights for c in chunks], dtype=torch.float32)
@@ -278,7 +264,6 @@ def encode_prompts(
         negative_prompt_embeds=embeds[b:],
         pooled_prompt_embeds=None if pooled is None else pooled[:b],
         negative_pooled_prompt_embeds=None if pooled is None else pooled[b:],
-        truncated=any(t for _, t in chunked),
     )
 
 
