@@ -1,8 +1,10 @@
-"""The ``ghostreview`` command line: build the demo kit, check params, import LoRA headers, convert CLIP, print results."""
+"""The ``ghostreview`` command line: build the demo kit, check params, import LoRA headers, convert CLIP, print
+results."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -13,7 +15,7 @@ stage_runtime()
 app = typer.Typer(help="GhostReview: reproducible reviews of Stable Diffusion checkpoints.", no_args_is_help=True)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
@@ -21,7 +23,8 @@ def _fail(message: str) -> None:
 @app.command()
 def kit(
     dest: Path = typer.Argument(Path("demo/kit"), help="where to write the demo kit"),
-    benchmark: Path = typer.Option(Path("data/benchmark/v1"), help="benchmark whose LoRA and style names the kit fills"),
+    benchmark: Path = typer.Option(Path("data/benchmark/v1"),
+                                   help="benchmark whose LoRA and style names the kit fills"),
     seed: int = typer.Option(0, help="seed of every random weight and image in the kit"),
 ) -> None:
     """Build the offline demo kit: tiny random-weight checkpoints, LoRAs, scorers and reference images."""
@@ -71,7 +74,9 @@ def cut_benchmark_cmd(
 
 
 @app.command()
-def leaderboard(path: Path = typer.Argument(Path("reports/leaderboard.csv"), help="leaderboard written by the report stage")) -> None:
+def leaderboard(
+    path: Path = typer.Argument(Path("reports/leaderboard.csv"), help="leaderboard written by the report stage"),
+) -> None:
     """Print the leaderboard in the terminal."""
     from ghostreview.analysis.report import print_leaderboard
 
@@ -120,7 +125,8 @@ def convert_clip(
 @app.command("add-model")
 def add_model(
     path: Path = typer.Argument(..., help="single-file checkpoint (.safetensors)"),
-    name: str | None = typer.Option(None, help="model name (slug) in params and stage names; default: from the file name"),
+    name: str | None = typer.Option(None,
+                                    help="model name (slug) in params and stage names; default: from the file name"),
     vae: Path | None = typer.Option(None, help="single-file VAE to draw with"),
     clip_skip: int | None = typer.Option(None, help="clip skip in A1111 numbering (2 for most anime models)"),
     title: str | None = typer.Option(None, help="name shown in the report"),
@@ -146,7 +152,8 @@ def remove_model(
     name: str = typer.Argument(..., help="model name under models in params.yaml"),
     params: Path = typer.Option(Path("params.yaml"), help="params file to edit (comments and order are kept)"),
 ) -> None:
-    """Remove a model from params.yaml with its outputs and dvc.lock entries; `dvc repro` then drops it from the report."""
+    """Remove a model from params.yaml with its outputs and dvc.lock entries; `dvc repro` then drops it from the
+    report."""
     from ghostreview import models_cli
     from ghostreview.validate import ParamsError
 

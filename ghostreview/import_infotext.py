@@ -79,7 +79,8 @@ def _number(value: Any, convert: Callable[[str], Any], bounds: tuple[float, floa
     try:
         number = _parse(text, convert)
     except ValueError:
-        kind = {int: "a whole number", float: "a finite number"}.get(convert, convert.__name__)
+        kinds: dict[Callable[[str], Any], str] = {int: "a whole number", float: "a finite number"}
+        kind = kinds.get(convert, convert.__name__)
         raise ImportInfotextError(f"{path}: infotext {key}: {text[:80]!r} is not {kind}. {fix}") from None
     if bounds is not None and not bounds[0] <= number <= bounds[1]:
         raise ImportInfotextError(f"{path}: infotext {key}: {text[:80]!r} is out of range (allowed {bounds[0]} to "
@@ -271,7 +272,7 @@ def append_entries(table_yaml: Path, entries: Iterable[Mapping[str, Any]], repla
     return unresolved_tags(rows)
 
 
-def _merge(rows: list, entries: list[dict], replace: bool, table_yaml: Path) -> None:
+def _merge(rows: list, entries: list[Mapping[str, Any]], replace: bool, table_yaml: Path) -> None:
     index = {str(r.get("name")): i for i, r in enumerate(rows) if isinstance(r, Mapping)}
     for entry in entries:
         at = index.get(entry["name"])

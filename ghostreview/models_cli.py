@@ -157,7 +157,8 @@ def dump_text(doc: Any, lock: bool = False) -> str:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically (temp file in the same directory, then ``os.replace``); keeps its mode."""
+    """Replace ``path`` with ``text`` atomically (temp file in the same directory, then ``os.replace``); keeps its
+    mode."""
     path = Path(path)
     mode = path.stat().st_mode & 0o777 if path.exists() else None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -301,7 +302,7 @@ def declared_outputs(root: Path, name: str, entry: Mapping[str, Any]) -> dict[st
         with Repo(str(root), uninitialized=True) as repo:  # reads only; a folder without .dvc/ is fine too
             dvcfile = ProjectFile(repo, str(dvc_yaml))
             resolver = dvcfile.resolver
-            models = resolver.context["models"] if "models" in resolver.context else {}
+            models = resolver.context.get("models", {})
             if name not in models:
                 models[name] = dict(entry)
             groups = [g for g, d in resolver.definitions.items()
@@ -370,8 +371,8 @@ def add_model(params_file: Path, checkpoint: Path, *, name: str | None = None, v
     """Validate ``checkpoint`` (and ``vae``), hash it, and add ``models.<name>`` to ``params_file``.
 
     Raises:
-        ModelsError / CheckpointError / validate.ParamsError: unreadable or unsupported files, a bad or duplicate name, or a
-            params file that would not validate afterwards. Nothing is written then.
+        ModelsError / CheckpointError / validate.ParamsError: unreadable or unsupported files, a bad or duplicate
+            name, or a params file that would not validate afterwards. Nothing is written then.
     """
     params_file, checkpoint = Path(params_file), Path(checkpoint)
     root = params_file.parent.resolve()
@@ -435,6 +436,7 @@ def remove_model(params_file: Path, name: str, lock_file: Path | None = None) ->
         raise ModelsError(f"{leftovers} dvc.yaml declares no such stage instance; nothing was deleted")
     removed = remove_outputs(root, list(dict.fromkeys(o for outs in declared.values() for o in outs)))
     if stages:
+        assert lock is not None  # stages are among ``recorded``, which lock_entries finds only in a lock it read
         for stage in stages:
             del lock["stages"][stage]
         write_text_atomic(lock_file, dump_text(lock, lock=True))

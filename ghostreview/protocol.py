@@ -50,8 +50,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 SLUG = re.compile(r"[a-z0-9_]+")
 STYLE_NAME = re.compile(r"[A-Za-z0-9_]+")
-# Any A1111 extra-network tag (<lora:...>, <hypernet:...>, <lyco:...>), as ghostreview.generation.prompts recognises them;
-# LoRA tags themselves are parsed by ghostreview.generation.prompts.extract_lora_tags, the parser generation uses.
+# Any A1111 extra-network tag (<lora:...>, <hypernet:...>, <lyco:...>), as ghostreview.generation.prompts
+# recognises them; LoRA tags themselves are parsed by ghostreview.generation.prompts.extract_lora_tags, the parser
+# generation uses.
 NETWORK_TAG = re.compile(r"<(\w+):([^>]+)>")
 # Line breaks other than "\n": A1111 and ghostreview.generation.infotext split an infotext on "\n" only, other readers
 # (Python's str.splitlines, many viewers) on these as well, so a prompt holding one reads back differently there.
@@ -183,6 +184,8 @@ class Loc:
 def _line(container: Any, key: Any) -> int | None:
     """1-based line of a key or list item in a ruamel round-trip container, None when unknown."""
     lc = getattr(container, "lc", None)
+    if lc is None:  # not a ruamel round-trip container
+        return None
     try:
         pos = lc.key(key) if isinstance(container, dict) else lc.item(key)
     except (AttributeError, KeyError, IndexError, TypeError):
@@ -232,7 +235,8 @@ def read_prompt(value: Any, loc: Loc, negative: bool = False) -> str:
                     "An image's infotext would read that line as the start of the negative prompt: put the negative "
                     "prompt in negative_prompt, or reword the line.")
     infotext = format_infotext("x", text, {"Steps": 1}) if negative else format_infotext(text, "", {"Steps": 1})
-    back = parse_infotext(infotext)[1 if negative else 0]
+    back_prompt, back_negative, _ = parse_infotext(infotext)
+    back = back_negative if negative else back_prompt
     if back != text:
         raise _fail(loc, f"would be read back from an image's infotext as {back[:60]!r}",
                     "Remove the leading or trailing blank lines.")
@@ -425,7 +429,8 @@ def _read_dir_name(value: Any, loc: Loc) -> str:
 
 def _read_style(value: Any, loc: Loc) -> Style:
     f = read_fields(value, loc, {
-        "name": lambda v, l: read_slug(v, l, STYLE_NAME), "template": _read_template, "negative_prompt": read_negative,
+        "name": lambda v, loc: read_slug(v, loc, STYLE_NAME), "template": _read_template,
+        "negative_prompt": read_negative,
     }, {"reference_dir": (_read_dir_name, None)})
     return Style(f["name"], f["template"], f["negative_prompt"], f["reference_dir"] or f["name"])
 
@@ -486,7 +491,7 @@ def read_settings(value: Any, loc: Loc) -> Mapping[str, Any]:
 def lora_entry_from_mapping(data: Any, loc: Loc) -> LoraEntry:
     """One LoRA-table entry, checked field by field (tags are checked against the table by :func:`load_benchmark`)."""
     f = read_fields(data, loc, {
-        "name": read_slug, "title": read_text, "file": lambda v, l: _read_plain_file(v, l, (".safetensors",)),
+        "name": read_slug, "title": read_text, "file": lambda v, loc: _read_plain_file(v, loc, (".safetensors",)),
         "prompt": read_prompt, "negative_prompt": read_negative, "header_images": _read_header_images,
         "default_weight": _read_weight, "made_with": read_str_tuple,
     }, {"source": (read_str, ""), "settings": (read_settings, MappingProxyType({}))})

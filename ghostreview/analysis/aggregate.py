@@ -96,12 +96,12 @@ def made_with_map(bench: Benchmark, models: pd.DataFrame) -> dict[str, list[str]
     A ``made_with`` entry matches a model by its key, its checkpoint file name (without extension) or its AutoV2 hash,
     case-insensitively: Civitai infotext records ``Model`` and ``Model hash`` (AutoV2).
     """
-    aliases: Mapping[str, str] = {}
+    aliases: dict[str, str] = {}
     for row in models.itertuples():
         for alias in (row.model, row.checkpoint_file, row.autov2):
             aliases[str(alias).lower()] = row.model
     out: dict[str, list[str]] = {}
-    for family, entries in bench.loras.items():
+    for entries in bench.loras.values():
         for entry in entries:
             hits = sorted({aliases[m.lower()] for m in entry.made_with if m.lower() in aliases})
             if hits:

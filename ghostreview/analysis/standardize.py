@@ -60,10 +60,16 @@ STD_DDOF = 0
 
 
 class MetricLike(Protocol):
-    """What standardize reads from ``ghostreview.scoring.metric.MetricInfo`` (the registry's records)."""
+    """What standardize reads from ``ghostreview.scoring.metric.MetricInfo`` (the registry's records).
 
-    higher_is_better: bool
-    grouped_by: str
+    Read-only properties, so a frozen dataclass such as ``MetricInfo`` satisfies it.
+    """
+
+    @property
+    def higher_is_better(self) -> bool: ...
+
+    @property
+    def grouped_by(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -208,7 +214,8 @@ def zscore_groups(ok: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame]:
     stats = g.agg(n_values="size", low="min", high="max").reset_index()
     stats["n_models"] = grouped["model"].nunique().to_numpy()
     stats = stats[(stats["n_values"] < 2) | (stats["high"] == stats["low"]) | (stats["n_models"] < 2)].copy()
-    stats["reason"] = [degenerate_reason(n, m, v) for n, m, v in zip(stats["n_values"], stats["n_models"], stats["low"])]
+    stats["reason"] = [degenerate_reason(n, m, v)
+                       for n, m, v in zip(stats["n_values"], stats["n_models"], stats["low"])]
     return z, stats.drop(columns=["low", "high", "n_models"]).reset_index(drop=True)
 
 
@@ -331,7 +338,10 @@ def estimate(name: str, higher: bool, images: pd.DataFrame, design: Design, w: n
     s, c = sum_matrices(design, ok["z"].to_numpy(float), keep)
     point = weighted_means(np.ones((1, s.shape[1])), s, c)[0]
     rows = images[images["metric"] == base_metric]
-    count = lambda status: rows[rows["status"] == status].groupby("model").size().reindex(design.models).fillna(0)
+
+    def count(status: str) -> pd.Series:
+        return rows[rows["status"] == status].groupby("model").size().reindex(design.models).fillna(0)
+
     return MetricEstimate(name, higher, point, weighted_means(w, s, c), c.sum(axis=1).astype(int),
                           count("flagged").to_numpy(int), count("degenerate").to_numpy(int))
 
@@ -351,7 +361,10 @@ def combine(estimates: Sequence[MetricEstimate]) -> MetricEstimate:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices -> NaN, wanted
         p, b = np.nanmean(point, axis=0), np.nanmean(boot, axis=0)
-    total = lambda attr: np.sum([getattr(e, attr) for e in estimates], axis=0)
+
+    def total(attr: str) -> np.ndarray:
+        return np.sum([getattr(e, attr) for e in estimates], axis=0)
+
     return MetricEstimate(COMBINED, True, p, b, total("n_images"), total("n_excluded"), total("n_degenerate"))
 
 

@@ -2,9 +2,9 @@
 
 Where ``ghostreview.kit.sd`` shrinks widths so tests run in seconds, this module keeps the real architectures:
 
-- SD1.5 and SDXL-base checkpoints from the shipped configs (``ghostreview/generation/configs/<family>``), single-file LDM/SGM
-  layout, float16, the real parameter counts (SD1.5 1,066,235,307 = UNet 859.5 M + VAE 83.7 M + CLIP-L 123.1 M;
-  SDXL 3,468,837,867 = UNet 2,567.5 M + VAE + CLIP-L + OpenCLIP-bigG 694.7 M). Values follow
+- SD1.5 and SDXL-base checkpoints from the shipped configs (``ghostreview/generation/configs/<family>``),
+  single-file LDM/SGM layout, float16, the real parameter counts (SD1.5 1,066,235,307 = UNet 859.5 M + VAE 83.7 M
+  + CLIP-L 123.1 M; SDXL 3,468,837,867 = UNet 2,567.5 M + VAE + CLIP-L + OpenCLIP-bigG 694.7 M). Values follow
   ``sd.random_tensor`` (unit activation scale, so float16 neither overflows nor underflows), drawn by one generator
   in the order ``sd.tiny_state_dicts`` uses, and renamed with ``ghostreview.generation.ldm_keys``: applied to the tiny
   configs, :func:`write_checkpoint` writes the same tensors as ``sd.write_tiny_checkpoint`` (tested).
@@ -27,6 +27,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import IO
 
@@ -99,7 +100,8 @@ def ldm_tensors(family: str, configs: Mapping[str, dict], make: Make) -> Iterato
     """
     sd.check_family(family)
     for component, params in component_shapes(family, configs).items():
-        group, part = None, {}
+        group: str | None = None
+        part: dict[str, torch.Tensor] = {}
         for key in sorted(params):
             if part and _group(component, key) != group:
                 yield from _to_ldm(family, component, part, configs).items()
@@ -134,7 +136,8 @@ def write_streaming_safetensors(path: Path, plan: Mapping[str, tuple[torch.dtype
     offset = 0
     for name, (dtype, shape) in plan.items():
         nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape),
+                        "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
@@ -261,7 +264,8 @@ def build_fullsize_kit(dest: Path, bench, seed: int = 0, log: Callable[[str], No
     dest = Path(dest)
     stamp = {"version": KIT_VERSION, "seed": seed}
     if (dest / STAMP).is_file() and json.loads((dest / STAMP).read_text()) != stamp:
-        raise RuntimeError(f"{dest}: a full-size kit of another version or seed ({(dest / STAMP).read_text().strip()}); "
+        found = (dest / STAMP).read_text().strip()
+        raise RuntimeError(f"{dest}: a full-size kit of another version or seed ({found}); "
                            f"delete the directory to rebuild it as {stamp}")
     dest.mkdir(parents=True, exist_ok=True)
     write_text_atomic(dest / STAMP, json.dumps(stamp) + "\n")
@@ -278,24 +282,25 @@ def build_fullsize_kit(dest: Path, bench, seed: int = 0, log: Callable[[str], No
         write_text_atomic(times, json.dumps(spent, indent=1) + "\n")
 
     for family, (_, s) in MODELS.items():
-        once(paths[f"models/{family}"], lambda p, f=family, s=s: write_checkpoint(p, f, seed * 1000 + s))
+        once(paths[f"models/{family}"], partial(write_checkpoint, family=family, seed=seed * 1000 + s))
     once(paths["scorers/clip"], lambda p: write_clip(p, seed))
     once(paths["scorers/aesthetic"], lambda p: write_laion_head(p, seed + 1))
     once(paths["scorers/vgg19"], lambda p: write_vgg19(p, seed + 2))
     for family, entries in bench.loras.items():
         for entry in entries:
             once(paths["loras"] / family / entry.file,
-                 lambda p, f=family, e=entry: write_lora(p, f, CONFIGS_ROOT / f, _seed(seed, f, e.name)))
+                 partial(write_lora, family=family, config_dir=CONFIGS_ROOT / family,
+                         seed=_seed(seed, family, entry.name)))
             for header in entry.header_images:
                 once(paths["lora_headers"] / family / entry.name / header,
-                     lambda p, f=family, e=entry, h=header: write_lora_header(p, e.name, _seed(seed, f, e.name, h),
-                                                                             IMAGE_SIZE))
+                     partial(write_lora_header, name=entry.name, seed=_seed(seed, family, entry.name, header),
+                             size=IMAGE_SIZE))
     for style in bench.styles:
         ref_dir = paths["style_refs"] / style.reference_dir
         if not ref_dir.is_dir():
             start = perf_counter()
-            create_dir_once(ref_dir, lambda d, s=style: write_style_references(d, s.name, REFS_PER_STYLE,
-                                                                              _seed(seed, s.name), IMAGE_SIZE))
+            create_dir_once(ref_dir, partial(write_style_references, style=style.name, n=REFS_PER_STYLE,
+                                             seed=_seed(seed, style.name), size=IMAGE_SIZE))
             spent[str(ref_dir.relative_to(dest))] = round(perf_counter() - start, 1)
             write_text_atomic(times, json.dumps(spent, indent=1) + "\n")
     return spent

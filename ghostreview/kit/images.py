@@ -74,7 +74,7 @@ def paint_pixels(rng: np.random.Generator, w: int, h: int) -> Image.Image:
     pal = _palette(rng, 5)
     levels = np.minimum((noise * len(pal)).astype(int), len(pal) - 1)
     small = Image.fromarray(pal[levels])
-    return small.resize((gw * block, gh * block), Image.NEAREST).crop((0, 0, w, h))
+    return small.resize((gw * block, gh * block), Image.Resampling.NEAREST).crop((0, 0, w, h))
 
 
 def paint_blobs(rng: np.random.Generator, w: int, h: int) -> Image.Image:

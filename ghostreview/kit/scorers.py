@@ -78,7 +78,7 @@ def write_tiny_vgg19(path: Path, seed: int, width_divisor: int = 8) -> Path:
     small random biases make a key mix-up visible. ``.safetensors`` suffix -> safetensors, else torch.save.
     """
     gen = torch.Generator().manual_seed(seed)
-    widths = [max(1, v // width_divisor) for v in VGG19_CFG if v != "M"]
+    widths = [max(1, v // width_divisor) for v in VGG19_CFG if isinstance(v, int)]  # "M": a pool
     state, in_ch = {}, 3
     for idx, out_ch in zip(conv_indices(), widths, strict=True):
         std = math.sqrt(2.0 / (out_ch * 9))

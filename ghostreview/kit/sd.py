@@ -15,6 +15,7 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -164,7 +165,8 @@ def _tokenizer(pad_token: str):
     from transformers import CLIPTokenizer
 
     merges = read_merges(open_clip_bpe_path())
-    return CLIPTokenizer(vocab=build_vocab(merges), merges=list(merges),
+    # transformers annotates merges as list[str], but passes them to tokenizers' BPE, which takes (str, str) pairs
+    return CLIPTokenizer(vocab=build_vocab(merges), merges=cast("list[str]", list(merges)),
                          pad_token=pad_token, model_max_length=77)
 
 

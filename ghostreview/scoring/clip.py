@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 import warnings
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import open_clip
@@ -33,11 +33,30 @@ from ghostreview.scoring.weights import check_state_dict_file, verify_weights, w
 _OPENAI_JIT_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
+class VisionTower(Protocol):
+    """What is read of an open_clip vision tower: the width of its embeddings."""
+
+    output_dim: int
+
+
+class ClipNetwork(Protocol):
+    """What is used of an open_clip model (``open_clip.CLIP``, ``CustomTextCLIP``...): open_clip ships no type
+    information, and ``nn.Module``'s attribute lookup would type ``visual`` and ``encode_*`` as ``Tensor | Module``."""
+
+    visual: VisionTower
+
+    def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]: ...
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor: ...
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor: ...
+
+
 @dataclass
 class ClipModel:
     """A loaded CLIP: eval-mode model, open_clip's inference transform, its tokenizer, and provenance."""
 
-    model: torch.nn.Module
+    model: ClipNetwork
     preprocess: Callable[[Image.Image], torch.Tensor]
     tokenizer: Any
     arch: str

@@ -232,8 +232,9 @@ def _group_refs(rows: Sequence[Mapping[str, str]], task: str, refstats: Path,
         groups[refstats_path(refstats, task, row)].append(row)
     for path, group in groups.items():
         if not path.is_file():
-            what = (f"style {group[0]['item']!r}" if task == "style"
-                    else f"LoRA {group[0]['item']!r} ({group[0]['family']}): was paths.lora_headers.{group[0]['family']} "
+            first = group[0]
+            what = (f"style {first['item']!r}" if task == "style"
+                    else f"LoRA {first['item']!r} ({first['family']}): was paths.lora_headers.{first['family']} "
                          f"empty when refstats ran? Put its header images there (see docs/benchmark.md), then")
             raise FileNotFoundError(f"{path}: no reference statistics for {what} run `dvc repro` (refstats reruns).")
         size = styleloss.read_ref_stats_meta(path)["size"]

@@ -165,7 +165,7 @@ def gram(features: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def style_grams(vgg: nn.Module, images: Tensor) -> list[Tensor]:
+def style_grams(vgg: nn.Sequential, images: Tensor) -> list[Tensor]:
     """Gram matrices at relu1_1..relu5_1: images [B, 3, H, W] in [0, 1] -> five [B, N_l, N_l] float64.
 
     Images are moved to the VGG's device. Runs the layers one by one and takes each Gram right after its ReLU, so
@@ -235,7 +235,7 @@ def stats_from_grams(grams: Iterable[Sequence[Tensor]], size: int, sha256s: Sequ
     return RefStats(tuple(means), m2 / k, k, tuple(sha256s), size)
 
 
-def ref_stats(vgg: nn.Module, images: Iterable[Image.Image], size: int, sha256s: Sequence[str] = ()) -> RefStats:
+def ref_stats(vgg: nn.Sequential, images: Iterable[Image.Image], size: int, sha256s: Sequence[str] = ()) -> RefStats:
     """RefStats of reference images (each resized by :func:`resize_shorter` to ``size``), one image at a time."""
     return stats_from_grams((style_grams(vgg, resize_shorter(im, size)[None]) for im in images), size, sha256s)
 
@@ -253,7 +253,8 @@ def style_loss(grams: list[Tensor], refs: RefStats) -> tuple[Tensor, Tensor]:
     return per_layer_t.mean(dim=1), per_layer_t
 
 
-def image_grams(vgg: nn.Module, images: Iterable[Image.Image], size: int, batch_size: int = 1) -> Iterator[list[Tensor]]:
+def image_grams(vgg: nn.Sequential, images: Iterable[Image.Image], size: int,
+                batch_size: int = 1) -> Iterator[list[Tensor]]:
     """Each image's five Gram matrices ([N_l, N_l] float64, on the VGG's device), in input order.
 
     Images are resized by :func:`resize_shorter`; consecutive images of one shape share a forward of exactly
@@ -277,7 +278,7 @@ def image_grams(vgg: nn.Module, images: Iterable[Image.Image], size: int, batch_
         yield from flush()
 
 
-def image_style_losses(vgg: nn.Module, images: Iterable[Image.Image], refs: RefStats,
+def image_style_losses(vgg: nn.Sequential, images: Iterable[Image.Image], refs: RefStats,
                        batch_size: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """StyleLoss of each image against ``refs``, resized to ``refs.size``: ([N] loss, [N, 5] per layer) float64."""
     losses, layers = [np.zeros(0)], [np.zeros((0, len(LAYERS)))]
@@ -402,7 +403,7 @@ def open_images(paths: Sequence[Path]) -> Iterator[Image.Image]:
         yield im
 
 
-def ref_stats_from_dir(vgg: nn.Module, directory: Path, size: int) -> RefStats:
+def ref_stats_from_dir(vgg: nn.Sequential, directory: Path, size: int) -> RefStats:
     """Validate a reference directory, hash its files, then compute its RefStats."""
     files = validate_reference_dir(directory)
     return ref_stats(vgg, open_images(files), size, [sha256_file(p) for p in files])

@@ -62,7 +62,7 @@ def _open_temp(path: Path) -> tuple[int, Path]:
     raise FileExistsError(f"could not create a temporary file next to {path}")
 
 
-def write_temp(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
+def write_temp(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
     """Write through ``write(file)`` into a new temporary sibling of ``path`` and fsync it; returns its path.
 
     The file already carries ``path``'s mode (when ``path`` exists). The caller moves it into place with
@@ -91,7 +91,7 @@ def move_into_place(tmp: Path, path: Path) -> None:
     fsync_dir(Path(path).parent)
 
 
-def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
+def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
     """Replace ``path`` with what ``write(file)`` writes to a binary file; returns ``path``.
 
     On any error (from ``write`` or the disk) the temporary file is removed and ``path`` is untouched.
@@ -147,7 +147,7 @@ def _fsync_file(path: Path) -> None:
 
 def _fsync_tree(root: Path) -> None:
     """fsync every file and directory under ``root`` (deepest first), ``root`` included."""
-    for parent, dirs, files in os.walk(root, topdown=False):
+    for parent, _dirs, files in os.walk(root, topdown=False):
         for name in files:
             if not os.path.islink(os.path.join(parent, name)):
                 _fsync_file(Path(parent, name))
@@ -177,10 +177,11 @@ def replace_dir(dest: Path, build: Callable[[Path], object]) -> Path:
     """
     dest = Path(dest)
     tmp = _build_temp_dir(dest, build)
-    old: Path | None = _temp_name(dest, ".old")
+    aside = _temp_name(dest, ".old")
+    old: Path | None = aside  # None once it is known there was no old ``dest`` to set aside
     try:
         try:
-            os.rename(dest, old)
+            os.rename(dest, aside)
         except FileNotFoundError:
             old = None
         try:

@@ -58,7 +58,8 @@ def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, d
             raise yaml.constructor.ConstructorError(None, None, "a list or mapping as a key", key_node.start_mark)
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}: each key (and each model name) may appear once", key_node.start_mark
+                None, None, f"duplicate key {key!r}: each key (and each model name) may appear once",
+                key_node.start_mark,
             )
         seen.add(key)
     return loader.construct_mapping(node, deep=deep)
@@ -117,7 +118,7 @@ def _read_text(path: Path) -> io.StringIO:
     except UnicodeDecodeError as exc:
         raise YamlError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8.") from None
     stream = io.StringIO(text)
-    stream.name = str(path)  # type: ignore[misc]  # read by the parsers' Reader for error marks
+    stream.name = str(path)  # read by the parsers' Reader for error marks
     return stream
 
 

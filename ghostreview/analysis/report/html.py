@@ -228,7 +228,9 @@ def grids_html(result: Standardized, shown: Mapping[str, Shown], manifests: Mapp
 
 def csp(script: str, style: str) -> str:
     """Content-Security-Policy allowing only this page's own inline script/style and local or embedded images."""
-    h = lambda s: "'sha256-" + base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() + "'"
+    def h(s: str) -> str:
+        return "'sha256-" + base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() + "'"
+
     return f"default-src 'none'; img-src data: 'self' file:; style-src {h(style)}; script-src {h(script)}"
 
 
@@ -291,7 +293,10 @@ def write_html(result: Standardized, scores: pd.DataFrame, manifests: Mapping[st
     board = leaderboard_frame(result, models)
     pngs = plot_pngs if plot_pngs is not None else render(result, scores, models, metrics)[1]
     order = [m for m in board["model"].astype(str) if m in manifests] + sorted(set(manifests) - set(board["model"]))
-    render_image = lambda r: image_figure(r, str(r["model"]), root, out, thumb_px, embed_max_bytes)
+
+    def render_image(r: Mapping[str, object]) -> str:
+        return image_figure(r, str(r["model"]), root, out, thumb_px, embed_max_bytes)
+
     path = out / "index.html"
     grids = grids_html(result, shown, manifests, order, render_image)
     path.write_text(page_html(result, shown, board, pngs, grids), encoding="utf-8")

@@ -42,8 +42,9 @@ def metric_columns(result: Standardized) -> pd.DataFrame:
     s = result.scores.set_index(["model", "metric"])
     parts = []
     for m in scored_metrics(result):
-        part = s.xs(m, level="metric")[["score", "lo", "hi", "rank", "rank_lo", "rank_hi"]]
-        parts.append(part.rename(columns=lambda c: m if c == "score" else f"{m}_{c}"))
+        columns = ["score", "lo", "hi", "rank", "rank_lo", "rank_hi"]
+        part = s.xs(m, level="metric")[columns]
+        parts.append(part.rename(columns={c: m if c == "score" else f"{m}_{c}" for c in columns}))
     return pd.concat(parts, axis=1)
 
 
@@ -92,9 +93,8 @@ def finite_or_none(value: object) -> object:
         return None
     if isinstance(value, np.generic):
         value = value.item()
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
 
 
@@ -232,7 +232,10 @@ def write_tables(result: Standardized, models: pd.DataFrame, out_dir: str | Path
     paths = {n: out / n for n in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "metrics.json")}
     paths["leaderboard.md"].write_text(leaderboard_markdown(board, result, shown), encoding="utf-8")
     board.to_csv(paths["leaderboard.csv"], index=False)
-    dump = lambda obj: json.dumps(obj, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+
+    def dump(obj: object) -> str:
+        return json.dumps(obj, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+
     paths["leaderboard.json"].write_text(dump(board_records(board)), encoding="utf-8")
     paths["metrics.json"].write_text(dump(metrics_json(board, scored_metrics(result))), encoding="utf-8")
     return paths
