@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 # \A...\Z, not ^...$: "$" also matches before a trailing newline, and a model name with one splits DVC's command line.
 SLUG = re.compile(r"\A[a-z0-9][a-z0-9_-]*\Z")
+# Copied from ghostreview.protocol.TASKS (config is a leaf); tests/test_vocabulary.py keeps the copies equal.
 TASKS = ("general", "style", "lora")
 # The device names params allow. Copied as ghostreview.util.runtime.DEVICE (pick_device refuses any other name too;
 # this leaf may not import it): tests/test_config.py keeps the two equal. Availability: runtime.pick_device.

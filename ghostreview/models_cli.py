@@ -21,9 +21,7 @@ import copy
 import io
 import json
 import os
-import re
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +33,11 @@ from ruamel.yaml.comments import CommentedMap
 
 from ghostreview import validate
 from ghostreview.errors import UserError
-from ghostreview.generation.loading import PICKLE_SUFFIXES, VAE_KEYS, detect_family, read_safetensors_header
-from ghostreview.util.hashing import autov2, file_sha256
+from ghostreview.generation.loading import PICKLE_SUFFIXES, VAE_KEYS, inspect_checkpoint, read_safetensors_header
+from ghostreview.generation.plan import ModelIdentity
+from ghostreview.util.atomic import write_text_atomic
+from ghostreview.util.hashing import file_sha256
+from ghostreview.util.names import model_slug
 
 HASH_CACHE_NAME = "sha256.json"  # under paths.cache: the same file ghostreview.generation.generate reads
 
@@ -46,16 +47,11 @@ class ModelsError(UserError, ValueError):
 
 
 @dataclass(frozen=True)
-class AddedModel:
-    name: str
-    family: str
-    checkpoint: str  # as written to params (relative to the project root when inside it)
-    sha256: str
-    vae_sha256: str | None = None
+class AddedModel(ModelIdentity):
+    """What add-model did: the model's identity, as its generate stage will record it (``plan.ModelIdentity``: name,
+    family, hashes, AutoV2), and the checkpoint path written to its params entry."""
 
-    @property
-    def autov2(self) -> str:
-        return autov2(self.sha256)
+    checkpoint: str = ""  # as written to params (relative to the project root when inside it)
 
 
 @dataclass(frozen=True)
@@ -75,7 +71,7 @@ def slug_from_filename(path: Path | str) -> str:
     Lower case; runs of anything but ``[a-z0-9_-]`` become one ``-``; leading/trailing ``-``/``_`` dropped.
     Raises ModelsError when nothing usable is left (e.g. ``+++.safetensors``).
     """
-    slug = re.sub(r"[^a-z0-9_-]+", "-", Path(path).stem.lower()).strip("-_")
+    slug = model_slug(Path(path).stem)
     if not slug or not validate.is_model_name(slug):
         raise ModelsError(f"{path}: cannot derive a model name from the file name; pass --name SLUG")
     return slug
@@ -154,25 +150,6 @@ def dump_text(doc: Any, lock: bool = False) -> str:
     out = io.StringIO()
     (_lock_yaml() if lock else _params_yaml()).dump(doc, out)
     return out.getvalue()
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically (temp file in the same directory, then ``os.replace``); keeps its
-    mode."""
-    path = Path(path)
-    mode = path.stat().st_mode & 0o777 if path.exists() else None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _last_leaf(node: CommentedMap) -> tuple[CommentedMap, Any]:
@@ -377,7 +354,8 @@ def add_model(params_file: Path, checkpoint: Path, *, name: str | None = None, v
     params_file, checkpoint = Path(params_file), Path(checkpoint)
     root = params_file.parent.resolve()
     source = str(params_file)
-    family = detect_family(checkpoint, allow_pickle=allow_pickle)  # refuses what GhostReview cannot review (SD2)
+    ckpt = inspect_checkpoint(checkpoint, allow_pickle=allow_pickle)  # read once
+    family = ckpt.family  # refuses what GhostReview cannot review (SD2)
     if vae is not None:
         check_vae_file(Path(vae), allow_pickle)
     name = name if name is not None else slug_from_filename(checkpoint)
@@ -391,7 +369,9 @@ def add_model(params_file: Path, checkpoint: Path, *, name: str | None = None, v
     sha = file_sha256(checkpoint, cache)
     vae_sha = file_sha256(Path(vae), cache) if vae is not None else None
     write_text_atomic(params_file, dump_text(doc))
-    return AddedModel(name, family, entry["checkpoint"], sha, vae_sha)
+    return AddedModel(name, family, checkpoint.stem, sha, vae_sha, clip_skip=clip_skip or 1,
+                      random_weights=ckpt.random_weights, vae_file=Path(vae).name if vae else None,
+                      checkpoint=entry["checkpoint"])
 
 
 def remove_model(params_file: Path, name: str, lock_file: Path | None = None) -> RemovedModel:

@@ -7,8 +7,6 @@ CLIPScore) and the reference Gram statistics (shared by every model).
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from ghostreview.scoring.clip import (
 )
 from ghostreview.scoring.table import score_rows
 from ghostreview.scoring.weights import verify_weights
+from ghostreview.util.atomic import replace_dir
 from ghostreview.util.runtime import pick_device
 
 
@@ -206,16 +205,14 @@ def write_refstats(bench: Benchmark, style_dir: Path | None, header_dirs: Mappin
     """
     sets = reference_sets(bench, style_dir, header_dirs)
     vgg, _ = vgg_spec.load()
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for name, files in sets.items():
-        shas = [styleloss.sha256_file(f) for f in files]
-        stats = styleloss.ref_stats(vgg, styleloss.open_images(files), image_size, shas)
-        styleloss.save_ref_stats(stats, tmp / f"{name}.safetensors")
-    tmp.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+
+    def build(tmp: Path) -> None:
+        for name, files in sets.items():
+            shas = [styleloss.sha256_file(f) for f in files]
+            stats = styleloss.ref_stats(vgg, styleloss.open_images(files), image_size, shas)
+            styleloss.save_ref_stats(stats, tmp / f"{name}.safetensors")
+
+    replace_dir(out, build)
     return len(sets)
 
 
