@@ -1,15 +1,15 @@
 """Generation throughput: the plain diffusers call at batch 1 against this project's generate path, on a GPU.
 
-Models: full-size SD1.5 and SDXL-base architectures built from the shipped configs (``ghostreview/generation/configs/sd15``,
-``sdxl``) with diffusers/transformers ``from_config`` and seeded random weights (a forward pass costs the same as
-with real weights). Weights are re-initialised at unit activation scale (the rule of ``ghostreview.kit.sd.
-random_tensor``: N(0, 1/fan_in) matrices, 1 + N(0, 0.1) gains, N(0, 0.1) biases) so half precision neither
-overflows nor underflows more than a real checkpoint would.
+Models: full-size SD1.5 and SDXL-base architectures built from the shipped configs
+(``ghostreview/generation/configs/sd15``, ``sdxl``) with diffusers/transformers ``from_config`` and seeded random
+weights (a forward pass costs the same as with real weights). Weights are re-initialised at unit activation scale (the
+rule of ``ghostreview.kit.sd.random_tensor``: N(0, 1/fan_in) matrices, 1 + N(0, 0.1) gains, N(0, 0.1) biases) so half
+precision neither overflows nor underflows more than a real checkpoint would.
 
 - naive: ``pipe(prompt, negative_prompt, ...)`` once per image (batch 1), float32 as loaded, DPM++ 2M Karras,
   25 steps, CFG 7 (diffusers' default attention processor, which already uses SDPA).
-- project: ``ghostreview.generation.draw.draw`` (A1111 encoding, one CPU generator per image) in batches of 4 on a copy of the
-  pipeline passed through :func:`optimize_pipeline` (float16, explicit SDPA, channels_last, fused QKV, optionally
+- project: ``ghostreview.generation.draw.draw`` (A1111 encoding, one CPU generator per image) in batches of 4 on a copy
+  of the pipeline passed through :func:`optimize_pipeline` (float16, explicit SDPA, channels_last, fused QKV, optionally
   torch.compile). Images are compared with the naive ones (same prompts and seeds): the options must keep the
   mean absolute pixel difference within ``TOLERANCE_MEAN_ABS``.
 - MFU: FLOPs of one UNet call at the CFG batch (2 per image) and of one VAE decode, counted with
@@ -277,12 +277,15 @@ def compare(case: Case, device: str, tiny: bool, compile: bool) -> dict:
     out = {"family": case.family, "size": case.size, "images": case.n,
            "naive_images_per_s": case.n / t.median("naive"), "project_images_per_s": case.n / t.median("project"),
            "ratio": t.ratio("naive", "project"), "flops_per_image": flops,
-           "mean_abs_diff": float(np.mean([d.mean() for d in diffs])), "max_abs_diff": float(max(d.max() for d in diffs))}
+           "mean_abs_diff": float(np.mean([d.mean() for d in diffs])),
+           "max_abs_diff": float(max(d.max() for d in diffs))}
     out["project_tflops"] = flops * out["project_images_per_s"] / 1e12
     out["naive_tflops"] = flops * out["naive_images_per_s"] / 1e12
     label = f"{case.family} {case.size}px"
-    row(f"{label}: naive images/s (median s, min..max)", f"{out['naive_images_per_s']:.3f} ({t.median('naive'):.2f}, {t.spread('naive')})")
-    row(f"{label}: project images/s (median s, min..max)", f"{out['project_images_per_s']:.3f} ({t.median('project'):.2f}, {t.spread('project')})")
+    row(f"{label}: naive images/s (median s, min..max)",
+        f"{out['naive_images_per_s']:.3f} ({t.median('naive'):.2f}, {t.spread('naive')})")
+    row(f"{label}: project images/s (median s, min..max)",
+        f"{out['project_images_per_s']:.3f} ({t.median('project'):.2f}, {t.spread('project')})")
     row(f"{label}: throughput ratio project/naive", f"{out['ratio']:.2f}x")
     row(f"{label}: |pixel diff| mean / max (tolerance {TOLERANCE_MEAN_ABS})",
         f"{out['mean_abs_diff']:.2e} / {out['max_abs_diff']:.2e} "
@@ -290,7 +293,8 @@ def compare(case: Case, device: str, tiny: bool, compile: bool) -> dict:
     row(f"{label}: model FLOPs per image (UNet x {STEPS} + VAE decode)", f"{flops / 1e9:.4g} GFLOP")
     if gpu:
         row(f"{label}: MFU project / naive (vs {H100_PEAK_FLOPS / 1e12:.0f} TFLOP/s)",
-            f"{out['project_tflops'] * 1e12 / H100_PEAK_FLOPS:.1%} / {out['naive_tflops'] * 1e12 / H100_PEAK_FLOPS:.1%}")
+            f"{out['project_tflops'] * 1e12 / H100_PEAK_FLOPS:.1%} / "
+            f"{out['naive_tflops'] * 1e12 / H100_PEAK_FLOPS:.1%}")
     else:
         row(f"{label}: achieved GFLOP/s project / naive (no MFU off GPU)",
             f"{out['project_tflops'] * 1e3:.3g} / {out['naive_tflops'] * 1e3:.3g}")

@@ -11,7 +11,8 @@ without generated data and the kit) into a temp dir, ``git init`` and commit, bu
   model's 6 stages plus standardize and report.
 - full: a fresh workspace whose params list the 4 models from the start; the timed `dvc repro` runs everything.
 Both use the demo's params.yaml unchanged otherwise (full demo benchmark: 30 prompts, 9 styles, 16 LoRAs per family,
-1 image each). ``--quick`` cuts the benchmark with ``ghostreview.protocol.cut_benchmark`` (2 prompts, 2 styles, 2 LoRAs per family).
+1 image each). ``--quick`` cuts the benchmark with ``ghostreview.protocol.cut_benchmark`` (2 prompts, 2 styles, 2 LoRAs
+per family).
 The kit is built once with the CLI and copied into each workspace (its build is deterministic: byte-identical files).
 """
 

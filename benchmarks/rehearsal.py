@@ -403,9 +403,9 @@ def markdown(r: Rehearsal) -> str:
               + f" ({s['images_per_model']} images per checkpoint)",
               f"- Generation: {s['generation']}", f"- Scoring: {s['scoring']}"]
     if not gpu:
-        lines.append(f"- Changed from v1 to fit 2 cores: base size, steps and hires steps (above), and the scorers' batch "
-                     f"({CPU_SCORING_BATCH} instead of 16: every scorer forward is padded to the batch size, so with 2 "
-                     f"to 8 images per stage a batch of 16 would compute 2x to 8x the images)")
+        lines.append("- Changed from v1 to fit 2 cores: base size, steps and hires steps (above), and the scorers' "
+                     f"batch ({CPU_SCORING_BATCH} instead of 16: every scorer forward is padded to the batch size, so "
+                     "with 2 to 8 images per stage a batch of 16 would compute 2x to 8x the images)")
     lines.append("")
     if r.kit_build_s:
         lines += ["Kit build (once, cached in the kit directory; not part of the review): "
@@ -440,7 +440,8 @@ def markdown(r: Rehearsal) -> str:
         lines += ["", "Extrapolated to the full v1 protocol per checkpoint (fixed + per-image seconds fitted from the "
                       "two passes). The fixed part holds one LoRA load (the cut benchmark has one LoRA; v1 has 16 per "
                       "family, so add 15 loads) and each stage's process start and model load:", "",
-                  "| checkpoint | stage | fixed s | s / image | v1 images | v1 minutes |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+                  "| checkpoint | stage | fixed s | s / image | v1 images | v1 minutes |",
+                  "| --- | --- | ---: | ---: | ---: | ---: |"]
         for model, ex in r.extrapolation.items():
             for name, row in ex["stages"].items():
                 lines.append(f"| {model} | {name} | {row['fixed_s']:.1f} | {row['per_image_s']:.3f} | "
@@ -473,7 +474,8 @@ def settings_text(params: dict, passes: tuple[dict, ...]) -> dict:
     return {
         "generation": f"{g['sampler']}, {g['steps']} steps, CFG {g['cfg_scale']}, {g['width']}x{g['height']}, batch "
                       f"{g['batch_size']}, hires x{h['scale']} ({h['upscaler']}) {h['steps']} steps at denoising "
-                      f"{h['denoising_strength']}, device {g['device']}, dtype {g['dtype']}, cpu_threads {g['cpu_threads']}",
+                      f"{h['denoising_strength']}, device {g['device']}, dtype {g['dtype']}, "
+                      f"cpu_threads {g['cpu_threads']}",
         "scoring": f"CLIP {sc['clip']['arch']} (224 px), LAION head, VGG19 at image_size {sc['style']['image_size']}, "
                    f"batch {sc['batch_size']}, device {sc['device']}, cpu_threads {sc['cpu_threads']}",
         "models": ", ".join(f"`{MODEL_KEYS[f]}` ({counts[f] / 1e9:.3f} B parameters, fp16 LDM safetensors)"

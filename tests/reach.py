@@ -104,7 +104,7 @@ def dvc_stages(data: Mapping) -> dict[str, Stage]:
         instances = [(f"{group}@{k}", k, body["do"]) for k in data["models"]] if "foreach" in body else [
             (group, None, body)]
         for name, model, s in instances:
-            def sub(text: str) -> str:
+            def sub(text: str, model=model) -> str:
                 def one(m: re.Match) -> str:
                     expr = m.group(1)
                     if expr == "key":
@@ -342,7 +342,7 @@ def write_spread_head(path: Path) -> Path:
 
     u = torch.randn(768, generator=torch.Generator().manual_seed(0))
     state = {}
-    for i, (name, (out_f, in_f)) in enumerate(LAYERS):
+    for name, (out_f, in_f) in LAYERS:
         weight = torch.zeros(out_f, in_f)
         weight[0, 0] = 1.0  # carry the first coordinate through
         state[f"{name}.weight"], state[f"{name}.bias"] = weight, torch.zeros(out_f)

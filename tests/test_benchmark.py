@@ -324,7 +324,8 @@ def test_cut_benchmark_keeps_schema_seeds_and_comments(tmp_path):
         assert len(names) == 2 and all("<lora:" not in e.prompt for e in cut.loras[family])
         assert names == [e.name for e in full.loras[family] if "<lora:" not in e.prompt][:2]
     assert dict(cut.base_seeds) == dict(full.base_seeds)  # the same seeds: cut results are the full run's subset
-    assert {t: c.images_per_item for t, c in cut.counts.items()} == {t: c.images_per_item for t, c in full.counts.items()}
+    assert ({t: c.images_per_item for t, c in cut.counts.items()}
+            == {t: c.images_per_item for t, c in full.counts.items()})
     assert cut.images_per_checkpoint == 3 * 32 + 2 * 32 + 2 * 20
     for name in ("prompts.yaml", "loras_sd15.yaml"):  # the files' documentation comes along
         head = (V1 / name).read_text().splitlines()[0]

@@ -196,7 +196,8 @@ def test_a_garbled_or_stale_embeddings_file_is_a_user_error_naming_it(tmp_path):
     with pytest.raises(UserError, match=r"m\.npz is not a readable embeddings artifact.*dvc repro"):
         gclip.load_embeddings(bad)
     good = gclip.save_embeddings(tmp_path / "ok.npz", gclip.Embeddings(["h1"], np.ones((1, 4), np.float32), "a", "s"))
-    with pytest.raises(UserError, match=r"ok\.npz: 1 images of the manifest have no embedding \(first: h2\).*dvc repro"):
+    with pytest.raises(UserError,
+                       match=r"ok\.npz: 1 images of the manifest have no embedding \(first: h2\).*dvc repro"):
         gclip.load_embeddings(good).rows(["h1", "h2"], str(good))
 
 

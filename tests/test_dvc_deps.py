@@ -204,15 +204,16 @@ def is_docstring(stmt: ast.stmt | None) -> bool:
 
 def without_docstrings(tree: ast.AST) -> ast.AST:
     for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            if is_docstring(node.body[0] if node.body else None):
-                node.body = node.body[1:]
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and is_docstring(
+                node.body[0] if node.body else None):
+            node.body = node.body[1:]
     return tree
 
 
 def canonical(node) -> str:
     """The AST as text: node types and fields, no positions. Empty fields are left out, so that a field a newer Python
-    adds empty (``type_params`` in 3.12) keeps the text, and with it the pin, the same (``ast.dump`` changed in 3.13)."""
+    adds empty (``type_params`` in 3.12) keeps the text, and with it the pin, the same (``ast.dump`` changed in
+    3.13)."""
     if isinstance(node, ast.AST):
         fields = ((f, v) for f in node._fields if (v := getattr(node, f, None)) not in (None, []))
         return f"{type(node).__name__}({','.join(f'{f}={canonical(v)}' for f, v in fields)})"

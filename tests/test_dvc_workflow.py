@@ -237,7 +237,8 @@ def test_reverting_restores_every_output_from_the_run_cache(review):
     git(ws, "checkout", "--", "params.yaml", "data/benchmark/small/prompts.yaml")
     out = dvc(ws, "repro")
     assert ran(out) == set()
-    assert restored(out) == instances(A, ("generate", "embed", "aesthetic")) | instances(B, ("generate", "embed", "aesthetic"))
+    assert restored(out) == (instances(A, ("generate", "embed", "aesthetic"))
+                             | instances(B, ("generate", "embed", "aesthetic")))
     assert "up to date" in dvc(ws, "status").lower()
     assert git(ws, "status", "--porcelain").strip() == ""  # dvc.lock is the committed one again
     for m in (A, B):  # images, manifests and scores byte-identical to before the change

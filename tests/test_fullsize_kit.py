@@ -1,5 +1,6 @@
 """Full-size stand-ins (ghostreview.kit.fullsize): the streamed LDM writer, checked on the tiny configs against the
-tiny kit, and the full-size plan (key set, parameter counts, family) on the meta device. No full-size file is written."""
+tiny kit, and the full-size plan (key set, parameter counts, family) on the meta device. No full-size file is
+written."""
 
 import os
 

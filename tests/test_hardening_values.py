@@ -167,7 +167,8 @@ def scorer_files(root: Path, **replace: str) -> dict:
 def test_check_weights_names_the_key_of_pickled_or_broken_weights(tmp_path):
     pickle_payload(tmp_path / "evil.pth", tmp_path / "ran")
     (tmp_path / "junk.safetensors").write_bytes(b"<html>log in</html>")
-    params = parse_params(scorer_files(tmp_path, **{"aesthetic.weights": "evil.pth", "clip.weights": "junk.safetensors"}))
+    params = parse_params(scorer_files(tmp_path,
+                                       **{"aesthetic.weights": "evil.pth", "clip.weights": "junk.safetensors"}))
     check_files(params, tmp_path)  # they exist and are files
     with pytest.raises(ConfigError) as err:
         validate.check_weights(params, tmp_path, "params.yaml")
@@ -204,7 +205,7 @@ def test_a_file_where_the_config_directory_belongs_is_refused(tmp_path):
         check_files(params, tmp_path)
 
 
-# --------------------------------------------------------------------------------------- 8. values the pipeline can't use
+# ------------------------------------------------------------------------------------- 8. values the pipeline can't use
 
 
 def base(**sections) -> dict:
@@ -216,15 +217,18 @@ def base(**sections) -> dict:
 BAD_VALUES = {
     "cfg NaN": (base(generation={"cfg_scale": math.nan}), ["generation.cfg_scale = nan", "finite"]),
     "cfg inf": (base(generation={"cfg_scale": math.inf}), ["generation.cfg_scale = inf", "finite"]),
-    "hires scale 0": (base(generation={"hires": {"scale": 0.0}}), ["generation.hires.scale = 0", "at least 1", "1 <= scale <= 4"]),
+    "hires scale 0": (base(generation={"hires": {"scale": 0.0}}),
+                      ["generation.hires.scale = 0", "at least 1", "1 <= scale <= 4"]),
     "hires scale negative": (base(generation={"hires": {"scale": -2}}), ["generation.hires.scale = -2"]),
     "hires scale 1000": (base(generation={"hires": {"scale": 1000}}), ["generation.hires.scale = 1000"]),
     "hires scale 0 while disabled": (base(generation={"hires": {"enabled": False, "scale": 0}}), ["hires.scale = 0"]),
-    "width 65536": (base(generation={"width": 65536}), ["generation.width = 65536", "at most 2048", "8 <= width <= 2048"]),
+    "width 65536": (base(generation={"width": 65536}),
+                    ["generation.width = 65536", "at most 2048", "8 <= width <= 2048"]),
     "steps 10**30": (base(generation={"steps": 10**30}), ["generation.steps = ", "1 <= steps <= 150"]),
     "style image_size": (base(scoring={"style": {"image_size": 100000}}),
                          ["scoring.style.image_size = 100000", "16 <= image_size <= 2048"]),
-    "confidence 1.5": (base(standardize={"confidence": 1.5}), ["standardize.confidence = 1.5", "less than 1", "0 < confidence < 1"]),
+    "confidence 1.5": (base(standardize={"confidence": 1.5}),
+                       ["standardize.confidence = 1.5", "less than 1", "0 < confidence < 1"]),
     "confidence 1": (base(standardize={"confidence": 1}), ["standardize.confidence = 1.0"]),
     "confidence NaN": (base(standardize={"confidence": math.nan}), ["standardize.confidence = nan", "finite"]),
     "seed -1": (base(standardize={"seed": -1}), ["standardize.seed = -1", "0 <= seed <= 4294967295"]),

@@ -21,7 +21,8 @@ from ghostreview.kit import sd
 torch.set_num_threads(1)
 
 OTHER = {"sd15": "sdxl", "sdxl": "sd15"}
-# kohya name -> diffusers module (written out by hand from the two layouts, independent of ghostreview.generation.ldm_keys)
+# kohya name -> diffusers module (written out by hand from the two layouts, independent of
+# ghostreview.generation.ldm_keys)
 PROBES = {
     "sd15": [("lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k", "unet",
               "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"),
@@ -236,10 +237,11 @@ def test_modules_a_file_targets_that_got_no_delta_are_named(broken):
         expected = torch.nn.functional.linear(x, w + (lora_delta(path, name, w.shape) if changed else 0), b)
         with torch.no_grad():
             assert torch.allclose(pipe.text_encoder.get_submodule(module)(x), expected, atol=1e-5), module
-    assert problems["halfway"] == lora.partial_status("halfway", sorted(missing)) == ("partial: halfway: no delta on 36 targeted modules: "
-                      "lora_te_text_model_encoder_layers_*_self_attn_k_proj (12), "
-                      "lora_te_text_model_encoder_layers_*_self_attn_q_proj (12), "
-                      "lora_te_text_model_encoder_layers_*_self_attn_v_proj (12)")
+    assert problems["halfway"] == lora.partial_status("halfway", sorted(missing)) == (
+        "partial: halfway: no delta on 36 targeted modules: "
+        "lora_te_text_model_encoder_layers_*_self_attn_k_proj (12), "
+        "lora_te_text_model_encoder_layers_*_self_attn_q_proj (12), "
+        "lora_te_text_model_encoder_layers_*_self_attn_v_proj (12)")
 
 
 def test_a_file_diffusers_cannot_read_is_unsupported_before_any_model_work(broken):

@@ -78,7 +78,8 @@ def test_add_model_appends_one_entry_keeps_the_rest_and_hashes_like_hashlib(proj
     added = add_model(project / "params.yaml", ckpt, clip_skip=2)
     after = (project / "params.yaml").read_text()
 
-    assert diff(before, after) == ["+   my_model:", "+     checkpoint: models/My_Model.safetensors", "+     clip_skip: 2"]
+    assert diff(before, after) == ["+   my_model:", "+     checkpoint: models/My_Model.safetensors",
+                                   "+     clip_skip: 2"]
     assert after.startswith(before)  # models is the last section: the new entry is appended, nothing else moves
     sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert (added.name, added.family, added.sha256, added.autov2) == ("my_model", "sd15", sha, sha[:10])
@@ -90,7 +91,8 @@ def test_add_model_appends_one_entry_keeps_the_rest_and_hashes_like_hashlib(proj
 
 def test_vae_title_and_a_checkpoint_outside_the_project(project, tmp_path_factory):
     elsewhere = tmp_path_factory.mktemp("elsewhere")
-    ckpt = write_tensors(elsewhere / "xl.safetensors", {UNET: (8, 4, 3, 3), SDXL_KEYS[0]: (16, 8), SDXL_KEYS[1]: (77, 8)})
+    ckpt = write_tensors(elsewhere / "xl.safetensors",
+                         {UNET: (8, 4, 3, 3), SDXL_KEYS[0]: (16, 8), SDXL_KEYS[1]: (77, 8)})
     vae = write_tensors(project / "vae" / "fix.safetensors", {"encoder.conv_in.weight": (4, 3, 3, 3)})
     added = add_model(project / "params.yaml", ckpt, name="xl-test", vae=vae, title="XL test")
     entry = yaml.safe_load((project / "params.yaml").read_text())["models"]["xl-test"]
@@ -119,7 +121,8 @@ def test_pickle_checkpoint_only_with_allow_pickle(project):
 
 
 def test_first_model_into_an_empty_models_section(tmp_path):
-    text = "# settings\nmodels:                # add checkpoints with ghostreview add-model\n\nstandardize:\n  seed: 0\n"
+    text = ("# settings\nmodels:                # add checkpoints with ghostreview add-model\n\n"
+            "standardize:\n  seed: 0\n")
     (tmp_path / "params.yaml").write_text(text)
     add_model(tmp_path / "params.yaml", sd15(tmp_path / "a.safetensors"))
     after = (tmp_path / "params.yaml").read_text()

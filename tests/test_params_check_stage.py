@@ -76,7 +76,8 @@ def workspace(tmp_path):
 TYPOS = [  # (edit of params.yaml, the message expected)
     (lambda t: t + "generaton:\n  steps: 30\n", r'unknown key generaton\. Did you mean "generation"\?'),
     # under a section no stage tracks as a whole (each scoring stage tracks only the scoring.* entries it reads)
-    (lambda t: t.replace("\n  batch_size: 16 ", "\n  batchsize: 16 "), r'unknown key scoring\.batchsize\. Did you mean'),
+    (lambda t: t.replace("\n  batch_size: 16 ", "\n  batchsize: 16 "),
+     r'unknown key scoring\.batchsize\. Did you mean'),
 ]
 
 

@@ -295,7 +295,7 @@ def test_every_leaf_key_has_a_probe_or_a_documented_reason(label):
     missing = sorted({pattern(k) for k in LEAVES[label] if not probes_for(label, k) and (label, pattern(k)) not in
                       NO_EFFECT})
     assert not missing, f"{label}: no probe shows that these keys do anything: {missing}"
-    for (f, key), why in NO_EFFECT.items():
+    for f, key in NO_EFFECT:
         if f == label:
             assert any(pattern(k) == key for k in LEAVES[label]), f"NO_EFFECT lists {key}, which {label} lacks"
             acts = [p for p in probes_for(label, key) if p.when] + [

@@ -8,6 +8,7 @@ gave a Python traceback before. The scorer files are placeholders: every case mu
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import os
@@ -97,17 +98,17 @@ def stderr_of(workspace):
     ws, _ = workspace
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", DVC_NO_ANALYTICS="1")
     running = {}
-    for case, (script, *args) in CASES.items():
-        err = open(ws / f"{case}.stderr", "w+", encoding="utf-8")
-        proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / f"{script}.py"), *args], cwd=ws, env=env,
-                                stdout=subprocess.DEVNULL, stderr=err, text=True)
-        running[case] = (proc, err)
     out = {}
-    for case, (proc, err) in running.items():
-        proc.wait(timeout=300)
-        err.seek(0)
-        out[case] = (proc.returncode, err.read())
-        err.close()
+    with contextlib.ExitStack() as files:
+        for case, (script, *args) in CASES.items():
+            err = files.enter_context(open(ws / f"{case}.stderr", "w+", encoding="utf-8"))
+            proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / f"{script}.py"), *args], cwd=ws, env=env,
+                                    stdout=subprocess.DEVNULL, stderr=err, text=True)
+            running[case] = (proc, err)
+        for case, (proc, err) in running.items():
+            proc.wait(timeout=300)
+            err.seek(0)
+            out[case] = (proc.returncode, err.read())
     return out
 
 

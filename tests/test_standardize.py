@@ -166,7 +166,7 @@ def test_lora_groups_pool_within_family():
     scores.loc[(scores["model"] == "c") & (scores["item"] == "L1"), "flags"] = ""  # an sdxl model scored on L1
     r = standardize(scores, models_table(**families), METRICS, {}, n_boot=10)
     ok = r.images[r.images["status"] == "ok"]
-    for (item, fam), g in ok.groupby(["item", "family"]):
+    for (_, fam), g in ok.groupby(["item", "family"]):
         assert (g["pool"] == fam).all()
         assert g["z"].tolist() == pytest.approx(plain_z(g["value"].tolist()), abs=1e-12)
     # c's L1 images form their own sdxl pool instead of mixing with sd1's (values near 10 vs near 1); alone in that
@@ -192,7 +192,10 @@ def test_notm_excludes_items_made_with_the_model():
     r = standardize(scores, models_table(**families), METRICS, {"L1": ["a"], "L2": ["a", "b"], "L9": ["zz"]},
                     n_boot=30)
     ok = r.images[r.images["status"] == "ok"]
-    z = lambda m, items: ok[(ok["model"] == m) & ok["item"].isin(items)]["z"].mean()
+
+    def z(m, items):
+        return ok[(ok["model"] == m) & ok["item"].isin(items)]["z"].mean()
+
     assert score(r, "a", "loraloss_notm") == pytest.approx(z("a", ["L3"]))
     assert score(r, "b", "loraloss_notm") == pytest.approx(z("b", ["L1", "L3"]))
     assert score(r, "c", "loraloss_notm") == pytest.approx(score(r, "c", "loraloss"))
@@ -216,8 +219,10 @@ def test_bootstrap_equals_plain_loop_over_resampled_items():
     strata = {"general": [f"p{i}" for i in range(4)], "style": [f"s{i}" for i in range(3)]}
     gen = np.random.default_rng(seed)
     draws = {task: gen.integers(0, len(items), size=(n_boot, len(items) - 1)) for task, items in strata.items()}
-    resampled = lambda metric, m, task: [statistics.fmean(v for u in d for v in z[(metric, m, strata[task][u])])
-                                         for d in draws[task]]
+
+    def resampled(metric, m, task):
+        return [statistics.fmean(v for u in d for v in z[(metric, m, strata[task][u])]) for d in draws[task]]
+
     boot = {(metric, m): resampled(metric, m, TASK[metric]) for metric in ("aesthetic", "clipscore", "styleloss")
             for m in models}
     for m in models:  # the same draw serves every metric: combined = mean of oriented scores per resample

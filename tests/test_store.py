@@ -265,7 +265,7 @@ def test_link_into_checks_the_byte_copy_too(tmp_path, monkeypatch):
     assert files_under(tmp_path / "out") == []
 
 
-# ------------------------------------------------------------------------------------------------ ghostreview store verify
+# --------------------------------------------------------------------------------------------- ghostreview store verify
 
 
 def verify(*args):

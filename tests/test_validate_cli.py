@@ -89,7 +89,8 @@ def test_bad_images_weights_devices_and_paths_are_listed_without_a_traceback(pro
     text = text.replace(f"weights: {project}/demo/kit/scorers/laion_head.pth", f"weights: {tmp_path / 'head.pth'}")
     (tmp_path / "vae").mkdir()
     text = text.replace("    title: Demo SD1.5 A", f"    vae: {tmp_path / 'vae'}\n    title: Demo SD1.5 A", 1)
-    text = text.replace("  device: auto                    # auto, cpu", "  device: cuda                    # auto, cpu")
+    text = text.replace("  device: auto                    # auto, cpu",
+                        "  device: cuda                    # auto, cpu")
     (tmp_path / "params.yaml").write_text(text)
 
     result = validate(tmp_path / "params.yaml")

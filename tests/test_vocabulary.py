@@ -168,7 +168,8 @@ def _renames(tree: ast.Module) -> list[int]:
             lines.append(node.lineno)
         elif f.attr in ("rename", "replace") and len(node.args) == 1 and not node.keywords and not (
                 isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
-            lines.append(node.lineno)  # not str.replace (two arguments), DataFrame.rename (keywords), Series.rename("z")
+            # not str.replace (two arguments), DataFrame.rename (keywords), Series.rename("z")
+            lines.append(node.lineno)
     return lines
 
 
@@ -271,7 +272,8 @@ def test_every_slug_function_uses_the_one_rule():
     assert sorted(set(allowed) - found) == [], "switched: take it off the allow-list"
 
 
-HINT_COPIES = {"ghostreview/config.py": "the leaf's marked copy of did_you_mean (test_configs_copy_of_did_you_mean_agrees)"}
+HINT_COPIES = {
+    "ghostreview/config.py": "the leaf's marked copy of did_you_mean (test_configs_copy_of_did_you_mean_agrees)"}
 HINT_PENDING = {
 }
 
@@ -333,7 +335,8 @@ def test_only_yamlio_builds_a_strict_loader():
     """No other module subclasses PyYAML's loaders or sizes a composed node graph."""
     found = {path for path, tree in TREES.items()
              if "get_single_node" in _calls(tree) or any(
-                 isinstance(n, ast.ClassDef) and any("Loader" in ast.unparse(b) for b in n.bases) for n in ast.walk(tree))}
+                 isinstance(n, ast.ClassDef) and any("Loader" in ast.unparse(b) for b in n.bases)
+                 for n in ast.walk(tree))}
     found.discard("ghostreview/util/yamlio.py")
     assert sorted(found) == [], "use ghostreview.util.yamlio"
 
@@ -367,7 +370,8 @@ def test_each_shared_list_is_assigned_by_its_owner_only():
 
 
 def test_score_rows_means_one_thing():
-    """``scoring.table.score_rows`` builds tidy score rows; standardize's per-model output rows are ``estimate_rows``."""
+    """``scoring.table.score_rows`` builds tidy score rows; standardize's per-model output rows are
+    ``estimate_rows``."""
     found = {path for path, tree in TREES.items() for f in _functions(tree) if f.name == "score_rows"}
     assert found == {"ghostreview/scoring/table.py"}
 
