@@ -25,9 +25,10 @@ from typing import IO
 _TRIES = 16  # name clashes of 64 random bits: one is already a miracle
 
 
-def fsync_dir(directory: Path) -> None:
-    """fsync ``directory`` itself, which makes the renames and creations inside it durable."""
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """fsync a closed file or a directory by path: a directory's fsync makes the renames and creations inside it
+    durable; a file's flushes its data (Linux flushes through any descriptor, read-only included)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -88,7 +89,7 @@ def write_temp(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
 def move_into_place(tmp: Path, path: Path) -> None:
     """``os.replace(tmp, path)``, then fsync ``path``'s directory; ``tmp`` must be a complete, fsynced sibling."""
     os.replace(tmp, path)
-    fsync_dir(Path(path).parent)
+    fsync_path(Path(path).parent)
 
 
 def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
@@ -129,20 +130,11 @@ def save_atomic(path: Path, save: Callable[[Path], object]) -> Path:
         save(tmp)
         if mode is not None:
             os.chmod(tmp, mode)
-        _fsync_file(tmp)
+        fsync_path(tmp)
         move_into_place(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
-
-
-def _fsync_file(path: Path) -> None:
-    """fsync a closed file by path (Linux flushes a file's data through any descriptor, read-only included)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -150,8 +142,8 @@ def _fsync_tree(root: Path) -> None:
     for parent, _dirs, files in os.walk(root, topdown=False):
         for name in files:
             if not os.path.islink(os.path.join(parent, name)):
-                _fsync_file(Path(parent, name))
-        fsync_dir(Path(parent))
+                fsync_path(Path(parent, name))
+        fsync_path(Path(parent))
 
 
 def _build_temp_dir(dest: Path, build: Callable[[Path], object]) -> Path:
@@ -190,7 +182,7 @@ def replace_dir(dest: Path, build: Callable[[Path], object]) -> Path:
             if old is not None:
                 os.rename(old, dest)  # put the old tree back: the target stays untouched
             raise
-        fsync_dir(dest.parent)
+        fsync_path(dest.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if old is not None:
@@ -218,7 +210,7 @@ def create_dir_once(dest: Path, build: Callable[[Path], object]) -> Path:
     tmp = _build_temp_dir(dest, build)
     try:
         os.rename(tmp, dest)  # rename, not replace: refuses to land on a directory another builder just made
-        fsync_dir(dest.parent)
+        fsync_path(dest.parent)
     except OSError:
         if not dest.is_dir():
             raise
