@@ -1,23 +1,60 @@
 """The ``ghostreview`` command line: build the demo kit, check params, import LoRA headers, convert CLIP, print
-results."""
+results.
+
+Nothing heavy is imported at module level: ``ghostreview --help``, ``--version``, ``leaderboard``, ``cut-benchmark``,
+``import-infotext`` and ``store verify`` never load torch (tests/test_cli.py checks ``sys.modules``). The commands that
+load torch, diffusers or open_clip call :func:`_model_runtime` first, which sets the offline environment before any
+of them is imported.
+"""
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import NoReturn
 
 import typer
 
-from ghostreview.util.runtime import stage_runtime
-
-stage_runtime()
-
 app = typer.Typer(help="GhostReview: reproducible reviews of Stable Diffusion checkpoints.", no_args_is_help=True)
 
 
 def _fail(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    """``error: <line>`` on stderr for each line of ``message`` (a check may list several), then exit status 2."""
+    for line in message.splitlines() or [""]:
+        typer.secho(f"error: {line}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+def _model_runtime() -> None:
+    """The stages' runtime (hub calls fail at once, denormals flushed) for a command that loads models: imports torch,
+    so only those commands call it, before they import diffusers, transformers or open_clip."""
+    from ghostreview.util.runtime import stage_runtime
+
+    stage_runtime()
+
+
+def _version() -> str:
+    """The installed package's version (importlib.metadata), as pip reports it."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("ghostreview")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed: run `pip install -e .` in the repository)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"ghostreview {_version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="print the installed version and exit"),
+) -> None:
+    """GhostReview: reproducible reviews of Stable Diffusion checkpoints."""
 
 
 @app.command()
@@ -28,6 +65,7 @@ def kit(
     seed: int = typer.Option(0, help="seed of every random weight and image in the kit"),
 ) -> None:
     """Build the offline demo kit: tiny random-weight checkpoints, LoRAs, scorers and reference images."""
+    _model_runtime()
     from ghostreview.kit.demo import build_demo_kit
     from ghostreview.protocol import load_benchmark
 
@@ -44,12 +82,11 @@ def validate(params: Path = typer.Option(Path("params.yaml"), help="params file 
     try:
         p = checks.load(params)  # nothing else can be checked without a parseable params file
     except checks.ParamsError as exc:
-        _fail(str(exc))
+        _fail(str(exc))  # every key's problem, a line each
+    _model_runtime()  # the weights, sampler and device checks import torch and diffusers
     checkpoints, problems = checks.everything(p, params.parent.resolve(), str(params))
-    for line in (line for problem in problems for line in problem.splitlines()):  # a check may list several
-        typer.secho(f"error: {line}", fg=typer.colors.RED, err=True)
     if problems:
-        raise typer.Exit(2)
+        _fail("\n".join(problems))
     described = ", ".join(f"{n} ({c.family})" for n, c in checkpoints.items())
     typer.echo(f"{params}: OK ({len(p.models)} models: {described})")
 
@@ -73,16 +110,27 @@ def cut_benchmark_cmd(
                f"family: {len(bench.loras['sd15'])}); set benchmark.dir: {dest} in params.yaml to use it")
 
 
+class BoardFormat(str, enum.Enum):
+    """``leaderboard --format``: the formats ``print_leaderboard`` writes."""
+
+    text = "text"
+    md = "md"
+    json = "json"
+    csv = "csv"
+
+
 @app.command()
 def leaderboard(
     path: Path = typer.Argument(Path("reports/leaderboard.csv"), help="leaderboard written by the report stage"),
+    fmt: BoardFormat = typer.Option(BoardFormat.text, "--format",
+                                    help="text (a table for the terminal), md (Markdown), json or csv"),
 ) -> None:
-    """Print the leaderboard in the terminal."""
+    """Print the leaderboard in the terminal (or as Markdown, JSON or CSV for other tools)."""
     from ghostreview.analysis.report import print_leaderboard
 
     if not path.is_file():
         _fail(f"{path} not found: run `dvc repro` first.")
-    print_leaderboard(path)
+    print_leaderboard(path, fmt=fmt.value)
 
 
 @app.command("import-infotext")
@@ -95,11 +143,15 @@ def import_infotext(
     """Read A1111 infotext from PNGs and write LoRA-table entries (prompt, negative, settings, LoRA tags)."""
     import yaml
 
-    from ghostreview.import_infotext import append_entries, lora_entry_from_png
+    from ghostreview.import_infotext import append_entries, lora_entry_from_png, unresolved_tags
 
+    if name is not None and len(images) > 1:
+        _fail(f"--name {name} names one LoRA but {len(images)} images were given. Import one image with --name, or "
+              f"leave --name out: each entry is then named after its LoRA tag (or its file name).")
     try:
-        entries = [lora_entry_from_png(p, name if len(images) == 1 else None) for p in images]
-        warnings = append_entries(table, entries, replace=replace) if table else []
+        entries = [lora_entry_from_png(p, name) for p in images]
+        # without a table, the tags are checked against the entries printed together
+        warnings = append_entries(table, entries, replace=replace) if table else unresolved_tags(entries)
     except ValueError as exc:
         _fail(str(exc))
     for warning in warnings:
@@ -110,15 +162,56 @@ def import_infotext(
         typer.echo(yaml.safe_dump({"loras": entries}, sort_keys=False, allow_unicode=True))
 
 
+def _not_torchscript(src: Path) -> str | None:
+    """Why ``src`` is not a TorchScript archive (None when it looks like one), read from its zip directory only.
+
+    A TorchScript file is a zip holding ``<name>/constants.pkl`` and ``<name>/code/``; ``torch.save`` writes a zip
+    with ``data.pkl`` and no ``constants.pkl``.
+    """
+    import zipfile
+
+    weights_hint = "(see README, 'Scorer weights')"
+    if src.is_dir():
+        return f"is a directory. Give the path of OpenAI's TorchScript ViT-L-14.pt {weights_hint}."
+    if not src.is_file():
+        return f"no such file. Give the path of OpenAI's TorchScript ViT-L-14.pt {weights_hint}."
+    try:
+        with zipfile.ZipFile(src) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        return (f"not a TorchScript archive ({exc}): the download is incomplete or this is another file. Download "
+                f"OpenAI's ViT-L-14.pt again {weights_hint}.")
+    if not any(n.endswith("/constants.pkl") for n in names):
+        return ("a torch.save file, not a TorchScript archive: it already holds a state dict and needs no "
+                "conversion. Point scoring.clip.weights at it (open_clip loads it with weights_only).")
+    return None
+
+
 @app.command("convert-clip")
 def convert_clip(
     src: Path = typer.Argument(..., help="OpenAI's TorchScript ViT-L-14.pt"),
     dst: Path = typer.Argument(..., help="state-dict file to write (point scoring.clip.weights at it)"),
 ) -> None:
     """Turn OpenAI's TorchScript CLIP archive into a plain state dict, once (open_clip loads it with weights_only)."""
+    from ghostreview.errors import describe_os_error, is_bad_path
+
+    problem = _not_torchscript(src)
+    if problem:
+        _fail(f"{src}: {problem}")
+    if dst.is_dir():
+        _fail(f"{dst}: is a directory. Give the file to write, e.g. {dst / 'open_clip_vit_l14_quickgelu.bin'}.")
+    _model_runtime()
     from ghostreview.scoring.clip import convert_openai_clip
 
-    convert_openai_clip(src, dst)
+    try:
+        convert_openai_clip(src, dst)
+    except RuntimeError as exc:  # torch.jit.load of an archive with TorchScript's layout but damaged contents
+        reason = str(exc).split(". ")[0].splitlines()[0]
+        _fail(f"{src}: torch.jit.load cannot read it ({reason}). Download OpenAI's ViT-L-14.pt again.")
+    except OSError as exc:
+        if not is_bad_path(exc):
+            raise
+        _fail(f"cannot write {dst}: {describe_os_error(exc, {})}")
     typer.echo(f"wrote {dst}")
 
 
@@ -134,6 +227,7 @@ def add_model(
     params: Path = typer.Option(Path("params.yaml"), help="params file to edit (comments and order are kept)"),
 ) -> None:
     """Check a checkpoint (header, family, sha256) and add it under models in params.yaml; then run `dvc repro`."""
+    _model_runtime()
     from ghostreview import models_cli
     from ghostreview.generation.loading import CheckpointError
     from ghostreview.validate import ParamsError
@@ -154,6 +248,7 @@ def remove_model(
 ) -> None:
     """Remove a model from params.yaml with its outputs and dvc.lock entries; `dvc repro` then drops it from the
     report."""
+    _model_runtime()
     from ghostreview import models_cli
     from ghostreview.validate import ParamsError
 
