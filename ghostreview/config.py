@@ -187,6 +187,9 @@ class HiresParams(Checked):
 @dataclass(frozen=True)
 class GenerationParams(Checked):
     sampler: str = "DPM++ 2M Karras"  # a name of ghostreview.generation.samplers.SAMPLERS: validate.check_sampler
+    # A1111 >= 1.9 "Schedule type", folded into the sampler name (generation.plan.sampler_name, checked by
+    # validate.check_sampler): one of plan.SCHEDULE_TYPES; None: the sampler name alone decides (as before 1.9).
+    schedule_type: str | None = None
     steps: int = ranged(25, 1, 150)
     cfg_scale: float = ranged(7.0, 1, 30)
     width: int = ranged(512, 8, 2048)  # and a multiple of 8
