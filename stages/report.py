@@ -1,4 +1,5 @@
-"""DVC stage report: leaderboard (md/csv/json), metrics.json for `dvc metrics`, plots and the offline index.html."""
+"""DVC stage report: leaderboard (md/csv/json), metrics.json for `dvc metrics`, plots and the offline index.html with
+the images/ it links to (generated images, thumbnails, and the style reference and LoRA header images as targets)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,26 @@ from pathlib import Path
 from ghostreview import validate
 from ghostreview.analysis.aggregate import manifests, models_table
 from ghostreview.analysis.report import write_report
+from ghostreview.analysis.report.targets import Targets, benchmark_targets
 from ghostreview.analysis.standardize import Standardized
 from ghostreview.errors import stage_main
+from ghostreview.generation.families import FAMILIES
 from ghostreview.scoring.registry import REGISTRY
+from ghostreview.scoring.run import header_families, reference_sets
 from ghostreview.scoring.table import read_scores
+
+
+def targets(params_path: Path) -> Targets:
+    """The grids' targets from ``benchmark.dir``, ``paths.style_refs`` and ``paths.lora_headers.<family>`` (the sets
+    the scores were computed against; a broken set fails naming its directory, params key and fix)."""
+    params = validate.load(params_path)
+    root = params_path.resolve().parent
+    bench = validate.benchmark(params, root, str(params_path))
+    p, tasks = params.paths, params.benchmark.tasks
+    header_dirs, _ = header_families({f: validate.resolve(root, getattr(p.lora_headers, f)) for f in FAMILIES}
+                                     if "lora" in tasks else {})
+    style_dir = validate.resolve(root, p.style_refs) if "style" in tasks else None
+    return benchmark_targets(bench, reference_sets(bench, style_dir, header_dirs))
 
 
 @stage_main
@@ -29,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     paths = write_report(
         Standardized.read(args.standardized), read_scores(args.scores, names), manifests(args.images, names),
         models_table(args.images, names, {n: m.title for n, m in params.models.items()}), args.images, args.out,
-        metrics=REGISTRY,
+        metrics=REGISTRY, targets=targets(args.params),
     )
     print("report: " + ", ".join(str(p) for p in paths.values()))
 

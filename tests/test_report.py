@@ -14,7 +14,7 @@ from PIL import Image
 
 from ghostreview.analysis.report import print_leaderboard, write_report
 from ghostreview.analysis.report.display import registered, shown_metrics
-from ghostreview.analysis.report.html import grid_row, write_html
+from ghostreview.analysis.report.html import seed_order, write_html
 from ghostreview.analysis.report.tables import leaderboard_frame, write_tables
 from ghostreview.analysis.standardize import standardize
 from ghostreview.scoring.registry import REGISTRY
@@ -24,7 +24,7 @@ ATTR_PROMPT = '"><img src=x onerror=alert(2)> a dog'
 
 
 METRICS = REGISTRY  # the real labels and directions: the report shows what the metric modules declare
-FAMILIES = {"alpha": "sd1", "beta": "sd1", "gamma": "sdxl"}
+FAMILIES = {"alpha": "sd15", "beta": "sd15", "gamma": "sdxl"}
 ITEMS = {"general": {"p1": SCRIPT_PROMPT, "p2": ATTR_PROMPT}, "style": {"anime": "anime style, a house"},
          "lora": {"L1": "<lora:L1:0.8> a tree"}}
 METRICS_OF = {"general": ["aesthetic", "clipscore"], "style": ["styleloss", "styleloss.relu1_1"], "lora": ["loraloss"]}
@@ -32,28 +32,36 @@ METRICS_OF = {"general": ["aesthetic", "clipscore"], "style": ["styleloss", "sty
 AESTHETIC_P1 = {"alpha": 4.0, "beta": 5.0, "gamma": 6.5}
 
 
-def make_demo(root: Path, random_weights: bool = True, seeds: int = 2, metrics=METRICS):
-    """Images, manifests, models and scores of a 3-model review; gamma (sdxl) cannot use the sd1 LoRA L1.
-    metrics: the registry standardize ranks with."""
+SDXL_LORA = {"X1": "<lora:X1:0.8> a boat"}  # make_demo(sdxl_lora=True): a LoRA of the SDXL table, drawn by gamma
+
+
+def make_demo(root: Path, random_weights: bool = True, seeds: int = 2, metrics=METRICS, sdxl_lora: bool = False,
+              size: int = 16):
+    """Images, manifests, models and scores of a 3-model review; gamma (sdxl) cannot use the sd15 LoRA L1.
+    metrics: the registry standardize ranks with. sdxl_lora: gamma also draws the SDXL LoRA X1 (only gamma: each
+    model draws its own family's LoRA table). size: the images' side in pixels."""
     rng = np.random.default_rng(0)
     images_root = root / "images"
     manifests, score_rows = {}, []
+    items = {**ITEMS, "lora": {**ITEMS["lora"], **(SDXL_LORA if sdxl_lora else {})}}
     for m_i, (model, fam) in enumerate(FAMILIES.items()):
         (images_root / model).mkdir(parents=True)
         rows = []
-        for task, items in ITEMS.items():
-            for item, prompt in items.items():
+        for task, task_items in items.items():
+            for item, prompt in task_items.items():
+                if item in SDXL_LORA and fam != "sdxl":
+                    continue
                 for seed in range(seeds):
-                    incompatible = task == "lora" and fam != "sd1"
+                    incompatible = task == "lora" and item not in SDXL_LORA and fam != "sd15"
                     h = hashlib.sha256(f"{model}{item}{seed}".encode()).hexdigest()
                     flags = "lora_incompatible" if incompatible else ""
                     if not incompatible:
                         color = tuple(int(c) for c in rng.integers(0, 255, 3))
-                        Image.new("RGB", (16, 16), color).save(images_root / model / f"{h}.png")
+                        Image.new("RGB", (size, size), color).save(images_root / model / f"{h}.png")
                     info = f"{prompt}\nNegative prompt: ugly\nSteps: 20, Seed: {seed}, Model: {model}"
                     rows.append(dict(model=model, family=fam, task=task, item=item, seed=seed, image=f"{h}.png",
                                      image_hash=h, prompt=prompt, negative_prompt="ugly", loras="", lora_status="",
-                                     width=16, height=16, flags=flags, infotext=info))
+                                     width=size, height=size, flags=flags, infotext=info))
                     for metric in METRICS_OF[task]:
                         value = float(rng.normal(3 - m_i, 0.3))
                         if metric == "aesthetic":
@@ -101,16 +109,11 @@ def test_tables(demo, tmp_path):
     raw = [4.0, 4.1, 7.0, 7.1]  # alpha's aesthetic on p1 and p2
     assert alpha["aesthetic_mean"] == pytest.approx(np.mean(raw)) and alpha["aesthetic_good_rate"] == 0.5
     assert alpha["aesthetic_std"] == pytest.approx(np.std(raw))
-    assert alpha["autov2"] == "ABCDEF0123" and alpha["family"] == "sd1"
+    assert alpha["autov2"] == "ABCDEF0123" and alpha["family"] == "sd15"
     assert board.set_index("model").loc["gamma", "n_flagged_images"] == 2
-    metrics = json.loads(paths["metrics.json"].read_text())
-    assert set(metrics) == set(FAMILIES)
-    assert set(metrics["beta"]) == {"aesthetic", "clipscore", "styleloss", "loraloss", "loraloss_notm", "combined",
-                                    "rank"}
-    assert metrics["beta"]["styleloss"] == pytest.approx(s.loc[("beta", "styleloss"), "score"])
-    assert metrics["gamma"]["loraloss"] is None  # no compatible LoRA images: null, not NaN (invalid JSON)
-    lb = json.loads(paths["leaderboard.json"].read_text())
+    lb = json.loads(paths["leaderboard.json"].read_text())["models"]
     assert [r["model"] for r in lb] == board["model"].tolist()
+    assert {r["model"]: r["loraloss"] for r in lb}["gamma"] is None  # no compatible LoRA images: null, not NaN
     # listed problems
     assert re.search(r"\| gamma \| L1 \| lora_incompatible \| 2 \|", md)
     assert md.count("| gamma | lora | L1 |") == 2
@@ -146,14 +149,20 @@ def test_plots(demo, report):
     assert len(ranking) == len(result.scores)
 
 
+def linked(page: str) -> list[str]:
+    """Every image URL of the page: img src, link href, the viewer's data-full (data: URIs included)."""
+    return re.findall(r'(?:<img[^>]*\ssrc|<a[^>]*\shref|\sdata-full)="([^"#][^"]*)"', page)
+
+
 def test_html_is_offline_and_escaped(demo, report):
     result, scores, manifests, models, images_root = demo
+    out = report[1]
     page = report[0]["index.html"].read_text()
     assert len(re.findall(r'<img alt="ranking_[a-z_]+" src="data:image/png;base64,', page)) == 6  # plots embedded
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert "@import" not in page and "url(" not in page
-    for src in re.findall(r'<img[^>]*\ssrc="([^"]*)"', page):
-        assert src.startswith("data:image/"), src[:40]
+    for src in linked(page):  # embedded, or a file of the report's own images/ directory
+        assert src.startswith("data:image/") or (src.startswith("images/") and (out / src).is_file()), src[:60]
     assert page.count("<script") == 1  # ours only
     assert "<script>alert" not in page and "<img src=x" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt; a cat" in page
@@ -161,28 +170,62 @@ def test_html_is_offline_and_escaped(demo, report):
     assert 'id="demo-warning"' in page and page.index('id="demo-warning"') < page.index('id="leaderboard"')
     for model in FAMILIES:
         assert f'<tr data-model="{model}">' in page
-    n_images = sum(int((m["flags"] == "").sum()) for m in manifests.values())
-    assert page.count('class="thumb"') == sum(len(m) for m in manifests.values())
-    assert len(re.findall(r'data-full="data:image/png;base64,', page)) == n_images
-    assert page.count('class="missing"') == 2  # gamma's two incompatible LoRA images
+    # every drawn image once, as a lazily loaded thumbnail; gamma (sdxl) has no column in the sd15 LoRA's grid
+    drawn = {m: t[t["flags"] == ""] for m, t in manifests.items()}
+    assert page.count('class="thumb"') == sum(len(t) for t in drawn.values())
+    assert page.count('<img loading="lazy"') == page.count('class="thumb"')
+    assert 'class="missing"' not in page
     assert len(re.findall(r'<section class="grid"', page)) == 4  # p1, p2, anime, L1
+    for model, t in drawn.items():
+        for image in t["image"]:
+            assert f'data-full="images/{model}/{image}"' in page
+            assert (out / "images" / model / image).read_bytes() == (images_root / model / image).read_bytes()
 
 
-def test_html_links_large_images(demo, tmp_path):
+def test_html_links_every_image_inside_its_own_directory(demo, tmp_path):
+    """Large images get a JPEG thumbnail; a missing image is a marked cell; a second report leaves no stale files."""
     result, scores, manifests, models, images_root = demo
     as_text = {m: t.astype(str) for m, t in manifests.items()}  # as the report stage reads them
     page = write_html(result, scores, as_text, models, images_root, tmp_path, metrics=METRICS, plot_pngs={},
-                      embed_max_bytes=0).read_text()
+                      thumb_px=8).read_text()
+    thumbs = re.findall(r'<img loading="lazy" decoding="async" alt="[^"]*" src="(images/[^"]+)" width="8" '
+                        r'height="8">', page)
+    assert len(thumbs) == 22 and all(t.endswith(".jpg") and "/thumbs/" in t for t in thumbs)
+    for t in thumbs:
+        with Image.open(tmp_path / t) as im:
+            assert im.format == "JPEG" and im.size == (8, 8)
     links = re.findall(r'data-full="(images/[^"]+)"', page)
     assert len(links) == 22 and all((tmp_path / link).is_file() for link in links)
 
+    lost = as_text["beta"].iloc[0]
+    (images_root / "beta" / lost["image"]).rename(tmp_path / "lost.png")
+    try:
+        page = write_html(result, scores, {"beta": as_text["beta"]}, models, images_root, tmp_path, metrics=METRICS,
+                          plot_pngs={}).read_text()
+    finally:
+        (tmp_path / "lost.png").rename(images_root / "beta" / lost["image"])
+    assert page.count('class="missing"') == 1 and f"no image: {lost['image']}" in page
+    files = {p.relative_to(tmp_path / "images").as_posix() for p in (tmp_path / "images").rglob("*") if p.is_file()}
+    assert files == {f"beta/{i}" for i in as_text["beta"]["image"] if i != lost["image"]}
 
-def test_grid_row_orders_text_seeds_numerically():
+
+def test_targets_of_the_benchmark():
+    """benchmark_targets takes each style's and LoRA's set from reference_sets' names, and every LoRA's family."""
+    from ghostreview.analysis.report.targets import benchmark_targets
+    from ghostreview.protocol import load_benchmark
+
+    bench = load_benchmark(Path(__file__).resolve().parents[1] / "data" / "benchmark" / "v1")
+    style, sd15, sdxl = bench.styles[0], bench.loras["sd15"][0], bench.loras["sdxl"][0]
+    sets = {f"styles/{style.name}": [Path("a.png"), Path("b.png")], f"loras/sd15/{sd15.name}": [Path("h.png")]}
+    t = benchmark_targets(bench, sets)
+    assert t.images == {("style", style.name): (Path("a.png"), Path("b.png")), ("lora", sd15.name): (Path("h.png"),)}
+    assert t.lora_families[sd15.name] == "sd15" and t.lora_families[sdxl.name] == "sdxl"
+    assert len(t.lora_families) == sum(len(v) for v in bench.loras.values())
+
+
+def test_grid_rows_order_text_seeds_numerically():
     # manifests are read as text by the report stage: seed "10" must come after "2"
-    images = pd.DataFrame({"seed": ["10", "2", "1"]})
-    row_html = grid_row("m", 0, images, {"aesthetic": 0.5}, [registered(METRICS["aesthetic"])],
-                        lambda r: f"[{r['seed']}]")
-    assert "[1][2][10]" in row_html and 'data-score="0.5"' in row_html
+    assert seed_order(pd.Series(["10", "2", "1", "2"])) == ["1", "2", "10"]
 
 
 def test_write_report_and_print(report, tmp_path, capsys):
@@ -238,18 +281,44 @@ def test_titles_from_params_show_next_to_the_model_key_escaped(demo, tmp_path):
     board = pd.read_csv(paths["leaderboard.csv"], keep_default_na=False)
     assert list(board.columns[:4]) == ["rank", "model", "title", "family"]
     assert board.set_index("model")["title"].to_dict() == {"alpha": hostile, "beta": "Beta Mix v5", "gamma": ""}
-    assert {r["model"]: r["title"] for r in json.loads(paths["leaderboard.json"].read_text())}["beta"] == "Beta Mix v5"
+    assert {r["model"]: r["title"] for r in json.loads(paths["leaderboard.json"].read_text())["models"]}["beta"] == "Beta Mix v5"
     md = paths["leaderboard.md"].read_text()
     assert "| # | Model | Title | Family |" in md
-    assert re.search(r"\| beta \| Beta Mix v5 \| sd1 \|", md)
-    assert '| alpha | <b>Alpha</b> \\| "v2" <script>alert(3)</script> | sd1 |' in md  # pipe escaped: one cell
+    assert re.search(r"\| beta \| Beta Mix v5 \| sd15 \|", md)
+    assert '| alpha | <b>Alpha</b> \\| "v2" <script>alert(3)</script> | sd15 |' in md  # pipe escaped: one cell
     page = paths["index.html"].read_text()
     assert "<b>Alpha</b>" not in page and "alert(3)</script>" not in page
     shown = "&lt;b&gt;Alpha&lt;/b&gt; | &quot;v2&quot; &lt;script&gt;alert(3)&lt;/script&gt;"
-    assert re.search(r'<tr data-model="alpha">.*?<td data-v="alpha">alpha</td><td data-v="[^"]*">'
-                     + re.escape(shown) + "</td>", page)
-    assert '<td data-v="beta">beta</td><td data-v="Beta Mix v5">Beta Mix v5</td>' in page
-    assert "<th>Model</th><th>Title</th><th>Family</th>" in page
+    # leaderboard: the title first, then key, family and AutoV2; a model without a title shows its key
+    assert re.search(r'<tr data-model="alpha">.*?<td class="who" data-v="alpha"><b class="title">'
+                     + re.escape(shown) + '</b><br><span class="key">alpha · sd15 · ABCDEF0123</span></td>', page)
+    assert ('<td class="who" data-v="beta"><b class="title">Beta Mix v5</b><br><span class="key">beta · sd15 · '
+            'BCDEF01234</span></td>') in page
+    assert '<td class="who" data-v="gamma"><b class="title">gamma</b>' in page
+    # grid columns and the pairwise matrix name the models by title too
+    assert re.search(r'<th class="col" data-model="beta"[^>]*><b>Beta Mix v5</b><br><span class="key">beta</span>',
+                     page)
+    assert re.search(r'<th class="col" data-model="gamma"[^>]*><b>gamma</b><br><span class="item-score">', page)
+    assert re.search(r'<th class="row">\d\. Beta Mix v5</th>', page)
+    assert re.search(r'<th class="row">\d\. ' + re.escape(shown) + "</th>", page)
+
+
+def test_metrics_out_of_the_combined_score_are_marked_only_when_standardize_says_which(demo):
+    from dataclasses import replace
+
+    from ghostreview.analysis.report.html import page_html
+
+    result, _, _, models, _ = demo
+    shown, board = shown_metrics(result, METRICS), leaderboard_frame(result, models)
+    assert result.meta["combined_over"] == ["aesthetic", "clipscore", "styleloss"]  # gamma has no LoRA loss
+    page = page_html(result, shown, board, {}, "")
+    assert "Combined over: Aesthetic, CLIPScore, StyleLoss." in page
+    marked = re.findall(r'<th data-metric="([a-z_]+)" class="not-combined"', page)
+    assert marked == ["loraloss", "loraloss_notm"]
+    older = replace(result, meta={k: v for k, v in result.meta.items() if k != "combined_over"})
+    page = page_html(older, shown, board, {}, "")
+    assert "Combined over" not in page and 'class="not-combined"' not in page
+    assert '<th data-metric="loraloss">LoRALoss ↓</th>' in page
 
 
 def figure_texts(fig) -> list[str]:
@@ -279,14 +348,19 @@ def test_labels_and_directions_come_from_the_registry(tmp_path):
     figs = figures(result, plot_data(result, scores), models, shown_metrics(result, patched))
     texts = {stem: figure_texts(fig) for stem, fig in figs.items()}
 
-    assert ("| Combined | LblAESTHETIC | LblCLIPSCORE | LblSTYLELOSS | LblLORALOSS | LblLORALOSS NoTM |" in md)
+    assert "| Combined ↑ | LblAESTHETIC ↑ | LblCLIPSCORE ↑ | LblSTYLELOSS ↑ | LblLORALOSS ↓ | LblLORALOSS NoTM ↓ |" in md
     assert ("Higher is better for LblAESTHETIC, LblCLIPSCORE, LblSTYLELOSS; lower is better for LblLORALOSS, "
             "LblLORALOSS NoTM." in md)
-    assert "<th>Combined</th><th>LblAESTHETIC</th><th>LblCLIPSCORE</th><th>LblSTYLELOSS</th>" in page
-    assert "Losses (LblLORALOSS): lower is better." in page
+    assert ('<th data-metric="combined">Combined ↑</th><th data-metric="aesthetic">LblAESTHETIC ↑</th>'
+            '<th data-metric="clipscore">LblCLIPSCORE ↑</th><th data-metric="styleloss">LblSTYLELOSS ↑</th>'
+            '<th data-metric="loraloss" class="not-combined" title="not part of the combined rank">LblLORALOSS ↓'
+            in page)  # flipped StyleLoss: ↑; LoRA loss: ↓ and out of the combined rank (gamma has none)
+    assert "(losses: LblLORALOSS, LblLORALOSS NoTM)" in page
+    assert "Combined over: LblAESTHETIC, LblCLIPSCORE, LblSTYLELOSS." in page
+    assert '<summary>LblSTYLELOSS ↑</summary><table class="pairwise" id="pairwise-styleloss">' in page
     assert '<button type="button" data-sort="styleloss">LblSTYLELOSS</button>' in page
     z = item_scores(result).set_index(["model", "item", "metric"])["z"]
-    alpha = page.split('data-item="anime"')[1].split('<div class="grid-row" data-model="alpha"')[1].split(">")[0]
+    alpha = page.split('data-item="anime"')[1].split('<th class="col" data-model="alpha"')[1].split(">")[0]
     assert f' data-m-styleloss="{float(z["alpha", "anime", "styleloss"])!r}"' in alpha  # oriented: not negated
     assert "LblSTYLELOSS: higher is better" in texts["ranking_styleloss"]
     assert "LblLORALOSS NoTM: lower is better" in texts["ranking_loraloss_notm"]

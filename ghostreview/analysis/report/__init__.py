@@ -13,18 +13,21 @@ from pathlib import Path
 import pandas as pd
 
 from ghostreview.analysis.report.tables import summary_columns, write_tables
+from ghostreview.analysis.report.targets import Targets
 from ghostreview.analysis.standardize import Standardized
 from ghostreview.scoring.metric import MetricInfo
 
 
 def write_report(result: Standardized, scores: pd.DataFrame, manifests: Mapping[str, pd.DataFrame],
                  models: pd.DataFrame, images_root: str | Path, out_dir: str | Path, *,
-                 metrics: Mapping[str, MetricInfo]) -> dict[str, Path]:
-    """Write the tables, ``plots/`` and ``index.html`` into ``out_dir``; returns {name: path} of the main files.
+                 metrics: Mapping[str, MetricInfo], targets: Targets | None = None) -> dict[str, Path]:
+    """Write the tables, ``plots/``, ``index.html`` and the ``images/`` it links to into ``out_dir``; returns
+    {name: path} of the main files.
 
     metrics: the registry the scores were standardized with (``ghostreview.scoring.registry.REGISTRY``); every
     label, axis text and direction the report shows comes from it. Passed in, not imported: the registry imports the
-    scorers and torch.
+    scorers and torch. targets: the style reference and LoRA header images the grids show next to the generated
+    ones, and the LoRA tables' families (``targets.benchmark_targets``); None: grids without targets.
     """
     # matplotlib and seaborn load only when a report is written, not for ``print_leaderboard``
     from ghostreview.analysis.report.html import write_html
@@ -33,7 +36,8 @@ def write_report(result: Standardized, scores: pd.DataFrame, manifests: Mapping[
     paths = write_tables(result, models, out_dir, metrics=metrics)
     pngs = write_plots(result, scores, models, out_dir, metrics=metrics)
     paths["index.html"] = write_html(result, scores, manifests, models, images_root, out_dir, metrics=metrics,
-                                     plot_pngs=pngs)
+                                     plot_pngs=pngs, targets=targets)
+    paths["images"] = Path(out_dir) / "images"
     return paths
 
 

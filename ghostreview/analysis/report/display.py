@@ -38,6 +38,16 @@ class Shown:
         """"higher" or "lower" (as in "... is better")."""
         return better_word(self.higher_is_better)
 
+    @property
+    def arrow(self) -> str:
+        """"↑" (higher is better) or "↓" (lower is better): the direction mark of a column header."""
+        return "↑" if self.higher_is_better else "↓"
+
+    @property
+    def heading(self) -> str:
+        """The label with its direction mark, as a column header: "StyleLoss ↓"."""
+        return f"{self.label} {self.arrow}"
+
 
 def scored_metrics(result: Standardized) -> list[str]:
     """Metric names of the score table, in the order standardize wrote them (registered, NoTM, combined)."""

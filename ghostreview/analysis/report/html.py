@@ -1,9 +1,19 @@
-"""One self-contained offline HTML page: leaderboard, plots, and every benchmark item's images side by side.
+"""One offline HTML page: leaderboard, pairwise "A beats B" matrices, plots, and X/Y grids of every benchmark item.
 
-Everything is embedded: CSS and JS inline (``static/``), plots and thumbnails as base64 data URIs, full images as data
-URIs when at most ``embed_max_bytes`` (else copied to ``<out_dir>/images/<model>/`` and linked relatively). A
-Content-Security-Policy allows only data:/local images and the page's own inline script and style (by hash), so even
-a text that escaped ``html.escape`` could neither run nor fetch anything. Every text coming from prompts, parameters,
+Files: ``<out_dir>/index.html`` and ``<out_dir>/images/`` (swapped in whole), which hold every image the page links
+to: ``images/<model>/<image>`` (each generated image, hard-linked or copied from the images directory),
+``images/<model>/thumbs/<stem>.jpg`` (a JPEG thumbnail where the image is larger than ``thumb_px``; smaller images
+are their own thumbnail) and ``images/_targets/`` (the style reference and LoRA header images, named by content
+hash; ``_`` starts no model slug). Both are outputs of the report stage, so ``dvc push report`` / ``dvc pull report``
+carry the whole page. CSS, JS and the plots are inline.
+
+A grid is an A1111 X/Y plot of one benchmark item: one column per model (leaderboard order, sortable by each
+metric's item score), one row per seed, and the item's targets (style references, LoRA header images) in the first
+column. Thumbnails load lazily; a click opens the full image with its infotext (the thumbnail is also a plain link
+to the full image). LoRA items get one section per family of the LoRA tables, each with the models of that family.
+
+A Content-Security-Policy allows only local images and the page's own inline script and style (by hash), so even a
+text that escaped ``html.escape`` could neither run nor fetch anything. Every text coming from prompts, parameters,
 file or model names goes through ``html.escape``; the script touches text only via ``textContent``.
 
 URL hash parameters honoured by the page: ``#sort=score`` (each grid by its primary metric, best first),
@@ -16,10 +26,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-import io
+import os
 import shutil
 import urllib.parse
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +50,20 @@ from ghostreview.analysis.report.tables import (
     leaderboard_frame,
     lora_problems,
 )
+from ghostreview.analysis.report.targets import Targets
 from ghostreview.analysis.standardize import COMBINED, Standardized, parse_flags
 from ghostreview.scoring.metric import MetricInfo
+from ghostreview.util.atomic import replace_dir, write_text_atomic
 
 STATIC = Path(__file__).parent / "static"
 # The manifest columns (generation.manifest.MANIFEST_COLUMNS, the contract) the grids and flag lists read
-REPORT_COLUMNS = ("task", "item", "seed", "image", "image_hash", "prompt", "negative_prompt", "flags", "infotext")
+REPORT_COLUMNS = ("family", "task", "item", "seed", "image", "image_hash", "prompt", "negative_prompt", "flags",
+                  "infotext")
 TASK_TITLES = {"general": "General prompt", "style": "Style", "lora": "LoRA"}
+FAMILY_TITLES = {"sd15": "SD1.5", "sdxl": "SDXL"}  # section titles; any other family is shown by its name
+IMAGES = "images"  # <out_dir>/images: every image file the page links to
+TARGETS = "_targets"  # images/_targets: style reference and LoRA header images
+INCOMPATIBLE = "lora_incompatible"  # the manifest flag of a LoRA drawn by a model of another family
 
 
 def esc(value: object) -> str:
@@ -57,26 +75,79 @@ def data_uri(raw: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(raw).decode('ascii')}"
 
 
-def thumbnail_uri(path: Path, px: int) -> str:
-    """A JPEG thumbnail (longest side <= px) of the image at ``path`` as a data URI."""
-    with Image.open(path) as src:
-        im = src.convert("RGB")
-    im.thumbnail((px, px))
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=85)
-    return data_uri(buf.getvalue(), "image/jpeg")
+def url(rel: str) -> str:
+    """The page's relative link to ``<out_dir>/<rel>``."""
+    return "/".join(urllib.parse.quote(part) for part in rel.split("/"))
 
 
-def full_image_src(path: Path, model: str, out_dir: Path, embed_max_bytes: int) -> str:
-    """The full image as a data URI when small, else a relative link to a copy under ``out_dir/images/model/``."""
-    if path.stat().st_size <= embed_max_bytes:
-        with Image.open(path) as im:
-            mime = Image.MIME.get(im.format or "", "application/octet-stream")
-        return data_uri(path.read_bytes(), mime)
-    dest = out_dir / "images" / model / path.name
+# ---------------------------------------------------------------------------------------------------------------
+# The image files the page links to
+
+
+@dataclass(frozen=True)
+class Shot:
+    """One image as the page links it: full image and thumbnail (relative URLs) and the thumbnail's pixel size."""
+
+    full: str
+    thumb: str
+    width: int
+    height: int
+
+
+@dataclass
+class Gallery:
+    """Every image file of ``<out_dir>/images``: sources to link or copy, sources to thumbnail (by path under it)."""
+
+    thumb_px: int
+    copies: dict[str, Path] = field(default_factory=dict)
+    thumbs: dict[str, Path] = field(default_factory=dict)
+
+    def add(self, src: Path, folder: str, name: str) -> Shot:
+        """``src`` published as ``images/<folder>/<name>``, with a thumbnail when larger than ``thumb_px``."""
+        with Image.open(src) as im:  # reads the header only
+            width, height = im.size
+        full = f"{folder}/{name}"
+        self.copies[full] = src
+        if max(width, height) <= self.thumb_px:
+            return Shot(url(f"{IMAGES}/{full}"), url(f"{IMAGES}/{full}"), width, height)
+        thumb = f"{folder}/thumbs/{Path(name).stem}.jpg"
+        self.thumbs[thumb] = src
+        scale = self.thumb_px / max(width, height)
+        return Shot(url(f"{IMAGES}/{full}"), url(f"{IMAGES}/{thumb}"), max(1, round(width * scale)),
+                    max(1, round(height * scale)))
+
+    def add_target(self, src: Path) -> Shot:
+        """A reference or header image, named by the hash of its bytes (two sets may share a file name)."""
+        digest = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
+        return self.add(src, TARGETS, digest + src.suffix.lower())
+
+    def write(self, out_dir: Path) -> Path:
+        """Build ``<out_dir>/images`` anew (stale files of an earlier report go) and swap it in."""
+        def build(tmp: Path) -> None:
+            for rel, src in self.copies.items():
+                link_or_copy(src, tmp / rel)
+            for rel, src in self.thumbs.items():
+                write_thumbnail(src, tmp / rel, self.thumb_px)
+
+        return replace_dir(out_dir / IMAGES, build)
+
+
+def link_or_copy(src: Path, dest: Path) -> None:
+    """A hard link where the file system allows it (the images are large and never edited in place), else a copy."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, dest)
-    return "images/" + urllib.parse.quote(model) + "/" + urllib.parse.quote(path.name)
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
+
+
+def write_thumbnail(src: Path, dest: Path, px: int) -> None:
+    """A JPEG of ``src`` whose longest side is ``px``."""
+    with Image.open(src) as im:
+        small = im.convert("RGB")
+    small.thumbnail((px, px))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    small.save(dest, format="JPEG", quality=85)
 
 
 def check_manifests(manifests: Mapping[str, pd.DataFrame]) -> None:
@@ -102,7 +173,7 @@ def task_metrics(result: Standardized) -> dict[str, list[str]]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Page pieces
+# Leaderboard and pairwise matrices
 
 
 def warning_html(board: pd.DataFrame) -> str:
@@ -110,21 +181,47 @@ def warning_html(board: pd.DataFrame) -> str:
     return f'<div id="demo-warning" class="demo-warning" role="alert">⚠ {esc(w)}</div>' if w else ""
 
 
-def leaderboard_html(board: pd.DataFrame, shown: Mapping[str, Shown], metrics: list[str], raw: str) -> str:
+def combined_over(meta: dict) -> list[str] | None:
+    """The metrics the combined score averages when standardize recorded them (``meta["combined_over"]``)."""
+    over = meta.get("combined_over")
+    return None if over is None else [str(m) for m in over]
+
+
+def metric_th(s: Shown, over: list[str] | None, combined: Shown) -> str:
+    """A metric's column header: label and direction mark; marked when the combined rank leaves it out."""
+    if over is None or s.name == COMBINED or s.name in over:
+        return f'<th data-metric="{esc(s.name)}">{esc(s.heading)}</th>'
+    return (f'<th data-metric="{esc(s.name)}" class="not-combined" title="not part of the combined rank">'
+            f'{esc(s.heading)}<br><span class="nc">not in {esc(combined.label)}</span></th>')
+
+
+def leaderboard_html(board: pd.DataFrame, shown: Mapping[str, Shown], metrics: list[str], raw: str,
+                     over: list[str] | None) -> str:
     """The sortable leaderboard table: one ``tr[data-model]`` per model; each cell's ``data-v`` is its sort value.
-    Columns: combined, then ``metrics`` (names of ``shown``), then the raw metric ``raw``."""
-    heads = ["#", "Model", "Title", "Family", "AutoV2"] + [shown[m].label for m in [COMBINED] + metrics]
-    heads += [f"Raw {raw} mean", f"Raw {raw} std", "Good rate", "Flagged images"]
-    head = "".join(f"<th>{esc(h)}</th>" for h in heads)
-    out = [f'<table id="leaderboard"><thead><tr>{head}</tr></thead><tbody>']
+    Columns: rank, model (title, key, family, AutoV2), combined, then ``metrics`` (names of ``shown``; each cell
+    with its interval, rank interval and, where the board has a ``<metric>_mean`` column, the raw mean), then the raw
+    metric ``raw``'s mean ± std, good rate, flagged images."""
+    heads = ["<th>#</th>", "<th>Model</th>"]
+    heads += [metric_th(shown[m], over, shown[COMBINED]) for m in [COMBINED] + metrics]
+    heads += [f"<th>Raw {esc(raw)} mean ± std</th>", "<th>Good rate</th>", "<th>Flagged images</th>"]
+    out = [f'<table id="leaderboard"><thead><tr>{"".join(heads)}</tr></thead><tbody>']
     for r in board_records(board):
-        cells = [num_td(r["rank"], fmt_rank(r["rank"]))] + [f'<td data-v="{esc(r[k])}">{esc(r[k])}</td>'
-                                                            for k in ("model", "title", "family", "autov2")]
+        model = str(r["model"])
+        cells = [num_td(r["rank"], fmt_rank(r["rank"])), model_td(r)]
         cells += [score_td(r, m) for m in [COMBINED] + metrics]
-        cells += [num_td(r[f"{raw}_{k}"], fmt(r[f"{raw}_{k}"])) for k in ("mean", "std", "good_rate")]
+        cells.append(num_td(r[f"{raw}_mean"], f"{fmt(r[f'{raw}_mean'])} ± {fmt(r[f'{raw}_std'])}"))
+        cells.append(num_td(r[f"{raw}_good_rate"], fmt(r[f"{raw}_good_rate"])))
         cells.append(num_td(r["n_flagged_images"], str(r["n_flagged_images"])))
-        out.append(f'<tr data-model="{esc(r["model"])}">' + "".join(cells) + "</tr>")
+        out.append(f'<tr data-model="{esc(model)}">' + "".join(cells) + "</tr>")
     return "\n".join(out) + "</tbody></table>"
+
+
+def model_td(r: Mapping[str, object]) -> str:
+    """The model's title (its key when it has none), then key, family and AutoV2 in small print; sorts by key."""
+    title = str(r["title"] or r["model"])
+    detail = " · ".join(esc(r[k]) for k in ("model", "family", "autov2") if r[k])
+    return (f'<td class="who" data-v="{esc(r["model"])}"><b class="title">{esc(title)}</b><br>'
+            f'<span class="key">{detail}</span></td>')
 
 
 def num_td(value: object, text: str) -> str:
@@ -133,11 +230,54 @@ def num_td(value: object, text: str) -> str:
 
 
 def score_td(r: Mapping[str, object], m: str) -> str:
-    """Score with its interval and rank interval underneath."""
+    """Score, then its interval, its rank with the rank interval, and the raw mean (registered metrics)."""
     v = "" if r[m] is None else r[m]
-    ci = (f"[{fmt(r[f'{m}_lo'])}, {fmt(r[f'{m}_hi'])}] #{fmt_rank(r[f'{m}_rank'])} "
-          f"({fmt_rank(r[f'{m}_rank_lo'])}–{fmt_rank(r[f'{m}_rank_hi'])})")
-    return f'<td class="num" data-v="{esc(v)}">{esc(fmt(r[m]))}<br><span class="ci">{esc(ci)}</span></td>'
+    lines = [f"[{fmt(r[f'{m}_lo'])}, {fmt(r[f'{m}_hi'])}]",
+             f"#{fmt_rank(r[f'{m}_rank'])} ({fmt_rank(r[f'{m}_rank_lo'])}–{fmt_rank(r[f'{m}_rank_hi'])})"]
+    extra = "".join(f'<span class="ci">{esc(t)}</span>' for t in lines)
+    if f"{m}_mean" in r:  # a registered metric: its raw mean ("—" when the model has no usable value)
+        extra += f'<span class="raw">raw {esc(fmt(r[f"{m}_mean"]))}</span>'
+    return f'<td class="num" data-v="{esc(v)}"><span class="score">{esc(fmt(r[m]))}</span>{extra}</td>'
+
+
+def p_class(p: float) -> str:
+    """A colour class for a probability, one per tenth (p0 ... p10)."""
+    return f"p{int(round(10 * p))}"
+
+
+def pairwise_table(result: Standardized, s: Shown, order: list[str], names: Mapping[str, str]) -> str:
+    """P(row model beats column model) on metric ``s``, models in ``order``; columns are numbered as the rows."""
+    rows = result.pairwise[result.pairwise["metric"] == s.name]
+    p = rows.set_index(["model_a", "model_b"])["p_a_beats_b"].to_dict()
+    head = "".join(f'<th title="{esc(names[b])}">{j + 1}</th>' for j, b in enumerate(order))
+    body = []
+    for i, a in enumerate(order):
+        cells = []
+        for b in order:
+            value = p.get((a, b), np.nan)
+            if a == b or pd.isna(value):
+                cells.append('<td class="na">·</td>' if a == b else '<td class="na">—</td>')
+            else:
+                cells.append(f'<td class="{p_class(float(value))}" data-a="{esc(a)}" data-b="{esc(b)}" '
+                             f'data-p="{float(value)!r}">{round(100 * float(value))}</td>')
+        body.append(f'<tr><th class="row">{i + 1}. {esc(names[a])}</th>{"".join(cells)}</tr>')
+    return (f'<table class="pairwise" id="pairwise-{esc(s.name)}"><thead><tr><th>A \\ B</th>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table>')
+
+
+def pairwise_html(result: Standardized, shown: Mapping[str, Shown], order: list[str],
+                  names: Mapping[str, str]) -> str:
+    """The combined matrix open, one folded matrix per other metric."""
+    parts = []
+    for m in [COMBINED] + [m for m in shown if m != COMBINED]:
+        if not (result.pairwise["metric"] == m).any():
+            continue
+        is_open = " open" if m == COMBINED else ""
+        parts.append(f"<details{is_open}><summary>{esc(shown[m].heading)}</summary>"
+                     f"{pairwise_table(result, shown[m], order, names)}</details>")
+    note = (f"Percent of the {result.meta.get('n_boot')} bootstrap resamples in which the row's model scores better "
+            "than the column's (the columns are numbered as the rows).")
+    return f'<p class="note">{esc(note)}</p>' + "\n".join(parts)
 
 
 def plots_html(pngs: Mapping[str, bytes]) -> str:
@@ -156,74 +296,169 @@ def frame_html(table: pd.DataFrame, table_id: str) -> str:
     return f'<table id="{esc(table_id)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def image_figure(row: Mapping[str, object], model: str, images_root: Path, out_dir: Path, thumb_px: int,
-                 embed_max_bytes: int) -> str:
-    """One image: thumbnail (click: full image + infotext in the viewer), seed, flags, infotext under <details>."""
+# ---------------------------------------------------------------------------------------------------------------
+# X/Y grids
+
+
+def shot_html(shot: Shot, alt: str) -> str:
+    """A lazily loaded thumbnail linking to its full image (the script opens the viewer instead)."""
+    return (f'<a class="shot" href="{esc(shot.full)}"><img loading="lazy" decoding="async" alt="{esc(alt)}" '
+            f'src="{esc(shot.thumb)}" width="{shot.width}" height="{shot.height}"></a>')
+
+
+def image_figure(row: Mapping[str, object], model: str, images_root: Path, gallery: Gallery) -> str:
+    """One generated image: thumbnail (click: full image and infotext in the viewer) and its flags."""
     path = images_root / model / str(row["image"])
-    flags = "".join(f'<span class="flag">{esc(f)}</span>' for f in sorted(parse_flags(row["flags"])))
+    flags = sorted(parse_flags(row["flags"]))
+    chips = "".join(f'<span class="flag">{esc(f)}</span>' for f in flags)
     caption = f"{model} · {row['task']} {row['item']} · seed {row['seed']}"
     if path.is_file():
-        shot = f'<img alt="{esc(caption)}" src="{thumbnail_uri(path, thumb_px)}">'
-        full = full_image_src(path, model, out_dir, embed_max_bytes)
+        shot = gallery.add(path, model, str(row["image"]))
+        body, full = shot_html(shot, caption), shot.full
     else:
-        shot, full = f'<div class="missing">no image: {esc(row["image"])}</div>', ""
+        body, full = f'<div class="missing">no image: {esc(", ".join(flags) or row["image"])}</div>', ""
     return (f'<figure class="thumb" data-hash="{esc(row["image_hash"])}" data-full="{esc(full)}" '
-            f'data-caption="{esc(caption)}"><div class="shot" role="button" tabindex="0">{shot}</div>'
-            f"<figcaption>seed {esc(row['seed'])} {flags}</figcaption>"
-            f'<details><summary>infotext</summary><pre class="infotext">{esc(row["infotext"])}</pre></details>'
-            "</figure>")
+            f'data-caption="{esc(caption)}" data-info="{esc(row["infotext"])}">{body}'
+            + (f"<figcaption>{chips}</figcaption>" if chips else "") + "</figure>")
 
 
-def grid_row(model: str, rank: int, images: pd.DataFrame, zs: Mapping[str, float], metrics: Sequence[Shown],
-             render_image) -> str:
-    """One model's row of a grid; ``data-m-<metric>`` holds the oriented item score, ``data-score`` the primary (the
-    first of ``metrics``). zs: metric name -> the model's mean z on this item (missing: no score)."""
+def targets_cell(files: Sequence[Path], task: str, item: str, gallery: Gallery, n_rows: int) -> str:
+    """The first column of a grid: the item's target images, spanning all seed rows."""
+    figs = []
+    for f in files:
+        shot = gallery.add_target(f)
+        caption = f"target of {task} {item}: {f.name}"
+        figs.append(f'<figure class="thumb target" data-full="{esc(shot.full)}" data-caption="{esc(caption)}" '
+                    f'data-info="">{shot_html(shot, caption)}</figure>')
+    return f'<td class="targets" rowspan="{n_rows}">{"".join(figs)}</td>'
+
+
+def seed_order(seeds: pd.Series) -> list[str]:
+    """Distinct seeds (as text), numerically ascending: manifests read as text have "10" after "2"."""
+    distinct = pd.Series(list(dict.fromkeys(seeds.astype(str))))
+    return distinct.iloc[np.lexsort([distinct.to_numpy(), pd.to_numeric(distinct, errors="coerce").to_numpy()])
+                         ].tolist()
+
+
+def column_th(model: str, title: str, rank: int, zs: Mapping[str, float], metrics: Sequence[Shown]) -> str:
+    """A model's column header; ``data-m-<metric>`` holds the oriented item score, ``data-score`` the primary (the
+    first of ``metrics``), ``data-default`` the leaderboard order."""
     oriented = {s.name: zs.get(s.name, np.nan) * (1 if s.higher_is_better else -1) for s in metrics}
     attrs = "".join(f' data-m-{esc(m)}="{"" if np.isnan(v) else repr(float(v))}"' for m, v in oriented.items())
     primary = oriented[metrics[0].name] if metrics else np.nan
     attrs += f' data-score="{"" if np.isnan(primary) else repr(float(primary))}" data-default="{-rank}"'
     text = " · ".join(f"{s.label} {fmt(zs.get(s.name, np.nan), 2)}" for s in metrics)
-    by_seed = images.assign(_n=pd.to_numeric(images["seed"], errors="coerce")).sort_values(["_n", "seed"])
-    cells = "".join(render_image(r) for r in by_seed.drop(columns="_n").to_dict(orient="records"))
-    return (f'<div class="grid-row" data-model="{esc(model)}"{attrs}><div class="who"><b>{esc(model)}</b><br>'
-            f'<span class="item-score">{esc(text)}</span></div><div class="cells">{cells or "no images"}</div></div>')
+    key = f'<br><span class="key">{esc(model)}</span>' if title and title != model else ""
+    return (f'<th class="col" data-model="{esc(model)}"{attrs}><b>{esc(title or model)}</b>{key}<br>'
+            f'<span class="item-score">{esc(text)}</span></th>')
 
 
-def grid_section(task: str, item: str, rows: pd.DataFrame, order: list[str], zs: pd.DataFrame,
-                 metrics: Sequence[Shown], render_image) -> str:
-    """All models' images of one benchmark item, sortable (buttons or the URL hash) by each of ``metrics``."""
-    prompts = list(dict.fromkeys(rows["prompt"].fillna("").astype(str)))[:3]
-    negs = [n for n in dict.fromkeys(rows["negative_prompt"].fillna("").astype(str)) if n][:1]
+@dataclass(frozen=True)
+class Grid:
+    """One benchmark item's grid: its rows of all manifests, the models shown (in order) and its targets."""
+
+    task: str
+    item: str
+    rows: pd.DataFrame
+    models: list[str]
+    targets: tuple[Path, ...] = ()
+    family: str = ""
+
+
+def grid_section(g: Grid, titles: Mapping[str, str], ranks: Mapping[str, int], zs: pd.DataFrame,
+                 metrics: Sequence[Shown], images_root: Path, gallery: Gallery) -> str:
+    """The X/Y grid of one item (columns: models; rows: seeds), sortable by each of ``metrics``."""
+    prompts = list(dict.fromkeys(g.rows["prompt"].fillna("").astype(str)))
+    negs = [n for n in dict.fromkeys(g.rows["negative_prompt"].fillna("").astype(str)) if n][:1]
+    per_seed = len(prompts) > 1  # style items: the subject changes with the seed; the prompt goes in the row
     buttons = [("default", "leaderboard order"), ("name", "name")] + [(s.name, s.label) for s in metrics]
     sorter = "".join(f'<button type="button" data-sort="{esc(k)}">{esc(t)}</button>' for k, t in buttons)
-    body = []
-    for rank, model in enumerate(order):
+    seeds = seed_order(g.rows["seed"])
+    by_cell = {(str(r["model"]), str(r["seed"])): r for r in g.rows.to_dict(orient="records")}
+    head = '<th class="seed">seed</th>' + ('<th class="targets">target</th>' if g.targets else "")
+    for model in g.models:
         z = zs[zs["model"] == model].set_index("metric")["z"].to_dict()
-        body.append(grid_row(model, rank, rows[rows["model"] == model], z, metrics, render_image))
-    prompt_html = "".join(f'<div class="prompt">{esc(p)}</div>' for p in prompts)
+        head += column_th(model, titles.get(model, ""), ranks.get(model, len(ranks)), z, metrics)
+    body = []
+    for i, seed in enumerate(seeds):
+        first = next((by_cell[(m, seed)] for m in g.models if (m, seed) in by_cell), None)
+        prompt = f'<span class="row-prompt">{esc(first["prompt"])}</span>' if per_seed and first else ""
+        cells = f'<th class="seed">{esc(seed)}{prompt}</th>'
+        if g.targets and i == 0:
+            cells += targets_cell(g.targets, g.task, g.item, gallery, len(seeds))
+        for model in g.models:
+            r = by_cell.get((model, seed))
+            inner = image_figure(r, model, images_root, gallery) if r is not None else '<span class="na">—</span>'
+            cells += f'<td class="cell" data-model="{esc(model)}">{inner}</td>'
+        body.append(f'<tr data-seed="{esc(seed)}">{cells}</tr>')
+    shown_prompts = [] if per_seed else prompts[:1]
+    prompt_html = "".join(f'<div class="prompt">{esc(p)}</div>' for p in shown_prompts)
     prompt_html += "".join(f'<div class="prompt">Negative prompt: {esc(n)}</div>' for n in negs)
     primary = esc(metrics[0].name) if metrics else ""
-    return (f'<section class="grid" data-task="{esc(task)}" data-item="{esc(item)}" data-primary="{primary}">'
-            f"<h3>{esc(TASK_TITLES.get(task, task))}: {esc(item)}</h3>{prompt_html}"
-            f'<div class="sorter">mean z on this item; sort by: {sorter}</div>'
-            f'<div class="grid-body">{"".join(body)}</div></section>')
+    return (f'<section class="grid" data-task="{esc(g.task)}" data-item="{esc(g.item)}" data-family="{esc(g.family)}"'
+            f' data-primary="{primary}"><h3>{esc(TASK_TITLES.get(g.task, g.task))}: {esc(g.item)}</h3>{prompt_html}'
+            f'<div class="sorter">mean z on this item; sort the columns by: {sorter}</div>'
+            f'<div class="xy-wrap"><table class="xy"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div></section>')
 
 
-def grids_html(result: Standardized, shown: Mapping[str, Shown], manifests: Mapping[str, pd.DataFrame],
-               order: list[str], render_image) -> str:
-    """Grids for every (task, item) of the manifests, tasks in general/style/lora order."""
+def lora_family(item: str, rows: pd.DataFrame, targets: Targets) -> str:
+    """The family whose LoRA table holds ``item``: from the benchmark when the report was given it, else the one
+    family of the models that drew it with their LoRA applied ("" when that is not one family)."""
+    if item in targets.lora_families:
+        return targets.lora_families[item]
+    drawn = rows[~rows["flags"].map(lambda f: INCOMPATIBLE in parse_flags(f))]
+    families = set(drawn["family"].astype(str))
+    return families.pop() if len(families) == 1 else ""
+
+
+def item_grids(task: str, rows: pd.DataFrame, order: list[str], targets: Targets) -> list[Grid]:
+    """The grids of one task, items in name order; a LoRA item shows the models of its table's family only."""
+    grids = []
+    for item, g in rows.groupby("item", sort=True):
+        family = lora_family(str(item), g, targets) if task == "lora" else ""
+        drew = set(g["model"]) if not family else set(g.loc[g["family"].astype(str) == family, "model"])
+        models = [m for m in order if m in drew]
+        grids.append(Grid(task, str(item), g, models, targets.images.get((task, str(item)), ()), family))
+    return grids
+
+
+def section_key(g: Grid) -> tuple[str, str]:
+    """(anchor id, heading) of the section a grid belongs to: one per task, LoRAs one per family."""
+    title = TASK_TITLES.get(g.task, g.task) + "s"
+    if g.task != "lora":
+        return f"task-{g.task}", title
+    return f"task-lora-{g.family or 'other'}", f"{title} ({FAMILY_TITLES.get(g.family, g.family or 'other')})"
+
+
+def grid_sections(manifests: Mapping[str, pd.DataFrame], order: list[str], targets: Targets) -> list[Grid]:
+    """Every grid, tasks in general/style/lora order, LoRA families in FAMILY_TITLES order."""
     rows = pd.concat([m.assign(model=name) for name, m in manifests.items()], ignore_index=True)
     rows["item"] = rows["item"].astype(str)
-    zs, metrics_of = item_scores(result), task_metrics(result)
-    out = []
     tasks = [t for t in TASK_TITLES if t in set(rows["task"])] + sorted(set(rows["task"]) - set(TASK_TITLES))
-    for task in tasks:
-        out.append(f'<h2 id="task-{esc(task)}">{esc(TASK_TITLES.get(task, task))}s</h2>')
-        for item, g in rows[rows["task"] == task].groupby("item", sort=True):
-            z = zs[(zs["task"] == task) & (zs["item"] == item)]
-            metrics = [shown[m] for m in metrics_of.get(task, [])]
-            out.append(grid_section(task, item, g, order, z, metrics, render_image))
-    return "\n".join(out)
+    grids = [g for t in tasks for g in item_grids(t, rows[rows["task"] == t], order, targets)]
+    family_rank = {f: i for i, f in enumerate(FAMILY_TITLES)}
+    return sorted(grids, key=lambda g: (tasks.index(g.task), family_rank.get(g.family, len(family_rank)), g.family))
+
+
+def grids_html(result: Standardized, shown: Mapping[str, Shown], grids: list[Grid], titles: Mapping[str, str],
+               ranks: Mapping[str, int], images_root: Path, gallery: Gallery) -> tuple[str, list[tuple[str, str]]]:
+    """The grids under one heading per section; returns the HTML and the (anchor, heading) of each section."""
+    zs, metrics_of = item_scores(result), task_metrics(result)
+    out, sections = [], []
+    for g in grids:
+        key = section_key(g)
+        if key not in sections:
+            sections.append(key)
+            out.append(f'<h2 id="{esc(key[0])}">{esc(key[1])}</h2>')
+        z = zs[(zs["task"] == g.task) & (zs["item"] == g.item)]
+        metrics = [shown[m] for m in metrics_of.get(g.task, []) if m in shown]
+        out.append(grid_section(g, titles, ranks, z, metrics, images_root, gallery))
+    return "\n".join(out), sections
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The page
 
 
 def csp(script: str, style: str) -> str:
@@ -235,23 +470,37 @@ def csp(script: str, style: str) -> str:
 
 
 def leaderboard_note(meta: dict, shown: Mapping[str, Shown]) -> str:
-    """The text above the leaderboard: what a score and a bracket are, the directions, the benchmark. The losses
-    named are those the combined score flips (``meta["combined_of"]``, the registered metrics scored)."""
-    lower = ", ".join(s.label for s in losses(shown, meta["combined_of"]))
+    """The text above the leaderboard: what a score and a bracket are, the directions, the metrics combined, the
+    benchmark. "Combined over" lists ``meta["combined_over"]`` when standardize recorded it."""
+    lower = ", ".join(s.label for s in losses(shown, [m for m in shown if m != COMBINED])) or "none"
     combined = shown[COMBINED]
-    return (f"Scores are mean z-scores (z within each benchmark item over all models' images); brackets: the rank "
-            f"interval and the {interval_note(meta)}. Losses ({lower}): lower is better. "
-            f"{combined.label}: mean of scores with losses sign-flipped, {combined.better} is better. Click a column "
-            f"to sort. {benchmark_line(meta)}")
+    over = combined_over(meta)
+    over_text = ""
+    if over is not None:
+        labels = ", ".join(shown[m].label if m in shown else m for m in over)
+        over_text = (f"Combined over: {labels}. Columns marked \"not in {combined.label}\" are not part of the "
+                     "combined rank. ")
+    return (f"Scores are mean z-scores (z within each benchmark item over all models' images); brackets: the "
+            f"{interval_note(meta)}; then the rank and its interval, and the raw mean. ↑: higher is better, ↓: "
+            f"lower is better (losses: {lower}). {combined.label}: mean of scores with losses sign-flipped, "
+            f"{combined.better} is better. {over_text}Click a column to sort. {benchmark_line(meta)}")
+
+
+def nav_html(sections: Sequence[tuple[str, str]]) -> str:
+    links = [("leaderboard-section", "Leaderboard"), ("pairwise", "A beats B"), ("plots", "Plots"),
+             ("problems", "Flags"), *sections]
+    return "<nav>" + " · ".join(f'<a href="#{esc(a)}">{esc(t)}</a>' for a, t in links) + "</nav>"
 
 
 def page_html(result: Standardized, shown: Mapping[str, Shown], board: pd.DataFrame, pngs: Mapping[str, bytes],
-              grids: str) -> str:
+              grids: str, sections: Sequence[tuple[str, str]] = ()) -> str:
     """The whole document. shown: ``shown_metrics(result, registry)``."""
     script, style = (STATIC / "report.js").read_text(), (STATIC / "report.css").read_text()
     metrics = [m for m in shown if m != COMBINED]
     meta, raw = result.meta, result.meta.get("raw_metric", "aesthetic")
     note = leaderboard_note(meta, shown)
+    order = board["model"].astype(str).tolist()
+    names = {str(r["model"]): str(r["title"] or r["model"]) for r in board_records(board)}
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{esc(csp(script, style))}">
@@ -260,10 +509,10 @@ def page_html(result: Standardized, shown: Mapping[str, Shown], board: pd.DataFr
 <body>
 {warning_html(board)}
 <h1>GhostReview report</h1>
-<nav><a href="#leaderboard-section">Leaderboard</a> · <a href="#plots">Plots</a> · <a href="#problems">Flags</a> ·
-<a href="#task-general">Prompts</a> · <a href="#task-style">Styles</a> · <a href="#task-lora">LoRAs</a></nav>
+{nav_html(sections)}
 <section id="leaderboard-section"><h2>Leaderboard</h2><p class="note">{esc(note)}</p>
-<div class="wide">{leaderboard_html(board, shown, metrics, raw)}</div></section>
+{leaderboard_html(board, shown, metrics, raw, combined_over(meta))}</section>
+<section id="pairwise"><h2>A beats B</h2>{pairwise_html(result, shown, order, names)}</section>
 <section id="plots"><h2>Plots</h2>{plots_html(pngs)}</section>
 <section id="problems"><h2>Unsupported / incompatible LoRA pairs</h2>
 {frame_html(lora_problems(result), "lora-problems")}
@@ -278,13 +527,16 @@ def page_html(result: Standardized, shown: Mapping[str, Shown], board: pd.DataFr
 
 def write_html(result: Standardized, scores: pd.DataFrame, manifests: Mapping[str, pd.DataFrame],
                models: pd.DataFrame, images_root: str | Path, out_dir: str | Path, *,
-               metrics: Mapping[str, MetricInfo], plot_pngs: Mapping[str, bytes] | None = None, thumb_px: int = 160,
-               embed_max_bytes: int = 65_536) -> Path:
-    """Write ``<out_dir>/index.html`` (see the module docstring) and return its path.
+               metrics: Mapping[str, MetricInfo], plot_pngs: Mapping[str, bytes] | None = None,
+               targets: Targets | None = None, thumb_px: int = 320) -> Path:
+    """Write ``<out_dir>/index.html`` and ``<out_dir>/images/`` (see the module docstring); returns the page's path.
 
     manifests: model -> its manifest table (images at ``images_root/<model>/<image>``). metrics: the registry the
     scores were standardized with (labels, directions). plot_pngs: PNG bytes by name from ``write_plots`` (rendered
-    here from ``result`` and ``scores`` when None). thumb_px: thumbnail size.
+    here from ``result`` and ``scores`` when None). targets: the style reference and LoRA header images and the
+    LoRA tables' families (``targets.benchmark_targets``); without them grids show no targets and a LoRA item's
+    family is the one of the models that drew it. thumb_px: longest side of a thumbnail; smaller images are their
+    own thumbnail.
     """
     check_manifests(manifests)
     shown = shown_metrics(result, metrics)
@@ -293,11 +545,9 @@ def write_html(result: Standardized, scores: pd.DataFrame, manifests: Mapping[st
     board = leaderboard_frame(result, models)
     pngs = plot_pngs if plot_pngs is not None else render(result, scores, models, metrics)[1]
     order = [m for m in board["model"].astype(str) if m in manifests] + sorted(set(manifests) - set(board["model"]))
-
-    def render_image(r: Mapping[str, object]) -> str:
-        return image_figure(r, str(r["model"]), root, out, thumb_px, embed_max_bytes)
-
-    path = out / "index.html"
-    grids = grids_html(result, shown, manifests, order, render_image)
-    path.write_text(page_html(result, shown, board, pngs, grids), encoding="utf-8")
-    return path
+    titles = {str(r["model"]): str(r["title"]) for r in board_records(board)}
+    gallery = Gallery(thumb_px)
+    grids, sections = grids_html(result, shown, grid_sections(manifests, order, targets or Targets()), titles,
+                                 {m: i for i, m in enumerate(order)}, root, gallery)
+    gallery.write(out)
+    return write_text_atomic(out / "index.html", page_html(result, shown, board, pngs, grids, sections))

@@ -1,35 +1,45 @@
-// GhostReview offline report: sorting and the full-size viewer. Touches text only through textContent.
+// GhostReview offline report: sorting (leaderboard rows, grid columns) and the full-size viewer. Touches text only
+// through textContent.
 (function () {
   "use strict";
   function num(v) { var x = parseFloat(v); return isNaN(x) ? null : x; }
 
-  // Order rows by a numeric attribute, best (largest) first, missing values last; ties keep name order.
-  function sortRows(container, rows, attr) {
-    rows.sort(function (a, b) {
+  // Order a grid's column headers by a numeric attribute, best (largest) first, missing values last; ties keep
+  // name order.
+  function byAttr(attr) {
+    return function (a, b) {
       var x = num(a.getAttribute(attr)), y = num(b.getAttribute(attr));
       if (x === null && y === null) { return a.dataset.model < b.dataset.model ? -1 : 1; }
       if (x === null) { return 1; }
       if (y === null) { return -1; }
       if (x !== y) { return y - x; }
       return a.dataset.model < b.dataset.model ? -1 : 1;
-    });
-    rows.forEach(function (r) { container.appendChild(r); });
+    };
   }
 
-  function sortByName(container, rows) {
-    rows.sort(function (a, b) { return a.dataset.model < b.dataset.model ? -1 : 1; });
-    rows.forEach(function (r) { container.appendChild(r); });
+  function byName(a, b) { return a.dataset.model < b.dataset.model ? -1 : 1; }
+
+  // Put the model columns of a grid (header cells and every seed row's cells) in the order of ``heads``.
+  function reorderColumns(table, heads) {
+    var headRow = table.tHead.rows[0];
+    heads.forEach(function (h) { headRow.appendChild(h); });
+    Array.prototype.forEach.call(table.tBodies[0].rows, function (row) {
+      var cells = {};
+      row.querySelectorAll(":scope > td.cell").forEach(function (c) { cells[c.dataset.model] = c; });
+      heads.forEach(function (h) { if (cells[h.dataset.model]) { row.appendChild(cells[h.dataset.model]); } });
+    });
   }
 
   // key: "score" (the grid's primary metric), "name", "default" (leaderboard order) or a metric name.
   function sortGrid(grid, key) {
-    var body = grid.querySelector(".grid-body");
-    var rows = Array.prototype.slice.call(body.querySelectorAll(":scope > .grid-row"));
-    if (key === "name") { sortByName(body, rows); }
-    else if (key === "default") { sortRows(body, rows, "data-default"); }
-    else if (key === "score") { sortRows(body, rows, "data-score"); }
-    else if (rows.length && rows[0].hasAttribute("data-m-" + key)) { sortRows(body, rows, "data-m-" + key); }
+    var table = grid.querySelector("table.xy");
+    var heads = Array.prototype.slice.call(table.tHead.querySelectorAll("th.col"));
+    if (key === "name") { heads.sort(byName); }
+    else if (key === "default") { heads.sort(byAttr("data-default")); }
+    else if (key === "score") { heads.sort(byAttr("data-score")); }
+    else if (heads.length && heads[0].hasAttribute("data-m-" + key)) { heads.sort(byAttr("data-m-" + key)); }
     else { return false; }
+    reorderColumns(table, heads);
     var shown = key === "score" ? grid.dataset.primary : key;
     grid.querySelectorAll(".sorter button").forEach(function (b) {
       b.classList.toggle("active", b.dataset.sort === shown);
@@ -66,8 +76,7 @@
     var full = fig.dataset.full;
     if (full) { img.src = full; img.hidden = false; } else { img.removeAttribute("src"); img.hidden = true; }
     box.querySelector(".caption").textContent = fig.dataset.caption || "";
-    var info = fig.querySelector("pre.infotext");
-    box.querySelector("pre").textContent = info ? info.textContent : "";
+    box.querySelector("pre").textContent = fig.dataset.info || "";
     box.dataset.hash = fig.dataset.hash || "";
     box.classList.add("open");
   }
@@ -87,7 +96,7 @@
     if (p.open) {
       var figs = document.querySelectorAll("figure.thumb");
       for (var i = 0; i < figs.length; i++) {
-        if (figs[i].dataset.hash === p.open) { figs[i].querySelector(".shot").click(); break; }
+        if (figs[i].dataset.hash === p.open) { openViewer(figs[i]); break; }
       }
     }
   }
@@ -98,8 +107,12 @@
   document.querySelectorAll("#leaderboard th").forEach(function (th) {
     th.addEventListener("click", function () { sortLeaderboard(th); });
   });
-  document.querySelectorAll("figure.thumb .shot").forEach(function (s) {
-    s.addEventListener("click", function (e) { e.preventDefault(); openViewer(s.closest("figure.thumb")); });
+  // One listener for all thumbnails (a full review has tens of thousands); a modified click follows the plain link.
+  document.addEventListener("click", function (e) {
+    var shot = e.target.closest ? e.target.closest("figure.thumb .shot") : null;
+    if (!shot || e.button !== 0 || e.ctrlKey || e.metaKey || e.shiftKey || e.altKey) { return; }
+    e.preventDefault();
+    openViewer(shot.closest("figure.thumb"));
   });
   document.getElementById("lightbox").addEventListener("click", function () {
     this.classList.remove("open");
