@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from ghostreview.errors import stage_main
-from ghostreview.util.runtime import set_cpu_threads, stage_runtime
+from ghostreview.util.runtime import quiet_third_party, set_cpu_threads, stage_runtime
 
 stage_runtime()
 
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--params", default="params.yaml", type=Path)
     args = ap.parse_args(argv)
+    quiet_third_party()
 
     params, root = validate.for_scoring(args.params)
     set_cpu_threads(params.scoring.cpu_threads)

@@ -19,8 +19,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ghostreview import __version__
 from ghostreview.generation.engines import open_engine
 from ghostreview.generation.loading import CheckpointFile, checkpoint_config_dir
@@ -41,7 +39,7 @@ from ghostreview.generation.worker import PipelineSpec, WorkUnit, image_runtime
 from ghostreview.protocol import Benchmark
 from ghostreview.util.atomic import replace_dir
 from ghostreview.util.hashing import file_sha256
-from ghostreview.util.runtime import pick_dtype, set_cpu_threads
+from ghostreview.util.runtime import pick_dtype, progress_bar, set_cpu_threads
 
 
 def warn(message: str) -> None:
@@ -224,8 +222,8 @@ def run_generate(bench: Benchmark, s: GenerateSettings, out_dir: Path, progress:
         if units:
             spec = PipelineSpec(ckpt, s.config_dir, s.vae, s.allow_pickle, s.prediction, device,
                                 str(dtype).removeprefix("torch."), gen.cpu_threads, s.cache, gen.batch_size)
-            with tqdm(total=sum(map(len, units)), unit="img", desc=f"generate {s.model_name}",
-                      disable=not progress) as bar:
+            with progress_bar(total=sum(map(len, units)), unit="img", desc=f"generate@{s.model_name}",
+                              disable=not progress) as bar:
                 drawn = engine.draw(spec, units, store, bar.update)
     rows = manifest_rows(jobs, keys, texts, store, model)
     write_output(out_dir, rows, store, model)

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from ghostreview.scoring.batching import map_rows
 from ghostreview.scoring.metric import MetricInfo
 from ghostreview.scoring.weights import read_state_dict
+
+if TYPE_CHECKING:
+    from torch import Tensor
+# torch is imported where the head runs: the registry reads INFO without it (tests/test_imports.py).
 
 INFO = MetricInfo(
     name="aesthetic",
@@ -87,6 +90,8 @@ HEAD_BATCH = 256
 
 def aesthetic_scores(embeddings: np.ndarray, head_state: Mapping[str, Tensor]) -> np.ndarray:
     """Aesthetic score per image: [N, 768] unnormalized CLIP image embeddings -> [N] float32 (normalized here)."""
+    import torch
+
     x = torch.from_numpy(l2_normalize(embeddings)).float()
     with torch.inference_mode():
         scores = map_rows(lambda rows: laion_head(rows, head_state), x, HEAD_BATCH)

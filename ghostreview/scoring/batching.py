@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
+# torch is imported where rows are joined, so that the metric modules (and the registry) import without it.
 
 T = TypeVar("T")
 
@@ -30,6 +31,8 @@ def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 def padded(rows: Tensor, size: int) -> Tensor:
     """``rows`` [n <= size, ...] padded with zero rows to exactly ``size`` rows."""
+    import torch
+
     if len(rows) > size:
         raise ValueError(f"{len(rows)} rows do not fit a batch of {size}")
     if len(rows) == size:
@@ -39,6 +42,8 @@ def padded(rows: Tensor, size: int) -> Tensor:
 
 def map_rows(fn: Callable[[Tensor], Tensor], x: Tensor, size: int) -> Tensor:
     """``fn`` applied to ``x`` [N, ...] in forwards of exactly ``size`` rows; the [N, ...] results concatenated."""
+    import torch
+
     outs = [fn(padded(x[start : start + size], size))[: len(x[start : start + size])]
             for start in range(0, len(x), size)]
     return torch.cat(outs) if outs else fn(padded(x[:0], size))[:0]

@@ -21,13 +21,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import open_clip
 import torch
 from PIL import Image
 
 from ghostreview.errors import UserError
 from ghostreview.scoring.batching import chunks, padded
 from ghostreview.scoring.weights import check_state_dict_file, verify_weights, write_state_dict
+
+# open_clip (with torchvision, timm and transformers under it: about 1.5 s) is imported only where a CLIP model is
+# built or a config registered, so that the aesthetic stage, which reads stored embeddings, never pays for it.
 
 # Keys of OpenAI's TorchScript state dict that are not parameters of open_clip's CLIP.
 _OPENAI_JIT_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -73,6 +75,8 @@ class ClipModel:
 
 def register_model_config(arch: str, model_config: Path) -> None:
     """Register a JSON model config with open_clip under ``arch`` (open_clip names configs by file stem)."""
+    import open_clip
+
     model_config = Path(model_config)
     if not model_config.is_file():
         raise FileNotFoundError(f"CLIP model config not found: {model_config}")
@@ -100,6 +104,8 @@ def load_clip(
     model_config: JSON config registered first (tiny stand-in archs), its stem must equal ``arch``.
     expected_sha256: verify the weights file before loading when given.
     """
+    import open_clip
+
     if ":" in arch:
         raise ValueError(f"CLIP arch {arch!r} has a schema prefix; only local registered configs are allowed")
     if model_config is not None:
@@ -150,11 +156,13 @@ def tokenize(tokenizer: Any, texts: Sequence[str]) -> tuple[torch.Tensor, list[b
 
 
 @torch.inference_mode()
-def text_embeddings(clip: ClipModel, texts: Sequence[str], batch_size: int = 16) -> tuple[np.ndarray, list[bool]]:
+def text_embeddings(clip: ClipModel, texts: Sequence[str], batch_size: int = 16,
+                    progress: Callable[[int], object] = lambda n: None) -> tuple[np.ndarray, list[bool]]:
     """Unnormalized CLIP text embeddings [T, D] float32 aligned with ``texts``, and truncation flags.
 
     Each distinct text is encoded once; duplicates reuse its row. Texts are plain (A1111 syntax already removed).
-    Forwards hold exactly ``batch_size`` texts (padded with all-zero token rows), as for images.
+    Forwards hold exactly ``batch_size`` texts (padded with all-zero token rows), as for images. ``progress(n)``
+    is called after each forward with the number of distinct texts it encoded.
     """
     distinct = list(dict.fromkeys(texts))
     ids, flags = tokenize(clip.tokenizer, distinct)
@@ -163,6 +171,7 @@ def text_embeddings(clip: ClipModel, texts: Sequence[str], batch_size: int = 16)
         chunk = ids[start : start + batch_size]
         emb = clip.model.encode_text(padded(chunk, batch_size).to(clip.device))[: len(chunk)]
         rows.append(emb.float().cpu().numpy())
+        progress(len(chunk))
     table = np.concatenate(rows)
     index = {text: i for i, text in enumerate(distinct)}
     order = [index[t] for t in texts]

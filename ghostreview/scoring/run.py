@@ -8,7 +8,7 @@ CLIPScore) and the reference Gram statistics (shared by every model).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -32,7 +32,14 @@ from ghostreview.scoring.clip import (
 from ghostreview.scoring.table import score_rows
 from ghostreview.scoring.weights import verify_weights
 from ghostreview.util.atomic import replace_dir
-from ghostreview.util.runtime import pick_device
+from ghostreview.util.runtime import pick_device, progress_bar
+
+
+def counted(items: Iterable, bar) -> Iterator:
+    """``items`` unchanged, ``bar.update(1)`` after each one is used (a progress bar over a lazy stream)."""
+    for item in items:
+        yield item
+        bar.update(1)
 
 
 def drawable(rows: Sequence[Mapping[str, str]]) -> list[Mapping[str, str]]:
@@ -68,7 +75,8 @@ def embed_images(rows: Sequence[Mapping[str, str]], images_dir: Path, clip: Clip
                  out: Path) -> int:
     """CLIP image embeddings of every row's image, in forwards of ``batch_size``, saved as the embeddings artifact."""
     model = clip.load()
-    emb = image_embeddings(model, open_images(images_dir, rows), batch_size)
+    with progress_bar(total=len(rows), desc="embed", unit="img") as bar:
+        emb = image_embeddings(model, counted(open_images(images_dir, rows), bar), batch_size)
     save_embeddings(out, Embeddings([r["image_hash"] for r in rows], emb, model.arch, model.weights_sha256))
     return len(rows)
 
@@ -90,7 +98,9 @@ def clipscore_rows(rows: Sequence[Mapping[str, str]], embeddings: Path, clip: Cl
     forwards of ``batch_size``)."""
     emb = load_embeddings(embeddings)
     model = clip.load()
-    text_emb, truncated = text_embeddings(model, [plain_text(r["prompt"]) for r in rows], batch_size)
+    texts = [plain_text(r["prompt"]) for r in rows]
+    with progress_bar(total=len(set(texts)), desc="clipscore", unit="prompt") as bar:
+        text_emb, truncated = text_embeddings(model, texts, batch_size, progress=bar.update)
     values = clipscore.clip_scores(emb.rows([r["image_hash"] for r in rows], str(embeddings)), text_emb)
     flags = [["text_truncated"] if t else [] for t in truncated]
     info = clipscore.INFO
@@ -207,10 +217,11 @@ def write_refstats(bench: Benchmark, style_dir: Path | None, header_dirs: Mappin
     vgg, _ = vgg_spec.load()
 
     def build(tmp: Path) -> None:
-        for name, files in sets.items():
-            shas = [styleloss.sha256_file(f) for f in files]
-            stats = styleloss.ref_stats(vgg, styleloss.open_images(files), image_size, shas)
-            styleloss.save_ref_stats(stats, tmp / f"{name}.safetensors")
+        with progress_bar(total=sum(map(len, sets.values())), desc="refstats", unit="img") as bar:
+            for name, files in sets.items():
+                shas = [styleloss.sha256_file(f) for f in files]
+                stats = styleloss.ref_stats(vgg, counted(styleloss.open_images(files), bar), image_size, shas)
+                styleloss.save_ref_stats(stats, tmp / f"{name}.safetensors")
 
     replace_dir(out, build)
     return len(sets)
@@ -255,8 +266,11 @@ def styleloss_rows(rows: Sequence[Mapping[str, str]], task: str, images_dir: Pat
     device = next(vgg.parameters()).device
     refs = {path: styleloss.load_ref_stats(path).to(device) for path in groups}
     ordered = [(path, row) for path, group in groups.items() for row in group]
-    grams = styleloss.image_grams(vgg, open_images(images_dir, [row for _, row in ordered]), image_size, batch_size)
-    per_image = [styleloss.style_loss([g[None] for g in image], refs[path]) for (path, _), image in zip(ordered, grams)]
+    with progress_bar(total=len(ordered), desc=info.name, unit="img") as bar:
+        images = counted(open_images(images_dir, [row for _, row in ordered]), bar)
+        grams = styleloss.image_grams(vgg, images, image_size, batch_size)
+        per_image = [styleloss.style_loss([g[None] for g in image], refs[path])
+                     for (path, _), image in zip(ordered, grams)]
     losses = np.array([float(loss[0]) for loss, _ in per_image])
     layers = np.array([per_layer[0].cpu().numpy() for _, per_layer in per_image]).reshape(len(ordered), -1)
     out: list[dict] = []

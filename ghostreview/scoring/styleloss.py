@@ -20,25 +20,30 @@ LoRA loss is the same function against a LoRA's header image(s).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-from torch import Tensor, nn
-from torchvision.models import VGG19_Weights
 
 from ghostreview.errors import UserError
 from ghostreview.protocol import IMAGE_SUFFIXES  # the reference files the benchmark allows
 from ghostreview.scoring.batching import padded
 from ghostreview.scoring.metric import MetricInfo
 from ghostreview.scoring.weights import read_state_dict, sha256_file
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+
+# torch and torchvision are imported by the functions that compute (torchvision alone costs about a second): the
+# registry, standardize and the report read ``INFO`` without them (tests/test_imports.py).
 
 INFO = MetricInfo(
     name="styleloss",
@@ -67,9 +72,23 @@ LAYER_INDICES: tuple[int, ...] = (1, 6, 11, 20, 29)
 # 2x2 max-pool. Widths below are the reference ones; the loader reads the actual widths from the file.
 VGG19_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
                                     512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
-_META = VGG19_Weights.IMAGENET1K_V1.transforms()
-IMAGENET_MEAN: tuple[float, ...] = tuple(_META.mean)
-IMAGENET_STD: tuple[float, ...] = tuple(_META.std)
+
+
+@functools.cache
+def imagenet_mean_std() -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """VGG19's input normalization (mean, std), from torchvision's ``VGG19_Weights`` metadata."""
+    from torchvision.models import VGG19_Weights
+
+    meta = VGG19_Weights.IMAGENET1K_V1.transforms()
+    return tuple(meta.mean), tuple(meta.std)
+
+
+def __getattr__(name: str) -> tuple[float, ...]:
+    """``IMAGENET_MEAN`` and ``IMAGENET_STD``, read from torchvision when first asked for (PEP 562)."""
+    if name in ("IMAGENET_MEAN", "IMAGENET_STD"):
+        return imagenet_mean_std()[name == "IMAGENET_STD"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 # Limits of every image GhostReview opens from the user (reference images, LoRA header images, A1111 PNGs for
 # import-infotext), checked from the file's header before any pixel is decoded (:func:`open_checked_image`).
 # 50 MP (e.g. 8660x5773) passes every A1111 output (a 4x upscale of SDXL's 1024x1024 is 16.8 MP) and 45 MP camera
@@ -100,6 +119,8 @@ def conv_indices() -> list[int]:
 
 def vgg19_features_from_state(state: Mapping[str, Tensor], source: str = "state dict") -> nn.Sequential:
     """Build VGG19 ``features`` with channel widths read from the state dict's shapes, and load it (eval mode)."""
+    from torch import nn
+
     layers: list[nn.Module] = []
     in_ch = 3
     convs = iter(conv_indices())
@@ -135,6 +156,8 @@ def load_vgg19_features(path: Path) -> nn.Sequential:
 # ------------------------------------------------------------------------------------------------------- images
 def to_rgb_tensor(image: Image.Image) -> Tensor:
     """PIL image of any common mode -> [3, H, W] float32 in [0, 1] (alpha on white, gray to RGB, 16-bit scaled)."""
+    import torch
+
     if image.mode in ("I;16", "I;16L", "I;16B", "I"):
         gray = torch.from_numpy(np.asarray(image, dtype=np.float32) / 65535.0).clamp(0, 1)
         return gray[None].expand(3, -1, -1).contiguous()
@@ -148,6 +171,8 @@ def to_rgb_tensor(image: Image.Image) -> Tensor:
 
 def resize_shorter(image: Image.Image, size: int) -> Tensor:
     """The one image preparation for StyleLoss: RGB [3, H, W] float32 in [0, 1] with min(H, W) == size."""
+    import torch.nn.functional as F
+
     x = to_rgb_tensor(image)
     h, w = x.shape[1:]
     scale = size / min(h, w)
@@ -164,24 +189,27 @@ def gram(features: Tensor) -> Tensor:
     return f @ f.transpose(1, 2) / (h * w)
 
 
-@torch.no_grad()
 def style_grams(vgg: nn.Sequential, images: Tensor) -> list[Tensor]:
     """Gram matrices at relu1_1..relu5_1: images [B, 3, H, W] in [0, 1] -> five [B, N_l, N_l] float64.
 
     Images are moved to the VGG's device. Runs the layers one by one and takes each Gram right after its ReLU, so
     torchvision's in-place ReLUs cannot overwrite a captured activation; layers after relu5_1 are not run.
     """
+    import torch
+
     images = images.to(next(vgg.parameters()).device)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype, device=images.device)[:, None, None]
-    std = torch.tensor(IMAGENET_STD, dtype=images.dtype, device=images.device)[:, None, None]
-    x = (images - mean) / std
+    imagenet_mean, imagenet_std = imagenet_mean_std()
+    mean = torch.tensor(imagenet_mean, dtype=images.dtype, device=images.device)[:, None, None]
+    std = torch.tensor(imagenet_std, dtype=images.dtype, device=images.device)[:, None, None]
     grams = []
-    for i, layer in enumerate(vgg):
-        x = layer(x)
-        if i in LAYER_INDICES:
-            grams.append(gram(x).double())  # float32 matmul (fast on GPUs), float64 after
-        if i == LAYER_INDICES[-1]:
-            break
+    with torch.no_grad():
+        x = (images - mean) / std
+        for i, layer in enumerate(vgg):
+            x = layer(x)
+            if i in LAYER_INDICES:
+                grams.append(gram(x).double())  # float32 matmul (fast on GPUs), float64 after
+            if i == LAYER_INDICES[-1]:
+                break
     if len(grams) != len(LAYERS):
         raise ValueError(f"VGG module has {len(vgg)} layers; need at least {LAYER_INDICES[-1] + 1} (relu5_1)")
     return grams
@@ -219,6 +247,8 @@ def stats_from_grams(grams: Iterable[Sequence[Tensor]], size: int, sha256s: Sequ
     Mean and spread use Welford's update (delta = A - mean_old; mean += delta / k; M2 += <delta, A - mean_new>),
     exact without keeping every reference and without the cancellation of E|A|^2 - |E A|^2.
     """
+    import torch
+
     means: list[Tensor] = []
     m2 = torch.zeros(len(LAYERS), dtype=torch.float64)
     k = 0
@@ -242,6 +272,8 @@ def ref_stats(vgg: nn.Sequential, images: Iterable[Image.Image], size: int, sha2
 
 def style_loss(grams: list[Tensor], refs: RefStats) -> tuple[Tensor, Tensor]:
     """Mean StyleLoss over the references: five [B, N_l, N_l] Grams -> ([B] loss, [B, 5] per layer), float64."""
+    import torch
+
     per_layer = []
     for g, mean, spread in zip(grams, refs.means, refs.spreads, strict=True):
         n = mean.shape[-1]
@@ -261,6 +293,8 @@ def image_grams(vgg: nn.Sequential, images: Iterable[Image.Image], size: int,
     ``batch_size`` images (the last one padded with black images), so an image's Grams never depend on its
     batch-mates (``ghostreview.scoring.batching``).
     """
+    import torch
+
     pending: list[Tensor] = []
 
     def flush() -> Iterator[list[Tensor]]:

@@ -1,16 +1,25 @@
-"""Small runtime helpers shared by the stage scripts: offline mode, device and dtype choice, library versions."""
+"""Small runtime helpers shared by the stage scripts: offline mode, device and dtype choice, library versions, the
+stages' progress display and the silencing of the libraries underneath."""
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
 import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
+from typing import Any, Generic, TextIO, TypeVar
 
 from ghostreview.errors import UserError
 
 # Copied from ghostreview.config.DEVICE, which checks params when they are read (a leaf: it may not import this
 # module); pick_device refuses any other name too. tests/test_config.py keeps the two equal.
 DEVICE = re.compile(r"auto|cpu|mps|cuda(?::([0-9]{1,2}))?")
+
+T = TypeVar("T")
 
 DEVICE_FIX = "Use auto (the first CUDA GPU when there is one, else the CPU) or cpu in params.yaml"
 
@@ -82,3 +91,136 @@ def library_versions(names: tuple[str, ...] = ("torch", "diffusers", "transforme
     """Versions of the libraries that draw or score, recorded with every image and score."""
     return {n: metadata.version(n) for n in names}
 
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Progress and quiet: one bar per stage, nothing from the libraries underneath
+
+# Seconds between two plain progress lines when stderr is not a terminal (a DVC log, a CI job): a line at the start,
+# then at most one per interval, and one at the end.
+PLAIN_INTERVAL = 30.0
+
+
+def _duration(seconds: float) -> str:
+    """``4s``, ``2m05s``, ``1h02m``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class PlainProgress(Generic[T]):
+    """Progress as whole lines (``embed tiny: 12/40 images (30%), 0m21s, ETA 0m49s``) for a stderr that is no
+    terminal: a line when it starts, at most one per ``interval`` seconds, and a last one when it closes. The subset
+    of tqdm's interface the stages use: iteration, ``update(n)``, ``close()``, a context manager."""
+
+    def __init__(self, iterable: Iterable[T] | None = None, total: int | None = None, desc: str = "",
+                 unit: str = "it", interval: float = PLAIN_INTERVAL, file: TextIO | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)  # type: ignore[arg-type]
+        self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
+        self.interval, self.file, self.clock = interval, file, clock
+        self.n = 0
+        self.start = self.last = clock()
+        self.closed = False
+        self.write()
+
+    def line(self) -> str:
+        elapsed = self.clock() - self.start
+        count = f"{self.n}/{self.total}" if self.total is not None else str(self.n)
+        text = f"{self.desc}: {count} {self.unit}"
+        if self.total:
+            text += f" ({100 * self.n // self.total}%)"
+        text += f", {_duration(elapsed)}"
+        if self.total and 0 < self.n < self.total:
+            text += f", ETA {_duration(elapsed / self.n * (self.total - self.n))}"
+        return text
+
+    def write(self) -> None:
+        print(self.line(), file=self.file or sys.stderr, flush=True)
+        self.last = self.clock()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.clock() - self.last >= self.interval:
+            self.write()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.write()
+
+    def __iter__(self) -> Iterator[T]:
+        if self.iterable is None:
+            raise TypeError("PlainProgress made with total= only: call update(n)")
+        try:
+            for item in self.iterable:
+                yield item
+                self.update()
+        finally:
+            self.close()
+
+    def __enter__(self) -> PlainProgress[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def progress_bar(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str, unit: str = "it",
+                 file: TextIO | None = None, disable: bool = False) -> Any:
+    """The one progress display of a stage, on stderr (stdout keeps the stage's result line): a tqdm bar with
+    counts, rate and ETA on a terminal, :class:`PlainProgress` lines otherwise (DVC logs; ``\\r`` redraws would
+    fill them); nothing with ``disable``. Use as tqdm: wrap an iterable, or
+    ``with progress_bar(total=n, ...) as bar: bar.update(k)``."""
+    from tqdm import tqdm
+
+    stream = file or sys.stderr
+    if disable or stream.isatty():
+        return tqdm(iterable, total=total, desc=desc, unit=unit, file=stream, dynamic_ncols=True, disable=disable)
+    return PlainProgress(iterable, total=total, desc=desc, unit=unit, file=stream)
+
+
+# Known-harmless messages of the libraries underneath, each dropped by its logger and exact text, nothing broader.
+# diffusers' ModelMixin.to(dtype) warns whenever a dtype is passed, even when no module must stay in float32 (the
+# list is empty for every UNet and VAE we load): https://github.com/huggingface/diffusers, models/modeling_utils.py.
+HARMLESS_LOG_MESSAGES: dict[str, re.Pattern[str]] = {
+    "diffusers.models.modeling_utils": re.compile(
+        r"There are modules in \w+ that should be kept in float32: \[\]\. Casting directly with `to\(\)` can lead to "
+        r"inconsistent results; set `torch_dtype` in `from_pretrained\(\)` instead to keep these modules in float32\."
+    ),
+}
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        super().__init__()
+        self.pattern = pattern
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.pattern.fullmatch(record.getMessage()) is None
+
+
+def quiet_third_party() -> None:
+    """No progress bars but the stage's own, and none of the known-harmless messages above.
+
+    Turns off the bars of huggingface_hub (``HF_HUB_DISABLE_PROGRESS_BARS``, also read when it is imported later)
+    and, where they are already imported (never imported here: a scoring stage must not pay for diffusers), those
+    of diffusers (``Loading pipeline components...``) and transformers. A pipeline's own per-step bars are its
+    own setting: ``pipe.set_progress_bar_config(disable=True)`` where the pipeline is made. Idempotent.
+    """
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    for name, pattern in HARMLESS_LOG_MESSAGES.items():
+        log = logging.getLogger(name)  # the logger the library gets by the same name, imported or not
+        if not any(isinstance(f, _DropMessage) and f.pattern is pattern for f in log.filters):
+            log.addFilter(_DropMessage(pattern))
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    for library in ("diffusers", "transformers"):
+        if library in sys.modules:
+            importlib.import_module(f"{library}.utils.logging").disable_progress_bar()
