@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -23,6 +24,7 @@ from test_report import (  # tests/ is on sys.path (pytest's default rootdir imp
 )
 
 from ghostreview.analysis.report import write_report
+from ghostreview.analysis.report.targets import Targets
 
 CHROMIUM = Path("/usr/bin/chromium")
 # CI sets GHOSTREVIEW_REQUIRE_BROWSER=1 so that a missing browser fails instead of silently skipping.
@@ -107,21 +109,47 @@ def dump_dom(tmp: Path, page: Path, fragment: str = "") -> Node:
     return parse(chromium(tmp, page.as_uri() + fragment, "--dump-dom").stdout)
 
 
+TITLES = {"alpha": "", "beta": "Beta Mix v5", "gamma": "Gamma XL"}
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
+    """A report with an SDXL LoRA (X1, gamma's) beside the SD1.5 one (L1), titles, and targets: two reference images
+    of the style, one header image per LoRA (sizes differ from the generated 48 px images, and the style's first
+    reference is larger than a thumbnail)."""
     root = tmp_path_factory.mktemp("browser")
-    result, scores, manifests, models, images_root = make_demo(root / "in")
-    paths = write_report(result, scores, manifests, models, images_root, root / "reports", metrics=METRICS)
-    return paths["index.html"], pd.read_csv(paths["leaderboard.csv"]), manifests, root
+    result, scores, manifests, models, images_root = make_demo(root / "in", sdxl_lora=True, size=48)
+    refs = root / "refs"
+    refs.mkdir()
+    files = {}
+    for name, size, colour in (("style1.png", (600, 400), (200, 30, 30)), ("style2.jpg", (64, 64), (30, 200, 30)),
+                               ("l1.png", (40, 60), (30, 30, 200)), ("x1.webp", (50, 50), (200, 200, 30))):
+        Image.new("RGB", size, colour).save(refs / name)
+        files[name] = refs / name
+    targets = Targets({("style", "anime"): (files["style1.png"], files["style2.jpg"]),
+                       ("lora", "L1"): (files["l1.png"],), ("lora", "X1"): (files["x1.webp"],)},
+                      {"L1": "sd15", "X1": "sdxl"})
+    models = models.assign(title=models["model"].map(TITLES))
+    paths = write_report(result, scores, manifests, models, images_root, root / "reports", metrics=METRICS,
+                         targets=targets)
+    return paths["index.html"], pd.read_csv(paths["leaderboard.csv"]), manifests, root, result
 
 
 def grid_order(doc: Node, item: str) -> list[str]:
     (grid,) = doc.find_all("section", class_="grid", data_item=item)
-    return [r.attrs["data-model"] for r in grid.find_all("div", class_="grid-row")]
+    heads = [th.attrs["data-model"] for th in grid.find_all("th", class_="col")]
+    for row in grid.find_all("tr"):  # every seed row's cells follow the header's order
+        cells = [td.attrs["data-model"] for td in row.find_all("td", class_="cell")]
+        assert cells in ([], heads), (item, cells, heads)
+    return heads
+
+
+def local_or_embedded(src: str, page: Path) -> bool:
+    return src.startswith("data:image/") or (src.startswith("images/") and (page.parent / src).is_file())
 
 
 def test_dom_after_scripts(site, tmp_path):
-    page, board, manifests, _ = site
+    page, board, manifests, *_ = site
     plain = dump_dom(tmp_path, page)
     assert plain.find_all("body")[0].attrs.get("data-ready") == "1"  # the page's script ran
     # leaderboard rows, in rank order
@@ -136,15 +164,16 @@ def test_dom_after_scripts(site, tmp_path):
     assert len(plain.find_all("script")) == 1
     assert not plain.find_all("img", src="x")
     assert not [n for n in plain.iter() if any(k.startswith("on") for k in n.attrs)]
-    # all images are embedded
-    assert all(img.attrs["src"].startswith("data:image/") for img in plain.find_all("img") if "src" in img.attrs)
+    # every image is embedded (plots) or a file of the report's own images/
+    srcs = [img.attrs["src"] for img in plain.find_all("img") if "src" in img.attrs]
+    assert srcs and all(local_or_embedded(s, page) for s in srcs)
     assert len(plain.find_all("img", alt="aesthetic_distribution")) == 1
     # default grid order is the leaderboard's
     assert grid_order(plain, "p1") == board["model"].tolist()
 
 
 def test_sort_and_open_from_url_hash(site, tmp_path):
-    page, board, manifests, _ = site
+    page, board, manifests, *_ = site
     target = manifests["beta"].query("item == 'p1' and seed == 1").iloc[0]
     doc = dump_dom(tmp_path, page, f"#sort=score&open={target['image_hash']}")
     assert doc.find_all("body")[0].attrs.get("data-sorted") == "score"
@@ -157,7 +186,7 @@ def test_sort_and_open_from_url_hash(site, tmp_path):
     (box,) = doc.find_all("div", id="lightbox")
     assert "open" in box.attrs.get("class", "").split() and box.attrs["data-hash"] == target["image_hash"]
     (img,) = box.find_all("img")
-    assert img.attrs["src"].startswith("data:image/png;base64,")
+    assert img.attrs["src"] == f"images/beta/{target['image']}"
     assert box.find_all("pre")[0].text() == target["infotext"]  # includes the <script> prompt, as text
     named = dump_dom(tmp_path, page, "#sort=name")
     assert grid_order(named, "p1") == sorted(board["model"])
@@ -181,3 +210,162 @@ def test_screenshot(site, tmp_path):
     top = rgb[:150]
     red = (top[..., 0] > 150) & (top[..., 1] < 40) & (top[..., 2] < 60)
     assert red.sum() > 10_000  # the red demo banner is visible at the top
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# In a live page (playwright driving the same chromium): layout, loading, clicks
+
+
+@contextmanager
+def live(page: Path, width: int = 1400, height: int = 900):
+    """The page open in chromium at ``width`` x ``height``; the CSP reports and page errors seen are checked empty
+    on exit, and no request may leave file://."""
+    from playwright.sync_api import sync_playwright
+
+    problems: list[str] = []
+
+    def guard(route):
+        if route.request.url.startswith(("file:", "data:")):
+            route.continue_()
+        else:
+            problems.append(f"request {route.request.url}")
+            route.abort()
+
+    def console(msg):
+        if msg.type in ("error", "warning"):
+            problems.append(f"console {msg.type}: {msg.text}")
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            tab = browser.new_page(viewport={"width": width, "height": height})
+            tab.on("pageerror", lambda e: problems.append(f"error {e}"))
+            tab.on("console", console)
+            tab.route("**/*", guard)
+            tab.goto(page.as_uri())
+            tab.wait_for_selector("body[data-ready='1']")
+            yield tab
+        finally:
+            browser.close()
+    assert problems == []
+
+
+def scroll_through(tab) -> None:
+    """Scroll the page (and every grid sideways) to the end in viewport steps, so that every lazy image loads."""
+    tab.evaluate("""async () => {
+        const pause = () => new Promise(r => setTimeout(r, 30));
+        for (let y = 0; y < document.body.scrollHeight; y += window.innerHeight / 2) {
+            window.scrollTo(0, y); await pause();
+        }
+        for (const w of document.querySelectorAll('.xy-wrap')) {
+            w.scrollIntoView(); w.scrollLeft = w.scrollWidth; await pause();
+        }
+    }""")
+    tab.wait_for_function("() => [...document.images].every(i => i.complete)")
+
+
+def broken_images(tab) -> list[str]:
+    """The src of every image with a source that did not load (the closed viewer's image has none)."""
+    return tab.evaluate("() => [...document.images].filter(i => i.hasAttribute('src'))"
+                        ".filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute('src'))")
+
+
+def test_leaderboard_fits_1400_px_with_direction_marks_titles_and_raw_columns(site):
+    page, board, *_ = site
+    with live(page) as tab:
+        widths = tab.evaluate("() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        heads = tab.evaluate("""() => [...document.querySelectorAll('#leaderboard thead th')].map(th => {
+            const r = th.getBoundingClientRect();
+            return [th.innerText.replace(/\\s+/g, ' ').trim(), r.left, r.right]; })""")
+        titles = tab.evaluate("() => [...document.querySelectorAll('#leaderboard tbody td.who b')]"
+                              ".map(b => b.innerText)")
+        raw = tab.evaluate("() => [...document.querySelectorAll('#leaderboard tbody tr')].map(tr => "
+                           "[...tr.querySelectorAll('.raw')].map(s => s.innerText))")
+    assert widths[0] <= widths[1] == 1400  # no sideways scrolling
+    assert all(left >= 0 and right <= 1400 for _, left, right in heads)  # every column visible, raw ones included
+    texts = [t for t, *_ in heads]
+    assert texts[:6] == ["#", "Model", "Combined ↑", "Aesthetic ↑", "CLIPScore ↑", "StyleLoss ↓"]
+    assert texts[6:8] == ["LoRALoss ↓ not in Combined", "LoRALoss NoTM ↓ not in Combined"]  # gamma has no LoRA loss
+    assert texts[8].startswith("Raw aesthetic mean") and texts[-1] == "Flagged images"
+    assert titles == [TITLES[m] or m for m in board["model"]]
+    expected = [[f"raw {board.loc[i, f'{m}_mean']:.3f}" if pd.notna(board.loc[i, f"{m}_mean"]) else "raw —"
+                 for m in ("aesthetic", "clipscore", "styleloss", "loraloss") if f"{m}_mean" in board]
+                for i in board.index]
+    assert raw == expected and len(raw[0]) >= 1
+
+
+def test_pairwise_matrix_shows_every_pair(site):
+    page, board, _, _, result = site
+    with live(page) as tab:
+        cells = tab.evaluate("""() => [...document.querySelectorAll('#pairwise-combined td[data-p]')].map(td =>
+            [td.dataset.a, td.dataset.b, td.innerText, td.getBoundingClientRect().width > 0])""")
+        rows = tab.evaluate("() => [...document.querySelectorAll('#pairwise-combined th.row')].map(t => t.innerText)")
+    p = result.pairwise[result.pairwise["metric"] == "combined"].set_index(["model_a", "model_b"])["p_a_beats_b"]
+    assert rows == [f"{i + 1}. {TITLES[m] or m}" for i, m in enumerate(board["model"])]
+    assert len(cells) == 6 and all(visible for *_, visible in cells)
+    for a, b, text, _ in cells:
+        assert text == str(round(100 * p[(a, b)]))
+        assert int(text) + round(100 * p[(b, a)]) in (99, 100, 101)  # A beats B + B beats A: every resample, ±rounding
+
+
+def test_grids_are_xy_plots_with_targets_and_lora_families_apart(site):
+    page, board, manifests, *_ = site
+    order = board["model"].tolist()
+    with live(page) as tab:
+        scroll_through(tab)
+        assert broken_images(tab) == []
+        layout = tab.evaluate("""() => Object.fromEntries([...document.querySelectorAll('section.grid')].map(g => {
+            let h = g.previousElementSibling;
+            while (h && h.tagName !== 'H2') { h = h.previousElementSibling; }
+            const rows = [...g.querySelectorAll('tbody tr')].map(tr => [...tr.querySelectorAll('td.cell img')]
+                .map(i => Math.round(i.getBoundingClientRect().top)));
+            const first = [...g.querySelectorAll('tbody tr:first-child td.cell img')]
+                .map(i => Math.round(i.getBoundingClientRect().left));
+            return [g.dataset.item, {section: h.id, cols: [...g.querySelectorAll('th.col')].map(t => t.dataset.model),
+                seeds: [...g.querySelectorAll('tbody tr')].map(tr => tr.dataset.seed), rows, first,
+                targets: [...g.querySelectorAll('td.targets img')].map(i => [i.naturalWidth, i.loading]),
+                lazy: [...g.querySelectorAll('td.cell img')].every(i => i.loading === 'lazy')}];
+        }))""")
+        page_width = tab.evaluate("() => document.documentElement.scrollWidth")
+    assert page_width <= 1400
+    assert list(layout) == ["p1", "p2", "anime", "L1", "X1"]
+    for item in ("p1", "p2", "anime"):
+        g = layout[item]
+        assert g["cols"] == order and g["seeds"] == ["0", "1"] and g["lazy"]
+        assert all(len(set(tops)) == 1 and len(tops) == 3 for tops in g["rows"])  # one row: the models side by side
+        assert g["first"] == sorted(g["first"]) and len(set(g["first"])) == 3
+    assert layout["anime"]["section"] == "task-style"
+    assert layout["anime"]["targets"] == [[320, "lazy"], [64, "lazy"]]  # the large reference: a thumbnail
+    assert layout["p1"]["targets"] == []
+    assert layout["L1"]["section"] == "task-lora-sd15" and layout["L1"]["cols"] == [m for m in order if m != "gamma"]
+    assert layout["X1"]["section"] == "task-lora-sdxl" and layout["X1"]["cols"] == ["gamma"]
+    assert layout["L1"]["targets"] == [[40, "lazy"]] and layout["X1"]["targets"] == [[50, "lazy"]]
+
+
+def test_click_opens_the_full_image_and_sort_buttons_move_columns(site):
+    page, board, manifests, *_ = site
+    with live(page) as tab:
+        first = tab.locator("section.grid[data-item='p2'] td.cell[data-model='beta'] a.shot").first
+        href = first.get_attribute("href")
+        first.scroll_into_view_if_needed()
+        first.click()
+        box = tab.evaluate("""() => { const b = document.getElementById('lightbox'), i = b.querySelector('img');
+            return [b.classList.contains('open'), i.getAttribute('src'), i.complete && i.naturalWidth,
+                    b.querySelector('.caption').textContent, b.querySelector('pre').textContent]; }""")
+        tab.wait_for_function("() => document.querySelector('#lightbox img').naturalWidth > 0")
+        natural = tab.evaluate("() => document.querySelector('#lightbox img').naturalWidth")
+        tab.locator("#lightbox").click()
+        closed = tab.evaluate("() => !document.getElementById('lightbox').classList.contains('open')")
+        tab.locator("section.grid[data-item='p1'] .sorter button[data-sort='aesthetic']").click()
+        p1 = tab.evaluate("""() => { const g = document.querySelector("section.grid[data-item='p1']");
+            return [[...g.querySelectorAll('th.col')].map(t => t.dataset.model),
+                    [...g.querySelectorAll('tbody tr')].map(tr => [...tr.querySelectorAll('td.cell')]
+                        .map(td => td.dataset.model))]; }""")
+        p2 = tab.evaluate("() => [...document.querySelectorAll(\"section.grid[data-item='p2'] th.col\")]"
+                          ".map(t => t.dataset.model)")
+    row = manifests["beta"].query("item == 'p2'").sort_values("seed").iloc[0]
+    assert href == f"images/beta/{row['image']}"
+    assert box[0] and box[1] == href and box[3] == "beta · general p2 · seed 0" and box[4] == row["infotext"]
+    assert natural == 48 and closed
+    assert p1[0] == ["gamma", "beta", "alpha"] and p1[1] == [p1[0], p1[0]]  # every seed row follows its header
+    assert p2 == board["model"].tolist()  # the other grids keep their order
