@@ -6,17 +6,16 @@ rule standardize uses). Columns:
 
 - ``aesthetic_distribution.csv``: model, item, seed, image_hash, value: raw LAION aesthetic of every usable general
   image (the article's per-model distribution).
-- ``ranking.csv``: metric, model, score, lo, hi, rank, rank_lo, rank_hi, higher_is_better (= the standardize table).
+- ``ranking.csv``: metric, heading, model, score, lo, hi, rank, rank_lo, rank_hi, higher_is_better: the standardize
+  table, long (one row per metric and model); heading: the metric's label and direction from the registry
+  ("StyleLoss: higher is better", the title of its PNG and of its panel in ``dvc plots``).
 - ``style_heatmap.csv`` / ``lora_heatmap.csv``: model, item, mean, n: mean raw StyleLoss / LoRALoss per model and
   style / LoRA (pairs with no usable image are absent).
 - ``clip_vs_aesthetic.csv``: model, item, seed, image_hash, aesthetic, clipscore: one row per general image with both.
 
-A ``dvc.yaml`` can declare them, e.g.::
-
-    plots:
-      - reports/plots/ranking.csv: {x: score, y: model, template: bar_horizontal}
-      - reports/plots/aesthetic_distribution.csv: {x: model, y: value, template: scatter}
-      - reports/plots/clip_vs_aesthetic.csv: {x: aesthetic, y: clipscore, template: scatter}
+``dvc.yaml``'s ``plots:`` draws the distribution, ranking and scatter CSVs with the chart templates in
+``.dvc/plots/`` (``distribution``: a box per model; ``ranking``: a panel per metric, reading heading, lo and hi;
+``scatter_by_model``: coloured by the model column), on the offline page ``.dvc/plots/offline.html``.
 """
 
 from __future__ import annotations
@@ -66,12 +65,23 @@ def clip_vs_aesthetic(scores: pd.DataFrame, result: Standardized) -> pd.DataFram
     return a.merge(c, on=keys, how="inner")
 
 
-def plot_data(result: Standardized, scores: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The CSV tables, keyed by file stem (see the module docstring)."""
+def ranking_table(result: Standardized, shown: Mapping[str, Shown] | None) -> pd.DataFrame:
+    """standardize's score table with each metric's heading (``ranking_title``) after the metric name; without
+    ``shown`` (the registry's view of the metrics), the heading is the metric name."""
     cols = ["metric", "model", "score", "lo", "hi", "rank", "rank_lo", "rank_hi", "higher_is_better"]
+    table = result.scores[cols].copy()
+    headings = {m: (ranking_title(shown[m]) if shown is not None else m) for m in dict.fromkeys(table["metric"])}
+    table.insert(1, "heading", table["metric"].map(headings))
+    return table
+
+
+def plot_data(result: Standardized, scores: pd.DataFrame,
+              shown: Mapping[str, Shown] | None = None) -> dict[str, pd.DataFrame]:
+    """The CSV tables, keyed by file stem (see the module docstring). shown: ``shown_metrics(result, ...)``, for the
+    ranking's headings."""
     return {
         "aesthetic_distribution": usable_raw(scores, result, RAW),
-        "ranking": result.scores[cols].copy(),
+        "ranking": ranking_table(result, shown),
         **{stem: cell_means(usable_raw(scores, result, metric)) for stem, (metric, _) in HEATMAPS.items()},
         "clip_vs_aesthetic": clip_vs_aesthetic(scores, result),
     }
@@ -118,6 +128,11 @@ def distribution_figure(data: pd.DataFrame, order: list[str], threshold: float, 
     return fig
 
 
+def ranking_title(shown: Shown) -> str:
+    """"StyleLoss: higher is better": the title of a metric's ranking (PNG and ``dvc plots`` panel)."""
+    return f"{shown.label}: {shown.better} is better"
+
+
 def ranking_figure(table: pd.DataFrame, shown: Shown, ci: float, demo: bool) -> Figure:
     """Scores of one metric with their ``ci`` interval whiskers, best on top."""
     t = table[table["metric"] == shown.name]
@@ -129,7 +144,7 @@ def ranking_figure(table: pd.DataFrame, shown: Shown, ci: float, demo: bool) -> 
     ax.errorbar(t["score"], y, xerr=np.nan_to_num(err), fmt="o", color="#3182bd", ecolor="#6baed6", capsize=3)
     ax.set_yticks(y, [f"#{int(r)} {m}" if r == r else str(m) for m, r in zip(t["model"], t["rank"])])
     ax.axvline(0, color="grey", linewidth=0.8)
-    ax.set(xlabel=f"mean z-score ({100 * ci:g}% bootstrap interval)", title=f"{shown.label}: {shown.better} is better")
+    ax.set(xlabel=f"mean z-score ({100 * ci:g}% bootstrap interval)", title=ranking_title(shown))
     return fig
 
 
@@ -187,8 +202,9 @@ def png_bytes(fig: Figure) -> bytes:
 def render(result: Standardized, scores: pd.DataFrame, models: pd.DataFrame,
            metrics: Mapping[str, MetricInfo]) -> tuple[dict[str, pd.DataFrame], dict[str, bytes]]:
     """(CSV tables, PNG bytes), both keyed by file stem; labels and directions from ``metrics`` (the registry)."""
-    data = plot_data(result, scores)
-    figs = figures(result, data, models, shown_metrics(result, metrics))
+    shown = shown_metrics(result, metrics)
+    data = plot_data(result, scores, shown)
+    figs = figures(result, data, models, shown)
     return data, {stem: png_bytes(fig) for stem, fig in figs.items()}
 
 
