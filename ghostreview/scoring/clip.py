@@ -18,18 +18,21 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ghostreview.errors import UserError
 from ghostreview.scoring.batching import chunks, padded
 from ghostreview.scoring.weights import check_state_dict_file, verify_weights, write_state_dict
 
+if TYPE_CHECKING:
+    import torch
+
 # open_clip (with torchvision, timm and transformers under it: about 1.5 s) is imported only where a CLIP model is
-# built or a config registered, so that the aesthetic stage, which reads stored embeddings, never pays for it.
+# built or a config registered, so that the aesthetic stage, which reads stored embeddings, never pays for it; torch
+# only where tensors are made, so that the embeddings artifact (and the report, through scoring.run) reads without it.
 
 # Keys of OpenAI's TorchScript state dict that are not parameters of open_clip's CLIP.
 _OPENAI_JIT_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -123,17 +126,19 @@ def load_clip(
     return ClipModel(model, preprocess, open_clip.get_tokenizer(arch), arch, sha)
 
 
-@torch.inference_mode()
 def image_embeddings(clip: ClipModel, images: Iterable[Image.Image], batch_size: int = 16) -> np.ndarray:
     """Unnormalized CLIP image embeddings, [N, D] float32, in input order (images are preprocessed by open_clip).
 
     Every forward holds exactly ``batch_size`` images (the last one padded: ``ghostreview.scoring.batching``), so an
     image's embedding depends on ``batch_size`` but never on the other images.
     """
+    import torch
+
     out = [np.zeros((0, clip.embed_dim), np.float32)]
-    for batch in chunks(images, batch_size):
-        pixels = padded(torch.stack([clip.preprocess(im) for im in batch]), batch_size).to(clip.device)
-        out.append(clip.model.encode_image(pixels)[: len(batch)].float().cpu().numpy())
+    with torch.inference_mode():
+        for batch in chunks(images, batch_size):
+            pixels = padded(torch.stack([clip.preprocess(im) for im in batch]), batch_size).to(clip.device)
+            out.append(clip.model.encode_image(pixels)[: len(batch)].float().cpu().numpy())
     return np.concatenate(out).astype(np.float32)
 
 
@@ -143,6 +148,8 @@ def tokenize(tokenizer: Any, texts: Sequence[str]) -> tuple[torch.Tensor, list[b
     Each text becomes SOT + tokens + EOT, zero-padded. A text that does not fit is cut and its last slot set to EOT
     (the model pools at the EOT position, so it must be kept) and flagged. Same ids as open_clip's tokenizer call.
     """
+    import torch
+
     ctx = tokenizer.context_length
     ids = torch.zeros(len(texts), ctx, dtype=torch.long)
     flags = []
@@ -155,7 +162,6 @@ def tokenize(tokenizer: Any, texts: Sequence[str]) -> tuple[torch.Tensor, list[b
     return ids, flags
 
 
-@torch.inference_mode()
 def text_embeddings(clip: ClipModel, texts: Sequence[str], batch_size: int = 16,
                     progress: Callable[[int], object] = lambda n: None) -> tuple[np.ndarray, list[bool]]:
     """Unnormalized CLIP text embeddings [T, D] float32 aligned with ``texts``, and truncation flags.
@@ -164,14 +170,17 @@ def text_embeddings(clip: ClipModel, texts: Sequence[str], batch_size: int = 16,
     Forwards hold exactly ``batch_size`` texts (padded with all-zero token rows), as for images. ``progress(n)``
     is called after each forward with the number of distinct texts it encoded.
     """
+    import torch
+
     distinct = list(dict.fromkeys(texts))
     ids, flags = tokenize(clip.tokenizer, distinct)
     rows = [np.zeros((0, clip.embed_dim), np.float32)]
-    for start in range(0, len(distinct), batch_size):
-        chunk = ids[start : start + batch_size]
-        emb = clip.model.encode_text(padded(chunk, batch_size).to(clip.device))[: len(chunk)]
-        rows.append(emb.float().cpu().numpy())
-        progress(len(chunk))
+    with torch.inference_mode():
+        for start in range(0, len(distinct), batch_size):
+            chunk = ids[start : start + batch_size]
+            emb = clip.model.encode_text(padded(chunk, batch_size).to(clip.device))[: len(chunk)]
+            rows.append(emb.float().cpu().numpy())
+            progress(len(chunk))
     table = np.concatenate(rows)
     index = {text: i for i, text in enumerate(distinct)}
     order = [index[t] for t in texts]
@@ -185,6 +194,8 @@ def convert_openai_clip(src: Path, dst: Path) -> Path:
     open_clip casts into its fp32 model on load). ``dst`` ending in .safetensors is written with safetensors,
     anything else with torch.save.
     """
+    import torch
+
     with warnings.catch_warnings():  # torch marks torch.jit deprecated; OpenAI's files are TorchScript regardless
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.load.*")
         state = torch.jit.load(str(src), map_location="cpu").state_dict()
