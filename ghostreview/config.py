@@ -3,7 +3,8 @@
 Config flows one way: ``params.yaml`` -> a stage script -> ``ghostreview.validate.load`` -> these frozen dataclasses
 -> plain function arguments. Unknown keys and wrong types stop :func:`parse_params`; each dataclass checks its own
 values (the bounds declared next to each field, and the rules that span fields) in ``__post_init__``. Every refusal
-is a :class:`ConfigError` naming the file, the key and the fix.
+is a :class:`ConfigError` naming the file, the key and the fix; one run of :func:`parse_params` reports every key's
+problem at once (``ConfigError.problems``, a line each), not the first one only.
 
 This module is a leaf: it imports nothing of the project. Reading the file, and the checks that need the files,
 devices and libraries it names, live in ``ghostreview.validate``.
@@ -35,22 +36,41 @@ MAX_SEED = 2**32 - 1  # numpy's and A1111's seed range
 class ConfigError(ValueError):
     """A problem in params data; the message names the file, the key and the fix.
 
-    Not a ``UserError`` (this module imports nothing of the project): ``ghostreview.validate`` raises it as a
-    ``ParamsError``, which the stages print as an ``error:`` line.
+    ``problems`` holds one message per refused key (the message is those lines joined); :func:`parse_params` raises one
+    error listing every key's problem. Not a ``UserError`` (this module imports nothing of the project):
+    ``ghostreview.validate`` raises it as a ``ParamsError``, which the stages print as ``error:`` lines.
     """
+
+    def __init__(self, message: str, problems: typing.Sequence[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems: tuple[str, ...] = tuple(problems) if problems is not None else (message,)
+
+    @classmethod
+    def listing(cls, problems: typing.Sequence[str]) -> ConfigError:
+        """One error for every problem found (a line each)."""
+        return cls("\n".join(problems), problems)
+
+
+def _problems(exc: ConfigError) -> tuple[str, ...]:
+    return getattr(exc, "problems", (str(exc),))
 
 
 class Invalid(ConfigError):
-    """A value a params dataclass refuses in ``__post_init__``.
+    """Values a params dataclass refuses in ``__post_init__`` (one render per refused field).
 
-    A dataclass does not know where it sits in params.yaml, so its message is ``render(at, source)``: ``at`` is its
+    A dataclass does not know where it sits in params.yaml, so each message is ``render(at, source)``: ``at`` is its
     own key with a trailing dot ("generation.hires.", "" at the top), ``source`` the file; :func:`parse_params` fills
-    them in. Constructed directly (``GenerationParams(width=500)``), the message names keys relative to the dataclass.
+    them in (:meth:`lines`). Constructed directly (``GenerationParams(width=500)``), the messages name keys relative
+    to the dataclass.
     """
 
-    def __init__(self, render: Callable[[str, str], str]) -> None:
-        super().__init__(render("", "params"))
-        self.render = render
+    def __init__(self, *renders: Callable[[str, str], str]) -> None:
+        self.renders = renders
+        super().__init__("\n".join(self.lines("", "params")), self.lines("", "params"))
+
+    def lines(self, at: str, source: str) -> list[str]:
+        """Each refused field's message, its key placed at ``at`` in ``source``."""
+        return [render(at, source) for render in self.renders]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -99,29 +119,34 @@ def _show(value: Any) -> str:
     return _SHORT.repr(value)
 
 
-def _check_field(f: dataclasses.Field, value: Any) -> None:
-    """The bounds field ``f`` declares (:func:`ranged`, :func:`matching`); None (an unset optional) has none."""
+def _field_problem(f: dataclasses.Field, value: Any) -> Callable[[str, str], str] | None:
+    """The message render of a value outside the bounds field ``f`` declares (:func:`ranged`, :func:`matching`), or
+    None when it is inside; None (an unset optional) has no bounds."""
     if value is None:
-        return
+        return None
     name = f.name
     bounds: Range | None = f.metadata.get("range")
     broken = bounds.violated(value) if bounds else None
     if bounds and broken:
         lead, text = (f"{bounds.why}. It" if bounds.why else "it"), bounds.text(name)
-        raise Invalid(lambda at, src: f"{at}{name} = {_show(value)}; {lead} must be {broken} ({text}). "
-                                      f"Fix the value of {at}{name} in {src}.")
+        return lambda at, src: (f"{at}{name} = {_show(value)}; {lead} must be {broken} ({text}). "
+                                f"Fix the value of {at}{name} in {src}.")
     pattern, allowed = f.metadata.get("pattern", (None, ""))
     if pattern is not None and not pattern.fullmatch(value):
-        raise Invalid(lambda at, src: f"{at}{name} = {_show(value)} is not allowed; use {allowed}.")
+        return lambda at, src: f"{at}{name} = {_show(value)} is not allowed; use {allowed}."
+    return None
 
 
 class Checked:
-    """Base of the params dataclasses: ``__post_init__`` checks every field's declared bounds; a dataclass with rules
-    that span its fields extends it (calling ``super().__post_init__()`` first)."""
+    """Base of the params dataclasses: ``__post_init__`` checks every field's declared bounds and refuses all the
+    fields outside them at once; a dataclass with rules that span its fields extends it (calling
+    ``super().__post_init__()`` first, so those rules see fields that are each in bounds)."""
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]  # every subclass is a dataclass
-            _check_field(f, getattr(self, f.name))
+        fields = dataclasses.fields(self)  # type: ignore[arg-type]  # every subclass is a dataclass
+        renders = [r for f in fields if (r := _field_problem(f, getattr(self, f.name))) is not None]
+        if renders:
+            raise Invalid(*renders)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -343,12 +368,35 @@ def _convert(tp: Any, value: Any, where: str, source: str) -> Any:
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{source}: {where} must be a mapping, got {type(value).__name__}.")
-        return {str(k): _convert(args[1], v, f"{where}.{k}", source) for k, v in value.items()}
+        return dict(_converted([(str(k), args[1], v, f"{where}.{k}") for k, v in value.items()], source))
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{source}: {where} must be a list, got {type(value).__name__} ({_show(value)}).")
-        return tuple(_convert(args[0], v, f"{where}[{i}]", source) for i, v in enumerate(value))
+        return tuple(v for _, v in _converted([(i, args[0], v, f"{where}[{i}]") for i, v in enumerate(value)],
+                                              source))
     return _scalar(tp, value, where, source)
+
+
+def _convert_each(items: typing.Iterable[tuple[Any, Any, Any, str]],
+                  source: str) -> tuple[list[tuple[Any, Any]], list[str]]:
+    """``([(key, converted value)], problems)`` of ``(key, type, value, where)`` items: the items that convert, and
+    the problems of those that do not."""
+    out: list[tuple[Any, Any]] = []
+    problems: list[str] = []
+    for key, tp, value, where in items:
+        try:
+            out.append((key, _convert(tp, value, where, source)))
+        except ConfigError as exc:
+            problems += _problems(exc)
+    return out, problems
+
+
+def _converted(items: typing.Iterable[tuple[Any, Any, Any, str]], source: str) -> list[tuple[Any, Any]]:
+    """:func:`_convert_each`, every item's problem raised in one error."""
+    out, problems = _convert_each(items, source)
+    if problems:
+        raise ConfigError.listing(problems)
+    return out
 
 
 def _scalar(tp: type, value: Any, where: str, source: str) -> Any:
@@ -374,22 +422,21 @@ def _build(cls: type, data: Any, where: str, source: str) -> Any:
         raise ConfigError(f"{source}: {where or 'the top level'} must be a mapping, got {type(data).__name__}.")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            raise ConfigError(
-                f"{source}: unknown key {_join(where, key)}.{_did_you_mean(str(key), fields)} "
-                f"Valid keys here: {', '.join(fields)}."
-            )
-    kwargs = {}
-    for name, f in fields.items():
-        if name in data:
-            kwargs[name] = _convert(hints[name], data[name], _join(where, name), source)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{source}: missing required key {_join(where, name)}. Add it to {source}.")
+    problems = [f"{source}: unknown key {_join(where, key)}.{_did_you_mean(str(key), fields)} Valid keys here: "
+                f"{', '.join(fields)}." for key in data if key not in fields]
+    problems += [f"{source}: missing required key {_join(where, name)}. Add it to {source}."
+                 for name, f in fields.items() if name not in data and f.default is dataclasses.MISSING
+                 and f.default_factory is dataclasses.MISSING]
+    converted, wrong = _convert_each([(n, hints[n], data[n], _join(where, n)) for n in fields if n in data], source)
+    kwargs = dict(converted)
+    if problems or wrong:  # every key's problem at once: the bounds of the values that converted too
+        at = _join(where, "")
+        bounds = [r for n, v in kwargs.items() if (r := _field_problem(fields[n], v)) is not None]
+        raise ConfigError.listing(problems + wrong + [f"{source}: {r(at, source)}" for r in bounds])
     try:
         return cls(**kwargs)
     except Invalid as exc:
-        raise ConfigError(f"{source}: {exc.render(_join(where, ''), source)}") from None
+        raise ConfigError.listing([f"{source}: {line}" for line in exc.lines(_join(where, ""), source)]) from None
 
 
 def _join(where: str, key: object) -> str:
@@ -400,7 +447,8 @@ def parse_params(data: Mapping[str, Any], source: str = "params.yaml") -> Params
     """Validate plain params data (as read from YAML) and return typed :class:`Params`.
 
     Raises:
-        ConfigError: an unknown key, a wrong type or a refused value; the message names ``source``, the key and the fix.
+        ConfigError: unknown keys, wrong types or refused values, every one found (``problems``, a line each); each
+            names ``source``, the key and the fix.
     """
     return _build(Params, data, "", source)
 

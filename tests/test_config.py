@@ -145,3 +145,46 @@ def test_each_dataclass_checks_its_own_values_when_built_directly():
     with pytest.raises(ConfigError, match=r"^steps = 0; it must be a positive integer when hires is enabled"):
         config.HiresParams(steps=0)
     assert config.HiresParams(enabled=False, steps=0).steps == 0
+
+
+def test_every_problem_of_a_run_is_listed_at_once():
+    """Wrong types, unknown and missing keys and out-of-range values anywhere in the tree: one error, a line each,
+    in one run (not one problem per run)."""
+    data = {"models": {"m1": {"checkpoint": 5, "clip_skip": 0}, "m2": {}},
+            "generation": {"steps": "25", "cfg_scale": 99, "widht": 512, "hires": {"scale": "x"}},
+            "scoring": {"batch_size": 0, "clip": {"arch": 3}}}
+    with pytest.raises(ConfigError) as err:
+        parse_params(data, "params.yaml")
+    problems = err.value.problems
+    assert str(err.value) == "\n".join(problems)
+    assert all(p.startswith("params.yaml: ") for p in problems)
+    keys = ["models.m1.checkpoint must be str", "models.m1.clip_skip = 0", "missing required key models.m2.checkpoint",
+            "unknown key generation.widht", "generation.steps must be int", "generation.hires.scale must be float",
+            "generation.cfg_scale = 99.0", "scoring.clip.arch must be str", "scoring.batch_size = 0"]
+    assert len(problems) == len(keys)
+    for key in keys:
+        assert sum(key in p for p in problems) == 1, key
+
+
+def test_a_dataclass_lists_all_its_fields_out_of_bounds():
+    with pytest.raises(ConfigError) as err:
+        parse_params(base(generation={"steps": 0, "cfg_scale": 0.5, "batch_size": 0}), "p.yaml")
+    assert [p.split(";")[0] for p in err.value.problems] == [
+        "p.yaml: generation.steps = 0", "p.yaml: generation.cfg_scale = 0.5", "p.yaml: generation.batch_size = 0"]
+    # built directly, a dataclass names its keys relative to itself
+    with pytest.raises(config.Invalid) as direct:
+        config.GenerationParams(steps=0, width=4)
+    assert [line.split(";")[0] for line in direct.value.problems] == ["steps = 0", "width = 4"]
+
+
+def test_validate_cli_prints_each_problem_as_an_error_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from ghostreview.cli import app
+
+    path = tmp_path / "params.yaml"
+    path.write_text("models:\n  m1:\n    checkpoint: 5\ngeneration:\n  steps: '25'\n  cfg_scale: 99\n")
+    result = CliRunner().invoke(app, ["validate", "--params", str(path)])
+    assert result.exit_code == 2
+    errors = result.output.splitlines()
+    assert len(errors) == 3 and all(line.startswith(f"error: {path}: ") for line in errors), result.output
