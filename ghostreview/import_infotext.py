@@ -1,24 +1,30 @@
-"""Turn LoRA header images (PNGs saved by A1111 with their ``parameters`` text) into LoRA-table entries.
+"""Turn LoRA header images (saved by A1111 with their parameters) into LoRA-table entries.
 
-A header PNG's infotext holds what a table entry needs: the prompt with its ``<lora:...>`` tags, the negative prompt,
-the settings and the checkpoint it was made with. :func:`lora_entry_from_png` reads it into a plain dict in table
-order; :func:`append_entries` adds such dicts to a ``loras_<family>.yaml`` table, keeping its comments and order.
+A header image's infotext holds what a table entry needs: the prompt with its ``<lora:...>`` tags, the negative
+prompt, the settings and the checkpoint it was made with. A1111 stores it as the PNG text chunk ``parameters``, and in
+JPEG and WebP files as the EXIF UserComment (:func:`read_infotext`). :func:`lora_entry_from_png` reads it into a plain
+dict in table order; :func:`append_entries` adds such dicts to a ``loras_<family>.yaml`` table as text: the lines of
+the other entries, the comments and the indentation stay byte for byte.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+from PIL import ExifTags, Image
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from ghostreview.errors import UserError
-from ghostreview.generation.infotext import combined_sampler_name, parse_infotext, read_a1111_sampler, read_png_infotext
+from ghostreview.generation.infotext import PNG_KEY, combined_sampler_name, parse_infotext, read_a1111_sampler
 from ghostreview.generation.prompts import extract_lora_tags
 from ghostreview.protocol import (
     SLUG,
@@ -26,8 +32,7 @@ from ghostreview.protocol import (
     Loc,
     lora_entry_from_mapping,
 )
-from ghostreview.scoring.styleloss import ImageLimitError, open_checked_image
-from ghostreview.util.atomic import write_atomic
+from ghostreview.util.atomic import write_text_atomic
 from ghostreview.util.names import table_slug
 from ghostreview.util.yamlio import YamlError, read_yaml_lines
 
@@ -53,6 +58,13 @@ SETTINGS_FROM_INFOTEXT: Mapping[str, tuple[str, Callable[[str], Any], tuple[floa
     "Lora hashes": ("lora_hashes", str, None),
 }
 INTEGER = re.compile(r"[+-]?[0-9]{1,20}(\.0*)?")  # "20", and "20.0" as some UIs write it
+
+# EXIF UserComment (tag 0x9286 in the Exif IFD): an 8-byte character code, then the text (EXIF 2.32, 4.6.5). A1111
+# saves a JPEG's or WebP's parameters with piexif's UserComment.dump(text, encoding="unicode"): "UNICODE\0" and
+# UTF-16 big-endian, without a byte order mark.
+EXIF_CHARSETS = {b"UNICODE\0": "utf-16", b"ASCII\0\0\0": "ascii", b"JIS\0\0\0\0\0": "shift_jis",
+                 b"\0" * 8: "utf-8"}  # "undefined": read as UTF-8, as exiftool does
+NO_PARAMETERS = ("this image carries no A1111 parameters (saved from a site that strips metadata?)")
 
 
 class ImportInfotextError(UserError, ValueError):
@@ -151,8 +163,64 @@ def rename_tags(prompt: str, renames: Mapping[str, str]) -> str:
     return re.sub(r"<\w+:[^>]+>", one, prompt)
 
 
+def decode_user_comment(raw: bytes | str | None) -> str | None:
+    """The text of an EXIF UserComment value (its character code read, trailing NULs dropped); None when empty.
+
+    UTF-16 without a byte order mark is read big-endian, as piexif (A1111) writes it, unless its zero bytes sit at odd
+    offsets, which is how mostly-ASCII text looks in little-endian (written by other tools). A comment without a known
+    character code is read as UTF-8.
+    """
+    if raw is None:
+        return None
+    if isinstance(raw, str):  # a writer that stored it as ASCII type
+        text = raw
+    else:
+        charset = EXIF_CHARSETS.get(raw[:8])
+        body = raw[8:] if charset else raw
+        if charset == "utf-16" and body[:2] not in (b"\xfe\xff", b"\xff\xfe"):
+            charset = "utf-16-le" if body[1::2].count(0) > body[0::2].count(0) else "utf-16-be"
+        text = body.decode(charset or "utf-8", errors="replace")
+    text = text.rstrip("\0")
+    return text if text.strip() else None
+
+
+def read_infotext(image: Image.Image) -> str | None:
+    """An image's A1111 infotext: the PNG text chunk ``parameters``, else the EXIF UserComment (JPEG, WebP; a PNG
+    converted by another tool may carry one too). None when it has neither."""
+    text = image.info.get(PNG_KEY)
+    if isinstance(text, str) and text.strip():
+        return text
+    exif = image.getexif().get_ifd(ExifTags.IFD.Exif)
+    return decode_user_comment(exif.get(ExifTags.Base.UserComment))
+
+
+def read_header_infotext(path: Path) -> str:
+    """The infotext of the header image at ``path``, its size checked first (the reference images' limits).
+
+    Raises:
+        ImportInfotextError: over the image limits, not an image, or without A1111 parameters.
+    """
+    # scoring.styleloss owns the image limits; it imports torch, so only an import that reads an image loads it
+    from ghostreview.scoring.styleloss import ImageLimitError, open_checked_image
+
+    try:
+        with open_checked_image(path) as image:  # the pixel and aspect limits, from the header; no pixel decoded
+            text = read_infotext(image)
+    except ImageLimitError as exc:
+        raise ImportInfotextError(str(exc)) from None
+    except OSError as exc:
+        raise ImportInfotextError(f"{path}: cannot read it as an image ({exc}). Give the header image itself (PNG, "
+                                  f"JPEG or WebP, as saved by A1111).") from None
+    if text is None:
+        raise ImportInfotextError(f"{path}: {NO_PARAMETERS}: no PNG 'parameters' text and no EXIF UserComment. "
+                                  f"Download the original image from the model page, or write the entry by hand "
+                                  f"(see docs/benchmark.md).")
+    return text
+
+
 def lora_entry_from_png(path: Path, name: str | None = None) -> dict:
-    """A LoRA-table entry (a plain dict in table order) from a header PNG's A1111 ``parameters`` text.
+    """A LoRA-table entry (a plain dict in table order) from a header image's A1111 parameters (PNG, JPEG or WebP:
+    :func:`read_infotext`).
 
     ``name`` (a slug) names the entry; by default the slug of the first ``<lora:...>`` tag, else of the file name.
     The tag that is this LoRA (the one whose slug is ``name``, else the first) is renamed to ``name`` and gives
@@ -160,17 +228,7 @@ def lora_entry_from_png(path: Path, name: str | None = None) -> dict:
     keep their slugged names and need entries of their own. Tags without a weight get A1111's 1.0.
     """
     path = Path(path)
-    try:
-        open_checked_image(path).close()  # the pixel and aspect limits, from the header, before Pillow reads more
-        text = read_png_infotext(path)
-    except ImageLimitError as exc:
-        raise ImportInfotextError(str(exc)) from None
-    except OSError as exc:
-        raise ImportInfotextError(f"{path}: cannot read it as an image ({exc}). Give the header PNG itself.") from None
-    if not text or not text.strip():
-        raise ImportInfotextError(f"{path}: this image carries no A1111 parameters (saved from a site that strips "
-                                  f"metadata?). Download the original PNG from the model page, or write the entry "
-                                  f"by hand (see docs/benchmark.md).")
+    text = read_header_infotext(path)
     prompt, negative, fields = parse_infotext(text)
     try:
         tags = extract_lora_tags(prompt)[1]
@@ -232,7 +290,7 @@ def _as_yaml_entry(entry: Mapping[str, Any]) -> CommentedMap:
     return out
 
 
-def _check_entries(entries: list[Mapping[str, Any]], table_yaml: Path, start: int) -> None:
+def _check_entries(entries: Sequence[Mapping[str, Any]], table_yaml: Path, start: int) -> None:
     for i, entry in enumerate(entries):
         try:
             lora_entry_from_mapping(entry, Loc(f"{table_yaml.name} (new entry)", f"loras[{start + i}]"))
@@ -249,16 +307,19 @@ def unresolved_tags(table: Iterable[Mapping[str, Any]]) -> list[str]:
 
 
 def append_entries(table_yaml: Path, entries: Iterable[Mapping[str, Any]], replace: bool = False) -> list[str]:
-    """Add entries to a LoRA table file, keeping its comments and order; returns warnings (tags naming no entry).
+    """Add entries to a LoRA table file; returns warnings (tags naming no entry).
 
-    An entry whose name is already in the table is an error, unless ``replace`` is set: then it takes that slot in
-    place. Each entry is checked like the loader checks it before anything is written; the file is replaced
-    atomically.
+    The file is edited as text: a new entry's lines go after the last entry, a replaced entry's lines take the place
+    of the old ones, written with the table's own list indentation; every other byte (comments, blank lines, the other
+    entries' layout and quoting) stays as it was. An entry whose name is already in the table is an error, unless
+    ``replace`` is set (``--replace``). Each entry is checked like the loader checks it before anything is written;
+    the file is replaced atomically.
     """
     table_yaml = Path(table_yaml)
-    entries = [dict(e) for e in entries]
+    new: list[dict[str, Any]] = [dict(e) for e in entries]
     try:
         data = read_yaml_lines(table_yaml, _yaml())
+        text = table_yaml.read_bytes().decode("utf-8")  # as is: no newline translation
     except (OSError, YamlError) as exc:
         why = exc.problem if isinstance(exc, YamlError) else exc
         raise ImportInfotextError(f"{table_yaml}: cannot read the table: {why}") from None
@@ -266,26 +327,123 @@ def append_entries(table_yaml: Path, entries: Iterable[Mapping[str, Any]], repla
         raise ImportInfotextError(f"{table_yaml}: not a LoRA table (no top-level 'loras:' list). Point at a "
                                   f"loras_<family>.yaml file of a benchmark directory.")
     rows = data["loras"]
-    _check_entries(entries, table_yaml, len(rows))
-    _merge(rows, entries, replace, table_yaml)
-    _write(table_yaml, data)
-    return unresolved_tags(rows)
+    _check_entries(new, table_yaml, len(rows))
+    slots = _slots(rows, new, replace, table_yaml)
+    if rows and not rows.fa.flow_style():
+        new_text = _edited(text, data, slots, new)
+    else:  # an empty or one-line ([...]) list has no entry lines to keep: write the whole document
+        new_text = _dumped(data, slots, new)
+    _check_written(new_text, table_yaml, slots, new)
+    write_text_atomic(table_yaml, new_text)
+    merged = list(rows) + [None] * sum(at is None for at in slots)
+    for at, entry in zip(_positions(slots, len(rows)), new):
+        merged[at] = entry
+    return unresolved_tags(merged)
 
 
-def _merge(rows: list, entries: list[Mapping[str, Any]], replace: bool, table_yaml: Path) -> None:
+def _slots(rows: list, entries: list[dict[str, Any]], replace: bool, table_yaml: Path) -> list[int | None]:
+    """For each new entry, the index of the table entry it replaces, or None to append it."""
+    names = [str(e["name"]) for e in entries]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ImportInfotextError(f"{table_yaml}: {len(names)} images give entries named {twice[0]!r}. Import them "
+                                  f"one at a time, each with its own --name.")
     index = {str(r.get("name")): i for i, r in enumerate(rows) if isinstance(r, Mapping)}
-    for entry in entries:
-        at = index.get(entry["name"])
+    slots = []
+    for name in names:
+        at = index.get(name)
         if at is not None and not replace:
-            raise ImportInfotextError(f"{table_yaml}: loras[{at}] is already named {entry['name']!r}. Choose "
-                                      f"another name, or replace that slot (replace=True).")
+            raise ImportInfotextError(f"{table_yaml}: loras[{at}] is already named {name!r}. Choose another name "
+                                      f"(--name), or replace that slot (--replace).")
+        slots.append(at)
+    return slots
+
+
+def _positions(slots: list[int | None], n_rows: int) -> list[int]:
+    """Where each new entry ends up in the list: its replaced slot, or after the table's entries, in order."""
+    appended = iter(range(n_rows, n_rows + len(slots)))
+    return [next(appended) if at is None else at for at in slots]
+
+
+def _blank_or_comment(line: str) -> bool:
+    return not line.strip() or line.lstrip().startswith("#")
+
+
+def _entry_spans(lines: list[str], rows: Any) -> list[tuple[int, int]]:
+    """[start, end) line ranges of the list's entries: from an entry's ``-`` line to its last line of content. Comment
+    and blank lines after an entry are outside its range (they may introduce the next one)."""
+    dashes = []
+    for i in range(len(rows)):
+        line = rows.lc.item(i)[0]
+        while not lines[line].lstrip().startswith("-"):  # an entry whose first key is on the line after its dash
+            line -= 1
+        dashes.append(line)
+    dash_col = len(lines[dashes[0]]) - len(lines[dashes[0]].lstrip())
+    spans = []
+    for i, start in enumerate(dashes):
+        end = dashes[i + 1] if i + 1 < len(dashes) else next(
+            (j for j in range(start + 1, len(lines)) if not _blank_or_comment(lines[j])
+             and len(lines[j]) - len(lines[j].lstrip()) <= dash_col), len(lines))
+        while end > start + 1 and _blank_or_comment(lines[end - 1]):
+            end -= 1
+        spans.append((start, end))
+    return spans
+
+
+def _rendered(entry: Mapping[str, Any], parent_col: int, dash_col: int, key_col: int, newline: str) -> list[str]:
+    """An entry's lines as the table writes its entries, at the table's own columns for ``-`` and the keys."""
+    writer = _yaml()
+    writer.indent(mapping=2, sequence=key_col - parent_col, offset=dash_col - parent_col)
+    out = io.StringIO()
+    writer.dump({"loras": [_as_yaml_entry(entry)]}, out)
+    body = out.getvalue().splitlines()[1:]  # below "loras:"
+    return [" " * parent_col + line + newline for line in body]
+
+
+def _edited(text: str, data: Any, slots: list[int | None], entries: list[dict[str, Any]]) -> str:
+    """``text`` with the new entries' lines spliced in (see :func:`append_entries`); nothing else changes."""
+    rows = data["loras"]
+    lines = text.splitlines(keepends=True)
+    newline = "\r\n" if "\r\n" in text else "\n"
+    spans = _entry_spans(lines, rows)
+    first = lines[spans[0][0]]
+    dash_col = len(first) - len(first.lstrip())
+    line0, key_col = rows.lc.item(0)
+    if line0 != spans[0][0]:
+        key_col = dash_col + 2
+    parent_col = data.lc.key("loras")[1]
+    render = [_rendered(e, parent_col, dash_col, key_col, newline) for e in entries]
+    # bottom up, so that the line numbers of the spans still to edit stay valid
+    end_of_list = spans[-1][1]
+    appended = [line for at, lines_ in zip(slots, render) if at is None for line in lines_]
+    if appended:
+        if not lines[end_of_list - 1].endswith(("\n", "\r")):
+            lines[end_of_list - 1] += newline
+        lines[end_of_list:end_of_list] = appended
+    for at, lines_ in sorted(((at, r) for at, r in zip(slots, render) if at is not None), reverse=True):
+        start, end = spans[at]
+        lines[start:end] = lines_
+    return "".join(lines)
+
+
+def _dumped(data: Any, slots: list[int | None], entries: list[dict[str, Any]]) -> str:
+    """The whole document dumped with the new entries merged in (for a table whose list has no entry lines)."""
+    rows = data["loras"]
+    for at, entry in zip(slots, entries):
         if at is None:
-            index[entry["name"]] = len(rows)
             rows.append(_as_yaml_entry(entry))
         else:
             rows[at] = _as_yaml_entry(entry)
+    out = io.StringIO()
+    _yaml().dump(data, out)
+    return out.getvalue()
 
 
-def _write(table_yaml: Path, data: Any) -> None:
-    """Replace the table file atomically (a killed import never leaves half a table)."""
-    write_atomic(table_yaml, lambda f: _yaml().dump(data, f))
+def _check_written(text: str, table_yaml: Path, slots: list[int | None], entries: list[dict[str, Any]]) -> None:
+    """The edited text reads back with each new entry, as given, at its place (a guard on the splicing)."""
+    rows = (yaml.safe_load(text) or {}).get("loras") or []
+    n_rows = len(rows) - sum(at is None for at in slots)
+    for at, entry in zip(_positions(slots, n_rows), entries):
+        if at >= len(rows) or rows[at] != json.loads(json.dumps(entry)):
+            raise AssertionError(f"{table_yaml}: the edited table does not read back entry {entry['name']!r} at "
+                                 f"loras[{at}]; nothing was written")

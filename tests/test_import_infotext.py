@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from PIL import Image
+from PIL import ExifTags, Image
 from PIL.PngImagePlugin import PngInfo
+from typer.testing import CliRunner
 
-from ghostreview.import_infotext import ImportInfotextError, append_entries, lora_entry_from_png
+from ghostreview.cli import app
+from ghostreview.import_infotext import ImportInfotextError, append_entries, decode_user_comment, lora_entry_from_png
 from ghostreview.protocol import BenchmarkError, load_benchmark
 
 V1 = Path(__file__).resolve().parents[1] / "data" / "benchmark" / "v1"
@@ -190,3 +192,163 @@ def test_an_infotext_without_rng_says_it_was_drawn_with_gpu_noise(tmp_path):
     assert cpu["source"] == "imported from the infotext of b.png"
     nv = lora_entry_from_png(png(tmp_path / "c.png", base + ", RNG: NV"))
     assert "NV noise" in nv["source"] and "cannot be reproduced bit-for-bit" in nv["source"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# JPEG and WebP: A1111 writes the parameters as the EXIF UserComment (piexif's UserComment.dump(text,
+# encoding="unicode"): the 8-byte code "UNICODE\0", then UTF-16 big-endian without a byte order mark)
+
+def with_user_comment(path: Path, comment: bytes | None) -> Path:
+    """An image whose EXIF UserComment is ``comment`` (raw bytes, character code included), saved by Pillow."""
+    exif = Image.Exif()
+    if comment is not None:
+        exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment] = comment
+    Image.new("RGB", (8, 8), (200, 100, 50)).save(path, exif=exif)
+    return path
+
+
+def a1111_comment(text: str) -> bytes:
+    return b"UNICODE\0" + text.encode("utf-16-be")
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".webp"])
+def test_jpeg_and_webp_parameters_are_read_from_the_exif_user_comment(tmp_path, suffix):
+    expected = lora_entry_from_png(png(tmp_path / "moxin header.png", MOXIN))
+    path = with_user_comment(tmp_path / f"moxin header{suffix}", a1111_comment(MOXIN))
+    entry = lora_entry_from_png(path)
+    assert entry == dict(expected, header_images=[path.name],
+                         source=expected["source"].replace("moxin header.png", path.name))
+
+
+def test_user_comment_character_codes_and_byte_orders():
+    text = "水墨, a crane <lora:MoXin_v1:0.7>\nSteps: 20"
+    assert decode_user_comment(a1111_comment(text)) == text
+    assert decode_user_comment(b"UNICODE\0" + text.encode("utf-16-le")) == text  # other tools: little-endian
+    assert decode_user_comment(b"UNICODE\0" + text.encode("utf-16")) == text  # with a byte order mark
+    assert decode_user_comment(b"ASCII\0\0\0a fox\0") == "a fox"
+    assert decode_user_comment(b"\0" * 8 + "a fox, 水墨".encode()) == "a fox, 水墨"
+    assert decode_user_comment(b"UNICODE\0" + b"\0\0") is None and decode_user_comment(None) is None
+
+
+def test_a_jpeg_without_parameters_says_where_it_looked(tmp_path):
+    for path in (with_user_comment(tmp_path / "stripped.jpg", None),
+                 with_user_comment(tmp_path / "empty.webp", a1111_comment(""))):
+        with pytest.raises(ImportInfotextError) as info:
+            lora_entry_from_png(path)
+        message = str(info.value)
+        assert message.startswith(f"{path}: this image carries no A1111 parameters (saved from a site that strips "
+                                  f"metadata?)")
+        assert "EXIF UserComment" in message
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The table is edited as text: only the new or replaced entry's lines change, in the table's own indentation
+
+
+def indentless(text: str, newline: str = "\n") -> str:
+    """The v1 table written in another common style: the list's dashes at column 0, keys at column 2."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith(("  - ", "    ")):
+            line = line[2:]
+        out.append(line)
+    return newline.join(out) + newline
+
+
+def split_around(before: str, after: str, start: int, end: int) -> str:
+    """What ``after`` holds in place of ``before[start:end]``, asserting that every byte around it is unchanged."""
+    head, tail = before[:start], before[end:]
+    assert after.startswith(head) and after.endswith(tail) and len(after) >= len(head) + len(tail)
+    return after[len(head):len(after) - len(tail)]
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_replace_changes_only_the_entry_s_lines_in_the_table_s_own_layout(tmp_path, newline):
+    d = copy_v1(tmp_path)
+    table = d / "loras_sd15.yaml"
+    before = indentless((V1 / "loras_sd15.yaml").read_text(encoding="utf-8"), newline)
+    table.write_bytes(before.encode("utf-8"))
+    start = before.index("- name: paper_cut_art")
+    end = before.index("- name:", start + 1)
+    entry = lora_entry_from_png(png(tmp_path / "paper.png", PAPER), name="paper_cut_art")
+    assert append_entries(table, [entry], replace=True) == []
+    after = table.read_bytes().decode("utf-8")
+    lines = split_around(before, after, start, end).splitlines(keepends=True)
+    assert lines[0] == "- name: paper_cut_art" + newline and all(line.endswith(newline) for line in lines)
+    assert all(line.startswith("  ") and line[2] != " " for line in lines[1:])  # keys at the table's column 2
+    assert yaml.safe_load("".join(lines)) == [entry]
+    assert after.count("\r\n") == (after.count("\n") if newline == "\r\n" else 0)
+    loaded = {e.name: e for e in load_benchmark(d).loras["sd15"]}
+    assert loaded["paper_cut_art"].prompt == "paper texture, a fox <lora:paper_cut_art:0.9>"
+    assert list(loaded)[3] == "paper_cut_art" and len(loaded) == 16
+
+
+def test_append_adds_lines_after_the_last_entry_and_keeps_every_other_byte(tmp_path):
+    table = tmp_path / "loras_sd15.yaml"
+    before = indentless((V1 / "loras_sd15.yaml").read_text(encoding="utf-8")) + "\n# the end of the table\n"
+    table.write_text(before, encoding="utf-8")
+    entry = lora_entry_from_png(png(tmp_path / "paper.png", PAPER))
+    assert append_entries(table, [entry]) == []
+    after = table.read_text(encoding="utf-8")
+    end = before.index("\n# the end of the table")  # after the last entry's line, before the blank line
+    added = split_around(before, after, end, end)
+    assert added.startswith("- name: paper_texture\n") and yaml.safe_load(added) == [entry]
+    rows = yaml.safe_load(after)["loras"]
+    assert len(rows) == 17 and rows[-1] == entry
+
+
+def test_an_empty_table_gets_its_first_entry(tmp_path):
+    table = tmp_path / "loras_sdxl.yaml"
+    table.write_text("# my SDXL LoRAs\nloras: []\n", encoding="utf-8")
+    entry = lora_entry_from_png(png(tmp_path / "paper.png", PAPER))
+    assert append_entries(table, [entry]) == []
+    after = table.read_text(encoding="utf-8")
+    assert after.startswith("# my SDXL LoRAs\n") and yaml.safe_load(after) == {"loras": [entry]}
+
+
+def test_a_duplicate_name_points_at_replace_and_two_images_of_one_name_are_refused(tmp_path):
+    d = copy_v1(tmp_path)
+    table = d / "loras_sd15.yaml"
+    before = table.read_text(encoding="utf-8")
+    entry = lora_entry_from_png(png(tmp_path / "paper.png", PAPER), name="paper_cut_art")
+    with pytest.raises(ImportInfotextError) as info:
+        append_entries(table, [entry])
+    assert str(info.value).endswith("Choose another name (--name), or replace that slot (--replace).")
+    assert "replace=True" not in str(info.value)
+    with pytest.raises(ImportInfotextError, match="give entries named 'paper_texture'"):
+        append_entries(table, [lora_entry_from_png(png(tmp_path / f"p{i}.png", PAPER)) for i in range(2)])
+    assert table.read_text(encoding="utf-8") == before
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The command
+
+
+def test_cli_name_with_several_images_is_an_error(tmp_path):
+    images = [str(png(tmp_path / "a.png", PAPER)), str(png(tmp_path / "b.png", NO_TAG))]
+    result = CliRunner().invoke(app, ["import-infotext", *images, "--name", "paper_cut_art"])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: --name paper_cut_art names one LoRA but 2 images were given")
+
+
+def test_cli_warns_of_a_multi_lora_header_without_a_table_too(tmp_path):
+    result = CliRunner().invoke(app, ["import-infotext", str(png(tmp_path / "moxin.png", MOXIN))])
+    assert result.exit_code == 0, result.output
+    assert ("warning: moxin_v1: <lora:paper_texture:...> names no entry yet; import or add 'paper_texture', or "
+            "remove the tag") in result.output
+    printed = yaml.safe_load(result.stdout)["loras"]
+    assert [e["name"] for e in printed] == ["moxin_v1"]
+    # imported together, the partner resolves the tag: no warning
+    both = CliRunner().invoke(app, ["import-infotext", str(tmp_path / "moxin.png"),
+                                    str(png(tmp_path / "paper.png", PAPER))])
+    assert both.exit_code == 0 and "warning" not in both.output
+
+
+def test_cli_reads_a_jpeg_header_into_a_table(tmp_path):
+    d = copy_v1(tmp_path)
+    jpeg = with_user_comment(tmp_path / "paper.jpg", a1111_comment(PAPER))
+    result = CliRunner().invoke(app, ["import-infotext", str(jpeg), "--table", str(d / "loras_sd15.yaml"),
+                                      "--name", "paper_cut_art", "--replace"])
+    assert result.exit_code == 0, result.output
+    got = {e.name: e for e in load_benchmark(d).loras["sd15"]}["paper_cut_art"]
+    assert got.header_images == ("paper.jpg",) and got.prompt == "paper texture, a fox <lora:paper_cut_art:0.9>"
