@@ -145,17 +145,20 @@ def check_devices(params: Params, source: str = "params.yaml") -> None:
 
 
 def check_sampler(params: Params, source: str = "params.yaml") -> None:
-    """``generation.sampler`` must be a key of ``ghostreview.generation.samplers.SAMPLERS``; otherwise it would only
-    fail when the first batch is drawn, after the model has loaded. Imports diffusers (seconds): the generate stage and
+    """``generation.sampler`` with ``generation.schedule_type`` must name a key of
+    ``ghostreview.generation.samplers.SAMPLERS`` (``generation.plan.sampler_name``); otherwise it would only fail
+    when the first batch is drawn, after the model has loaded. Imports diffusers (seconds): the generate stage and
     ``ghostreview validate`` call it, the scoring stages do not."""
-    from ghostreview.generation.samplers import SAMPLERS, unknown_name_message
+    from ghostreview.generation.plan import SamplerChoiceError, sampler_name
 
-    name = params.generation.sampler
-    if name not in SAMPLERS:
+    g = params.generation
+    try:
+        sampler_name(g.sampler, g.schedule_type)
+    except SamplerChoiceError as exc:
         raise ParamsError(
-            f"{source}: generation.sampler: {unknown_name_message('sampler', name, list(SAMPLERS))}. "
-            f"Write one of these A1111 names (case-sensitive) as generation.sampler in {source}."
-        )
+            f"{source}: generation.{exc.key}: {exc}. Write one of these A1111 names (case-sensitive) as "
+            f"generation.{exc.key} in {source}."
+        ) from None
 
 
 def check_checkpoint(params: Params, name: str, root: Path, source: str = "params.yaml") -> CheckpointFile:

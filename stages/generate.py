@@ -16,7 +16,7 @@ from ghostreview.generation.draw import Hires  # noqa: E402
 from ghostreview.generation.families import FAMILIES  # noqa: E402
 from ghostreview.generation.generate import EngineChoice, GenerateSettings, run_generate  # noqa: E402
 from ghostreview.generation.loading import CheckpointError, CheckpointFile  # noqa: E402
-from ghostreview.generation.plan import DrawSettings  # noqa: E402
+from ghostreview.generation.plan import DrawSettings, sampler_name  # noqa: E402
 from ghostreview.generation.store import StoreError  # noqa: E402
 
 
@@ -41,8 +41,8 @@ def draw_settings(g: GenerationParams) -> DrawSettings:
     """params' ``generation`` section as the library's plain settings (numbers as the floats A1111 writes)."""
     h = g.hires
     hires = Hires(float(h.scale), h.steps, float(h.denoising_strength), h.upscaler) if h.enabled else None
-    return DrawSettings(g.sampler, g.steps, float(g.cfg_scale), g.width, g.height, hires, g.batch_size, g.device,
-                        g.dtype, g.cpu_threads)
+    return DrawSettings(sampler_name(g.sampler, g.schedule_type), g.steps, float(g.cfg_scale), g.width, g.height,
+                        hires, g.batch_size, g.device, g.dtype, g.cpu_threads)
 
 
 def settings_for(params: Params, model: str, ckpt: CheckpointFile, root: Path) -> GenerateSettings:

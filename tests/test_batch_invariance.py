@@ -97,6 +97,23 @@ def test_pixels_do_not_depend_on_batch_mates_or_a_short_batch(family):
     assert (mixed[0][0] == full[3][0]).all() and (mixed[2][0] == full[0][0]).all()
 
 
+@pytest.mark.parametrize("sampler", ["DPM++ SDE Karras", "DPM++ 3M SDE"])
+def test_an_sde_samplers_noise_depends_only_on_the_images_own_seed(sampler):
+    """DPM++ SDE's Brownian tree grows from the image's seed (one tree per image, as A1111 seeds it), not from
+    torch's global generator: an image drawn in a batch of 2 equals the same image drawn alone, whatever the global
+    generator holds, and two seeds give two images. DPM++ 3M SDE draws from the image's generator."""
+    pipe = tiny_pipeline("sd15", seed=3)
+    pipe.set_progress_bar_config(disable=True)
+    reqs = [DrawRequest("a lighthouse at dusk", "lowres", seed, 3, 7.0, 64, 64, sampler,
+                        hires=Hires(1.5, 1, 0.5) if sampler == "DPM++ SDE Karras" else None) for seed in (21, 22)]
+    torch.manual_seed(0)
+    pair = draw_arrays(pipe, "sd15", reqs, batch_size=2)
+    torch.manual_seed(12345)
+    alone = draw_arrays(pipe, "sd15", [reqs[1]], batch_size=2)  # padded with a copy of itself: other batch-mates
+    assert (alone[0][0] == pair[1][0]).all()
+    assert not (pair[0][0] == pair[1][0]).all()  # same prompt, other seed: other noise
+
+
 def test_an_image_redrawn_alone_is_byte_identical_to_the_one_drawn_in_a_full_batch(tmp_path):
     """The DVC case: after a change, the images a model still lacks are drawn in short batches."""
     bench = load_benchmark(small_benchmark(tmp_path / "bench", general=2, styles=1, loras=1))

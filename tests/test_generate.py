@@ -160,6 +160,35 @@ def test_image_key_covers_everything_that_decides_pixels(kit):
     assert key not in keys and len(keys) == len(variants)
 
 
+def test_a_schedule_type_draws_what_the_combined_name_draws_under_the_same_key(kit):
+    """generation.sampler "DPM++ 2M" + generation.schedule_type "Karras" is "DPM++ 2M Karras": the same request,
+    store key and infotext (A1111 1.9's split form), so images drawn before schedule types stay valid; the infotext
+    reads back through import-infotext as the same sampler."""
+    from ghostreview.generation.plan import sampler_name
+    from ghostreview.import_infotext import sampler_settings
+
+    root, bench = kit
+    model = gen.ModelIdentity("m", "sd15", "model", "a" * 64)
+    runtime = {"torch": "x", "device": "cpu"}
+
+    def drawn(sampler: str, schedule: str | None) -> tuple[str, str]:
+        settings_ = dataclasses.replace(GENERATION, sampler=sampler_name(sampler, schedule))
+        job = gen.plan_jobs(bench, "sd15", {"general": 1, "style": 1, "lora": 1}, ("general",), settings_, 1,
+                            root / "loras" / "sd15", lambda p: "ok", lambda p: "0" * 64)[0]
+        return gen.job_key(gen.job_fields(job, model, runtime)), gen.infotext_for(job, model, "v", lambda p: "0" * 12)
+
+    split, combined = drawn("DPM++ 2M", "Karras"), drawn("DPM++ 2M Karras", None)
+    assert split == combined
+    assert ", Sampler: DPM++ 2M, Schedule type: Karras, " in split[1]
+    assert sampler_settings(parse_infotext(split[1])[2]) == {"sampler": "DPM++ 2M Karras", "schedule_type": "Karras"}
+    assert drawn("DPM++ 2M", "Automatic") == combined  # A1111 1.9's Automatic for DPM++ 2M is Karras
+    others = {drawn("DPM++ 2M", "Exponential")[0], drawn("DPM++ 2M", None)[0], drawn("DPM++ 2M", "Uniform")[0]}
+    assert split[0] not in others and len(others) == 2  # None and Uniform: the plain name, as before
+    text = drawn("DPM++ 3M SDE", "Automatic")[1]
+    assert ", Sampler: DPM++ 3M SDE, Schedule type: Exponential, " in text
+    assert sampler_settings(parse_infotext(text)[2])["sampler"] == "DPM++ 3M SDE Exponential"
+
+
 # ------------------------------------------------------------------------------------------------ pickle checkpoints
 
 
@@ -235,7 +264,8 @@ A1111_PAIR = r'\s*(\w[\w /-]+):\s*("(?:[^"\\]|\\.)+"|[^,]*)(?:,|$)'
 A1111_SCHEDULE_LABELS = ("Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "KL Optimal",
                          "Align Your Steps", "Simple", "Normal", "DDIM", "Beta")
 A1111_AUTOMATIC = {"DPM++ 2M": "Karras", "DPM++ SDE": "Karras", "DPM++ 2S a": "Karras", "DPM++ 2M SDE": "Exponential",
-                   "DPM++ 2M SDE Heun": "Exponential", "DPM++ 3M SDE": "Exponential"}  # others: Uniform
+                   "DPM++ 2M SDE Heun": "Exponential", "DPM++ 3M SDE": "Exponential", "DPM2": "Karras",
+                   "DPM2 a": "Karras", "Restart": "Karras"}  # others: Uniform
 A1111_TIMESTEP_SAMPLERS = ("DDIM", "PLMS", "UniPC")  # no sigma schedule: the Schedule type does not apply
 
 
@@ -287,13 +317,17 @@ def a1111_version_backcompat(version: str) -> bool:
         return False
 
 
+OUR_SCHEDULES = ("Karras", "Exponential", "Beta")  # what our names may end in (generation.samplers)
+
+
 def expected_sampler(ours: str) -> tuple[str, str]:
-    """What our sampler name means: a trailing "Karras" is the Karras schedule; anything else samples the model's
-    own sigmas (A1111's Uniform); A1111's time-step samplers have no schedule."""
-    name = ours.removesuffix(" Karras")
+    """What our sampler name means: a trailing "Karras", "Exponential" or "Beta" is that schedule; anything else
+    samples the model's own sigmas (A1111's Uniform); A1111's time-step samplers have no schedule."""
+    schedule = next((s for s in OUR_SCHEDULES if ours.endswith(" " + s)), None)
+    name = ours.removesuffix(f" {schedule}") if schedule else ours
     if name in A1111_TIMESTEP_SAMPLERS:
         return name, "-"
-    return name, "Karras" if ours.endswith(" Karras") else "Uniform"
+    return name, schedule or "Uniform"
 
 
 def test_a1111_pasting_our_png_draws_with_our_settings(kit, tmp_path):

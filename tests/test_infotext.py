@@ -138,3 +138,42 @@ def test_every_sampler_name_round_trips_through_a1111s_split_form():
     assert a1111_sampler_fields("DPM++ 2M") == ("DPM++ 2M", "Uniform")  # "Automatic" would be Karras in A1111 1.9+
     assert read_a1111_sampler("DPM++ 2M", "Automatic") == ("DPM++ 2M", "Karras")
     assert read_a1111_sampler("Euler a Karras", "Uniform") == ("Euler a", "Karras")  # the name's schedule wins
+
+
+def test_lora_hashes_are_a1111s_addnet_hash_of_the_tensor_data(tmp_path):
+    """A1111 (extensions-builtin/Lora) writes ``Lora hashes: "alias: <12 hex>"``: the first 12 hex digits of the
+    sha256 of a safetensors file's tensor data (kohya's "addnet" hash, Civitai's AutoV3), which a metadata edit
+    leaves alone. Computed here independently: the tensors' raw bytes in the order of their header offsets."""
+    import hashlib
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from ghostreview.generation.lora import a1111_lora_hash
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"lora_unet_x.lora_down.weight": torch.randn(4, 8, generator=g),
+               "lora_unet_x.lora_up.weight": torch.randn(8, 4, generator=g).half(),
+               "lora_unet_x.alpha": torch.tensor(2.0)}
+    plain, tagged = tmp_path / "plain.safetensors", tmp_path / "tagged.safetensors"
+    save_file(tensors, str(plain))
+    save_file(tensors, str(tagged), metadata={"ss_output_name": "my lora", "ss_network_dim": "4"})
+
+    def tensor_data_sha(path):
+        data = path.read_bytes()
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + n])
+        spans = sorted(v["data_offsets"] for k, v in header.items() if k != "__metadata__")
+        body = data[8 + n :]
+        assert spans[0][0] == 0 and spans[-1][1] == len(body)  # the data section is the tensors, back to back
+        return hashlib.sha256(b"".join(body[a:b] for a, b in spans)).hexdigest()[:12]
+
+    assert a1111_lora_hash(plain) == tensor_data_sha(plain) == a1111_lora_hash(tagged)  # metadata is not hashed
+    assert plain.read_bytes() != tagged.read_bytes()
+    assert a1111_lora_hash(plain) != hashlib.sha256(plain.read_bytes()).hexdigest()[:12]  # not the file's sha256
+    tensors["lora_unet_x.alpha"] = torch.tensor(3.0)
+    save_file(tensors, str(plain))
+    assert a1111_lora_hash(plain) != a1111_lora_hash(tagged)  # any tensor byte is
+    # A1111 drops ":" and "," from an alias (its remove_symbols) and joins "alias: hash" pairs with ", "
+    assert format_lora_hashes({"a:b,c": "0123456789ab", "d": "ba9876543210"}) == "abc: 0123456789ab, d: ba9876543210"

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from ghostreview.generation.samplers import SAMPLERS, make_scheduler
+from ghostreview.generation.infotext import split_schedule
+from ghostreview.generation.plan import SCHEDULE_TYPES, SamplerChoiceError, sampler_name
+from ghostreview.generation.samplers import SAMPLERS, SCHEDULE_FLAGS, make_scheduler
 
 # SD1.5's shipped scheduler config (PNDM), the base every sampler is built from.
 SD15_SCHEDULER = {
@@ -39,6 +41,30 @@ EXPECTED_CLASS = {
     "DDIM": "DDIMScheduler",
     "PLMS": "PNDMScheduler",
     "DPM++ SDE": "DPMSolverSDEScheduler",
+    "DPM++ 3M SDE": "DiscardNextToLastSigma",  # DPMSolverMultistepScheduler without the next-to-last sigma
+    "LCM": "A1111LCMScheduler",  # k-diffusion's sample_lcm on Euler's sigmas
+}
+SCHEDULE_SWITCH = {"Karras": "use_karras_sigmas", "Exponential": "use_exponential_sigmas", "Beta": "use_beta_sigmas"}
+# The samplers registered before schedule types, with their exact flags: their images are in users' stores, so the
+# classes and flags that draw them must not change (tests/test_dvc_deps.py pins the code; this pins the table).
+BEFORE = {
+    "Euler": ("EulerDiscreteScheduler", {}), "Euler Karras": ("EulerDiscreteScheduler", "K"),
+    "Euler a": ("EulerAncestralDiscreteScheduler", {}), "Heun": ("HeunDiscreteScheduler", {}),
+    "Heun Karras": ("HeunDiscreteScheduler", "K"), "DPM2": ("KDPM2DiscreteScheduler", {}),
+    "DPM2 Karras": ("KDPM2DiscreteScheduler", "K"), "DPM2 a": ("KDPM2AncestralDiscreteScheduler", {}),
+    "DPM2 a Karras": ("KDPM2AncestralDiscreteScheduler", "K"),
+    "DPM++ 2M": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2,
+                                                        "use_karras_sigmas": True}),
+    "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+    "DPM++ 2M SDE Karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2,
+                                                            "use_karras_sigmas": True}),
+    "LMS": ("LMSDiscreteScheduler", {}), "LMS Karras": ("LMSDiscreteScheduler", "K"),
+    "UniPC": ("UniPCMultistepScheduler", {"solver_type": "bh1", "solver_order": 3, "lower_order_final": True,
+                                          "final_sigmas_type": "sigma_min"}),
+    "DDIM": ("DDIMScheduler", {"timestep_spacing": "leading", "steps_offset": 1}),
+    "PLMS": ("PNDMScheduler", {"timestep_spacing": "leading", "steps_offset": 1, "skip_prk_steps": True}),
+    "DPM++ SDE": ("DPMSolverSDEScheduler", {}), "DPM++ SDE Karras": ("DPMSolverSDEScheduler", "K"),
 }
 
 
@@ -59,27 +85,35 @@ def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) 
 def test_registry_has_the_a1111_names():
     required = {"Euler", "Euler a", "Heun", "DPM2", "DPM2 a", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2M SDE",
                 "DPM++ 2M SDE Karras", "DDIM", "PLMS", "UniPC", "LMS", "LMS Karras", "DPM2 Karras", "DPM2 a Karras",
-                "Euler Karras"}
+                "Euler Karras", "DPM++ SDE", "DPM++ SDE Karras", "DPM++ 3M SDE", "DPM++ 3M SDE Karras",
+                "DPM++ 3M SDE Exponential", "DPM++ 2M SDE Exponential", "LCM"}
     assert required <= set(SAMPLERS)
-    assert ("DPM++ SDE" in SAMPLERS) == (importlib.util.find_spec("torchsde") is not None)
+    assert importlib.util.find_spec("torchsde") is not None  # a dependency: the DPM++ SDE samplers need it
+
+
+def test_the_samplers_registered_before_schedule_types_keep_their_class_and_flags():
+    linspace = {"timestep_spacing": "linspace"}  # every k-diffusion sampler's and UniPC's
+    for name, (cls, flags) in BEFORE.items():
+        if flags == "K":
+            flags = {"use_karras_sigmas": True}
+        expected = flags if "timestep_spacing" in flags else {**linspace, **flags}
+        assert (SAMPLERS[name].scheduler, dict(SAMPLERS[name].flags)) == (cls, expected), name
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_every_sampler_builds_with_its_flags_and_samples(name):
-    sched = make_scheduler(name, SD15_SCHEDULER)
-    base_name = name.removesuffix(" Karras")
+    sched = make_scheduler(name, SD15_SCHEDULER, seeds=[0])
+    base_name, schedule = split_schedule(name)
     assert type(sched).__name__ == EXPECTED_CLASS[base_name]
     config = sched.config
     assert config.beta_schedule == "scaled_linear" and config.beta_end == 0.012
-    if "use_karras_sigmas" in config:
-        assert config.use_karras_sigmas == name.endswith("Karras")
-    else:
-        assert not name.endswith("Karras")
+    for label, switch in SCHEDULE_SWITCH.items():
+        assert config.get(switch, False) == (schedule == label), (name, switch)
     expected_spacing = "leading" if name in ("DDIM", "PLMS") else "linspace"
     assert config.timestep_spacing == expected_spacing
-    if name.startswith("DPM++ 2M"):
+    if name.startswith(("DPM++ 2M", "DPM++ 3M")):
         assert config.algorithm_type == ("sde-dpmsolver++" if "SDE" in name else "dpmsolver++")
-        assert config.solver_order == 2
+        assert config.solver_order == (3 if "3M" in name else 2)
     if name == "PLMS":
         assert config.skip_prk_steps is True
     if name == "UniPC":
@@ -151,3 +185,139 @@ def test_unknown_name_lists_valid_names_and_suggests():
 def test_schedulers_are_fresh_objects():
     a, b = make_scheduler("DPM++ 2M", SD15_SCHEDULER), make_scheduler("DPM++ 2M", SD15_SCHEDULER)
     assert a is not b
+
+
+def exponential_sigmas(n: int, sigma_min: float, sigma_max: float) -> np.ndarray:
+    """k-diffusion's get_sigmas_exponential: log-linear from sigma_max to sigma_min, plus the final zero."""
+    return np.append(np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), n)), 0.0)
+
+
+def beta_sigmas(n: int, sigma_min: float, sigma_max: float, a: float = 0.6, b: float = 0.6) -> np.ndarray:
+    """A1111's Beta schedule (sd_schedulers.beta_scheduler with its default alpha = beta = 0.6)."""
+    from scipy import stats
+
+    return np.append(sigma_min + stats.beta.ppf(1 - np.linspace(0, 1, n), a, b) * (sigma_max - sigma_min), 0.0)
+
+
+@pytest.mark.parametrize("name", ["Euler Exponential", "DPM++ 2M Exponential", "DPM++ 2M SDE Exponential",
+                                  "DPM++ SDE Exponential", "Heun Exponential", "LMS Exponential", "LCM Exponential"])
+def test_exponential_sigmas_match_k_diffusion(name):
+    n = 6
+    sched = make_scheduler(name, SD15_SCHEDULER, seeds=[0])
+    sched.set_timesteps(n)
+    s = train_sigmas()
+    sigmas = sched.sigmas.numpy()
+    if "Heun" in name or "DPM++ SDE" in name:  # second-order classes list each inner sigma twice
+        sigmas = np.append(sigmas[:1], sigmas[1::2])
+    np.testing.assert_allclose(sigmas, exponential_sigmas(n, s[0], s[-1]), rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["Euler Beta", "DPM++ 2M Beta"])
+def test_beta_sigmas_match_a1111(name):
+    n = 7
+    sched = make_scheduler(name, SD15_SCHEDULER)
+    sched.set_timesteps(n)
+    s = train_sigmas()
+    np.testing.assert_allclose(sched.sigmas.numpy(), beta_sigmas(n, s[0], s[-1]), rtol=1e-4)
+
+
+@pytest.mark.parametrize("schedule", ["Karras", "Exponential"])
+@pytest.mark.parametrize("n", [3, 8])
+def test_dpmpp_3m_sde_drops_the_next_to_last_sigma_as_a1111_does(schedule, n):
+    """A1111's DPM++ 3M SDE (discard_next_to_last_sigma): the schedule of n + 1 sigmas without its smallest nonzero
+    one, so n steps end with a jump from the (n)th sigma to zero."""
+    sched = make_scheduler(f"DPM++ 3M SDE {schedule}", SD15_SCHEDULER)
+    sched.set_timesteps(n)
+    s = train_sigmas()
+    full = (karras_sigmas if schedule == "Karras" else exponential_sigmas)(n + 1, s[0], s[-1])
+    np.testing.assert_allclose(sched.sigmas.numpy(), np.append(full[:-2], 0.0), rtol=1e-4)
+    assert len(sched.timesteps) == n == sched.num_inference_steps
+    x = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0)) * sched.init_noise_sigma
+    gens = [torch.Generator().manual_seed(i) for i in (1, 2)]
+    for t in sched.timesteps:
+        x = sched.step(0.5 * sched.scale_model_input(x, t), t, x, generator=gens).prev_sample
+    assert torch.isfinite(x).all()
+
+
+def test_lcm_jumps_to_the_denoised_estimate_and_adds_the_next_sigmas_noise():
+    """k-diffusion's sample_lcm: x <- denoised(x, sigma_i), then + sigma_{i+1} * noise unless sigma_{i+1} is 0."""
+    n = 4
+    sched = make_scheduler("LCM", SD15_SCHEDULER)
+    sched.set_timesteps(n)
+    s = train_sigmas()
+    t = np.linspace(999, 0, n)  # A1111's Uniform: the model's sigmas at 999, 666, 333, 0 (not LCMScheduler's grid)
+    np.testing.assert_allclose(sched.sigmas.numpy(), np.append(s[t.astype(int)], 0.0), rtol=1e-4)
+    x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0)) * sched.init_noise_sigma
+    gen, mirror = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for i, step in enumerate(sched.timesteps):
+        eps = 0.3 * sched.scale_model_input(x, step) + 0.1
+        sigma, sigma_next = float(sched.sigmas[i]), float(sched.sigmas[i + 1])
+        denoised = x - sigma * eps
+        expected = denoised + sigma_next * torch.randn(x.shape, generator=mirror) if sigma_next > 0 else denoised
+        x = sched.step(eps, step, x, generator=gen).prev_sample
+        torch.testing.assert_close(x, expected, rtol=1e-6, atol=1e-6)
+    v = make_scheduler("LCM", SD15_SCHEDULER, prediction_type="v_prediction")
+    v.set_timesteps(n)
+    x = torch.ones(1, 4, 2, 2)
+    sigma = float(v.sigmas[-2])  # the last step: no noise, the v-prediction estimate itself
+    v._step_index = n - 1
+    out = v.step(torch.full_like(x, 0.5), v.timesteps[-1], x).prev_sample
+    torch.testing.assert_close(out, 0.5 * (-sigma / (sigma**2 + 1) ** 0.5) + x / (sigma**2 + 1))
+
+
+def test_brownian_samplers_take_one_seed_per_image_and_others_ignore_them():
+    assert make_scheduler("DPM++ SDE Karras", SD15_SCHEDULER, seeds=[7, 8]).config.noise_sampler_seed == [7, 8]
+    assert "noise_sampler_seed" not in make_scheduler("DPM++ 2M SDE", SD15_SCHEDULER, seeds=[7, 8]).config
+
+
+@pytest.mark.parametrize("sampler,schedule,drawn", [
+    ("DPM++ 2M", "Karras", "DPM++ 2M Karras"),  # A1111 1.9's split form: the same name, so the same image keys
+    ("DPM++ 2M Karras", None, "DPM++ 2M Karras"),  # the combined form, as before schedule types
+    ("DPM++ 2M Karras", "Karras", "DPM++ 2M Karras"),
+    ("DPM++ 2M Karras", "Automatic", "DPM++ 2M Karras"),  # a schedule in the name wins over Automatic (A1111)
+    ("DPM++ 2M", None, "DPM++ 2M"),  # a plain name without a schedule type: Uniform, as before
+    ("DPM++ 2M", "Uniform", "DPM++ 2M"),
+    ("DPM++ 2M", "Automatic", "DPM++ 2M Karras"),  # A1111 1.9's defaults
+    ("DPM++ 2M SDE", "Automatic", "DPM++ 2M SDE Exponential"),
+    ("DPM++ 3M SDE", "Automatic", "DPM++ 3M SDE Exponential"),
+    ("DPM++ SDE", "Automatic", "DPM++ SDE Karras"),
+    ("DPM2 a", "Automatic", "DPM2 a Karras"),
+    ("Euler a", "Automatic", "Euler a"),
+    ("LCM", "Automatic", "LCM"),
+    ("DDIM", "Automatic", "DDIM"),
+    ("Euler", "Beta", "Euler Beta"),
+])
+def test_a_schedule_type_folds_into_the_sampler_name(sampler, schedule, drawn):
+    assert sampler_name(sampler, schedule) == drawn
+
+
+@pytest.mark.parametrize("sampler,schedule,key,words", [
+    ("DPM++ 2M", "Karas", "schedule_type", ["did you mean 'Karras'?", "Valid: Automatic, Uniform, Karras"]),
+    ("DPM++ 2M", "SGM Uniform", "schedule_type", ["not drawn here", "Valid: Automatic"]),
+    ("DPM++ 2M Karras", "Exponential", "schedule_type", ["contradicts", "write sampler 'DPM++ 2M' with schedule "
+                                                         "type 'Exponential'"]),
+    ("DDIM", "Karras", "schedule_type", ["time-step samplers", "'Automatic'"]),
+    ("Euler a", "Karras", "schedule_type", ["not available for 'Euler a'", "valid for it: Automatic, Uniform"]),
+    ("DPM++ 2M Karas", "Karras", "sampler", ["did you mean 'DPM++ 2M Karras'?", "Valid: Euler"]),
+])
+def test_a_bad_schedule_type_names_the_setting_and_lists_the_valid_ones(sampler, schedule, key, words):
+    with pytest.raises(SamplerChoiceError) as err:
+        sampler_name(sampler, schedule)
+    assert err.value.key == key
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_every_schedule_type_is_offered_for_some_sampler_and_every_sampler_is_reachable():
+    reached = {sampler_name(split_schedule(name)[0], schedule) for name in SAMPLERS for schedule in SCHEDULE_TYPES
+               if _folds(split_schedule(name)[0], schedule)}
+    assert reached == set(SAMPLERS)
+    assert set(SCHEDULE_TYPES) == {"Automatic", *SCHEDULE_FLAGS}
+
+
+def _folds(sampler: str, schedule: str) -> bool:
+    try:
+        sampler_name(sampler, schedule)
+    except SamplerChoiceError:
+        return False
+    return True

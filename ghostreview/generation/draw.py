@@ -3,7 +3,8 @@
 Reproducibility rules:
 - One CPU ``torch.Generator`` per image, seeded with the request's seed. The initial latents are drawn from it on
   the CPU in float32, image by image, so an image's noise never depends on its batch-mates, the batch size or the
-  device.
+  device. The samplers' later noise continues from the same generators; the Brownian-tree samplers (DPM++ SDE) grow
+  one tree per image from its seed, as A1111 does.
   (A1111 gives image k of a batch seed+k: that is the caller's job.)
 - Text is encoded per request (``generation.encode``) and requests are run in sub-batches of equal conditioning
   length, so a long prompt in a batch never pads its neighbours' embeddings.
@@ -196,16 +197,17 @@ def _sub_conditioning(conds: Sequence[Conditioning]) -> Conditioning:
                         cat_pooled("negative_pooled_prompt_embeds"))
 
 
-def _pipe_like(cls, pipe, sampler: str, scheduler_config: dict):
-    """A ``cls`` pipeline sharing ``pipe``'s modules, with a fresh scheduler for ``sampler``.
+def _pipe_like(cls, pipe, sampler: str, scheduler_config: dict, seeds: Sequence[int]):
+    """A ``cls`` pipeline sharing ``pipe``'s modules, with a fresh scheduler for ``sampler`` that draws the images of
+    ``seeds`` (one per batch row: a Brownian-tree sampler grows each row's noise from its seed).
 
     Built directly rather than with ``from_pipe``, which casts the shared modules to float32 in place
     (``new_pipeline.to(dtype=...)`` with a float32 default) and would silently change an fp16 caller's pipeline.
     No safety checker and no watermark, as in A1111; the progress-bar setting is carried over.
     """
     params = inspect.signature(cls.__init__).parameters
-    parts = {**pipe.components, "scheduler": make_scheduler(sampler, scheduler_config), "safety_checker": None,
-             "requires_safety_checker": False, "add_watermarker": False}
+    parts = {**pipe.components, "scheduler": make_scheduler(sampler, scheduler_config, seeds=seeds),
+             "safety_checker": None, "requires_safety_checker": False, "add_watermarker": False}
     new = cls(**{k: v for k, v in parts.items() if k in params})
     new.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
     return new
@@ -223,7 +225,7 @@ def _run_group(pipe, family: str, reqs: Sequence[DrawRequest], cond: Conditionin
     latents, generators = initial_latents([r.seed for r in reqs], shape)
     common = dict(guidance_scale=first.cfg_scale, **cond.pipeline_kwargs())
     hires = first.hires
-    txt2img = _pipe_like(txt2img_cls, pipe, first.sampler, scheduler_config)
+    txt2img = _pipe_like(txt2img_cls, pipe, first.sampler, scheduler_config, [r.seed for r in reqs])
     base_out = "np" if hires is None or hires.upscaler in IMAGE_UPSCALERS else "latent"
     base = txt2img(num_inference_steps=first.steps, width=first.width, height=first.height, generator=generators,
                    latents=latents.to(unet.dtype), output_type=base_out, **common).images
@@ -252,7 +254,7 @@ def _hires_pass(pipe, img2img_cls, reqs: Sequence[DrawRequest], hires: Hires, ba
     else:
         init = [to_pil(np.nan_to_num(img)).resize((w2, h2), IMAGE_UPSCALERS[hires.upscaler]) for img in base]
     total, strength = hires_schedule(hires.steps or first.steps, hires.denoising_strength)
-    img2img = _pipe_like(img2img_cls, pipe, first.sampler, scheduler_config)
+    img2img = _pipe_like(img2img_cls, pipe, first.sampler, scheduler_config, [r.seed for r in reqs])
     generators = [torch.Generator("cpu").manual_seed(int(r.seed)) for r in reqs]
     out = img2img(image=init, strength=strength, num_inference_steps=total, generator=generators,
                   output_type="np", **common).images

@@ -9,7 +9,7 @@ rename, a refactor) sets the pin alone.
 """
 
 DRAW_VERSION = "2"
-DRAW_CODE_SHA256 = "1badc7c54f13ab62bb553cd0a171bfa09793cf3828b948dfa07b46efa6f43d36"
+DRAW_CODE_SHA256 = "83c90c892c0b9a651424dd0b28a35f511fd19e42f394d6d9bba23faef8448b22"
 
 # What turns an image's key fields into pixels. The test checks that these cover everything they import.
 PIXEL_MODULES = (

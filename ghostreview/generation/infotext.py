@@ -43,7 +43,8 @@ UNIFORM, AUTOMATIC = "Uniform", "Automatic"  # Uniform: the model's own sigmas, 
 # What "Schedule type: Automatic" means in A1111 >= 1.9 (its samplers' "scheduler" option); any other: Uniform.
 A1111_AUTOMATIC_SCHEDULES = {"DPM++ 2M": "Karras", "DPM++ SDE": "Karras", "DPM++ 2S a": "Karras",
                              "DPM++ 2M SDE": "Exponential", "DPM++ 2M SDE Heun": "Exponential",
-                             "DPM++ 3M SDE": "Exponential"}
+                             "DPM++ 3M SDE": "Exponential", "DPM2": "Karras", "DPM2 a": "Karras",
+                             "Restart": "Karras"}
 # A1111's time-step samplers (sd_samplers_timesteps) have no sigma schedule: it writes "Automatic" for them.
 TIMESTEP_SAMPLERS = ("DDIM", "PLMS", "UniPC")
 

@@ -10,17 +10,83 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ghostreview.generation.draw import DrawRequest, Hires
-from ghostreview.generation.infotext import a1111_sampler_fields, format_infotext, format_lora_hashes
+from ghostreview.generation.infotext import (
+    AUTOMATIC,
+    SCHEDULE_LABELS,
+    TIMESTEP_SAMPLERS,
+    a1111_sampler_fields,
+    combined_sampler_name,
+    format_infotext,
+    format_lora_hashes,
+    read_a1111_sampler,
+    split_schedule,
+)
 from ghostreview.generation.lora import LoraSpec, status_flag
 from ghostreview.generation.prompts import extract_lora_tags
+from ghostreview.generation.samplers import SAMPLERS, SCHEDULE_FLAGS, unknown_name_message
 from ghostreview.protocol import Benchmark, BenchmarkError, LoraEntry, benchmark_items
 from ghostreview.util.hashing import autov2
+
+SCHEDULE_TYPES = (AUTOMATIC, *SCHEDULE_FLAGS)  # the values generation.schedule_type takes (A1111's labels)
+
+
+class SamplerChoiceError(ValueError):
+    """A sampler and schedule type that name no sampler we draw with; ``key`` is the setting at fault ("sampler" or
+    "schedule_type"), the message lists the valid values."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def sampler_name(sampler: str, schedule_type: str | None = None) -> str:
+    """The sampler images are drawn with (a key of ``samplers.SAMPLERS``, the name their store keys record) for
+    params' ``generation.sampler`` and ``generation.schedule_type``.
+
+    ``schedule_type`` None: ``sampler`` alone decides, a combined name as A1111 wrote them before 1.9 ("DPM++ 2M
+    Karras"; a plain "DPM++ 2M" samples the model's own sigmas, Uniform). A schedule type is A1111 1.9's field and
+    folds into the name: ("DPM++ 2M", "Karras") -> "DPM++ 2M Karras", so both forms draw the same images under the
+    same keys; "Automatic" is A1111's default schedule for that sampler (Karras for DPM++ 2M, Exponential for
+    DPM++ 2M SDE and DPM++ 3M SDE, Uniform for Euler) and adds nothing to a name that already ends in a schedule.
+
+    Raises:
+        SamplerChoiceError: an unknown sampler or schedule type (with the valid ones and the closest), a schedule
+            type that contradicts the one the name ends in, one given to a time-step sampler (DDIM, PLMS, UniPC: no
+            sigma schedule), or one not offered for that sampler.
+    """
+    if schedule_type is not None and schedule_type not in SCHEDULE_TYPES:
+        if schedule_type in SCHEDULE_LABELS:  # A1111 has it; diffusers computes no schedule equal to it
+            raise SamplerChoiceError("schedule_type", f"schedule type {schedule_type!r} (A1111's) is not drawn here: "
+                                                      f"diffusers has no equal schedule. Valid: "
+                                                      f"{', '.join(SCHEDULE_TYPES)}")
+        raise SamplerChoiceError("schedule_type", unknown_name_message("schedule type", schedule_type,
+                                                                       list(SCHEDULE_TYPES)))
+    if sampler not in SAMPLERS:
+        raise SamplerChoiceError("sampler", unknown_name_message("sampler", sampler, list(SAMPLERS)))
+    if schedule_type is None:
+        return sampler
+    base, named = split_schedule(sampler)
+    if named is not None and schedule_type not in (AUTOMATIC, named):
+        raise SamplerChoiceError("schedule_type", f"schedule type {schedule_type!r} contradicts sampler {sampler!r}, "
+                                                  f"which names the {named} schedule; write sampler {base!r} with "
+                                                  f"schedule type {schedule_type!r}, or leave the schedule type out")
+    if base in TIMESTEP_SAMPLERS and schedule_type != AUTOMATIC:
+        raise SamplerChoiceError("schedule_type", f"{base!r} is one of A1111's time-step samplers, which have no "
+                                                  f"sigma schedule; write schedule type 'Automatic' or leave it out")
+    name = combined_sampler_name(*read_a1111_sampler(sampler, schedule_type))
+    if name not in SAMPLERS:
+        offered = [t for t in SCHEDULE_TYPES if t == AUTOMATIC or combined_sampler_name(base, t) in SAMPLERS]
+        automatic = f" (A1111's Automatic for {base!r})" if schedule_type == AUTOMATIC else ""
+        raise SamplerChoiceError("schedule_type", f"schedule type {split_schedule(name)[1]!r}{automatic} is not "
+                                                  f"available for {base!r}; valid for it: {', '.join(offered)}")
+    return name
 
 
 @dataclass(frozen=True)
 class DrawSettings:
     """The settings every image of a run shares (A1111's txt2img fields): what the stage reads from params'
-    ``generation`` section, as plain values. ``hires`` None: no hires fix."""
+    ``generation`` section, as plain values. ``hires`` None: no hires fix. ``sampler`` is a key of
+    ``samplers.SAMPLERS``: params' sampler and schedule type folded by :func:`sampler_name`."""
 
     sampler: str
     steps: int

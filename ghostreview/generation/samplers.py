@@ -4,35 +4,56 @@ The mapping follows diffusers' own table of A1111/k-diffusion equivalents ("DPM+
 ``DPMSolverMultistepScheduler(use_karras_sigmas=True)``, ...). On top of the class, each entry fixes the timestep
 spacing A1111 uses, whatever the checkpoint's scheduler config says:
 
-- k-diffusion samplers (Euler, Heun, DPM2, DPM++, LMS) and A1111's UniPC ("time_uniform") space the sampled
+- k-diffusion samplers (Euler, Heun, DPM2, DPM++, LMS, LCM) and A1111's UniPC ("time_uniform") space the sampled
   timesteps evenly from 999 down to 0: ``timestep_spacing="linspace"``. (SDXL's shipped config says "leading".)
 - DDIM and PLMS run A1111's CompVis samplers, whose "uniform" discretization is ``range(0, 1000, 1000 // steps) + 1``:
   ``timestep_spacing="leading", steps_offset=1``.
-Karras variants ignore the spacing: their sigmas come from the model's sigma range.
+
+Names are A1111's combined ones (as A1111 wrote them before 1.9): a k-diffusion sampler plus its sigma schedule
+("DPM++ 2M Karras", "DPM++ 3M SDE Exponential"); a plain name samples the model's own sigmas (A1111's "Uniform").
+``SCHEDULE_FLAGS`` are the schedules diffusers computes as A1111 does (Karras: rho 7 between the model's smallest and
+largest sigma; Exponential: log-linear between them; Beta: the Beta(0.6, 0.6) quantiles, A1111's default alpha and
+beta), each offered for the samplers whose class takes its switch. A1111's time-step samplers (DDIM, PLMS, UniPC) have
+no schedule.
+
+Seeds: the SDE samplers' Brownian-tree noise ("DPM++ SDE") comes from one tree per image seeded with that image's
+seed (:func:`make_scheduler`'s ``seeds``), as A1111 seeds it, so that an image never depends on its batch.
 
 Known differences to A1111: k-diffusion interpolates log-sigma at fractional timesteps where diffusers interpolates
 sigma; diffusers' multistep DPM-Solver and UniPC space "linspace" timesteps as ``linspace(0, 999, n + 1)`` without
 its last point (4 steps: 999, 749, 500, 250) where k-diffusion samples 999, 666, 333, 0 (the Karras variants
-match); A1111's SDE samplers draw Brownian-tree noise where diffusers draws plain Gaussian noise.
-"DPM++ SDE" needs ``torchsde`` and is only registered when it is installed.
+match); A1111's multistep SDE samplers (DPM++ 2M SDE, DPM++ 3M SDE) draw Brownian-tree noise where diffusers draws
+plain Gaussian noise from each image's generator; A1111 drops the next-to-last sigma for DPM2 and DPM2 a, which
+these names do not (DPM++ 3M SDE does: :class:`DiscardNextToLastSigma`).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import diffusers
+import torch
+from diffusers.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
+from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler, EulerDiscreteSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
 
 from ghostreview.util.names import closest
 
 K_DIFFUSION_SPACING = MappingProxyType({"timestep_spacing": "linspace"})
 COMPVIS_SPACING = MappingProxyType({"timestep_spacing": "leading", "steps_offset": 1})
 KARRAS = MappingProxyType({"use_karras_sigmas": True})
+# A1111 schedule label -> the switch that makes a diffusers scheduler compute it; "Uniform" is the model's own sigmas.
+SCHEDULE_FLAGS: Mapping[str, Mapping[str, object]] = MappingProxyType({
+    "Uniform": MappingProxyType({}),
+    "Karras": KARRAS,
+    "Exponential": MappingProxyType({"use_exponential_sigmas": True}),
+    "Beta": MappingProxyType({"use_beta_sigmas": True}),  # diffusers' alpha = beta = 0.6 are A1111's defaults
+})
 # A1111's UniPC defaults: variant "bh1", order 3, lower-order final steps. Its time grid ends at the smallest
 # training sigma (t = 1/1000), not at zero: "sigma_min". (diffusers' bh1 also yields NaN when the last sigma is 0.)
 UNIPC_A1111 = MappingProxyType(
@@ -40,6 +61,64 @@ UNIPC_A1111 = MappingProxyType(
 )
 # Sigma-schedule switches a checkpoint's config may carry; reset unless the sampler name asks for one.
 SIGMA_SCHEDULE_SWITCHES = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_flow_sigmas")
+
+
+class DiscardNextToLastSigma(DPMSolverMultistepScheduler):
+    """DPM-Solver++ on A1111's ``discard_next_to_last_sigma`` schedule (its DPM++ 3M SDE): the schedule of
+    ``steps + 1`` sigmas without its next-to-last one (the smallest nonzero sigma), ``steps`` steps in all."""
+
+    def set_timesteps(self, num_inference_steps: int = None, device: str | torch.device = None,  # type: ignore[assignment]
+                      mu: float | None = None, timesteps: list[int] | None = None) -> None:
+        if num_inference_steps is None or timesteps is not None:
+            raise ValueError(f"{type(self).__name__} takes num_inference_steps only")
+        super().set_timesteps(num_inference_steps + 1, device=device, mu=mu)
+        # sigmas: one per timestep plus the final one; drop the last timestep's (the next-to-last sigma)
+        self.sigmas = torch.cat([self.sigmas[:-2], self.sigmas[-1:]])
+        self.timesteps = self.timesteps[:-1]
+        self.num_inference_steps = len(self.timesteps)  # type: ignore[assignment]  # declared None until set
+
+
+class A1111LCMScheduler(EulerDiscreteScheduler):
+    """A1111's "LCM" sampler (k-diffusion ``sample_lcm``) on Euler's sigma schedule: each step jumps to the model's
+    denoised estimate and, unless the next sigma is 0, adds fresh noise of that sigma from the image's generator.
+
+    Not diffusers' ``LCMScheduler``, which picks its own timesteps (4 steps: 999, 759, 499, 259 where A1111 samples
+    999, 666, 333, 0) and scales the estimate with consistency-model boundary terms that A1111 does not apply.
+    """
+
+    def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor,
+             s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+             generator: torch.Generator | list[torch.Generator] | None = None,
+             return_dict: bool = True) -> EulerDiscreteSchedulerOutput | tuple:
+        """One LCM step (Euler's churn arguments are taken for its signature and unused: LCM has no churn)."""
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        sigma, sigma_next = self.sigmas[self.step_index], self.sigmas[self.step_index + 1]
+        x = sample.to(torch.float32)
+        eps = model_output.to(torch.float32)
+        prediction = self.config["prediction_type"]
+        if prediction == "epsilon":
+            denoised = x - sigma * eps
+        elif prediction == "v_prediction":
+            denoised = eps * (-sigma / (sigma**2 + 1) ** 0.5) + x / (sigma**2 + 1)
+        else:
+            raise ValueError(f"prediction_type {prediction!r} is not epsilon or v_prediction")
+        prev = denoised
+        if sigma_next > 0:
+            noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+            prev = denoised + sigma_next * noise
+        self._step_index = int(self.step_index) + 1  # type: ignore[assignment]  # declared None until the first step
+        prev = prev.to(model_output.dtype)
+        if not return_dict:
+            return prev, denoised
+        return EulerDiscreteSchedulerOutput(prev_sample=prev, pred_original_sample=denoised)
+
+
+# Our scheduler classes, by the name a SamplerSpec gives; any other name is a diffusers class.
+LOCAL_SCHEDULERS: Mapping[str, type[Any]] = MappingProxyType(
+    {cls.__name__: cls for cls in (DiscardNextToLastSigma, A1111LCMScheduler)})
+# Schedulers whose noise is a Brownian tree seeded per image (``noise_sampler_seed``: one seed per batch row).
+BROWNIAN_SCHEDULERS = ("DPMSolverSDEScheduler",)
 
 
 @dataclass(frozen=True)
@@ -57,37 +136,55 @@ def _spec(scheduler: str, *flag_sets: Mapping[str, object]) -> SamplerSpec:
     return SamplerSpec(scheduler, MappingProxyType(merged))
 
 
-def _build_registry(has_torchsde: bool) -> dict[str, SamplerSpec]:
+def _scheduler_class(name: str) -> type[Any]:
+    return LOCAL_SCHEDULERS.get(name) or getattr(diffusers, name)
+
+
+def _with_schedules(name: str, scheduler: str, flags: Mapping[str, object],
+                    schedules: Sequence[str]) -> dict[str, SamplerSpec]:
+    """``name`` (Uniform) and ``name <schedule>`` for each of ``schedules`` the class takes the switch of."""
+    accepted = set(inspect.signature(_scheduler_class(scheduler).__init__).parameters)
+    out = {}
+    for schedule in schedules:
+        switches = SCHEDULE_FLAGS[schedule]
+        if set(switches) <= accepted:
+            out[name if schedule == "Uniform" else f"{name} {schedule}"] = _spec(scheduler, flags, switches)
+    return out
+
+
+def _build_registry() -> dict[str, SamplerSpec]:
     k = K_DIFFUSION_SPACING
-    dpmpp = {"algorithm_type": "dpmsolver++", "solver_order": 2}
-    sde = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
-    registry = {
-        "Euler": _spec("EulerDiscreteScheduler", k),
-        "Euler Karras": _spec("EulerDiscreteScheduler", k, KARRAS),
-        "Euler a": _spec("EulerAncestralDiscreteScheduler", k),
-        "Heun": _spec("HeunDiscreteScheduler", k),
-        "Heun Karras": _spec("HeunDiscreteScheduler", k, KARRAS),
-        "DPM2": _spec("KDPM2DiscreteScheduler", k),
-        "DPM2 Karras": _spec("KDPM2DiscreteScheduler", k, KARRAS),
-        "DPM2 a": _spec("KDPM2AncestralDiscreteScheduler", k),
-        "DPM2 a Karras": _spec("KDPM2AncestralDiscreteScheduler", k, KARRAS),
-        "DPM++ 2M": _spec("DPMSolverMultistepScheduler", k, dpmpp),
-        "DPM++ 2M Karras": _spec("DPMSolverMultistepScheduler", k, dpmpp, KARRAS),
-        "DPM++ 2M SDE": _spec("DPMSolverMultistepScheduler", k, sde),
-        "DPM++ 2M SDE Karras": _spec("DPMSolverMultistepScheduler", k, sde, KARRAS),
-        "LMS": _spec("LMSDiscreteScheduler", k),
-        "LMS Karras": _spec("LMSDiscreteScheduler", k, KARRAS),
+    every = tuple(SCHEDULE_FLAGS)
+    karras_only = ("Uniform", "Karras")  # DPM2, DPM2 a: no more schedules until they drop the next-to-last sigma
+    dpmpp = {**k, "algorithm_type": "dpmsolver++", "solver_order": 2}
+    sde = {**k, "algorithm_type": "sde-dpmsolver++", "solver_order": 2}
+    sde3 = {**k, "algorithm_type": "sde-dpmsolver++", "solver_order": 3}
+    k_samplers: list[tuple[str, str, Mapping[str, object], Sequence[str]]] = [
+        ("Euler", "EulerDiscreteScheduler", k, every),
+        ("Euler a", "EulerAncestralDiscreteScheduler", k, every),  # the class takes no schedule: Uniform only
+        ("Heun", "HeunDiscreteScheduler", k, every),
+        ("DPM2", "KDPM2DiscreteScheduler", k, karras_only),
+        ("DPM2 a", "KDPM2AncestralDiscreteScheduler", k, karras_only),
+        ("DPM++ 2M", "DPMSolverMultistepScheduler", dpmpp, every),
+        ("DPM++ 2M SDE", "DPMSolverMultistepScheduler", sde, every),
+        ("DPM++ 3M SDE", "DiscardNextToLastSigma", sde3, every),
+        ("LMS", "LMSDiscreteScheduler", k, every),
+    ]
+    registry: dict[str, SamplerSpec] = {}
+    for name, scheduler, flags, schedules in k_samplers:
+        registry |= _with_schedules(name, scheduler, flags, schedules)
+    registry |= {
         "UniPC": _spec("UniPCMultistepScheduler", k, UNIPC_A1111),
         "DDIM": _spec("DDIMScheduler", COMPVIS_SPACING),
         "PLMS": _spec("PNDMScheduler", COMPVIS_SPACING, {"skip_prk_steps": True}),
     }
-    if has_torchsde:  # diffusers' DPMSolverSDEScheduler draws its noise from torchsde's Brownian tree
-        registry["DPM++ SDE"] = _spec("DPMSolverSDEScheduler", k)
-        registry["DPM++ SDE Karras"] = _spec("DPMSolverSDEScheduler", k, KARRAS)
+    # diffusers' DPMSolverSDEScheduler draws its noise from torchsde's Brownian tree (torchsde: a dependency)
+    registry |= _with_schedules("DPM++ SDE", "DPMSolverSDEScheduler", k, every)
+    registry |= _with_schedules("LCM", "A1111LCMScheduler", k, every)
     return registry
 
 
-SAMPLERS: dict[str, SamplerSpec] = _build_registry(importlib.util.find_spec("torchsde") is not None)
+SAMPLERS: dict[str, SamplerSpec] = _build_registry()
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
@@ -98,7 +195,8 @@ def unknown_name_message(kind: str, name: str, valid: list[str]) -> str:
     return f"unknown {kind} {name!r}{hint} Valid: {', '.join(valid)}"
 
 
-def make_scheduler(name: str, base_config: Mapping[str, object], prediction_type: str | None = None) -> SchedulerMixin:
+def make_scheduler(name: str, base_config: Mapping[str, object], prediction_type: str | None = None,
+                   seeds: Sequence[int] | None = None) -> SchedulerMixin:
     """A fresh diffusers scheduler for the A1111 sampler ``name``.
 
     Args:
@@ -108,6 +206,11 @@ def make_scheduler(name: str, base_config: Mapping[str, object], prediction_type
             does not take are dropped; sigma-schedule switches (``use_karras_sigmas``, ...) are reset so that only
             the sampler name decides them.
         prediction_type: overrides the config's prediction type ("epsilon" or "v_prediction") when given.
+        seeds: the seed of each image of the batch the scheduler will draw, in batch order. A Brownian-tree sampler
+            (``BROWNIAN_SCHEDULERS``) grows one tree per image from its seed, as A1111 does, so an image's noise
+            never depends on its batch-mates; other samplers take their noise from the pipeline's generators and
+            ignore them. Give them whenever the scheduler draws: without, diffusers seeds the trees from torch's
+            global generator.
 
     Raises:
         ValueError: unknown sampler name (with the valid names and the closest one) or prediction type.
@@ -117,11 +220,13 @@ def make_scheduler(name: str, base_config: Mapping[str, object], prediction_type
     if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type {prediction_type!r} is not one of {PREDICTION_TYPES}")
     spec = SAMPLERS[name]
-    cls = getattr(diffusers, spec.scheduler)
+    cls = _scheduler_class(spec.scheduler)
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     config = {k: v for k, v in dict(base_config).items() if k in accepted}
     config.update({k: False for k in SIGMA_SCHEDULE_SWITCHES if k in accepted})
     config.update(spec.flags)
     if prediction_type is not None:
         config["prediction_type"] = prediction_type
+    if spec.scheduler in BROWNIAN_SCHEDULERS:
+        config["noise_sampler_seed"] = None if seeds is None else [int(s) for s in seeds]
     return cls.from_config(config)
