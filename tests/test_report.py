@@ -176,14 +176,19 @@ def test_html_is_offline_and_escaped(demo, report):
     assert page.count('<img loading="lazy"') == page.count('class="thumb"')
     assert 'class="missing"' not in page
     assert len(re.findall(r'<section class="grid"', page)) == 4  # p1, p2, anime, L1
-    for model, t in drawn.items():
+    for model, t in drawn.items():  # the full view: a JPEG rendition at the image's own size, same picture
         for image in t["image"]:
-            assert f'data-full="images/{model}/{image}"' in page
-            assert (out / "images" / model / image).read_bytes() == (images_root / model / image).read_bytes()
+            full = f"images/{model}/{Path(image).stem}.jpg"
+            assert f'data-full="{full}"' in page and f'href="{full}"' in page
+            with Image.open(out / full) as shown, Image.open(images_root / model / image) as original:
+                assert shown.format == "JPEG" and shown.size == original.size
+                diff = np.abs(np.asarray(shown, dtype=int) - np.asarray(original.convert("RGB"), dtype=int))
+                assert diff.mean() < 3
 
 
 def test_html_links_every_image_inside_its_own_directory(demo, tmp_path):
-    """Large images get a JPEG thumbnail; a missing image is a marked cell; a second report leaves no stale files."""
+    """Large images get a JPEG thumbnail; a missing image is a marked cell; a second report leaves no stale files;
+    none of the published files is a copy of an original (the report's remote never holds the images directory)."""
     result, scores, manifests, models, images_root = demo
     as_text = {m: t.astype(str) for m, t in manifests.items()}  # as the report stage reads them
     page = write_html(result, scores, as_text, models, images_root, tmp_path, metrics=METRICS, plot_pngs={},
@@ -196,6 +201,8 @@ def test_html_links_every_image_inside_its_own_directory(demo, tmp_path):
             assert im.format == "JPEG" and im.size == (8, 8)
     links = re.findall(r'data-full="(images/[^"]+)"', page)
     assert len(links) == 22 and all((tmp_path / link).is_file() for link in links)
+    originals = {p.read_bytes() for p in images_root.rglob("*.png")}
+    assert not [p for p in (tmp_path / "images").rglob("*") if p.is_file() and p.read_bytes() in originals]
 
     lost = as_text["beta"].iloc[0]
     (images_root / "beta" / lost["image"]).rename(tmp_path / "lost.png")
@@ -206,7 +213,7 @@ def test_html_links_every_image_inside_its_own_directory(demo, tmp_path):
         (tmp_path / "lost.png").rename(images_root / "beta" / lost["image"])
     assert page.count('class="missing"') == 1 and f"no image: {lost['image']}" in page
     files = {p.relative_to(tmp_path / "images").as_posix() for p in (tmp_path / "images").rglob("*") if p.is_file()}
-    assert files == {f"beta/{i}" for i in as_text["beta"]["image"] if i != lost["image"]}
+    assert files == {f"beta/{Path(i).stem}.jpg" for i in as_text["beta"]["image"] if i != lost["image"]}
 
 
 def test_targets_of_the_benchmark():

@@ -186,7 +186,7 @@ def test_sort_and_open_from_url_hash(site, tmp_path):
     (box,) = doc.find_all("div", id="lightbox")
     assert "open" in box.attrs.get("class", "").split() and box.attrs["data-hash"] == target["image_hash"]
     (img,) = box.find_all("img")
-    assert img.attrs["src"] == f"images/beta/{target['image']}"
+    assert img.attrs["src"] == f"images/beta/{Path(target['image']).stem}.jpg"
     assert box.find_all("pre")[0].text() == target["infotext"]  # includes the <script> prompt, as text
     named = dump_dom(tmp_path, page, "#sort=name")
     assert grid_order(named, "p1") == sorted(board["model"])
@@ -364,7 +364,7 @@ def test_click_opens_the_full_image_and_sort_buttons_move_columns(site):
         p2 = tab.evaluate("() => [...document.querySelectorAll(\"section.grid[data-item='p2'] th.col\")]"
                           ".map(t => t.dataset.model)")
     row = manifests["beta"].query("item == 'p2'").sort_values("seed").iloc[0]
-    assert href == f"images/beta/{row['image']}"
+    assert href == f"images/beta/{Path(row['image']).stem}.jpg"
     assert box[0] and box[1] == href and box[3] == "beta · general p2 · seed 0" and box[4] == row["infotext"]
     assert natural == 48 and closed
     assert p1[0] == ["gamma", "beta", "alpha"] and p1[1] == [p1[0], p1[0]]  # every seed row follows its header

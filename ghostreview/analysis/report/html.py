@@ -1,11 +1,12 @@
 """One offline HTML page: leaderboard, pairwise "A beats B" matrices, plots, and X/Y grids of every benchmark item.
 
-Files: ``<out_dir>/index.html`` and ``<out_dir>/images/`` (swapped in whole), which hold every image the page links
-to: ``images/<model>/<image>`` (each generated image, hard-linked or copied from the images directory),
-``images/<model>/thumbs/<stem>.jpg`` (a JPEG thumbnail where the image is larger than ``thumb_px``; smaller images
-are their own thumbnail) and ``images/_targets/`` (the style reference and LoRA header images, named by content
-hash; ``_`` starts no model slug). Both are outputs of the report stage, so ``dvc push report`` / ``dvc pull report``
-carry the whole page. CSS, JS and the plots are inline.
+Files: ``<out_dir>/index.html`` and ``<out_dir>/images/`` (swapped in whole), which holds every image the page links
+to as a JPEG rendition: ``images/<model>/<stem>.jpg`` (each generated image at its own size: the full view),
+``images/<model>/thumbs/<stem>.jpg`` (a thumbnail where the image is larger than ``thumb_px``; smaller images are
+their own thumbnail) and ``images/_targets/`` (the style reference and LoRA header images, named by content hash;
+``_`` starts no model slug). Both are outputs of the report stage, so ``dvc push report`` / ``dvc pull report``
+carry the whole page, while the original PNGs stay in the images directory (renditions have other bytes, so the
+report's remote never holds the originals). CSS, JS and the plots are inline.
 
 A grid is an A1111 X/Y plot of one benchmark item: one column per model (leaderboard order, sortable by each
 metric's item score), one row per seed, and the item's targets (style references, LoRA header images) in the first
@@ -26,8 +27,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-import os
-import shutil
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -96,58 +95,68 @@ class Shot:
 
 @dataclass
 class Gallery:
-    """Every image file of ``<out_dir>/images``: sources to link or copy, sources to thumbnail (by path under it)."""
+    """Every file of ``<out_dir>/images``: JPEG renditions of source images, by path under ``images/``.
+
+    renditions: path -> (source, longest side or None for the source's own size). A rendition, not a copy: the
+    report publishes a viewable image of every source while the originals (PNGs with their metadata) stay in the
+    images directory, pushed only by a plain ``dvc push``.
+    """
 
     thumb_px: int
-    copies: dict[str, Path] = field(default_factory=dict)
-    thumbs: dict[str, Path] = field(default_factory=dict)
+    renditions: dict[str, tuple[Path, int | None]] = field(default_factory=dict)
 
-    def add(self, src: Path, folder: str, name: str) -> Shot:
-        """``src`` published as ``images/<folder>/<name>``, with a thumbnail when larger than ``thumb_px``."""
+    def add(self, src: Path, folder: str, stem: str) -> Shot:
+        """``src`` published as ``images/<folder>/<stem>.jpg``, with a thumbnail in ``<folder>/thumbs/`` when larger
+        than ``thumb_px``."""
         with Image.open(src) as im:  # reads the header only
             width, height = im.size
-        full = f"{folder}/{name}"
-        self.copies[full] = src
+        full = f"{folder}/{stem}.jpg"
+        self.renditions[full] = (src, None)
         if max(width, height) <= self.thumb_px:
             return Shot(url(f"{IMAGES}/{full}"), url(f"{IMAGES}/{full}"), width, height)
-        thumb = f"{folder}/thumbs/{Path(name).stem}.jpg"
-        self.thumbs[thumb] = src
+        thumb = f"{folder}/thumbs/{stem}.jpg"
+        self.renditions[thumb] = (src, self.thumb_px)
         scale = self.thumb_px / max(width, height)
         return Shot(url(f"{IMAGES}/{full}"), url(f"{IMAGES}/{thumb}"), max(1, round(width * scale)),
                     max(1, round(height * scale)))
 
     def add_target(self, src: Path) -> Shot:
         """A reference or header image, named by the hash of its bytes (two sets may share a file name)."""
-        digest = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
-        return self.add(src, TARGETS, digest + src.suffix.lower())
+        return self.add(src, TARGETS, hashlib.sha256(src.read_bytes()).hexdigest()[:16])
 
     def write(self, out_dir: Path) -> Path:
-        """Build ``<out_dir>/images`` anew (stale files of an earlier report go) and swap it in."""
+        """Build ``<out_dir>/images`` anew (stale files of an earlier report go) and swap it in; each source is
+        decoded once for all its renditions."""
+        by_source: dict[Path, list[tuple[str, int | None]]] = {}
+        for rel, (src, px) in self.renditions.items():
+            by_source.setdefault(src, []).append((rel, px))
+
         def build(tmp: Path) -> None:
-            for rel, src in self.copies.items():
-                link_or_copy(src, tmp / rel)
-            for rel, src in self.thumbs.items():
-                write_thumbnail(src, tmp / rel, self.thumb_px)
+            for src, outs in by_source.items():
+                write_renditions(src, [(tmp / rel, px) for rel, px in outs])
 
         return replace_dir(out_dir / IMAGES, build)
 
 
-def link_or_copy(src: Path, dest: Path) -> None:
-    """A hard link where the file system allows it (the images are large and never edited in place), else a copy."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dest)
-    except OSError:
-        shutil.copyfile(src, dest)
-
-
-def write_thumbnail(src: Path, dest: Path, px: int) -> None:
-    """A JPEG of ``src`` whose longest side is ``px``."""
+def write_renditions(src: Path, outs: Sequence[tuple[Path, int | None]]) -> None:
+    """JPEGs of ``src`` (transparency on white), each at its longest side ``px`` (None: the source's size)."""
     with Image.open(src) as im:
-        small = im.convert("RGB")
-    small.thumbnail((px, px))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    small.save(dest, format="JPEG", quality=85)
+        im.load()
+        rgb = im.convert("RGB") if "A" not in im.getbands() and im.mode != "P" else on_white(im)
+    for dest, px in outs:
+        view = rgb
+        if px is not None:
+            view = rgb.copy()
+            view.thumbnail((px, px))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        view.save(dest, format="JPEG", quality=90)
+
+
+def on_white(im: Image.Image) -> Image.Image:
+    """An image with transparency (or a palette that may carry it) composited on white."""
+    rgba = im.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
 
 
 def check_manifests(manifests: Mapping[str, pd.DataFrame]) -> None:
@@ -313,7 +322,7 @@ def image_figure(row: Mapping[str, object], model: str, images_root: Path, galle
     chips = "".join(f'<span class="flag">{esc(f)}</span>' for f in flags)
     caption = f"{model} · {row['task']} {row['item']} · seed {row['seed']}"
     if path.is_file():
-        shot = gallery.add(path, model, str(row["image"]))
+        shot = gallery.add(path, model, Path(str(row["image"])).stem)
         body, full = shot_html(shot, caption), shot.full
     else:
         body, full = f'<div class="missing">no image: {esc(", ".join(flags) or row["image"])}</div>', ""
