@@ -16,6 +16,7 @@ from ghostreview.generation.families import FAMILIES
 from ghostreview.scoring.registry import REGISTRY
 from ghostreview.scoring.run import header_families, reference_sets
 from ghostreview.scoring.table import read_scores
+from ghostreview.util.runtime import progress_bar
 
 
 def targets(params_path: Path) -> Targets:
@@ -43,11 +44,17 @@ def main(argv: list[str] | None = None) -> None:
 
     params = validate.load(args.params)
     names = list(params.models)
-    paths = write_report(
-        Standardized.read(args.standardized), read_scores(args.scores, names), manifests(args.images, names),
-        models_table(args.images, names, {n: m.title for n, m in params.models.items()}), args.images, args.out,
-        metrics=REGISTRY, targets=targets(args.params),
-    )
+    # three steps: read the results, decode the target images (style references, LoRA headers), write the report
+    with progress_bar(total=3, desc="report", unit="step") as bar:
+        standardized, scores = Standardized.read(args.standardized), read_scores(args.scores, names)
+        grids = manifests(args.images, names)
+        models = models_table(args.images, names, {n: m.title for n, m in params.models.items()})
+        bar.update()
+        grid_targets = targets(args.params)
+        bar.update()
+        paths = write_report(standardized, scores, grids, models, args.images, args.out, metrics=REGISTRY,
+                             targets=grid_targets)
+        bar.update()
     print("report: " + ", ".join(str(p) for p in paths.values()))
 
 

@@ -14,6 +14,7 @@ from ghostreview.errors import stage_main
 from ghostreview.protocol import benchmark_digest
 from ghostreview.scoring.registry import REGISTRY
 from ghostreview.scoring.table import read_scores
+from ghostreview.util.runtime import progress_bar
 
 
 @stage_main
@@ -28,20 +29,25 @@ def main(argv: list[str] | None = None) -> None:
     root = args.params.parent.resolve()
     params = validate.load(args.params)
     names = list(params.models)
-    models = models_table(args.images, names)
-    bench = validate.benchmark(params, root, str(args.params))
-    s = params.standardize
-    scores = read_scores(args.scores, names)
-    undrawn = undrawn_rows(manifests(args.images, names), REGISTRY)  # unusable LoRA pairs: flagged, not silent
-    if not undrawn.empty:
-        scores = pd.concat([scores, undrawn], ignore_index=True)
-    result = standardize(
-        scores, models, REGISTRY, made_with_map(bench, models),
-        n_boot=s.bootstrap, seed=s.seed, ci=s.confidence, good_threshold=params.scoring.aesthetic.good_threshold,
-    )
-    # which benchmark the scores answer: reports are comparable only when name, version and digest match
-    result.meta["benchmark"] = {"name": bench.name, "version": bench.version, "digest": benchmark_digest(bench)}
-    result.write(args.out)
+    # three steps: read the scores, standardize and bootstrap, write (the standardizing is one vectorized call)
+    with progress_bar(total=3, desc="standardize", unit="step") as bar:
+        models = models_table(args.images, names)
+        bench = validate.benchmark(params, root, str(args.params))
+        s = params.standardize
+        scores = read_scores(args.scores, names)
+        undrawn = undrawn_rows(manifests(args.images, names), REGISTRY)  # unusable LoRA pairs: flagged, not silent
+        if not undrawn.empty:
+            scores = pd.concat([scores, undrawn], ignore_index=True)
+        bar.update()
+        result = standardize(
+            scores, models, REGISTRY, made_with_map(bench, models),
+            n_boot=s.bootstrap, seed=s.seed, ci=s.confidence, good_threshold=params.scoring.aesthetic.good_threshold,
+        )
+        bar.update()
+        # which benchmark the scores answer: reports are comparable only when name, version and digest match
+        result.meta["benchmark"] = {"name": bench.name, "version": bench.version, "digest": benchmark_digest(bench)}
+        result.write(args.out)
+        bar.update()
     print(f"standardize: {len(names)} models, {len(result.images)} score rows -> {args.out}")
 
 
