@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from ghostreview.analysis.report import print_leaderboard, write_report
-from ghostreview.analysis.report.display import registered, shown_metrics
+from ghostreview.analysis.report.display import shown_metrics
 from ghostreview.analysis.report.html import seed_order, write_html
 from ghostreview.analysis.report.tables import leaderboard_frame, write_tables
 from ghostreview.analysis.standardize import standardize
@@ -36,10 +36,11 @@ SDXL_LORA = {"X1": "<lora:X1:0.8> a boat"}  # make_demo(sdxl_lora=True): a LoRA 
 
 
 def make_demo(root: Path, random_weights: bool = True, seeds: int = 2, metrics=METRICS, sdxl_lora: bool = False,
-              size: int = 16):
+              size: int = 16, noise: bool = False):
     """Images, manifests, models and scores of a 3-model review; gamma (sdxl) cannot use the sd15 LoRA L1.
     metrics: the registry standardize ranks with. sdxl_lora: gamma also draws the SDXL LoRA X1 (only gamma: each
-    model draws its own family's LoRA table). size: the images' side in pixels."""
+    model draws its own family's LoRA table). size: the images' side in pixels. noise: images of random pixels
+    (PNGs as large as real ones: 288 px, about 250 KB) instead of one colour each."""
     rng = np.random.default_rng(0)
     images_root = root / "images"
     manifests, score_rows = {}, []
@@ -57,7 +58,9 @@ def make_demo(root: Path, random_weights: bool = True, seeds: int = 2, metrics=M
                     flags = "lora_incompatible" if incompatible else ""
                     if not incompatible:
                         color = tuple(int(c) for c in rng.integers(0, 255, 3))
-                        Image.new("RGB", (size, size), color).save(images_root / model / f"{h}.png")
+                        image = Image.new("RGB", (size, size), color) if not noise else Image.fromarray(
+                            np.random.default_rng(int(h[:8], 16)).integers(0, 256, (size, size, 3), np.uint8))
+                        image.save(images_root / model / f"{h}.png")
                     info = f"{prompt}\nNegative prompt: ugly\nSteps: 20, Seed: {seed}, Model: {model}"
                     rows.append(dict(model=model, family=fam, task=task, item=item, seed=seed, image=f"{h}.png",
                                      image_hash=h, prompt=prompt, negative_prompt="ugly", loras="", lora_status="",
@@ -288,7 +291,8 @@ def test_titles_from_params_show_next_to_the_model_key_escaped(demo, tmp_path):
     board = pd.read_csv(paths["leaderboard.csv"], keep_default_na=False)
     assert list(board.columns[:4]) == ["rank", "model", "title", "family"]
     assert board.set_index("model")["title"].to_dict() == {"alpha": hostile, "beta": "Beta Mix v5", "gamma": ""}
-    assert {r["model"]: r["title"] for r in json.loads(paths["leaderboard.json"].read_text())["models"]}["beta"] == "Beta Mix v5"
+    records = json.loads(paths["leaderboard.json"].read_text())["models"]
+    assert {r["model"]: r["title"] for r in records}["beta"] == "Beta Mix v5"
     md = paths["leaderboard.md"].read_text()
     assert "| # | Model | Title | Family |" in md
     assert re.search(r"\| beta \| Beta Mix v5 \| sd15 \|", md)
@@ -355,7 +359,8 @@ def test_labels_and_directions_come_from_the_registry(tmp_path):
     figs = figures(result, plot_data(result, scores), models, shown_metrics(result, patched))
     texts = {stem: figure_texts(fig) for stem, fig in figs.items()}
 
-    assert "| Combined ↑ | LblAESTHETIC ↑ | LblCLIPSCORE ↑ | LblSTYLELOSS ↑ | LblLORALOSS ↓ | LblLORALOSS NoTM ↓ |" in md
+    assert ("| Combined ↑ | LblAESTHETIC ↑ | LblCLIPSCORE ↑ | LblSTYLELOSS ↑ | LblLORALOSS ↓ | LblLORALOSS NoTM ↓ |"
+            in md)
     assert ("Higher is better for LblAESTHETIC, LblCLIPSCORE, LblSTYLELOSS; lower is better for LblLORALOSS, "
             "LblLORALOSS NoTM." in md)
     assert ('<th data-metric="combined">Combined ↑</th><th data-metric="aesthetic">LblAESTHETIC ↑</th>'
