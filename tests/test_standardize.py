@@ -200,7 +200,7 @@ def test_notm_excludes_items_made_with_the_model():
     assert score(r, "b", "loraloss_notm") == pytest.approx(z("b", ["L1", "L3"]))
     assert score(r, "c", "loraloss_notm") == pytest.approx(score(r, "c", "loraloss"))
     assert score(r, "a", "loraloss_notm", "n_images") == 4 and score(r, "a", "loraloss", "n_images") == 12
-    assert "loraloss_notm" not in r.meta["combined_of"] and r.meta["directions"]["loraloss_notm"] is False
+    assert "loraloss_notm" not in r.meta["combined_over"] and r.meta["directions"]["loraloss_notm"] is False
 
 
 def test_bootstrap_equals_plain_loop_over_resampled_items():
@@ -338,6 +338,72 @@ def test_raw_aesthetic_table():
     assert raw.loc["a", "good_rate"] == 0.5 and raw.loc["b", "good_rate"] == 0.5
     assert raw.loc["b", "n_images"] == 2 and raw.loc["b", "mean"] == 5.25
     assert r.images["status"].tolist()[-1] == "other_task"
+
+
+def test_raw_table_has_every_registered_metric_and_a_good_rate_for_the_raw_metric_only():
+    rows = [row(m, "aesthetic", "p1", s, v + s) for m, v in (("a", 5.0), ("b", 6.0)) for s in range(2)]
+    rows += [row(m, "styleloss", "anime", s, v * (s + 1)) for m, v in (("a", 1.0), ("b", 3.0)) for s in range(2)]
+    rows += [row("a", "styleloss", "oil", 0, 2.0), row("b", "styleloss", "oil", 0, 2.0)]  # a flat group: raw counts
+    rows += [row("a", "styleloss.relu1_1", "anime", 0, 9.0)]  # a diagnostic: not standardized, not raw
+    r = standardize(pd.DataFrame(rows), models_table(a="sd1", b="sd1"), METRICS, {}, n_boot=10, good_threshold=6.0)
+    raw = r.raw.set_index(["metric", "model"])
+    assert list(dict.fromkeys(r.raw["metric"])) == ["aesthetic", "styleloss"] and list(r.raw["model"]) == list("abab")
+    assert raw.loc[("styleloss", "a"), "mean"] == pytest.approx(statistics.fmean([1.0, 2.0, 2.0]))
+    assert raw.loc[("styleloss", "b"), "std"] == pytest.approx(statistics.pstdev([3.0, 6.0, 2.0]))
+    assert raw.loc[("styleloss", "b"), "n_images"] == 3
+    assert math.isnan(raw.loc[("styleloss", "a"), "good_rate"]) and math.isnan(raw.loc[("styleloss", "a"), "threshold"])
+    assert raw.loc[("aesthetic", "b"), "good_rate"] == 1.0 and raw.loc[("aesthetic", "a"), "good_rate"] == 0.5
+
+
+def three_families_rows():
+    """a, b (sd1) and x (sdxl) on two prompts and two styles; LoRA images for all, but x alone in its family's pool."""
+    rows = [row(m, "aesthetic", f"p{i}", s, v + 0.5 * i + 0.1 * s) for m, v in (("a", 5.0), ("b", 6.0), ("x", 9.0))
+            for i in range(2) for s in range(2)]
+    rows += [row(m, "styleloss", f"st{i}", s, v + 0.2 * i + 0.1 * s) for m, v in (("a", 1.0), ("b", 3.0), ("x", 2.0))
+             for i in range(2) for s in range(2)]
+    rows += [row(m, "loraloss", f"L{i}", s, v + 0.3 * i + 0.1 * s) for m, v in (("a", 9.0), ("b", 1.0), ("x", 5.0))
+             for i in range(2) for s in range(2)]
+    return rows
+
+
+def test_combined_is_over_the_metrics_every_model_has():
+    """The demo's finding: the lone SDXL model has no LoRA score and ranked first on fewer metrics than the others."""
+    r = standardize(pd.DataFrame(three_families_rows()), models_table(a="sd1", b="sd1", x="sdxl"), METRICS, {},
+                    n_boot=40)
+    assert math.isnan(score(r, "x", "loraloss")) and not math.isnan(score(r, "a", "loraloss"))
+    assert r.meta["combined_over"] == ["aesthetic", "styleloss"]
+    for m in "abx":  # the same two metrics for every model, a and b's LoRA score left out although they have one
+        expected = (score(r, m, "aesthetic") - score(r, m, "styleloss")) / 2
+        assert score(r, m, "combined") == pytest.approx(expected, abs=1e-12)
+    assert [score(r, m, "combined", "rank") for m in "xab"] == [1, 2, 3]
+    # the old mean over the metrics each model has would have ranked b above a on b's LoRA score alone
+    old = {m: np.nanmean([score(r, m, "aesthetic"), -score(r, m, "styleloss"), -score(r, m, "loraloss")]) for m in "ab"}
+    assert old["b"] > old["a"]
+    assert score(r, "b", "combined", "n_images") == score(r, "b", "aesthetic", "n_images") + score(r, "b", "styleloss",
+                                                                                                   "n_images")
+    with_lora = standardize(pd.DataFrame(three_families_rows()), models_table(a="sd1", b="sd1", x="sd1"), METRICS,
+                            {}, n_boot=40)
+    assert with_lora.meta["combined_over"] == ["aesthetic", "styleloss", "loraloss"]  # one pool: x has it now
+
+
+def test_a_model_without_any_score_does_not_void_the_combined_rank_of_the_others():
+    rows = three_families_rows() + [row("dead", "aesthetic", "p0", 0, 1.0, flags="black"),
+                                    row("dead", "styleloss", "st0", 0, float("nan"))]
+    r = standardize(pd.DataFrame(rows), models_table(a="sd1", b="sd1", x="sdxl", dead="sd1"), METRICS, {}, n_boot=20)
+    assert r.meta["combined_over"] == ["aesthetic", "styleloss"]
+    assert math.isnan(score(r, "dead", "combined")) and pd.isna(score(r, "dead", "combined", "rank"))
+    assert score(r, "x", "combined", "rank") == 1
+
+
+def test_no_metric_every_model_has_gives_no_combined_score():
+    rows = [row(m, "aesthetic", "p0", s, v + s) for m, v in (("a", 1.0), ("b", 2.0)) for s in range(2)]
+    rows += [row(m, "styleloss", "st0", s, v + s) for m, v in (("c", 1.0), ("d", 3.0)) for s in range(2)]
+    r = standardize(pd.DataFrame(rows), models_table(a="sd1", b="sd1", c="sd1", d="sd1"), METRICS, {}, n_boot=20)
+    assert r.meta["combined_over"] == []
+    combined = r.scores[r.scores["metric"] == "combined"]
+    assert combined["score"].isna().all() and combined["rank"].isna().all() and combined["lo"].isna().all()
+    assert not r.pairwise[r.pairwise["metric"] == "combined"]["p_a_beats_b"].notna().any()
+    assert score(r, "a", "aesthetic", "rank") == 2 and score(r, "d", "styleloss", "rank") == 2  # per metric: ranked
 
 
 def test_write_read_round_trip(tmp_path):

@@ -16,8 +16,14 @@ Conventions (each one tested in tests/test_standardize.py):
   rows get status ``degenerate``.
 - Scores. A model's score on a metric = mean of its z, in the metric's natural sign (lower is better for losses, as
   the GhostReview article shows). Oriented score = score for higher-is-better metrics, -score otherwise; ranks (1 =
-  best) order oriented scores. ``combined`` = mean of a model's oriented scores over the registered metrics it has
-  (NaN-skipping; the NoTM variant is not part of it), higher is better. ``<lora metric>_notm`` = the LoRA metric's
+  best) order oriented scores. ``combined`` = mean of a model's oriented scores over ``meta["combined_over"]``: the
+  registered metrics that every ranked model has a score on (the NoTM variant is never part of it), higher is better.
+  A combined score over different metric sets would not be comparable (in the demo the lone SDXL model has no LoRA
+  score, its one-model pool being degenerate, and ranked first on 3 metrics against 4 for the others), so a metric
+  some model lacks is left out of everyone's combined score and keeps its own column. The LoRA metric is one metric
+  whatever the family pools: a model has it when its pool gives it a score. A model with no score on any metric (every
+  image flagged) is unranked and does not count. With no metric every model has, ``combined`` is NaN for all (no
+  combined rank) and ``combined_over`` is empty. ``<lora metric>_notm`` = the LoRA metric's
   score without, for each model, the LoRA items whose ``made_with`` lists that model (same z as the full data).
 - Bootstrap. The resampled unit is a benchmark item (a prompt, a style, a LoRA) with all its seeds: units are (task,
   pool, item), strata (task, pool). A model that does better on some prompts than others does so on every seed of
@@ -81,8 +87,10 @@ class Standardized:
         rank_hi, n_images, n_excluded, n_degenerate. Metrics: the registered ones, ``<lora>_notm``, ``combined``.
     pairwise: metric, model_a, model_b, p_a_beats_b (share of resamples where A's oriented score > B's), n_boot.
     degenerate: metric, task, item, pool, n_values, reason.
-    raw: model, metric, n_images, mean, std (ddof=0), good_rate (share >= threshold), threshold.
-    meta: n_boot, seed, ci, std_ddof, excluding_flags, directions {metric: higher_is_better}, metric_tasks, n_units
+    raw: one row per registered metric scored x model: model, metric, n_images, mean, std (ddof=0) of the raw values
+        (``usable_raw``); good_rate (share >= threshold) and threshold for the raw metric (aesthetic) only, else NaN.
+    meta: n_boot, seed, ci, std_ddof, excluding_flags, directions {metric: higher_is_better}, combined_over (the
+        registered metrics the combined score averages: those every ranked model has), metric_tasks, n_units
         (the resampled (task, pool, item) units), ...
     """
 
@@ -354,8 +362,20 @@ def notm_keep(ok: pd.DataFrame, lora_metric: str, made_with: Mapping[str, Sequen
     return (ok["metric"] == lora_metric).to_numpy() & ~own
 
 
-def combine(estimates: Sequence[MetricEstimate]) -> MetricEstimate:
-    """Mean of oriented scores over ``estimates`` (NaN-skipping), point and per resample; higher is better."""
+def shared_metrics(estimates: Sequence[MetricEstimate]) -> list[MetricEstimate]:
+    """The estimates whose point score is finite for every model that has any finite score (module docstring)."""
+    finite = np.stack([np.isfinite(e.point) for e in estimates])
+    ranked = finite.any(axis=0)
+    return [e for e, f in zip(estimates, finite) if f[ranked].all() and ranked.any()]
+
+
+def combine(estimates: Sequence[MetricEstimate], n_models: int, n_boot: int) -> MetricEstimate:
+    """Mean of oriented scores over ``estimates`` (NaN-skipping), point and per resample; higher is better.
+
+    No estimates (no metric every model has): NaN scores for all ``n_models`` over ``n_boot`` resamples."""
+    if not estimates:
+        nan, zero = np.full(n_models, np.nan), np.zeros(n_models, dtype=int)
+        return MetricEstimate(COMBINED, True, nan, np.full((n_boot, n_models), np.nan), zero, zero, zero)
     point = np.stack([e.oriented(e.point) for e in estimates])
     boot = np.stack([e.oriented(e.boot) for e in estimates])
     with warnings.catch_warnings():
@@ -397,25 +417,42 @@ def pairwise_rows(e: MetricEstimate, models: Sequence[str]) -> pd.DataFrame:
                          "p_a_beats_b": p[a, b], "n_boot": n[a, b]})
 
 
-def raw_table(images: pd.DataFrame, models: Sequence[str], metric: str, threshold: float) -> pd.DataFrame:
-    """Raw ``metric`` per model over its standardized task's unflagged images: n, mean, std (ddof=0), good rate."""
-    rows = images[(images["metric"] == metric) & images["status"].isin(["ok", "degenerate"])]
-    g = rows.groupby("model")["value"]
-    out = pd.DataFrame({
-        "n_images": g.size(), "mean": g.mean(), "std": g.std(ddof=STD_DDOF),
-        "good_rate": g.apply(lambda v: float((v >= threshold).mean())),
-    }).reindex(list(models))
-    out["n_images"] = out["n_images"].fillna(0).astype(int)
-    out.insert(0, "metric", metric)
-    out["threshold"] = threshold
-    return out.rename_axis("model").reset_index()
+def usable_raw(images: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The rows of ``metric`` whose raw value counts (``image_table``'s output): on the metric's own task, unflagged
+    and finite (status ok, or degenerate: a group with no spread still has raw values)."""
+    return images[(images["metric"] == metric) & images["status"].isin(["ok", "degenerate"])]
+
+
+def raw_stats(values: pd.Series, threshold: float) -> dict[str, float]:
+    """n_images, mean, std (ddof=0) and good rate (share >= ``threshold``; NaN threshold: NaN rate) of raw values."""
+    v = values.to_numpy(dtype=float)
+    if not len(v):
+        return {"n_images": 0, "mean": np.nan, "std": np.nan, "good_rate": np.nan}
+    good = float((v >= threshold).mean()) if np.isfinite(threshold) else np.nan
+    return {"n_images": len(v), "mean": float(v.mean()), "std": float(v.std(ddof=STD_DDOF)), "good_rate": good}
+
+
+def raw_table(images: pd.DataFrame, models: Sequence[str], metrics: Sequence[str], raw_metric: str,
+              threshold: float) -> pd.DataFrame:
+    """Raw values per metric and model over ``usable_raw``: n, mean, std (ddof=0); the good rate (share >=
+    ``threshold``) and the threshold for ``raw_metric`` only (NaN for the others)."""
+    rows = []
+    for metric in metrics:
+        cut = threshold if metric == raw_metric else float("nan")
+        by_model = dict(tuple(usable_raw(images, metric).groupby("model")["value"]))
+        for model in models:
+            stats = raw_stats(by_model.get(model, pd.Series(dtype=float)), cut)
+            rows.append({"model": model, "metric": metric, **stats, "threshold": cut})
+    columns = ["model", "metric", "n_images", "mean", "std", "good_rate", "threshold"]
+    return pd.DataFrame(rows, columns=columns).astype({"n_images": int})
 
 
 def estimates(images: pd.DataFrame, names: Sequence[str], metrics: Mapping[str, MetricLike],
               made_with: Mapping[str, Sequence[str]], *, n_boot: int, seed: int,
               lora_metric: str) -> tuple[list[MetricEstimate], int]:
     """Point and resampled scores of each registered metric present in ``images`` (``image_table``'s first output),
-    then ``<lora_metric>_notm`` (if scored) and ``combined``, all from one draw; and the number of resampled units."""
+    then ``<lora_metric>_notm`` (if scored) and ``combined`` over ``shared_metrics``, all from one draw; and the
+    number of resampled units."""
     ok = images[images["status"] == "ok"]
     design = make_design(ok, names)
     w = unit_weights(design.unit_stratum, n_boot, np.random.default_rng(seed))
@@ -428,7 +465,8 @@ def estimates(images: pd.DataFrame, names: Sequence[str], metrics: Mapping[str, 
     if lora_metric in present:
         ests.append(estimate(f"{lora_metric}_notm", bool(metrics[lora_metric].higher_is_better), images, design, w,
                              notm_keep(ok, lora_metric, made_with), lora_metric))
-    return ests + [combine(ests[:len(present)])], int(len(design.unit_stratum))
+    combined = combine(shared_metrics(ests[:len(present)]), len(names), n_boot)
+    return ests + [combined], int(len(design.unit_stratum))
 
 
 def standardize(scores: pd.DataFrame, models: pd.DataFrame, metrics: Mapping[str, MetricLike],
@@ -448,15 +486,17 @@ def standardize(scores: pd.DataFrame, models: pd.DataFrame, metrics: Mapping[str
     names = [str(m) for m in models["model"]]
     all_ests, n_units = estimates(images, names, metrics, made_with, n_boot=n_boot, seed=seed,
                                   lora_metric=lora_metric)
-    present = [e.name for e in all_ests if e.name in metrics]
+    present = [e for e in all_ests if e.name in metrics]
+    combined_over = [e.name for e in shared_metrics(present)]
     meta = {
         "n_boot": n_boot, "seed": seed, "ci": ci, "std_ddof": STD_DDOF, "excluding_flags": sorted(EXCLUDING_FLAGS),
-        "directions": {e.name: e.higher_is_better for e in all_ests}, "combined_of": present,
-        "metric_tasks": {m: metric_task(m, metrics[m]) for m in present}, "lora_metric": lora_metric,
+        "directions": {e.name: e.higher_is_better for e in all_ests}, "combined_over": combined_over,
+        "metric_tasks": {e.name: metric_task(e.name, metrics[e.name]) for e in present}, "lora_metric": lora_metric,
         "raw_metric": raw_metric, "good_threshold": good_threshold, "n_units": n_units,
     }
     return Standardized(
         images=images,
         scores=pd.concat([estimate_rows(e, names, ci) for e in all_ests], ignore_index=True),
         pairwise=pd.concat([pairwise_rows(e, names) for e in all_ests], ignore_index=True),
-        degenerate=degenerate, raw=raw_table(images, names, raw_metric, good_threshold), meta=meta)
+        degenerate=degenerate, raw=raw_table(images, names, [e.name for e in present], raw_metric, good_threshold),
+        meta=meta)

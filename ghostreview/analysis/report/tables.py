@@ -1,19 +1,27 @@
-"""Leaderboard tables: one row per model, written as Markdown, CSV, JSON, plus a DVC ``metrics.json``.
+"""Leaderboard tables: one row per model, written as Markdown, CSV and JSON (``metrics.py`` writes metrics.json).
 
-Leaderboard columns (CSV/JSON), models sorted by combined rank:
+Leaderboard columns (CSV, and the JSON's ``models`` records), models sorted by combined rank:
 ``rank, model, title, family, autov2, random_weights`` (``title``: the model's display name from params, "" when it
 has none), then for each scored metric ``M`` (registered metrics, ``loraloss_notm``, ``combined``):
 ``M, M_lo, M_hi, M_rank, M_rank_lo, M_rank_hi`` (natural sign: lower is better for losses; ``combined`` is oriented,
-higher is better), then ``<raw>_mean, <raw>_std, <raw>_good_rate`` (raw LAION aesthetic over unflagged general
-images, std with ddof=0, share >= threshold) and ``n_flagged_images``.
-``rank`` is the combined rank.
+higher is better, and averages the metrics of ``meta["combined_over"]``), then the raw values (standardize's ``raw``
+table): ``<raw>_mean, <raw>_std, <raw>_good_rate`` (raw LAION aesthetic over unflagged general images, std with
+ddof=0, share >= threshold), ``<metric>_mean`` for every other registered metric, and ``n_flagged_images``.
+``rank`` is the combined rank. CSV headers are these machine names; the directions are in leaderboard.json::
+
+    {"metrics": {name: {"label", "better", "mark", "registered", "in_combined", "raw_mean"}},
+     "combined_over": [...], "ci", "raw_metric", "good_threshold", "models": [records]}
+
+``metrics`` holds every scored metric in column order, combined first (``better``: "higher"/"lower"; ``mark``: "↑"
+or "↓"; ``registered``: false for the derived combined and NoTM scores; ``raw_mean``: the column of its raw mean, null
+for derived metrics), so that ``print_leaderboard`` shows labels and directions without importing the registry.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import SupportsFloat, SupportsInt, cast
 
@@ -23,9 +31,9 @@ import pandas as pd
 from ghostreview.analysis.report.display import Shown, losses, scored_metrics, shown_metrics
 from ghostreview.analysis.standardize import COMBINED, Standardized, parse_flags
 from ghostreview.scoring.metric import MetricInfo
+from ghostreview.util.atomic import write_text_atomic
 
 LORA_FLAGS = ("lora_unsupported", "lora_incompatible", "lora_partial")
-RAW_SUMMARY = ("_mean", "_good_rate")  # the raw metric's columns the plain-text summary shows
 
 
 def as_bool(value: object) -> bool:
@@ -64,12 +72,21 @@ def lora_problems(result: Standardized) -> pd.DataFrame:
     return out.rename(columns={"item": "lora"})
 
 
+def raw_columns(result: Standardized) -> pd.DataFrame:
+    """Raw columns indexed by model: ``<raw>_mean, <raw>_std, <raw>_good_rate``, then ``<metric>_mean`` for the
+    other registered metrics (standardize's ``raw`` table, in its metric order)."""
+    raw_metric = result.meta.get("raw_metric", "aesthetic")
+    parts = []
+    for metric, t in result.raw.groupby("metric", sort=False):
+        cols = ["mean", "std", "good_rate"] if metric == raw_metric else ["mean"]
+        parts.append(t.set_index("model")[cols].add_prefix(f"{metric}_"))
+    return pd.concat(parts, axis=1) if parts else pd.DataFrame()
+
+
 def leaderboard_frame(result: Standardized, models: pd.DataFrame) -> pd.DataFrame:
     """The leaderboard (columns in the module docstring), sorted by combined rank then model name."""
     info = models.set_index(models["model"].astype(str))
     wide = metric_columns(result)
-    raw_metric = result.meta.get("raw_metric", "aesthetic")
-    raw = result.raw.set_index("model")[["mean", "std", "good_rate"]].add_prefix(f"{raw_metric}_")
     n_flagged = flagged_images(result).groupby("model").size()
     board = pd.DataFrame(index=wide.index)
     board["title"] = info.get("title", pd.Series(dtype=str)).reindex(board.index).fillna("").astype(str)
@@ -77,7 +94,7 @@ def leaderboard_frame(result: Standardized, models: pd.DataFrame) -> pd.DataFram
     board["autov2"] = info.get("autov2", pd.Series(dtype=str)).reindex(board.index).fillna("").astype(str)
     board["random_weights"] = [as_bool(v) for v in info.get("random_weights", pd.Series(dtype=object))
                                .reindex(board.index)]
-    board = board.join(wide).join(raw)
+    board = board.join(wide).join(raw_columns(result))
     board["n_flagged_images"] = n_flagged.reindex(board.index).fillna(0).astype(int)
     ranks = [c for c in board.columns if c.endswith(("_rank", "_rank_lo", "_rank_hi"))]
     board[ranks] = board[ranks].astype("Int64")
@@ -85,6 +102,15 @@ def leaderboard_frame(result: Standardized, models: pd.DataFrame) -> pd.DataFram
     board = board.rename_axis("model").reset_index()
     board = board[["rank"] + [c for c in board.columns if c != "rank"]]
     return board.sort_values(["rank", "model"], na_position="last").reset_index(drop=True)
+
+
+def combined_over(meta: Mapping[str, object]) -> list[str]:
+    """The registered metrics the combined score averages (``meta["combined_over"]``, written by standardize)."""
+    over = meta.get("combined_over")
+    if not isinstance(over, list):
+        raise ValueError("standardize meta has no combined_over list: written by an older standardize; rerun it "
+                         "(dvc repro standardize)")
+    return [str(m) for m in over]
 
 
 def finite_or_none(value: object) -> object:
@@ -103,14 +129,20 @@ def board_records(board: pd.DataFrame) -> list[dict]:
     return [{k: finite_or_none(v) for k, v in rec.items()} for rec in board.to_dict(orient="records")]
 
 
-def metrics_json(board: pd.DataFrame, metrics: list[str]) -> dict[str, dict[str, object]]:
-    """``{model: {metric: score, ..., "rank": combined rank}}`` for ``dvc metrics show`` / ``dvc exp show``."""
-    out: dict[str, dict[str, object]] = {}
-    for rec in board_records(board):
-        entry = {m: rec[m] for m in metrics}
-        entry["rank"] = None if rec["rank"] is None else int(rec["rank"])
-        out[str(rec["model"])] = entry
-    return out
+def leaderboard_json(board: pd.DataFrame, result: Standardized, shown: Mapping[str, Shown]) -> dict[str, object]:
+    """The leaderboard.json document (layout in the module docstring)."""
+    over, meta = combined_over(result.meta), result.meta
+    raw_cols, registered = set(board.columns), set(meta.get("metric_tasks", {}))
+    entries = {name: {"label": s.label, "better": s.better, "mark": s.arrow, "registered": name in registered,
+                      "in_combined": name in over, "raw_mean": f"{name}_mean" if f"{name}_mean" in raw_cols else None}
+               for name, s in ordered(shown).items()}
+    return {"metrics": entries, "combined_over": over, "ci": meta.get("ci"), "raw_metric": meta.get("raw_metric"),
+            "good_threshold": meta.get("good_threshold"), "models": board_records(board)}
+
+
+def ordered(shown: Mapping[str, Shown]) -> dict[str, Shown]:
+    """``shown`` with the combined score first, then the others in standardize's order: the tables' column order."""
+    return {COMBINED: shown[COMBINED], **{m: s for m, s in shown.items() if m != COMBINED}}
 
 
 def md_cell(value: object) -> str:
@@ -169,12 +201,43 @@ def interval_note(meta: dict) -> str:
 
 
 def direction_note(shown: Mapping[str, Shown], metrics: list[str]) -> str:
-    """"Higher is better for A, B; lower is better for C. Combined = ... (higher is better)." over ``metrics``."""
+    """"Higher is better for A, B; lower is better for C." over ``metrics``."""
     higher = [shown[m].label for m in metrics if shown[m].higher_is_better]
     lower = [s.label for s in losses(shown, metrics)]
+    return f"Higher is better for {', '.join(higher)}; lower is better for {', '.join(lower) or 'none'}."
+
+
+def combined_note(board: pd.DataFrame, shown: Mapping[str, Shown], over: list[str], registered: list[str]) -> str:
+    """What the combined score averages, and which ``registered`` metrics it leaves out because some model lacks
+    them (the NoTM variant is never averaged and is not listed). board: the leaderboard frame."""
     combined = shown[COMBINED]
-    return (f"Higher is better for {', '.join(higher)}; lower is better for {', '.join(lower) or 'none'}. "
-            f"{combined.label} = mean of the scores with losses sign-flipped ({combined.better} is better).")
+    if not over:
+        return (f"{combined.label}: no metric has a score for every model, so there is no combined score and no "
+                "combined rank; compare the models per metric.")
+    note = (f"{combined.label} = mean of {', '.join(shown[m].label for m in over)}, the metrics every model has a "
+            f"score on, with losses sign-flipped ({combined.better} is better).")
+    left_out = []
+    for m in (m for m in shown if m in registered and m in board.columns and m not in over):
+        lacking = board.loc[board[m].isna(), "model"].astype(str).tolist()
+        left_out.append(f"{shown[m].label} (no score for {', '.join(lacking) or 'any model'})")
+    if left_out:
+        note += (" Not in it, because some model has no score there (a combined score over different metrics would "
+                 f"not be comparable): {'; '.join(left_out)}.")
+    return note
+
+
+def raw_headers(shown: Mapping[str, Shown], board: pd.DataFrame, raw: str, threshold: object) -> list[tuple[str, str]]:
+    """(header, column) of the raw-value columns the Markdown shows, in the board's order (raw metric first)."""
+    out = []
+    for m, s in shown.items():
+        if f"{m}_mean" not in board.columns:
+            continue
+        if m == raw:
+            out += [(f"Raw {s.label} mean ± std {s.arrow}", f"{m}_mean"),
+                    (f"Good rate (≥ {threshold}) {s.arrow}", f"{m}_good_rate")]
+        else:
+            out.append((f"Raw {s.label} mean {s.arrow}", f"{m}_mean"))
+    return out
 
 
 def leaderboard_markdown(board: pd.DataFrame, result: Standardized, shown: Mapping[str, Shown]) -> str:
@@ -187,13 +250,20 @@ def leaderboard_markdown(board: pd.DataFrame, result: Standardized, shown: Mappi
     lines += ["# GhostReview leaderboard", ""] + ([benchmark_line(meta), ""] if benchmark_line(meta) else [])
     lines += [f"Scores are mean z-scores per model (z within each benchmark item across all models' images). "
               f"Brackets: {interval_note(meta)}; `#r (lo–hi)`: rank and its interval. "
-              + direction_note(shown, metrics), ""]
-    header = ["#", "Model", "Title", "Family", "AutoV2", shown[COMBINED].label] + [shown[m].label for m in metrics]
-    header += [f"Raw {raw} mean ± std", f"Good rate (≥ {meta.get('good_threshold')})", "Flagged images"]
-    rows = [[fmt_rank(r["rank"]), r["model"], r["title"], r["family"], r["autov2"], score_cell(r, COMBINED)]
-            + [score_cell(r, m) for m in metrics]
-            + [f"{fmt(r[f'{raw}_mean'])} ± {fmt(r[f'{raw}_std'])}", fmt(r[f"{raw}_good_rate"]), r["n_flagged_images"]]
-            for r in board_records(board)]
+              f"↑: higher is better, ↓: lower is better. {direction_note(shown, metrics)} "
+              f"{combined_note(board, shown, combined_over(meta), list(meta.get('metric_tasks', {})))} "
+              "Raw columns: means of the per-image values "
+              "(unflagged images), which move when every model improves, where z-scores do not.", ""]
+    raws = raw_headers(shown, board, raw, meta.get("good_threshold"))
+    header = ["#", "Model", "Title", "Family", "AutoV2"] + [s.heading for s in ordered(shown).values()]
+    header += [h for h, _ in raws] + ["Flagged images"]
+    rows = []
+    for r in board_records(board):
+        cells = [fmt_rank(r["rank"]), r["model"], r["title"], r["family"], r["autov2"]]
+        cells += [score_cell(r, m) for m in ordered(shown)]
+        for _, col in raws:
+            cells.append(f"{fmt(r[col])} ± {fmt(r[f'{raw}_std'])}" if col == f"{raw}_mean" else fmt(r[col]))
+        rows.append(cells + [r["n_flagged_images"]])
     lines += md_table(header, rows)
     lines += section("Unsupported / incompatible LoRA pairs", lora_problems(result))
     lines += section("Flagged images", flagged_images(result))
@@ -209,33 +279,23 @@ def section(title: str, table: pd.DataFrame) -> list[str]:
     return head + md_table(list(table.columns), table.astype(object).values.tolist())
 
 
-def summary_columns(columns: Sequence[str]) -> list[str]:
-    """The leaderboard columns the plain-text summary shows, from a leaderboard's own columns: rank, model, family,
-    combined, the other scored metrics (each column ``M`` with an ``M_rank``) and the raw metric's mean and good rate.
-    """
-    have = set(columns)
-    scored = [c for c in columns if f"{c}_rank" in have and c != COMBINED]
-    raw = [c for c in columns if c.endswith(RAW_SUMMARY)]
-    return [c for c in ["rank", "model", "family", COMBINED] if c in have] + scored + raw
+def dump_json(obj: object) -> str:
+    """JSON text as the report writes it: 2-space indent, no NaN (null instead), UTF-8 labels kept."""
+    return json.dumps(obj, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
 
 
 def write_tables(result: Standardized, models: pd.DataFrame, out_dir: str | Path, *,
                  metrics: Mapping[str, MetricInfo]) -> dict[str, Path]:
-    """Write leaderboard.md/.csv/.json and metrics.json into ``out_dir``; returns {name: path}.
+    """Write leaderboard.md/.csv/.json into ``out_dir``; returns {name: path}.
 
     metrics: the registry (name -> MetricInfo) the scores were standardized with; labels and directions come from it.
     """
     shown = shown_metrics(result, metrics)  # a registry that disagrees with the scores fails before any output
+    combined_over(result.meta)  # and so does a standardize output without the combined score's metric list
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     board = leaderboard_frame(result, models)
-    paths = {n: out / n for n in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "metrics.json")}
-    paths["leaderboard.md"].write_text(leaderboard_markdown(board, result, shown), encoding="utf-8")
-    board.to_csv(paths["leaderboard.csv"], index=False)
-
-    def dump(obj: object) -> str:
-        return json.dumps(obj, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
-
-    paths["leaderboard.json"].write_text(dump(board_records(board)), encoding="utf-8")
-    paths["metrics.json"].write_text(dump(metrics_json(board, scored_metrics(result))), encoding="utf-8")
+    paths = {n: out / n for n in ("leaderboard.md", "leaderboard.csv", "leaderboard.json")}
+    write_text_atomic(paths["leaderboard.md"], leaderboard_markdown(board, result, shown))
+    write_text_atomic(paths["leaderboard.csv"], board.to_csv(index=False))
+    write_text_atomic(paths["leaderboard.json"], dump_json(leaderboard_json(board, result, shown)))
     return paths
