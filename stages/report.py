@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     params = validate.load(args.params)
     names = list(params.models)
     # three steps: read the results, decode the target images (style references, LoRA headers), write the report
-    with progress_bar(total=3, desc="report", unit="step") as bar:
+    with progress_bar(total=3, desc="report", unit="steps") as bar:
         standardized, scores = Standardized.read(args.standardized), read_scores(args.scores, names)
         grids = manifests(args.images, names)
         models = models_table(args.images, names, {n: m.title for n, m in params.models.items()})

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     params = validate.load(args.params)
     names = list(params.models)
     # three steps: read the scores, standardize and bootstrap, write (the standardizing is one vectorized call)
-    with progress_bar(total=3, desc="standardize", unit="step") as bar:
+    with progress_bar(total=3, desc="standardize", unit="steps") as bar:
         models = models_table(args.images, names)
         bench = validate.benchmark(params, root, str(args.params))
         s = params.standardize

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from ghostreview.generation.families import FAMILIES
 from ghostreview.protocol import Benchmark
 from ghostreview.util.atomic import replace_dir
+from ghostreview.util.runtime import progress_bar, quiet_third_party
 
 # name -> (family, seed). The fourth SD1.5 model is spare: tests add it to params to show incremental reruns.
 DEMO_MODELS = {
@@ -44,29 +47,34 @@ def build_demo_kit(dest: Path, bench: Benchmark, seed: int = 0, image_size: int 
 
 
 def _write_kit(tmp: Path, bench: Benchmark, seed: int, image_size: int, stamp: dict) -> None:
-    """Every file of the demo kit, under the (empty) directory ``tmp``."""
+    """Every file of the demo kit, under the (empty) directory ``tmp``; one progress bar over the files."""
     from ghostreview.kit.images import write_lora_header, write_style_references
     from ghostreview.kit.lora import write_tiny_lora
     from ghostreview.kit.scorers import write_tiny_clip, write_tiny_laion_head, write_tiny_vgg19
     from ghostreview.kit.sd import write_tiny_checkpoint, write_tiny_config_dir
 
+    steps: list[Callable[[], object]] = []  # each writes one file (or one directory of a few)
     for family in FAMILIES:
-        write_tiny_config_dir(tmp / "configs" / family, family)
+        steps.append(partial(write_tiny_config_dir, tmp / "configs" / family, family))
     for name, (family, s) in DEMO_MODELS.items():
-        write_tiny_checkpoint(tmp / "models" / f"{name}.safetensors", family, seed * 1000 + s)
+        steps.append(partial(write_tiny_checkpoint, tmp / "models" / f"{name}.safetensors", family, seed * 1000 + s))
     for family, entries in bench.loras.items():
         for entry in entries:
-            write_tiny_lora(tmp / "loras" / family / entry.file, family, tmp / "configs" / family,
-                            seed=_seed(seed, family, entry.name))
+            steps.append(partial(write_tiny_lora, tmp / "loras" / family / entry.file, family,
+                                 tmp / "configs" / family, seed=_seed(seed, family, entry.name)))
             for header in entry.header_images:
                 path = tmp / "lora_headers" / family / entry.name / header
-                write_lora_header(path, entry.name, _seed(seed, family, entry.name, header), image_size)
+                steps.append(partial(write_lora_header, path, entry.name, _seed(seed, family, entry.name, header),
+                                     image_size))
     for style in bench.styles:
-        write_style_references(tmp / "style_refs" / style.reference_dir, style.name, REFS_PER_STYLE,
-                               _seed(seed, style.name), image_size)
-    write_tiny_clip(tmp / "scorers" / "clip", seed)
-    write_tiny_laion_head(tmp / "scorers" / "laion_head.pth", seed)
-    write_tiny_vgg19(tmp / "scorers" / "vgg19_features.safetensors", seed)
+        steps.append(partial(write_style_references, tmp / "style_refs" / style.reference_dir, style.name,
+                             REFS_PER_STYLE, _seed(seed, style.name), image_size))
+    steps += [partial(write_tiny_clip, tmp / "scorers" / "clip", seed),
+              partial(write_tiny_laion_head, tmp / "scorers" / "laion_head.pth", seed),
+              partial(write_tiny_vgg19, tmp / "scorers" / "vgg19_features.safetensors", seed)]
+    quiet_third_party()
+    for step in progress_bar(steps, desc="kit", unit="files"):
+        step()
     (tmp / STAMP).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
 
 
