@@ -189,6 +189,28 @@ def test_a_schedule_type_draws_what_the_combined_name_draws_under_the_same_key(k
     assert sampler_settings(parse_infotext(text)[2])["sampler"] == "DPM++ 3M SDE Exponential"
 
 
+@pytest.mark.parametrize("generation,fragments", [
+    ({"sampler": "DPM++ 2M", "schedule_type": "karras"},
+     ["generation.schedule_type:", "unknown schedule type 'karras'", "did you mean 'Karras'?",
+      "Valid: Automatic, Uniform, Karras, Exponential, Beta"]),
+    ({"sampler": "DPM++ 2M Karras", "schedule_type": "Exponential"},
+     ["generation.schedule_type:", "contradicts sampler 'DPM++ 2M Karras'", "write sampler 'DPM++ 2M'"]),
+    ({"sampler": "Euler a", "schedule_type": "Karras"}, ["not available for 'Euler a'; valid for it: Automatic"]),
+    ({"sampler": "DPM++ 2M Karas", "schedule_type": "Karras"},
+     ["generation.sampler:", "did you mean 'DPM++ 2M Karras'?"]),
+])
+def test_a_bad_schedule_type_stops_validation_naming_the_file_and_key(generation, fragments):
+    from ghostreview import validate
+    from ghostreview.config import parse_params
+
+    params = parse_params({"models": {"m": {"checkpoint": "m.safetensors"}}, "generation": generation}, "my.yaml")
+    with pytest.raises(validate.ParamsError) as err:
+        validate.check_sampler(params, "my.yaml")
+    assert str(err.value).startswith("my.yaml: generation.")
+    for fragment in fragments:
+        assert fragment in str(err.value), str(err.value)
+
+
 # ------------------------------------------------------------------------------------------------ pickle checkpoints
 
 

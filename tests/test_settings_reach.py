@@ -163,6 +163,8 @@ PROBES: list[Probe] = [
     P("paths.image_store", GEN, to("elsewhere/images"), calls("image_store", "root")),
     P("paths.cache", GEN, to("elsewhere/cache"), calls("file_sha256", "cache")),
     P("generation.sampler", GEN, to("Euler a"), requests("sampler")),
+    # A1111 1.9's split form: the schedule type folds into the sampler every request is drawn with
+    P("generation.schedule_type", GEN, to("Exponential"), requests("sampler"), when={"generation.sampler": "DPM++ 2M"}),
     P("generation.steps", GEN, plus(1), requests("steps")),
     P("generation.cfg_scale", GEN, plus(0.5), requests("cfg_scale")),
     P("generation.width", GEN, plus(16), requests("width")),
