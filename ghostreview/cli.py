@@ -237,6 +237,10 @@ def add_model(
                                      title=title)
     except (models_cli.ModelsError, CheckpointError, ParamsError, FileNotFoundError) as exc:
         _fail(str(exc))
+    for other in added.same_file_as:
+        typer.secho(f"warning: {path} is the same file as models.{other}'s checkpoint (sha256 {added.sha256}): both "
+                    f"are reviewed, as two models. If that was not meant, `ghostreview remove-model {added.name}`.",
+                    fg=typer.colors.YELLOW, err=True)
     typer.echo(f"added models.{added.name} to {params}: {added.family} checkpoint {added.checkpoint} "
                f"(AutoV2 {added.autov2}, sha256 {added.sha256}). Run `dvc repro` to review it.")
 

@@ -1,9 +1,11 @@
 """``ghostreview add-model`` / ``remove-model``: edit the ``models:`` section of params.yaml safely.
 
 add-model checks the checkpoint before anything is written (a readable safetensors header of a family the benchmark
-covers; pickles refused unless asked for), hashes it (sha256 + Civitai AutoV2, through the hash cache generation uses,
-so the first ``dvc repro`` does not hash it again), and adds one entry, keeping the file's comments, order and
-formatting (ruamel round trip; written atomically, and only when the whole new file validates).
+covers; pickles refused unless asked for; a ``--vae`` that is a VAE, not a full checkpoint), hashes it (sha256 +
+Civitai AutoV2, through the hash cache generation uses, so the first ``dvc repro`` does not hash it again), names the
+models already in params with the same file (a warning: the same checkpoint with other settings may be meant), and
+adds one entry, keeping the file's comments, order and formatting (ruamel round trip; written atomically, and only
+when the whole new file validates).
 
 remove-model takes the entry out and cleans what DVC leaves behind when a ``foreach`` key disappears: the instance's
 outputs (``data/images/<name>``, ``data/scores/<name>/...``), their lines in the ``.gitignore`` files DVC wrote, and
@@ -33,7 +35,7 @@ from ruamel.yaml.comments import CommentedMap
 
 from ghostreview import validate
 from ghostreview.errors import UserError
-from ghostreview.generation.loading import PICKLE_SUFFIXES, VAE_KEYS, inspect_checkpoint, read_safetensors_header
+from ghostreview.generation.loading import PICKLE_SUFFIXES, CheckpointError, inspect_checkpoint
 from ghostreview.generation.plan import ModelIdentity
 from ghostreview.util.atomic import write_text_atomic
 from ghostreview.util.hashing import file_sha256
@@ -52,6 +54,7 @@ class AddedModel(ModelIdentity):
     family, hashes, AutoV2), and the checkpoint path written to its params entry."""
 
     checkpoint: str = ""  # as written to params (relative to the project root when inside it)
+    same_file_as: tuple[str, ...] = ()  # models already in params whose checkpoint has the same sha256
 
 
 @dataclass(frozen=True)
@@ -103,18 +106,30 @@ def model_entry(checkpoint: str, *, vae: str | None = None, clip_skip: int | Non
 
 
 def check_vae_file(path: Path, allow_pickle: bool) -> None:
-    """A VAE must be a readable safetensors file holding VAE weights (or, with ``allow_pickle``, a pickle)."""
+    """A VAE must be a readable safetensors file (or, with ``allow_pickle``, a pickle) holding VAE weights and no
+    UNet or text encoder (``validate.check_vae``: a full checkpoint given as ``--vae`` is refused)."""
     if path.suffix.lower() in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise ModelsError(f"{path}: a pickle VAE ({path.suffix}) can run code when loaded; convert it to "
                               "safetensors, or pass --allow-pickle to load it with torch.load(weights_only=True)")
         if not path.is_file():
             raise ModelsError(f"{path}: no such VAE file")
-        return
-    header = read_safetensors_header(path)
-    if not any(k in header for k in VAE_KEYS):
-        raise ModelsError(f"{path}: not a VAE file (none of {', '.join(VAE_KEYS)} in its header); pass the VAE "
-                          "that goes with the checkpoint, or leave --vae out")
+    try:
+        validate.check_vae(path, allow_pickle=allow_pickle, key="--vae")
+    except CheckpointError as exc:
+        raise ModelsError(str(exc)) from exc
+
+
+def same_checkpoint(params: validate.Params, root: Path, checkpoint: Path, sha256: str, cache: Path) -> list[str]:
+    """Names of the models in ``params`` whose checkpoint file has this ``sha256`` (only files of the same size are
+    hashed, through the hash cache). A missing checkpoint is left to ``validate``."""
+    size = checkpoint.stat().st_size
+    same = []
+    for name, m in params.models.items():
+        path = validate.resolve(root, m.checkpoint)
+        if path.is_file() and path.stat().st_size == size and file_sha256(path, cache) == sha256:
+            same.append(name)
+    return same
 
 
 # ------------------------------------------------------------------------------------------------ YAML round trip
@@ -368,10 +383,11 @@ def add_model(params_file: Path, checkpoint: Path, *, name: str | None = None, v
     cache = _hash_cache(params, root)
     sha = file_sha256(checkpoint, cache)
     vae_sha = file_sha256(Path(vae), cache) if vae is not None else None
+    same = [n for n in same_checkpoint(params, root, checkpoint, sha, cache) if n != name]
     write_text_atomic(params_file, dump_text(doc))
     return AddedModel(name, family, checkpoint.stem, sha, vae_sha, clip_skip=clip_skip or 1,
                       random_weights=ckpt.random_weights, vae_file=Path(vae).name if vae else None,
-                      checkpoint=entry["checkpoint"])
+                      checkpoint=entry["checkpoint"], same_file_as=tuple(same))
 
 
 def remove_model(params_file: Path, name: str, lock_file: Path | None = None) -> RemovedModel:

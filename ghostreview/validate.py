@@ -177,7 +177,7 @@ def check_checkpoint(params: Params, name: str, root: Path, source: str = "param
         ParamsError: naming ``source``, the key (``models.<name>.checkpoint``, ``.vae`` or ``.config``), the file,
             what is wrong and the fix.
     """
-    from ghostreview.generation.loading import CheckpointError, check_config_dir, check_vae_file, inspect_checkpoint
+    from ghostreview.generation.loading import CheckpointError, check_config_dir, inspect_checkpoint
 
     m = params.models[name]
     try:
@@ -186,7 +186,7 @@ def check_checkpoint(params: Params, name: str, root: Path, source: str = "param
     except CheckpointError as exc:
         raise ParamsError(f"{source}: models.{name}.checkpoint = {m.checkpoint!r}: {exc}.") from exc
     checks: tuple[tuple[str, str | None, Callable[[Path], bool], Callable[[Path], None]], ...] = (
-        ("vae", m.vae, Path.is_file, lambda p: check_vae_file(p, allow_pickle=m.allow_pickle)),
+        ("vae", m.vae, Path.is_file, lambda p: check_vae(p, allow_pickle=m.allow_pickle, key=f"models.{name}.vae")),
         ("config", m.config, Path.exists, lambda p: check_config_dir(p, family)))
     for key, rel, present, check in checks:
         if rel is not None and present(resolve(root, rel)):
@@ -195,6 +195,48 @@ def check_checkpoint(params: Params, name: str, root: Path, source: str = "param
             except CheckpointError as exc:
                 raise ParamsError(f"{source}: models.{name}.{key} = {rel!r}: {exc}.") from exc
     return checkpoint
+
+
+# Key prefixes of the parts of a full single-file checkpoint that a VAE file never holds (LDM/SGM layout, as
+# generation.loading reads checkpoints): the UNet, and the SD1/SD2 or the SDXL text encoders.
+CHECKPOINT_PARTS = {"model.diffusion_model.": "UNet", "cond_stage_model.": "text encoder",
+                    "conditioner.": "text encoder"}
+VAE_EXAMPLES = "e.g. vae-ft-mse-840000-ema-pruned.safetensors for SD1.5, sdxl_vae.safetensors for SDXL"
+
+
+def checkpoint_parts(shapes: Mapping[str, object]) -> dict[str, str]:
+    """{part: an example key} of the UNet and text-encoder parts among a file's tensor names ({} for a VAE), UNet
+    first."""
+    found: dict[str, str] = {}
+    for prefix, part in CHECKPOINT_PARTS.items():
+        example = min((k for k in shapes if k.startswith(prefix)), default=None)
+        if example is not None and part not in found:
+            found[part] = example
+    return found
+
+
+def check_vae(path: Path, *, allow_pickle: bool = False, key: str = "the VAE") -> None:
+    """A standalone VAE file: readable (``loading.inspect_checkpoint``: the header, or an opted-in pickle), with a VAE
+    encoder, and no UNet or text encoder. A full checkpoint given as the VAE is refused: it is a mix-up (every
+    checkpoint carries its own VAE, which is what drawing without ``vae`` uses). ``key`` (``--vae``,
+    ``models.<name>.vae``) is named in the fix.
+
+    Raises:
+        CheckpointError: naming the file, what it holds and the fix.
+    """
+    from ghostreview.generation.loading import VAE_KEYS, CheckpointError, inspect_checkpoint
+
+    shapes = inspect_checkpoint(path, allow_pickle=allow_pickle).shapes  # read once
+    parts = checkpoint_parts(shapes)
+    if parts:
+        held = " and ".join(f"{part} keys such as {example}" for part, example in parts.items())
+        raise CheckpointError(f"{path}: a full checkpoint ({held}), not a VAE. Point {key} at the VAE file alone "
+                              f"({VAE_EXAMPLES}), or leave {key} out to draw with the VAE baked into the checkpoint")
+    if not any(k in shapes for k in VAE_KEYS):
+        sample = ", ".join(sorted(shapes)[:3]) or "no tensors"
+        raise CheckpointError(f"{path}: not a VAE file (none of {', '.join(VAE_KEYS)}; it holds {len(shapes)} tensors "
+                              f"such as {sample}). Point {key} at the VAE that goes with the checkpoint "
+                              f"({VAE_EXAMPLES}), or leave {key} out")
 
 
 def is_model_name(name: str) -> bool:
@@ -244,21 +286,33 @@ def check_references(params: Params, bench: Benchmark, families: Iterable[str], 
     reference_sets(bench, style_dir, headers)
 
 
-def check_lora_files(params: Params, bench: Benchmark, families: Iterable[str], root: Path) -> None:
+def check_lora_files(params: Params, bench: Benchmark, families: Iterable[str], root: Path,
+                     source: str = "params.yaml") -> None:
     """Every LoRA file of the benchmark's tables of ``families`` is in ``paths.loras.<family>`` (when the lora task
-    runs); one error per family."""
+    runs); a directory that is missing (or a file) is named by its key; one error per family."""
     from ghostreview.generation.generate import check_lora_files as check
 
     if "lora" not in params.benchmark.tasks:
         return
     problems = []
     for family in sorted(set(families)):
+        rel = getattr(params.paths.loras, family)
+        lora_dir = resolve(root, rel)
+        if not lora_dir.is_dir():
+            problems.append(_missing_lora_dir(source, family, rel, lora_dir, len(bench.loras.get(family, ()))))
+            continue
         try:
-            check(bench.loras.get(family, ()), resolve(root, getattr(params.paths.loras, family)),
-                  f"{bench.name} LoRA table for {family}")
+            check(bench.loras.get(family, ()), lora_dir, f"{bench.name} LoRA table for {family}")
         except BenchmarkError as exc:
             problems.append(str(exc))
     _one_error(problems)
+
+
+def _missing_lora_dir(source: str, family: str, rel: str, lora_dir: Path, n_files: int) -> str:
+    what = "is a file, not a directory" if lora_dir.exists() else "is missing"
+    return (f"{source}: paths.loras.{family} = {rel!r}: the LoRA directory {lora_dir} {what}. Create it and put the "
+            f"{n_files} LoRA file(s) of the {family} table there (see docs/benchmark.md), fix paths.loras.{family}, or "
+            f"leave the LoRA task out with benchmark.tasks.")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -337,7 +391,7 @@ def everything(params: Params, root: Path, source: str = "params.yaml") -> tuple
     if bench is not None:
         check(check_images_per_item, params, bench, source)
         families = {c.family for c in checkpoints.values()}
-        check(check_lora_files, params, bench, families, root)
+        check(check_lora_files, params, bench, families, root, source)
         check(check_references, params, bench, families, root)
     return checkpoints, problems
 
@@ -354,6 +408,8 @@ __all__ = [
     "check_devices",
     "check_sampler",
     "check_checkpoint",
+    "check_vae",
+    "checkpoint_parts",
     "check_model_name",
     "benchmark",
     "check_images_per_item",

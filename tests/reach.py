@@ -247,7 +247,7 @@ class Project:
         from ghostreview.kit.images import write_lora_header, write_style_references
         from ghostreview.kit.lora import write_tiny_lora
         from ghostreview.kit.scorers import TINY_CLIP_ARCH, tiny_clip_config, write_tiny_clip, write_tiny_vgg19
-        from ghostreview.kit.sd import write_tiny_checkpoint, write_tiny_config_dir
+        from ghostreview.kit.sd import write_tiny_checkpoint, write_tiny_config_dir, write_tiny_vae
         from ghostreview.protocol import cut_benchmark, load_benchmark
         from ghostreview.scoring.weights import read_state_dict, write_state_dict
 
@@ -303,7 +303,8 @@ class Project:
                 else:  # a copy: the code may resolve links (load_clip does)
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(src, dest)
-        self._link(a / "alt/vae.safetensors", kit / "models/tiny-sd15-b.safetensors")
+        # a standalone VAE (VAE keys only): validate refuses a full checkpoint given as a model's vae
+        write_tiny_vae(a / "alt/vae.safetensors", "sd15", seed=1)
         (a / "alt/clip-renamed").mkdir(parents=True)
         shutil.copy(clip_config, a / "alt/clip-renamed/ghostreview-tiny2-ViT-quickgelu.json")
         other = dict(self.clip_config, quick_gelu=False)  # same weights, another activation

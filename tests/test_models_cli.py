@@ -137,7 +137,12 @@ REFUSALS = {
     "a LoRA": (dict(file="lora"), CheckpointError, r"looks like a LoRA"),
     "an SD2 checkpoint": (dict(file="sd2"), CheckpointError, r"an SD2\.x checkpoint.*reviews sd15 and sdxl"),
     "missing file": (dict(file="missing"), CheckpointError, r"no such file"),
-    "a VAE that is not one": (dict(vae="lora"), ModelsError, r"not a VAE file"),
+    "a VAE that is not one": (dict(vae="lora"), ModelsError, r"lora.safetensors: not a VAE file.*leave --vae out"),
+    # a full checkpoint as --vae: it has a VAE inside, but also a UNet and a text encoder
+    "a checkpoint as the VAE": (dict(vae="full"), ModelsError,
+                                r"full.safetensors: a full checkpoint \(UNet keys such as model\.diffusion_model\..*"
+                                r"text encoder keys such as cond_stage_model\..*\), not a VAE\. Point --vae at the VAE "
+                                r"file alone .*or leave --vae out"),
 }
 
 
@@ -150,6 +155,8 @@ def test_refusals_name_the_problem_and_leave_params_untouched(project, case):
         "sd2": write_tensors(project / "sd2.safetensors",
                              {UNET: (8, 4, 3, 3), "cond_stage_model.model.positional_embedding": (77, 8)}),
         "missing": project / "nowhere.safetensors",
+        "full": write_tensors(project / "full.safetensors", {UNET: (8, 4, 3, 3), SD1_CLIP: (16, 8),
+                                                             "first_stage_model.encoder.conv_in.weight": (4, 3, 3, 3)}),
     }
     before = (project / "params.yaml").read_bytes()
     ckpt = files[over.pop("file", "ckpt")]
@@ -336,6 +343,44 @@ def test_remove_model_refuses_a_name_that_is_no_slug(project, name):
     with pytest.raises(ModelsError, match=r"not a model name"):
         remove_model(project / "params.yaml", name)
     assert (project / ".git" / "HEAD").is_file()
+
+
+def test_a_checkpoint_already_present_is_named_in_a_warning(project):
+    """The same file under another name (or a copy of it elsewhere) is added, with a warning naming the model it
+    duplicates: two entries of one checkpoint are meant only to compare settings (clip skip, VAE)."""
+    ckpt = sd15(project / "models" / "one.safetensors")
+    other = sd15(project / "models" / "other.safetensors", seed=1)  # same size, other bytes: no warning
+    assert add_model(project / "params.yaml", ckpt, name="first").same_file_as == ()
+    assert add_model(project / "params.yaml", other, name="other").same_file_as == ()
+    copy = project / "elsewhere" / "one-copy.safetensors"
+    copy.parent.mkdir()
+    shutil.copy(ckpt, copy)
+    added = add_model(project / "params.yaml", copy, name="again", clip_skip=2)
+    assert added.same_file_as == ("first",)
+    assert "again" in validate.load(project / "params.yaml").models  # a warning, not a refusal
+
+    result = CliRunner().invoke(app, ["add-model", str(ckpt), "--name", "third", "--params",
+                                      str(project / "params.yaml")])
+    assert result.exit_code == 0, result.output
+    sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning: ")]
+    assert warnings == [
+        f"warning: {ckpt} is the same file as models.first's checkpoint (sha256 {sha}): both are reviewed, as two "
+        f"models. If that was not meant, `ghostreview remove-model third`.",
+        f"warning: {ckpt} is the same file as models.again's checkpoint (sha256 {sha}): both are reviewed, as two "
+        f"models. If that was not meant, `ghostreview remove-model third`."]
+
+
+def test_a_full_checkpoint_as_vae_is_refused_by_the_command_in_one_line(project):
+    ckpt = sd15(project / "models" / "ok.safetensors")
+    full = sd15(project / "models" / "full.safetensors", seed=3)
+    before = (project / "params.yaml").read_bytes()
+    result = CliRunner().invoke(app, ["add-model", str(ckpt), "--vae", str(full), "--params",
+                                      str(project / "params.yaml")])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: {full}: a full checkpoint (UNet keys such as model.diffusion_model.")
+    assert len(result.output.strip().splitlines()) == 1 and "--vae" in result.output
+    assert (project / "params.yaml").read_bytes() == before
 
 
 def test_cli_commands(project):

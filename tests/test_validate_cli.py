@@ -64,6 +64,7 @@ def test_every_problem_is_listed_with_its_key_and_fix(project, tmp_path):
 
 def test_a_missing_lora_file_is_named(project, tmp_path):
     text = (project / "params.yaml").read_text().replace("demo/kit/", f"{project}/demo/kit/")
+    (tmp_path / "no-loras").mkdir()  # the directory is there, the table's file is not
     text = text.replace(f"sd15: {project}/demo/kit/loras/sd15", f"sd15: {tmp_path / 'no-loras'}")
     (tmp_path / "params.yaml").write_text(text)
     result = validate(tmp_path / "params.yaml")
@@ -101,3 +102,42 @@ def test_bad_images_weights_devices_and_paths_are_listed_without_a_traceback(pro
     assert "generation.device = 'cuda'" in errors and "no CUDA GPU" in errors
     assert "bomb.png: 400,000,000 pixels" in errors and "paths.style_refs" in errors
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_missing_lora_directory_is_named_by_its_key(project, tmp_path):
+    text = (project / "params.yaml").read_text().replace("demo/kit/", f"{project}/demo/kit/")
+    text = text.replace(f"sd15: {project}/demo/kit/loras/sd15", f"sd15: {tmp_path / 'no-loras'}")
+    (tmp_path / "blocker").write_text("a file where the SDXL LoRA directory should be")
+    text = text.replace(f"sdxl: {project}/demo/kit/loras/sdxl", f"sdxl: {tmp_path / 'blocker'}")
+    (tmp_path / "params.yaml").write_text(text)
+    result = validate(tmp_path / "params.yaml")
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        f"error: {tmp_path / 'params.yaml'}: paths.loras.sd15 = '{tmp_path / 'no-loras'}': the LoRA directory "
+        f"{tmp_path / 'no-loras'} is missing. Create it and put the 1 LoRA file(s) of the sd15 table there (see "
+        f"docs/benchmark.md), fix paths.loras.sd15, or leave the LoRA task out with benchmark.tasks.",
+        f"error: {tmp_path / 'params.yaml'}: paths.loras.sdxl = '{tmp_path / 'blocker'}': the LoRA directory "
+        f"{tmp_path / 'blocker'} is a file, not a directory. Create it and put the 1 LoRA file(s) of the sdxl table "
+        f"there (see docs/benchmark.md), fix paths.loras.sdxl, or leave the LoRA task out with benchmark.tasks."]
+
+
+def test_a_full_checkpoint_as_a_model_s_vae_is_refused(project, tmp_path):
+    text = (project / "params.yaml").read_text().replace("demo/kit/", f"{project}/demo/kit/")
+    other = f"{project}/demo/kit/models/tiny-sd15-b.safetensors"
+    text = text.replace("    title: Demo SD1.5 A", f"    vae: {other}\n    title: Demo SD1.5 A", 1)
+    (tmp_path / "params.yaml").write_text(text)
+    result = validate(tmp_path / "params.yaml")
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.output
+    assert errors[0].startswith(f"error: {tmp_path / 'params.yaml'}: models.demo-sd15-a.vae = '{other}': {other}: a "
+                                f"full checkpoint (UNet keys such as model.diffusion_model.")
+    assert "Point models.demo-sd15-a.vae at the VAE file alone" in errors[0]
+    # the kit's standalone VAE passes
+    vae = tmp_path / "vae.safetensors"
+    from ghostreview.kit.sd import write_tiny_vae
+
+    write_tiny_vae(vae, "sd15", seed=5)
+    (tmp_path / "params.yaml").write_text(text.replace(f"vae: {other}", f"vae: {vae}"))
+    assert validate(tmp_path / "params.yaml").exit_code == 0
