@@ -93,8 +93,7 @@ def test_a_pulled_report_shows_every_image(tmp_path):
         scroll_through(tab)
         images = tab.evaluate("() => [...document.querySelectorAll('td.cell img')].map(i => i.getAttribute('src'))")
         broken = broken_images(tab)
-        full = tab.evaluate("() => [...document.querySelectorAll('figure.thumb[data-full]')]"
-                            ".map(f => f.dataset.full).filter(Boolean)")
+        full = tab.evaluate("() => [...document.querySelectorAll('td.cell a.shot')].map(a => a.getAttribute('href'))")
     assert broken == []
     assert len(images) == len(full) == len(pngs)  # every drawn image is in a grid, its full view came along too
     assert all((page.parent / f).is_file() for f in full)

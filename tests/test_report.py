@@ -181,8 +181,8 @@ def test_html_is_offline_and_escaped(demo, report):
     assert len(re.findall(r'<section class="grid"', page)) == 4  # p1, p2, anime, L1
     for model, t in drawn.items():  # the full view: a JPEG rendition at the image's own size, same picture
         for image in t["image"]:
-            full = f"images/{model}/{Path(image).stem}.jpg"
-            assert f'data-full="{full}"' in page and f'href="{full}"' in page
+            full = f"images/{model}/{Path(image).stem[:16]}.jpg"
+            assert f'<a class="shot" href="{full}">' in page
             with Image.open(out / full) as shown, Image.open(images_root / model / image) as original:
                 assert shown.format == "JPEG" and shown.size == original.size
                 diff = np.abs(np.asarray(shown, dtype=int) - np.asarray(original.convert("RGB"), dtype=int))
@@ -202,7 +202,7 @@ def test_html_links_every_image_inside_its_own_directory(demo, tmp_path):
     for t in thumbs:
         with Image.open(tmp_path / t) as im:
             assert im.format == "JPEG" and im.size == (8, 8)
-    links = re.findall(r'data-full="(images/[^"]+)"', page)
+    links = re.findall(r'<a class="shot" href="(images/[^"]+)"', page)
     assert len(links) == 22 and all((tmp_path / link).is_file() for link in links)
     originals = {p.read_bytes() for p in images_root.rglob("*.png")}
     assert not [p for p in (tmp_path / "images").rglob("*") if p.is_file() and p.read_bytes() in originals]
@@ -216,7 +216,7 @@ def test_html_links_every_image_inside_its_own_directory(demo, tmp_path):
         (tmp_path / "lost.png").rename(images_root / "beta" / lost["image"])
     assert page.count('class="missing"') == 1 and f"no image: {lost['image']}" in page
     files = {p.relative_to(tmp_path / "images").as_posix() for p in (tmp_path / "images").rglob("*") if p.is_file()}
-    assert files == {f"beta/{Path(i).stem}.jpg" for i in as_text["beta"]["image"] if i != lost["image"]}
+    assert files == {f"beta/{Path(i).stem[:16]}.jpg" for i in as_text["beta"]["image"] if i != lost["image"]}
 
 
 def test_targets_of_the_benchmark():
@@ -231,6 +231,27 @@ def test_targets_of_the_benchmark():
     assert t.images == {("style", style.name): (Path("a.png"), Path("b.png")), ("lora", sd15.name): (Path("h.png"),)}
     assert t.lora_families[sd15.name] == "sd15" and t.lora_families[sdxl.name] == "sdxl"
     assert len(t.lora_families) == sum(len(v) for v in bench.loras.values())
+
+
+def test_infotexts_are_factored_by_row_and_column_and_kept_whole_where_they_differ():
+    from ghostreview.analysis.report.html import Infotexts
+
+    def info(model, seed, prompt="a cat"):
+        return {"infotext": f"{prompt}\nNegative prompt: ugly\nSteps: 20, Seed: {seed}, Model: {model}"}
+
+    cells = {(m, s): info(m, s) for m in ("a", "b", "c") for s in ("1", "2", "10")}
+    cells[("b", "10")] = info("b", "10", prompt="a dog")  # another prompt than its row's
+    cells[("a", "2")] = {"infotext": "no settings line"}
+    cells[("b", "1")] = {"infotext": float("nan")}  # a manifest cell read as NaN
+    infos = Infotexts.of(cells)
+    assert infos.heads == {"1": "a cat\nNegative prompt: ugly", "2": "a cat\nNegative prompt: ugly",
+                           "10": "a cat\nNegative prompt: ugly"}
+    assert infos.templates == {m: f"Steps: 20, Seed: {{seed}}, Model: {m}" for m in "abc"}
+    attrs = {k: infos.attr(r, *k) for k, r in cells.items()}
+    assert attrs[("a", "10")] == attrs[("b", "2")] == ""  # rebuilt exactly: nothing stored
+    assert infos.rebuilt("a", "10") == info("a", "10")["infotext"]
+    assert attrs[("b", "10")] == ' data-info="a dog\nNegative prompt: ugly\nSteps: 20, Seed: 10, Model: b"'
+    assert attrs[("a", "2")] == ' data-info="no settings line"' and attrs[("b", "1")] == ' data-info=""'
 
 
 def test_grid_rows_order_text_seeds_numerically():

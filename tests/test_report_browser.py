@@ -110,6 +110,7 @@ def dump_dom(tmp: Path, page: Path, fragment: str = "") -> Node:
 
 
 TITLES = {"alpha": "", "beta": "Beta Mix v5", "gamma": "Gamma XL"}
+ODD_INFOTEXT = "an image saved elsewhere\nSteps: 30, Seed: 99, Model: x\n"
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +130,8 @@ def site(tmp_path_factory):
     targets = Targets({("style", "anime"): (files["style1.png"], files["style2.jpg"]),
                        ("lora", "L1"): (files["l1.png"],), ("lora", "X1"): (files["x1.webp"],)},
                       {"L1": "sd15", "X1": "sdxl"})
+    odd = manifests["alpha"].index[(manifests["alpha"]["item"] == "p2") & (manifests["alpha"]["seed"] == 1)]
+    manifests["alpha"].loc[odd, "infotext"] = ODD_INFOTEXT  # not rebuilt from its row and column: kept whole
     models = models.assign(title=models["model"].map(TITLES))
     paths = write_report(result, scores, manifests, models, images_root, root / "reports", metrics=METRICS,
                          targets=targets)
@@ -186,7 +189,7 @@ def test_sort_and_open_from_url_hash(site, tmp_path):
     (box,) = doc.find_all("div", id="lightbox")
     assert "open" in box.attrs.get("class", "").split() and box.attrs["data-hash"] == target["image_hash"]
     (img,) = box.find_all("img")
-    assert img.attrs["src"] == f"images/beta/{Path(target['image']).stem}.jpg"
+    assert img.attrs["src"] == f"images/beta/{Path(target['image']).stem[:16]}.jpg"
     assert box.find_all("pre")[0].text() == target["infotext"]  # includes the <script> prompt, as text
     named = dump_dom(tmp_path, page, "#sort=name")
     assert grid_order(named, "p1") == sorted(board["model"])
@@ -356,6 +359,9 @@ def test_click_opens_the_full_image_and_sort_buttons_move_columns(site):
         natural = tab.evaluate("() => document.querySelector('#lightbox img').naturalWidth")
         tab.locator("#lightbox").click()
         closed = tab.evaluate("() => !document.getElementById('lightbox').classList.contains('open')")
+        tab.locator("section.grid[data-item='p2'] tr[data-seed='1'] td.cell[data-model='alpha'] a.shot").click()
+        odd = tab.evaluate("() => document.querySelector('#lightbox pre').textContent")
+        tab.locator("#lightbox").click()
         tab.locator("section.grid[data-item='p1'] .sorter button[data-sort='aesthetic']").click()
         p1 = tab.evaluate("""() => { const g = document.querySelector("section.grid[data-item='p1']");
             return [[...g.querySelectorAll('th.col')].map(t => t.dataset.model),
@@ -364,8 +370,8 @@ def test_click_opens_the_full_image_and_sort_buttons_move_columns(site):
         p2 = tab.evaluate("() => [...document.querySelectorAll(\"section.grid[data-item='p2'] th.col\")]"
                           ".map(t => t.dataset.model)")
     row = manifests["beta"].query("item == 'p2'").sort_values("seed").iloc[0]
-    assert href == f"images/beta/{Path(row['image']).stem}.jpg"
+    assert href == f"images/beta/{Path(row['image']).stem[:16]}.jpg"
     assert box[0] and box[1] == href and box[3] == "beta · general p2 · seed 0" and box[4] == row["infotext"]
-    assert natural == 48 and closed
+    assert natural == 48 and closed and odd == ODD_INFOTEXT
     assert p1[0] == ["gamma", "beta", "alpha"] and p1[1] == [p1[0], p1[0]]  # every seed row follows its header
     assert p2 == board["model"].tolist()  # the other grids keep their order

@@ -1,12 +1,13 @@
 """One offline HTML page: leaderboard, pairwise "A beats B" matrices, plots, and X/Y grids of every benchmark item.
 
 Files: ``<out_dir>/index.html`` and ``<out_dir>/images/`` (swapped in whole), which holds every image the page links
-to as a JPEG rendition: ``images/<model>/<stem>.jpg`` (each generated image at its own size: the full view),
-``images/<model>/thumbs/<stem>.jpg`` (a thumbnail where the image is larger than ``thumb_px``; smaller images are
-their own thumbnail) and ``images/_targets/`` (the style reference and LoRA header images, named by content hash;
-``_`` starts no model slug). Both are outputs of the report stage, so ``dvc push report`` / ``dvc pull report``
-carry the whole page, while the original PNGs stay in the images directory (renditions have other bytes, so the
-report's remote never holds the originals). CSS, JS and the plots are inline.
+to as a JPEG rendition: ``images/<model>/<stem>.jpg`` (each generated image at its own size: the full view; the
+stem is the image name's first 16 hex), ``images/<model>/thumbs/<stem>.jpg`` (a thumbnail where the image is larger
+than ``thumb_px``; smaller images are their own thumbnail) and ``images/_targets/`` (the style reference and LoRA
+header images, named by content hash; ``_`` starts no model slug). Both are outputs of the report stage, so
+``dvc push report`` / ``dvc pull report`` carry the whole page, while the original PNGs stay in the images
+directory (renditions have other bytes, so the report's remote never holds the originals). CSS, JS and the plots
+are inline.
 
 A grid is an A1111 X/Y plot of one benchmark item: one column per model (leaderboard order, sortable by each
 metric's item score), one row per seed, and the item's targets (style references, LoRA header images) in the first
@@ -28,6 +29,7 @@ import base64
 import hashlib
 import html
 import urllib.parse
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,10 +108,14 @@ class Gallery:
     renditions: dict[str, tuple[Path, int | None]] = field(default_factory=dict)
 
     def add(self, src: Path, folder: str, stem: str) -> Shot:
-        """``src`` published as ``images/<folder>/<stem>.jpg``, with a thumbnail in ``<folder>/thumbs/`` when larger
-        than ``thumb_px``."""
+        """``src`` published as ``images/<folder>/<stem>.jpg`` (the stem's first 16 characters unless another source
+        has them), with a thumbnail in ``<folder>/thumbs/`` when larger than ``thumb_px``."""
         with Image.open(src) as im:  # reads the header only
             width, height = im.size
+        short = stem[:16]  # image names are 64-hex hashes: 16 keep them apart and the page smaller
+        if self.renditions.get(f"{folder}/{short}.jpg", (src, None))[0] != src:
+            short = stem
+        stem = short
         full = f"{folder}/{stem}.jpg"
         self.renditions[full] = (src, None)
         if max(width, height) <= self.thumb_px:
@@ -315,20 +321,67 @@ def shot_html(shot: Shot, alt: str) -> str:
             f'src="{esc(shot.thumb)}" width="{shot.width}" height="{shot.height}"></a>')
 
 
-def image_figure(row: Mapping[str, object], model: str, images_root: Path, gallery: Gallery) -> str:
-    """One generated image: thumbnail (click: full image and infotext in the viewer) and its flags."""
+def image_figure(row: Mapping[str, object], model: str, images_root: Path, gallery: Gallery, info_attr: str) -> str:
+    """One generated image: thumbnail (click: full image and infotext in the viewer) and its flags.
+
+    info_attr: `` data-info="..."`` when the infotext differs from the one its row and column give (``Infotexts``),
+    else ""; the caption and the full image's URL come from the cell, the row and the link (kept out of the page's
+    bytes: a full review has tens of thousands of images)."""
     path = images_root / model / str(row["image"])
     flags = sorted(parse_flags(row["flags"]))
     chips = "".join(f'<span class="flag">{esc(f)}</span>' for f in flags)
-    caption = f"{model} · {row['task']} {row['item']} · seed {row['seed']}"
     if path.is_file():
-        shot = gallery.add(path, model, Path(str(row["image"])).stem)
-        body, full = shot_html(shot, caption), shot.full
+        body = shot_html(gallery.add(path, model, Path(str(row["image"])).stem), f"seed {row['seed']}")
     else:
-        body, full = f'<div class="missing">no image: {esc(", ".join(flags) or row["image"])}</div>', ""
-    return (f'<figure class="thumb" data-hash="{esc(row["image_hash"])}" data-full="{esc(full)}" '
-            f'data-caption="{esc(caption)}" data-info="{esc(row["infotext"])}">{body}'
+        body = f'<div class="missing">no image: {esc(", ".join(flags) or row["image"])}</div>'
+    return (f'<figure class="thumb" data-hash="{esc(row["image_hash"])}"{info_attr}>{body}'
             + (f"<figcaption>{chips}</figcaption>" if chips else "") + "</figure>")
+
+
+SEED_MARK = "{seed}"  # where a column's infotext template takes the row's seed
+
+
+def split_infotext(text: str) -> tuple[str, str]:
+    """(prompt lines, settings line): A1111 infotexts end with one "Steps: ..." line."""
+    head, _, tail = text.rpartition("\n")
+    return head, tail
+
+
+@dataclass(frozen=True)
+class Infotexts:
+    """A grid's infotexts, factored: the prompt lines of each row (seed) and a settings template of each column
+    (model) with the seed marked; a figure carries its own infotext only where those do not rebuild it exactly.
+    The page's script rebuilds ``head + "\n" + template`` (seed filled in) the same way."""
+
+    heads: Mapping[str, str]  # seed -> the prompt lines most images of that row have
+    templates: Mapping[str, str]  # model -> its settings line with SEED_MARK for the seed
+
+    @classmethod
+    def of(cls, by_cell: Mapping[tuple[str, str], Mapping[str, object]]) -> Infotexts:
+        heads: dict[str, list[str]] = {}
+        tails: dict[str, list[str]] = {}
+        for (model, seed), r in by_cell.items():
+            head, tail = split_infotext(info_text(r))
+            heads.setdefault(seed, []).append(head)
+            tails.setdefault(model, []).append(tail.replace(f"Seed: {seed}", f"Seed: {SEED_MARK}", 1))
+
+        def common(values: list[str]) -> str:  # the most common; a tie goes to the one met first
+            return Counter(values).most_common(1)[0][0]
+
+        return cls({seed: common(h) for seed, h in heads.items()}, {m: common(t) for m, t in tails.items()})
+
+    def rebuilt(self, model: str, seed: str) -> str:
+        head, tail = self.heads.get(seed, ""), self.templates.get(model, "").replace(SEED_MARK, seed, 1)
+        return f"{head}\n{tail}" if head else tail
+
+    def attr(self, r: Mapping[str, object], model: str, seed: str) -> str:
+        text = info_text(r)
+        return "" if self.rebuilt(model, seed) == text else f' data-info="{esc(text)}"'
+
+
+def info_text(r: Mapping[str, object]) -> str:
+    v = r.get("infotext")
+    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
 
 
 def targets_cell(files: Sequence[Path], task: str, item: str, gallery: Gallery, n_rows: int) -> str:
@@ -337,8 +390,8 @@ def targets_cell(files: Sequence[Path], task: str, item: str, gallery: Gallery, 
     for f in files:
         shot = gallery.add_target(f)
         caption = f"target of {task} {item}: {f.name}"
-        figs.append(f'<figure class="thumb target" data-full="{esc(shot.full)}" data-caption="{esc(caption)}" '
-                    f'data-info="">{shot_html(shot, caption)}</figure>')
+        figs.append(f'<figure class="thumb target" data-caption="{esc(caption)}" data-info="">'
+                    f"{shot_html(shot, caption)}</figure>")
     return f'<td class="targets" rowspan="{n_rows}">{"".join(figs)}</td>'
 
 
@@ -349,15 +402,17 @@ def seed_order(seeds: pd.Series) -> list[str]:
                          ].tolist()
 
 
-def column_th(model: str, title: str, rank: int, zs: Mapping[str, float], metrics: Sequence[Shown]) -> str:
+def column_th(model: str, title: str, rank: int, zs: Mapping[str, float], metrics: Sequence[Shown],
+              info_template: str = "") -> str:
     """A model's column header; ``data-m-<metric>`` holds the oriented item score, ``data-score`` the primary (the
-    first of ``metrics``), ``data-default`` the leaderboard order."""
+    first of ``metrics``), ``data-default`` the leaderboard order, ``data-it`` the column's infotext template."""
     oriented = {s.name: zs.get(s.name, np.nan) * (1 if s.higher_is_better else -1) for s in metrics}
     attrs = "".join(f' data-m-{esc(m)}="{"" if np.isnan(v) else repr(float(v))}"' for m, v in oriented.items())
     primary = oriented[metrics[0].name] if metrics else np.nan
     attrs += f' data-score="{"" if np.isnan(primary) else repr(float(primary))}" data-default="{-rank}"'
     text = " · ".join(f"{s.label} {fmt(zs.get(s.name, np.nan), 2)}" for s in metrics)
     key = f'<br><span class="key">{esc(model)}</span>' if title and title != model else ""
+    attrs += f' data-it="{esc(info_template)}"'
     return (f'<th class="col" data-model="{esc(model)}"{attrs}><b>{esc(title or model)}</b>{key}<br>'
             f'<span class="item-score">{esc(text)}</span></th>')
 
@@ -384,10 +439,13 @@ def grid_section(g: Grid, titles: Mapping[str, str], ranks: Mapping[str, int], z
     sorter = "".join(f'<button type="button" data-sort="{esc(k)}">{esc(t)}</button>' for k, t in buttons)
     seeds = seed_order(g.rows["seed"])
     by_cell = {(str(r["model"]), str(r["seed"])): r for r in g.rows.to_dict(orient="records")}
+    by_cell = {k: r for k, r in by_cell.items() if k[0] in g.models}
+    infos = Infotexts.of(by_cell)
     head = '<th class="seed">seed</th>' + ('<th class="targets">target</th>' if g.targets else "")
     for model in g.models:
         z = zs[zs["model"] == model].set_index("metric")["z"].to_dict()
-        head += column_th(model, titles.get(model, ""), ranks.get(model, len(ranks)), z, metrics)
+        head += column_th(model, titles.get(model, ""), ranks.get(model, len(ranks)), z, metrics,
+                          infos.templates.get(model, ""))
     body = []
     for i, seed in enumerate(seeds):
         first = next((by_cell[(m, seed)] for m in g.models if (m, seed) in by_cell), None)
@@ -397,9 +455,10 @@ def grid_section(g: Grid, titles: Mapping[str, str], ranks: Mapping[str, int], z
             cells += targets_cell(g.targets, g.task, g.item, gallery, len(seeds))
         for model in g.models:
             r = by_cell.get((model, seed))
-            inner = image_figure(r, model, images_root, gallery) if r is not None else '<span class="na">—</span>'
+            inner = ('<span class="na">—</span>' if r is None
+                     else image_figure(r, model, images_root, gallery, infos.attr(r, model, seed)))
             cells += f'<td class="cell" data-model="{esc(model)}">{inner}</td>'
-        body.append(f'<tr data-seed="{esc(seed)}">{cells}</tr>')
+        body.append(f'<tr data-seed="{esc(seed)}" data-ih="{esc(infos.heads.get(seed, ""))}">{cells}</tr>')
     shown_prompts = [] if per_seed else prompts[:1]
     prompt_html = "".join(f'<div class="prompt">{esc(p)}</div>' for p in shown_prompts)
     prompt_html += "".join(f'<div class="prompt">Negative prompt: {esc(n)}</div>' for n in negs)

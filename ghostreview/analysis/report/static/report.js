@@ -70,13 +70,33 @@
     th.classList.add(desc ? "sorted-desc" : "sorted-asc");
   }
 
+  // A grid image's caption and infotext are rebuilt from its cell, row and column (see html.py's Infotexts); a
+  // target image carries its own.
+  function infoOf(fig, grid, model, seed) {
+    if (fig.hasAttribute("data-info")) { return fig.dataset.info; }
+    var head = fig.closest("tr").dataset.ih || "";
+    var th = Array.prototype.find.call(grid.querySelectorAll("th.col"), function (t) {
+      return t.dataset.model === model;
+    });
+    var tail = th ? (th.dataset.it || "").replace("{seed}", seed) : "";
+    return head ? head + "\n" + tail : tail;
+  }
+
   function openViewer(fig) {
     var box = document.getElementById("lightbox");
     var img = box.querySelector("img");
-    var full = fig.dataset.full;
+    var link = fig.querySelector("a.shot");
+    var full = link ? link.getAttribute("href") : "";
     if (full) { img.src = full; img.hidden = false; } else { img.removeAttribute("src"); img.hidden = true; }
-    box.querySelector(".caption").textContent = fig.dataset.caption || "";
-    box.querySelector("pre").textContent = fig.dataset.info || "";
+    var cell = fig.closest("td.cell"), grid = fig.closest("section.grid");
+    var caption = fig.dataset.caption || "", info = fig.dataset.info || "";
+    if (cell && grid) {
+      var seed = fig.closest("tr").dataset.seed;
+      caption = cell.dataset.model + " · " + grid.dataset.task + " " + grid.dataset.item + " · seed " + seed;
+      info = infoOf(fig, grid, cell.dataset.model, seed);
+    }
+    box.querySelector(".caption").textContent = caption;
+    box.querySelector("pre").textContent = info;
     box.dataset.hash = fig.dataset.hash || "";
     box.classList.add("open");
   }
