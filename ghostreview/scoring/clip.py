@@ -126,11 +126,13 @@ def load_clip(
     return ClipModel(model, preprocess, open_clip.get_tokenizer(arch), arch, sha)
 
 
-def image_embeddings(clip: ClipModel, images: Iterable[Image.Image], batch_size: int = 16) -> np.ndarray:
+def image_embeddings(clip: ClipModel, images: Iterable[Image.Image], batch_size: int = 16,
+                     progress: Callable[[int], object] = lambda n: None) -> np.ndarray:
     """Unnormalized CLIP image embeddings, [N, D] float32, in input order (images are preprocessed by open_clip).
 
     Every forward holds exactly ``batch_size`` images (the last one padded: ``ghostreview.scoring.batching``), so an
-    image's embedding depends on ``batch_size`` but never on the other images.
+    image's embedding depends on ``batch_size`` but never on the other images. ``progress(n)`` is called after each
+    forward with the number of images it embedded.
     """
     import torch
 
@@ -139,6 +141,7 @@ def image_embeddings(clip: ClipModel, images: Iterable[Image.Image], batch_size:
         for batch in chunks(images, batch_size):
             pixels = padded(torch.stack([clip.preprocess(im) for im in batch]), batch_size).to(clip.device)
             out.append(clip.model.encode_image(pixels)[: len(batch)].float().cpu().numpy())
+            progress(len(batch))
     return np.concatenate(out).astype(np.float32)
 
 

@@ -36,10 +36,11 @@ from ghostreview.util.runtime import pick_device, progress_bar
 
 
 def counted(items: Iterable, bar) -> Iterator:
-    """``items`` unchanged, ``bar.update(1)`` after each one is used (a progress bar over a lazy stream)."""
+    """``items`` unchanged, ``bar.update(1)`` as each one is produced: a progress bar over a lazy stream (of Gram
+    matrices: counts images scored; of reference images: counts images decoded, each scored before the next)."""
     for item in items:
-        yield item
         bar.update(1)
+        yield item
 
 
 def drawable(rows: Sequence[Mapping[str, str]]) -> list[Mapping[str, str]]:
@@ -76,7 +77,7 @@ def embed_images(rows: Sequence[Mapping[str, str]], images_dir: Path, clip: Clip
     """CLIP image embeddings of every row's image, in forwards of ``batch_size``, saved as the embeddings artifact."""
     model = clip.load()
     with progress_bar(total=len(rows), desc="embed", unit="img") as bar:
-        emb = image_embeddings(model, counted(open_images(images_dir, rows), bar), batch_size)
+        emb = image_embeddings(model, open_images(images_dir, rows), batch_size, progress=bar.update)
     save_embeddings(out, Embeddings([r["image_hash"] for r in rows], emb, model.arch, model.weights_sha256))
     return len(rows)
 
@@ -267,10 +268,9 @@ def styleloss_rows(rows: Sequence[Mapping[str, str]], task: str, images_dir: Pat
     refs = {path: styleloss.load_ref_stats(path).to(device) for path in groups}
     ordered = [(path, row) for path, group in groups.items() for row in group]
     with progress_bar(total=len(ordered), desc=info.name, unit="img") as bar:
-        images = counted(open_images(images_dir, [row for _, row in ordered]), bar)
-        grams = styleloss.image_grams(vgg, images, image_size, batch_size)
+        grams = styleloss.image_grams(vgg, open_images(images_dir, [row for _, row in ordered]), image_size, batch_size)
         per_image = [styleloss.style_loss([g[None] for g in image], refs[path])
-                     for (path, _), image in zip(ordered, grams)]
+                     for (path, _), image in zip(ordered, counted(grams, bar))]
     losses = np.array([float(loss[0]) for loss, _ in per_image])
     layers = np.array([per_layer[0].cpu().numpy() for _, per_layer in per_image]).reshape(len(ordered), -1)
     out: list[dict] = []
