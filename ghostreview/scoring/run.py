@@ -89,7 +89,9 @@ def aesthetic_rows(rows: Sequence[Mapping[str, str]], embeddings: Path, head: Pa
     emb = load_embeddings(embeddings)
     head_sha = verify_weights(head, head_sha256)
     image_emb = emb.rows([r["image_hash"] for r in rows], str(embeddings))
-    values = aesthetic.aesthetic_scores(image_emb, aesthetic.load_head(head))
+    with progress_bar(total=len(rows), desc="aesthetic", unit="img") as bar:  # one call: the head is tiny
+        values = aesthetic.aesthetic_scores(image_emb, aesthetic.load_head(head))
+        bar.update(len(rows))
     info = aesthetic.INFO
     return score_rows(rows, info.name, values, info.version, f"{head_sha}+{emb.weights_sha256}")
 
