@@ -135,15 +135,22 @@ def leaderboard(
 
 @app.command("import-infotext")
 def import_infotext(
-    images: list[Path] = typer.Argument(..., help="PNG header images saved with their A1111 parameters"),
+    images: list[Path] = typer.Argument(..., help="header images saved with their A1111 parameters (PNG, JPEG, WebP)"),
     table: Path | None = typer.Option(None, help="LoRA table YAML to append to (default: print the entries)"),
     name: str | None = typer.Option(None, help="LoRA name (slug) for a single image"),
     replace: bool = typer.Option(False, help="replace the table's entry of the same name in place"),
 ) -> None:
-    """Read A1111 infotext from PNGs and write LoRA-table entries (prompt, negative, settings, LoRA tags)."""
+    """Read A1111 infotext from header images (PNG text, JPEG/WebP EXIF UserComment) and write LoRA-table entries
+    (prompt, negative, settings, LoRA tags); says which LoRA file each entry's tag draws and where the files go."""
     import yaml
 
-    from ghostreview.import_infotext import append_entries, lora_entry_from_png, unresolved_tags
+    from ghostreview.import_infotext import (
+        append_entries,
+        lora_entry_from_png,
+        placement,
+        table_family,
+        unresolved_tags,
+    )
 
     if name is not None and len(images) > 1:
         _fail(f"--name {name} names one LoRA but {len(images)} images were given. Import one image with --name, or "
@@ -157,9 +164,12 @@ def import_infotext(
     for warning in warnings:
         typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
     if table:
-        typer.echo(f"added {len(entries)} entries to {table}")
+        typer.echo(f"added {len(entries)} {'entry' if len(entries) == 1 else 'entries'} to {table}")
     else:
         typer.echo(yaml.safe_dump({"loras": entries}, sort_keys=False, allow_unicode=True))
+    family = table_family(table) if table else None
+    for entry in entries:  # on stderr: printed entries stay YAML on stdout
+        typer.echo(placement(entry, family), err=True)
 
 
 def _not_torchscript(src: Path) -> str | None:
@@ -182,8 +192,8 @@ def _not_torchscript(src: Path) -> str | None:
         return (f"not a TorchScript archive ({exc}): the download is incomplete or this is another file. Download "
                 f"OpenAI's ViT-L-14.pt again {weights_hint}.")
     if not any(n.endswith("/constants.pkl") for n in names):
-        return ("a torch.save file, not a TorchScript archive: it already holds a state dict and needs no "
-                "conversion. Point scoring.clip.weights at it (open_clip loads it with weights_only).")
+        return ("a torch.save file, not a TorchScript archive: convert-clip converts OpenAI's TorchScript ViT-L-14.pt "
+                "only. A state dict of CLIP's weights needs no conversion: point scoring.clip.weights at it.")
     return None
 
 

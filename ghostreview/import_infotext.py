@@ -298,6 +298,25 @@ def _check_entries(entries: Sequence[Mapping[str, Any]], table_yaml: Path, start
             raise ImportInfotextError(str(exc)) from None
 
 
+def placement(entry: Mapping[str, Any], family: str | None = None) -> str:
+    """Where an imported entry's files go, and which file its tag draws: the entry's ``<lora:name:w>`` tag draws
+    ``file`` (the file of the header's own tag, or ``<name>.safetensors`` when the header had none). ``family`` (from
+    the table's file name) fills in the params keys."""
+    name, file, fam = entry["name"], entry["file"], family or "<family>"
+    headers = ", ".join(entry["header_images"])
+    where = f"put {file} in paths.loras.{fam} and {headers} in paths.lora_headers.{fam}/{name}/"
+    if f"<lora:{name}:" in str(entry["prompt"]):
+        return f"{name}: its tag <lora:{name}:...> draws {file} (the LoRA file of the header's tag): {where}"
+    return (f"{name}: the header prompt has no LoRA tag, so the entry draws {file} at default_weight "
+            f"{entry['default_weight']}: {where} (your LoRA file under that name, or edit file: in the entry)")
+
+
+def table_family(table_yaml: Path) -> str | None:
+    """The family of a ``loras_<family>.yaml`` table, from its file name (None for another name)."""
+    match = re.fullmatch(r"loras_([a-z0-9]+)\.ya?ml", Path(table_yaml).name)
+    return match.group(1) if match else None
+
+
 def unresolved_tags(table: Iterable[Mapping[str, Any]]) -> list[str]:
     """Messages for tags that name no entry of the table (a multi-LoRA header imported before its partners)."""
     table = list(table)

@@ -12,7 +12,14 @@ from PIL.PngImagePlugin import PngInfo
 from typer.testing import CliRunner
 
 from ghostreview.cli import app
-from ghostreview.import_infotext import ImportInfotextError, append_entries, decode_user_comment, lora_entry_from_png
+from ghostreview.generation.prompts import extract_lora_tags
+from ghostreview.import_infotext import (
+    ImportInfotextError,
+    append_entries,
+    decode_user_comment,
+    lora_entry_from_png,
+    placement,
+)
 from ghostreview.protocol import BenchmarkError, load_benchmark
 
 V1 = Path(__file__).resolve().parents[1] / "data" / "benchmark" / "v1"
@@ -352,3 +359,46 @@ def test_cli_reads_a_jpeg_header_into_a_table(tmp_path):
     assert result.exit_code == 0, result.output
     got = {e.name: e for e in load_benchmark(d).loras["sd15"]}["paper_cut_art"]
     assert got.header_images == ("paper.jpg",) and got.prompt == "paper texture, a fox <lora:paper_cut_art:0.9>"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The entry's own tag and its file agree: the tag renamed to the entry's name draws the file of that same header tag
+
+
+@pytest.mark.parametrize("infotext, name, tag, file", [
+    (MOXIN, None, "moxin_v1", "MoXin_v1.safetensors"),
+    (MOXIN, "ink_wash_painting", "ink_wash_painting", "MoXin_v1.safetensors"),  # the first tag is this LoRA
+    (MOXIN, "paper_texture", "paper_texture", "Paper Texture.safetensors"),  # a name that is a tag's slug picks it
+    (PAPER, None, "paper_texture", "Paper Texture.safetensors"),
+])
+def test_the_entry_s_tag_draws_the_file_of_the_same_header_tag(tmp_path, infotext, name, tag, file):
+    entry = lora_entry_from_png(png(tmp_path / "h.png", infotext), name=name)
+    assert entry["name"] == tag and entry["file"] == file
+    assert f"<lora:{tag}:" in entry["prompt"]
+    # the header's own tag (by its original name) is the one renamed: its weight moved with it
+    original = file.removesuffix(".safetensors")
+    header_weight = next(w for n, w in extract_lora_tags(infotext.splitlines()[0])[1] if n == original)
+    assert dict(extract_lora_tags(entry["prompt"])[1])[tag] == (1.0 if header_weight is None else header_weight)
+    assert placement(entry, "sd15") == (
+        f"{tag}: its tag <lora:{tag}:...> draws {file} (the LoRA file of the header's tag): put {file} in "
+        f"paths.loras.sd15 and h.png in paths.lora_headers.sd15/{tag}/")
+
+
+def test_a_header_without_a_tag_says_which_file_it_draws(tmp_path):
+    entry = lora_entry_from_png(png(tmp_path / "3D Render.png", NO_TAG), name="render_3d_style")
+    assert entry["file"] == "render_3d_style.safetensors" and "<lora:" not in entry["prompt"]
+    assert placement(entry) == (
+        "render_3d_style: the header prompt has no LoRA tag, so the entry draws render_3d_style.safetensors at "
+        "default_weight 0.8: put render_3d_style.safetensors in paths.loras.<family> and 3D Render.png in "
+        "paths.lora_headers.<family>/render_3d_style/ (your LoRA file under that name, or edit file: in the entry)")
+
+
+def test_cli_says_where_the_files_go(tmp_path):
+    d = copy_v1(tmp_path)
+    result = CliRunner().invoke(app, ["import-infotext", str(png(tmp_path / "paper.png", PAPER)), "--table",
+                                      str(d / "loras_sd15.yaml"), "--name", "paper_cut_art", "--replace"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"added 1 entry to {d / 'loras_sd15.yaml'}\n"
+    assert ("paper_cut_art: its tag <lora:paper_cut_art:...> draws Paper Texture.safetensors (the LoRA file of the "
+            "header's tag): put Paper Texture.safetensors in paths.loras.sd15 and paper.png in "
+            "paths.lora_headers.sd15/paper_cut_art/") in result.stderr
