@@ -200,7 +200,7 @@ def beta_sigmas(n: int, sigma_min: float, sigma_max: float, a: float = 0.6, b: f
 
 
 @pytest.mark.parametrize("name", ["Euler Exponential", "DPM++ 2M Exponential", "DPM++ 2M SDE Exponential",
-                                  "DPM++ SDE Exponential", "Heun Exponential", "LMS Exponential", "LCM Exponential"])
+                                  "DPM++ SDE Exponential", "Heun Exponential", "LMS Exponential"])
 def test_exponential_sigmas_match_k_diffusion(name):
     n = 6
     sched = make_scheduler(name, SD15_SCHEDULER, seeds=[0])
@@ -239,30 +239,48 @@ def test_dpmpp_3m_sde_drops_the_next_to_last_sigma_as_a1111_does(schedule, n):
     assert torch.isfinite(x).all()
 
 
-def test_lcm_jumps_to_the_denoised_estimate_and_adds_the_next_sigmas_noise():
-    """k-diffusion's sample_lcm: x <- denoised(x, sigma_i), then + sigma_{i+1} * noise unless sigma_{i+1} is 0."""
+def lcm_sigmas() -> np.ndarray:
+    """The sigmas of LCM's 50 original timesteps 19, 39, ..., 999 (A1111's LCM denoiser), smallest first."""
+    betas = np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2
+    acp = np.cumprod(1.0 - betas)[19::20]
+    return np.sqrt((1 - acp) / acp)
+
+
+@pytest.mark.parametrize("schedule", ["Uniform", "Karras"])
+def test_lcm_samples_lcms_original_timesteps_as_a1111(schedule):
+    n = 4
+    sched = make_scheduler("LCM" if schedule == "Uniform" else "LCM Karras", SD15_SCHEDULER)
+    sched.set_timesteps(n)
+    valid = lcm_sigmas()
+    if schedule == "Uniform":  # timesteps evenly from 999 to 19, log-sigma interpolated between the 50
+        expected = np.append(np.exp(np.interp(np.linspace(49, 0, n), np.arange(50), np.log(valid))), 0.0)
+    else:
+        expected = karras_sigmas(n, valid[0], valid[-1])
+    np.testing.assert_allclose(sched.sigmas.numpy(), expected, rtol=1e-4)
+    nearest = np.abs(np.log(expected[:-1])[:, None] - np.log(valid)[None, :]).argmin(axis=1)
+    assert sched.timesteps.tolist() == (nearest * 20 + 19).tolist()  # the UNet sees the nearest original timestep
+    assert sched.timesteps[0] == 999 and sched.timesteps[-1] == 19
+    if schedule == "Uniform":
+        assert sched.timesteps.tolist() != [999, 759, 499, 259]  # diffusers' LCMScheduler grid for 4 steps
+
+
+def test_lcm_steps_to_the_consistency_output_and_adds_the_next_sigmas_noise():
+    """k-diffusion's sample_lcm on A1111's LCM denoiser: x <- c_out * x0 + c_skip * x (sigma_data 0.5, timestep x 10),
+    then + sigma_{i+1} * noise from the image's generator unless sigma_{i+1} is 0."""
     n = 4
     sched = make_scheduler("LCM", SD15_SCHEDULER)
     sched.set_timesteps(n)
-    s = train_sigmas()
-    t = np.linspace(999, 0, n)  # A1111's Uniform: the model's sigmas at 999, 666, 333, 0 (not LCMScheduler's grid)
-    np.testing.assert_allclose(sched.sigmas.numpy(), np.append(s[t.astype(int)], 0.0), rtol=1e-4)
     x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0)) * sched.init_noise_sigma
+    assert float(sched.init_noise_sigma) == pytest.approx(lcm_sigmas()[-1], rel=1e-5)
     gen, mirror = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     for i, step in enumerate(sched.timesteps):
         eps = 0.3 * sched.scale_model_input(x, step) + 0.1
-        sigma, sigma_next = float(sched.sigmas[i]), float(sched.sigmas[i + 1])
-        denoised = x - sigma * eps
+        sigma, sigma_next, ts = float(sched.sigmas[i]), float(sched.sigmas[i + 1]), float(step) * 10
+        c_skip, c_out = 0.25 / (ts**2 + 0.25), ts / (ts**2 + 0.25) ** 0.5
+        denoised = c_out * (x - sigma * eps) + c_skip * x
         expected = denoised + sigma_next * torch.randn(x.shape, generator=mirror) if sigma_next > 0 else denoised
         x = sched.step(eps, step, x, generator=gen).prev_sample
         torch.testing.assert_close(x, expected, rtol=1e-6, atol=1e-6)
-    v = make_scheduler("LCM", SD15_SCHEDULER, prediction_type="v_prediction")
-    v.set_timesteps(n)
-    x = torch.ones(1, 4, 2, 2)
-    sigma = float(v.sigmas[-2])  # the last step: no noise, the v-prediction estimate itself
-    v._step_index = n - 1
-    out = v.step(torch.full_like(x, 0.5), v.timesteps[-1], x).prev_sample
-    torch.testing.assert_close(out, 0.5 * (-sigma / (sigma**2 + 1) ** 0.5) + x / (sigma**2 + 1))
 
 
 def test_brownian_samplers_take_one_seed_per_image_and_others_ignore_them():

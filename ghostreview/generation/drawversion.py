@@ -9,7 +9,7 @@ rename, a refactor) sets the pin alone.
 """
 
 DRAW_VERSION = "2"
-DRAW_CODE_SHA256 = "83c90c892c0b9a651424dd0b28a35f511fd19e42f394d6d9bba23faef8448b22"
+DRAW_CODE_SHA256 = "6a0dbe7cefc8e8675255c9ea19fe9abcfd7c4ec96201ea6e635882601340279c"
 
 # What turns an image's key fields into pixels. The test checks that these cover everything they import.
 PIXEL_MODULES = (

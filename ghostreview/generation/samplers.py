@@ -4,10 +4,11 @@ The mapping follows diffusers' own table of A1111/k-diffusion equivalents ("DPM+
 ``DPMSolverMultistepScheduler(use_karras_sigmas=True)``, ...). On top of the class, each entry fixes the timestep
 spacing A1111 uses, whatever the checkpoint's scheduler config says:
 
-- k-diffusion samplers (Euler, Heun, DPM2, DPM++, LMS, LCM) and A1111's UniPC ("time_uniform") space the sampled
+- k-diffusion samplers (Euler, Heun, DPM2, DPM++, LMS) and A1111's UniPC ("time_uniform") space the sampled
   timesteps evenly from 999 down to 0: ``timestep_spacing="linspace"``. (SDXL's shipped config says "leading".)
 - DDIM and PLMS run A1111's CompVis samplers, whose "uniform" discretization is ``range(0, 1000, 1000 // steps) + 1``:
   ``timestep_spacing="leading", steps_offset=1``.
+- LCM samples LCM's 50 original timesteps (:class:`A1111LCMScheduler`).
 
 Names are A1111's combined ones (as A1111 wrote them before 1.9): a k-diffusion sampler plus its sigma schedule
 ("DPM++ 2M Karras", "DPM++ 3M SDE Exponential"); a plain name samples the model's own sigmas (A1111's "Uniform").
@@ -36,6 +37,7 @@ from types import MappingProxyType
 from typing import Any
 
 import diffusers
+import numpy as np
 import torch
 from diffusers.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler, EulerDiscreteSchedulerOutput
@@ -79,12 +81,49 @@ class DiscardNextToLastSigma(DPMSolverMultistepScheduler):
 
 
 class A1111LCMScheduler(EulerDiscreteScheduler):
-    """A1111's "LCM" sampler (k-diffusion ``sample_lcm``) on Euler's sigma schedule: each step jumps to the model's
-    denoised estimate and, unless the next sigma is 0, adds fresh noise of that sigma from the image's generator.
+    """A1111's "LCM" sampler: k-diffusion's ``sample_lcm`` on A1111's LCM denoiser.
 
-    Not diffusers' ``LCMScheduler``, which picks its own timesteps (4 steps: 999, 759, 499, 259 where A1111 samples
-    999, 666, 333, 0) and scales the estimate with consistency-model boundary terms that A1111 does not apply.
+    The denoiser knows LCM's 50 original timesteps only (19, 39, ..., 999: every 20th of the 1000): their sigmas make
+    the schedule (Uniform: timesteps evenly from 999 to 19, sigmas interpolated in log space between the 50; Karras,
+    Exponential, Beta: between the smallest and largest of the 50), and the UNet sees each sigma's nearest original
+    timestep. Each step takes the consistency-model output ``c_out * x0 + c_skip * x`` (sigma_data 0.5, the timestep
+    scaled by 10) and, unless the next sigma is 0, adds fresh noise of that sigma from the image's generator.
+
+    Not diffusers' ``LCMScheduler``, whose timesteps differ (4 steps: 999, 759, 499, 259) and which applies the
+    boundary terms in the variance-preserving space.
     """
+
+    ORIGINAL_STEPS = 50
+    SIGMA_DATA = 0.5
+    TIMESTEP_SCALING = 10.0
+
+    def set_timesteps(self, num_inference_steps: int = None, device: str | torch.device = None,  # type: ignore[assignment]
+                      timesteps: list[int] | None = None, sigmas: list[float] | None = None) -> None:
+        if num_inference_steps is None or timesteps is not None or sigmas is not None:
+            raise ValueError(f"{type(self).__name__} takes num_inference_steps only")
+        n = num_inference_steps
+        skip = self.config["num_train_timesteps"] // self.ORIGINAL_STEPS
+        valid_t = np.arange(self.ORIGINAL_STEPS) * skip + (skip - 1)  # 19, 39, ..., 999
+        acp = self.alphas_cumprod.numpy().astype(np.float64)[valid_t]
+        log_valid = np.log(((1 - acp) / acp) ** 0.5)
+        ends = torch.tensor([np.exp(log_valid[-1]), np.exp(log_valid[0])])  # [sigma_max, sigma_min]
+        if self.config["use_karras_sigmas"]:
+            schedule = np.asarray(self._convert_to_karras(in_sigmas=ends, num_inference_steps=n), dtype=np.float64)
+        elif self.config["use_exponential_sigmas"]:
+            schedule = np.asarray(self._convert_to_exponential(in_sigmas=ends, num_inference_steps=n), dtype=np.float64)
+        elif self.config["use_beta_sigmas"]:
+            schedule = np.asarray(self._convert_to_beta(in_sigmas=ends, num_inference_steps=n), dtype=np.float64)
+        else:  # Uniform: the original timesteps 999 .. 19, as fractional indices into the 50
+            index = (np.linspace(valid_t[-1], valid_t[0], n) - (skip - 1)) / skip
+            low, high = np.floor(index).astype(int), np.ceil(index).astype(int)
+            w = index - low
+            schedule = np.exp((1 - w) * log_valid[low] + w * log_valid[high])
+        nearest = np.abs(np.log(schedule)[:, None] - log_valid[None, :]).argmin(axis=1)
+        self.num_inference_steps = n  # type: ignore[assignment]  # declared None until set
+        self.timesteps = torch.from_numpy((nearest * skip + (skip - 1)).astype(np.float32)).to(device=device)
+        self.sigmas = torch.from_numpy(np.append(schedule, 0.0).astype(np.float32))  # kept on the CPU, as Euler's
+        self._step_index = None
+        self._begin_index = None
 
     def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor,
              s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
@@ -93,21 +132,26 @@ class A1111LCMScheduler(EulerDiscreteScheduler):
         """One LCM step (Euler's churn arguments are taken for its signature and unused: LCM has no churn)."""
         if self.step_index is None:
             self._init_step_index(timestep)
-        sigma, sigma_next = self.sigmas[self.step_index], self.sigmas[self.step_index + 1]
+        i = int(self.step_index)
+        sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
         x = sample.to(torch.float32)
         eps = model_output.to(torch.float32)
         prediction = self.config["prediction_type"]
         if prediction == "epsilon":
-            denoised = x - sigma * eps
+            x0 = x - sigma * eps
         elif prediction == "v_prediction":
-            denoised = eps * (-sigma / (sigma**2 + 1) ** 0.5) + x / (sigma**2 + 1)
+            x0 = eps * (-sigma / (sigma**2 + 1) ** 0.5) + x / (sigma**2 + 1)
         else:
             raise ValueError(f"prediction_type {prediction!r} is not epsilon or v_prediction")
+        scaled_t = float(self.timesteps[i]) * self.TIMESTEP_SCALING
+        c_skip = self.SIGMA_DATA**2 / (scaled_t**2 + self.SIGMA_DATA**2)
+        c_out = scaled_t / (scaled_t**2 + self.SIGMA_DATA**2) ** 0.5
+        denoised = c_out * x0 + c_skip * x
         prev = denoised
         if sigma_next > 0:
             noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=torch.float32)
             prev = denoised + sigma_next * noise
-        self._step_index = int(self.step_index) + 1  # type: ignore[assignment]  # declared None until the first step
+        self._step_index = i + 1  # type: ignore[assignment]  # declared None until the first step
         prev = prev.to(model_output.dtype)
         if not return_dict:
             return prev, denoised
