@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ghostreview-installed
 
-.PHONY: install demo test lint bench clean-demo
+.PHONY: install demo test lint bench plots-page clean-demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,12 +25,20 @@ test: install
 
 # ruff (pyproject's [tool.ruff]) and mypy ([tool.mypy]: ghostreview/ and stages/); CI runs it before the tests.
 lint: install
-	$(BIN)/ruff check ghostreview stages tests benchmarks
+	$(BIN)/ruff check ghostreview stages tests benchmarks tools
 	$(BIN)/mypy
 
 bench: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m benchmarks.run
 
-# Before a real review in the demo's workspace: the demo's kit, every stage output and dvc.lock (not params.yaml).
+# The offline page of `dvc plots show/diff` (.dvc/plots/offline.html), after upgrading vl-convert-python.
+plots-page: install
+	$(BIN)/python -m tools.dvc_plots_page
+
+# Before a real review in the demo's workspace: the demo's kit, every stage output and dvc.lock (not params.yaml),
+# and `dvc plots`' page. The .gitignore files DVC wrote inside the removed folders go with them (they name the demo's
+# models; `dvc repro` writes the review's); data/.gitignore and reports/.gitignore stay: they name outputs every
+# review has (data/refstats, data/standardized, the report's files; `reports/*` skips dot files), and a clone needs
+# them committed.
 clean-demo:
-	rm -rf demo/kit data/images data/embeddings data/scores data/refstats data/standardized reports/* dvc.lock
+	rm -rf demo/kit data/images data/embeddings data/scores data/refstats data/standardized reports/* dvc.lock dvc_plots

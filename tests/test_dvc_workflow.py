@@ -20,6 +20,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -84,9 +85,19 @@ def restored(output: str) -> set[str]:
     return set(re.findall(r"Stage '([^']+)' is cached - skipping run, checking out outputs", output))
 
 
+def unchanged(output: str) -> set[str]:
+    return set(re.findall(r"Stage '([^']+)' didn't change, skipping", output))
+
+
 def drawn(output: str) -> dict[str, int]:
     """model -> images drawn, from the generate stage's summary line."""
     return {m: int(n) for m, n in re.findall(r"generate@(\S+): \d+ images \((\d+) drawn", output)}
+
+
+def hinted(output: str) -> list[str]:
+    """The paths of DVC's "To track the changes with git, run: git add ..." hints in ``output`` (dvc.lock and the
+    .gitignore files it writes next to outputs)."""
+    return list(dict.fromkeys(p for line in re.findall(r"^\s*git add (.+)$", output, re.M) for p in shlex.split(line)))
 
 
 def instances(model: str, stages=PER_MODEL) -> set[str]:
@@ -181,6 +192,55 @@ def test_review_of_one_model(review):
     assert "up to date" in dvc(ws, "status").lower()
 
 
+def test_dvc_gitignore_files_are_not_ignored_and_dvcs_git_add_hint_works(review):
+    """DVC writes a .gitignore next to every output and asks for it to be committed: the project ignores none of
+    them, so the `git add` DVC prints works and a clone sees its outputs (pulled or reproduced) as ignored."""
+    ws, worker, rest = review
+    files = hinted(worker + rest)
+    gitignores = {p for p in files if Path(p).name == ".gitignore"}
+    assert {"data/.gitignore", "data/images/.gitignore", f"data/scores/{A}/.gitignore", "reports/.gitignore"} <= \
+        gitignores
+    status = git(ws, "status", "--porcelain", "--ignored", "--untracked-files=all")
+    state = {line[3:]: line[:2] for line in status.splitlines()}
+    assert not {p for p, s in state.items() if s == "!!" and Path(p).name == ".gitignore"}
+    assert all(state.get(p) == "??" for p in gitignores), status
+    git(ws, "add", *files)  # DVC's hint as printed (git refuses an ignored path)
+    git(ws, "add", "reports/metrics.json")  # the report's metrics live in git (cache: false): no hint for them
+    git(ws, "commit", "-qm", f"review of {A}: dvc.lock and DVC's .gitignore files")
+    assert git(ws, "status", "--porcelain").strip() == ""  # every output ignored by a committed DVC .gitignore
+
+
+def test_a_queued_experiment_on_the_demo_kit_runs_and_records_its_metrics(review):
+    """`dvc exp run --queue` runs in a copy under .dvc/tmp/exps made from the commit, without git-ignored files: the
+    demo kit (checkpoints, style references, scorer weights) is copied in with `-C demo/kit`, as the README says.
+    Without it the experiment fails, and `dvc exp run --run-all` still exits 0 (DVC 3.67): the queue status tells."""
+    ws, _, _ = review
+    try:
+        dvc(ws, "exp", "run", "--queue", "-n", "nokit", "-S", "standardize.bootstrap=60")
+        queued = dvc(ws, "exp", "run", "--queue", "-C", "demo/kit", "-n", "boot50", "-S", "standardize.bootstrap=50")
+        assert "Queued experiment 'boot50'" in queued
+        out = dvc(ws, "exp", "run", "--run-all")  # (rc 0 although one failed: `dvc` raises on a non-zero rc)
+        assert "Failed to reproduce experiment(s) 'nokit'" in out
+        status = dvc(ws, "queue", "status")
+        assert re.search(r"\bnokit\s.*Failed", status) and re.search(r"\bboot50\s.*Success", status), status
+        logs = dvc(ws, "queue", "logs", "boot50")
+    finally:
+        dvc(ws, "queue", "stop")  # the worker would otherwise idle on for a minute
+        dvc(ws, "queue", "remove", "--failed")
+    # in the copy (outputs checked out of the cache, kit inputs copied in) only what the setting reaches runs
+    assert ran(logs) == {"checkparams", "standardize", "report"}, logs
+    assert unchanged(logs) == instances(A) | {"refstats"}, logs
+    shown = json.loads(dvc(ws, "exp", "show", "--json"))
+    exp = next(e["revs"][0] for base in shown for e in base["experiments"] or [] if e["revs"][0]["name"] == "boot50")
+    assert exp["error"] is None and exp["data"]["params"]["params.yaml"]["data"]["standardize"]["bootstrap"] == 50
+    # its metrics file, as its report stage wrote it: the same figures as the commit's (the number of bootstrap
+    # resamples moves only the intervals, which metrics.json leaves to the leaderboard)
+    workspace = next(base for base in shown if base["rev"] == "workspace")["data"]["metrics"]
+    assert "error" not in exp["data"]["metrics"]["reports/metrics.json"]
+    assert exp["data"]["metrics"] == workspace
+    assert git(ws, "status", "--porcelain").strip() == ""  # the workspace is untouched
+
+
 def test_add_model_keeps_params_comments_and_runs_only_its_stages(review):
     ws, _, _ = review
     before = (ws / "params.yaml").read_text()
@@ -198,8 +258,10 @@ def test_add_model_keeps_params_comments_and_runs_only_its_stages(review):
     assert drawn(out) == {B: 4}
     board = (ws / "reports" / "leaderboard.csv").read_text()
     assert A in board and B in board
-    git(ws, "add", "params.yaml", "dvc.lock", "reports/metrics.json")
+    assert "dvc.lock" in hinted(out) and f"data/scores/{B}/.gitignore" in hinted(out)
+    git(ws, "add", "params.yaml", "reports/metrics.json", *hinted(out))  # what a user commits: DVC's hint + the rest
     git(ws, "commit", "-qm", f"review of {A} and {B}")
+    assert git(ws, "status", "--porcelain").strip() == ""
 
 
 def test_one_prompt_and_a_second_seed_draw_only_the_new_images_and_keep_other_scores(review):
@@ -342,3 +404,19 @@ def test_remove_model_takes_it_out_of_params_outputs_lock_and_report(review):
     board = (ws / "reports" / "leaderboard.csv").read_text()
     assert A in board and B not in board
     assert "up to date" in dvc(ws, "status").lower()
+
+
+def test_clean_demo_removes_the_demo_and_its_outputs_and_keeps_the_gitignores_every_review_has(review):
+    """`make clean-demo` (last: it ends the workspace's review) before a real review in the demo's workspace."""
+    ws, _, _ = review
+    run(["make", "clean-demo"], ws, env_for(ws))
+    assert not (ws / "demo" / "kit").exists() and not (ws / "dvc.lock").exists()
+    for out in ("data/images", "data/embeddings", "data/scores", "data/refstats", "data/standardized"):
+        assert not (ws / out).exists(), out
+    assert [p.name for p in (ws / "reports").iterdir()] == [".gitignore"]
+    assert (ws / "data" / ".gitignore").is_file()
+    status = git(ws, "status", "--porcelain").splitlines()  # (params.yaml: modified by remove-model, uncommitted)
+    assert not [line for line in status if line.startswith("??")], status  # nothing left untracked
+    deleted = {line[3:] for line in status if line.startswith(" D ")}
+    assert {"dvc.lock", "reports/metrics.json", "data/images/.gitignore", f"data/scores/{A}/.gitignore"} <= deleted
+    assert not {"data/.gitignore", "reports/.gitignore"} & deleted
