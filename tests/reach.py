@@ -379,6 +379,9 @@ class FakePipe:
 
     checkpoint: str  # file name: each model draws its own dummy images
 
+    def set_progress_bar_config(self, **kw: object) -> None:
+        """The engine turns the pipeline's per-step bars off; nothing to turn off here."""
+
 
 def dummy_image(pipe: FakePipe, request) -> Image.Image:
     seed = int(hashlib.sha256(f"{pipe.checkpoint}|{request.prompt}|{request.seed}".encode()).hexdigest()[:8], 16)
