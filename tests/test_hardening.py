@@ -592,7 +592,8 @@ def test_nan_and_black_images_are_flagged_excluded_and_listed(tmp_path):
     night[2, 3] = 0.6  # a dark scene with one highlight is a real image
     assert image_flags(night) == []
 
-    manifest = [{"model": m, "task": "general", "item": f"p{i}", "seed": str(s), "image_hash": f"{m}-{i}-{s}",
+    manifest = [{"model": m, "family": "sd15", "task": "general", "item": f"p{i}", "seed": str(s),
+                 "image_hash": f"{m}-{i}-{s}",
                  "image": f"{m}-{i}-{s}.png", "prompt": HOSTILE, "negative_prompt": "", "infotext": HOSTILE,
                  "flags": ""} for m in ("a", "b", "c") for i in range(2) for s in range(2)]
     manifest[0]["flags"] = "black"
