@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 import yaml
@@ -96,6 +97,24 @@ def test_quiet_drops_exactly_the_empty_float32_notice_and_keeps_the_rest():
                for text in [harmless, *kept]]
     assert [r.getMessage() for r in records if log.filter(r)] == kept
     assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+
+
+
+def test_quiet_drops_torchsde_end_rounding_warnings_and_only_those():
+    """DPM++ SDE's Brownian tree is queried at its own float32-rounded ends; torchsde clamps and warns each time."""
+    rounding = ["Should have ta>=t0 but got ta=0.0291675366461277 and t0=0.029168.",
+                "Should have tb<=t1 but got tb=14.614644050598145 and t1=14.614644."]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_third_party()
+        for text in rounding:
+            warnings.warn_explicit(text, UserWarning, "brownian_interval.py", 599,
+                                   module="torchsde._brownian.brownian_interval")
+        warnings.warn_explicit(rounding[0], UserWarning, "elsewhere.py", 1, module="ghostreview.generation.draw")
+        warnings.warn_explicit("BrownianInterval is optimised for interval-based queries, not point evaluation.",
+                               UserWarning, "brownian_interval.py", 591, module="torchsde._brownian.brownian_interval")
+    assert [(str(w.message)[:24], w.filename) for w in seen] == [(rounding[0][:24], "elsewhere.py"),
+                                                                  ("BrownianInterval is opti", "brownian_interval.py")]
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from typing import Any, Generic, TextIO, TypeVar
@@ -203,6 +204,12 @@ class _DropMessage(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return self.pattern.fullmatch(record.getMessage()) is None
 
+# torchsde's Brownian interval warns when queried outside [t0, t1]; DPM++ SDE's tree spans the schedule's own
+# sigma_min..sigma_max and is queried at those sigmas, which arrive as float32 while the tree keeps the ends it was
+# built with: the "outside" is the last digits (ta=0.0291675366 against t0=0.029168, ComfyUI issue 1230). Matched
+# by the message's start, in torchsde's module only.
+HARMLESS_WARNINGS = (r"Should have (ta|tb)>=t0 but got ", r"Should have (ta|tb)<=t1 but got ")
+
 
 def quiet_third_party() -> None:
     """No progress bars but the stage's own, and none of the known-harmless messages above.
@@ -213,6 +220,8 @@ def quiet_third_party() -> None:
     own setting: ``pipe.set_progress_bar_config(disable=True)`` where the pipeline is made. Idempotent.
     """
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    for pattern in HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern, category=UserWarning, module=r"torchsde\.")
     for name, pattern in HARMLESS_LOG_MESSAGES.items():
         log = logging.getLogger(name)  # the logger the library gets by the same name, imported or not
         if not any(isinstance(f, _DropMessage) and f.pattern is pattern for f in log.filters):

@@ -81,14 +81,17 @@ class DrawWorker:
     """A Ray actor: loads the checkpoint once, then draws units into the shared image store."""
 
     def __init__(self, spec: PipelineSpec, store_root: str, expected_runtime: dict[str, str]) -> None:
-        from ghostreview.util.runtime import set_cpu_threads, stage_runtime
+        from ghostreview.util.runtime import quiet_third_party, set_cpu_threads, stage_runtime
 
         stage_runtime()  # offline hub, flushed denormals: the same numerics as a local stage process
+        quiet_third_party()  # as the local engine: the driver's bar over the images is the stage's only one
         set_cpu_threads(spec.cpu_threads)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self._check(spec, expected_runtime)
         self.store = ImageStore(Path(store_root))
-        self.draw_batch = pipeline_drawer(load_spec_pipeline(spec), spec.family, spec.batch_size)
+        pipe = load_spec_pipeline(spec)
+        pipe.set_progress_bar_config(disable=True)  # per-step bars of every worker would interleave in the log
+        self.draw_batch = pipeline_drawer(pipe, spec.family, spec.batch_size)
 
     def _check(self, spec: PipelineSpec, expected: dict[str, str]) -> None:
         import torch
