@@ -320,12 +320,15 @@ def test_scoring_setting_experiment_rescores_without_generating_and_shows_per_mo
             assert (ws / "data" / "scores" / m / "aesthetic.csv").read_bytes() == aesthetic[m]
 
         table = list(csv.DictReader(io.StringIO(dvc(ws, "exp", "show", "--csv"))))
-        for m in (A, B):
-            assert {f"{m}.aesthetic", f"{m}.styleloss", f"{m}.combined", f"{m}.rank"} <= set(table[0])
-            # LoRA scores pool the models of one family, and each family has one model here: no spread, no score
-            assert f"{m}.loraloss" not in table[0]
+        for m in (A, B):  # per model: the headline numbers, the raw means beside the relative ones
+            assert {f"{m}.combined", f"{m}.rank", f"{m}.aesthetic_mean", f"{m}.clipscore_mean",
+                    f"{m}.styleloss_mean", f"{m}.loraloss_mean"} <= set(table[0])
+            assert not {f"{m}.aesthetic", f"{m}.styleloss"} & set(table[0])  # no per-metric z columns any more
+        assert {"_all.aesthetic_mean", "_all.aesthetic_std", "_all.aesthetic_good_rate", "_all.flagged_images"} \
+            <= set(table[0])
         exp = next(r for r in table if r["Experiment"] == "good5")
         assert exp["scoring.aesthetic.good_threshold"] == "5.0" and float(exp[f"{A}.rank"]) in (1.0, 2.0)
+        assert 0.0 <= float(exp["_all.aesthetic_good_rate"]) <= 1.0
     finally:
         git(ws, "checkout", "--", ".")  # back to the committed review; outputs come back from the cache
         dvc(ws, "checkout")
