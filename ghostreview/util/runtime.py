@@ -220,8 +220,8 @@ def quiet_third_party() -> None:
     own setting: ``pipe.set_progress_bar_config(disable=True)`` where the pipeline is made. Idempotent.
     """
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    for pattern in HARMLESS_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern, category=UserWarning, module=r"torchsde\.")
+    for message in HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=UserWarning, module=r"torchsde\.")
     for name, pattern in HARMLESS_LOG_MESSAGES.items():
         log = logging.getLogger(name)  # the logger the library gets by the same name, imported or not
         if not any(isinstance(f, _DropMessage) and f.pattern is pattern for f in log.filters):
