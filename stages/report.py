@@ -1,9 +1,11 @@
 """DVC stage report: leaderboard (md/csv/json), metrics.json for `dvc metrics`, plots and the offline index.html with
-the images/ it links to (generated images, thumbnails, and the style reference and LoRA header images as targets)."""
+the grid pages/ and the images/ they link to (renditions of the generated images, thumbnails, and the style reference
+and LoRA header images as targets), reusing renditions from <paths.cache>/renditions."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ghostreview import validate
@@ -11,6 +13,7 @@ from ghostreview.analysis.aggregate import manifests, models_table
 from ghostreview.analysis.report import write_report
 from ghostreview.analysis.report.targets import Targets, benchmark_targets
 from ghostreview.analysis.standardize import Standardized
+from ghostreview.config import Params
 from ghostreview.errors import stage_main
 from ghostreview.generation.families import FAMILIES
 from ghostreview.scoring.registry import REGISTRY
@@ -30,6 +33,12 @@ def targets(params_path: Path) -> Targets:
                                      if "lora" in tasks else {})
     style_dir = validate.resolve(root, p.style_refs) if "style" in tasks else None
     return benchmark_targets(bench, reference_sets(bench, style_dir, header_dirs))
+
+
+def rendition_cache(params: Params, params_path: Path) -> Path:
+    """``<paths.cache>/renditions``: the report's image renditions, kept across runs (DVC deletes the stage's
+    outputs before it runs; a cache outside them keeps the run-cache, which ``persist: true`` would disable)."""
+    return validate.resolve(params_path.resolve().parent, params.paths.cache) / "renditions"
 
 
 @stage_main
@@ -53,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         grid_targets = targets(args.params)
         bar.update()
         paths = write_report(standardized, scores, grids, models, args.images, args.out, metrics=REGISTRY,
-                             targets=grid_targets)
+                             targets=grid_targets, cache=rendition_cache(params, args.params),
+                             workers=len(os.sched_getaffinity(0)))
         bar.update()
     print("report: " + ", ".join(str(p) for p in paths.values()))
 

@@ -1,5 +1,6 @@
 """A published report is whole on a second clone: the report stage's declared outputs hold everything its page
-links to, so ``dvc push report`` then ``dvc pull report`` elsewhere gives a page whose every image loads.
+links to, so ``dvc push report`` then ``dvc pull report`` elsewhere gives an index and grid pages whose every image
+loads.
 
 A throwaway DVC + git project whose one stage, ``report``, writes a report of the small fixture review of
 tests/test_report.py (with 288 px images of random pixels, as large as real ones) and declares exactly the outputs
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -88,12 +90,18 @@ def test_a_pulled_report_shows_every_image(tmp_path):
     assert untracked(reader) == []  # no "?? reports/..." on the reader's clone
     assert not [p for p in pngs if any(remote.rglob(md5(p)[2:]))]  # the originals stayed out of the remote
 
-    page = reader / "reports" / "index.html"
-    with live(page) as tab:
-        scroll_through(tab)
-        images = tab.evaluate("() => [...document.querySelectorAll('td.cell img')].map(i => i.getAttribute('src'))")
-        broken = broken_images(tab)
-        full = tab.evaluate("() => [...document.querySelectorAll('td.cell a.shot')].map(a => a.getAttribute('href'))")
-    assert broken == []
+    index = reader / "reports" / "index.html"
+    pages = sorted((reader / "reports" / "pages").glob("*.html"))
+    linked = {str((index.parent / href.split("#")[0]).resolve()) for href in
+              re.findall(r'<a href="(pages/[^"]+)"', index.read_text())}
+    assert linked == {str(p.resolve()) for p in pages} and len(pages) == 4  # the index links every grid page
+    images, full = [], []
+    for page in [index, *pages]:
+        with live(page) as tab:
+            scroll_through(tab)
+            images += tab.evaluate("() => [...document.querySelectorAll('td.cell img')].map(i => i.src)")
+            assert broken_images(tab) == [], page.name
+            full += [page.parent / f for f in tab.evaluate(
+                "() => [...document.querySelectorAll('td.cell a.shot')].map(a => a.getAttribute('href'))")]
     assert len(images) == len(full) == len(pngs)  # every drawn image is in a grid, its full view came along too
-    assert all((page.parent / f).is_file() for f in full)
+    assert all(f.is_file() for f in full)

@@ -157,16 +157,41 @@ def linked(page: str) -> list[str]:
     return re.findall(r'(?:<img[^>]*\ssrc|<a[^>]*\shref|\sdata-full)="([^"#][^"]*)"', page)
 
 
+def grid_pages(index: Path) -> dict[Path, str]:
+    """The text of every grid page of the report whose index is ``index``, by path, in name order."""
+    return {p: p.read_text() for p in sorted((index.parent / "pages").glob("*.html"))}
+
+
+def whole_report(index: Path) -> str:
+    """The index and every grid page, as one text."""
+    return "\n".join([index.read_text(), *grid_pages(index).values()])
+
+
+def check_links(page: Path, out: Path) -> list[str]:
+    """Every link of ``page``: embedded, or a file inside the report ``out`` (a page link's #fragment dropped)."""
+    links = linked(page.read_text())
+    for src in links:
+        target = (page.parent / src.split("#")[0]).resolve()
+        assert src.startswith("data:image/") or (target.is_file() and target.is_relative_to(out.resolve())), src
+    return links
+
+
 def test_html_is_offline_and_escaped(demo, report):
     result, scores, manifests, models, images_root = demo
-    out = report[1]
-    page = report[0]["index.html"].read_text()
-    assert len(re.findall(r'<img alt="ranking_[a-z_]+" src="data:image/png;base64,', page)) == 6  # plots embedded
-    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
-    assert "@import" not in page and "url(" not in page
-    for src in linked(page):  # embedded, or a file of the report's own images/ directory
-        assert src.startswith("data:image/") or (src.startswith("images/") and (out / src).is_file()), src[:60]
-    assert page.count("<script") == 1  # ours only
+    out, index = report[1], report[0]["index.html"]
+    pages = grid_pages(index)
+    assert [p.name for p in pages] == ["task-general-1.html", "task-lora-sd15-1.html", "task-style-1.html"]
+    assert len(re.findall(r'<img alt="ranking_[a-z_]+" src="data:image/png;base64,', index.read_text())) == 6
+    for p in [index, *pages]:  # every page: offline, one script (ours), links inside the report only
+        text = p.read_text()
+        assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
+        assert "@import" not in text and "url(" not in text
+        assert text.count("<script") == 1
+        assert check_links(p, out)
+    assert [link for link in linked(index.read_text()) if not link.startswith("data:")] == [
+        "pages/task-general-1.html#grid-general-p1", "pages/task-general-1.html#grid-general-p2",
+        "pages/task-style-1.html#grid-style-anime", "pages/task-lora-sd15-1.html#grid-lora-L1"]  # the contents
+    page = whole_report(index)
     assert "<script>alert" not in page and "<img src=x" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt; a cat" in page
     assert "&quot;&gt;&lt;img src=x onerror=alert(2)&gt; a dog" in page
@@ -182,7 +207,7 @@ def test_html_is_offline_and_escaped(demo, report):
     for model, t in drawn.items():  # the full view: a JPEG rendition at the image's own size, same picture
         for image in t["image"]:
             full = f"images/{model}/{Path(image).stem[:16]}.jpg"
-            assert f'<a class="shot" href="{full}">' in page
+            assert f'<a class="shot" href="../{full}">' in page
             with Image.open(out / full) as shown, Image.open(images_root / model / image) as original:
                 assert shown.format == "JPEG" and shown.size == original.size
                 diff = np.abs(np.asarray(shown, dtype=int) - np.asarray(original.convert("RGB"), dtype=int))
@@ -194,15 +219,15 @@ def test_html_links_every_image_inside_its_own_directory(demo, tmp_path):
     none of the published files is a copy of an original (the report's remote never holds the images directory)."""
     result, scores, manifests, models, images_root = demo
     as_text = {m: t.astype(str) for m, t in manifests.items()}  # as the report stage reads them
-    page = write_html(result, scores, as_text, models, images_root, tmp_path, metrics=METRICS, plot_pngs={},
-                      thumb_px=8).read_text()
-    thumbs = re.findall(r'<img loading="lazy" decoding="async" alt="[^"]*" src="(images/[^"]+)" width="8" '
+    page = whole_report(write_html(result, scores, as_text, models, images_root, tmp_path, metrics=METRICS,
+                                   plot_pngs={}, thumb_px=8))
+    thumbs = re.findall(r'<img loading="lazy" decoding="async" alt="[^"]*" src="\.\./(images/[^"]+)" width="8" '
                         r'height="8">', page)
     assert len(thumbs) == 22 and all(t.endswith(".jpg") and "/thumbs/" in t for t in thumbs)
     for t in thumbs:
         with Image.open(tmp_path / t) as im:
             assert im.format == "JPEG" and im.size == (8, 8)
-    links = re.findall(r'<a class="shot" href="(images/[^"]+)"', page)
+    links = re.findall(r'<a class="shot" href="\.\./(images/[^"]+)"', page)
     assert len(links) == 22 and all((tmp_path / link).is_file() for link in links)
     originals = {p.read_bytes() for p in images_root.rglob("*.png")}
     assert not [p for p in (tmp_path / "images").rglob("*") if p.is_file() and p.read_bytes() in originals]
@@ -210,8 +235,8 @@ def test_html_links_every_image_inside_its_own_directory(demo, tmp_path):
     lost = as_text["beta"].iloc[0]
     (images_root / "beta" / lost["image"]).rename(tmp_path / "lost.png")
     try:
-        page = write_html(result, scores, {"beta": as_text["beta"]}, models, images_root, tmp_path, metrics=METRICS,
-                          plot_pngs={}).read_text()
+        page = whole_report(write_html(result, scores, {"beta": as_text["beta"]}, models, images_root, tmp_path,
+                                       metrics=METRICS, plot_pngs={}))
     finally:
         (tmp_path / "lost.png").rename(images_root / "beta" / lost["image"])
     assert page.count('class="missing"') == 1 and f"no image: {lost['image']}" in page
@@ -318,7 +343,7 @@ def test_titles_from_params_show_next_to_the_model_key_escaped(demo, tmp_path):
     assert "| # | Model | Title | Family |" in md
     assert re.search(r"\| beta \| Beta Mix v5 \| sd15 \|", md)
     assert '| alpha | <b>Alpha</b> \\| "v2" <script>alert(3)</script> | sd15 |' in md  # pipe escaped: one cell
-    page = paths["index.html"].read_text()
+    page = whole_report(paths["index.html"])
     assert "<b>Alpha</b>" not in page and "alert(3)</script>" not in page
     shown = "&lt;b&gt;Alpha&lt;/b&gt; | &quot;v2&quot; &lt;script&gt;alert(3)&lt;/script&gt;"
     # leaderboard: the title first, then key, family and AutoV2; a model without a title shows its key
@@ -375,8 +400,8 @@ def test_labels_and_directions_come_from_the_registry(tmp_path):
     patched["styleloss"] = replace(patched["styleloss"], higher_is_better=True)
     result, scores, manifests, models, images_root = make_demo(tmp_path / "d", metrics=patched)
     md = write_tables(result, models, tmp_path / "out", metrics=patched)["leaderboard.md"].read_text()
-    page = write_html(result, scores, manifests, models, images_root, tmp_path / "out", metrics=patched,
-                      plot_pngs={}).read_text()
+    page = whole_report(write_html(result, scores, manifests, models, images_root, tmp_path / "out",
+                                   metrics=patched, plot_pngs={}))
     figs = figures(result, plot_data(result, scores), models, shown_metrics(result, patched))
     texts = {stem: figure_texts(fig) for stem, fig in figs.items()}
 
@@ -424,3 +449,61 @@ def test_a_registry_that_disagrees_with_standardize_fails(demo, tmp_path):
         with pytest.raises(ValueError, match=error):
             write_html(result, scores, manifests, models, images_root, tmp_path / "out", metrics=metrics)
     assert not (tmp_path / "out").exists()
+
+
+def test_renditions_are_made_once_and_reused_from_the_cache(demo, tmp_path):
+    """A second report after a model was added renders only that model's images (the others are hard links to the
+    cache entries the first report made); a source replaced under the same name is rendered again."""
+    result, scores, manifests, models, images_root = demo
+    cache = tmp_path / "cache"
+
+    def entries() -> dict[str, int]:
+        return {p.name: p.stat().st_ino for p in cache.rglob("*.jpg")}
+
+    two = {m: manifests[m] for m in ("alpha", "beta")}
+    write_html(result, scores, two, models, images_root, tmp_path / "r1", metrics=METRICS, plot_pngs={},
+               cache=cache, thumb_px=8)
+    first = entries()
+    drawn = {m: (t["flags"] == "").sum() for m, t in manifests.items()}
+    assert len(first) == 2 * (drawn["alpha"] + drawn["beta"])  # a full view and a thumbnail each
+    published = [p for p in (tmp_path / "r1" / "images").rglob("*.jpg")]
+    assert len(published) == len(first) and {p.stat().st_ino for p in published} == set(first.values())
+    assert not list(cache.glob(".staging-*"))
+
+    write_html(result, scores, manifests, models, images_root, tmp_path / "r2", metrics=METRICS, plot_pngs={},
+               cache=cache, thumb_px=8, workers=2)
+    second = entries()
+    assert {k: second[k] for k in first} == first  # untouched
+    assert len(second) - len(first) == 2 * drawn["gamma"]  # only gamma's images are new
+
+    row = manifests["alpha"].iloc[0]
+    src = images_root / "alpha" / row["image"]
+    original = src.read_bytes()
+    try:
+        Image.new("RGB", (16, 16), (250, 0, 250)).save(src)
+        write_html(result, scores, manifests, models, images_root, tmp_path / "r3", metrics=METRICS, plot_pngs={},
+                   cache=cache, thumb_px=8)
+    finally:
+        src.write_bytes(original)
+    assert len(entries()) == len(second) + 2
+    with Image.open(tmp_path / "r3" / "images" / "alpha" / f"{Path(row['image']).stem[:16]}.jpg") as im:
+        assert np.abs(np.asarray(im, dtype=int) - [250, 0, 250]).mean() < 8  # the new picture, not the cached one
+
+
+def test_grid_pages_hold_whole_items_up_to_max_cells_and_link_each_other(demo, tmp_path):
+    result, scores, manifests, models, images_root = demo
+    index = write_html(result, scores, manifests, models, images_root, tmp_path, metrics=METRICS, plot_pngs={},
+                       max_cells=6)
+    pages = grid_pages(index)
+    # general: p1 and p2 have 6 images each (3 models x 2 seeds): one page each; anime 6; L1 4 (gamma left out)
+    assert [p.name for p in pages] == ["task-general-1.html", "task-general-2.html", "task-lora-sd15-1.html",
+                                       "task-style-1.html"]
+    items = {p.name: re.findall(r'<section class="grid" id="[^"]+" data-task="[^"]+" data-item="([^"]+)"', t)
+             for p, t in pages.items()}
+    assert items == {"task-general-1.html": ["p1"], "task-general-2.html": ["p2"], "task-lora-sd15-1.html": ["L1"],
+                     "task-style-1.html": ["anime"]}
+    general = pages[tmp_path / "pages" / "task-general-2.html"]
+    assert '<a href="task-general-1.html">1</a> <b>2</b>' in general and 'href="../index.html"' in general
+    for p in pages:
+        check_links(p, tmp_path)
+    check_links(index, tmp_path)

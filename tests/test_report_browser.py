@@ -138,6 +138,16 @@ def site(tmp_path_factory):
     return paths["index.html"], pd.read_csv(paths["leaderboard.csv"]), manifests, root, result
 
 
+def grid_page(index: Path, section: str) -> Path:
+    """The (one) grid page of ``section`` ("general", "style", "lora-sd15", ...) of the small fixture report."""
+    (page,) = (index.parent / "pages").glob(f"task-{section}-*.html")
+    return page
+
+
+def every_page(index: Path) -> list[Path]:
+    return sorted((index.parent / "pages").glob("*.html"))
+
+
 def grid_order(doc: Node, item: str) -> list[str]:
     (grid,) = doc.find_all("section", class_="grid", data_item=item)
     heads = [th.attrs["data-model"] for th in grid.find_all("th", class_="col")]
@@ -148,7 +158,8 @@ def grid_order(doc: Node, item: str) -> list[str]:
 
 
 def local_or_embedded(src: str, page: Path) -> bool:
-    return src.startswith("data:image/") or (src.startswith("images/") and (page.parent / src).is_file())
+    return src.startswith("data:image/") or (src.startswith(("images/", "../images/"))
+                                             and (page.parent / src).is_file())
 
 
 def test_dom_after_scripts(site, tmp_path):
@@ -161,37 +172,43 @@ def test_dom_after_scripts(site, tmp_path):
     assert rows == board["model"].tolist()
     (warning,) = plain.find_all("div", id="demo-warning")
     assert "DEMO / RANDOM WEIGHTS" in warning.text()
-    # hostile prompts are text, not markup
-    prompts = [d.text() for d in plain.find_all("div", class_="prompt")]
-    assert SCRIPT_PROMPT in prompts and ATTR_PROMPT in prompts
-    assert len(plain.find_all("script")) == 1
-    assert not plain.find_all("img", src="x")
-    assert not [n for n in plain.iter() if any(k.startswith("on") for k in n.attrs)]
-    # every image is embedded (plots) or a file of the report's own images/
-    srcs = [img.attrs["src"] for img in plain.find_all("img") if "src" in img.attrs]
-    assert srcs and all(local_or_embedded(s, page) for s in srcs)
     assert len(plain.find_all("img", alt="aesthetic_distribution")) == 1
+    general = dump_dom(tmp_path, grid_page(page, "general"))
+    assert general.find_all("body")[0].attrs.get("data-ready") == "1"
+    (warning,) = general.find_all("div", id="demo-warning")  # on every page
+    # hostile prompts are text, not markup
+    prompts = [d.text() for d in general.find_all("div", class_="prompt")]
+    assert SCRIPT_PROMPT in prompts and ATTR_PROMPT in prompts
+    for doc, where in ((plain, page), (general, grid_page(page, "general"))):
+        assert len(doc.find_all("script")) == 1
+        assert not doc.find_all("img", src="x")
+        assert not [n for n in doc.iter() if any(k.startswith("on") for k in n.attrs)]
+        # every image is embedded (plots) or a file of the report's own images/
+        srcs = [img.attrs["src"] for img in doc.find_all("img") if "src" in img.attrs]
+        assert srcs and all(local_or_embedded(s, where) for s in srcs)
     # default grid order is the leaderboard's
-    assert grid_order(plain, "p1") == board["model"].tolist()
+    assert grid_order(general, "p1") == board["model"].tolist()
 
 
 def test_sort_and_open_from_url_hash(site, tmp_path):
     page, board, manifests, *_ = site
     target = manifests["beta"].query("item == 'p1' and seed == 1").iloc[0]
-    doc = dump_dom(tmp_path, page, f"#sort=score&open={target['image_hash']}")
+    general = grid_page(page, "general")
+    doc = dump_dom(tmp_path, general, f"#sort=score&open={target['image_hash']}")
     assert doc.find_all("body")[0].attrs.get("data-sorted") == "score"
     expected = ["gamma", "beta", "alpha"]  # aesthetic on p1, best first (make_demo's AESTHETIC_P1)
     assert expected != board["model"].tolist()  # otherwise the check below proves nothing
     assert grid_order(doc, "p1") == expected
     (grid,) = doc.find_all("section", class_="grid", data_item="p1")
     assert [b.text() for b in grid.find_all("button", class_="active")] == ["Aesthetic"]
-    assert grid_order(doc, "anime")[0] == lowest_style_loss(site)  # lower-is-better grid: smallest loss first
+    style = dump_dom(tmp_path, grid_page(page, "style"), "#sort=score")
+    assert grid_order(style, "anime")[0] == lowest_style_loss(site)  # lower-is-better grid: smallest loss first
     (box,) = doc.find_all("div", id="lightbox")
     assert "open" in box.attrs.get("class", "").split() and box.attrs["data-hash"] == target["image_hash"]
     (img,) = box.find_all("img")
-    assert img.attrs["src"] == f"images/beta/{Path(target['image']).stem[:16]}.jpg"
+    assert img.attrs["src"] == f"../images/beta/{Path(target['image']).stem[:16]}.jpg"
     assert box.find_all("pre")[0].text() == target["infotext"]  # includes the <script> prompt, as text
-    named = dump_dom(tmp_path, page, "#sort=name")
+    named = dump_dom(tmp_path, general, "#sort=name")
     assert grid_order(named, "p1") == sorted(board["model"])
 
 
@@ -311,27 +328,35 @@ def test_pairwise_matrix_shows_every_pair(site):
         assert int(text) + round(100 * p[(b, a)]) in (99, 100, 101)  # A beats B + B beats A: every resample, ±rounding
 
 
+# Per grid of a live page: the section heading above it, columns, seed rows, image positions, targets, lazy loading
+LAYOUT = """() => Object.fromEntries([...document.querySelectorAll('section.grid')].map(g => {
+    let h = g.previousElementSibling;
+    while (h && h.tagName !== 'H2') { h = h.previousElementSibling; }
+    const rows = [...g.querySelectorAll('tbody tr')].map(tr => [...tr.querySelectorAll('td.cell img')]
+        .map(i => Math.round(i.getBoundingClientRect().top)));
+    const first = [...g.querySelectorAll('tbody tr:first-child td.cell img')]
+        .map(i => Math.round(i.getBoundingClientRect().left));
+    return [g.dataset.item, {section: h.id, cols: [...g.querySelectorAll('th.col')].map(t => t.dataset.model),
+        seeds: [...g.querySelectorAll('tbody tr')].map(tr => tr.dataset.seed), rows, first,
+        targets: [...g.querySelectorAll('td.targets img')].map(i => [i.naturalWidth, i.loading]),
+        lazy: [...g.querySelectorAll('td.cell img')].every(i => i.loading === 'lazy')}];
+}))"""
+
+
 def test_grids_are_xy_plots_with_targets_and_lora_families_apart(site):
     page, board, manifests, *_ = site
     order = board["model"].tolist()
-    with live(page) as tab:
-        scroll_through(tab)
-        assert broken_images(tab) == []
-        layout = tab.evaluate("""() => Object.fromEntries([...document.querySelectorAll('section.grid')].map(g => {
-            let h = g.previousElementSibling;
-            while (h && h.tagName !== 'H2') { h = h.previousElementSibling; }
-            const rows = [...g.querySelectorAll('tbody tr')].map(tr => [...tr.querySelectorAll('td.cell img')]
-                .map(i => Math.round(i.getBoundingClientRect().top)));
-            const first = [...g.querySelectorAll('tbody tr:first-child td.cell img')]
-                .map(i => Math.round(i.getBoundingClientRect().left));
-            return [g.dataset.item, {section: h.id, cols: [...g.querySelectorAll('th.col')].map(t => t.dataset.model),
-                seeds: [...g.querySelectorAll('tbody tr')].map(tr => tr.dataset.seed), rows, first,
-                targets: [...g.querySelectorAll('td.targets img')].map(i => [i.naturalWidth, i.loading]),
-                lazy: [...g.querySelectorAll('td.cell img')].every(i => i.loading === 'lazy')}];
-        }))""")
-        page_width = tab.evaluate("() => document.documentElement.scrollWidth")
-    assert page_width <= 1400
-    assert list(layout) == ["p1", "p2", "anime", "L1", "X1"]
+    layout, page_width = {}, []
+    for grids in every_page(page):
+        with live(grids) as tab:
+            scroll_through(tab)
+            assert broken_images(tab) == []
+            layout.update(tab.evaluate(LAYOUT))
+            page_width.append(tab.evaluate("() => document.documentElement.scrollWidth"))
+    assert max(page_width) <= 1400
+    assert sorted(layout) == sorted(["p1", "p2", "anime", "L1", "X1"])
+    assert [p.name for p in every_page(page)] == ["task-general-1.html", "task-lora-sd15-1.html",
+                                                  "task-lora-sdxl-1.html", "task-style-1.html"]
     for item in ("p1", "p2", "anime"):
         g = layout[item]
         assert g["cols"] == order and g["seeds"] == ["0", "1"] and g["lazy"]
@@ -347,7 +372,7 @@ def test_grids_are_xy_plots_with_targets_and_lora_families_apart(site):
 
 def test_click_opens_the_full_image_and_sort_buttons_move_columns(site):
     page, board, manifests, *_ = site
-    with live(page) as tab:
+    with live(grid_page(page, "general")) as tab:
         first = tab.locator("section.grid[data-item='p2'] td.cell[data-model='beta'] a.shot").first
         href = first.get_attribute("href")
         first.scroll_into_view_if_needed()
@@ -370,7 +395,7 @@ def test_click_opens_the_full_image_and_sort_buttons_move_columns(site):
         p2 = tab.evaluate("() => [...document.querySelectorAll(\"section.grid[data-item='p2'] th.col\")]"
                           ".map(t => t.dataset.model)")
     row = manifests["beta"].query("item == 'p2'").sort_values("seed").iloc[0]
-    assert href == f"images/beta/{Path(row['image']).stem[:16]}.jpg"
+    assert href == f"../images/beta/{Path(row['image']).stem[:16]}.jpg"
     assert box[0] and box[1] == href and box[3] == "beta · general p2 · seed 0" and box[4] == row["infotext"]
     assert natural == 48 and closed and odd == ODD_INFOTEXT
     assert p1[0] == ["gamma", "beta", "alpha"] and p1[1] == [p1[0], p1[0]]  # every seed row follows its header

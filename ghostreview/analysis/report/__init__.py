@@ -1,4 +1,4 @@
-"""GhostReview report: leaderboard tables, metrics.json, plots and one offline HTML page.
+"""GhostReview report: leaderboard tables, metrics.json, plots and the offline HTML report (an index and grid pages).
 
 ``write_report`` does everything; ``print_leaderboard`` is for the CLI (it reads the leaderboard files alone: no
 registry, scorers or torch). Every metric label, axis text and direction comes from the registry's ``MetricInfo``
@@ -25,14 +25,17 @@ from ghostreview.scoring.metric import MetricInfo
 
 def write_report(result: Standardized, scores: pd.DataFrame, manifests: Mapping[str, pd.DataFrame],
                  models: pd.DataFrame, images_root: str | Path, out_dir: str | Path, *,
-                 metrics: Mapping[str, MetricInfo], targets: Targets | None = None) -> dict[str, Path]:
-    """Write the tables, ``plots/``, ``index.html`` and the ``images/`` it links to into ``out_dir``; returns
-    {name: path} of the main files.
+                 metrics: Mapping[str, MetricInfo], targets: Targets | None = None, cache: Path | None = None,
+                 workers: int = 1) -> dict[str, Path]:
+    """Write the tables, ``plots/``, ``index.html``, the grid ``pages/`` and the ``images/`` they link to into
+    ``out_dir``; returns {name: path} of the main files.
 
     metrics: the registry the scores were standardized with (``ghostreview.scoring.registry.REGISTRY``); every
     label, axis text and direction the report shows comes from it. Passed in, not imported: the registry imports the
     scorers and torch. targets: the style reference and LoRA header images the grids show next to the generated
-    ones, and the LoRA tables' families (``targets.benchmark_targets``); None: grids without targets.
+    ones, and the LoRA tables' families (``targets.benchmark_targets``); None: grids without targets. cache: the
+    rendition cache (``html.renditions``: renditions made once and reused by later reports; None: all made anew).
+    workers: processes rendering images.
     """
     # matplotlib and seaborn load only when a report is written, not for ``print_leaderboard``
     from ghostreview.analysis.report.html import write_html
@@ -43,7 +46,8 @@ def write_report(result: Standardized, scores: pd.DataFrame, manifests: Mapping[
                                                Path(out_dir) / "metrics.json")
     pngs = write_plots(result, scores, models, out_dir, metrics=metrics)
     paths["index.html"] = write_html(result, scores, manifests, models, images_root, out_dir, metrics=metrics,
-                                     plot_pngs=pngs, targets=targets)
+                                     plot_pngs=pngs, targets=targets, cache=cache, workers=workers)
+    paths["pages"] = Path(out_dir) / "pages"
     paths["images"] = Path(out_dir) / "images"
     return paths
 

@@ -1,13 +1,16 @@
-"""One offline HTML page: leaderboard, pairwise "A beats B" matrices, plots, and X/Y grids of every benchmark item.
+"""The offline HTML report: ``index.html`` (leaderboard, pairwise "A beats B" matrices, plots, flags and a table of
+contents of the grids) and ``pages/`` (the X/Y grids of every benchmark item, a few items per page).
 
-Files: ``<out_dir>/index.html`` and ``<out_dir>/images/`` (swapped in whole), which holds every image the page links
-to as a JPEG rendition: ``images/<model>/<stem>.jpg`` (each generated image at its own size: the full view; the
-stem is the image name's first 16 hex), ``images/<model>/thumbs/<stem>.jpg`` (a thumbnail where the image is larger
-than ``thumb_px``; smaller images are their own thumbnail) and ``images/_targets/`` (the style reference and LoRA
-header images, named by content hash; ``_`` starts no model slug). Both are outputs of the report stage, so
-``dvc push report`` / ``dvc pull report`` carry the whole page, while the original PNGs stay in the images
-directory (renditions have other bytes, so the report's remote never holds the originals). CSS, JS and the plots
-are inline.
+Files: ``<out_dir>/index.html``, ``<out_dir>/pages/<section>-<k>.html`` and ``<out_dir>/images/`` (JPEG renditions
+of every image the pages link to, made by ``renditions.Gallery``: reused across runs from a rendition cache; see
+that module). ``pages/`` and ``images/`` are swapped in whole, then ``index.html`` is replaced: all are outputs of
+the report stage, so ``dvc push report`` / ``dvc pull report`` carry the whole report, while the original PNGs stay
+in the images directory. CSS, JS and the plots are inline in each page.
+
+Pages: one section per task (LoRAs one per family of the LoRA tables), cut into pages of whole items holding at most
+``max_cells`` images (at 500 models a general item alone has 16,000), each page written as it is composed (one grid's
+HTML at a time, never the whole report), its renditions made right after it. Memory grows with the number of
+images only by the manifests the caller passes in and one entry per published file.
 
 A grid is an A1111 X/Y plot of one benchmark item: one column per model (leaderboard order, sortable by each
 metric's item score), one row per seed, and the item's targets (style references, LoRA header images) in the first
@@ -18,9 +21,9 @@ A Content-Security-Policy allows only local images and the page's own inline scr
 text that escaped ``html.escape`` could neither run nor fetch anything. Every text coming from prompts, parameters,
 file or model names goes through ``html.escape``; the script touches text only via ``textContent``.
 
-URL hash parameters honoured by the page: ``#sort=score`` (each grid by its primary metric, best first),
+URL hash parameters honoured by every page: ``#sort=score`` (each grid by its primary metric, best first),
 ``#sort=<metric>``, ``#sort=name``, ``#sort=default`` (leaderboard order), ``open=<image_hash>`` (opens that image in
-the viewer, as a click does); combine with ``&``.
+the viewer, as a click does, on the page that holds it); combine with ``&``.
 """
 
 from __future__ import annotations
@@ -28,18 +31,25 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-import urllib.parse
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from ghostreview.analysis.report.display import Shown, losses, shown_metrics
 from ghostreview.analysis.report.plots import render
+from ghostreview.analysis.report.renditions import (
+    IMAGES,
+    Gallery,
+    Shot,
+    clean_staging,
+    rendering_pool,
+    url,
+)
 from ghostreview.analysis.report.tables import (
     benchmark_line,
     board_records,
@@ -54,7 +64,7 @@ from ghostreview.analysis.report.tables import (
 from ghostreview.analysis.report.targets import Targets
 from ghostreview.analysis.standardize import COMBINED, Standardized, parse_flags
 from ghostreview.scoring.metric import MetricInfo
-from ghostreview.util.atomic import replace_dir, write_text_atomic
+from ghostreview.util.atomic import replace_dir, write_atomic
 
 STATIC = Path(__file__).parent / "static"
 # The manifest columns (generation.manifest.MANIFEST_COLUMNS, the contract) the grids and flag lists read
@@ -62,8 +72,9 @@ REPORT_COLUMNS = ("family", "task", "item", "seed", "image", "image_hash", "prom
                   "infotext")
 TASK_TITLES = {"general": "General prompt", "style": "Style", "lora": "LoRA"}
 FAMILY_TITLES = {"sd15": "SD1.5", "sdxl": "SDXL"}  # section titles; any other family is shown by its name
-IMAGES = "images"  # <out_dir>/images: every image file the page links to
-TARGETS = "_targets"  # images/_targets: style reference and LoRA header images
+PAGES = "pages"  # <out_dir>/pages: the grid pages
+MAX_CELLS = 5000  # images per grid page (a page holds whole items: one item may exceed it)
+TOP_PAIRWISE = 40  # models in each pairwise matrix of the index (the best by combined rank)
 INCOMPATIBLE = "lora_incompatible"  # the manifest flag of a LoRA drawn by a model of another family
 
 
@@ -74,95 +85,6 @@ def esc(value: object) -> str:
 
 def data_uri(raw: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(raw).decode('ascii')}"
-
-
-def url(rel: str) -> str:
-    """The page's relative link to ``<out_dir>/<rel>``."""
-    return "/".join(urllib.parse.quote(part) for part in rel.split("/"))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The image files the page links to
-
-
-@dataclass(frozen=True)
-class Shot:
-    """One image as the page links it: full image and thumbnail (relative URLs) and the thumbnail's pixel size."""
-
-    full: str
-    thumb: str
-    width: int
-    height: int
-
-
-@dataclass
-class Gallery:
-    """Every file of ``<out_dir>/images``: JPEG renditions of source images, by path under ``images/``.
-
-    renditions: path -> (source, longest side or None for the source's own size). A rendition, not a copy: the
-    report publishes a viewable image of every source while the originals (PNGs with their metadata) stay in the
-    images directory, pushed only by a plain ``dvc push``.
-    """
-
-    thumb_px: int
-    renditions: dict[str, tuple[Path, int | None]] = field(default_factory=dict)
-
-    def add(self, src: Path, folder: str, stem: str) -> Shot:
-        """``src`` published as ``images/<folder>/<stem>.jpg`` (the stem's first 16 characters unless another source
-        has them), with a thumbnail in ``<folder>/thumbs/`` when larger than ``thumb_px``."""
-        with Image.open(src) as im:  # reads the header only
-            width, height = im.size
-        short = stem[:16]  # image names are 64-hex hashes: 16 keep them apart and the page smaller
-        if self.renditions.get(f"{folder}/{short}.jpg", (src, None))[0] != src:
-            short = stem
-        stem = short
-        full = f"{folder}/{stem}.jpg"
-        self.renditions[full] = (src, None)
-        if max(width, height) <= self.thumb_px:
-            return Shot(url(f"{IMAGES}/{full}"), url(f"{IMAGES}/{full}"), width, height)
-        thumb = f"{folder}/thumbs/{stem}.jpg"
-        self.renditions[thumb] = (src, self.thumb_px)
-        scale = self.thumb_px / max(width, height)
-        return Shot(url(f"{IMAGES}/{full}"), url(f"{IMAGES}/{thumb}"), max(1, round(width * scale)),
-                    max(1, round(height * scale)))
-
-    def add_target(self, src: Path) -> Shot:
-        """A reference or header image, named by the hash of its bytes (two sets may share a file name)."""
-        return self.add(src, TARGETS, hashlib.sha256(src.read_bytes()).hexdigest()[:16])
-
-    def write(self, out_dir: Path) -> Path:
-        """Build ``<out_dir>/images`` anew (stale files of an earlier report go) and swap it in; each source is
-        decoded once for all its renditions."""
-        by_source: dict[Path, list[tuple[str, int | None]]] = {}
-        for rel, (src, px) in self.renditions.items():
-            by_source.setdefault(src, []).append((rel, px))
-
-        def build(tmp: Path) -> None:
-            for src, outs in by_source.items():
-                write_renditions(src, [(tmp / rel, px) for rel, px in outs])
-
-        return replace_dir(out_dir / IMAGES, build)
-
-
-def write_renditions(src: Path, outs: Sequence[tuple[Path, int | None]]) -> None:
-    """JPEGs of ``src`` (transparency on white), each at its longest side ``px`` (None: the source's size)."""
-    with Image.open(src) as im:
-        im.load()
-        rgb = im.convert("RGB") if "A" not in im.getbands() and im.mode != "P" else on_white(im)
-    for dest, px in outs:
-        view = rgb
-        if px is not None:
-            view = rgb.copy()
-            view.thumbnail((px, px))
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        view.save(dest, format="JPEG", quality=90)
-
-
-def on_white(im: Image.Image) -> Image.Image:
-    """An image with transparency (or a palette that may carry it) composited on white."""
-    rgba = im.convert("RGBA")
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(white, rgba).convert("RGB")
 
 
 def check_manifests(manifests: Mapping[str, pd.DataFrame]) -> None:
@@ -283,15 +205,19 @@ def pairwise_table(result: Standardized, s: Shown, order: list[str], names: Mapp
 def pairwise_html(result: Standardized, shown: Mapping[str, Shown], order: list[str],
                   names: Mapping[str, str]) -> str:
     """The combined matrix open, one folded matrix per other metric."""
+    top = order[:TOP_PAIRWISE]
     parts = []
     for m in [COMBINED] + [m for m in shown if m != COMBINED]:
         if not (result.pairwise["metric"] == m).any():
             continue
         is_open = " open" if m == COMBINED else ""
         parts.append(f"<details{is_open}><summary>{esc(shown[m].heading)}</summary>"
-                     f"{pairwise_table(result, shown[m], order, names)}</details>")
+                     f"{pairwise_table(result, shown[m], top, names)}</details>")
     note = (f"Percent of the {result.meta.get('n_boot')} bootstrap resamples in which the row's model scores better "
             "than the column's (the columns are numbered as the rows).")
+    if len(order) > len(top):  # 500 x 500 cells per metric would be neither readable nor light
+        note += (f" Shown: the {len(top)} best of {len(order)} models by leaderboard order; every pair is in the "
+                 "standardize stage's pairwise table.")
     return f'<p class="note">{esc(note)}</p>' + "\n".join(parts)
 
 
@@ -315,13 +241,15 @@ def frame_html(table: pd.DataFrame, table_id: str) -> str:
 # X/Y grids
 
 
-def shot_html(shot: Shot, alt: str) -> str:
-    """A lazily loaded thumbnail linking to its full image (the script opens the viewer instead)."""
-    return (f'<a class="shot" href="{esc(shot.full)}"><img loading="lazy" decoding="async" alt="{esc(alt)}" '
-            f'src="{esc(shot.thumb)}" width="{shot.width}" height="{shot.height}"></a>')
+def shot_html(shot: Shot, alt: str, up: str = "") -> str:
+    """A lazily loaded thumbnail linking to its full image (the script opens the viewer instead). up: the path from
+    the page to the report's root ("../" on a grid page)."""
+    return (f'<a class="shot" href="{esc(up + shot.full)}"><img loading="lazy" decoding="async" alt="{esc(alt)}" '
+            f'src="{esc(up + shot.thumb)}" width="{shot.width}" height="{shot.height}"></a>')
 
 
-def image_figure(row: Mapping[str, object], model: str, images_root: Path, gallery: Gallery, info_attr: str) -> str:
+def image_figure(row: Mapping[str, object], model: str, images_root: Path, gallery: Gallery, info_attr: str,
+                 up: str = "") -> str:
     """One generated image: thumbnail (click: full image and infotext in the viewer) and its flags.
 
     info_attr: `` data-info="..."`` when the infotext differs from the one its row and column give (``Infotexts``),
@@ -331,7 +259,8 @@ def image_figure(row: Mapping[str, object], model: str, images_root: Path, galle
     flags = sorted(parse_flags(row["flags"]))
     chips = "".join(f'<span class="flag">{esc(f)}</span>' for f in flags)
     if path.is_file():
-        body = shot_html(gallery.add(path, model, Path(str(row["image"])).stem), f"seed {row['seed']}")
+        shot = gallery.add_image(path, model, str(row["image_hash"]), row.get("width"), row.get("height"))
+        body = shot_html(shot, f"seed {row['seed']}", up)
     else:
         body = f'<div class="missing">no image: {esc(", ".join(flags) or row["image"])}</div>'
     return (f'<figure class="thumb" data-hash="{esc(row["image_hash"])}"{info_attr}>{body}'
@@ -351,7 +280,7 @@ def split_infotext(text: str) -> tuple[str, str]:
 class Infotexts:
     """A grid's infotexts, factored: the prompt lines of each row (seed) and a settings template of each column
     (model) with the seed marked; a figure carries its own infotext only where those do not rebuild it exactly.
-    The page's script rebuilds ``head + "\n" + template`` (seed filled in) the same way."""
+    The page's script rebuilds ``head + "\\n" + template`` (seed filled in) the same way."""
 
     heads: Mapping[str, str]  # seed -> the prompt lines most images of that row have
     templates: Mapping[str, str]  # model -> its settings line with SEED_MARK for the seed
@@ -384,14 +313,14 @@ def info_text(r: Mapping[str, object]) -> str:
     return "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
 
 
-def targets_cell(files: Sequence[Path], task: str, item: str, gallery: Gallery, n_rows: int) -> str:
+def targets_cell(files: Sequence[Path], task: str, item: str, gallery: Gallery, n_rows: int, up: str = "") -> str:
     """The first column of a grid: the item's target images, spanning all seed rows."""
     figs = []
     for f in files:
         shot = gallery.add_target(f)
         caption = f"target of {task} {item}: {f.name}"
         figs.append(f'<figure class="thumb target" data-caption="{esc(caption)}" data-info="">'
-                    f"{shot_html(shot, caption)}</figure>")
+                    f"{shot_html(shot, caption, up)}</figure>")
     return f'<td class="targets" rowspan="{n_rows}">{"".join(figs)}</td>'
 
 
@@ -428,43 +357,79 @@ class Grid:
     targets: tuple[Path, ...] = ()
     family: str = ""
 
+    @property
+    def anchor(self) -> str:
+        """The grid's element id on its page."""
+        return f"grid-{self.task}-{self.item}"
 
-def grid_section(g: Grid, titles: Mapping[str, str], ranks: Mapping[str, int], zs: pd.DataFrame,
-                 metrics: Sequence[Shown], images_root: Path, gallery: Gallery) -> str:
-    """The X/Y grid of one item (columns: models; rows: seeds), sortable by each of ``metrics``."""
+    @property
+    def cells(self) -> int:
+        """How many images the grid shows (model columns x seed rows)."""
+        return len(self.models) * int(self.rows["seed"].astype(str).nunique())
+
+
+ItemZ = Mapping[tuple[str, str], Mapping[str, Mapping[str, float]]]  # (task, item) -> model -> metric -> mean z
+
+
+def item_z(result: Standardized) -> dict[tuple[str, str], dict[str, dict[str, float]]]:
+    """``item_scores`` as nested dicts, built once (a grid looks its columns up instead of filtering a table)."""
+    out: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
+    for model, task, item, metric, z in item_scores(result).itertuples(index=False):
+        out.setdefault((str(task), str(item)), {}).setdefault(str(model), {})[str(metric)] = float(z)
+    return out
+
+
+@dataclass(frozen=True)
+class GridContext:
+    """What every grid of a report needs: titles and leaderboard ranks by model, item scores, each task's metrics
+    (the first is its primary sort key), where the images are and the gallery publishing them."""
+
+    titles: Mapping[str, str]
+    ranks: Mapping[str, int]
+    z: ItemZ
+    metrics_of: Mapping[str, Sequence[Shown]]
+    images_root: Path
+    gallery: Gallery
+    up: str = "../"  # from a grid page to the report's root
+
+
+def grid_section(g: Grid, ctx: GridContext) -> str:
+    """The X/Y grid of one item (columns: models; rows: seeds), sortable by each of its task's metrics."""
+    metrics = ctx.metrics_of.get(g.task, [])
     prompts = list(dict.fromkeys(g.rows["prompt"].fillna("").astype(str)))
     negs = [n for n in dict.fromkeys(g.rows["negative_prompt"].fillna("").astype(str)) if n][:1]
     per_seed = len(prompts) > 1  # style items: the subject changes with the seed; the prompt goes in the row
     buttons = [("default", "leaderboard order"), ("name", "name")] + [(s.name, s.label) for s in metrics]
     sorter = "".join(f'<button type="button" data-sort="{esc(k)}">{esc(t)}</button>' for k, t in buttons)
     seeds = seed_order(g.rows["seed"])
+    shown = set(g.models)
     by_cell = {(str(r["model"]), str(r["seed"])): r for r in g.rows.to_dict(orient="records")}
-    by_cell = {k: r for k, r in by_cell.items() if k[0] in g.models}
+    by_cell = {k: r for k, r in by_cell.items() if k[0] in shown}
     infos = Infotexts.of(by_cell)
+    zs = ctx.z.get((g.task, g.item), {})
     head = '<th class="seed">seed</th>' + ('<th class="targets">target</th>' if g.targets else "")
-    for model in g.models:
-        z = zs[zs["model"] == model].set_index("metric")["z"].to_dict()
-        head += column_th(model, titles.get(model, ""), ranks.get(model, len(ranks)), z, metrics,
-                          infos.templates.get(model, ""))
+    head += "".join(column_th(m, ctx.titles.get(m, ""), ctx.ranks.get(m, len(ctx.ranks)), zs.get(m, {}), metrics,
+                              infos.templates.get(m, "")) for m in g.models)
     body = []
     for i, seed in enumerate(seeds):
         first = next((by_cell[(m, seed)] for m in g.models if (m, seed) in by_cell), None)
         prompt = f'<span class="row-prompt">{esc(first["prompt"])}</span>' if per_seed and first else ""
-        cells = f'<th class="seed">{esc(seed)}{prompt}</th>'
+        cells = [f'<th class="seed">{esc(seed)}{prompt}</th>']
         if g.targets and i == 0:
-            cells += targets_cell(g.targets, g.task, g.item, gallery, len(seeds))
+            cells.append(targets_cell(g.targets, g.task, g.item, ctx.gallery, len(seeds), ctx.up))
         for model in g.models:
             r = by_cell.get((model, seed))
-            inner = ('<span class="na">—</span>' if r is None
-                     else image_figure(r, model, images_root, gallery, infos.attr(r, model, seed)))
-            cells += f'<td class="cell" data-model="{esc(model)}">{inner}</td>'
-        body.append(f'<tr data-seed="{esc(seed)}" data-ih="{esc(infos.heads.get(seed, ""))}">{cells}</tr>')
+            inner = ('<span class="na">—</span>' if r is None else
+                     image_figure(r, model, ctx.images_root, ctx.gallery, infos.attr(r, model, seed), ctx.up))
+            cells.append(f'<td class="cell" data-model="{esc(model)}">{inner}</td>')
+        body.append(f'<tr data-seed="{esc(seed)}" data-ih="{esc(infos.heads.get(seed, ""))}">{"".join(cells)}</tr>')
     shown_prompts = [] if per_seed else prompts[:1]
     prompt_html = "".join(f'<div class="prompt">{esc(p)}</div>' for p in shown_prompts)
     prompt_html += "".join(f'<div class="prompt">Negative prompt: {esc(n)}</div>' for n in negs)
     primary = esc(metrics[0].name) if metrics else ""
-    return (f'<section class="grid" data-task="{esc(g.task)}" data-item="{esc(g.item)}" data-family="{esc(g.family)}"'
-            f' data-primary="{primary}"><h3>{esc(TASK_TITLES.get(g.task, g.task))}: {esc(g.item)}</h3>{prompt_html}'
+    return (f'<section class="grid" id="{esc(g.anchor)}" data-task="{esc(g.task)}" data-item="{esc(g.item)}" '
+            f'data-family="{esc(g.family)}" data-primary="{primary}"><h3>{esc(TASK_TITLES.get(g.task, g.task))}: '
+            f'{esc(g.item)}</h3>{prompt_html}'
             f'<div class="sorter">mean z on this item; sort the columns by: {sorter}</div>'
             f'<div class="xy-wrap"><table class="xy"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div></section>')
@@ -500,33 +465,135 @@ def section_key(g: Grid) -> tuple[str, str]:
 
 
 def grid_sections(manifests: Mapping[str, pd.DataFrame], order: list[str], targets: Targets) -> list[Grid]:
-    """Every grid, tasks in general/style/lora order, LoRA families in FAMILY_TITLES order."""
+    """Every grid, tasks in general/style/lora order, LoRA families in FAMILY_TITLES order. The manifests are
+    grouped once (by task, then item), never filtered per model."""
     rows = pd.concat([m.assign(model=name) for name, m in manifests.items()], ignore_index=True)
     rows["item"] = rows["item"].astype(str)
     tasks = [t for t in TASK_TITLES if t in set(rows["task"])] + sorted(set(rows["task"]) - set(TASK_TITLES))
-    grids = [g for t in tasks for g in item_grids(t, rows[rows["task"] == t], order, targets)]
+    by_task = dict(tuple(rows.groupby("task", sort=False)))
+    grids = [g for t in tasks for g in item_grids(t, by_task[t], order, targets)]
     family_rank = {f: i for i, f in enumerate(FAMILY_TITLES)}
     return sorted(grids, key=lambda g: (tasks.index(g.task), family_rank.get(g.family, len(family_rank)), g.family))
 
 
-def grids_html(result: Standardized, shown: Mapping[str, Shown], grids: list[Grid], titles: Mapping[str, str],
-               ranks: Mapping[str, int], images_root: Path, gallery: Gallery) -> tuple[str, list[tuple[str, str]]]:
-    """The grids under one heading per section; returns the HTML and the (anchor, heading) of each section."""
-    zs, metrics_of = item_scores(result), task_metrics(result)
-    out, sections = [], []
+# ---------------------------------------------------------------------------------------------------------------
+# Pages
+
+
+@dataclass(frozen=True)
+class Page:
+    """One grid page: ``number`` (from 1) of its section's pages, holding whole items."""
+
+    anchor: str
+    heading: str
+    number: int
+    grids: tuple[Grid, ...]
+
+    @property
+    def name(self) -> str:
+        """File name under ``pages/``."""
+        return f"{self.anchor}-{self.number}.html"
+
+
+def paginate(grids: Sequence[Grid], max_cells: int) -> list[Page]:
+    """Consecutive grids of one section per page, at most ``max_cells`` images a page (a larger item gets a page
+    of its own)."""
+    pages: list[Page] = []
+    group: list[Grid] = []
+    size = 0
+
+    def close() -> None:
+        anchor, heading = section_key(group[0])
+        number = 1 + sum(p.anchor == anchor for p in pages)
+        pages.append(Page(anchor, heading, number, tuple(group)))
+
     for g in grids:
-        key = section_key(g)
-        if key not in sections:
-            sections.append(key)
-            out.append(f'<h2 id="{esc(key[0])}">{esc(key[1])}</h2>')
-        z = zs[(zs["task"] == g.task) & (zs["item"] == g.item)]
-        metrics = [shown[m] for m in metrics_of.get(g.task, []) if m in shown]
-        out.append(grid_section(g, titles, ranks, z, metrics, images_root, gallery))
-    return "\n".join(out), sections
+        if group and (section_key(g) != section_key(group[0]) or size + g.cells > max_cells):
+            close()
+            group, size = [], 0
+        group.append(g)
+        size += g.cells
+    if group:
+        close()
+    return pages
+
+
+def sections_of(pages: Sequence[Page]) -> list[tuple[str, str]]:
+    """(anchor, heading) of each section, in page order."""
+    return list(dict.fromkeys((p.anchor, p.heading) for p in pages))
+
+
+def first_prompt(g: Grid) -> str:
+    prompts = g.rows["prompt"].fillna("").astype(str)
+    return str(prompts.iloc[0]) if len(prompts) else ""
+
+
+def contents_html(pages: Sequence[Page]) -> str:
+    """The index's table of contents: every section, its items (with their prompt) linked to their page."""
+    out = ['<section id="grids"><h2>Grids</h2><p class="note">One X/Y grid per benchmark item (models as columns, '
+           "one row per seed), a few items per page.</p>"]
+    for anchor, heading in sections_of(pages):
+        mine = [p for p in pages if p.anchor == anchor]
+        out.append(f'<h3 id="{esc(anchor)}">{esc(heading)}</h3><ul class="toc">')
+        for p in mine:
+            for g in p.grids:
+                href = f"{PAGES}/{url(p.name)}#{url(g.anchor)}"
+                out.append(f'<li><a href="{esc(href)}">{esc(g.item)}</a> <span class="toc-prompt">'
+                           f"{esc(first_prompt(g))}</span></li>")
+        out.append("</ul>")
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def page_nav(page: Page, pages: Sequence[Page]) -> str:
+    """A grid page's links: the index, and every page of its section (this one marked)."""
+    mine = [p for p in pages if p.anchor == page.anchor]
+    numbers = " ".join(f"<b>{p.number}</b>" if p == page else f'<a href="{esc(url(p.name))}">{p.number}</a>'
+                       for p in mine)
+    others = " · ".join(f'<a href="{esc(url(p.name))}">{esc(p.heading)}</a>'
+                        for p in pages if p.number == 1 and p.anchor != page.anchor)
+    return (f'<nav><a href="../index.html">Leaderboard</a> · <a href="../index.html#grids">All grids</a> · '
+            f"{esc(page.heading)}, page {numbers}" + (f" · {others}" if others else "") + "</nav>")
+
+
+def static() -> tuple[str, str]:
+    """(script, style) every page inlines."""
+    return (STATIC / "report.js").read_text(), (STATIC / "report.css").read_text()
+
+
+def head_html(title: str, script: str, style: str) -> str:
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{esc(csp(script, style))}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{esc(title)}</title><style>{style}</style></head>
+<body>
+"""
+
+
+def tail_html(script: str) -> str:
+    return ('<div id="lightbox" title="click to close"><div class="caption"></div><img alt="full image"><pre></pre>'
+            f"</div>\n<script>{script}</script>\n</body></html>\n")
+
+
+def grid_page(page: Page, pages: Sequence[Page], ctx: GridContext, warning: str) -> Iterator[str]:
+    """A grid page's HTML, one grid at a time."""
+    script, style = static()
+    yield head_html(f"GhostReview report: {page.heading} {page.number}", script, style)
+    yield f"{warning}\n<h1>GhostReview report</h1>\n{page_nav(page, pages)}\n"
+    yield f'<h2 id="{esc(page.anchor)}">{esc(page.heading)}</h2>\n'
+    for g in page.grids:
+        yield grid_section(g, ctx) + "\n"
+    yield tail_html(script)
+
+
+def write_stream(f: IO[bytes], chunks: Iterator[str]) -> None:
+    for chunk in chunks:
+        f.write(chunk.encode("utf-8"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The page
+# The index
 
 
 def csp(script: str, style: str) -> str:
@@ -556,26 +623,21 @@ def leaderboard_note(meta: dict, shown: Mapping[str, Shown]) -> str:
 
 def nav_html(sections: Sequence[tuple[str, str]]) -> str:
     links = [("leaderboard-section", "Leaderboard"), ("pairwise", "A beats B"), ("plots", "Plots"),
-             ("problems", "Flags"), *sections]
+             ("problems", "Flags"), ("grids", "Grids"), *sections]
     return "<nav>" + " · ".join(f'<a href="#{esc(a)}">{esc(t)}</a>' for a, t in links) + "</nav>"
 
 
 def page_html(result: Standardized, shown: Mapping[str, Shown], board: pd.DataFrame, pngs: Mapping[str, bytes],
-              grids: str, sections: Sequence[tuple[str, str]] = ()) -> str:
-    """The whole document. shown: ``shown_metrics(result, registry)``."""
-    script, style = (STATIC / "report.js").read_text(), (STATIC / "report.css").read_text()
+              contents: str, sections: Sequence[tuple[str, str]] = ()) -> str:
+    """The index document. shown: ``shown_metrics(result, registry)``; contents: ``contents_html`` of the grid
+    pages; sections: their (anchor, heading)."""
+    script, style = static()
     metrics = [m for m in shown if m != COMBINED]
     meta, raw = result.meta, result.meta.get("raw_metric", "aesthetic")
     note = leaderboard_note(meta, shown)
     order = board["model"].astype(str).tolist()
     names = {str(r["model"]): str(r["title"] or r["model"]) for r in board_records(board)}
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{esc(csp(script, style))}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>GhostReview report</title><style>{style}</style></head>
-<body>
-{warning_html(board)}
+    return head_html("GhostReview report", script, style) + f"""{warning_html(board)}
 <h1>GhostReview report</h1>
 {nav_html(sections)}
 <section id="leaderboard-section"><h2>Leaderboard</h2><p class="note">{esc(note)}</p>
@@ -586,25 +648,24 @@ def page_html(result: Standardized, shown: Mapping[str, Shown], board: pd.DataFr
 {frame_html(lora_problems(result), "lora-problems")}
 <h2>Flagged images</h2>{frame_html(flagged_images(result), "flagged-images")}
 <h2>Degenerate groups (excluded from z)</h2>{frame_html(result.degenerate, "degenerate-groups")}</section>
-{grids}
-<div id="lightbox" title="click to close"><div class="caption"></div><img alt="full image"><pre></pre></div>
-<script>{script}</script>
-</body></html>
-"""
+{contents}
+""" + tail_html(script)
 
 
 def write_html(result: Standardized, scores: pd.DataFrame, manifests: Mapping[str, pd.DataFrame],
                models: pd.DataFrame, images_root: str | Path, out_dir: str | Path, *,
                metrics: Mapping[str, MetricInfo], plot_pngs: Mapping[str, bytes] | None = None,
-               targets: Targets | None = None, thumb_px: int = 320) -> Path:
-    """Write ``<out_dir>/index.html`` and ``<out_dir>/images/`` (see the module docstring); returns the page's path.
+               targets: Targets | None = None, thumb_px: int = 320, cache: Path | None = None, workers: int = 1,
+               max_cells: int = MAX_CELLS) -> Path:
+    """Write ``<out_dir>/index.html``, ``pages/`` and ``images/`` (see the module docstring); returns the index's path.
 
     manifests: model -> its manifest table (images at ``images_root/<model>/<image>``). metrics: the registry the
     scores were standardized with (labels, directions). plot_pngs: PNG bytes by name from ``write_plots`` (rendered
     here from ``result`` and ``scores`` when None). targets: the style reference and LoRA header images and the
     LoRA tables' families (``targets.benchmark_targets``); without them grids show no targets and a LoRA item's
     family is the one of the models that drew it. thumb_px: longest side of a thumbnail; smaller images are their
-    own thumbnail.
+    own thumbnail. cache: the rendition cache directory (``renditions``; None: every rendition is made anew).
+    workers: rendering processes. max_cells: images per grid page.
     """
     check_manifests(manifests)
     shown = shown_metrics(result, metrics)
@@ -614,8 +675,24 @@ def write_html(result: Standardized, scores: pd.DataFrame, manifests: Mapping[st
     pngs = plot_pngs if plot_pngs is not None else render(result, scores, models, metrics)[1]
     order = [m for m in board["model"].astype(str) if m in manifests] + sorted(set(manifests) - set(board["model"]))
     titles = {str(r["model"]): str(r["title"]) for r in board_records(board)}
-    gallery = Gallery(thumb_px)
-    grids, sections = grids_html(result, shown, grid_sections(manifests, order, targets or Targets()), titles,
-                                 {m: i for i, m in enumerate(order)}, root, gallery)
-    gallery.write(out)
-    return write_text_atomic(out / "index.html", page_html(result, shown, board, pngs, grids, sections))
+    pages = paginate(grid_sections(manifests, order, targets or Targets()), max_cells)
+    metrics_of = {t: [shown[m] for m in ms if m in shown] for t, ms in task_metrics(result).items()}
+    z, warning = item_z(result), warning_html(board)
+    if cache is not None:
+        clean_staging(cache)
+
+    def build_pages(tmp_pages: Path) -> None:
+        def build_images(tmp_images: Path) -> None:
+            gallery = Gallery(tmp_images, thumb_px, cache, pool)
+            ctx = GridContext(titles, {m: i for i, m in enumerate(order)}, z, metrics_of, root, gallery)
+            for page in pages:
+                with open(tmp_pages / page.name, "wb") as f:
+                    write_stream(f, grid_page(page, pages, ctx, warning))
+                gallery.flush()
+
+        replace_dir(out / IMAGES, build_images, sync_all=True)  # new images first: new pages never lack one
+
+    with rendering_pool(workers) as pool:
+        replace_dir(out / PAGES, build_pages, sync_all=True)
+    index = page_html(result, shown, board, pngs, contents_html(pages), sections_of(pages))
+    return write_atomic(out / "index.html", lambda f: f.write(index.encode("utf-8")))

@@ -1,0 +1,258 @@
+"""The image files a report links to: JPEG renditions of the source images, rendered once and reused across runs.
+
+A page asks a :class:`Gallery` for each image (``add``, ``add_target``) and gets a :class:`Shot` (relative URLs
+and the thumbnail's size) at once; the files are made by :meth:`Gallery.flush`, which the page writer calls after
+each page, so that no more than one page's worth of pending files is ever held in memory.
+
+Published layout (under the report's ``images/``): ``<folder>/<stem>.jpg``, the full view at the source's own size,
+and ``<folder>/thumbs/<stem>.jpg``, a thumbnail where the source is larger than ``thumb_px`` (smaller images are
+their own thumbnail). Renditions, not copies: the originals (PNGs with their metadata) stay in the images directory.
+
+The rendition cache (``cache``, optional; the report stage passes ``<paths.cache>/renditions``, outside DVC's
+outputs, which DVC deletes before the stage runs) holds every rendition ever made, named by
+``rendition_key``: a hash of the source's identity and the rendition settings (longest side, JPEG quality,
+``RENDITION_VERSION``). A generated image's identity is its manifest ``image_hash`` (the key of everything that
+decides its pixels, under which the image store checked its PNG) plus the file's size and mtime, so a file replaced
+under the same name is rendered again; a target image's identity is the sha256 of its bytes. A published file is a
+hard link to its cache entry (a copy where the two are on different file systems): a rerun after one model was added
+renders only that model's images. A cache entry appears whole or not at all (``Gallery.fill_cache``: rendered into a
+staging directory, made durable with one ``os.sync()``, then hard-linked to its name), so a killed run leaves no
+half-written entry; the report never prunes the cache (delete the directory to reclaim its space).
+
+Rendering runs in ``workers`` processes (one image per task is too fine: chunks of ``CHUNK`` sources).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import time
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+IMAGES = "images"  # <out_dir>/images: every image file the pages link to
+TARGETS = "_targets"  # images/_targets: style reference and LoRA header images (``_`` starts no model slug)
+JPEG_QUALITY = 90
+RENDITION_VERSION = "1"  # bump when the rendering below changes: every cache entry is then made anew
+CHUNK = 64  # sources per rendering task
+STALE_S = 6 * 3600  # a staging directory this old belongs to no running report
+STAGING = ".staging-"  # <cache>/.staging-<random>: renditions of a run not yet durable and linked into the cache
+
+
+def url(rel: str) -> str:
+    """The relative link ``rel`` (a ``/`` path), each part percent-quoted."""
+    return "/".join(urllib.parse.quote(part) for part in rel.split("/"))
+
+
+@dataclass(frozen=True)
+class Shot:
+    """One image as a page links it: full image and thumbnail (URLs relative to the report's root) and the
+    thumbnail's pixel size."""
+
+    full: str
+    thumb: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Job:
+    """One file to publish: ``images/<rel>``, a rendition of ``src`` at longest side ``px`` (None: its own size),
+    cached as ``<cache>/<key[:2]>/<key>.jpg``."""
+
+    rel: str
+    src: Path
+    px: int | None
+    key: str
+
+
+def rendition_key(source_id: str, px: int | None) -> str:
+    """The cache name of a rendition: sha256 of the source's identity and the rendition settings."""
+    return hashlib.sha256(f"{source_id}|{px}|q{JPEG_QUALITY}|v{RENDITION_VERSION}".encode()).hexdigest()
+
+
+def file_identity(image_hash: str, src: Path) -> str:
+    """A generated image's identity: its manifest hash, size and mtime (a replaced file gets a new identity)."""
+    st = src.stat()
+    return f"{image_hash}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def bytes_identity(src: Path) -> str:
+    """A target image's identity: the sha256 of its bytes."""
+    with open(src, "rb") as f:
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def image_size(src: Path, width: object = None, height: object = None) -> tuple[int, int]:
+    """(width, height): the manifest's when both are positive integers, else read from the file's header."""
+    try:
+        w, h = int(str(width)), int(str(height))
+        if w > 0 and h > 0:
+            return w, h
+    except ValueError:
+        pass
+    with Image.open(src) as im:  # reads the header only
+        return im.size
+
+
+@dataclass
+class Gallery:
+    """The renditions a report's pages link to; see the module docstring.
+
+    dest: the ``images/`` directory being built. cache: the rendition cache (None: render straight into ``dest``).
+    """
+
+    dest: Path
+    thumb_px: int
+    cache: Path | None = None
+    executor: Executor | None = None
+    pending: list[Job] = field(default_factory=list)
+    published: dict[str, Path] = field(default_factory=dict)  # rel -> source, every file already asked for
+    rendered: int = 0  # renditions made (cache misses) so far
+    reused: int = 0  # renditions found in the cache so far
+
+    def add(self, src: Path, folder: str, stem: str, source_id: str, size: tuple[int, int]) -> Shot:
+        """``src`` (of pixel ``size``) published as ``<folder>/<stem>.jpg`` (the stem's first 16 characters unless
+        another source has them), with a thumbnail in ``<folder>/thumbs/`` when larger than ``thumb_px``."""
+        short = stem[:16]  # image names are 64-hex hashes: 16 keep them apart and the pages smaller
+        stem = short if self.published.get(f"{folder}/{short}.jpg", src) == src else stem
+        full = self.want(f"{folder}/{stem}.jpg", src, None, source_id)
+        width, height = size
+        if max(width, height) <= self.thumb_px:
+            return Shot(full, full, width, height)
+        thumb = self.want(f"{folder}/thumbs/{stem}.jpg", src, self.thumb_px, source_id)
+        scale = self.thumb_px / max(width, height)
+        return Shot(full, thumb, max(1, round(width * scale)), max(1, round(height * scale)))
+
+    def add_image(self, src: Path, folder: str, image_hash: str, width: object = None,
+                  height: object = None) -> Shot:
+        """A generated image (``folder``: its model), identified by its manifest hash and file stat."""
+        return self.add(src, folder, src.stem, file_identity(image_hash, src), image_size(src, width, height))
+
+    def add_target(self, src: Path) -> Shot:
+        """A reference or header image, named by the hash of its bytes (two sets may share a file name)."""
+        source_id = bytes_identity(src)
+        return self.add(src, TARGETS, source_id.removeprefix("sha256:")[:16], source_id, image_size(src))
+
+    def want(self, rel: str, src: Path, px: int | None, source_id: str) -> str:
+        """Queue ``images/<rel>`` (once); returns its URL."""
+        if rel not in self.published:
+            self.published[rel] = src
+            self.pending.append(Job(rel, src, px, rendition_key(source_id, px)))
+        return url(f"{IMAGES}/{rel}")
+
+    def flush(self) -> None:
+        """Make every queued file: render the missing ones (in the executor when there is one), link the rest."""
+        jobs, self.pending = self.pending, []
+        if self.cache is None:
+            self.render([(src, [(self.dest / j.rel, j.px) for j in group]) for src, group in by_source(jobs)])
+            return
+        missing = [j for j in jobs if not self.cached(j).is_file()]
+        if missing:
+            self.fill_cache(missing)
+        self.reused += len(jobs) - len(missing)
+        for j in jobs:
+            publish(self.cached(j), self.dest / j.rel)
+
+    def fill_cache(self, jobs: Sequence[Job]) -> None:
+        """Render ``jobs`` into a staging directory of the cache, make it durable (one ``os.sync()``: an fsync per
+        file costs milliseconds), then hard-link each file to its cache name: an entry appears whole or not at all,
+        and a killed run leaves only its staging directory (removed by the next run's ``clean_staging``)."""
+        assert self.cache is not None
+        staging = self.cache / f"{STAGING}{secrets.token_hex(8)}"
+        try:
+            self.render([(src, [(staging / j.key, j.px) for j in group]) for src, group in by_source(jobs)])
+            os.sync()
+            for j in jobs:
+                entry = self.cached(j)
+                entry.parent.mkdir(parents=True, exist_ok=True)
+                with suppress(FileExistsError):  # another run made it meanwhile: the same rendition
+                    os.link(staging / j.key, entry)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def cached(self, job: Job) -> Path:
+        assert self.cache is not None
+        return self.cache / job.key[:2] / f"{job.key}.jpg"
+
+    def render(self, work: Sequence[tuple[Path, list[tuple[Path, int | None]]]]) -> None:
+        self.rendered += sum(len(outs) for _, outs in work)
+        chunks = [list(work[i:i + CHUNK]) for i in range(0, len(work), CHUNK)]
+        if self.executor is None or len(chunks) < 2:
+            for chunk in chunks:
+                render_chunk(chunk)
+            return
+        for _ in self.executor.map(render_chunk, chunks):
+            pass
+
+
+def by_source(jobs: Sequence[Job]) -> list[tuple[Path, list[Job]]]:
+    """Jobs grouped by source (each source is decoded once for all its renditions), in first-seen order."""
+    groups: dict[Path, list[Job]] = {}
+    for j in jobs:
+        groups.setdefault(j.src, []).append(j)
+    return list(groups.items())
+
+
+def publish(entry: Path, dest: Path) -> None:
+    """``dest`` as a hard link to the cache entry (a copy across file systems)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(entry, dest)
+    except OSError:  # another file system (or one without hard links)
+        shutil.copyfile(entry, dest)
+
+
+def render_chunk(chunk: Sequence[tuple[Path, Sequence[tuple[Path, int | None]]]]) -> None:
+    for src, outs in chunk:
+        write_renditions(src, outs)
+
+
+def write_renditions(src: Path, outs: Sequence[tuple[Path, int | None]]) -> None:
+    """JPEGs of ``src`` (transparency on white), each at its longest side ``px`` (None: the source's size); written
+    plainly into a directory that is made durable and moved into place as a whole (``Gallery.fill_cache``,
+    ``replace_dir(..., sync_all=True)``)."""
+    with Image.open(src) as im:
+        im.load()
+        rgb = im.convert("RGB") if "A" not in im.getbands() and im.mode != "P" else on_white(im)
+    for dest, px in outs:
+        view = rgb
+        if px is not None:
+            view = rgb.copy()
+            view.thumbnail((px, px))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        view.save(dest, format="JPEG", quality=JPEG_QUALITY)
+
+
+def on_white(im: Image.Image) -> Image.Image:
+    """An image with transparency (or a palette that may carry it) composited on white."""
+    rgba = im.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def clean_staging(cache: Path, older_than_s: float = STALE_S) -> None:
+    """Remove the staging directories a killed run left in ``cache`` (those older than ``older_than_s``: a report
+    running at the same time on the same cache keeps its own)."""
+    now = time.time()
+    for d in cache.glob(f"{STAGING}*") if cache.is_dir() else ():
+        if now - d.stat().st_mtime > older_than_s:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+@contextmanager
+def rendering_pool(workers: int) -> Iterator[Executor | None]:
+    """A process pool of ``workers`` processes (None for one: render in this process)."""
+    if workers <= 1:
+        yield None
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield pool
