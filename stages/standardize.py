@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from ghostreview import validate
-from ghostreview.analysis.aggregate import made_with_map, manifests, models_table, undrawn_rows
+from ghostreview.analysis.aggregate import UNDRAWN_COLUMNS, made_with_map, manifests, models_table, undrawn_rows
 from ghostreview.analysis.standardize import standardize
 from ghostreview.errors import stage_main
 from ghostreview.protocol import benchmark_digest
@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> None:
         bench = validate.benchmark(params, root, str(args.params))
         s = params.standardize
         scores = read_scores(args.scores, names)
-        undrawn = undrawn_rows(manifests(args.images, names), REGISTRY)  # unusable LoRA pairs: flagged, not silent
+        # unusable LoRA pairs: flagged, not silent (only the manifest columns this needs: infotexts are most of it)
+        undrawn = undrawn_rows(manifests(args.images, names, UNDRAWN_COLUMNS), REGISTRY)
         if not undrawn.empty:
             scores = pd.concat([scores, undrawn], ignore_index=True)
         bar.update()

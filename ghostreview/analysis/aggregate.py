@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from ghostreview.analysis.standardize import MetricLike, metric_task
-from ghostreview.generation.manifest import ManifestError, check_columns, manifest_file
+from ghostreview.generation.manifest import MANIFEST_COLUMNS, ManifestError, check_columns, manifest_file
 from ghostreview.protocol import Benchmark
 from ghostreview.scoring.table import SCORE_COLUMNS
 
@@ -58,16 +58,20 @@ def _model_info(path: Path, name: str) -> dict:
     return info
 
 
-def _read_manifest_table(directory: Path) -> pd.DataFrame:
+def _read_manifest_table(directory: Path, columns: Sequence[str]) -> pd.DataFrame:
     path = manifest_file(directory)
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    check_columns(path, table.columns)
-    return table
+    check_columns(path, pd.read_csv(path, nrows=0).columns)
+    return pd.read_csv(path, dtype=str, keep_default_na=False, usecols=list(columns))
 
 
-def manifests(images_dir: Path, names: Sequence[str]) -> dict[str, pd.DataFrame]:
-    """Each model's manifest as a DataFrame (all columns as text, empty cells kept as "")."""
-    return {n: _read_manifest_table(images_dir / n) for n in names}
+def manifests(images_dir: Path, names: Sequence[str],
+              columns: Sequence[str] = MANIFEST_COLUMNS) -> dict[str, pd.DataFrame]:
+    """Each model's manifest as a DataFrame (all columns as text, empty cells kept as ""): ``columns`` only (the
+    header is checked in full), e.g. ``UNDRAWN_COLUMNS`` for ``undrawn_rows`` (infotexts are most of a manifest)."""
+    return {n: _read_manifest_table(images_dir / n, columns) for n in names}
+
+
+UNDRAWN_COLUMNS = ("task", "item", "seed", "image", "image_hash", "flags")  # what undrawn_rows reads
 
 
 def undrawn_rows(manifests: Mapping[str, pd.DataFrame], metrics: Mapping[str, MetricLike]) -> pd.DataFrame:
