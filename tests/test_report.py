@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 from pathlib import Path
@@ -507,3 +508,39 @@ def test_grid_pages_hold_whole_items_up_to_max_cells_and_link_each_other(demo, t
     for p in pages:
         check_links(p, tmp_path)
     check_links(index, tmp_path)
+
+
+def test_plots_stay_readable_at_many_models():
+    """At 60 models no chart is wider than 1,000 px, every model gets a labelled row of at least 14 px (distribution,
+    ranking, heatmap), and no legend lists more than 10 entries (the scatter shows model means on a colour bar)."""
+    from ghostreview.analysis.report.plots import FEW, figures, plot_data, png_bytes
+
+    rng = np.random.default_rng(1)
+    names = [f"m{i:03d}" for i in range(60)]
+    assert len(names) > FEW
+    rows = []
+    for i, model in enumerate(names):
+        for task, items, metrics in (("general", ("p1", "p2"), ("aesthetic", "clipscore")),
+                                     ("style", ("anime", "ink"), ("styleloss",))):
+            for item in items:
+                for seed in range(3):
+                    h = hashlib.sha256(f"{model}{item}{seed}".encode()).hexdigest()
+                    rows += [dict(model=model, task=task, item=item, seed=seed, image_hash=h, metric=metric,
+                                  value=float(rng.normal(5 + 0.02 * i, 1)), flags="", metric_version="1",
+                                  weights_sha256="0" * 64) for metric in metrics]
+    models = pd.DataFrame({"model": names, "family": "sd15", "checkpoint_file": [f"{m}.safetensors" for m in names],
+                           "sha256": "ab" * 32, "autov2": "ABCDEF0123", "random_weights": False})
+    scores = pd.DataFrame(rows)
+    result = standardize(scores, models, METRICS, {}, n_boot=20, seed=0)
+    figs = figures(result, plot_data(result, scores), models, shown_metrics(result, METRICS))
+    assert {"aesthetic_distribution", "style_heatmap", "clip_vs_aesthetic", "ranking_combined"} <= set(figs)
+    for stem, fig in figs.items():
+        width, height = fig.get_size_inches() * fig.dpi
+        assert width <= 1000, stem
+        assert all(ax.get_legend() is None or len(ax.get_legend().get_texts()) <= 10 for ax in fig.axes), stem
+        if stem != "clip_vs_aesthetic":
+            ticks = {t.get_text().split(" ")[-1] for t in fig.axes[0].get_yticklabels()}
+            assert set(names) <= ticks, stem  # every model labelled
+            assert height / len(names) >= 14, stem
+    with Image.open(io.BytesIO(png_bytes(figs["aesthetic_distribution"]))) as im:
+        assert im.size[0] <= 1000 and im.size[1] >= 14 * len(names)

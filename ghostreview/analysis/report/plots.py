@@ -13,6 +13,10 @@ rule standardize uses). Columns:
   style / LoRA (pairs with no usable image are absent).
 - ``clip_vs_aesthetic.csv``: model, item, seed, image_hash, aesthetic, clipscore: one row per general image with both.
 
+Readable at hundreds of models: beyond ``FEW`` models the distribution is a sorted interval chart (median, 25-75%,
+5-95%) instead of violins, ranking and heatmap rows are 16 px a model (heatmaps turn models down the rows), and
+beyond ``LEGEND`` models the scatter shows each model's mean on a colour bar instead of a legend entry per model.
+
 ``dvc.yaml``'s ``plots:`` draws the distribution, ranking and scatter CSVs with the chart templates in
 ``.dvc/plots/`` (``distribution``: a box per model; ``ranking``: a panel per metric, reading heading, lo and hi;
 ``scatter_by_model``: coloured by the model column), on the offline page ``.dvc/plots/offline.html``.
@@ -37,6 +41,9 @@ from ghostreview.scoring.metric import MetricInfo
 
 RAW = "aesthetic"
 CLIP = "clipscore"
+FEW = 12  # up to this many models: a violin per model and roomy rows; beyond: interval charts, 16 px a model
+LEGEND = 10  # up to this many models the scatter colours each model in a legend; beyond: model means on a colour bar
+LABELLED = 5  # models named on the many-model scatter (the best by leaderboard order)
 # heatmap stem -> (the metric it draws, what its rows are called)
 HEATMAPS = {"style_heatmap": ("styleloss", "style"), "lora_heatmap": ("loraloss", "LoRA")}
 
@@ -107,24 +114,67 @@ def raw_axis(s: Shown) -> str:
     return f"{s.axis_label} (raw)"
 
 
-def distribution_figure(data: pd.DataFrame, order: list[str], threshold: float, shown: Shown, demo: bool) -> Figure:
-    """Violin of raw values of ``shown`` (the aesthetic) per model (quartiles inside), with the good-image
-    threshold."""
-    fig = new_figure(max(5.0, 1.1 * len(order)), 4.0, demo)
-    ax = fig.add_subplot()
-    present = [m for m in order if m in set(data["model"])]
-    sns.violinplot(data=data, x="model", y="value", order=present, cut=0, inner="quartile", ax=ax, color="#9ecae1")
-    ax.set(xlabel="", ylabel=raw_axis(shown), title=f"Distribution of {shown.label} scores")
-    lo, hi = float(data["value"].min()), float(data["value"].max())
+def row_inches(n: int) -> float:
+    """Height of one model's row in a chart with a row per model: roomy for a few, 0.16 in (16 px) for many."""
+    return 0.4 if n <= FEW else 0.16
+
+
+def model_ticks(ax, n: int) -> None:
+    """Tick labels small enough to stay apart at 16 px a row."""
+    if n > FEW:
+        ax.tick_params(axis="y", labelsize=7)
+
+
+def threshold_line(ax, threshold: float, lo: float, hi: float, vertical: bool) -> None:
+    """The good-image threshold as a dashed line, or a note where it lies when it is far off the data (a line far
+    off would squash the data flat)."""
     margin = 0.25 * max(hi - lo, 0.1)
     if lo - margin <= threshold <= hi + margin:
-        ax.axhline(threshold, color="crimson", linestyle="--", linewidth=1, label=f"good ≥ {threshold:g}")
+        line = ax.axvline if vertical else ax.axhline
+        line(threshold, color="crimson", linestyle="--", linewidth=1, label=f"good ≥ {threshold:g}")
         ax.legend(loc="lower right")
-    else:  # a line far off the data would squash every violin flat: say where it is instead
+    else:
         where = "above" if threshold > hi else "below"
         ax.text(0.99, 0.01, f"good ≥ {threshold:g}: {where} every score", transform=ax.transAxes, ha="right",
                 va="bottom", color="crimson", fontsize=9)
+
+
+def distribution_figure(data: pd.DataFrame, order: list[str], threshold: float, shown: Shown, demo: bool) -> Figure:
+    """Raw values of ``shown`` (the aesthetic) per model, with the good-image threshold: violins (quartiles inside)
+    for up to ``FEW`` models, beyond that ``interval_figure`` (a violin per model would be a sliver)."""
+    present = [m for m in order if m in set(data["model"])]
+    if len(present) > FEW:
+        return interval_figure(data, present, threshold, shown, demo)
+    fig = new_figure(max(5.0, 1.1 * len(order)), 4.0, demo)
+    ax = fig.add_subplot()
+    sns.violinplot(data=data, x="model", y="value", order=present, cut=0, inner="quartile", ax=ax, color="#9ecae1")
+    ax.set(xlabel="", ylabel=raw_axis(shown), title=f"Distribution of {shown.label} scores")
+    threshold_line(ax, threshold, float(data["value"].min()), float(data["value"].max()), vertical=False)
     ax.tick_params(axis="x", labelrotation=30)
+    return fig
+
+
+def quantiles(data: pd.DataFrame) -> pd.DataFrame:
+    """Per model: the 5th, 25th, 50th, 75th and 95th percentile of ``value``, best median first."""
+    q = data.groupby("model")["value"].quantile([0.05, 0.25, 0.5, 0.75, 0.95]).unstack()
+    return q.sort_values(0.5, ascending=False)
+
+
+def interval_figure(data: pd.DataFrame, present: list[str], threshold: float, shown: Shown, demo: bool) -> Figure:
+    """One row per model, sorted by median (best on top): the median as a dot, the middle half as a thick bar, the
+    5th-95th percentiles as a thin line; readable at hundreds of models (16 px a row)."""
+    q = quantiles(data[data["model"].isin(present)]).iloc[::-1]  # matplotlib draws the first row at the bottom
+    fig = new_figure(7.0, 1.5 + row_inches(len(q)) * len(q), demo)
+    ax = fig.add_subplot()
+    y = np.arange(len(q))
+    ax.hlines(y, q[0.05], q[0.95], color="#9ecae1", linewidth=1)
+    ax.hlines(y, q[0.25], q[0.75], color="#3182bd", linewidth=4)
+    ax.plot(q[0.5], y, "o", color="#08306b", markersize=3)
+    ax.set_yticks(y, q.index.astype(str).tolist())
+    ax.set_ylim(-0.5, len(q) - 0.5)
+    model_ticks(ax, len(q))
+    ax.set(xlabel=raw_axis(shown), title=f"Distribution of {shown.label} scores (median, 25-75%, 5-95%)")
+    threshold_line(ax, threshold, float(data["value"].min()), float(data["value"].max()), vertical=True)
     return fig
 
 
@@ -137,12 +187,15 @@ def ranking_figure(table: pd.DataFrame, shown: Shown, ci: float, demo: bool) -> 
     """Scores of one metric with their ``ci`` interval whiskers, best on top."""
     t = table[table["metric"] == shown.name]
     t = t.sort_values(["rank", "model"], ascending=[False, False], na_position="first")
-    fig = new_figure(6.0, 1.0 + 0.4 * len(t), demo)
+    fig = new_figure(6.0, 1.0 + row_inches(len(t)) * len(t), demo)
     ax = fig.add_subplot()
     y = np.arange(len(t))
     err = np.vstack([t["score"] - t["lo"], t["hi"] - t["score"]])
-    ax.errorbar(t["score"], y, xerr=np.nan_to_num(err), fmt="o", color="#3182bd", ecolor="#6baed6", capsize=3)
+    ax.errorbar(t["score"], y, xerr=np.nan_to_num(err), fmt="o", color="#3182bd", ecolor="#6baed6",
+                capsize=3 if len(t) <= FEW else 0, markersize=6 if len(t) <= FEW else 3)
     ax.set_yticks(y, [f"#{int(r)} {m}" if r == r else str(m) for m, r in zip(t["model"], t["rank"])])
+    ax.set_ylim(-0.5, len(t) - 0.5)
+    model_ticks(ax, len(t))
     ax.axvline(0, color="grey", linewidth=0.8)
     ax.set(xlabel=f"mean z-score ({100 * ci:g}% bootstrap interval)", title=ranking_title(shown))
     return fig
@@ -154,21 +207,49 @@ def heatmap_figure(cells: pd.DataFrame, order: list[str], shown: Shown, items: s
     than models to compare."""
     grid = cells.pivot(index="item", columns="model", values="mean")
     grid = grid[[m for m in order if m in grid.columns]]
-    fig = new_figure(max(5.0, 1.1 * grid.shape[1] + 4), max(3.0, 0.32 * grid.shape[0] + 1.8), demo)
+    many = grid.shape[1] > FEW
+    if many:  # models down the rows in leaderboard order (16 px each), items across: never 11,000 px wide
+        grid = grid.T
+        fig = new_figure(max(5.0, 0.35 * grid.shape[1] + 4), 2.5 + row_inches(grid.shape[0]) * grid.shape[0], demo)
+    else:
+        fig = new_figure(max(5.0, 1.1 * grid.shape[1] + 4), max(3.0, 0.32 * grid.shape[0] + 1.8), demo)
     ax = fig.add_subplot()
     sns.heatmap(grid, annot=grid.size <= 200, fmt=".3g", cmap="viridis", mask=grid.isna(), ax=ax,
+                yticklabels=True, xticklabels=True,
                 cbar_kws={"label": f"mean raw {shown.axis_label} ({shown.better} is better)"})
+    if many:
+        model_ticks(ax, grid.shape[0])
     ax.set(xlabel="", ylabel="", title=f"Mean {shown.label} per {items}")
     return fig
 
 
 def scatter_figure(data: pd.DataFrame, order: list[str], shown: Mapping[str, Shown], demo: bool) -> Figure:
-    """CLIPScore vs aesthetic, one point per general image, colour = model."""
+    """CLIPScore vs aesthetic, one point per general image, colour = model; beyond ``LEGEND`` models (a legend of
+    100 entries over 96,000 points says nothing) ``means_scatter_figure``."""
+    present = [m for m in order if m in set(data["model"])]
+    if len(present) > LEGEND:
+        return means_scatter_figure(data, present, shown, demo)
     fig = new_figure(6.5, 4.5, demo)
     ax = fig.add_subplot()
-    sns.scatterplot(data=data, x=RAW, y=CLIP, hue="model", hue_order=[m for m in order if m in set(data["model"])],
-                    ax=ax, s=25, alpha=0.8)
+    sns.scatterplot(data=data, x=RAW, y=CLIP, hue="model", hue_order=present, ax=ax, s=25, alpha=0.8)
     ax.set(xlabel=raw_axis(shown[RAW]), ylabel=raw_axis(shown[CLIP]), title="Prompt fidelity vs aesthetics per image")
+    return fig
+
+
+def means_scatter_figure(data: pd.DataFrame, present: list[str], shown: Mapping[str, Shown], demo: bool) -> Figure:
+    """Every image as a faint grey point, each model's mean as a dot coloured by its leaderboard position (a colour
+    bar, no legend), the ``LABELLED`` best models named."""
+    fig = new_figure(7.0, 5.0, demo)
+    ax = fig.add_subplot()
+    ax.scatter(data[RAW], data[CLIP], s=2, color="#bbbbbb", alpha=0.3, linewidths=0, rasterized=True)
+    means = data.groupby("model")[[RAW, CLIP]].mean().reindex(present)
+    dots = ax.scatter(means[RAW], means[CLIP], c=np.arange(1, len(means) + 1), cmap="viridis_r", s=14,
+                      edgecolors="black", linewidths=0.3)
+    for model, (x, y) in means.head(LABELLED).iterrows():
+        ax.annotate(str(model), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    fig.colorbar(dots, ax=ax, label="leaderboard position (1 = best)")
+    ax.set(xlabel=raw_axis(shown[RAW]), ylabel=raw_axis(shown[CLIP]),
+           title=f"Prompt fidelity vs aesthetics: images (grey), model means ({len(means)} models)")
     return fig
 
 
