@@ -451,9 +451,14 @@ def spies(mp: pytest.MonkeyPatch, rec: Record, project: Project) -> Iterator[Non
     mp.setattr(gen, "job_key", job_key)
     mp.setattr(worker, "open_pipeline", open_pipeline)
     mp.setattr(worker, "draw", draw)
-    mp.setattr(worker, "apply_loras", lambda pipe, family, specs: log("apply_loras", family=family, loras=list(specs))
-               or {})  # every targeted module received its delta
-    mp.setattr(worker, "remove_loras", lambda pipe: None)
+    class FakeAdapters:  # worker.LoraAdapters: activating a batch's LoRAs logs them as apply_loras did
+        def __init__(self, pipe, family):
+            self.family = family
+
+        def activate(self, specs):
+            return log("apply_loras", family=self.family, loras=list(specs)) or {}  # every module got its delta
+
+    mp.setattr(worker, "LoraAdapters", FakeAdapters)
     mp.setattr(gen, "file_sha256", lambda path, cache=None: log("file_sha256", path=path, cache=cache) or real_sha(
         path, cache))
     mp.setattr(gen, "ImageStore", lambda root: log("image_store", root=root) or real_store(root))

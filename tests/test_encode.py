@@ -176,6 +176,20 @@ def test_prompt_chunks_with_the_real_tokenizer(sd15):
     assert list(chunks[1].ids[:12]) == [tok.bos_token_id] + [dog] * 10 + [tok.eos_token_id]
 
 
+def test_the_comma_token_is_looked_up_once_per_tokenizer(sd15, monkeypatch):
+    """get_vocab() builds the 49,408-entry dict on every call: one call per tokenizer, not one per prompt."""
+    import copy
+
+    tok = copy.deepcopy(sd15.tokenizer)  # a tokenizer object no earlier test looked its comma up in
+    calls = []
+    real = type(tok).get_vocab
+    monkeypatch.setattr(type(tok), "get_vocab", lambda self: calls.append(self) or real(self))
+    first = [prompt_chunks(tok, "cat " * 70 + ", " + "dog " * 10) for _ in range(5)]
+    assert len(calls) == 1 and all(c == first[0] for c in first)
+    comma = tok(",", add_special_tokens=False).input_ids[0]
+    assert first[0][0].ids[71] == comma  # the comma that moves the dogs to the next chunk was found
+
+
 def test_sdxl_second_tokenizer_pads_with_its_own_pad(sdxl):
     chunk = prompt_chunks(sdxl.tokenizer_2, "a cat")[0]
     assert sdxl.tokenizer_2.pad_token_id == 0

@@ -171,7 +171,8 @@ def test_put_records_the_png_sha256_and_size_next_to_the_metadata(tmp_path):
     store = ImageStore(tmp_path)
     png = store.put(KEY, image(), "x", {"flags": [], "seed": 3})
     on_disk = json.loads(store.meta_path(KEY).read_text(encoding="utf-8"))
-    assert on_disk["png"] == {"sha256": sha256_file(png), "size": png.stat().st_size}
+    assert on_disk["png"] == {"sha256": sha256_file(png), "size": png.stat().st_size,
+                              "compress_level": store_mod.PNG_COMPRESS_LEVEL}
     assert store.get_meta(KEY) == {"flags": [], "seed": 3}  # the caller's metadata, as given
     with pytest.raises(ValueError, match="png"):
         store.put(OTHER, image(), "x", {"png": "mine"})  # the name is the store's

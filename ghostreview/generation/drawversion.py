@@ -9,7 +9,7 @@ rename, a refactor) sets the pin alone.
 """
 
 DRAW_VERSION = "2"
-DRAW_CODE_SHA256 = "6a0dbe7cefc8e8675255c9ea19fe9abcfd7c4ec96201ea6e635882601340279c"
+DRAW_CODE_SHA256 = "fbc94aa8d59c763fafb13df199e68fa79b736278bc708fb8176b343ebecfe83a"
 
 # What turns an image's key fields into pixels. The test checks that these cover everything they import.
 PIXEL_MODULES = (

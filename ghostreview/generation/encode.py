@@ -27,6 +27,7 @@ diffusers' own ``clip_skip`` is not used: it crashes for SD1 with transformers >
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -140,9 +141,24 @@ def wrap_chunk(ids: Sequence[int], weights: Sequence[float], tokenizer, chunk_to
     return TokenChunk(tuple(out_ids), tuple(float(w) for w in out_weights))
 
 
+_COMMA_IDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> its comma token id (or None)
+
+
+def comma_token_id(tokenizer) -> int | None:
+    """The id of ``,</w>`` in ``tokenizer``'s vocabulary (None without one), looked up once per tokenizer object:
+    ``get_vocab()`` builds a 49,408-entry dict on every call (17 ms idle, 134 ms under load, per prompt)."""
+    try:
+        return _COMMA_IDS[tokenizer]
+    except KeyError:
+        comma = _COMMA_IDS[tokenizer] = tokenizer.get_vocab().get(",</w>")
+        return comma
+    except TypeError:  # an object that takes no weak reference: looked up each time, as before
+        return tokenizer.get_vocab().get(",</w>")
+
+
 def prompt_chunks(tokenizer, prompt: str, backtrack: int = COMMA_BACKTRACK) -> list[TokenChunk]:
     """The encoder inputs of one prompt: one 77-token chunk per 75 prompt tokens (at least one)."""
-    comma_id = tokenizer.get_vocab().get(",</w>")
+    comma_id = comma_token_id(tokenizer)
     segments = prompt_segments(tokenizer, prompt)
     return [wrap_chunk(ids, w, tokenizer) for ids, w in split_into_chunks(segments, comma_id, backtrack=backtrack)]
 

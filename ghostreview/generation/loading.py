@@ -746,3 +746,42 @@ def open_pipeline(ckpt: CheckpointFile, family: str, config_dir: Path, *, vae: P
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction_type)
     # Components load on the CPU; skip a no-op .to("cpu"), which only makes diffusers warn about dtype casting.
     return pipe if torch.device(device) == torch.device("cpu") else pipe.to(device)
+
+
+# The speed options the generate stage applies on an accelerator, by name (part of every image key there: they
+# change the rounding, within benchmarks/generation_gpu.py's draw-parity tolerance). None on the CPU, where the
+# drawing stays bit-identical to the plain pipeline. Not among them: fused QKV projections, which LoRA adapters cannot
+# coexist with (PEFT puts its deltas on to_q/to_k/to_v; the fused processor reads to_qkv and would skip them), and
+# torch.compile, which recompiles the UNet whenever the active adapters change; the benchmark times both on their own.
+DEVICE_OPTIMIZATIONS = ("sdpa", "channels_last")
+
+
+def device_optimizations(device: str) -> tuple[str, ...]:
+    """The speed options :func:`optimize_pipeline` applies on ``device`` (none on the CPU)."""
+    return () if torch.device(device).type == "cpu" else DEVICE_OPTIMIZATIONS
+
+
+def optimize_pipeline(pipe, device: str, extra: tuple[str, ...] = ()):
+    """Apply :func:`device_optimizations` of ``device`` to ``pipe`` in place (the generate stage's path); returns it.
+
+    ``sdpa``: torch's scaled_dot_product_attention processor on the UNet and VAE (diffusers' default with torch 2,
+    set explicitly); ``channels_last``: NHWC memory format for the UNet and VAE convolutions. ``extra`` adds the
+    options the stage does not use, for the benchmark alone: ``fuse_qkv`` (no LoRA afterwards) and ``compile``.
+    """
+    options = (*device_optimizations(device), *extra)
+    unknown = sorted(set(options) - {*DEVICE_OPTIMIZATIONS, "fuse_qkv", "compile"})
+    if unknown:
+        raise ValueError(f"unknown pipeline optimizations {unknown}; valid: sdpa, channels_last, fuse_qkv, compile")
+    if "sdpa" in options:
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        pipe.unet.set_attn_processor(AttnProcessor2_0())
+        pipe.vae.set_attn_processor(AttnProcessor2_0())
+    if "fuse_qkv" in options:
+        pipe.fuse_qkv_projections()
+    if "channels_last" in options:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if "compile" in options:
+        pipe.unet = torch.compile(pipe.unet, fullgraph=True)
+    return pipe

@@ -276,8 +276,9 @@ def _quiet_transformers() -> Iterator[None]:
 def apply_loras(pipe, family: str, loras: Sequence[LoraSpec]) -> dict[str, str]:
     """Load each LoRA as a PEFT adapter and activate all of them with their weights.
 
-    Checks every file with ``lora_status`` first, so nothing is loaded when one of them cannot be applied.
-    Replaces any previously active set of adapters. An empty ``loras`` is a no-op. Adapters get names of our own
+    Checks every file with ``lora_status`` first, so nothing is loaded when one of them cannot be applied. Meant for
+    a pipeline without adapters (or after :func:`remove_loras`); the generate stage keeps a :class:`LoraAdapters`
+    per pipeline instead, which loads each file once. An empty ``loras`` is a no-op. Adapters get names of our own
     (``_adapter_name``): a LoRA called ``half`` or ``to`` would otherwise clash with torch module attributes.
 
     Returns:
@@ -288,32 +289,7 @@ def apply_loras(pipe, family: str, loras: Sequence[LoraSpec]) -> dict[str, str]:
     Raises:
         ValueError: duplicate LoRA names, or a LoRA whose status is not "ok" (the status is in the message).
     """
-    names = [spec.name for spec in loras]
-    if len(set(names)) != len(names):
-        raise ValueError(f"LoRA adapter names must be unique, got {names}")
-    for spec in loras:
-        status = lora_status(spec.path, family)
-        if status != "ok":
-            raise ValueError(f"LoRA {spec.name!r} ({spec.path}): {status}")
-    problems, loaded = {}, []
-    with _quiet_transformers():
-        for i, spec in enumerate(loras):
-            try:
-                pipe.load_lora_weights(str(spec.path), adapter_name=_adapter_name(i))
-                loaded.append(i)
-            except Exception as e:  # PEFT and diffusers raise many types; whatever it is, this LoRA is not applied
-                pipe.delete_adapters([_adapter_name(i)])  # diffusers removes its partial adapter; make sure
-                message = " ".join(str(e).split())
-                message = message if len(message) <= 300 else message[:297] + "..."
-                problems[spec.name] = partial_status(spec.name, sorted(targeted_modules(spec.path)),
-                                                     f"diffusers could not load it: {type(e).__name__}: {message}")
-    if loaded:
-        pipe.set_adapters([_adapter_name(i) for i in loaded], adapter_weights=[float(loras[i].weight) for i in loaded])
-    for i in loaded:
-        missing = sorted(targeted_modules(loras[i].path) - installed_modules(pipe, family, _adapter_name(i)))
-        if missing:
-            problems[loras[i].name] = partial_status(loras[i].name, missing)
-    return problems
+    return LoraAdapters(pipe, family).activate(loras)
 
 
 def _adapter_name(index: int) -> str:
@@ -360,3 +336,112 @@ def partial_status(name: str, missing: Sequence[str], reason: str | None = None)
 def remove_loras(pipe) -> None:
     """Remove every LoRA adapter from ``pipe`` (UNet and text encoders), restoring the base modules exactly."""
     pipe.unload_lora_weights()
+
+
+MAX_LOADED_ADAPTERS = 16  # LoRA files kept loaded in one pipeline; beyond, the least recently used one is deleted
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """One LoRA file as loaded: its adapter (None when diffusers failed to load it), and the modules it targets that
+    received no delta with the reason (empty when it reached them all)."""
+
+    adapter: str | None
+    missing: tuple[str, ...]
+    reason: str | None
+
+
+def _slots(loras: Sequence[LoraSpec]) -> list[tuple[Path, int]]:
+    """(file, k) per LoRA: the k-th use of a file within one item gets an adapter of its own (a file named twice,
+    under two names, adds its delta twice, as two adapters)."""
+    seen: dict[Path, int] = {}
+    out = []
+    for spec in loras:
+        path = Path(spec.path)
+        out.append((path, seen.get(path, 0)))
+        seen[path] = seen.get(path, 0) + 1
+    return out
+
+
+class LoraAdapters:
+    """The LoRA files of one pipeline, each loaded once as its own PEFT adapter, and the adapters each item asks for
+    activated with its weights (``set_adapters``); an item without LoRAs disables them (PEFT's layers then compute
+    their base layer alone, exactly as the unloaded modules do).
+
+    What an item computes does not depend on what was loaded before it: PEFT adds the active adapters' deltas in the
+    order the item names them, each scaled by weight x alpha / rank from the file, and skips inactive ones, as
+    :func:`apply_loras` on a fresh pipeline does (tests/test_lora_adapters.py compares them bit for bit). Each file
+    is checked (:func:`lora_status`) and read once per pipeline instead of once per item.
+    """
+
+    def __init__(self, pipe, family: str, max_loaded: int = MAX_LOADED_ADAPTERS) -> None:
+        self.pipe, self.family, self.max_loaded = pipe, family, max(1, max_loaded)
+        self._files: dict[tuple[Path, int], _Loaded] = {}  # (file, slot) in order of last use
+        self._serial = 0
+        self._enabled: bool | None = None
+
+    def activate(self, loras: Sequence[LoraSpec]) -> dict[str, str]:
+        """Make ``loras`` (with their weights) the active set; returns :func:`apply_loras`' {name: status}.
+
+        Raises:
+            ValueError: duplicate LoRA names, or a LoRA whose status is not "ok" (nothing is loaded then).
+        """
+        names = [spec.name for spec in loras]
+        if len(set(names)) != len(names):
+            raise ValueError(f"LoRA adapter names must be unique, got {names}")
+        slots = _slots(loras)
+        for spec, slot in zip(loras, slots):
+            if slot not in self._files:
+                status = lora_status(slot[0], self.family)
+                if status != "ok":
+                    raise ValueError(f"LoRA {spec.name!r} ({spec.path}): {status}")
+        for slot in slots:
+            self._use(slot, keep=slots)
+        loaded = [(spec, self._files[s].adapter) for spec, s in zip(loras, slots) if self._files[s].adapter]
+        if loaded:
+            self._enable(True)
+            self.pipe.set_adapters([a for _, a in loaded], adapter_weights=[float(s.weight) for s, _ in loaded])
+        elif any(f.adapter for f in self._files.values()):
+            self._enable(False)
+        return {spec.name: partial_status(spec.name, self._files[s].missing, self._files[s].reason)
+                for spec, s in zip(loras, slots) if self._files[s].missing}
+
+    def _use(self, slot: tuple[Path, int], keep: Sequence[tuple[Path, int]]) -> None:
+        """Load ``slot`` unless loaded (then mark it used last); make room first, never evicting ``keep``."""
+        if slot in self._files:
+            self._files[slot] = self._files.pop(slot)
+            return
+        while len(self._files) >= self.max_loaded and any(s not in keep for s in self._files):
+            old = next(s for s in self._files if s not in keep)
+            adapter = self._files.pop(old).adapter
+            if adapter:
+                with warnings.catch_warnings():  # "Adapter ... was active which is now deleted": the next set_adapters
+                    warnings.filterwarnings("ignore", message=r"Adapter .* was active", category=UserWarning)
+                    self.pipe.delete_adapters([adapter])
+        self._files[slot] = self._load(slot[0])
+
+    def _load(self, path: Path) -> _Loaded:
+        adapter = _adapter_name(self._serial)
+        self._serial += 1
+        with _quiet_transformers():
+            try:
+                self.pipe.load_lora_weights(str(path), adapter_name=adapter)
+            except Exception as e:  # PEFT and diffusers raise many types; whatever it is, this LoRA is not applied
+                self.pipe.delete_adapters([adapter])  # diffusers removes its partial adapter; make sure
+                message = " ".join(str(e).split())
+                message = message if len(message) <= 300 else message[:297] + "..."
+                return _Loaded(None, tuple(sorted(targeted_modules(path))),
+                               f"diffusers could not load it: {type(e).__name__}: {message}")
+        self._enabled = None  # a new adapter's layers start enabled: set the state again
+        missing = tuple(sorted(targeted_modules(path) - installed_modules(self.pipe, self.family, adapter)))
+        return _Loaded(adapter, missing, None)
+
+    def _enable(self, enabled: bool) -> None:
+        """Turn every PEFT layer of the pipeline's LoRA components on or off (``BaseTunerLayer.enable_adapters``)."""
+        if self._enabled is enabled:
+            return
+        for component in KOHYA_COMPONENTS[self.family]:
+            for module in getattr(self.pipe, component).modules():
+                if hasattr(module, "enable_adapters") and hasattr(module, "lora_A"):
+                    module.enable_adapters(enabled)
+        self._enabled = enabled

@@ -18,12 +18,15 @@ is the very file that was checked, without a second read.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import queue
 import re
 import shutil
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -39,6 +42,11 @@ _KEY = re.compile(r"[0-9a-f]{64}")
 _SHARD = re.compile(r"[0-9a-f]{2}")
 PNG_RECORD = "png"  # the metadata key holding {"sha256": ..., "size": ...} of the PNG: the store's own
 QUARANTINE = "corrupt"  # root/corrupt/: damaged entries moved aside, kept for a look
+# zlib level of every stored PNG. Measured at 1024 px (benchmarks/generation_overhead.py, RESULTS section 10): on a
+# photograph level 1 encodes in about a quarter of the time of Pillow's default 6 for about 10% more bytes; 0 (no
+# compression) doubles the bytes. Recorded in each entry's "png" record; a store may hold entries of several levels
+# (the key decides the pixels, not the bytes).
+PNG_COMPRESS_LEVEL = 1
 STALE_TEMP_S = 600  # a temporary file younger than this may be a write in progress (a PNG write takes milliseconds)
 
 
@@ -96,6 +104,21 @@ def job_key(fields: Mapping[str, object]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def check_meta(meta: Mapping) -> None:
+    """Raise TypeError / ValueError for metadata :meth:`ImageStore.put` refuses: not JSON, or holding ``"png"``."""
+    if PNG_RECORD in meta:
+        raise ValueError(f"metadata key {PNG_RECORD!r} is the store's own (the PNG's sha256 and size); rename it")
+    _encode_meta(meta)
+
+
+def encode_png(image: Image.Image, infotext: str) -> bytes:
+    """The PNG bytes the store writes: ``infotext`` in the ``parameters`` chunk, zlib level
+    :data:`PNG_COMPRESS_LEVEL`; the same image, text and level give the same bytes on every run."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=pnginfo(infotext), compress_level=PNG_COMPRESS_LEVEL)
+    return buf.getvalue()
+
+
 def _encode_meta(meta: Mapping) -> bytes:
     return (json.dumps(dict(meta), sort_keys=True, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode()
 
@@ -144,24 +167,23 @@ class ImageStore:
     def put(self, key: str, image: Image.Image, infotext: str, meta: Mapping) -> Path:
         """Store ``image`` (with ``infotext`` in its PNG) and ``meta`` under ``key``; returns the PNG path.
 
-        The PNG's sha256 and size are recorded in the JSON under ``"png"``. An existing entry is overwritten (same
-        key, same pixels).
+        The PNG (zlib level :data:`PNG_COMPRESS_LEVEL`: the same image, infotext and level give the same bytes) is
+        encoded in memory and hashed there; its sha256, size and level are recorded in the JSON under ``"png"``. An
+        existing entry is overwritten (same key, same pixels). :class:`StoreWriter` runs this on a writer thread.
 
         Raises:
             StoreError: writing failed (disk full, permissions, ...); nothing of this call is left behind.
             TypeError / ValueError: ``meta`` is not JSON-serializable or holds ``"png"`` (before anything is written).
         """
-        if PNG_RECORD in meta:
-            raise ValueError(f"metadata key {PNG_RECORD!r} is the store's own (the PNG's sha256 and size); rename it")
-        _encode_meta(meta)  # refuse what JSON cannot hold before writing anything
+        check_meta(meta)  # refuse what JSON cannot hold before writing anything
         png, js = self.path(key), self.meta_path(key)
-        info = pnginfo(infotext)
         had_png, tmp = png.is_file(), None
         try:
-            tmp = write_temp(png, lambda f: image.save(f, format="PNG", pnginfo=info))
-            with open(tmp, "rb") as f:  # just written: read back from the page cache
-                written, sha = _identity(os.fstat(f.fileno())), _sha256_of(f)
-            record = {"sha256": sha, "size": written[2]}
+            data = encode_png(image, infotext)
+            tmp = write_temp(png, lambda f: f.write(data))
+            written = _identity(os.stat(tmp))
+            sha = hashlib.sha256(data).hexdigest()
+            record = {"sha256": sha, "size": len(data), "compress_level": PNG_COMPRESS_LEVEL}
             write_bytes_atomic(js, _encode_meta({**meta, PNG_RECORD: record}))
             move_into_place(tmp, png)
         except OSError as err:
@@ -331,3 +353,62 @@ class ImageStore:
 
 def _is_entry_file(f: Path, shard: Path) -> bool:
     return f.suffix in (".png", ".json") and bool(_KEY.fullmatch(f.stem)) and f.stem[:2] == shard.name and f.is_file()
+
+
+class StoreWriter:
+    """:meth:`ImageStore.put` on a writer thread, so that the drawing thread never waits for PNG encoding, hashing
+    and fsyncs: :meth:`put` queues an image (blocking while ``max_pending`` wait, which bounds the memory held) and
+    returns; the writer thread stores the images in order, each with :meth:`ImageStore.put`'s atomicity and fsyncs.
+
+    :attr:`stored` counts the images in the store: only those are acknowledged (counted, shown, listed in a manifest).
+    A kill loses at most the queued images, which are in no manifest and are drawn by the next run. The first error of
+    the writer (a :class:`StoreError`: disk full, ...) is raised, as it is, by the next :meth:`put` or by
+    :meth:`close`; the images queued after it are not written. Use as a context manager: leaving it waits for every
+    queued image, also when the body raised (images already drawn are kept), then raises the writer's error unless
+    the body raised its own.
+    """
+
+    def __init__(self, store: ImageStore, max_pending: int = 4) -> None:
+        self.store = store
+        self.stored = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, max_pending))
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="image-store-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, key: str, image: Image.Image, infotext: str, meta: Mapping) -> None:
+        """Queue one image for :meth:`ImageStore.put` (``meta`` is checked here: a bad one raises at once)."""
+        self._raise()
+        check_meta(meta)
+        self.store.path(key)  # a bad key raises here, not on the writer thread
+        self._queue.put((key, image, infotext, dict(meta)))
+
+    def close(self) -> None:
+        """Wait until every queued image is stored; raise the writer's first error, if any."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._raise()
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        with contextlib.suppress(Exception):  # the body's own error is the one to report; the writer's is secondary
+            self.close()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:  # after an error the rest is drained unwritten, so put never blocks forever
+                try:
+                    self.store.put(*item)
+                    self.stored += 1
+                except BaseException as err:  # handed to the drawing thread as it is, message and type
+                    self._error = err

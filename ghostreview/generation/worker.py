@@ -15,9 +15,15 @@ from typing import TYPE_CHECKING
 
 from ghostreview.generation.draw import draw
 from ghostreview.generation.drawversion import DRAW_VERSION  # part of every image's key; when to bump it: that module
-from ghostreview.generation.loading import CheckpointFile, checkpoint_config_dir, open_pipeline
-from ghostreview.generation.lora import PARTIAL_FLAG, LoraSpec, apply_loras, remove_loras
-from ghostreview.generation.store import ImageStore
+from ghostreview.generation.loading import (
+    CheckpointFile,
+    checkpoint_config_dir,
+    device_optimizations,
+    open_pipeline,
+    optimize_pipeline,
+)
+from ghostreview.generation.lora import PARTIAL_FLAG, LoraAdapters, LoraSpec
+from ghostreview.generation.store import ImageStore, StoreWriter
 from ghostreview.util.runtime import library_versions
 
 if TYPE_CHECKING:
@@ -51,28 +57,30 @@ class PipelineSpec:
 
 
 def load_spec_pipeline(spec: PipelineSpec):
-    """The diffusers pipeline of ``spec`` (the checkpoint is loaded once per process that draws)."""
+    """The diffusers pipeline of ``spec`` (the checkpoint is loaded once per process that draws), with the device's
+    speed options (:func:`generation.loading.optimize_pipeline`)."""
     import torch
 
     config_dir = spec.config_dir or checkpoint_config_dir(spec.checkpoint, spec.family, spec.cache / "configs")
-    return open_pipeline(spec.checkpoint, spec.family, config_dir, vae=spec.vae, allow_pickle=spec.allow_pickle,
+    pipe = open_pipeline(spec.checkpoint, spec.family, config_dir, vae=spec.vae, allow_pickle=spec.allow_pickle,
                          prediction_type=spec.prediction if spec.prediction != "epsilon" else None,
                          dtype=getattr(torch, spec.dtype), device=spec.device)
+    return optimize_pipeline(pipe, spec.device)  # the benchmarked path; nothing on the CPU (bit-identical there)
 
 
 def pipeline_drawer(pipe, family: str, batch_size: int) -> Callable[[Sequence[ImageJob]], list]:
-    """A ``draw_batch`` for :func:`draw_unit` that swaps LoRAs only when a batch needs other ones; every forward
+    """A ``draw_batch`` for :func:`draw_unit` that switches LoRAs only when a batch needs other ones (each file is
+    loaded once, :class:`generation.lora.LoraAdapters`); every forward
     holds ``batch_size`` images (see :func:`generation.draw.draw`). Images drawn with a LoRA applied in part carry
     ``lora_partial: <status>`` among their flags (a LoRA diffusers applied in part, or failed to load: see
-    :func:`generation.lora.apply_loras`); the images are drawn with the LoRAs that did load, and excluded."""
+    :meth:`generation.lora.LoraAdapters.activate`); the images are drawn with the LoRAs that did load, and excluded."""
     current: list[tuple[LoraSpec, ...]] = [()]
     partial: list[list[str]] = [[]]  # the flags of the active LoRAs
+    adapters = LoraAdapters(pipe, family)  # each LoRA file loaded once per pipeline, adapters switched per batch
 
     def draw_batch(batch: Sequence[ImageJob]) -> list:
         if batch[0].loras != current[0]:
-            if current[0]:
-                remove_loras(pipe)
-            problems = apply_loras(pipe, family, batch[0].loras)
+            problems = adapters.activate(batch[0].loras)
             partial[0] = [f"{PARTIAL_FLAG}: {status}" for status in problems.values()]
             current[0] = batch[0].loras
         drawn = draw(pipe, family, [j.request for j in batch], batch_size=batch_size)
@@ -81,8 +89,9 @@ def pipeline_drawer(pipe, family: str, batch_size: int) -> Callable[[Sequence[Im
     return draw_batch
 
 
-def draw_unit(unit: WorkUnit, store: ImageStore, draw_batch: Callable[[Sequence[ImageJob]], list]) -> int:
-    """Draw one unit and put each image in the store (the batch is drawn together, then stored image by image)."""
+def draw_unit(unit: WorkUnit, store: ImageStore | StoreWriter, draw_batch: Callable[[Sequence[ImageJob]], list]) -> int:
+    """Draw one unit and put each image in the store (the batch is drawn together, then stored image by image); with
+    a :class:`StoreWriter` the images are queued and stored on its thread while the next unit is drawn."""
     for (job, key, text), (image, flags) in zip(unit, draw_batch([j for j, _, _ in unit]), strict=True):
         store.put(key, image, text, {"flags": flags, "task": job.task, "item": job.item, "seed": job.seed})
     return len(unit)
@@ -92,9 +101,12 @@ def image_runtime(device: str, dtype, batch_size: int) -> dict[str, str]:
     """The runtime part of every image key: library versions, device type, dtype, the drawing code's version, the
     forward batch shape and, on the CPU, torch's thread count (float results depend on both: a fixed shape per
     forward makes them independent of the batch-mates, not of the shape; 1 vs 2 threads moved 12 of 55,296 8-bit
-    values of four tiny hires images)."""
+    values of four tiny hires images); off the CPU, the speed options the pipeline runs with
+    (:func:`generation.loading.device_optimizations`)."""
     import torch
 
     runtime = library_versions() | {"device": device.split(":")[0], "dtype": str(dtype), "draw": DRAW_VERSION,
                                     "batch": str(batch_size)}
-    return runtime | ({"threads": str(torch.get_num_threads())} if runtime["device"] == "cpu" else {})
+    if runtime["device"] == "cpu":
+        return runtime | {"threads": str(torch.get_num_threads())}
+    return runtime | {"optimizations": ",".join(device_optimizations(device))}  # they change the rounding there

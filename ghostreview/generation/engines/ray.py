@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ghostreview.errors import UserError
-from ghostreview.generation.store import ImageStore
+from ghostreview.generation.store import ImageStore, StoreWriter
 from ghostreview.generation.worker import (
     PipelineSpec,
     WorkUnit,
@@ -112,7 +112,11 @@ class DrawWorker:
     def draw(self, unit: WorkUnit) -> tuple[str, int]:
         """Draw the unit's images the store still lacks (another worker or an earlier run may have drawn some)."""
         todo = [u for u in unit if not self.store.has(u[1])]
-        return self.name, draw_unit(todo, self.store, self.draw_batch) if todo else 0
+        if not todo:
+            return self.name, 0
+        with StoreWriter(self.store, max_pending=len(todo)) as writer:  # stored before the driver hears of them
+            draw_unit(todo, writer, self.draw_batch)
+        return self.name, writer.stored
 
 
 class RayEngine:
