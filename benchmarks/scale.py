@@ -211,19 +211,37 @@ def exponent(sizes: Sequence[int], seconds: Sequence[float]) -> list[str]:
     return out
 
 
-def run_sizes(sizes: Sequence[int], steps: Sequence[str], boot: int, code: Path, work: Path) -> dict[int, dict]:
-    """Build each review, measure each step on it, and remove it (disk stays bounded); figures by N."""
+def review_of(work: Path, n: int) -> tuple[dict, float]:
+    """The synthetic review of ``n`` models under ``work`` (built, or a kept one reused) and its build seconds."""
+    if (work / "review.json").is_file():
+        return json.loads((work / "review.json").read_text(encoding="utf-8")), 0.0
+    start = time.perf_counter()
+    return build_review(work, n), time.perf_counter() - start
+
+
+def standardize_runs(review: Path, n: int, boot: int, codes: dict[str, Path], flip: bool) -> dict[str, dict]:
+    """``measure_standardize`` once per code, in reverse order when ``flip`` (every other size: interleaved, so that
+    neither code always runs first while the machine's load changes)."""
+    labels = list(codes)[::-1] if flip else list(codes)
+    out = {}
+    for label in labels:
+        out[label] = measure_standardize(review, boot, codes[label])
+        print(f"  N={n}: standardize ({label}) {json.dumps(out[label])}; load {load_average()}", flush=True)
+    return {label: out[label] for label in codes}
+
+
+def run_sizes(sizes: Sequence[int], steps: Sequence[str], boot: int, codes: dict[str, Path], work: Path,
+              keep: bool = False) -> dict[int, dict]:
+    """Build each review, measure each step on it, and remove it unless ``keep`` (disk stays bounded); by N."""
     figures: dict[int, dict] = {}
-    for n in sizes:
+    for k, n in enumerate(sizes):
         review = work / f"n{n}"
-        start = time.perf_counter()
-        spec = build_review(review, n)
-        fig: dict = {"build_s": time.perf_counter() - start, "score_rows": spec["score_rows"]}
-        print(f"  N={n}: synthetic review built in {fig['build_s']:.0f} s ({spec['score_rows']:,} score rows); "
+        spec, build_s = review_of(review, n)
+        fig: dict = {"build_s": build_s, "score_rows": spec["score_rows"]}
+        print(f"  N={n}: synthetic review ready in {build_s:.0f} s ({spec['score_rows']:,} score rows); "
               f"load {load_average()}", flush=True)
         if "standardize" in steps:
-            fig["standardize"] = measure_standardize(review, boot, code)
-            print(f"  N={n}: standardize {json.dumps(fig['standardize'])}", flush=True)
+            fig["standardize"] = standardize_runs(review, n, boot, codes, flip=k % 2 == 1)
         for step, module in (("report", "report_page"), ("dvc", "dvc_scale")):
             if step not in steps:
                 continue
@@ -233,7 +251,8 @@ def run_sizes(sizes: Sequence[int], steps: Sequence[str], boot: int, code: Path,
                 continue
             fig[step] = measure(n=n, workdir=review / step)
             print(f"  N={n}: {step} {json.dumps(fig[step], default=str)}", flush=True)
-        shutil.rmtree(review, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(review, ignore_errors=True)
         figures[n] = fig
     return figures
 
@@ -254,13 +273,13 @@ def table(figures: dict[int, dict]) -> str:
         lines.append(f"| {label} | " + " | ".join(values) + " |")
 
     add("score rows read", [f"{figures[n]['score_rows']:,}" for n in sizes])
-    if any("standardize" in f for f in figures.values()):
+    labels = list(next((f["standardize"] for f in figures.values() if "standardize" in f), {}))
+    for label in labels:
+        runs = [figures[n]["standardize"][label] for n in sizes]
         for part in ("read", "standardize", "write"):
-            add(f"standardize stage: {part}, s",
-                [f"{figures[n]['standardize']['seconds'][part]:.1f}" for n in sizes])
-        add("standardize stage: total (with imports), s",
-            [f"{figures[n]['standardize']['total_s']:.1f}" for n in sizes])
-        add("standardize stage: peak RSS, MB", [f"{figures[n]['standardize']['peak_rss_mb']:,.0f}" for n in sizes])
+            add(f"standardize stage ({label}): {part}, s", [f"{r['seconds'][part]:.1f}" for r in runs])
+        add(f"standardize stage ({label}): total with imports, s", [f"{r['total_s']:.1f}" for r in runs])
+        add(f"standardize stage ({label}): peak RSS, MB", [f"{r['peak_rss_mb']:,.0f}" for r in runs])
     for step in ("report", "dvc"):
         keys = sorted({k for f in figures.values() if isinstance(f.get(step), dict) for k in f[step]})
         for key in keys:
@@ -268,12 +287,25 @@ def table(figures: dict[int, dict]) -> str:
     return "\n".join(lines)
 
 
+def exponents(figures: dict[int, dict]) -> list[str]:
+    """Per code: the scaling exponents of ``standardize()`` and of the stage's total between successive sizes."""
+    done = [n for n in figures if "standardize" in figures[n]]
+    if len(done) < 2:
+        return []
+    out = []
+    for label in figures[done[0]]["standardize"]:
+        runs = [figures[n]["standardize"][label] for n in done]
+        out.append(f"{label}: standardize() " + ", ".join(exponent(done, [r["seconds"]["standardize"] for r in runs]))
+                   + "; stage total " + ", ".join(exponent(done, [r["total_s"] for r in runs])))
+    return out
+
+
 def run(quick: bool = False, device: str = "cpu") -> dict:
     """benchmarks.run's contract: figures as a dict (``--quick``: N=5, 200 resamples, standardize only)."""
     sizes, steps, boot = ((5,), ("standardize",), 200) if quick else (SIZES, STEPS, 1000)
     work = Path(tempfile.mkdtemp(prefix="ghostreview-scale-"))
     try:
-        figures = run_sizes(sizes, steps, boot, ROOT, work)
+        figures = run_sizes(sizes, steps, boot, {"this checkout": ROOT}, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(table(figures), flush=True)
@@ -285,9 +317,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="comma-separated numbers of models")
     ap.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated, of {', '.join(STEPS)}")
     ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples of standardize")
-    ap.add_argument("--code", type=Path, default=ROOT, help="checkout whose ghostreview standardize runs")
+    ap.add_argument("--before", type=Path, help="another checkout: standardize runs with its code too, interleaved")
     ap.add_argument("--work", type=Path, help="working directory (default: a temporary one)")
-    ap.add_argument("--keep", action="store_true", help="keep the working directory")
+    ap.add_argument("--keep", action="store_true", help="keep the working directory and the reviews (reused)")
     ap.add_argument("--json", type=Path, help="write the figures to this file")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -295,24 +327,24 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(steps) - set(STEPS))
     if unknown:
         ap.error(f"--steps: unknown {unknown}; choose from {', '.join(STEPS)}")
+    codes = {"after": ROOT, "before": args.before.resolve()} if args.before else {"this checkout": ROOT}
     work = args.work or Path(tempfile.mkdtemp(prefix="ghostreview-scale-"))
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"benchmarks.scale: {started}, CPU {cpu_model()}, {os.cpu_count()} cores, load {load_average()}, "
-          f"code {args.code.resolve()}, {args.boot} resamples", flush=True)
+          f"code {json.dumps({k: str(v) for k, v in codes.items()})}, {args.boot} resamples", flush=True)
     try:
-        figures = run_sizes(sizes, steps, args.boot, args.code.resolve(), work)
+        figures = run_sizes(sizes, steps, args.boot, codes, work, keep=args.keep)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(f"\nmachine: CPU {cpu_model()}, {os.cpu_count()} cores; started {started}, load at end {load_average()}")
     print(table(figures))
-    done = [n for n in sizes if "standardize" in figures[n]]
-    if len(done) > 1:
-        secs = [figures[n]["standardize"]["seconds"]["standardize"] for n in done]
-        print("standardize() scaling exponent (log t / log N): " + ", ".join(exponent(done, secs)))
+    for line in exponents(figures):
+        print("scaling exponent (slope of log t on log N), " + line)
     if args.json:
-        args.json.write_text(json.dumps({"started": started, "boot": args.boot, "code": str(args.code),
-                                         "figures": {str(n): f for n, f in figures.items()}}, indent=2, default=str))
+        args.json.write_text(json.dumps({"started": started, "boot": args.boot, "codes": {k: str(v) for k, v in
+                                         codes.items()}, "figures": {str(n): f for n, f in figures.items()}},
+                                        indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ghostreview.analysis.standardize import Standardized, rank_desc, standardize, unit_weights
+from ghostreview.analysis.standardize import (
+    EXCLUDING_FLAGS,
+    Standardized,
+    beats_share,
+    column_percentiles,
+    excluded_mask,
+    parse_flags,
+    rank_desc,
+    standardize,
+    unit_weights,
+)
 
 
 @dataclass(frozen=True)
@@ -426,3 +436,98 @@ def test_errors_name_the_problem():
         standardize(scores.drop(columns=["value"]), models_table(a="sd1", ghost="sd1"), METRICS, {})
     with pytest.raises(ValueError, match="grouped_by"):
         standardize(scores, models_table(a="sd1", ghost="sd1"), {"aesthetic": Info("aesthetic", True, "x")}, {})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The vectorized pieces (issue 15: 500 models) against plain computations
+
+
+def test_rank_desc_equals_counting_who_beats_whom():
+    rng = np.random.default_rng(8)
+    x = rng.integers(0, 6, size=(40, 30)).astype(float)  # many ties
+    x[rng.random(x.shape) < 0.1] = np.nan
+    x[3] = np.nan  # a resample where nobody has data
+    expected = np.full(x.shape, np.nan)
+    for b, row_ in enumerate(x):
+        for m, v in enumerate(row_):
+            if not math.isnan(v):
+                expected[b, m] = 1 + sum(1 for u in row_ if not math.isnan(u) and u > v)
+    np.testing.assert_array_equal(rank_desc(x), expected)
+    np.testing.assert_array_equal(rank_desc(x[5]), expected[5])  # one-dimensional: a point estimate's ranks
+
+
+def test_beats_share_equals_plain_pair_counts():
+    rng = np.random.default_rng(9)
+    boot = rng.integers(0, 4, size=(50, 7)).astype(float)
+    boot[rng.random(boot.shape) < 0.2] = np.nan
+    boot[:, 6] = np.nan  # a model with no data at all
+    p, n = beats_share(boot)
+    for a in range(7):
+        for b in range(7):
+            both = [(x, y) for x, y in zip(boot[:, a], boot[:, b]) if not (math.isnan(x) or math.isnan(y))]
+            assert n[a, b] == len(both)
+            if both:
+                assert p[a, b] == sum(x > y for x, y in both) / len(both)
+            else:
+                assert math.isnan(p[a, b])
+
+
+@pytest.mark.parametrize("method", ["linear", "lower", "higher"])
+def test_column_percentiles_equal_nanpercentile(method):
+    rng = np.random.default_rng(10)
+    x = rng.normal(size=(60, 5))
+    x[rng.random(60) < 0.3, 1] = np.nan
+    x[:, 2] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the all-NaN column
+        expected = np.nanpercentile(x, [2.5, 97.5], axis=0, method=method)
+    np.testing.assert_array_equal(column_percentiles(x, [2.5, 97.5], method=method), expected)
+    np.testing.assert_array_equal(column_percentiles(x, 2.5, method=method), expected[0])
+
+
+def test_excluded_mask_parses_each_cell_like_parse_flags():
+    flags = pd.Series(["", "black", "prompt_truncated", "prompt_truncated;error", None, " nan ", "black", "lora_x"])
+    values = pd.Series([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, float("inf"), "7"])
+    expected = [bool(parse_flags(f) & EXCLUDING_FLAGS) or not math.isfinite(float(v)) for f, v in zip(flags, values)]
+    assert excluded_mask(flags, values).tolist() == expected == [False, True, False, True, False, True, True, False]
+
+
+def test_zscores_and_counts_equal_pandas_groupby_on_many_models_and_pools():
+    """40 models in two families, LoRA pools per family, flagged and degenerate rows: z against a groupby here."""
+    rng = np.random.default_rng(12)
+    families = {f"m{k:02d}": "sdxl" if k % 3 == 0 else "sd1" for k in range(40)}
+    rows = [row(m, metric, f"p{i}", s, rng.normal(k * 0.01, 1), flags="black" if rng.random() < 0.02 else "")
+            for k, m in enumerate(families) for metric in ("aesthetic", "clipscore")
+            for i in range(6) for s in range(2)]
+    rows += [row(m, "loraloss", f"L{i}", s, rng.normal(), task="lora") for m in families for i in range(4)
+             for s in range(2)]
+    rows += [row(m, "styleloss", "flat", s, 2.5) for m in families for s in range(2)]  # zero spread
+    r = standardize(pd.DataFrame(rows), models_table(**families), METRICS, {"L1": ["m01", "m03"]}, n_boot=50)
+    ok = r.images[r.images["status"] == "ok"]
+    g = ok.groupby(["metric", "task", "item", "pool"])["value"]
+    expected = (ok["value"] - g.transform("mean")) / g.transform("std", ddof=0)
+    np.testing.assert_allclose(ok["z"], expected, rtol=0, atol=1e-12)
+    assert set(ok.loc[ok["metric"] == "loraloss", "pool"]) == {"sd1", "sdxl"}
+    assert set(r.images.loc[r.images["metric"] == "styleloss", "status"]) == {"degenerate"}
+    for m in families:
+        mine = r.images[(r.images["model"] == m) & (r.images["metric"] == "aesthetic")]
+        assert score(r, m, "aesthetic") == pytest.approx(mine["z"].mean(), abs=1e-12)
+        assert score(r, m, "aesthetic", "n_excluded") == (mine["status"] == "flagged").sum()
+        assert score(r, m, "styleloss", "n_degenerate") == 2
+    notm = ok[(ok["metric"] == "loraloss") & ~((ok["item"] == "L1") & ok["model"].isin(["m01", "m03"]))]
+    for m in ("m01", "m02", "m03"):
+        assert score(r, m, "loraloss_notm") == pytest.approx(notm[notm["model"] == m]["z"].mean(), abs=1e-12)
+
+
+def test_write_gives_the_bytes_plain_to_csv_gives(tmp_path):
+    scores = synthetic(np.random.default_rng(13))
+    scores.loc[0, "value"] = -0.0
+    scores.loc[1, "value"] = 1.5e-7
+    scores.loc[2, "value"] = 3.0e17
+    scores.loc[3, "value"] = 0.1 + 0.2
+    scores.loc[4, "value"] = float("nan")
+    r = standardize(scores, models_table(a="sd1", b="sd1", c="sd1"), METRICS, {}, n_boot=20)
+    r.write(tmp_path / "std")
+    for name in ("images", "scores", "pairwise", "degenerate", "raw"):
+        getattr(r, name).to_csv(tmp_path / f"{name}.csv", index=False)
+        assert (tmp_path / "std" / f"{name}.csv").read_bytes() == (tmp_path / f"{name}.csv").read_bytes(), name
