@@ -15,7 +15,7 @@ import time
 
 from benchmarks.common import header, machine_line, versions
 
-BENCHMARKS = ("scoring_clip", "styleloss_refs", "incremental", "generation_gpu")
+BENCHMARKS = ("scoring_clip", "styleloss_refs", "incremental", "generation_gpu", "scale")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

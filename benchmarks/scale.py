@@ -175,8 +175,11 @@ now = lap("write", now)
 s = result.scores.sort_values(["metric", "model"])
 digest = np.round(s["score"].to_numpy(float), 9).tobytes() + s["rank"].fillna(-1).to_numpy(float).tobytes()
 import hashlib
+# VmHWM: this process's own peak (ru_maxrss would include the parent's resident size at fork time)
+status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+peak_kb = int(status["VmHWM"].split()[0]) if "VmHWM" in status else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"seconds": t, "total_s": time.perf_counter() - start, "score_rows": len(scores),
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "peak_rss_mb": peak_kb / 1024,
                   "point_digest": hashlib.sha256(digest).hexdigest()[:16], "code": ghostreview.__file__}))
 """
 
