@@ -9,6 +9,11 @@ hashed first, then the JSON holding its hash is renamed into place with ``os.rep
 PNG: a crash leaves at most a temporary file or a JSON without its PNG, which the next ``put`` overwrites. A failed
 ``put`` removes what it wrote and raises ``StoreError``.
 
+Off the drawing thread: :class:`StoreWriter` runs ``put`` on a writer thread behind a bounded queue. An image counts
+as drawn (progress, the stage's counts, its manifest) only once ``put`` returned for it; a kill loses only queued
+images, which no manifest lists, and the next run draws them. PNGs are written at zlib level
+:data:`PNG_COMPRESS_LEVEL`, recorded in each entry's ``"png"`` record.
+
 Trust: an entry is handed back (``has``, ``link_into``) only when its PNG has the size and sha256 recorded at ``put``
 (:meth:`ImageStore.check`). A truncated or replaced PNG, unreadable metadata, or an entry written before the store
 recorded hashes counts as absent and is drawn again. The check reads and hashes each PNG once per ``ImageStore``;
