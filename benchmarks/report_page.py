@@ -1,31 +1,44 @@
-"""The report page at full scale: 20 models x the v1 protocol's 1,568 images (31,360 images), 288 px synthetic PNGs.
+"""The report at scale: N models x the v1 protocol's 1,568 images, 288 px synthetic PNGs; from scratch, then again
+after one model was added (the rendition cache of the first run reused), each in a fresh process.
 
 Builds the review from synthetic data (no model runs): manifests from the real v1 benchmark (``benchmark_items``:
 prompts, styles, LoRAs, seeds; the first ``--sdxl`` models are SDXL and draw the SDXL LoRA table) with A1111-style
 infotexts, one PNG per image (a hard link to one of 512 pictures: a gradient with a tint and a little noise, about
 140 KB at 288 px like a generated image; the report decodes and re-encodes every file as it would real ones),
-random scores per metric, ``standardize`` (``--boot`` resamples), style reference and LoRA header
-images as targets. Then it times ``write_report`` (tables, plots, page, image renditions) and opens the page in
-Debian's chromium (playwright), reporting
+random scores per metric, ``standardize`` (``--boot`` resamples) of the first N models and of all N+1, style
+reference and LoRA header images as targets. Each input is pickled; ``write_report`` then runs in a spawned process
+(nothing inherited) with ``--workers`` rendering processes and a rendition cache under the work directory:
 
-- the page: ``index.html`` bytes, number of ``<img>`` elements, files and bytes of ``reports/images``;
-- chromium: DOMContentLoaded and load (navigation timing, ms from navigation start), how many images had loaded
-  at ``load`` (lazy loading: only those near the first screen), and the time to sort every grid (``#sort=score``)
-  and to open the viewer on the last image of the page, median of ``--repeats`` fresh page loads.
+1. from scratch: N models, empty cache;
+2. one model added: N+1 models, a fresh output directory (DVC deletes the stage's outputs), the same cache.
 
-    python -m benchmarks.report_page [--models 20] [--sdxl 4] [--size 288] [--boot 200] [--repeats 3]
-                                     [--work DIR] [--keep]
+For each: wall time, peak RSS of the report process (``getrusage``; it includes the review's tables it loaded, as the
+report stage holds them), the peak of the summed PSS of it and its rendering workers (sampled from /proc every 0.3 s:
+the physical memory of the whole tree), renditions made (new cache entries), files and bytes. Then chromium
+(Debian's, playwright) opens run 2's index and its largest grid page:
+DOMContentLoaded and load (ms from navigation start), ``<img>`` elements and how many had loaded at ``load`` (lazy
+loading), the time to sort every grid (``#sort=score``), to open the viewer on the page's last image, and a
+responsiveness probe (the longest gap between animation frames while scrolling the page end to end), median of
+``--repeats`` fresh loads.
+
+    python -m benchmarks.report_page [--models 20] [--sdxl 4] [--size 288] [--boot 200] [--workers 2]
+                                     [--repeats 3] [--work DIR] [--keep]
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import multiprocessing
 import os
+import pickle
+import resource
 import shutil
 import statistics
 import tempfile
+import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -72,8 +85,8 @@ def picture_pool(where: Path, size: int, rng: np.random.Generator) -> list[Path]
     return files
 
 
-def build_review(work: Path, n_models: int, n_sdxl: int, size: int, boot: int):
-    """Images, manifests, scores, models and targets of the synthetic review under ``work``."""
+def build_review(work: Path, n_models: int, n_sdxl: int, size: int):
+    """Images, manifests, scores, models and targets of the synthetic review under ``work`` (not standardized)."""
     bench = load_benchmark(ROOT / "data" / "benchmark" / "v1")
     images_root = work / "images"
     rng = np.random.default_rng(0)
@@ -104,9 +117,86 @@ def build_review(work: Path, n_models: int, n_sdxl: int, size: int, boot: int):
                                autov2=autov2.upper(), random_weights=False, title=f"Synthetic {family} model {i}"))
     models = pd.DataFrame(model_rows)
     scores = pd.concat(score_parts, ignore_index=True)
-    result = standardize(scores, models, REGISTRY, {}, n_boot=boot, seed=0)
     targets = make_targets(bench, work / "targets", rng)
-    return result, scores, manifests, models, images_root, targets
+    return scores, manifests, models, images_root, targets
+
+
+def pickle_run(path: Path, names: list[str], scores, manifests, models, images_root, targets, boot: int) -> None:
+    """The report's inputs for the models ``names`` (standardized over them alone), pickled to ``path``."""
+    scores = scores[scores["model"].isin(names)].reset_index(drop=True)
+    models = models[models["model"].isin(names)].reset_index(drop=True)
+    result = standardize(scores, models, REGISTRY, {}, n_boot=boot, seed=0)
+    with open(path, "wb") as f:
+        pickle.dump((result, scores, {n: manifests[n] for n in names}, models, images_root, targets), f)
+
+
+def report_run(inputs: Path, out: Path, cache: Path, workers: int, answer) -> None:
+    """In a spawned process: load the inputs, ``write_report``; sends wall seconds and its peak RSS (kB)."""
+    with open(inputs, "rb") as f:
+        result, scores, manifests, models, images_root, targets = pickle.load(f)
+    start = time.perf_counter()
+    write_report(result, scores, manifests, models, images_root, out, metrics=REGISTRY, targets=targets, cache=cache,
+                 workers=workers)
+    seconds = time.perf_counter() - start
+    answer.send((seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (Linux /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            with suppress(OSError):
+                todo += [int(c) for c in task.read_text().split()]
+    return out
+
+
+def pss_kb(pid: int) -> int:
+    """Proportional set size of ``pid`` (shared pages divided among their sharers), 0 once it is gone."""
+    with suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
+
+
+class TreeMemory(threading.Thread):
+    """Samples the summed PSS of a process tree every 0.3 s; ``peak_kb`` is the largest sum seen."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak_kb, self.done = pid, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.3):
+            self.peak_kb = max(self.peak_kb, sum(pss_kb(p) for p in descendants(self.pid)))
+
+
+def timed_report(inputs: Path, out: Path, cache: Path, workers: int) -> tuple[float, float, float]:
+    """(seconds, peak RSS MB of the report process, peak summed PSS MB of it and its workers) of one report in a
+    fresh process."""
+    ctx = multiprocessing.get_context("spawn")
+    mine, theirs = ctx.Pipe()
+    proc = ctx.Process(target=report_run, args=(inputs, out, cache, workers, theirs))
+    proc.start()
+    assert proc.pid is not None
+    memory = TreeMemory(proc.pid)
+    memory.start()
+    seconds, self_kb = mine.recv()
+    memory.done.set()
+    memory.join()
+    proc.join()
+    if proc.exitcode != 0:
+        raise RuntimeError(f"report run failed ({proc.exitcode})")
+    return seconds, self_kb / 1024, memory.peak_kb / 1024
+
+
+def tree_size(root: Path) -> tuple[int, int]:
+    """(files, bytes) under ``root``."""
+    files = [p for p in root.rglob("*") if p.is_file()]
+    return len(files), sum(p.stat().st_size for p in files)
 
 
 def make_targets(bench, where: Path, rng: np.random.Generator) -> Targets:
@@ -141,7 +231,7 @@ def in_chromium(page: Path, repeats: int) -> dict[str, float]:
             for _ in range(repeats):
                 tab = browser.new_page(viewport={"width": 1400, "height": 900})
                 tab.goto(page.as_uri(), wait_until="load", timeout=600_000)
-                got = tab.evaluate("""() => {
+                got = tab.evaluate("""async () => {
                     const t = performance.getEntriesByType('navigation')[0];
                     const imgs = [...document.images];
                     const loaded = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
@@ -150,12 +240,26 @@ def in_chromium(page: Path, repeats: int) -> dict[str, float]:
                     window.dispatchEvent(new HashChangeEvent('hashchange'));
                     const sort = performance.now() - s;
                     const figs = document.querySelectorAll('figure.thumb .shot');
-                    s = performance.now();
-                    figs[figs.length - 1].click();
-                    const open = performance.now() - s;
+                    let open = 0;
+                    if (figs.length) {
+                        s = performance.now();
+                        figs[figs.length - 1].click();
+                        open = performance.now() - s;
+                        document.getElementById('lightbox').click();
+                    }
+                    // responsiveness: the longest gap between animation frames while scrolling end to end
+                    let gap = 0, last = performance.now();
+                    const step = window.innerHeight;
+                    for (let y = 0; y < document.body.scrollHeight; y += step) {
+                        window.scrollTo(0, y);
+                        await new Promise(r => requestAnimationFrame(r));
+                        const now = performance.now(); gap = Math.max(gap, now - last); last = now;
+                    }
+                    const after = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
                     return {dom_content_loaded_ms: t.domContentLoadedEventEnd, load_ms: t.loadEventEnd,
                             images: imgs.length, loaded_at_load: loaded, sort_all_grids_ms: sort,
-                            open_viewer_ms: open};
+                            open_viewer_ms: open, longest_frame_gap_scrolling_ms: gap,
+                            loaded_after_scroll: after};
                 }""")
                 for k, v in got.items():
                     runs.setdefault(k, []).append(float(v))
@@ -167,35 +271,52 @@ def in_chromium(page: Path, repeats: int) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", type=int, default=20)
+    ap.add_argument("--models", type=int, default=20, help="models of the first report (the second has one more)")
     ap.add_argument("--sdxl", type=int, default=4, help="how many of the models are SDXL")
     ap.add_argument("--size", type=int, default=288, help="image side in pixels")
     ap.add_argument("--boot", type=int, default=200, help="bootstrap resamples of standardize")
+    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="rendering processes")
     ap.add_argument("--repeats", type=int, default=3, help="fresh page loads in chromium")
     ap.add_argument("--work", type=Path, help="working directory (default: a temporary one)")
     ap.add_argument("--keep", action="store_true", help="keep the working directory")
     args = ap.parse_args()
 
     work = args.work or Path(tempfile.mkdtemp(prefix="ghostreview-report-page-"))
-    print(f"CPU {cpu_model()}, load avg {load_average()} (start); work dir {work}", flush=True)
+    print(f"CPU {cpu_model()}, {len(os.sched_getaffinity(0))} cores, load avg {load_average()} (start); "
+          f"work dir {work}", flush=True)
     try:
         start = time.perf_counter()
-        result, scores, manifests, models, images_root, targets = build_review(
-            work, args.models, args.sdxl, args.size, args.boot)
-        n_images = sum(len(m) for m in manifests.values())
-        row("synthetic review built (images, scores, standardize)", f"{time.perf_counter() - start:.1f} s")
-        start = time.perf_counter()
-        paths = write_report(result, scores, manifests, models, images_root, work / "reports", metrics=REGISTRY,
-                             targets=targets)
-        row("write_report (tables, plots, page, renditions)", f"{time.perf_counter() - start:.1f} s")
-        files = [p for p in (work / "reports" / "images").rglob("*") if p.is_file()]
-        row("models x images", f"{args.models} x {n_images // args.models} = {n_images}")
-        row("index.html", f"{paths['index.html'].stat().st_size / 1e6:.1f} MB")
-        row("reports/images", f"{len(files)} files, {sum(p.stat().st_size for p in files) / 1e6:.0f} MB")
-        row("source PNGs (as files, before hard links)",
-            f"{sum(p.stat().st_size for p in images_root.rglob('*.png')) / 1e6:.0f} MB")
-        for k, v in in_chromium(paths["index.html"], args.repeats).items():
-            row(f"chromium {k} (median of {args.repeats})", f"{v:,.0f}")
+        scores, manifests, models, images_root, targets = build_review(work, args.models + 1, args.sdxl, args.size)
+        names = models["model"].tolist()
+        runs = {"scratch": names[:-1], "added": names}
+        for run, run_names in runs.items():
+            pickle_run(work / f"{run}.pkl", run_names, scores, manifests, models, images_root, targets, args.boot)
+        n_images = sum(len(manifests[n]) for n in names[:-1])
+        del scores, manifests
+        row("synthetic review built (images, scores, 2x standardize)", f"{time.perf_counter() - start:.1f} s")
+        row("models x images (run 1)", f"{args.models} x {n_images // args.models} = {n_images:,}")
+        cache = work / "cache"
+        for k, (run, run_names) in enumerate(runs.items(), 1):
+            before = tree_size(cache)[0] if cache.exists() else 0
+            seconds, self_mb, worker_mb = timed_report(work / f"{run}.pkl", work / run, cache, args.workers)
+            made = tree_size(cache)[0] - before
+            label = f"run {k} ({len(run_names)} models, {'from scratch' if k == 1 else 'one model added'})"
+            row(f"{label}: write_report", f"{seconds:.1f} s")
+            row(f"{label}: peak RSS of the report process / peak PSS of it + workers",
+                f"{self_mb:,.0f} MB / {worker_mb:,.0f} MB")
+            row(f"{label}: renditions made (new cache entries)", f"{made:,}")
+            files, size = tree_size(work / run / "pages")
+            row(f"{label}: pages/", f"{files} pages, {size / 1e6:.1f} MB "
+                f"(largest {max(p.stat().st_size for p in (work / run / 'pages').glob('*.html')) / 1e6:.1f} MB)")
+            row(f"{label}: index.html", f"{(work / run / 'index.html').stat().st_size / 1e6:.2f} MB")
+            files, size = tree_size(work / run / "images")
+            row(f"{label}: images/ (hard links to the cache)", f"{files:,} files, {size / 1e6:,.0f} MB")
+            print(f"load avg {load_average()}", flush=True)
+        out = work / "added"
+        largest = max((out / "pages").glob("*.html"), key=lambda p: p.stat().st_size)
+        for name, page in (("index.html", out / "index.html"), (f"largest grid page {largest.name}", largest)):
+            for key, value in in_chromium(page, args.repeats).items():
+                row(f"chromium {name}: {key} (median of {args.repeats})", f"{value:,.0f}")
         print(f"load avg {load_average()} (end)", flush=True)
     finally:
         if not args.keep:

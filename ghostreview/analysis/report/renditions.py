@@ -25,6 +25,7 @@ Rendering runs in ``workers`` processes (one image per task is too fine: chunks 
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import secrets
 import shutil
@@ -250,9 +251,10 @@ def clean_staging(cache: Path, older_than_s: float = STALE_S) -> None:
 
 @contextmanager
 def rendering_pool(workers: int) -> Iterator[Executor | None]:
-    """A process pool of ``workers`` processes (None for one: render in this process)."""
+    """A process pool of ``workers`` processes (None for one: render in this process). Workers start from a fork
+    server, not a fork of this process: they hold PIL and this module, not a copy of the review's tables."""
     if workers <= 1:
         yield None
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
         yield pool
