@@ -117,6 +117,34 @@ def test_interrupted_run_resumes_from_what_finished(kit, tmp_path, monkeypatch):
         Image.open(png).verify()
 
 
+def test_a_disk_full_on_the_writer_thread_stops_the_run_with_the_store_error_and_keeps_what_was_stored(
+        kit, tmp_path, monkeypatch):
+    """The store writes run on a writer thread (StoreWriter): its error reaches run_generate as it is, the message the
+    stage turns into its disk-full error (docs/failure-modes.md), and every image acknowledged before it is whole."""
+    from ghostreview.generation.store import ImageStore, StoreError
+
+    root, bench = kit
+    store = tmp_path / "store"
+    real_put, puts = ImageStore.put, []
+
+    def put(self, key, *args):
+        puts.append(key)
+        if len(puts) == 3:
+            raise StoreError(f"could not store image {key} (No space left on device)", self.path(key))
+        return real_put(self, key, *args)
+
+    monkeypatch.setattr(ImageStore, "put", put)
+    with pytest.raises(StoreError) as err:
+        run_generate(bench, settings(root, store), tmp_path / "out", progress=False)
+    third = ImageStore(store).path(puts[2])
+    assert str(err.value) == f"could not store image {puts[2]} (No space left on device): {third}"
+    assert not (tmp_path / "out").exists()
+    assert all(ImageStore(store).has(k) for k in puts[:2]) and len(list(store.rglob("*.png"))) == 2
+    monkeypatch.setattr(ImageStore, "put", real_put)
+    again = run_generate(bench, settings(root, store), tmp_path / "out", progress=False)
+    assert again["reused"] == 2 and again["drawn"] == 3
+
+
 def test_lycoris_and_other_family_loras_are_recorded_not_fatal(kit, tmp_path):
     root, bench = kit
     loras = tmp_path / "loras"
