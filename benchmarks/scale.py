@@ -158,7 +158,12 @@ def lap(name, since):
 
 now = time.perf_counter()
 models = models_table(work / "images", names)
-scores = read_scores(work / "scores", names)
+import inspect
+if "columns" in inspect.signature(read_scores).parameters:  # the stage reads only VALUE_COLUMNS (since issue 15)
+    from ghostreview.scoring.table import VALUE_COLUMNS
+    scores = read_scores(work / "scores", names, VALUE_COLUMNS)
+else:
+    scores = read_scores(work / "scores", names)
 try:  # the stage reads only the manifest columns undrawn_rows needs (since issue 15)
     from ghostreview.analysis.aggregate import UNDRAWN_COLUMNS
     tables = manifests(work / "images", names, UNDRAWN_COLUMNS)

@@ -13,7 +13,7 @@ from ghostreview.analysis.standardize import standardize
 from ghostreview.errors import stage_main
 from ghostreview.protocol import benchmark_digest
 from ghostreview.scoring.registry import REGISTRY
-from ghostreview.scoring.table import read_scores
+from ghostreview.scoring.table import VALUE_COLUMNS, read_scores
 from ghostreview.util.runtime import progress_bar
 
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         models = models_table(args.images, names)
         bench = validate.benchmark(params, root, str(args.params))
         s = params.standardize
-        scores = read_scores(args.scores, names)
+        scores = read_scores(args.scores, names, VALUE_COLUMNS)  # what standardize reads of a score row
         # unusable LoRA pairs: flagged, not silent (only the manifest columns this needs: infotexts are most of it)
         undrawn = undrawn_rows(manifests(args.images, names, UNDRAWN_COLUMNS), REGISTRY)
         if not undrawn.empty:

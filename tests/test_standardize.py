@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import ghostreview.analysis.standardize as standardize_module
 from ghostreview.analysis.standardize import (
     EXCLUDING_FLAGS,
     Standardized,
@@ -97,9 +98,9 @@ def test_zscores_match_plain_per_group_computation():
         assert g["z"].tolist() == pytest.approx(plain_z(g["value"].tolist()), abs=1e-12), (metric, item)
     for (model, metric), g in ok.groupby(["model", "metric"]):
         assert score(r, model, metric) == pytest.approx(statistics.fmean(g["z"]), abs=1e-12)
-    # per-layer rows are kept, not standardized
-    detail = r.images[r.images["metric"] == "styleloss.relu1_1"]
-    assert len(detail) == 15 and set(detail["status"]) == {"detail"} and detail["z"].isna().all()
+    # per-layer rows are not standardized and stay out of the image table (the report reads them from the scores)
+    assert "styleloss.relu1_1" not in set(r.images["metric"])
+    assert len(r.images) == (scores["metric"] != "styleloss.relu1_1").sum() == 3 * (2 * 3 * 5 + 5)
     assert set(r.scores["metric"]) == {"aesthetic", "clipscore", "styleloss", "combined"}
 
 
@@ -519,7 +520,9 @@ def test_zscores_and_counts_equal_pandas_groupby_on_many_models_and_pools():
         assert score(r, m, "loraloss_notm") == pytest.approx(notm[notm["model"] == m]["z"].mean(), abs=1e-12)
 
 
-def test_write_gives_the_bytes_plain_to_csv_gives(tmp_path):
+@pytest.mark.parametrize("chunk", [7, 200_000])
+def test_write_gives_the_bytes_plain_to_csv_gives(tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(standardize_module, "CSV_CHUNK", chunk)  # 7: every table in several chunks
     scores = synthetic(np.random.default_rng(13))
     scores.loc[0, "value"] = -0.0
     scores.loc[1, "value"] = 1.5e-7

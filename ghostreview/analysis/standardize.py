@@ -2,10 +2,11 @@
 
 Conventions (each one tested in tests/test_standardize.py):
 
-- Rows. Only metrics present in ``metrics`` (the registry) are standardized; other rows (per-layer StyleLoss such as
-  ``styleloss.relu1_1``) are kept in the image table with status ``detail``. A metric is standardized over the images of
-  the task its ``grouped_by`` names (``prompt`` -> task ``general``, ``style`` -> ``style``, ``lora`` -> ``lora``);
-  its rows from other tasks get status ``other_task``.
+- Rows. Only metrics present in ``metrics`` (the registry) are standardized, and only their rows make the image table;
+  other rows (per-layer StyleLoss such as ``styleloss.relu1_1``: three in five of a v1 review's rows) stay in the
+  score tables, where the report reads them (the image table would be 2.5 times as large for nothing). A metric is
+  standardized over the images of the task its ``grouped_by`` names (``prompt`` -> task ``general``, ``style`` ->
+  ``style``, ``lora`` -> ``lora``); its rows from other tasks get status ``other_task``.
 - Exclusion. A row whose ``flags`` contain one of ``EXCLUDING_FLAGS`` or whose value is not finite gets status
   ``flagged``: no z, counted per model and metric in ``n_excluded``.
 - Groups. z = (x - mean) / std within the group (metric, task, item, pool) over all usable images of all models, with
@@ -82,7 +83,8 @@ class MetricLike(Protocol):
 class Standardized:
     """Everything standardize computes; ``write``/``read`` round-trip it through CSV + JSON files in one directory.
 
-    images: one row per score row: VALUE_COLUMNS + family, pool, status (ok|flagged|degenerate|other_task|detail), z.
+    images: one row per score row of a registered metric: VALUE_COLUMNS + family, pool, status
+        (ok|flagged|degenerate|other_task), z.
     scores: one row per model x scored metric: model, metric, higher_is_better, score, lo, hi, rank, rank_lo,
         rank_hi, n_images, n_excluded, n_degenerate. Metrics: the registered ones, ``<lora>_notm``, ``combined``.
     pairwise: metric, model_a, model_b, p_a_beats_b (share of resamples where A's oriented score > B's), n_boot.
@@ -106,7 +108,7 @@ class Standardized:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         for name in TABLES:
-            csv_ready(getattr(self, name)).to_csv(out / f"{name}.csv", index=False)
+            write_csv(getattr(self, name), out / f"{name}.csv")
         (out / "meta.json").write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
 
     @classmethod
@@ -135,6 +137,17 @@ def csv_ready(frame: pd.DataFrame) -> pd.DataFrame:
     on millions of rows (pandas formats floats with numpy's slower formatter)."""
     floats = [c for c in frame.columns if pd.api.types.is_float_dtype(frame[c])]
     return frame.assign(**{c: float_text(frame[c].to_numpy()) for c in floats})
+
+
+CSV_CHUNK = 200_000  # rows formatted at once by write_csv
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """``frame.to_csv(path, index=False)``'s bytes, CSV_CHUNK rows at a time: the float texts of a 500-model image
+    table (millions of strings) never exist all at once."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        for start in range(0, max(len(frame), 1), CSV_CHUNK):
+            csv_ready(frame.iloc[start:start + CSV_CHUNK]).to_csv(fh, index=False, header=start == 0)
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -223,21 +236,21 @@ def attach_family(scores: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-STATUSES = np.array(["detail", "other_task", "flagged", "ok"], dtype=object)
+STATUSES = np.array(["other_task", "flagged", "ok"], dtype=object)
 
 
 def row_status(rows: pd.DataFrame, metrics: Mapping[str, MetricLike]) -> tuple[np.ndarray, np.ndarray]:
-    """(status [n] of detail|other_task|flagged|ok, pool [n]) before degenerate groups are known.
+    """(status [n] of other_task|flagged|ok, pool [n]) of rows of registered metrics, before degenerate groups are
+    known.
 
     Decided per distinct metric and task (a few), then spread over the rows by code: no per-row Python."""
     tasks = {m: metric_task(m, info) for m, info in metrics.items()}
     metric, metric_names = codes(rows["metric"])
     task, task_names = codes(rows["task"])
     task_code = {t: i for i, t in enumerate(task_names)}
-    registered = np.array([m in tasks for m in metric_names], dtype=bool)[metric]
     own_task = np.array([task_code.get(tasks.get(m), -1) for m in metric_names], dtype=np.int64)[metric] == task
     flagged = excluded_mask(rows["flags"], rows["value"])
-    status = STATUSES[np.select([~registered, ~own_task, flagged], [0, 1, 2], 3)]
+    status = STATUSES[np.select([~own_task, flagged], [0, 1], 2)]
     lora = np.array([m in tasks and metrics[m].grouped_by == "lora" for m in metric_names], dtype=bool)[metric]
     pool = np.where(lora, rows["family"].to_numpy(dtype=object), ALL_POOL)
     return status, pool
@@ -311,8 +324,13 @@ def degenerate_reason(n_values: int, n_models: int, low: float) -> str:
 
 def image_table(scores: pd.DataFrame, models: pd.DataFrame,
                 metrics: Mapping[str, MetricLike]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-row status and z (see module docstring) and the degenerate groups table."""
-    rows = attach_family(scores, models)
+    """Per-row status and z of the registered metrics' rows (see module docstring), and the degenerate groups table."""
+    check_columns(scores, VALUE_COLUMNS, "score table")
+    registered = scores["metric"].isin(list(metrics)).to_numpy()
+    if not registered.any():
+        have = sorted(set(scores["metric"].astype(str)))
+        raise ValueError(f"no registered metric {sorted(metrics)} in the score table (it has {have})")
+    rows = attach_family(scores.loc[registered], models)
     status, pool = row_status(rows, metrics)
     ok = status == "ok"
     z, degenerate = zscore_groups(rows.loc[ok].assign(pool=pool[ok]))
