@@ -12,9 +12,26 @@ torch.set_num_threads(1)
 
 from pathlib import Path  # noqa: E402
 
+import pytest  # noqa: E402
+
 from ghostreview.protocol import cut_benchmark  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def denormals_flushed() -> bool:
+    """Whether the processor flushes subnormal floats to zero (torch.set_flush_denormal(True): process-wide)."""
+    return 5e-324 * 1.0 == 0.0
+
+
+@pytest.fixture(autouse=True)
+def _denormals_as_before():
+    """A test that runs a model command in this process (the CLI's kit or convert-clip, a stage's main) calls
+    stage_runtime(), which flushes denormals for the whole process; later tests would inherit it (hypothesis refuses
+    to draw floats then). Each test leaves the setting as the suite started: off."""
+    yield
+    if denormals_flushed():
+        torch.set_flush_denormal(False)
 
 
 def small_benchmark(dest: Path, general: int = 2, styles: int = 2, loras: int = 2) -> Path:
