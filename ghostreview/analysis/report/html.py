@@ -685,10 +685,14 @@ def write_html(result: Standardized, scores: pd.DataFrame, manifests: Mapping[st
         def build_images(tmp_images: Path) -> None:
             gallery = Gallery(tmp_images, thumb_px, cache, pool)
             ctx = GridContext(titles, {m: i for i, m in enumerate(order)}, z, metrics_of, root, gallery)
-            for page in pages:
-                with open(tmp_pages / page.name, "wb") as f:
-                    write_stream(f, grid_page(page, pages, ctx, warning))
-                gallery.flush()
+            try:
+                for page in pages:
+                    with open(tmp_pages / page.name, "wb") as f:
+                        write_stream(f, grid_page(page, pages, ctx, warning))
+                    gallery.flush()
+                gallery.close()
+            finally:
+                gallery.discard()
 
         replace_dir(out / IMAGES, build_images, sync_all=True)  # new images first: new pages never lack one
 

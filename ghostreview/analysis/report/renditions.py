@@ -15,9 +15,10 @@ outputs, which DVC deletes before the stage runs) holds every rendition ever mad
 decides its pixels, under which the image store checked its PNG) plus the file's size and mtime, so a file replaced
 under the same name is rendered again; a target image's identity is the sha256 of its bytes. A published file is a
 hard link to its cache entry (a copy where the two are on different file systems): a rerun after one model was added
-renders only that model's images. A cache entry appears whole or not at all (``Gallery.fill_cache``: rendered into a
-staging directory, made durable with one ``os.sync()``, then hard-linked to its name), so a killed run leaves no
-half-written entry; the report never prunes the cache (delete the directory to reclaim its space).
+renders only that model's images. A cache entry appears whole or not at all (``Gallery.commit``: rendered into a
+staging directory, made durable with one ``os.sync()`` per ``COMMIT_EVERY`` renditions, then hard-linked to its
+name), so a killed run leaves no half-written entry; the report never prunes the cache (delete the directory to
+reclaim its space).
 
 Rendering runs in ``workers`` processes (one image per task is too fine: chunks of ``CHUNK`` sources).
 """
@@ -46,6 +47,7 @@ RENDITION_VERSION = "1"  # bump when the rendering below changes: every cache en
 CHUNK = 64  # sources per rendering task
 STALE_S = 6 * 3600  # a staging directory this old belongs to no running report
 STAGING = ".staging-"  # <cache>/.staging-<random>: renditions of a run not yet durable and linked into the cache
+COMMIT_EVERY = 20_000  # staged renditions per os.sync() and commit to the cache (what a killed run can lose)
 
 
 def url(rel: str) -> str:
@@ -119,6 +121,8 @@ class Gallery:
     published: dict[str, Path] = field(default_factory=dict)  # rel -> source, every file already asked for
     rendered: int = 0  # renditions made (cache misses) so far
     reused: int = 0  # renditions found in the cache so far
+    staged: list[Job] = field(default_factory=list)  # rendered into the staging directory, not yet in the cache
+    stage_dir: Path | None = None
 
     def add(self, src: Path, folder: str, stem: str, source_id: str, size: tuple[int, int]) -> Shot:
         """``src`` (of pixel ``size``) published as ``<folder>/<stem>.jpg`` (the stem's first 16 characters unless
@@ -151,34 +155,58 @@ class Gallery:
         return url(f"{IMAGES}/{rel}")
 
     def flush(self) -> None:
-        """Make every queued file: render the missing ones (in the executor when there is one), link the rest."""
+        """Make every queued file: render the missing ones (in the executor when there is one) into the staging
+        directory and publish them from there, publish the others from the cache; commit the staged ones to the
+        cache once ``COMMIT_EVERY`` have gathered."""
         jobs, self.pending = self.pending, []
         if self.cache is None:
             self.render([(src, [(self.dest / j.rel, j.px) for j in group]) for src, group in by_source(jobs)])
             return
         missing = [j for j in jobs if not self.cached(j).is_file()]
-        if missing:
-            self.fill_cache(missing)
+        staging = self.staging()
+        self.render([(src, [(staging / j.key, j.px) for j in group]) for src, group in by_source(missing)])
         self.reused += len(jobs) - len(missing)
+        new = {j.key for j in missing}
         for j in jobs:
-            publish(self.cached(j), self.dest / j.rel)
+            publish(staging / j.key if j.key in new else self.cached(j), self.dest / j.rel)
+        self.staged += missing
+        if len(self.staged) >= COMMIT_EVERY:
+            self.commit()
 
-    def fill_cache(self, jobs: Sequence[Job]) -> None:
-        """Render ``jobs`` into a staging directory of the cache, make it durable (one ``os.sync()``: an fsync per
-        file costs milliseconds), then hard-link each file to its cache name: an entry appears whole or not at all,
-        and a killed run leaves only its staging directory (removed by the next run's ``clean_staging``)."""
+    def staging(self) -> Path:
+        """``<cache>/.staging-<random>``: this run's renditions not yet in the cache (made on first use)."""
         assert self.cache is not None
-        staging = self.cache / f"{STAGING}{secrets.token_hex(8)}"
-        try:
-            self.render([(src, [(staging / j.key, j.px) for j in group]) for src, group in by_source(jobs)])
-            os.sync()
-            for j in jobs:
-                entry = self.cached(j)
-                entry.parent.mkdir(parents=True, exist_ok=True)
-                with suppress(FileExistsError):  # another run made it meanwhile: the same rendition
-                    os.link(staging / j.key, entry)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        if self.stage_dir is None:
+            self.stage_dir = self.cache / f"{STAGING}{secrets.token_hex(8)}"
+            self.stage_dir.mkdir(parents=True)
+        return self.stage_dir
+
+    def commit(self) -> None:
+        """Make the staged renditions durable (one ``os.sync()``: an fsync per file costs milliseconds), then
+        hard-link each to its cache name: an entry appears whole or not at all. A killed run leaves only its
+        staging directory (removed by a later run's ``clean_staging``)."""
+        if not self.staged:
+            return
+        os.sync()
+        staging = self.staging()
+        for j in self.staged:
+            entry = self.cached(j)
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            with suppress(FileExistsError):  # another run made it meanwhile: the same rendition
+                os.link(staging / j.key, entry)
+            (staging / j.key).unlink()
+        self.staged = []
+
+    def close(self) -> None:
+        """Commit what is staged (``commit``) and remove the staging directory; on an error, ``discard``."""
+        self.commit()
+        self.discard()
+
+    def discard(self) -> None:
+        """Remove the staging directory and what it holds (the renditions of a report that failed)."""
+        if self.stage_dir is not None:
+            shutil.rmtree(self.stage_dir, ignore_errors=True)
+            self.stage_dir, self.staged = None, []
 
     def cached(self, job: Job) -> Path:
         assert self.cache is not None
@@ -219,7 +247,7 @@ def render_chunk(chunk: Sequence[tuple[Path, Sequence[tuple[Path, int | None]]]]
 
 def write_renditions(src: Path, outs: Sequence[tuple[Path, int | None]]) -> None:
     """JPEGs of ``src`` (transparency on white), each at its longest side ``px`` (None: the source's size); written
-    plainly into a directory that is made durable and moved into place as a whole (``Gallery.fill_cache``,
+    plainly into a directory that is made durable and moved into place as a whole (``Gallery.commit``,
     ``replace_dir(..., sync_all=True)``)."""
     with Image.open(src) as im:
         im.load()
@@ -251,10 +279,11 @@ def clean_staging(cache: Path, older_than_s: float = STALE_S) -> None:
 
 @contextmanager
 def rendering_pool(workers: int) -> Iterator[Executor | None]:
-    """A process pool of ``workers`` processes (None for one: render in this process). Workers start from a fork
-    server, not a fork of this process: they hold PIL and this module, not a copy of the review's tables."""
+    """A process pool of ``workers`` processes (None for one: render in this process). Forked, not spawned: a
+    spawned or fork-server worker re-imports the caller's ``__main__`` script (which then needs a main guard);
+    a forked one shares this process's pages and touches only what it renders."""
     if workers <= 1:
         yield None
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
         yield pool
