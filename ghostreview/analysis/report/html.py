@@ -31,6 +31,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import os
+import stat
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -248,6 +250,15 @@ def shot_html(shot: Shot, alt: str, up: str = "") -> str:
             f'src="{esc(up + shot.thumb)}" width="{shot.width}" height="{shot.height}"></a>')
 
 
+def regular_file(path: Path) -> os.stat_result | None:
+    """``path``'s stat when it is a regular file, else None (one system call: a report stats every image)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st if stat.S_ISREG(st.st_mode) else None
+
+
 def image_figure(row: Mapping[str, object], model: str, images_root: Path, gallery: Gallery, info_attr: str,
                  up: str = "") -> str:
     """One generated image: thumbnail (click: full image and infotext in the viewer) and its flags.
@@ -255,11 +266,12 @@ def image_figure(row: Mapping[str, object], model: str, images_root: Path, galle
     info_attr: `` data-info="..."`` when the infotext differs from the one its row and column give (``Infotexts``),
     else ""; the caption and the full image's URL come from the cell, the row and the link (kept out of the page's
     bytes: a full review has tens of thousands of images)."""
-    path = images_root / model / str(row["image"])
+    path = Path(f"{images_root}/{model}/{row['image']}")
     flags = sorted(parse_flags(row["flags"]))
     chips = "".join(f'<span class="flag">{esc(f)}</span>' for f in flags)
-    if path.is_file():
-        shot = gallery.add_image(path, model, str(row["image_hash"]), row.get("width"), row.get("height"))
+    st = regular_file(path) if row["image"] else None
+    if st is not None:
+        shot = gallery.add_image(path, model, str(row["image_hash"]), st, row.get("width"), row.get("height"))
         body = shot_html(shot, f"seed {row['seed']}", up)
     else:
         body = f'<div class="missing">no image: {esc(", ".join(flags) or row["image"])}</div>'

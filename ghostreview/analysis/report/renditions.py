@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import re
 import secrets
 import shutil
 import time
@@ -50,8 +51,13 @@ STAGING = ".staging-"  # <cache>/.staging-<random>: renditions of a run not yet 
 COMMIT_EVERY = 20_000  # staged renditions per os.sync() and commit to the cache (what a killed run can lose)
 
 
+SAFE_URL = re.compile(r"[A-Za-z0-9._~/-]*")  # what ``urllib.parse.quote`` leaves as it is
+
+
 def url(rel: str) -> str:
-    """The relative link ``rel`` (a ``/`` path), each part percent-quoted."""
+    """The relative link ``rel`` (a ``/`` path), each part percent-quoted (hex names and slugs need none)."""
+    if SAFE_URL.fullmatch(rel):
+        return rel
     return "/".join(urllib.parse.quote(part) for part in rel.split("/"))
 
 
@@ -82,9 +88,9 @@ def rendition_key(source_id: str, px: int | None) -> str:
     return hashlib.sha256(f"{source_id}|{px}|q{JPEG_QUALITY}|v{RENDITION_VERSION}".encode()).hexdigest()
 
 
-def file_identity(image_hash: str, src: Path) -> str:
-    """A generated image's identity: its manifest hash, size and mtime (a replaced file gets a new identity)."""
-    st = src.stat()
+def file_identity(image_hash: str, st: os.stat_result) -> str:
+    """A generated image's identity: its manifest hash and its file's size and mtime (``st``; a file replaced under
+    the same name gets a new identity)."""
     return f"{image_hash}|{st.st_size}|{st.st_mtime_ns}"
 
 
@@ -123,6 +129,7 @@ class Gallery:
     reused: int = 0  # renditions found in the cache so far
     staged: list[Job] = field(default_factory=list)  # rendered into the staging directory, not yet in the cache
     stage_dir: Path | None = None
+    folders: set[str] = field(default_factory=set)  # folders of ``dest`` made so far
 
     def add(self, src: Path, folder: str, stem: str, source_id: str, size: tuple[int, int]) -> Shot:
         """``src`` (of pixel ``size``) published as ``<folder>/<stem>.jpg`` (the stem's first 16 characters unless
@@ -137,10 +144,10 @@ class Gallery:
         scale = self.thumb_px / max(width, height)
         return Shot(full, thumb, max(1, round(width * scale)), max(1, round(height * scale)))
 
-    def add_image(self, src: Path, folder: str, image_hash: str, width: object = None,
+    def add_image(self, src: Path, folder: str, image_hash: str, st: os.stat_result, width: object = None,
                   height: object = None) -> Shot:
-        """A generated image (``folder``: its model), identified by its manifest hash and file stat."""
-        return self.add(src, folder, src.stem, file_identity(image_hash, src), image_size(src, width, height))
+        """A generated image (``folder``: its model), identified by its manifest hash and file stat ``st``."""
+        return self.add(src, folder, src.stem, file_identity(image_hash, st), image_size(src, width, height))
 
     def add_target(self, src: Path) -> Shot:
         """A reference or header image, named by the hash of its bytes (two sets may share a file name)."""
@@ -167,6 +174,9 @@ class Gallery:
         self.render([(src, [(staging / j.key, j.px) for j in group]) for src, group in by_source(missing)])
         self.reused += len(jobs) - len(missing)
         new = {j.key for j in missing}
+        for folder in {j.rel.rpartition("/")[0] for j in jobs} - self.folders:
+            (self.dest / folder).mkdir(parents=True, exist_ok=True)
+            self.folders.add(folder)
         for j in jobs:
             publish(staging / j.key if j.key in new else self.cached(j), self.dest / j.rel)
         self.staged += missing
@@ -232,8 +242,7 @@ def by_source(jobs: Sequence[Job]) -> list[tuple[Path, list[Job]]]:
 
 
 def publish(entry: Path, dest: Path) -> None:
-    """``dest`` as a hard link to the cache entry (a copy across file systems)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    """``dest`` (whose directory exists) as a hard link to the cache entry (a copy across file systems)."""
     try:
         os.link(entry, dest)
     except OSError:  # another file system (or one without hard links)
