@@ -1,4 +1,5 @@
-"""Generation throughput: the plain diffusers call at batch 1 against this project's generate path, on a GPU.
+"""Generation throughput on a GPU: what this project's generate path adds over plain diffusers, at equal batch size
+and dtype, with batching and half precision reported on their own.
 
 Models: full-size SD1.5 and SDXL-base architectures built from the shipped configs
 (``ghostreview/generation/configs/sd15``, ``sdxl``) with diffusers/transformers ``from_config`` and seeded random
@@ -6,25 +7,37 @@ weights (a forward pass costs the same as with real weights). Weights are re-ini
 rule of ``ghostreview.kit.sd.random_tensor``: N(0, 1/fan_in) matrices, 1 + N(0, 0.1) gains, N(0, 0.1) biases) so half
 precision neither overflows nor underflows more than a real checkpoint would.
 
-- naive: ``pipe(prompt, negative_prompt, ...)`` once per image (batch 1), float32 as loaded, DPM++ 2M Karras,
-  25 steps, CFG 7 (diffusers' default attention processor, which already uses SDPA).
-- project: ``ghostreview.generation.draw.draw`` (A1111 encoding, one CPU generator per image) in batches of 4 on a copy
-  of the pipeline passed through :func:`optimize_pipeline` (float16, explicit SDPA, channels_last, fused QKV, optionally
-  torch.compile). Images are compared with the naive ones (same prompts and seeds): the options must keep the
-  mean absolute pixel difference within ``TOLERANCE_MEAN_ABS``.
-- MFU: FLOPs of one UNet call at the CFG batch (2 per image) and of one VAE decode, counted with
-  ``torch.utils.flop_counter.FlopCounterMode``; achieved FLOP/s = FLOPs per image x images/s, MFU = that / the
-  H100's peak dense BF16/FP16 tensor rate (``H100_PEAK_FLOPS``). Text encoders and the scheduler are not counted
-  (they are in the time), so the MFU is slightly understated.
-- v1 protocol: SD1.5 with the hires fix of ``examples/params.full-v1.yaml`` (512 px, 25 steps, x2 to 1024 px,
-  10 hires steps, denoising 0.5, Latent upscaler), project path, seconds per image x 1,568 images per checkpoint.
-  LoRA loading between LoRA items is not included.
+Paths, each at a batch size and a dtype (DPM++ 2M Karras, 25 steps, CFG 7):
+
+- plain: ``pipe(prompt=[...], negative_prompt=[...], generator=[one per image], ...)``, diffusers' own encoding and
+  default attention processor (SDPA with torch 2), weights cast to the dtype.
+- project: the generate stage's path: ``ghostreview.generation.draw.draw_arrays`` (A1111 encoding, one CPU generator
+  per image) on a pipeline passed through ``ghostreview.generation.loading.optimize_pipeline(pipe, device)``, the
+  function the stage's ``load_spec_pipeline`` calls (on a GPU: explicit SDPA and channels_last; on the CPU nothing).
+  ``--fuse-qkv`` and ``--compile`` add options the stage does not use (fused QKV cannot coexist with LoRA adapters;
+  compile recompiles when adapters change): printed as a separate path, never as the stage's.
+
+Ratios: ``project / plain`` at the same batch and dtype is what this project's code adds; ``plain batch B / plain
+batch 1`` is batching; ``plain float16 / plain float32`` (batch 1) is half precision; the product of all against the
+plain float32 batch-1 call is printed last, labelled as such. Images of each path are compared with the plain float32
+batch-1 images (same prompts and seeds): mean |pixel difference| within ``TOLERANCE_MEAN_ABS``.
+
+Also: a batch-size sweep of the project path (images/s, peak memory), bfloat16 next to float16, LoRA items (each
+batch activates another LoRA, as a review's LoRA task does; ``generation.lora.LoraAdapters`` loads each file once),
+peak GPU memory per path (``torch.cuda.max_memory_allocated``), and the v1 protocol (SD1.5 512 px + hires x2 to
+1024 px, seconds per image x 1,568 images per checkpoint).
+
+MFU: FLOPs of one UNet call at the CFG batch (2 per image) and of one VAE decode, counted with
+``torch.utils.flop_counter.FlopCounterMode``; achieved FLOP/s = FLOPs per image x images/s, MFU = that / the dense
+BF16/FP16 tensor peak of the device, read from its name (:data:`PEAK_FLOPS`: H100 SXM/PCIe/NVL, H200, A100); an
+unknown device gets no MFU. Text encoders and the scheduler are not counted (they are in the time), so the MFU is
+slightly understated.
 
 On a CPU (no GPU here), or with ``--quick``, the same code runs on the tiny kit models (``ghostreview.kit.sd.
-tiny_pipeline``) at 64 px, float32, 1 thread: it exercises the path, its figures say nothing about a GPU; it also
-prints the full-size models' FLOPs per image counted on the meta device (:func:`full_size_flops`). The GPU command:
-``python -m benchmarks.generation_gpu --device cuda`` (add ``--compile`` for torch.compile, ``--family sd15`` to
-run one family).
+tiny_pipeline``) at 64 px, float32, 1 thread: it exercises the paths and gives the equal-batch CPU ratios, its figures
+say nothing about a GPU; it also prints the full-size models' FLOPs per image counted on the meta device
+(:func:`full_size_flops`). The GPU command: ``python -m benchmarks.generation_gpu --device cuda`` (add ``--compile``
+/ ``--fuse-qkv`` for the options beyond the stage, ``--family sd15`` to run one family).
 """
 
 from __future__ import annotations
@@ -44,13 +57,16 @@ from benchmarks.common import header, interleaved, row, timed
 
 NAME = "generation_gpu"
 ROOT = Path(__file__).resolve().parents[1]
-# NVIDIA H100 Tensor Core GPU datasheet (SXM5): BF16/FP16 tensor core 1,979 TFLOPS *with sparsity*; dense is half,
-# 989.4 TFLOP/s (the H100 PCIe card: 756 TFLOP/s dense). This machine's H100 is assumed to be the SXM part.
-H100_PEAK_FLOPS = 989e12
+# Dense BF16/FP16 tensor-core peaks (NVIDIA datasheets list them *with sparsity*, twice these), matched in order
+# against torch.cuda.get_device_name(): H200 (SXM) and H100 SXM5 ("H100 80GB HBM3") 989.4 TFLOP/s, H100 NVL 835,
+# H100 PCIe 756, A100 (SXM4 and PCIe) 312. Another device gets no MFU.
+PEAK_FLOPS = (("H200", 989.4e12), ("H100 NVL", 835e12), ("H100 PCIe", 756e12), ("H100", 989.4e12),
+              ("A100", 312e12))
 V1_PARAMS = ROOT / "examples" / "params.full-v1.yaml"
 V1_IMAGES_PER_CHECKPOINT = 1568
 SAMPLER = "DPM++ 2M Karras"
 STEPS, CFG, BATCH = 25, 7.0, 4
+SWEEP = (1, 2, 4, 8)  # project-path batch sizes on a GPU (tiny CPU run: 1, 2, 4)
 TOLERANCE_MEAN_ABS = 0.02  # mean |pixel difference| on [0, 1] allowed between the optimized and the plain path
 PROMPTS = ("a lighthouse on a cliff at dusk, dramatic clouds, oil painting",
            "portrait of an old fisherman, detailed wrinkles, soft window light",
@@ -127,32 +143,24 @@ def build_pipeline(family: str, device: str, tiny: bool, seed: int = 0):
     return pipe
 
 
-def optimize_pipeline(pipe, *, dtype: torch.dtype = torch.float16, sdpa: bool = True, channels_last: bool = True,
-                      fuse_qkv: bool = True, compile: bool = False):
-    """Speed options for inference, applied in place; returns ``pipe``.
+def peak_flops(device_name: str) -> float | None:
+    """The dense BF16/FP16 tensor peak of a device from its name (:data:`PEAK_FLOPS`), None when unknown."""
+    return next((peak for key, peak in PEAK_FLOPS if key.lower() in device_name.lower()), None)
 
-    dtype: weights' dtype (float16 on GPUs; an SDXL VAE with ``force_upcast`` still decodes in float32).
-    sdpa: torch's scaled_dot_product_attention processor (diffusers' default with torch 2; set explicitly).
-    channels_last: NHWC memory format for the UNet and VAE convolutions (faster cuDNN kernels).
-    fuse_qkv: one projection for q, k, v (self-attention) and k, v (cross-attention); diffusers' fused processor.
-    compile: ``torch.compile`` the UNet (first calls compile: warm up before timing).
-    None of these changes the maths: images stay within rounding of the float32 pipeline (checked by the benchmark).
-    """
-    from diffusers.models.attention_processor import AttnProcessor2_0
 
-    if pipe.unet.dtype != dtype:
+def project_pipeline(family: str, device: str, tiny: bool, dtype: torch.dtype, extra: tuple[str, ...] = ()):
+    """The generate stage's pipeline: the plain one cast to ``dtype``, then ``loading.optimize_pipeline``."""
+    from ghostreview.generation.loading import optimize_pipeline
+
+    pipe = build_pipeline(family, device, tiny)
+    if dtype != torch.float32:
         pipe.to(dtype=dtype)
-    if sdpa:
-        pipe.unet.set_attn_processor(AttnProcessor2_0())
-        pipe.vae.set_attn_processor(AttnProcessor2_0())
-    if fuse_qkv:
-        pipe.fuse_qkv_projections()
-    if channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
-    if compile:
-        pipe.unet = torch.compile(pipe.unet, fullgraph=True)
-    return pipe
+    return optimize_pipeline(pipe, device, extra)
+
+
+def plain_pipeline(family: str, device: str, tiny: bool, dtype: torch.dtype):
+    pipe = build_pipeline(family, device, tiny)
+    return pipe.to(dtype=dtype) if dtype != torch.float32 else pipe
 
 
 # ---------------------------------------------------------------------------------------------------- paths
@@ -160,28 +168,34 @@ def prompts_seeds(n: int) -> tuple[list[str], list[int]]:
     return [PROMPTS[i % len(PROMPTS)] for i in range(n)], [1000000 + i for i in range(n)]
 
 
-def naive_images(pipe, n: int, size: int) -> list[np.ndarray]:
-    """One plain pipeline call per image; float [H, W, 3] in [0, 1]."""
+def plain_images(pipe, n: int, size: int, batch: int = 1) -> list[np.ndarray]:
+    """Plain diffusers calls of ``batch`` images (one generator each); float [H, W, 3] in [0, 1]."""
     prompts, seeds = prompts_seeds(n)
     out = []
-    for prompt, seed in zip(prompts, seeds):
-        img = pipe(prompt=prompt, negative_prompt=NEGATIVE, num_inference_steps=STEPS, guidance_scale=CFG,
-                   width=size, height=size, generator=torch.Generator("cpu").manual_seed(seed),
-                   output_type="np").images[0]
-        out.append(np.asarray(img, dtype=np.float32))
+    for start in range(0, n, batch):
+        p, sd = prompts[start:start + batch], seeds[start:start + batch]
+        images = pipe(prompt=p, negative_prompt=[NEGATIVE] * len(p), num_inference_steps=STEPS, guidance_scale=CFG,
+                      width=size, height=size, generator=[torch.Generator("cpu").manual_seed(x) for x in sd],
+                      output_type="np").images
+        out += [np.asarray(img, dtype=np.float32) for img in images]
     return out
 
 
-def project_images(pipe, family: str, n: int, size: int, hires=None) -> list[np.ndarray]:
-    """``ghostreview.generation.draw.draw_arrays`` in batches of ``BATCH``; float [H, W, 3] in [0, 1]."""
+def project_images(pipe, family: str, n: int, size: int, hires=None, batch: int = BATCH,
+                   loras: list | None = None) -> list[np.ndarray]:
+    """``ghostreview.generation.draw.draw_arrays`` in batches of ``batch``; float [H, W, 3] in [0, 1]. ``loras``: a
+    ``LoraAdapters`` and the LoRA sets to cycle through, one per batch (each batch switches)."""
     from ghostreview.generation.draw import DrawRequest, draw_arrays
 
     prompts, seeds = prompts_seeds(n)
     reqs = [DrawRequest(prompt=p, negative_prompt=NEGATIVE, seed=s, steps=STEPS, cfg_scale=CFG, width=size,
                         height=size, sampler=SAMPLER, hires=hires) for p, s in zip(prompts, seeds)]
     out = []
-    for start in range(0, n, BATCH):
-        out += [img for img, _ in draw_arrays(pipe, family, reqs[start:start + BATCH])]
+    for k, start in enumerate(range(0, n, batch)):
+        if loras:
+            adapters, sets = loras
+            adapters.activate(sets[k % len(sets)])
+        out += [img for img, _ in draw_arrays(pipe, family, reqs[start:start + batch], batch_size=batch)]
     return out
 
 
@@ -261,43 +275,164 @@ def _sync(device: str):
     return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
 
-def compare(case: Case, device: str, tiny: bool, compile: bool) -> dict:
-    """Naive vs project path for one family and size: images/s, ratio, image differences, MFU."""
-    plain = build_pipeline(case.family, device, tiny)
-    fast = build_pipeline(case.family, device, tiny)  # same seed: same weights
+class Memory:
+    """Peak GPU memory per path: reset before each call, read after (nothing off a GPU)."""
+
+    def __init__(self, device: str) -> None:
+        self.gpu = device.startswith("cuda")
+        self.peak: dict[str, int] = {}
+
+    def wrap(self, name: str, fn):
+        def run():
+            if self.gpu:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            out = fn()
+            if self.gpu:
+                torch.cuda.synchronize()
+                self.peak[name] = max(self.peak.get(name, 0), torch.cuda.max_memory_allocated())
+            return out
+        return run
+
+    def text(self, name: str) -> str:
+        return f", peak {self.peak[name] / 2**30:.2f} GiB" if name in self.peak else ""
+
+
+def mfu_text(flops_per_s: float, device: str) -> str:
+    if not device.startswith("cuda"):
+        return f"{flops_per_s / 1e9:.3g} GFLOP/s (no MFU off a GPU)"
+    name = torch.cuda.get_device_name(device)
+    peak = peak_flops(name)
+    if peak is None:
+        return f"{flops_per_s / 1e12:.1f} TFLOP/s (no MFU: {name!r} is not in PEAK_FLOPS)"
+    return f"{flops_per_s / 1e12:.1f} TFLOP/s, MFU {flops_per_s / peak:.1%} of {peak / 1e12:.0f} ({name})"
+
+
+def path_label(kind: str, dtype: torch.dtype, batch: int) -> str:
+    return f"{kind} {str(dtype).removeprefix('torch.')} b{batch}"
+
+
+def compare(case: Case, device: str, tiny: bool, extra: tuple[str, ...]) -> dict:
+    """Plain vs project at equal batch and dtype, batching and half precision on their own, for one family and size."""
     gpu = device.startswith("cuda")
-    optimize_pipeline(fast, dtype=torch.float16 if gpu else torch.float32, compile=compile)
-    flops = STEPS * unet_flops(plain, case.family, case.size) + vae_decode_flops(plain, case.size)
-    project_images(fast, case.family, min(BATCH, case.n), case.size)  # warm-up (and compilation)
-    naive_images(plain, 1, case.size)
-    t = interleaved({"naive": lambda: naive_images(plain, case.n, case.size),
-                     "project": lambda: project_images(fast, case.family, case.n, case.size)},
-                    repeats=case.repeats, warmup=0, sync=_sync(device))
-    diffs = [np.abs(a - b) for a, b in zip(t.results["naive"], t.results["project"])]
-    out = {"family": case.family, "size": case.size, "images": case.n,
-           "naive_images_per_s": case.n / t.median("naive"), "project_images_per_s": case.n / t.median("project"),
-           "ratio": t.ratio("naive", "project"), "flops_per_image": flops,
-           "mean_abs_diff": float(np.mean([d.mean() for d in diffs])),
-           "max_abs_diff": float(max(d.max() for d in diffs))}
-    out["project_tflops"] = flops * out["project_images_per_s"] / 1e12
-    out["naive_tflops"] = flops * out["naive_images_per_s"] / 1e12
-    label = f"{case.family} {case.size}px"
-    row(f"{label}: naive images/s (median s, min..max)",
-        f"{out['naive_images_per_s']:.3f} ({t.median('naive'):.2f}, {t.spread('naive')})")
-    row(f"{label}: project images/s (median s, min..max)",
-        f"{out['project_images_per_s']:.3f} ({t.median('project'):.2f}, {t.spread('project')})")
-    row(f"{label}: throughput ratio project/naive", f"{out['ratio']:.2f}x")
-    row(f"{label}: |pixel diff| mean / max (tolerance {TOLERANCE_MEAN_ABS})",
-        f"{out['mean_abs_diff']:.2e} / {out['max_abs_diff']:.2e} "
-        f"{'OK' if out['mean_abs_diff'] <= TOLERANCE_MEAN_ABS else 'OUT OF TOLERANCE'}")
-    row(f"{label}: model FLOPs per image (UNet x {STEPS} + VAE decode)", f"{flops / 1e9:.4g} GFLOP")
+    half = torch.float16 if gpu else torch.float32  # the stage's dtype: generation.dtype auto
+    b = min(BATCH, case.n)
+    plains = {dt: plain_pipeline(case.family, device, tiny, dt) for dt in dict.fromkeys((torch.float32, half))}
+    projects = {half: project_pipeline(case.family, device, tiny, half)}
     if gpu:
-        row(f"{label}: MFU project / naive (vs {H100_PEAK_FLOPS / 1e12:.0f} TFLOP/s)",
-            f"{out['project_tflops'] * 1e12 / H100_PEAK_FLOPS:.1%} / "
-            f"{out['naive_tflops'] * 1e12 / H100_PEAK_FLOPS:.1%}")
-    else:
-        row(f"{label}: achieved GFLOP/s project / naive (no MFU off GPU)",
-            f"{out['project_tflops'] * 1e3:.3g} / {out['naive_tflops'] * 1e3:.3g}")
+        plains[torch.bfloat16] = plain_pipeline(case.family, device, tiny, torch.bfloat16)
+        projects[torch.bfloat16] = project_pipeline(case.family, device, tiny, torch.bfloat16)
+    if extra:
+        projects["extra"] = project_pipeline(case.family, device, tiny, half, extra)  # type: ignore[index]
+    flops = STEPS * unet_flops(plains[torch.float32], case.family, case.size) + vae_decode_flops(
+        plains[torch.float32], case.size)
+    paths = {path_label("plain", torch.float32, 1): lambda: plain_images(plains[torch.float32], case.n, case.size)}
+    for dt, pipe in plains.items():
+        for batch in dict.fromkeys((1, b)):
+            paths[path_label("plain", dt, batch)] = (lambda p=pipe, bb=batch: plain_images(p, case.n, case.size, bb))
+    for dt, pipe in projects.items():
+        label = (f"project+{'+'.join(extra)} {str(half).removeprefix('torch.')} b{b}" if dt == "extra"
+                 else path_label("project", dt, b))
+        paths[label] = (lambda p=pipe: project_images(p, case.family, case.n, case.size, batch=b))
+        if dt == half:
+            paths[path_label("project", dt, 1)] = (lambda p=pipe: project_images(p, case.family, case.n, case.size,
+                                                                                   batch=1))
+    mem = Memory(device)
+    timed_paths = {name: mem.wrap(name, fn) for name, fn in paths.items()}
+    for fn in timed_paths.values():  # warm-up (and compilation), untimed
+        fn()
+    t = interleaved(timed_paths, repeats=case.repeats, warmup=0, sync=_sync(device))
+    label = f"{case.family} {case.size}px"
+    base_name = path_label("plain", torch.float32, 1)
+    base = t.results[base_name]
+    out: dict = {"family": case.family, "size": case.size, "images": case.n, "flops_per_image": flops, "paths": {}}
+    for name in paths:
+        ips = case.n / t.median(name)
+        diff = [np.abs(x - y) for x, y in zip(base, t.results[name])]
+        mean_diff = float(np.mean([d.mean() for d in diff]))
+        out["paths"][name] = {"images_per_s": ips, "median_s": t.median(name), "mean_abs_diff": mean_diff,
+                              "max_abs_diff": float(max(d.max() for d in diff)), "peak_bytes": mem.peak.get(name)}
+        row(f"{label}: {name}: images/s (median s, min..max)",
+            f"{ips:.3f} ({t.median(name):.2f}, {t.spread(name)}){mem.text(name)}")
+        verdict = "OK" if mean_diff <= TOLERANCE_MEAN_ABS else "OUT OF TOLERANCE"
+        row(f"{label}: {name}: |diff| vs {base_name} mean / max",
+            f"{mean_diff:.2e} / {out['paths'][name]['max_abs_diff']:.2e} {verdict}")
+        row(f"{label}: {name}: model FLOP/s", mfu_text(flops * ips, device))
+    hname = str(half).removeprefix("torch.")
+    ratios = {f"our code at equal batch and dtype ({hname} b{b}: project/plain)":
+              t.ratio(path_label("plain", half, b), path_label("project", half, b)),
+              f"our code at equal batch and dtype ({hname} b1: project/plain)":
+              t.ratio(path_label("plain", half, 1), path_label("project", half, 1)),
+              f"batching alone (plain {hname}: b{b}/b1)": t.ratio(path_label("plain", half, 1),
+                                                                  path_label("plain", half, b))}
+    if gpu:
+        ratios["half precision alone (plain b1: float16/float32)"] = t.ratio(base_name, path_label("plain", half, 1))
+        ratios[f"bfloat16 vs float16 (project b{b})"] = t.ratio(path_label("project", half, b),
+                                                               path_label("project", torch.bfloat16, b))
+    ratios[f"all together, NOT what our code adds (project {hname} b{b} / plain float32 b1)"] = t.ratio(
+        base_name, path_label("project", half, b))
+    for what, value in ratios.items():
+        row(f"{label}: {what}", f"{value:.2f}x")
+    out["ratios"] = ratios
+    row(f"{label}: model FLOPs per image (UNet x {STEPS} + VAE decode)", f"{flops / 1e9:.4g} GFLOP")
+    return out
+
+
+def batch_sweep(case: Case, device: str, tiny: bool) -> dict:
+    """The project path (the stage's dtype) at each batch size: images/s and peak memory."""
+    gpu = device.startswith("cuda")
+    pipe = project_pipeline(case.family, device, tiny, torch.float16 if gpu else torch.float32)
+    sizes = SWEEP if gpu else SWEEP[:3]
+    n = max(sizes)
+    mem = Memory(device)
+    paths = {f"b{bs}": mem.wrap(f"b{bs}", lambda bs=bs: project_images(pipe, case.family, n, case.size, batch=bs))
+             for bs in sizes}
+    for fn in paths.values():
+        fn()
+    t = interleaved(paths, repeats=max(1, case.repeats - 1), warmup=0, sync=_sync(device))
+    out = {}
+    for name in paths:
+        out[name] = {"images_per_s": n / t.median(name), "peak_bytes": mem.peak.get(name)}
+        row(f"{case.family} {case.size}px project batch sweep {name}: images/s",
+            f"{n / t.median(name):.3f} ({t.spread(name)}){mem.text(name)}")
+    return out
+
+
+def lora_items(case: Case, device: str, tiny: bool) -> dict:
+    """The project path with each batch activating another LoRA (two files alternating) against no LoRA: seconds
+    per image, and the first activation (which loads the files) on its own."""
+    from ghostreview.generation.loading import family_config_dir
+    from ghostreview.generation.lora import LoraAdapters, LoraSpec
+    from ghostreview.kit import fullsize, sd
+    from ghostreview.kit import lora as kit_lora
+
+    gpu = device.startswith("cuda")
+    pipe = project_pipeline(case.family, device, tiny, torch.float16 if gpu else torch.float32)
+    b = min(BATCH, case.n)
+    n = 2 * b
+    with tempfile.TemporaryDirectory(prefix="gr-bench-lora-") as tmp:
+        root = Path(tmp)
+        if tiny:
+            config = sd.write_tiny_config_dir(root / "config", case.family)
+            files = [kit_lora.write_tiny_lora(root / f"{k}.safetensors", case.family, config, seed=k) for k in (1, 2)]
+        else:
+            config = family_config_dir(case.family, root / "configs")
+            files = [fullsize.write_lora(root / f"{k}.safetensors", case.family, config, seed=k) for k in (1, 2)]
+        adapters = LoraAdapters(pipe, case.family)
+        sets = [[LoraSpec("a", files[0], 0.8)], [LoraSpec("b", files[1], 0.8)]]
+        first, _ = timed(lambda: (adapters.activate(sets[0]), adapters.activate(sets[1])), _sync(device))
+        paths = {"no LoRA": lambda: project_images(pipe, case.family, n, case.size, batch=b,
+                                                   loras=(adapters, [[]])),
+                 "LoRA per batch": lambda: project_images(pipe, case.family, n, case.size, batch=b,
+                                                          loras=(adapters, sets))}
+        for fn in paths.values():
+            fn()
+        t = interleaved(paths, repeats=max(1, case.repeats - 1), warmup=0, sync=_sync(device))
+    out = {"first_load_two_files_s": first, **{k: t.median(k) / n for k in paths}}
+    label = f"{case.family} {case.size}px LoRA items"
+    row(f"{label}: loading two LoRA files (first activation)", f"{first:.2f} s")
+    for k in paths:
+        row(f"{label}: {k}, s/image (batch {b}, median)", f"{t.median(k) / n:.3f} ({t.spread(k)} per {n})")
     return out
 
 
@@ -313,7 +448,7 @@ def v1_hires(tiny: bool) -> tuple[int, object]:
                                                  h["upscaler"])
 
 
-def protocol_time(device: str, tiny: bool, compile: bool, n: int) -> dict:
+def protocol_time(device: str, tiny: bool, extra: tuple[str, ...], n: int) -> dict:
     """SD1.5 v1 protocol (hires fix), project path: seconds per image, MFU, and the extrapolated 1,568-image time."""
     from ghostreview.generation.draw import hires_size
 
@@ -325,7 +460,8 @@ def protocol_time(device: str, tiny: bool, compile: bool, n: int) -> dict:
     flops = (STEPS * unet_flops(pipe, "sd15", size) + (hires.steps or STEPS) * unet_flops(pipe, "sd15", big)
              + vae_decode_flops(pipe, big))
     gpu = device.startswith("cuda")
-    optimize_pipeline(pipe, dtype=torch.float16 if gpu else torch.float32, compile=compile)
+    del pipe
+    pipe = project_pipeline("sd15", device, tiny, torch.float16 if gpu else torch.float32)  # the stage's path
     project_images(pipe, "sd15", min(BATCH, n), size, hires)  # warm-up
     seconds, _ = timed(lambda: project_images(pipe, "sd15", n, size, hires), _sync(device))
     per_image = seconds / n
@@ -333,17 +469,17 @@ def protocol_time(device: str, tiny: bool, compile: bool, n: int) -> dict:
            "flops_per_image": flops, "v1_checkpoint_hours": per_image * V1_IMAGES_PER_CHECKPOINT / 3600}
     row(f"v1 protocol sd15 {size}px + {hires}", f"{per_image:.3f} s/image over {n} images")
     row("v1 protocol model FLOPs per image", f"{flops / 1e9:.4g} GFLOP")
-    if gpu:
-        row(f"v1 protocol MFU (vs {H100_PEAK_FLOPS / 1e12:.0f} TFLOP/s)", f"{flops / per_image / H100_PEAK_FLOPS:.1%}")
+    row("v1 protocol model FLOP/s", mfu_text(flops / per_image, device))
     row(f"extrapolated {V1_IMAGES_PER_CHECKPOINT} images per SD1.5 checkpoint",
         f"{per_image * V1_IMAGES_PER_CHECKPOINT / 60:.1f} min")
     return out
 
 
 def run(quick: bool = False, device: str = "cpu", families: tuple[str, ...] = ("sd15", "sdxl"),
-        compile: bool = False) -> dict:
+        compile: bool = False, fuse_qkv: bool = False) -> dict:
     tiny = quick or not device.startswith("cuda")
-    header(f"{NAME}: plain diffusers batch 1 vs ghostreview.generation.draw + optimize_pipeline")
+    extra = tuple(name for name, on in (("fuse_qkv", fuse_qkv), ("compile", compile)) if on)
+    header(f"{NAME}: plain diffusers vs the generate stage's path, at equal batch size and dtype")
     if tiny:
         row("models", "TINY kit models (ghostreview.kit.sd.tiny_pipeline), 64 px, float32: code path only, "
                       "not GPU figures")
@@ -351,19 +487,28 @@ def run(quick: bool = False, device: str = "cpu", families: tuple[str, ...] = ("
     else:
         row("models", "full-size SD1.5 / SDXL from ghostreview/generation/configs, random weights")
         cases = [c for c in (Case("sd15", 512, 8, 3), Case("sdxl", 1024, 4, 3)) if c.family in families]
-    row("settings", f"{SAMPLER}, {STEPS} steps, CFG {CFG}, project batch {BATCH}, device {device}, compile {compile}")
+    row("settings", f"{SAMPLER}, {STEPS} steps, CFG {CFG}, batch {BATCH}, device {device}, "
+                    f"beyond the stage: {', '.join(extra) or 'none'}")
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(device)
+        peak = peak_flops(name)
+        row("device", f"{name}: dense FP16/BF16 peak "
+                      f"{f'{peak / 1e12:.0f} TFLOP/s' if peak else 'unknown (no MFU)'}")
     threads = torch.get_num_threads()
     if tiny and not device.startswith("cuda"):
         # Tiny models are thousands of small ops: with 2 OpenMP threads on a shared 2-core machine every op waits
         # for a descheduled thread (one run took 370 s for 4 images of 64 px). One thread keeps it seconds.
         torch.set_num_threads(1)
         row("threads", "torch.set_num_threads(1) for the tiny CPU run")
-    out = {"tiny": tiny, "device": device}
+    out: dict = {"tiny": tiny, "device": device}
     try:
         for case in cases:
-            out[f"{case.family}_{case.size}"] = compare(case, device, tiny, compile)
+            key = f"{case.family}_{case.size}"
+            out[key] = compare(case, device, tiny, extra)
+            out[key]["batch_sweep"] = batch_sweep(case, device, tiny)
+            out[key]["lora_items"] = lora_items(case, device, tiny)
         if "sd15" in families:
-            out["v1_protocol"] = protocol_time(device, tiny, compile, n=4 if tiny else 8)
+            out["v1_protocol"] = protocol_time(device, tiny, extra, n=4 if tiny else 8)
     finally:
         torch.set_num_threads(threads)
     if tiny:
@@ -392,9 +537,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="tiny models at 64 px even on a GPU")
     p.add_argument("--family", action="append", choices=("sd15", "sdxl"), help="only this family (repeatable)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the UNet in the project path")
+    p.add_argument("--compile", action="store_true", help="also time the project path with torch.compile (not the "
+                                                           "stage's path)")
+    p.add_argument("--fuse-qkv", action="store_true", help="also time it with fused QKV (not the stage's path)")
     args = p.parse_args(argv)
-    run(args.quick, args.device, tuple(args.family or ("sd15", "sdxl")), args.compile)
+    run(args.quick, args.device, tuple(args.family or ("sd15", "sdxl")), args.compile, args.fuse_qkv)
     return 0
 
 
