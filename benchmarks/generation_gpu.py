@@ -393,7 +393,7 @@ def batch_sweep(case: Case, device: str, tiny: bool) -> dict:
     out = {}
     for name in paths:
         out[name] = {"images_per_s": n / t.median(name), "peak_bytes": mem.peak.get(name)}
-        row(f"{case.family} {case.size}px project batch sweep {name}: images/s",
+        row(f"{case.family} {case.size}px project batch sweep {name}: images/s (s per {n}: min..max)",
             f"{n / t.median(name):.3f} ({t.spread(name)}){mem.text(name)}")
     return out
 
