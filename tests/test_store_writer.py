@@ -104,8 +104,8 @@ KILLED_WRITER = textwrap.dedent("""
     from PIL import Image
     from ghostreview.generation.store import ImageStore, StoreWriter
     import ghostreview.generation.store as store_mod
-    real = store_mod.encode_png
-    store_mod.encode_png = lambda im, t: (time.sleep(0.05), real(im, t))[1]  # writes slower than the drawing
+    real = store_mod.save_png
+    store_mod.save_png = lambda im, t, f: (time.sleep(0.05), real(im, t, f))[1]  # writes slower than the drawing
     store = ImageStore(sys.argv[1])
     with StoreWriter(store, max_pending=3) as writer:
         for i in range(1000):

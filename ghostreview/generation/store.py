@@ -36,6 +36,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from PIL import Image
 
@@ -116,11 +117,16 @@ def check_meta(meta: Mapping) -> None:
     _encode_meta(meta)
 
 
-def encode_png(image: Image.Image, infotext: str) -> bytes:
-    """The PNG bytes the store writes: ``infotext`` in the ``parameters`` chunk, zlib level
+def save_png(image: Image.Image, infotext: str, f: IO[bytes]) -> None:
+    """Write the PNG the store keeps to ``f``: ``infotext`` in the ``parameters`` chunk, zlib level
     :data:`PNG_COMPRESS_LEVEL`; the same image, text and level give the same bytes on every run."""
+    image.save(f, format="PNG", pnginfo=pnginfo(infotext), compress_level=PNG_COMPRESS_LEVEL)
+
+
+def encode_png(image: Image.Image, infotext: str) -> bytes:
+    """The bytes :func:`save_png` writes."""
     buf = io.BytesIO()
-    image.save(buf, format="PNG", pnginfo=pnginfo(infotext), compress_level=PNG_COMPRESS_LEVEL)
+    save_png(image, infotext, buf)
     return buf.getvalue()
 
 
@@ -173,7 +179,7 @@ class ImageStore:
         """Store ``image`` (with ``infotext`` in its PNG) and ``meta`` under ``key``; returns the PNG path.
 
         The PNG (zlib level :data:`PNG_COMPRESS_LEVEL`: the same image, infotext and level give the same bytes) is
-        encoded in memory and hashed there; its sha256, size and level are recorded in the JSON under ``"png"``. An
+        written, then hashed; its sha256, size and level are recorded in the JSON under ``"png"``. An
         existing entry is overwritten (same key, same pixels). :class:`StoreWriter` runs this on a writer thread.
 
         Raises:
@@ -184,11 +190,10 @@ class ImageStore:
         png, js = self.path(key), self.meta_path(key)
         had_png, tmp = png.is_file(), None
         try:
-            data = encode_png(image, infotext)
-            tmp = write_temp(png, lambda f: f.write(data))
-            written = _identity(os.stat(tmp))
-            sha = hashlib.sha256(data).hexdigest()
-            record = {"sha256": sha, "size": len(data), "compress_level": PNG_COMPRESS_LEVEL}
+            tmp = write_temp(png, lambda f: save_png(image, infotext, f))
+            with open(tmp, "rb") as f:  # just written: read back from the page cache
+                written, sha = _identity(os.fstat(f.fileno())), _sha256_of(f)
+            record = {"sha256": sha, "size": written[2], "compress_level": PNG_COMPRESS_LEVEL}
             write_bytes_atomic(js, _encode_meta({**meta, PNG_RECORD: record}))
             move_into_place(tmp, png)
         except OSError as err:
