@@ -256,6 +256,7 @@ OUTPUT_NEUTRAL: dict[tuple[str, str], str] = {
     ("generate", "paths.lora_headers.sdxl"): "checks before drawing that the model's LoRA loss will have its targets",
     ("generate", "paths.image_store"): "where images are kept, addressed by content: the output is the same anywhere",
     ("generate", "paths.cache"): "hash cache and materialized configs: where, not what",
+    ("report", "paths.cache"): "the rendition cache, addressed by content and settings: where, not what",
 }
 
 
