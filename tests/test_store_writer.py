@@ -3,6 +3,7 @@ acknowledged image is complete in the store, errors reach the drawing thread as 
 that were never acknowledged. And the PNG bytes: one zlib level, recorded, the same bytes on every run."""
 
 import hashlib
+import io
 import os
 import signal
 import subprocess
@@ -15,7 +16,14 @@ import pytest
 from PIL import Image
 
 import ghostreview.generation.store as store_mod
-from ghostreview.generation.store import ImageStore, StoreError, StoreWriter, encode_png
+from ghostreview.generation.store import ImageStore, StoreError, StoreWriter, save_png
+
+
+def encode_png(image: Image.Image, infotext: str) -> bytes:
+    """The bytes save_png writes, in memory."""
+    buf = io.BytesIO()
+    save_png(image, infotext, buf)
+    return buf.getvalue()
 
 
 def key(i: int) -> str:

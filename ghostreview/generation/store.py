@@ -123,13 +123,6 @@ def save_png(image: Image.Image, infotext: str, f: IO[bytes]) -> None:
     image.save(f, format="PNG", pnginfo=pnginfo(infotext), compress_level=PNG_COMPRESS_LEVEL)
 
 
-def encode_png(image: Image.Image, infotext: str) -> bytes:
-    """The bytes :func:`save_png` writes."""
-    buf = io.BytesIO()
-    save_png(image, infotext, buf)
-    return buf.getvalue()
-
-
 def _encode_meta(meta: Mapping) -> bytes:
     return (json.dumps(dict(meta), sort_keys=True, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode()
 
