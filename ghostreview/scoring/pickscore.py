@@ -1,0 +1,181 @@
+"""PickScore v1: a CLIP ViT-H-14 (Hugging Face ``CLIPModel``) fine-tuned on Pick-a-Pic preference pairs.
+
+Definition (yuvalkirstain/PickScore, model card of ``yuvalkirstain/PickScore_v1``; written here from it, not
+copied): image and prompt embeddings from ``get_image_features`` / ``get_text_features``, each L2-normalized;
+score = ``logit_scale.exp() * cos`` (logit_scale is the model's own parameter, exp about 100, so real images score
+about 18-23). Higher is better; compare within one prompt.
+- processor: the one of ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` (PickScore's reference code loads it separately
+  from the model), from a local folder: resize the shortest side to 224 (bicubic), center crop 224, OpenAI
+  mean/std, all read from its ``preprocessor_config.json``. PickScore was published with transformers 4's PIL
+  image processor; transformers 5's default ``CLIPImageProcessor`` resizes with torchvision instead (scores differ
+  by about 1e-3 on images that need resizing), so the PIL backend (``CLIPImageProcessorPil``) is used here.
+- text: truncated to 77 tokens (BOS + 75 + EOS, as the reference's ``truncation=True, max_length=77``) and flagged
+  ``text_truncated``; padded to 77 so that every text forward has one shape (CLIP's causal mask makes padding
+  after EOS irrelevant to the pooled embedding).
+Both folders are read with ``local_files_only=True``; nothing downloads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from ghostreview.scoring.batching import chunks, padded
+from ghostreview.scoring.metric import MetricInfo
+from ghostreview.scoring.weights import WeightsError, check_state_dict_file, verify_weights
+
+if TYPE_CHECKING:
+    import torch
+# torch and transformers are imported where a model is built or run: the registry reads INFO without them.
+
+INFO = MetricInfo(
+    name="pickscore",
+    version="1",
+    higher_is_better=True,
+    unit="logit_scale.exp() * cos(image, prompt), about 18-23 for real images",
+    grouped_by="prompt",
+    description="PickScore v1: CLIP ViT-H-14 fine-tuned on Pick-a-Pic, logit_scale.exp() * cos(image, prompt)",
+    label="PickScore",
+    axis_label="PickScore",
+)
+
+MODEL_REPO = "yuvalkirstain/PickScore_v1"
+PROCESSOR_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")
+MAX_TOKENS = 77
+FIX = (f"download {MODEL_REPO} (config.json + one weights file) and the processor files of {PROCESSOR_REPO} into "
+       "local folders; see docs/judges.md")
+
+
+@dataclass
+class PickModel:
+    """A loaded PickScore judge: eval-mode ``CLIPModel``, its image processor and tokenizer, and provenance."""
+
+    model: Any
+    image_processor: Any
+    tokenizer: Any
+    weights_sha256: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def weights_file(model_dir: Path) -> Path:
+    """The one weights file of a Hugging Face model folder (``model.safetensors`` or ``pytorch_model.bin``)."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise WeightsError(f"{model_dir}: no config.json, not a Hugging Face model folder; {FIX}")
+    found = [model_dir / n for n in WEIGHTS_NAMES if (model_dir / n).is_file()]
+    if len(found) != 1:
+        names = sorted(p.name for p in model_dir.iterdir())
+        raise WeightsError(f"{model_dir}: expected exactly one of {list(WEIGHTS_NAMES)}, found {names} (a sharded "
+                           f"or ambiguous folder cannot be pinned by one sha256); {FIX}")
+    return found[0]
+
+
+def load_processor(processor_dir: Path) -> tuple[Any, Any]:
+    """(PIL image processor, tokenizer) from the local processor folder; a missing file names the folder."""
+    from transformers import AutoTokenizer, CLIPImageProcessorPil
+
+    processor_dir = Path(processor_dir)
+    if not (processor_dir / "preprocessor_config.json").is_file():
+        raise WeightsError(f"{processor_dir}: no preprocessor_config.json, not the processor folder of "
+                           f"{PROCESSOR_REPO}; {FIX}")
+    try:
+        images = CLIPImageProcessorPil.from_pretrained(str(processor_dir), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(processor_dir), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"{processor_dir}: not a loadable CLIP processor folder ({str(exc)[:300]}); {FIX}") from None
+    return images, tokenizer
+
+
+def load_pickscore(model_dir: Path, processor_dir: Path, device: str = "cpu",
+                   expected_sha256: str | None = None) -> PickModel:
+    """Load PickScore from local folders, offline.
+
+    model_dir: ``config.json`` + one weights file (sha256-verified when ``expected_sha256`` is given; a pickle is
+        read with weights_only=True, so a whole-model pickle is refused before transformers sees it).
+    processor_dir: the processor files of laion/CLIP-ViT-H-14-laion2B-s32B-b79K (tokenizer + preprocessor config).
+    """
+    from transformers import CLIPModel
+
+    path = weights_file(model_dir)
+    sha = verify_weights(path, expected_sha256, f"https://huggingface.co/{MODEL_REPO} (see docs/judges.md)")
+    check_state_dict_file(path)
+    images, tokenizer = load_processor(processor_dir)
+    # transformers types from_pretrained through a decorator that mypy reads as taking the model instance
+    loader: Any = CLIPModel.from_pretrained
+    model = loader(str(model_dir), local_files_only=True, use_safetensors=path.suffix == ".safetensors")
+    return PickModel(model.to(device).eval(), images, tokenizer, sha)
+
+
+def text_ids(tokenizer: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
+    """(input_ids [T, 77], attention_mask [T, 77], truncation flags): BOS + tokens + EOS cut to 77, padded to 77."""
+    full = tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]  # verbose: no "too long" warning
+    flags = [len(ids) > MAX_TOKENS for ids in full]
+    enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"], flags
+
+
+def paired_logits(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """PickScore of row pairs: [N, D], [N, D] embeddings (any norm), the model's logit_scale (log) -> [N]."""
+    import torch.nn.functional as F
+
+    cos = (F.normalize(image_embeds, dim=-1) * F.normalize(text_embeds, dim=-1)).sum(dim=-1)
+    return logit_scale.exp() * cos
+
+
+def _features(output: Any) -> torch.Tensor:
+    """transformers 5 returns an output object from ``get_*_features`` (its ``pooler_output`` is the projected
+    embedding); transformers 4 returned the tensor itself."""
+    return output if hasattr(output, "shape") else output.pooler_output
+
+
+def prompt_embeds(judge: PickModel, prompts: Sequence[str], batch_size: int) -> tuple[dict[str, torch.Tensor],
+                                                                                     dict[str, bool]]:
+    """Text embedding and truncation flag per distinct prompt (each encoded once, forwards of ``batch_size``)."""
+    import torch
+
+    distinct = list(dict.fromkeys(prompts))
+    ids, mask, flags = text_ids(judge.tokenizer, distinct)
+    rows = []
+    with torch.inference_mode():
+        for start in range(0, len(distinct), batch_size):
+            n = len(ids[start : start + batch_size])
+            batch_ids = padded(ids[start : start + batch_size], batch_size).to(judge.device)
+            # padding rows get a full mask (their outputs are dropped; an all-zero mask row is never formed)
+            batch_mask = torch.cat([mask[start : start + n], torch.ones_like(mask[:1]).expand(batch_size - n, -1)])
+            out = judge.model.get_text_features(input_ids=batch_ids, attention_mask=batch_mask.to(judge.device))
+            rows.append(_features(out)[:n].float())
+    table = torch.cat(rows) if rows else torch.zeros(0)
+    return {p: table[i] for i, p in enumerate(distinct)}, dict(zip(distinct, flags, strict=True))
+
+
+def pickscore_scores(judge: PickModel, images: Sequence[Image.Image], prompts: Sequence[str], batch_size: int = 16,
+                     progress: Callable[[int], object] = lambda n: None) -> tuple[np.ndarray, list[bool]]:
+    """PickScore of each (image, prompt) pair -> ([N] float32, [N] text_truncated flags).
+
+    prompts are plain text, one per image. Image forwards hold exactly ``batch_size`` images (padded), so a score
+    never depends on the other images of its batch.
+    """
+    import torch
+
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(images)} images but {len(prompts)} prompts: pass one prompt per image")
+    text, flags = prompt_embeds(judge, prompts, batch_size)
+    scale = judge.model.logit_scale.detach().float()
+    scores = [np.zeros(0, np.float32)]
+    with torch.inference_mode():
+        for start, batch in zip(range(0, len(images), batch_size), chunks(images, batch_size), strict=False):
+            pixels = judge.image_processor([im.convert("RGB") for im in batch], return_tensors="pt")["pixel_values"]
+            out = judge.model.get_image_features(pixel_values=padded(pixels, batch_size).to(judge.device))
+            txt = torch.stack([text[p] for p in prompts[start : start + len(batch)]])
+            scores.append(paired_logits(_features(out)[: len(batch)].float(), txt, scale).cpu().numpy())
+            progress(len(batch))
+    return np.concatenate(scores).astype(np.float32), [flags[p] for p in prompts]
