@@ -20,7 +20,7 @@ from transformers import CLIPModel, CLIPTokenizer
 
 from ghostreview.kit.judges import TINY_PICK_IMAGE, tiny_hps_config, write_tiny_hps, write_tiny_pickscore
 from ghostreview.scoring import hpsv21, pickscore
-from ghostreview.scoring.weights import WeightsError, sha256_file
+from ghostreview.scoring.weights import WeightsError, read_state_dict, sha256_file, write_state_dict
 
 # HPSv2's and PickScore's published normalization (OpenAI CLIP's), typed here on purpose: the library code reads
 # them from open_clip / the processor config, so a wrong source shows up as a mismatch.
@@ -121,6 +121,15 @@ def test_hps_loads_offline(hps_files, no_network):
     arch, weights, config = hps_files
     judge = hpsv21.load_hpsv21(weights, arch, model_config=config, expected_sha256=sha256_file(weights))
     assert judge.weights_sha256 == sha256_file(weights) and judge.arch == arch
+
+
+def test_hps_safetensors_conversion_scores_the_same(hps, hps_files, tmp_path):
+    arch, weights, config = hps_files
+    converted = write_state_dict(read_state_dict(weights)["state_dict"], tmp_path / "HPS_v2.1.safetensors")
+    judge = hpsv21.load_hpsv21(converted, arch, model_config=config)
+    ims = pictures()[:2]
+    got, want = (hpsv21.hpsv21_scores(j, ims, PROMPTS[:2])[0] for j in (judge, hps))
+    assert np.array_equal(got, want)
 
 
 def test_hps_wrong_sha256_refused(hps_files):
