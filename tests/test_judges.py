@@ -275,10 +275,14 @@ def test_pick_pickled_whole_model_refused(pick_dirs, tmp_path):
         pickscore.load_pickscore(model_dir, pick_dirs[1])
 
 
-def test_pick_folder_needs_exactly_one_weights_file(pick_dirs, tmp_path):
+def test_pick_folder_needs_a_weights_file_and_prefers_safetensors(pick_dirs, tmp_path):
     empty = copy_config(pick_dirs, tmp_path / "empty")
-    with pytest.raises(WeightsError, match=r"empty: expected exactly one of .*found \['config.json'\]"):
+    with pytest.raises(WeightsError, match=r"empty: none of .*have \['config.json'\]"):
         pickscore.load_pickscore(empty, pick_dirs[1])
+    (empty / "model.safetensors").write_bytes((pick_dirs[0] / "model.safetensors").read_bytes())
+    (empty / "pytorch_model.bin").write_bytes(b"\x80 not even a pickle")  # as published: both files in the repo
+    assert pickscore.weights_file(empty).name == "model.safetensors"
+    assert pickscore.load_pickscore(empty, pick_dirs[1]).weights_sha256 == sha256_file(empty / "model.safetensors")
     with pytest.raises(WeightsError, match="no config.json"):
         pickscore.load_pickscore(tmp_path, pick_dirs[1])
     with pytest.raises(WeightsError, match="no preprocessor_config.json.*laion/CLIP-ViT-H-14"):

@@ -54,6 +54,8 @@ INFO = MetricInfo(
 
 ARCH = "ViT-H-14"
 WEIGHTS_FILE = "HPS_v2.1_compressed.pt"
+# As published (Hugging Face LFS pointer, xswu/HPSv2 commit 697403c): 1,972,490,005 bytes (fp16 tensors).
+PUBLISHED_SHA256 = "c57a38fb4a2f7e7c15bf00da2ea377cdf165448b4dd1052a484c215a998c9837"
 SOURCE = f"https://huggingface.co/xswu/HPSv2/resolve/main/{WEIGHTS_FILE} (see docs/judges.md)"
 FIX = (f"use the published {WEIGHTS_FILE} (a dict holding the model's tensors under 'state_dict'); see "
        "docs/judges.md")

@@ -46,7 +46,9 @@ INFO = MetricInfo(
 
 MODEL_REPO = "yuvalkirstain/PickScore_v1"
 PROCESSOR_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
-WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")
+WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")  # in order of preference
+# As published (Hugging Face LFS pointers of yuvalkirstain/PickScore_v1): model.safetensors, 3.94 GB.
+PUBLISHED_SHA256 = "ef31ef6fc5ff4d9bb90dd232df4e145887ba62c5a03aa2841415f8c25f18d52e"
 MAX_TOKENS = 77
 FIX = (f"download {MODEL_REPO} (config.json + one weights file) and the processor files of {PROCESSOR_REPO} into "
        "local folders; see docs/judges.md")
@@ -67,16 +69,17 @@ class PickModel:
 
 
 def weights_file(model_dir: Path) -> Path:
-    """The one weights file of a Hugging Face model folder (``model.safetensors`` or ``pytorch_model.bin``)."""
+    """The weights file of a Hugging Face model folder: ``model.safetensors`` when present (the published repo holds
+    both it and ``pytorch_model.bin``; safetensors holds no code), else ``pytorch_model.bin``."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise WeightsError(f"{model_dir}: no config.json, not a Hugging Face model folder; {FIX}")
-    found = [model_dir / n for n in WEIGHTS_NAMES if (model_dir / n).is_file()]
-    if len(found) != 1:
-        names = sorted(p.name for p in model_dir.iterdir())
-        raise WeightsError(f"{model_dir}: expected exactly one of {list(WEIGHTS_NAMES)}, found {names} (a sharded "
-                           f"or ambiguous folder cannot be pinned by one sha256); {FIX}")
-    return found[0]
+    for name in WEIGHTS_NAMES:
+        if (model_dir / name).is_file():
+            return model_dir / name
+    names = sorted(p.name for p in model_dir.iterdir())
+    raise WeightsError(f"{model_dir}: none of {list(WEIGHTS_NAMES)} found (have {names}; a sharded folder cannot be "
+                       f"pinned by one sha256: merge it into one model.safetensors); {FIX}")
 
 
 def load_processor(processor_dir: Path) -> tuple[Any, Any]:
