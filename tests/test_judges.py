@@ -171,8 +171,24 @@ def test_hps_non_tensor_state_refused(hps_files, tmp_path):
 
 
 def test_hps_needs_one_prompt_per_image(hps):
-    with pytest.raises(ValueError, match="2 images but 1 prompts"):
+    with pytest.raises(ValueError, match="more images than the 1 prompts"):
         hpsv21.hpsv21_scores(hps, pictures()[:2], PROMPTS[:1])
+    with pytest.raises(ValueError, match="1 images but 2 prompts"):
+        hpsv21.hpsv21_scores(hps, pictures()[:1], PROMPTS[:2])
+
+
+def test_paired_batches_streams_images():
+    seen = []
+
+    def stream():
+        for i, im in enumerate(pictures()):
+            seen.append(i)
+            yield im
+
+    batches = hpsv21.paired_batches(stream(), PROMPTS, 3)
+    first, prompts = next(batches)
+    assert len(first) == 3 and list(prompts) == PROMPTS[:3] and seen == [0, 1, 2]
+    assert [list(p) for _, p in batches] == [PROMPTS[3:]]
 
 
 def test_tiny_hps_is_deterministic_and_in_the_published_layout(tmp_path, hps_files):

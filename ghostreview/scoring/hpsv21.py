@@ -23,7 +23,7 @@ HPSv2's scorer runs under CUDA autocast (fp16) on a GPU; here the forwards run i
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,24 +193,36 @@ def prompt_features(judge: HpsModel, prompts: Sequence[str], batch_size: int) ->
     return {p: table[i] for i, p in enumerate(distinct)}, dict(zip(distinct, flags, strict=True))
 
 
-def hpsv21_scores(judge: HpsModel, images: Sequence[Image.Image], prompts: Sequence[str], batch_size: int = 16,
+def paired_batches(images: Iterable[Image.Image], prompts: Sequence[str],
+                   size: int) -> Iterator[tuple[list[Image.Image], Sequence[str]]]:
+    """(images, their prompts) in chunks of ``size``, consuming ``images`` lazily (a stage can stream them from
+    disk); a count that differs from ``len(prompts)`` fails once it shows."""
+    done = 0
+    for batch in chunks(images, size):
+        if done + len(batch) > len(prompts):
+            raise ValueError(f"more images than the {len(prompts)} prompts: pass one prompt per image")
+        yield batch, prompts[done : done + len(batch)]
+        done += len(batch)
+    if done != len(prompts):
+        raise ValueError(f"{done} images but {len(prompts)} prompts: pass one prompt per image")
+
+
+def hpsv21_scores(judge: HpsModel, images: Iterable[Image.Image], prompts: Sequence[str], batch_size: int = 16,
                   progress: Callable[[int], object] = lambda n: None) -> tuple[np.ndarray, list[bool]]:
     """HPSv2.1 score of each (image, prompt) pair -> ([N] float32 cosines, [N] text_truncated flags).
 
-    prompts are plain text (A1111 syntax removed), one per image. Image forwards hold exactly ``batch_size``
-    images (``ghostreview.scoring.batching``), so a score never depends on the other images.
+    prompts are plain text (A1111 syntax removed), one per image; images are read lazily. Image forwards hold
+    exactly ``batch_size`` images (``ghostreview.scoring.batching``), so a score never depends on the other images.
     """
     import torch
 
-    if len(images) != len(prompts):
-        raise ValueError(f"{len(images)} images but {len(prompts)} prompts: pass one prompt per image")
     text, flags = prompt_features(judge, prompts, batch_size)
     scores = [np.zeros(0, np.float32)]
     with torch.inference_mode():
-        for start, batch in zip(range(0, len(images), batch_size), chunks(images, batch_size), strict=False):
+        for batch, batch_prompts in paired_batches(images, prompts, batch_size):
             pixels = padded(torch.stack([hps_preprocess(im, judge.preprocess_cfg) for im in batch]), batch_size)
             feats = judge.model.encode_image(pixels.to(judge.device), normalize=True)[: len(batch)].float()
-            txt = torch.stack([text[p] for p in prompts[start : start + len(batch)]])
+            txt = torch.stack([text[p] for p in batch_prompts])
             scores.append(paired_cosine(feats, txt).cpu().numpy().astype(np.float32))
             progress(len(batch))
     return np.concatenate(scores), [flags[p] for p in prompts]

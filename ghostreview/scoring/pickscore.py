@@ -17,7 +17,7 @@ Both folders are read with ``local_files_only=True``; nothing downloads.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from ghostreview.scoring.batching import chunks, padded
+from ghostreview.scoring.batching import padded
+from ghostreview.scoring.hpsv21 import paired_batches  # one pairing rule for every judge; batching.py's to own
 from ghostreview.scoring.metric import MetricInfo
 from ghostreview.scoring.weights import WeightsError, check_state_dict_file, verify_weights
 
@@ -160,25 +161,23 @@ def prompt_embeds(judge: PickModel, prompts: Sequence[str], batch_size: int) -> 
     return {p: table[i] for i, p in enumerate(distinct)}, dict(zip(distinct, flags, strict=True))
 
 
-def pickscore_scores(judge: PickModel, images: Sequence[Image.Image], prompts: Sequence[str], batch_size: int = 16,
+def pickscore_scores(judge: PickModel, images: Iterable[Image.Image], prompts: Sequence[str], batch_size: int = 16,
                      progress: Callable[[int], object] = lambda n: None) -> tuple[np.ndarray, list[bool]]:
     """PickScore of each (image, prompt) pair -> ([N] float32, [N] text_truncated flags).
 
-    prompts are plain text, one per image. Image forwards hold exactly ``batch_size`` images (padded), so a score
-    never depends on the other images of its batch.
+    prompts are plain text, one per image; images are read lazily. Image forwards hold exactly ``batch_size``
+    images (padded), so a score never depends on the other images of its batch.
     """
     import torch
 
-    if len(images) != len(prompts):
-        raise ValueError(f"{len(images)} images but {len(prompts)} prompts: pass one prompt per image")
     text, flags = prompt_embeds(judge, prompts, batch_size)
     scale = judge.model.logit_scale.detach().float()
     scores = [np.zeros(0, np.float32)]
     with torch.inference_mode():
-        for start, batch in zip(range(0, len(images), batch_size), chunks(images, batch_size), strict=False):
+        for batch, batch_prompts in paired_batches(images, prompts, batch_size):
             pixels = judge.image_processor([im.convert("RGB") for im in batch], return_tensors="pt")["pixel_values"]
             out = judge.model.get_image_features(pixel_values=padded(pixels, batch_size).to(judge.device))
-            txt = torch.stack([text[p] for p in prompts[start : start + len(batch)]])
+            txt = torch.stack([text[p] for p in batch_prompts])
             scores.append(paired_logits(_features(out)[: len(batch)].float(), txt, scale).cpu().numpy())
             progress(len(batch))
     return np.concatenate(scores).astype(np.float32), [flags[p] for p in prompts]
