@@ -81,11 +81,11 @@ def reference_hps(hps_files, images, prompts) -> np.ndarray:
     open_clip.add_model_config(config)
     model = open_clip.create_model(arch, pretrained=str(weights)).eval()
     size = tiny_hps_config()["vision_cfg"]["image_size"]
-    with torch.no_grad():
-        img = model.encode_image(torch.stack([reference_hps_pixels(im, size) for im in images]))
-        txt = model.encode_text(open_clip.get_tokenizer(arch)(prompts))
-    img, txt = img / img.norm(dim=-1, keepdim=True), txt / txt.norm(dim=-1, keepdim=True)
-    return torch.diagonal(img @ txt.T).numpy()
+    model.output_dict = True
+    with torch.no_grad():  # HPSv2's call: the model's forward, normalized features, no logit_scale
+        out = model(torch.stack([reference_hps_pixels(im, size) for im in images]),
+                    open_clip.get_tokenizer(arch)(prompts))
+    return torch.diagonal(out["image_features"] @ out["text_features"].T).numpy()
 
 
 def test_hps_equals_open_clip_direct(hps, hps_files):
@@ -224,17 +224,16 @@ def reference_pick_pixels(image: Image.Image, size: int) -> torch.Tensor:
 
 
 def reference_pick(pick_dirs, images, prompts) -> np.ndarray:
-    """PickScore's model-card computation on the same folders, with this test's own image preprocessing."""
+    """PickScore's scores (the model card's, before its softmax) through CLIPModel's forward on the same folders,
+    the model card's tokenizer call and this test's own image preprocessing."""
     model_dir, processor_dir = pick_dirs
     model = CLIPModel.from_pretrained(str(model_dir), local_files_only=True).eval()
     tokenizer = CLIPTokenizer.from_pretrained(str(processor_dir), local_files_only=True)
     text = tokenizer(prompts, padding=True, truncation=True, max_length=77, return_tensors="pt")
     pixels = torch.stack([reference_pick_pixels(im, TINY_PICK_IMAGE) for im in images])
-    with torch.no_grad():
-        img = model.get_image_features(pixel_values=pixels).pooler_output
-        txt = model.get_text_features(**text).pooler_output
-    img, txt = img / torch.norm(img, dim=-1, keepdim=True), txt / torch.norm(txt, dim=-1, keepdim=True)
-    return (model.logit_scale.detach().exp() * torch.diagonal(img @ txt.T)).numpy()
+    with torch.no_grad():  # CLIPModel's own forward: logit_scale.exp() * cosine of the projected embeddings
+        logits = model(**text, pixel_values=pixels).logits_per_image
+    return torch.diagonal(logits).numpy()
 
 
 def test_pick_equals_transformers_direct(pick, pick_dirs):
