@@ -6,7 +6,8 @@
 - PickScore: a transformers ``CLIPModel`` from a tiny ``CLIPConfig`` (real vocabulary and positions, GELU like
   laion's ViT-H-14), written with ``save_pretrained`` (config.json + model.safetensors), and a processor folder
   laid out like laion/CLIP-ViT-H-14-laion2B-s32B-b79K's (CLIP tokenizer files written offline from open_clip's
-  BPE merges, a ``preprocessor_config.json`` sized for the tiny tower, OpenAI mean/std from transformers).
+  BPE merges, a ``preprocessor_config.json`` in laion's legacy layout sized for the tiny tower, OpenAI mean/std from
+  transformers).
 All random values come from a seeded generator; the global RNG is left untouched.
 """
 
@@ -65,16 +66,17 @@ def tiny_pick_config():
 
 
 def write_tiny_pick_processor(dir: Path) -> Path:
-    """Write a CLIP processor folder (tokenizer files + preprocessor_config.json) for the tiny tower into ``dir``."""
-    from transformers import CLIPImageProcessorPil
+    """Write a CLIP processor folder for the tiny tower into ``dir``: CLIP tokenizer files and a
+    ``preprocessor_config.json`` in the legacy layout laion/CLIP-ViT-H-14-laion2B-s32B-b79K ships (integer ``size``
+    and ``crop_size``, ``feature_extractor_type``; read by transformers 5 as shortest edge + square crop)."""
     from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
     dir = Path(dir)
     write_clip_tokenizer(dir, pad_token=EOS_TOKEN)
-    images = CLIPImageProcessorPil(size={"shortest_edge": TINY_PICK_IMAGE}, resample=3, do_center_crop=True,
-                                   crop_size={"height": TINY_PICK_IMAGE, "width": TINY_PICK_IMAGE},
-                                   image_mean=list(OPENAI_CLIP_MEAN), image_std=list(OPENAI_CLIP_STD))
-    images.save_pretrained(str(dir))
+    config = {"crop_size": TINY_PICK_IMAGE, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+              "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": list(OPENAI_CLIP_MEAN),
+              "image_std": list(OPENAI_CLIP_STD), "resample": 3, "size": TINY_PICK_IMAGE}
+    (dir / "preprocessor_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return dir
 
 
