@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 from pathlib import Path
 
@@ -489,6 +490,45 @@ def test_renditions_are_made_once_and_reused_from_the_cache(demo, tmp_path):
     assert len(entries()) == len(second) + 2
     with Image.open(tmp_path / "r3" / "images" / "alpha" / f"{Path(row['image']).stem[:16]}.jpg") as im:
         assert np.abs(np.asarray(im, dtype=int) - [250, 0, 250]).mean() < 8  # the new picture, not the cached one
+
+
+def test_renditions_are_keyed_on_content_not_mtime(demo, tmp_path):
+    """After ``dvc pull`` (or a copy) every image has a new mtime and the same bytes: a rerun on the same cache makes
+    no rendition and publishes the first run's cache entries; a file of other bytes under the same name is made
+    anew."""
+    result, scores, manifests, models, images_root = demo
+    cache = tmp_path / "cache"
+
+    def entries() -> dict[str, int]:
+        return {p.name: p.stat().st_ino for p in cache.rglob("*.jpg")}
+
+    def report(name: str) -> None:
+        write_html(result, scores, manifests, models, images_root, tmp_path / name, metrics=METRICS, plot_pngs={},
+                   cache=cache, thumb_px=8)
+
+    report("r1")
+    first = entries()
+    sources = sorted(images_root.rglob("*.png"))
+    stamps = {p: p.stat().st_mtime_ns for p in sources}
+    try:
+        for k, p in enumerate(sources):  # every mtime moves, as a checkout writes the files anew
+            os.utime(p, ns=(stamps[p] + 10**9 * (k + 1), stamps[p] + 10**9 * (k + 1)))
+        report("r2")
+    finally:
+        for p, ns in stamps.items():
+            os.utime(p, ns=(ns, ns))
+    assert entries() == first  # 0 renditions made
+    published = {p.stat().st_ino for p in (tmp_path / "r2" / "images").rglob("*.jpg")}
+    assert published == set(first.values())
+
+    src = sources[0]
+    original = src.read_bytes()
+    try:
+        src.write_bytes(original[:-12] + bytes(12))  # same name, same size, other bytes at the end
+        report("r3")
+    finally:
+        src.write_bytes(original)
+    assert len(entries()) == len(first) + 2  # its full view and thumbnail
 
 
 def test_grid_pages_hold_whole_items_up_to_max_cells_and_link_each_other(demo, tmp_path):

@@ -11,9 +11,14 @@ their own thumbnail). Renditions, not copies: the originals (PNGs with their met
 The rendition cache (``cache``, optional; the report stage passes ``<paths.cache>/renditions``, outside DVC's
 outputs, which DVC deletes before the stage runs) holds every rendition ever made, named by
 ``rendition_key``: a hash of the source's identity and the rendition settings (longest side, JPEG quality,
-``RENDITION_VERSION``). A generated image's identity is its manifest ``image_hash`` (the key of everything that
-decides its pixels, under which the image store checked its PNG) plus the file's size and mtime, so a file replaced
-under the same name is rendered again; a target image's identity is the sha256 of its bytes. A published file is a
+``RENDITION_VERSION``). A generated image's identity is its content, not its file's stat: the manifest
+``image_hash`` (the store key of everything that decides its pixels; generate links the PNG from the store only after
+checking the entry, and the images directory is a DVC output, so ``dvc pull``/``checkout`` restore exactly the bytes
+DVC hashed) plus the file's size and a hash of its last ``TAIL_BYTES`` (``file_identity``). An mtime is not part of
+it: a pull or a copy rewrites every mtime and would make every rendition anew. Size and tail are a cheap check that
+the file is still what generate wrote (one 4 KiB read per image instead of hashing 110 GB of PNGs at 500 models): a
+PNG redrawn or replaced by hand under the same name differs in its last compressed bytes and their chunk CRC. A
+target image's identity is the sha256 of its bytes. A published file is a
 hard link to its cache entry (a copy where the two are on different file systems): a rerun after one model was added
 renders only that model's images. A cache entry appears whole or not at all (``Gallery.commit``: rendered into a
 staging directory, made durable with one ``os.sync()`` per ``COMMIT_EVERY`` renditions, then hard-linked to its
@@ -48,6 +53,7 @@ RENDITION_VERSION = "1"  # bump when the rendering below changes: every cache en
 CHUNK = 64  # sources per rendering task
 STALE_S = 6 * 3600  # a staging directory this old belongs to no running report
 STAGING = ".staging-"  # <cache>/.staging-<random>: renditions of a run not yet durable and linked into the cache
+TAIL_BYTES = 4096  # the end of a generated PNG read into its identity (file_identity)
 COMMIT_EVERY = 20_000  # staged renditions per os.sync() and commit to the cache (what a killed run can lose)
 
 
@@ -88,10 +94,13 @@ def rendition_key(source_id: str, px: int | None) -> str:
     return hashlib.sha256(f"{source_id}|{px}|q{JPEG_QUALITY}|v{RENDITION_VERSION}".encode()).hexdigest()
 
 
-def file_identity(image_hash: str, st: os.stat_result) -> str:
-    """A generated image's identity: its manifest hash and its file's size and mtime (``st``; a file replaced under
-    the same name gets a new identity)."""
-    return f"{image_hash}|{st.st_size}|{st.st_mtime_ns}"
+def file_identity(image_hash: str, src: Path, st: os.stat_result) -> str:
+    """A generated image's identity (module docstring): its manifest hash, its size (``st``) and the sha256 of its
+    last ``TAIL_BYTES`` bytes (the whole file when smaller); neither mtime nor path is part of it."""
+    with open(src, "rb") as f:
+        f.seek(max(0, st.st_size - TAIL_BYTES))
+        tail = hashlib.sha256(f.read(TAIL_BYTES)).hexdigest()[:32]
+    return f"{image_hash}|{st.st_size}|tail:{tail}"
 
 
 def bytes_identity(src: Path) -> str:
@@ -146,8 +155,9 @@ class Gallery:
 
     def add_image(self, src: Path, folder: str, image_hash: str, st: os.stat_result, width: object = None,
                   height: object = None) -> Shot:
-        """A generated image (``folder``: its model), identified by its manifest hash and file stat ``st``."""
-        return self.add(src, folder, src.stem, file_identity(image_hash, st), image_size(src, width, height))
+        """A generated image (``folder``: its model), identified by its content (``file_identity``; ``st``: its
+        stat)."""
+        return self.add(src, folder, src.stem, file_identity(image_hash, src, st), image_size(src, width, height))
 
     def add_target(self, src: Path) -> Shot:
         """A reference or header image, named by the hash of its bytes (two sets may share a file name)."""
