@@ -5,12 +5,14 @@ and LoRA header images as targets), reusing renditions from <paths.cache>/rendit
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
 from ghostreview import validate
-from ghostreview.analysis.aggregate import manifests, models_table
+from ghostreview.analysis.aggregate import models_table
 from ghostreview.analysis.report import write_report
+from ghostreview.analysis.report.inputs import read_manifests, read_report_scores, shared_hashes
 from ghostreview.analysis.report.targets import Targets, benchmark_targets
 from ghostreview.analysis.standardize import Standardized
 from ghostreview.config import Params
@@ -18,7 +20,6 @@ from ghostreview.errors import stage_main
 from ghostreview.generation.families import FAMILIES
 from ghostreview.scoring.registry import REGISTRY
 from ghostreview.scoring.run import header_families, reference_sets
-from ghostreview.scoring.table import read_scores
 from ghostreview.util.runtime import progress_bar
 
 
@@ -55,8 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     names = list(params.models)
     # three steps: read the results, decode the target images (style references, LoRA headers), write the report
     with progress_bar(total=3, desc="report", unit="steps") as bar:
-        standardized, scores = Standardized.read(args.standardized), read_scores(args.scores, names)
-        grids = manifests(args.images, names)
+        standardized = Standardized.read(args.standardized)
+        standardized = dataclasses.replace(standardized, images=shared_hashes(standardized.images))
+        scores, grids = read_report_scores(args.scores, names), read_manifests(args.images, names)
         models = models_table(args.images, names, {n: m.title for n, m in params.models.items()})
         bar.update()
         grid_targets = targets(args.params)

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from ghostreview.analysis.report.display import Shown, losses, shown_metrics
+from ghostreview.analysis.report.inputs import REPORT_COLUMNS
 from ghostreview.analysis.report.plots import render
 from ghostreview.analysis.report.renditions import (
     IMAGES,
@@ -69,9 +70,6 @@ from ghostreview.scoring.metric import MetricInfo
 from ghostreview.util.atomic import replace_dir, write_atomic
 
 STATIC = Path(__file__).parent / "static"
-# The manifest columns (generation.manifest.MANIFEST_COLUMNS, the contract) the grids and flag lists read
-REPORT_COLUMNS = ("family", "task", "item", "seed", "image", "image_hash", "prompt", "negative_prompt", "flags",
-                  "infotext")
 TASK_TITLES = {"general": "General prompt", "style": "Style", "lora": "LoRA"}
 FAMILY_TITLES = {"sd15": "SD1.5", "sdxl": "SDXL"}  # section titles; any other family is shown by its name
 PAGES = "pages"  # <out_dir>/pages: the grid pages
