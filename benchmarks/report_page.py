@@ -21,6 +21,8 @@ loading), the time to sort every grid (``#sort=score``), to open the viewer on t
 responsiveness probe (the longest gap between animation frames while scrolling the page end to end), median of
 ``--repeats`` fresh loads.
 
+``measure(n, workdir)`` is the same two runs as a dict of figures, for ``benchmarks.scale``'s ``report`` step.
+
     python -m benchmarks.report_page [--models 20] [--sdxl 4] [--size 288] [--boot 200] [--workers 2]
                                      [--repeats 3] [--work DIR] [--keep]
 """
@@ -269,6 +271,54 @@ def in_chromium(page: Path, repeats: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in runs.items()}
 
 
+def report_runs(work: Path, n: int, sdxl: int, size: int, boot: int, workers: int) -> dict:
+    """Build the synthetic review of ``n`` + 1 models under ``work``, then the two timed reports (from scratch on
+    ``n`` models, one model added on the same cache); flat figures, one key per measured quantity."""
+    start = time.perf_counter()
+    scores, manifests, models, images_root, targets = build_review(work, n + 1, sdxl, size)
+    names = models["model"].tolist()
+    runs = {"scratch": names[:-1], "added": names}
+    for run, run_names in runs.items():
+        pickle_run(work / f"{run}.pkl", run_names, scores, manifests, models, images_root, targets, boot)
+    fig: dict = {"models": n, "images": sum(len(manifests[m]) for m in names[:-1]),
+                 "build_s": time.perf_counter() - start}
+    del scores, manifests
+    cache = work / "cache"
+    for run in runs:
+        before = tree_size(cache)[0] if cache.exists() else 0
+        seconds, self_mb, tree_mb = timed_report(work / f"{run}.pkl", work / run, cache, workers)
+        pages = list((work / run / "pages").glob("*.html"))
+        fig |= {f"{run}_s": seconds, f"{run}_rss_mb": self_mb, f"{run}_pss_tree_mb": tree_mb,
+                f"{run}_renditions_made": tree_size(cache)[0] - before, f"{run}_pages": len(pages),
+                f"{run}_largest_page_mb": max(p.stat().st_size for p in pages) / 1e6,
+                f"{run}_index_mb": (work / run / "index.html").stat().st_size / 1e6,
+                f"{run}_load": load_average()}
+    return fig
+
+
+def largest_page(out: Path) -> Path:
+    return max((out / "pages").glob("*.html"), key=lambda p: p.stat().st_size)
+
+
+def measure(n: int, workdir: Path, sdxl: int | None = None, size: int = 288, boot: int = 200,
+            workers: int | None = None, chromium: bool = False, repeats: int = 1) -> dict:
+    """benchmarks.scale's step ``report``: ``report_runs`` at ``n`` models under ``workdir`` (every fifth model SDXL
+    unless ``sdxl`` says how many), then, with ``chromium``, the index and the largest grid page of the second run
+    in chromium (``chromium_<page>_<figure>`` keys). The work directory is removed afterwards (its rendition cache
+    alone holds a JPEG per image)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        fig = report_runs(workdir, n, n // 5 if sdxl is None else sdxl, size, boot,
+                          workers or len(os.sched_getaffinity(0)))
+        if chromium:
+            out = workdir / "added"
+            for name, page in (("index", out / "index.html"), ("largest_page", largest_page(out))):
+                fig |= {f"chromium_{name}_{k}": v for k, v in in_chromium(page, repeats).items()}
+        return fig
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", type=int, default=20, help="models of the first report (the second has one more)")
@@ -285,36 +335,23 @@ def main() -> None:
     print(f"CPU {cpu_model()}, {len(os.sched_getaffinity(0))} cores, load avg {load_average()} (start); "
           f"work dir {work}", flush=True)
     try:
-        start = time.perf_counter()
-        scores, manifests, models, images_root, targets = build_review(work, args.models + 1, args.sdxl, args.size)
-        names = models["model"].tolist()
-        runs = {"scratch": names[:-1], "added": names}
-        for run, run_names in runs.items():
-            pickle_run(work / f"{run}.pkl", run_names, scores, manifests, models, images_root, targets, args.boot)
-        n_images = sum(len(manifests[n]) for n in names[:-1])
-        del scores, manifests
-        row("synthetic review built (images, scores, 2x standardize)", f"{time.perf_counter() - start:.1f} s")
-        row("models x images (run 1)", f"{args.models} x {n_images // args.models} = {n_images:,}")
-        cache = work / "cache"
-        for k, (run, run_names) in enumerate(runs.items(), 1):
-            before = tree_size(cache)[0] if cache.exists() else 0
-            seconds, self_mb, worker_mb = timed_report(work / f"{run}.pkl", work / run, cache, args.workers)
-            made = tree_size(cache)[0] - before
-            label = f"run {k} ({len(run_names)} models, {'from scratch' if k == 1 else 'one model added'})"
-            row(f"{label}: write_report", f"{seconds:.1f} s")
+        fig = report_runs(work, args.models, args.sdxl, args.size, args.boot, args.workers)
+        row("synthetic review built (images, scores, 2x standardize)", f"{fig['build_s']:.1f} s")
+        row("models x images (run 1)", f"{args.models} x {fig['images'] // args.models} = {fig['images']:,}")
+        for k, run in enumerate(("scratch", "added"), 1):
+            label = f"run {k} ({args.models + k - 1} models, {'from scratch' if k == 1 else 'one model added'})"
+            row(f"{label}: write_report", f"{fig[f'{run}_s']:.1f} s")
             row(f"{label}: peak RSS of the report process / peak PSS of it + workers",
-                f"{self_mb:,.0f} MB / {worker_mb:,.0f} MB")
-            row(f"{label}: renditions made (new cache entries)", f"{made:,}")
-            files, size = tree_size(work / run / "pages")
-            row(f"{label}: pages/", f"{files} pages, {size / 1e6:.1f} MB "
-                f"(largest {max(p.stat().st_size for p in (work / run / 'pages').glob('*.html')) / 1e6:.1f} MB)")
-            row(f"{label}: index.html", f"{(work / run / 'index.html').stat().st_size / 1e6:.2f} MB")
+                f"{fig[f'{run}_rss_mb']:,.0f} MB / {fig[f'{run}_pss_tree_mb']:,.0f} MB")
+            row(f"{label}: renditions made (new cache entries)", f"{fig[f'{run}_renditions_made']:,}")
+            row(f"{label}: pages/", f"{fig[f'{run}_pages']} pages (largest {fig[f'{run}_largest_page_mb']:.1f} MB)")
+            row(f"{label}: index.html", f"{fig[f'{run}_index_mb']:.2f} MB")
             files, size = tree_size(work / run / "images")
             row(f"{label}: images/ (hard links to the cache)", f"{files:,} files, {size / 1e6:,.0f} MB")
-            print(f"load avg {load_average()}", flush=True)
+            print(f"load avg {fig[f'{run}_load']}", flush=True)
         out = work / "added"
-        largest = max((out / "pages").glob("*.html"), key=lambda p: p.stat().st_size)
-        for name, page in (("index.html", out / "index.html"), (f"largest grid page {largest.name}", largest)):
+        big = largest_page(out)
+        for name, page in (("index.html", out / "index.html"), (f"largest grid page {big.name}", big)):
             for key, value in in_chromium(page, args.repeats).items():
                 row(f"chromium {name}: {key} (median of {args.repeats})", f"{value:,.0f}")
         print(f"load avg {load_average()} (end)", flush=True)
