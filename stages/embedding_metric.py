@@ -12,6 +12,22 @@ from pathlib import Path
 from ghostreview.errors import stage_main
 from ghostreview.util.runtime import quiet_third_party, set_cpu_threads, stage_runtime
 
+METRIC_NAMES = ("aesthetic", "clipscore")  # METRICS below: what each scores, how
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--metric", required=True, choices=METRIC_NAMES)
+    ap.add_argument("--images", required=True, type=Path, help="generate output: PNGs + manifest.csv")
+    ap.add_argument("--embeddings", required=True, type=Path, help="embed output (.npz)")
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--params", default="params.yaml", type=Path)
+    return ap
+
+
+if __name__ == "__main__":
+    parser().parse_args()  # --help and usage errors answer here, before torch and the model libraries load
+
 stage_runtime()
 
 from ghostreview import validate  # noqa: E402
@@ -31,21 +47,15 @@ def clipscore(rows: list, embeddings: Path, params: Params, root: Path) -> list[
 
 
 # metric -> (which images it scores, how)
-METRICS = {
-    "aesthetic": (lambda row: True, aesthetic),
-    "clipscore": (lambda row: row["task"] == "general", clipscore),
-}
+METRICS = dict(zip(METRIC_NAMES, (
+    (lambda row: True, aesthetic),
+    (lambda row: row["task"] == "general", clipscore),
+), strict=True))
 
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--metric", required=True, choices=sorted(METRICS))
-    ap.add_argument("--images", required=True, type=Path, help="generate output: PNGs + manifest.csv")
-    ap.add_argument("--embeddings", required=True, type=Path, help="embed output (.npz)")
-    ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--params", default="params.yaml", type=Path)
-    args = ap.parse_args(argv)
+    args = parser().parse_args(argv)
     quiet_third_party()
 
     params, root = validate.for_scoring(args.params)

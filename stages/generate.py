@@ -8,6 +8,18 @@ from pathlib import Path
 from ghostreview.errors import UserError, about, about_paths, stage_main
 from ghostreview.util.runtime import stage_runtime
 
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", required=True, help="model key in params.yaml")
+    ap.add_argument("--out", required=True, type=Path, help="output directory (PNGs + manifest.csv)")
+    ap.add_argument("--params", default="params.yaml", type=Path)
+    return ap
+
+
+if __name__ == "__main__":
+    parser().parse_args()  # --help and usage errors answer here, before torch and the model libraries load
+
 stage_runtime()
 
 from ghostreview import validate  # noqa: E402
@@ -22,11 +34,7 @@ from ghostreview.generation.store import StoreError  # noqa: E402
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", required=True, help="model key in params.yaml")
-    ap.add_argument("--out", required=True, type=Path, help="output directory (PNGs + manifest.csv)")
-    ap.add_argument("--params", default="params.yaml", type=Path)
-    args = ap.parse_args(argv)
+    args = parser().parse_args(argv)
     try:  # params, benchmark and reference-image errors already name their file, key and fix
         with about(f"{args.params}: models.{args.model}", CheckpointError):
             generate(args.model, args.out, args.params)

@@ -8,6 +8,17 @@ from pathlib import Path
 from ghostreview.errors import stage_main
 from ghostreview.util.runtime import quiet_third_party, set_cpu_threads, stage_runtime
 
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", required=True, type=Path, help="output directory (styles/, loras/<family>/)")
+    ap.add_argument("--params", default="params.yaml", type=Path)
+    return ap
+
+
+if __name__ == "__main__":
+    parser().parse_args()  # --help and usage errors answer here, before torch and the model libraries load
+
 stage_runtime()
 
 from ghostreview import validate  # noqa: E402
@@ -16,10 +27,7 @@ from ghostreview.scoring.run import header_families, write_refstats  # noqa: E40
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", required=True, type=Path, help="output directory (styles/, loras/<family>/)")
-    ap.add_argument("--params", default="params.yaml", type=Path)
-    args = ap.parse_args(argv)
+    args = parser().parse_args(argv)
     quiet_third_party()
 
     params, root = validate.for_scoring(args.params)

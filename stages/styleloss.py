@@ -9,6 +9,20 @@ from pathlib import Path
 from ghostreview.errors import stage_main
 from ghostreview.util.runtime import quiet_third_party, set_cpu_threads, stage_runtime
 
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--task", required=True, choices=("style", "lora"))
+    ap.add_argument("--images", required=True, type=Path)
+    ap.add_argument("--refstats", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--params", default="params.yaml", type=Path)
+    return ap
+
+
+if __name__ == "__main__":
+    parser().parse_args()  # --help and usage errors answer here, before torch and the model libraries load
+
 stage_runtime()
 
 from ghostreview import validate  # noqa: E402
@@ -19,13 +33,7 @@ from ghostreview.scoring.table import write_scores  # noqa: E402
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--task", required=True, choices=("style", "lora"))
-    ap.add_argument("--images", required=True, type=Path)
-    ap.add_argument("--refstats", required=True, type=Path)
-    ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--params", default="params.yaml", type=Path)
-    args = ap.parse_args(argv)
+    args = parser().parse_args(argv)
     quiet_third_party()
 
     params, root = validate.for_scoring(args.params)

@@ -95,6 +95,7 @@ class Stage:
 
 INTERP = re.compile(r"\$\{([^}]+)\}")
 WHOLE_FILE = "*"  # a stage's params entry that tracks every key
+SETTINGS_DIR = "data/params/"
 
 
 def dvc_stages(data: Mapping) -> dict[str, Stage]:
@@ -122,9 +123,22 @@ def dvc_stages(data: Mapping) -> dict[str, Stage]:
             for p in s.get("params", []):  # "key", or {file: [keys]}; {params.yaml: None} tracks the whole file
                 params += [sub(p)] if isinstance(p, str) else [
                     sub(k) for keys in p.values() for k in (keys or [WHOLE_FILE])]
+            params += settings_keys(group, model, [sub(d) for d in s["deps"]])
             stages[name] = Stage(name, group, model, words[1], tuple(words[2:]), tuple(sub(d) for d in s["deps"]),
                                  tuple(params), tuple(sub(o) for o in outs), frozenset(keys))
     return stages
+
+
+def settings_keys(group: str, model: str | None, deps: list[str]) -> list[str]:
+    """The params keys a per-model stage tracks through its settings file (``data/params/<stage>.json``, written by
+    checkparams from its ``SETTINGS`` table): a change of one of them rewrites the file, which the stage depends on."""
+    checkparams = stage_module("stages/checkparams.py")
+    files = [d for d in deps if d.startswith(SETTINGS_DIR) and not d.startswith(SETTINGS_DIR + "code/")]
+    if not files:
+        return []
+    assert group in checkparams.SETTINGS, f"dvc.yaml: {group} depends on {files}, which checkparams does not write"
+    assert files == [SETTINGS_DIR + checkparams.settings_file(group, model)], (group, files)
+    return [k.format(model=model) for k in checkparams.SETTINGS[group]]
 
 
 def overlaps(a: str, b: str) -> bool:

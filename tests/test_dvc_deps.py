@@ -1,41 +1,45 @@
-"""DVC reruns a stage only when a listed dep changes: dvc.yaml must list every file that decides a stage's output, and
-the code that decides pixels (which the image store keys by ``DRAW_VERSION``, not by the code) is pinned by a hash.
+"""DVC reruns a stage only when a dep changes: each stage's code must be fingerprinted, and the code that decides
+pixels (which the image store keys by ``DRAW_VERSION``, not by the code) is pinned by a hash.
 
-A stage's code is its script's import closure inside ``ghostreview/``, read statically with ``ast`` (nothing is
-imported): ``import ghostreview.x``, ``from ghostreview.x import y``, relative imports, ``importlib.import_module``
-with a literal name, and imports inside functions too (a lazy import decides the output whenever it runs). Importing
-``a.b.c`` runs ``a/__init__.py`` and ``a/b/__init__.py`` as well, so those count. Third-party code is out of scope:
-the images and scores record the library versions.
-
-Package data is found through ``__file__``: library code takes every other path as an argument from its stage, so a
-module that reads its own files must locate them from ``__file__`` (or importlib.resources). ``PACKAGE_DATA`` below
-names the directory each such module reads, and a test holds it to the code both ways: every module that uses
-``__file__`` is in the table, and each entry's module spells its directory's name. A declared table was chosen over
-inferring paths from the code, which builds them with ``/`` from constants and cannot be evaluated without running it.
+A stage's code is its script's import closure inside ``ghostreview/`` plus the package data its modules read
+(``ghostreview/util/imports.py``: read with ``ast``, lazy imports included). Each stage depends on one file,
+``data/params/code/<script>.json``, that the checkparams stage writes (the sha256 of each of those files), and
+checkparams lists every one of them in dvc.yaml, so an edit of any reruns it and, through the fingerprints, exactly the
+stages whose code changed. ``PACKAGE_DATA`` (in ``util.imports``) names the directory each module that reads its own
+files reads; a test holds it to the code both ways. A declared table was chosen over inferring paths from the code,
+which builds them with ``/`` from constants and cannot be evaluated without running it.
 """
 
 from __future__ import annotations
 
 import ast
 import copy
-import functools
 import hashlib
+import importlib.util
 import re
+import shutil
 from pathlib import Path
 
 import yaml
 
 from ghostreview.generation import drawversion
+from ghostreview.util.imports import (
+    PACKAGE,
+    PACKAGE_DATA,
+    ROOT,
+    closure,
+    imported_names,
+    module_file,
+    project_imports,
+    rel,
+    stage_needs,
+    tree_of,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = "ghostreview"
+__all__ = ["PACKAGE", "ROOT", "project_imports", "rel"]  # tests/test_layout.py reads the import reader through here
 PIN_FILE = "ghostreview/generation/drawversion.py"
+CODE_DIR = "data/params/code/"
 
-# module that reads package data -> the directory it reads (see the module docstring)
-PACKAGE_DATA = {
-    "ghostreview/generation/topology.py": "ghostreview/generation/configs",
-    "ghostreview/analysis/report/html.py": "ghostreview/analysis/report/static",
-}
 # modules that the pixel-deciding code imports but that cannot alter a pixel, with the reason
 NOT_PIXEL = {
     "ghostreview/__init__.py": "holds __version__ only, which goes into the infotext, not into pixels",
@@ -45,82 +49,6 @@ NOT_PIXEL = {
     "ghostreview/util/names.py": "slugs and 'did you mean' hints: what an error message suggests",
 }
 DATA_READERS = {"importlib.resources", "pkgutil", "pkg_resources"}
-
-
-def rel(path: Path) -> str:
-    return path.relative_to(ROOT).as_posix()
-
-
-@functools.cache
-def tree_of(path: str) -> ast.Module:
-    return ast.parse((ROOT / path).read_text(encoding="utf-8"), filename=path)
-
-
-def module_file(name: str) -> str | None:
-    """The file that runs for module ``name`` (a package's ``__init__.py``), or None outside this checkout."""
-    base = ROOT.joinpath(*name.split("."))
-    for file in (base / "__init__.py", base.with_suffix(".py")):
-        if file.is_file():
-            return rel(file)
-    return None
-
-
-def _package_of(path: str) -> str:
-    parts = Path(path).with_suffix("").parts
-    return ".".join(parts[:-1])  # a.py -> its package; a/__init__.py -> a
-
-
-def _literal_import(node: ast.Call) -> str | None:
-    """``importlib.import_module("x")`` / ``__import__("x")`` -> "x"."""
-    func = node.func
-    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
-    if name in ("import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant):
-        return str(node.args[0].value)
-    return None
-
-
-def imported_names(path: str) -> dict[str, str]:
-    """Every name a module imports, anywhere in it, as {local name: dotted source}; ``from a import b`` -> a.b."""
-    package, names = _package_of(path), {}
-    for node in ast.walk(tree_of(path)):
-        if isinstance(node, ast.Import):
-            names.update({a.asname or a.name: a.name for a in node.names})
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:  # relative: level 1 is this package, 2 its parent, ...
-                parts = package.split(".")
-                base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
-            names[f"<from {base}>"] = base
-            names.update({a.asname or a.name: f"{base}.{a.name}" for a in node.names})
-        elif isinstance(node, ast.Call) and (target := _literal_import(node)):
-            names[f"<dynamic {target}>"] = target
-    return names
-
-
-def project_imports(path: str) -> set[str]:
-    """Files of this package that importing/running ``path`` runs (one step)."""
-    files = set()
-    for dotted in imported_names(path).values():
-        parts = dotted.split(".")
-        if parts[0] == PACKAGE:
-            files.update(f for i in range(1, len(parts) + 1) if (f := module_file(".".join(parts[:i]))))
-    return files
-
-
-def closure(paths) -> set[str]:
-    seen, todo = set(), list(paths)
-    while todo:
-        path = todo.pop()
-        if path not in seen:
-            seen.add(path)
-            todo += project_imports(path)
-    return seen
-
-
-def stage_needs(script: str) -> set[str]:
-    """The code and package data that decide a stage's output: its script's closure and the data those modules read."""
-    code = closure([script])
-    return code | {PACKAGE_DATA[m] for m in code if m in PACKAGE_DATA}
 
 
 def dvc_stages() -> dict[str, tuple[str, list[str]]]:
@@ -139,29 +67,65 @@ def covers(dep: str, path: str) -> bool:
     return path == dep or path.startswith(dep + "/")
 
 
-def test_every_stage_lists_the_code_and_package_data_that_decide_its_output():
-    missing = {}
-    for name, (script, deps) in dvc_stages().items():
-        if lacking := sorted(p for p in stage_needs(script) if not any(covers(d, p) for d in deps)):
-            missing[name] = lacking
+def scripts() -> list[str]:
+    return sorted(rel(p) for p in (ROOT / "stages").glob("*.py"))
+
+
+def all_code() -> set[str]:
+    return set().union(*(stage_needs(s) for s in scripts()))
+
+
+def test_checkparams_lists_every_file_that_decides_a_stage_output():
+    _, deps = dvc_stages()["checkparams"]
+    missing = sorted(p for p in all_code() if not any(covers(d, p) for d in deps))
     assert not missing, (
-        "dvc.yaml leaves out files that decide these stages' outputs (after a change to one, `dvc status` would call "
-        "stale outputs up to date); add them to the stage's deps:\n"
-        + "\n".join(f"  {name}: {', '.join(paths)}" for name, paths in missing.items())
+        "dvc.yaml: checkparams, which fingerprints every stage's code, leaves out files that decide stage outputs "
+        "(after a change to one, `dvc status` would call stale outputs up to date); add them to its deps: "
+        + ", ".join(missing)
     )
 
 
-def test_no_stage_lists_project_code_it_does_not_read():
-    extra = {}
+def test_checkparams_lists_no_project_code_that_no_stage_reads():
+    _, deps = dvc_stages()["checkparams"]
+    needs = all_code()
+    unread = [d for d in deps if d.split("/")[0] in (PACKAGE, "stages") and not any(covers(d, p) for p in needs)]
+    assert not unread, f"dvc.yaml: checkparams deps that no stage's code imports or reads: {', '.join(unread)}"
+
+
+def test_every_other_stage_depends_on_its_code_fingerprint_and_lists_no_code():
+    wrong = {}
     for name, (script, deps) in dvc_stages().items():
-        needs = stage_needs(script)
-        own = [d for d in deps if d.split("/")[0] in (PACKAGE, "stages")]
-        if unread := [d for d in own if not any(covers(d, p) for p in needs)]:
-            extra[name] = unread
-    assert not extra, (
-        "dvc.yaml deps that the stage's code never imports or reads (they rerun it for nothing): "
-        + "; ".join(f"{name}: {', '.join(deps)}" for name, deps in extra.items())
+        if name == "checkparams":
+            continue
+        code = [d for d in deps if d.split("/")[0] in (PACKAGE, "stages") or d.startswith(CODE_DIR)]
+        if code != [f"{CODE_DIR}{Path(script).stem}.json"]:
+            wrong[name] = code
+    assert not wrong, (
+        f"each stage depends on its script's fingerprint ({CODE_DIR}<script>.json, written by checkparams) and on no "
+        f"code file itself (DVC would check forty per instance): {wrong}"
     )
+
+
+def checkparams():
+    spec = importlib.util.spec_from_file_location("checkparams_stage", ROOT / "stages/checkparams.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_code_edit_changes_the_fingerprints_of_exactly_the_stages_that_run_it(tmp_path):
+    for d in ("stages", PACKAGE):
+        shutil.copytree(ROOT / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__"))
+    write = checkparams().code_texts
+    before = write(tmp_path / "stages")
+    assert set(before) == {f"code/{Path(s).stem}.json" for s in scripts()}
+    edited = "ghostreview/analysis/report/plots.py"
+    with open(tmp_path / edited, "a", encoding="utf-8") as fh:
+        fh.write("\n# an edit\n")
+    after = write(tmp_path / "stages")
+    changed = {k for k in before if before[k] != after[k]}
+    expected = {f"code/{Path(s).stem}.json" for s in scripts() if edited in stage_needs(s)}
+    assert changed == expected and "code/report.json" in changed and "code/embed.json" not in changed
 
 
 def test_no_stage_lists_a_directory_of_python_modules():
@@ -183,6 +147,7 @@ def test_package_data_table_matches_the_code():
         uses_file = any(isinstance(n, ast.Name) and n.id == "__file__" for n in ast.walk(tree))
         if uses_file or DATA_READERS & set(imported_names(path).values()):
             readers.add(path)
+    readers -= {"ghostreview/util/imports.py"}  # locates the checkout to read code, not package data
     assert readers == set(PACKAGE_DATA), (
         f"modules that read files next to them: {sorted(readers)}; PACKAGE_DATA in {rel(Path(__file__))} names "
         f"{sorted(PACKAGE_DATA)}: add each reader with the directory it reads (and list that directory in dvc.yaml)"

@@ -182,9 +182,10 @@ def review(tmp_path_factory):
 
 def test_review_of_one_model(review):
     ws, worker, rest = review
-    assert ran(worker) == instances(A) | {"refstats"}  # the workers' command: one model's stages and their inputs
+    # the workers' command: one model's stages and their inputs (checkparams writes their settings and code files)
+    assert ran(worker) == instances(A) | {"checkparams", "refstats"}
     assert drawn(worker) == {A: 4}  # 2 prompts + 1 style + 1 LoRA, one seed each
-    assert ran(rest) == {"checkparams", "standardize", "report"}  # checkparams: not upstream of the workers' targets
+    assert ran(rest) == {"standardize", "report"}
     assert A in (ws / "reports" / "leaderboard.csv").read_text()
     assert "random" in (ws / "reports" / "leaderboard.md").read_text().lower()  # the demo says what it is
     assert "random weights" in (ws / "reports" / "index.html").read_text().lower()
@@ -278,7 +279,7 @@ def test_one_prompt_and_a_second_seed_draw_only_the_new_images_and_keep_other_sc
 
     out = dvc(ws, "repro", f"aesthetic@{A}", f"aesthetic@{B}")
     rescored = instances(A, ("generate", "embed", "aesthetic")) | instances(B, ("generate", "embed", "aesthetic"))
-    assert ran(out) == rescored
+    assert ran(out) == rescored | {"checkparams"}  # upstream of every stage: it writes their settings files
     # per model: the changed prompt's two seeds, and the new second seed of the other prompt
     assert drawn(out) == {A: 3, B: 3} and store_pngs(ws) == pngs + 6
     for m in (A, B):
@@ -298,7 +299,7 @@ def test_reverting_restores_every_output_from_the_run_cache(review):
     ws, _, _ = review
     git(ws, "checkout", "--", "params.yaml", "data/benchmark/small/prompts.yaml")
     out = dvc(ws, "repro")
-    assert ran(out) == set()
+    assert ran(out) == {"checkparams"}  # persist: true, never from the run cache; it writes the old files back
     assert restored(out) == (instances(A, ("generate", "embed", "aesthetic"))
                              | instances(B, ("generate", "embed", "aesthetic")))
     assert "up to date" in dvc(ws, "status").lower()
@@ -341,7 +342,7 @@ def test_a_new_style_size_is_not_answered_from_the_run_cache(review):
         edit_yaml(ws / "params.yaml", lambda d: d["scoring"]["style"].__setitem__("image_size", 48))
         out = dvc(ws, "repro", "refstats")  # (not --dry: dry runs look the run cache up with the old params)
         assert "refstats" not in restored(out), "the statistics at size 64 were checked out as the ones at 48"
-        assert ran(out) == {"refstats"}
+        assert ran(out) == {"checkparams", "refstats"}
     finally:
         git(ws, "checkout", "--", ".")
         dvc(ws, "checkout")
@@ -382,8 +383,9 @@ def test_a_coordinator_restores_the_workers_results_from_the_remote_without_reco
     (coordinator / "dvc.lock").unlink()
     out = dvc(coordinator, "repro", "--pull")
     # Everything comes from the run cache, except `report`: its reports/metrics.json is kept in git (cache: false),
-    # so the remote has no copy to check out and the report (seconds) is rewritten, identical; and checkparams, which
-    # has no outputs, so the run cache never holds it (a second's check of params.yaml).
+    # so the remote has no copy to check out and the report (seconds) is rewritten, identical; and checkparams, whose
+    # output is `persist: true`, which DVC never takes from the run cache (a few seconds: params.yaml checked, the
+    # settings and code files written, the same bytes as the workers', so nothing downstream is stale).
     assert restored(out) == instances(A) | instances(B) | {"refstats", "standardize"}
     assert ran(out) == {"checkparams", "report"}
     assert not (coordinator / "store").exists()  # not one image drawn here

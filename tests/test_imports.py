@@ -88,3 +88,27 @@ print(aesthetic_scores(load_embeddings(d / "e.npz").embedding, head).shape, "ope
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["(2,)", "False", "False"]
+
+
+HELP_CHILD = """
+import json, runpy, sys
+sys.argv = [sys.argv[1], "--help"]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as exc:
+    assert exc.code == 0, exc.code
+print(json.dumps([m for m in ("torch", "diffusers", "transformers", "open_clip") if m in sys.modules]))
+"""
+
+
+def test_every_stage_answers_help_before_loading_torch():
+    """`python stages/<x>.py --help` (and a usage error) answers before torch and the model libraries load: under a
+    second, not 3-7 (issue 15; figures in benchmarks/RESULTS.md; pandas, ~0.5 s, may load)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), DVC_NO_ANALYTICS="1")
+    heavy = {}
+    for script in sorted((ROOT / "stages").glob("*.py")):
+        out = subprocess.run([sys.executable, "-c", HELP_CHILD, str(script)], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0 and "usage:" in out.stdout, (script, out.stderr[-2000:])
+        heavy[script.name] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert heavy == {name: [] for name in heavy}

@@ -8,6 +8,8 @@ code with the real dvc.yaml (the demo kit is not built: only checkparams can run
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import re
 import shutil
@@ -26,14 +28,49 @@ def dvc_yaml() -> dict:
     return yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
 
 
-def test_checkparams_is_the_first_stage_tracks_the_whole_params_file_and_is_a_leaf():
+def test_checkparams_is_the_first_stage_tracks_the_whole_params_file_and_feeds_every_stage():
     stages = dvc_yaml()
     assert list(stages)[0] == "checkparams"
     stage = stages["checkparams"]
-    assert stage["cmd"] == "python stages/checkparams.py --params params.yaml"
+    assert stage["cmd"] == "python stages/checkparams.py --params params.yaml --out data/params"
     assert stage["params"] == [{"params.yaml": None}]  # DVC's spelling of "every key of the file"
-    # no outputs: nothing can depend on it, so it never makes another stage stale (and `always_changed` is not needed)
-    assert not {"outs", "metrics", "plots"} & set(stage)
+    # its files are rewritten only when their content changes, so DVC must not delete them before it runs
+    assert stage["outs"] == [{"data/params": {"persist": True}}]
+    for name, other in stages.items():  # each stage reads its code fingerprint (and per-model ones their settings)
+        if name != "checkparams":
+            deps = other.get("do", other)["deps"]
+            assert any(d.startswith("data/params/code/") for d in deps), name
+            assert "params" not in other.get("do", {}), f"{name}: per-model stages list no params (see dvc.yaml)"
+
+
+def test_settings_files_are_rewritten_only_when_their_content_changes(tmp_path):
+    check = checkparams()
+    data = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    out = tmp_path / "params"
+    texts = check.settings_texts(data)
+    first = sorted(texts)
+    assert "generate/demo-sd15-a.json" in first and "embed.json" in first
+    assert check.sync_dir(out, texts) == (len(texts), 0)
+    assert check.sync_dir(out, texts) == (0, 0)
+    stamps = {f: (out / f).stat().st_mtime_ns for f in first}
+    model = next(iter(data["models"]))
+    data["models"][model]["title"] = "Renamed"
+    data["standardize"]["bootstrap"] = 10  # read by standardize only: no per-model stage's file
+    texts = check.settings_texts(data)
+    assert check.sync_dir(out, texts) == (1, 0)
+    assert json.loads((out / f"generate/{model}.json").read_text(encoding="utf-8"))[f"models.{model}"]["title"] == \
+        "Renamed"
+    assert [f for f in first if (out / f).stat().st_mtime_ns != stamps[f]] == [f"generate/{model}.json"]
+    del data["models"][model]  # a removed model's file goes (it is nobody's input any more)
+    assert check.sync_dir(out, check.settings_texts(data)) == (0, 1)
+    assert not (out / f"generate/{model}.json").exists()
+
+
+def checkparams():
+    spec = importlib.util.spec_from_file_location("checkparams_stage", ROOT / "stages/checkparams.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_the_script_refuses_an_unknown_key_with_an_error_line(tmp_path):
