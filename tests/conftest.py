@@ -10,6 +10,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+import importlib.util  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -56,3 +57,11 @@ def placeholder_params(model: str, checkpoint: str, **overrides) -> dict:
         "models": {model: {"checkpoint": checkpoint}},
     }
     return params | overrides
+
+
+def stage_script(name: str):
+    """A stage script (``stages/<name>.py``) as a module: its tables and functions, its ``main`` not run."""
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

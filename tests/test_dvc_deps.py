@@ -15,12 +15,12 @@ from __future__ import annotations
 import ast
 import copy
 import hashlib
-import importlib.util
 import re
 import shutil
 from pathlib import Path
 
 import yaml
+from conftest import stage_script
 
 from ghostreview.generation import drawversion
 from ghostreview.util.imports import (
@@ -106,17 +106,10 @@ def test_every_other_stage_depends_on_its_code_fingerprint_and_lists_no_code():
     )
 
 
-def checkparams():
-    spec = importlib.util.spec_from_file_location("checkparams_stage", ROOT / "stages/checkparams.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_a_code_edit_changes_the_fingerprints_of_exactly_the_stages_that_run_it(tmp_path):
     for d in ("stages", PACKAGE):
         shutil.copytree(ROOT / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__"))
-    write = checkparams().code_texts
+    write = stage_script("checkparams").code_texts
     before = write(tmp_path / "stages")
     assert set(before) == {f"code/{Path(s).stem}.json" for s in scripts()}
     edited = "ghostreview/analysis/report/plots.py"

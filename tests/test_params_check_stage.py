@@ -8,7 +8,6 @@ code with the real dvc.yaml (the demo kit is not built: only checkparams can run
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import stage_script
 
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ("dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", "stages/", "ghostreview/")
@@ -44,7 +44,7 @@ def test_checkparams_is_the_first_stage_tracks_the_whole_params_file_and_feeds_e
 
 
 def test_settings_files_are_rewritten_only_when_their_content_changes(tmp_path):
-    check = checkparams()
+    check = stage_script("checkparams")
     data = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
     out = tmp_path / "params"
     texts = check.settings_texts(data)
@@ -64,13 +64,6 @@ def test_settings_files_are_rewritten_only_when_their_content_changes(tmp_path):
     del data["models"][model]  # a removed model's file goes (it is nobody's input any more)
     assert check.sync_dir(out, check.settings_texts(data)) == (0, 1)
     assert not (out / f"generate/{model}.json").exists()
-
-
-def checkparams():
-    spec = importlib.util.spec_from_file_location("checkparams_stage", ROOT / "stages/checkparams.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_script_refuses_an_unknown_key_with_an_error_line(tmp_path):
