@@ -229,8 +229,10 @@ def test_second_repro_at_once_refuses_through_dvc_lock_and_changes_nothing(kille
     message = second.stderr + second.stdout
     assert second.returncode != 0
     # DVC releases its repository lock while a stage command runs and guards each stage's paths with its rwlock:
-    # the second run stops at the first stage whose outputs the first run holds, before running anything.
-    assert "failed to reproduce 'generate@demo-sd15-a'" in message and "is busy, it is being blocked by" in message
+    # the second run stops at the first stage whose outputs the first run holds, before running anything: checkparams,
+    # whose data/params the hanging generate stage reads (its settings file lies there).
+    assert "failed to reproduce 'checkparams'" in message and "is busy, it is being blocked by" in message
+    assert "data/params' is busy" in message
     assert f"(PID {killed['pid']}): " in message and "repro" in message and ".dvc/tmp/rwlock" in message
     assert ran_stages(second.stdout) == set()
     assert killed["after_second"] == killed["at_hang"]  # store and dvc.lock untouched by the refused run
