@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from PIL import Image
 from ghostreview.analysis.report import print_leaderboard, write_report
 from ghostreview.analysis.report.display import shown_metrics
 from ghostreview.analysis.report.html import seed_order, write_html
+from ghostreview.analysis.report.targets import Targets
 from ghostreview.analysis.report.tables import leaderboard_frame, write_tables
 from ghostreview.analysis.standardize import standardize
 from ghostreview.scoring.registry import REGISTRY
@@ -548,6 +550,105 @@ def test_grid_pages_hold_whole_items_up_to_max_cells_and_link_each_other(demo, t
     for p in pages:
         check_links(p, tmp_path)
     check_links(index, tmp_path)
+
+
+GRID = re.compile(r'<section class="grid" id="([^"]+)" data-task="([^"]+)" data-item="([^"]+)".*?</section>', re.S)
+
+
+@dataclass(frozen=True)
+class ShownGrid:
+    """One grid (or part) as a page shows it: its page, id, item, rows, columns, image hashes, target figures and
+    the pages#anchors its previous / next links point to."""
+
+    page: str
+    anchor: str
+    item: str
+    seeds: list[str]
+    models: list[str]
+    hashes: list[str]
+    targets: int
+    prev: str | None
+    next: str | None
+
+
+def shown_grids(index: Path) -> dict[str, ShownGrid]:
+    """Every grid section of every page of the report of ``index``, by "<page>#<anchor>"."""
+    out = {}
+    for path, text in grid_pages(index).items():
+        for m in GRID.finditer(text):
+            body = m.group(0)
+            link = {rel: re.search(rf'<a rel="{rel}" href="([^"]+)"', body) for rel in ("prev", "next")}
+            out[f"{path.name}#{m.group(1)}"] = ShownGrid(
+                path.name, m.group(1), m.group(3), re.findall(r'<tr data-seed="([^"]+)"', body),
+                re.findall(r'<th class="col" data-model="([^"]+)"', body),
+                re.findall(r'<figure class="thumb" data-hash="([^"]+)"', body), body.count('class="thumb target"'),
+                *(link[rel] and link[rel].group(1) for rel in ("prev", "next")))
+    return out
+
+
+def chain(index: Path, item: str) -> list[ShownGrid]:
+    """``item``'s parts in the order their "next" links give, from the index's link to the item."""
+    href = re.search(rf'<li><a href="pages/([^"]+)">{re.escape(item)}</a>', index.read_text()).group(1)
+    grids, parts = shown_grids(index), []
+    while href is not None:
+        assert href in grids, href  # the link names the page that holds that anchor
+        parts.append(grids[href])
+        assert len(parts) <= len(grids)
+        href = parts[-1].next
+    for before, after in zip(parts, parts[1:]):
+        assert after.prev == f"{before.page}#{before.anchor}"
+    assert parts[0].prev is None
+    return parts
+
+
+@pytest.mark.parametrize("bound", [3, 2])
+def test_items_above_max_cells_are_split_into_linked_parts_that_show_each_image_once(demo, tmp_path, bound):
+    """At ``bound`` 3 every item of 2-3 models x 2 seeds is cut into one part per seed; at 2 a seed row of 3 models
+    is cut into model chunks too. Across an item's parts (followed through their links) every image shows exactly
+    once, rows and columns in the unsplit grid's order, no page holds more than ``bound`` images, and every part
+    shows the item's targets."""
+    result, scores, manifests, models, images_root = demo
+    targets = Targets({("style", "anime"): tuple(sorted((images_root / "alpha").glob("*.png"))[:2])},
+                      {"L1": "sd15"})
+
+    def build(name: str, **kw) -> Path:
+        return write_html(result, scores, manifests, models, images_root, tmp_path / name, metrics=METRICS,
+                          plot_pngs={}, targets=targets, **kw)
+
+    whole, split = build("whole"), build("split", max_cells=bound)
+    unsplit = {g.item: g for g in shown_grids(whole).values()}
+    assert all(g.prev is None and g.next is None for g in unsplit.values())
+    for item, g in unsplit.items():
+        parts = chain(split, item)
+        assert len(parts) > 1 and all(p.item == item for p in parts)
+        assert sorted(h for p in parts for h in p.hashes) == sorted(g.hashes)  # each image once, none lost
+        assert all(len(p.hashes) <= bound and p.targets == g.targets for p in parts)
+        cells = [(seed, model) for p in parts for seed in p.seeds for model in p.models]
+        if bound == 3:  # one seed row a part, every model
+            assert [p.seeds for p in parts] == [[s] for s in g.seeds] and all(p.models == g.models for p in parts)
+        else:  # row by row, each row's models left to right
+            assert cells == [(seed, model) for seed in g.seeds for model in g.models]
+            assert len(parts) == len(g.seeds) * -(-len(g.models) // bound)
+    assert unsplit["anime"].targets == 2
+    for page, text in grid_pages(split).items():
+        assert len(re.findall(r'<figure class="thumb" data-hash=', text)) <= bound, page.name
+        check_links(page, tmp_path / "split")
+    check_links(split, tmp_path / "split")
+
+
+def test_a_page_bound_below_one_image_fails(demo, tmp_path):
+    result, scores, manifests, models, images_root = demo
+    with pytest.raises(ValueError, match="max_cells=0"):
+        write_html(result, scores, manifests, models, images_root, tmp_path, metrics=METRICS, plot_pngs={},
+                   max_cells=0)
+
+
+def test_even_chunks():
+    from ghostreview.analysis.report.html import even_chunks
+
+    assert even_chunks(tuple(range(32)), 10) == [tuple(range(k, k + 8)) for k in (0, 8, 16, 24)]
+    assert [len(c) for c in even_chunks(list(range(7)), 3)] == [3, 2, 2]
+    assert even_chunks([1, 2], 5) == [(1, 2)] and even_chunks([], 4) == []
 
 
 def test_plots_stay_readable_at_many_models():

@@ -7,10 +7,12 @@ that module). ``pages/`` and ``images/`` are swapped in whole, then ``index.html
 the report stage, so ``dvc push report`` / ``dvc pull report`` carry the whole report, while the original PNGs stay
 in the images directory. CSS, JS and the plots are inline in each page.
 
-Pages: one section per task (LoRAs one per family of the LoRA tables), cut into pages of whole items holding at most
-``max_cells`` images (at 500 models a general item alone has 16,000), each page written as it is composed (one grid's
-HTML at a time, never the whole report), its renditions made right after it. Memory grows with the number of
-images only by the manifests the caller passes in and one entry per published file.
+Pages: one section per task (LoRAs one per family of the LoRA tables), cut into pages holding at most ``max_cells``
+images, each page written as it is composed (one grid's HTML at a time, never the whole report), its renditions made
+right after it. An item with more images than that (at 500 models a general item has 16,000) is split into parts of
+whole seed rows (of model columns too when one row alone is too many), each part on a page of its own, linked to the
+others; an item that fits stays one grid. Memory grows with the number of images only by the manifests the caller
+passes in and one entry per published file.
 
 A grid is an A1111 X/Y plot of one benchmark item: one column per model (leaderboard order, sortable by each
 metric's item score), one row per seed, and the item's targets (style references, LoRA header images) in the first
@@ -35,7 +37,7 @@ import os
 import stat
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
@@ -73,7 +75,7 @@ STATIC = Path(__file__).parent / "static"
 TASK_TITLES = {"general": "General prompt", "style": "Style", "lora": "LoRA"}
 FAMILY_TITLES = {"sd15": "SD1.5", "sdxl": "SDXL"}  # section titles; any other family is shown by its name
 PAGES = "pages"  # <out_dir>/pages: the grid pages
-MAX_CELLS = 5000  # images per grid page (a page holds whole items: one item may exceed it)
+MAX_CELLS = 5000  # generated images per grid page (a larger item is split into parts; targets come on top)
 TOP_PAIRWISE = 40  # models in each pairwise matrix of the index (the best by combined rank)
 INCOMPATIBLE = "lora_incompatible"  # the manifest flag of a LoRA drawn by a model of another family
 
@@ -356,26 +358,58 @@ def column_th(model: str, title: str, rank: int, zs: Mapping[str, float], metric
             f'<span class="item-score">{esc(text)}</span></th>')
 
 
+def grid_anchor(task: str, item: str, part: int = 1) -> str:
+    """A grid's element id on its page; part 1 (or an item not split) keeps the item's plain id, which links use."""
+    return f"grid-{task}-{item}" + (f"-part-{part}" if part > 1 else "")
+
+
 @dataclass(frozen=True)
 class Grid:
-    """One benchmark item's grid: its rows of all manifests, the models shown (in order) and its targets."""
+    """One benchmark item's grid, or one part of it: the item's rows of all manifests, the models shown (columns, in
+    order), the seeds shown (rows, in order), its targets, and which part of how many it is (1 of 1: the whole
+    item). The rows stay the whole item's in every part (shared, not copied)."""
 
     task: str
     item: str
     rows: pd.DataFrame
     models: list[str]
+    seeds: tuple[str, ...]
     targets: tuple[Path, ...] = ()
     family: str = ""
+    part: int = 1
+    parts: int = 1
 
     @property
     def anchor(self) -> str:
         """The grid's element id on its page."""
-        return f"grid-{self.task}-{self.item}"
+        return grid_anchor(self.task, self.item, self.part)
 
     @property
     def cells(self) -> int:
         """How many images the grid shows (model columns x seed rows)."""
-        return len(self.models) * int(self.rows["seed"].astype(str).nunique())
+        return len(self.models) * len(self.seeds)
+
+
+def even_chunks(values: Sequence, most: int) -> list[tuple]:
+    """``values`` cut into the fewest consecutive chunks of at most ``most`` (>= 1), sizes differing by one at most
+    (32 seeds at most 10 a chunk: 8, 8, 8, 8, not 10, 10, 10, 2)."""
+    n = -(-len(values) // most)
+    size, extra = divmod(len(values), n) if n else (0, 0)
+    bounds = [k * size + min(k, extra) for k in range(n + 1)]
+    return [tuple(values[a:b]) for a, b in zip(bounds, bounds[1:])]
+
+
+def split_grid(g: Grid, max_cells: int) -> list[Grid]:
+    """``g`` itself when it shows at most ``max_cells`` images, else its parts: as many whole seed rows as fit with
+    every model, seeds in order (when one row has more than ``max_cells`` models, each row is cut into chunks of
+    models too, in column order); parts run row chunk by row chunk, each row chunk's model chunks left to right."""
+    if g.cells <= max_cells:
+        return [g]
+    rows_per_part = max(1, max_cells // len(g.models))
+    chunks = [(seeds, list(models)) for seeds in even_chunks(g.seeds, rows_per_part)
+              for models in even_chunks(g.models, max_cells // rows_per_part)]
+    return [replace(g, seeds=seeds, models=models, part=k, parts=len(chunks))
+            for k, (seeds, models) in enumerate(chunks, 1)]
 
 
 ItemZ = Mapping[tuple[str, str], Mapping[str, Mapping[str, float]]]  # (task, item) -> model -> metric -> mean z
@@ -400,7 +434,27 @@ class GridContext:
     metrics_of: Mapping[str, Sequence[Shown]]
     images_root: Path
     gallery: Gallery
+    homes: Mapping[str, str]  # grid anchor -> the file name of the page holding it (``homes``)
     up: str = "../"  # from a grid page to the report's root
+
+
+def part_nav(g: Grid, homes: Mapping[str, str]) -> str:
+    """The links of a split item's part to its other parts (previous, every part by number, next); "" when the item
+    is not split. Links name the page and the part's anchor, wherever the part lives."""
+    if g.parts == 1:
+        return ""
+
+    def href(k: int) -> str:
+        anchor = grid_anchor(g.task, g.item, k)
+        return f"{url(homes[anchor])}#{url(anchor)}"
+
+    numbers = " ".join(f"<b>{k}</b>" if k == g.part else f'<a href="{esc(href(k))}">{k}</a>'
+                       for k in range(1, g.parts + 1))
+    prev = f'<a rel="prev" href="{esc(href(g.part - 1))}">← previous</a> · ' if g.part > 1 else ""
+    nxt = f' · <a rel="next" href="{esc(href(g.part + 1))}">next →</a>' if g.part < g.parts else ""
+    what = f"seeds {esc(g.seeds[0])}–{esc(g.seeds[-1])}" if len(g.seeds) > 1 else f"seed {esc(g.seeds[0])}"
+    return (f'<div class="parts">Part {g.part} of {g.parts} ({what}, {len(g.models)} models): {prev}part '
+            f"{numbers}{nxt}</div>")
 
 
 def grid_section(g: Grid, ctx: GridContext) -> str:
@@ -411,9 +465,10 @@ def grid_section(g: Grid, ctx: GridContext) -> str:
     per_seed = len(prompts) > 1  # style items: the subject changes with the seed; the prompt goes in the row
     buttons = [("default", "leaderboard order"), ("name", "name")] + [(s.name, s.label) for s in metrics]
     sorter = "".join(f'<button type="button" data-sort="{esc(k)}">{esc(t)}</button>' for k, t in buttons)
-    seeds = seed_order(g.rows["seed"])
+    seeds = g.seeds
+    mine = g.rows if g.parts == 1 else g.rows[g.rows["seed"].astype(str).isin(seeds)]
     shown = set(g.models)
-    by_cell = {(str(r["model"]), str(r["seed"])): r for r in g.rows.to_dict(orient="records")}
+    by_cell = {(str(r["model"]), str(r["seed"])): r for r in mine.to_dict(orient="records")}
     by_cell = {k: r for k, r in by_cell.items() if k[0] in shown}
     infos = Infotexts.of(by_cell)
     zs = ctx.z.get((g.task, g.item), {})
@@ -439,7 +494,7 @@ def grid_section(g: Grid, ctx: GridContext) -> str:
     primary = esc(metrics[0].name) if metrics else ""
     return (f'<section class="grid" id="{esc(g.anchor)}" data-task="{esc(g.task)}" data-item="{esc(g.item)}" '
             f'data-family="{esc(g.family)}" data-primary="{primary}"><h3>{esc(TASK_TITLES.get(g.task, g.task))}: '
-            f'{esc(g.item)}</h3>{prompt_html}'
+            f'{esc(g.item)}</h3>{part_nav(g, ctx.homes)}{prompt_html}'
             f'<div class="sorter">mean z on this item; sort the columns by: {sorter}</div>'
             f'<div class="xy-wrap"><table class="xy"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div></section>')
@@ -462,7 +517,8 @@ def item_grids(task: str, rows: pd.DataFrame, order: list[str], targets: Targets
         family = lora_family(str(item), g, targets) if task == "lora" else ""
         drew = set(g["model"]) if not family else set(g.loc[g["family"].astype(str) == family, "model"])
         models = [m for m in order if m in drew]
-        grids.append(Grid(task, str(item), g, models, targets.images.get((task, str(item)), ()), family))
+        grids.append(Grid(task, str(item), g, models, tuple(seed_order(g["seed"])),
+                          targets.images.get((task, str(item)), ()), family))
     return grids
 
 
@@ -506,8 +562,8 @@ class Page:
 
 
 def paginate(grids: Sequence[Grid], max_cells: int) -> list[Page]:
-    """Consecutive grids of one section per page, at most ``max_cells`` images a page (a larger item gets a page
-    of its own)."""
+    """Consecutive grids of one section per page, at most ``max_cells`` images a page (a larger grid gets a page
+    of its own: ``split_grid`` first to bound every page)."""
     pages: list[Page] = []
     group: list[Grid] = []
     size = 0
@@ -528,6 +584,11 @@ def paginate(grids: Sequence[Grid], max_cells: int) -> list[Page]:
     return pages
 
 
+def homes(pages: Sequence[Page]) -> dict[str, str]:
+    """grid anchor -> the file name of the page holding it."""
+    return {g.anchor: p.name for p in pages for g in p.grids}
+
+
 def sections_of(pages: Sequence[Page]) -> list[tuple[str, str]]:
     """(anchor, heading) of each section, in page order."""
     return list(dict.fromkeys((p.anchor, p.heading) for p in pages))
@@ -542,17 +603,32 @@ def contents_html(pages: Sequence[Page]) -> str:
     """The index's table of contents: every section, its items (with their prompt) linked to their page."""
     out = ['<section id="grids"><h2>Grids</h2><p class="note">One X/Y grid per benchmark item (models as columns, '
            "one row per seed), a few items per page.</p>"]
+    where = homes(pages)
     for anchor, heading in sections_of(pages):
         mine = [p for p in pages if p.anchor == anchor]
         out.append(f'<h3 id="{esc(anchor)}">{esc(heading)}</h3><ul class="toc">')
         for p in mine:
             for g in p.grids:
-                href = f"{PAGES}/{url(p.name)}#{url(g.anchor)}"
-                out.append(f'<li><a href="{esc(href)}">{esc(g.item)}</a> <span class="toc-prompt">'
-                           f"{esc(first_prompt(g))}</span></li>")
+                if g.part == 1:
+                    out.append(f'<li><a href="{esc(grid_href(g.anchor, where))}">{esc(g.item)}</a>'
+                               f"{toc_parts(g, where)} <span class=\"toc-prompt\">{esc(first_prompt(g))}</span></li>")
         out.append("</ul>")
     out.append("</section>")
     return "\n".join(out)
+
+
+def grid_href(anchor: str, where: Mapping[str, str]) -> str:
+    """The index's link to a grid: its page under ``pages/`` and its anchor."""
+    return f"{PAGES}/{url(where[anchor])}#{url(anchor)}"
+
+
+def toc_parts(g: Grid, where: Mapping[str, str]) -> str:
+    """After a split item's name in the index: a link to each of its parts ("" when it is one grid)."""
+    if g.parts == 1:
+        return ""
+    links = " ".join(f'<a href="{esc(grid_href(grid_anchor(g.task, g.item, k), where))}">{k}</a>'
+                     for k in range(1, g.parts + 1))
+    return f' <span class="toc-parts">(parts {links})</span>'
 
 
 def page_nav(page: Page, pages: Sequence[Page]) -> str:
@@ -675,7 +751,7 @@ def write_html(result: Standardized, scores: pd.DataFrame, manifests: Mapping[st
     LoRA tables' families (``targets.benchmark_targets``); without them grids show no targets and a LoRA item's
     family is the one of the models that drew it. thumb_px: longest side of a thumbnail; smaller images are their
     own thumbnail. cache: the rendition cache directory (``renditions``; None: every rendition is made anew).
-    workers: rendering processes. max_cells: images per grid page.
+    workers: rendering processes. max_cells: generated images per grid page (``split_grid`` cuts larger items).
     """
     check_manifests(manifests)
     shown = shown_metrics(result, metrics)
@@ -685,7 +761,10 @@ def write_html(result: Standardized, scores: pd.DataFrame, manifests: Mapping[st
     pngs = plot_pngs if plot_pngs is not None else render(result, scores, models, metrics)[1]
     order = [m for m in board["model"].astype(str) if m in manifests] + sorted(set(manifests) - set(board["model"]))
     titles = {str(r["model"]): str(r["title"]) for r in board_records(board)}
-    pages = paginate(grid_sections(manifests, order, targets or Targets()), max_cells)
+    if max_cells < 1:
+        raise ValueError(f"max_cells={max_cells}: a grid page must hold at least one image")
+    grids = [part for g in grid_sections(manifests, order, targets or Targets()) for part in split_grid(g, max_cells)]
+    pages = paginate(grids, max_cells)
     metrics_of = {t: [shown[m] for m in ms if m in shown] for t, ms in task_metrics(result).items()}
     z, warning = item_z(result), warning_html(board)
     if cache is not None:
@@ -694,7 +773,7 @@ def write_html(result: Standardized, scores: pd.DataFrame, manifests: Mapping[st
     def build_pages(tmp_pages: Path) -> None:
         def build_images(tmp_images: Path) -> None:
             gallery = Gallery(tmp_images, thumb_px, cache, pool)
-            ctx = GridContext(titles, {m: i for i, m in enumerate(order)}, z, metrics_of, root, gallery)
+            ctx = GridContext(titles, {m: i for i, m in enumerate(order)}, z, metrics_of, root, gallery, homes(pages))
             try:
                 for page in pages:
                     with open(tmp_pages / page.name, "wb") as f:
