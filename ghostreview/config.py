@@ -279,13 +279,55 @@ class StyleParams(Checked):
 
 
 @dataclass(frozen=True)
+class HpsParams(Checked):
+    """The HPSv2.1 judge (``ghostreview.scoring.hpsv21``): open_clip arch, weights file, its config JSON for an arch
+    open_clip lacks (the kit's stand-in), the sha256 the weights must have (None: not checked)."""
+
+    arch: str = "ViT-H-14"  # copied from scoring.hpsv21.ARCH (config is a leaf); tests/test_judges.py keeps them equal
+    weights: str = "weights/HPS_v2.1_compressed.pt"
+    model_config: str | None = None
+    # HPS_v2.1_compressed.pt as published: copied from scoring.hpsv21.PUBLISHED_SHA256 (tests/test_judges.py)
+    sha256: str | None = "c57a38fb4a2f7e7c15bf00da2ea377cdf165448b4dd1052a484c215a998c9837"
+
+
+@dataclass(frozen=True)
+class PickParams(Checked):
+    """The PickScore judge (``ghostreview.scoring.pickscore``): the model folder (config.json + one weights file), the
+    processor folder of laion/CLIP-ViT-H-14-laion2B-s32B-b79K, the sha256 the weights file must have."""
+
+    model_dir: str = "weights/PickScore_v1"
+    processor_dir: str = "weights/CLIP-ViT-H-14-laion2B-s32B-b79K"
+    # model.safetensors as published: copied from scoring.pickscore.PUBLISHED_SHA256 (tests/test_judges.py)
+    sha256: str | None = "ef31ef6fc5ff4d9bb90dd232df4e145887ba62c5a03aa2841415f8c25f18d52e"
+
+
+# What a review computes when params name no judges: the article's four metrics. The names are those of
+# ghostreview.scoring.registry (this leaf may not import it): validate.check_judges refuses any other.
+JUDGES = ("aesthetic", "clipscore", "styleloss", "loraloss")
+
+
+@dataclass(frozen=True)
 class ScoringParams(Checked):
+    judges: tuple[str, ...] = JUDGES
     clip: ClipParams = ClipParams()
     aesthetic: AestheticParams = AestheticParams()
     style: StyleParams = StyleParams()
+    hpsv21: HpsParams = HpsParams()
+    pickscore: PickParams = PickParams()
     batch_size: int = ranged(16, 1, 1024)
     device: str = matching("auto", DEVICE, DEVICES)
     cpu_threads: int = ranged(0, 0, 1024, why="0 keeps torch's default")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.judges:
+            raise Invalid(lambda at, src: f"{at}judges is empty; list the metrics to compute, e.g. "
+                                          f"[{', '.join(JUDGES)}] (the default when the key is left out).")
+        twice = sorted({j for j in self.judges if self.judges.count(j) > 1})
+        if twice:
+            listed = ", ".join(map(repr, twice))
+            raise Invalid(lambda at, src: f"{at}judges lists {listed} more than once; each judge is computed once: "
+                                          f"remove the repeats from {at}judges in {src}.")
 
 
 @dataclass(frozen=True)
@@ -463,11 +505,14 @@ __all__ = [
     "HiresParams",
     "ScoringParams",
     "ClipParams",
+    "HpsParams",
+    "PickParams",
     "AestheticParams",
     "StyleParams",
     "StandardizeParams",
     "parse_params",
     "DEVICE",
+    "JUDGES",
     "SLUG",
     "TASKS",
 ]

@@ -8,6 +8,8 @@ of the longest side, zero pad, OpenAI mean/std) and the PIL CLIP processor (shor
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import socket
 
 import numpy as np
@@ -18,8 +20,10 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import CLIPModel, CLIPTokenizer
 
+from ghostreview import config
 from ghostreview.kit.judges import TINY_PICK_IMAGE, tiny_hps_config, write_tiny_hps, write_tiny_pickscore
 from ghostreview.scoring import hpsv21, pickscore
+from ghostreview.scoring.batching import paired_batches
 from ghostreview.scoring.weights import WeightsError, read_state_dict, sha256_file, write_state_dict
 
 # HPSv2's and PickScore's published normalization (OpenAI CLIP's), typed here on purpose: the library code reads
@@ -185,7 +189,7 @@ def test_paired_batches_streams_images():
             seen.append(i)
             yield im
 
-    batches = hpsv21.paired_batches(stream(), PROMPTS, 3)
+    batches = paired_batches(stream(), PROMPTS, 3)
     first, prompts = next(batches)
     assert len(first) == 3 and list(prompts) == PROMPTS[:3] and seen == [0, 1, 2]
     assert [list(p) for _, p in batches] == [PROMPTS[3:]]
@@ -266,10 +270,43 @@ def test_pick_score_does_not_depend_on_batch_mates(pick):
     assert alone[0] == together[3]
 
 
+def plain_judge_sha256(model_dir, processor_dir) -> str:
+    """The documented provenance hash, written out: weights, model config, then the processor files present."""
+    lines = f"weights {sha256_file(model_dir / 'model.safetensors')}\n"
+    lines += f"model/config.json {sha256_file(model_dir / 'config.json')}\n"
+    for name in ("preprocessor_config.json", "tokenizer_config.json", "tokenizer.json", "vocab.json", "merges.txt",
+                 "special_tokens_map.json", "added_tokens.json"):
+        if (processor_dir / name).is_file():
+            lines += f"processor/{name} {sha256_file(processor_dir / name)}\n"
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
 def test_pick_loads_offline(pick_dirs, no_network):
     model_dir, processor_dir = pick_dirs
     sha = sha256_file(model_dir / "model.safetensors")
-    assert pickscore.load_pickscore(model_dir, processor_dir, expected_sha256=sha).weights_sha256 == sha
+    judge = pickscore.load_pickscore(model_dir, processor_dir, expected_sha256=sha)
+    assert judge.weights_sha256 == plain_judge_sha256(model_dir, processor_dir) != sha
+
+
+def test_pick_provenance_covers_the_config_and_processor_files(pick_dirs, tmp_path):
+    """The weights pin (params' sha256) is the weights file's; the score rows' hash also changes with an edited
+    processor or model config, which change scores with the same weights."""
+    model_dir, processor_dir = pick_dirs
+    sha = sha256_file(model_dir / "model.safetensors")
+    base = pickscore.judge_sha256(sha, model_dir, processor_dir)
+    edited = tmp_path / "processor"
+    shutil.copytree(processor_dir, edited)
+    config_file = edited / "preprocessor_config.json"
+    config_file.write_text(config_file.read_text().replace('"resample": 3', '"resample": 2'))
+    assert pickscore.judge_sha256(sha, model_dir, edited) != base
+    (edited / "preprocessor_config.json").write_text((processor_dir / "preprocessor_config.json").read_text())
+    assert pickscore.judge_sha256(sha, model_dir, edited) == base
+    (edited / "merges.txt").unlink()
+    assert pickscore.judge_sha256(sha, model_dir, edited) != base
+    model_copy = tmp_path / "model"
+    shutil.copytree(model_dir, model_copy)
+    (model_copy / "config.json").write_text((model_dir / "config.json").read_text().replace('"gelu"', '"quick_gelu"'))
+    assert pickscore.judge_sha256(sha, model_copy, processor_dir) != base
 
 
 def test_pick_wrong_sha256_refused(pick_dirs):
@@ -297,7 +334,7 @@ def test_pick_folder_needs_a_weights_file_and_prefers_safetensors(pick_dirs, tmp
     (empty / "model.safetensors").write_bytes((pick_dirs[0] / "model.safetensors").read_bytes())
     (empty / "pytorch_model.bin").write_bytes(b"\x80 not even a pickle")  # as published: both files in the repo
     assert pickscore.weights_file(empty).name == "model.safetensors"
-    assert pickscore.load_pickscore(empty, pick_dirs[1]).weights_sha256 == sha256_file(empty / "model.safetensors")
+    assert pickscore.load_pickscore(empty, pick_dirs[1]).weights_sha256 == plain_judge_sha256(empty, pick_dirs[1])
     with pytest.raises(WeightsError, match="no config.json"):
         pickscore.load_pickscore(tmp_path, pick_dirs[1])
     with pytest.raises(WeightsError, match="no preprocessor_config.json.*laion/CLIP-ViT-H-14"):
@@ -313,3 +350,43 @@ def test_tiny_pick_is_deterministic(tmp_path, pick_dirs):
 def test_judges_declare_their_metadata():
     for info, name in ((hpsv21.INFO, "hpsv21"), (pickscore.INFO, "pickscore")):
         assert info.name == name and info.higher_is_better and info.grouped_by == "prompt" and info.version
+
+
+# ---------------------------------------------------------------- specs (what params turn into) and the params copies
+
+
+def test_hps_spec_loads_on_the_picked_device_and_checks_the_hash(hps_files):
+    arch, weights, config_path = hps_files
+    judge = hpsv21.HpsSpec(weights, arch, config_path, sha256_file(weights), "auto").load()
+    assert judge.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert judge.weights_sha256 == sha256_file(weights) and judge.arch == arch
+    with pytest.raises(WeightsError, match="expected 0{64}"):
+        hpsv21.HpsSpec(weights, arch, config_path, "0" * 64).load()
+
+
+def test_pick_spec_loads_on_the_picked_device_and_checks_the_hash(pick_dirs):
+    model_dir, processor_dir = pick_dirs
+    sha = sha256_file(model_dir / "model.safetensors")
+    judge = pickscore.PickSpec(model_dir, processor_dir, sha, "auto").load()
+    assert judge.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert judge.weights_sha256 == plain_judge_sha256(model_dir, processor_dir)
+    with pytest.raises(WeightsError, match="expected f{64}"):
+        pickscore.PickSpec(model_dir, processor_dir, "f" * 64).load()
+
+
+def test_a_spec_refuses_an_unusable_device_before_reading_weights(tmp_path):
+    """The device is checked first: the weights path does not even exist here."""
+    from ghostreview.util.runtime import DeviceError
+
+    for spec in (hpsv21.HpsSpec(tmp_path / "absent.pt", device="cuda:99"),
+                 pickscore.PickSpec(tmp_path / "absent", tmp_path / "absent", device="cuda:99")):
+        with pytest.raises(DeviceError, match="cuda:99"):
+            spec.load()
+
+
+def test_the_params_defaults_are_the_published_files():
+    """config (a leaf) copies the arch and the published hashes; these are the copies' owners."""
+    hps, pick = config.HpsParams(), config.PickParams()
+    assert (hps.arch, hps.sha256) == (hpsv21.ARCH, hpsv21.PUBLISHED_SHA256)
+    assert hps.weights.endswith("/" + hpsv21.WEIGHTS_FILE) and hps.model_config is None
+    assert pick.sha256 == pickscore.PUBLISHED_SHA256

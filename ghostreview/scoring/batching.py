@@ -9,7 +9,7 @@ exactly ``size`` rows, padding the last chunk with zeros and dropping the paddin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from typing import TYPE_CHECKING, TypeVar
 
@@ -27,6 +27,21 @@ def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
     it = iter(items)
     while chunk := list(islice(it, size)):
         yield chunk
+
+
+def paired_batches(items: Iterable[T], prompts: Sequence[str],
+                   size: int) -> Iterator[tuple[list[T], Sequence[str]]]:
+    """(items, their prompts) in chunks of ``size``, consuming ``items`` lazily (a stage can stream images from disk);
+    a count that differs from ``len(prompts)`` fails once it shows. The pairing rule of every judge that scores an
+    image against its prompt (HPSv2.1, PickScore)."""
+    done = 0
+    for batch in chunks(items, size):
+        if done + len(batch) > len(prompts):
+            raise ValueError(f"more images than the {len(prompts)} prompts: pass one prompt per image")
+        yield batch, prompts[done : done + len(batch)]
+        done += len(batch)
+    if done != len(prompts):
+        raise ValueError(f"{done} images but {len(prompts)} prompts: pass one prompt per image")
 
 
 def padded(rows: Tensor, size: int) -> Tensor:

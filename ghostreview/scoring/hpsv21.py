@@ -32,10 +32,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from ghostreview.scoring.batching import chunks, padded
+from ghostreview.scoring.batching import padded, paired_batches
 from ghostreview.scoring.clip import ClipNetwork, register_model_config, tokenize
 from ghostreview.scoring.metric import MetricInfo
 from ghostreview.scoring.weights import WeightsError, read_state_dict, verify_weights
+from ghostreview.util.runtime import pick_device
 
 if TYPE_CHECKING:
     import torch
@@ -148,6 +149,24 @@ def load_hpsv21(weights: Path, arch: str = ARCH, model_config: Path | None = Non
     return HpsModel(model, dict(model.visual.preprocess_cfg), open_clip.get_tokenizer(arch), arch, sha)
 
 
+@dataclass(frozen=True)
+class HpsSpec:
+    """Which HPSv2.1 to load, and where: the local weights file, the open_clip arch (``model_config``: its JSON, for
+    archs open_clip lacks, such as the kit's stand-in), the sha256 the file must have (None: not checked) and a
+    device name ("auto", "cpu", "cuda:1", ...; ``runtime.pick_device`` refuses an unusable one before any weights
+    are read)."""
+
+    weights: Path
+    arch: str = ARCH
+    model_config: Path | None = None
+    sha256: str | None = None
+    device: str = "cpu"
+
+    def load(self) -> HpsModel:
+        device = pick_device(self.device)
+        return load_hpsv21(self.weights, self.arch, self.model_config, device, self.sha256)
+
+
 def hps_preprocess(image: Image.Image, cfg: Mapping[str, Any]) -> torch.Tensor:
     """HPSv2's inference transform of one image -> [3, S, S] float32 (see the module docstring for the steps).
 
@@ -191,20 +210,6 @@ def prompt_features(judge: HpsModel, prompts: Sequence[str], batch_size: int) ->
             feats.append(out[: len(chunk)].float())
     table = torch.cat(feats) if feats else torch.zeros(0)
     return {p: table[i] for i, p in enumerate(distinct)}, dict(zip(distinct, flags, strict=True))
-
-
-def paired_batches(images: Iterable[Image.Image], prompts: Sequence[str],
-                   size: int) -> Iterator[tuple[list[Image.Image], Sequence[str]]]:
-    """(images, their prompts) in chunks of ``size``, consuming ``images`` lazily (a stage can stream them from
-    disk); a count that differs from ``len(prompts)`` fails once it shows."""
-    done = 0
-    for batch in chunks(images, size):
-        if done + len(batch) > len(prompts):
-            raise ValueError(f"more images than the {len(prompts)} prompts: pass one prompt per image")
-        yield batch, prompts[done : done + len(batch)]
-        done += len(batch)
-    if done != len(prompts):
-        raise ValueError(f"{done} images but {len(prompts)} prompts: pass one prompt per image")
 
 
 def hpsv21_scores(judge: HpsModel, images: Iterable[Image.Image], prompts: Sequence[str], batch_size: int = 16,

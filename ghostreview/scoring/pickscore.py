@@ -13,10 +13,16 @@ about 18-23). Higher is better; compare within one prompt.
   ``text_truncated``; padded to 77 so that every text forward has one shape (CLIP's causal mask makes padding
   after EOS irrelevant to the pooled embedding).
 Both folders are read with ``local_files_only=True``; nothing downloads.
+
+Provenance: a score depends on the weights and on the files that configure the model and its processor (the model's
+``config.json`` names e.g. the activation; the processor's files the resize, crop, mean/std and tokenizer), so a
+loaded judge's ``weights_sha256`` is :func:`judge_sha256` over all of them, not the weights file's sha256 alone
+(which is what ``expected_sha256`` and params pin, as published).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from ghostreview.scoring.batching import padded
-from ghostreview.scoring.hpsv21 import paired_batches  # one pairing rule for every judge; batching.py's to own
+from ghostreview.scoring.batching import padded, paired_batches
 from ghostreview.scoring.metric import MetricInfo
-from ghostreview.scoring.weights import WeightsError, check_state_dict_file, verify_weights
+from ghostreview.scoring.weights import WeightsError, check_state_dict_file, sha256_file, verify_weights
+from ghostreview.util.runtime import pick_device
 
 if TYPE_CHECKING:
     import torch
@@ -51,13 +57,18 @@ WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")  # in order of prefer
 # As published (Hugging Face LFS pointers of yuvalkirstain/PickScore_v1): model.safetensors, 3.94 GB.
 PUBLISHED_SHA256 = "ef31ef6fc5ff4d9bb90dd232df4e145887ba62c5a03aa2841415f8c25f18d52e"
 MAX_TOKENS = 77
+# The processor folder's files that transformers reads for PickScore (the published folder also holds weights files,
+# which are not read and not hashed).
+PROCESSOR_FILES = ("preprocessor_config.json", "tokenizer_config.json", "tokenizer.json", "vocab.json", "merges.txt",
+                   "special_tokens_map.json", "added_tokens.json")
 FIX = (f"download {MODEL_REPO} (config.json + one weights file) and the processor files of {PROCESSOR_REPO} into "
        "local folders; see docs/judges.md")
 
 
 @dataclass
 class PickModel:
-    """A loaded PickScore judge: eval-mode ``CLIPModel``, its image processor and tokenizer, and provenance."""
+    """A loaded PickScore judge: eval-mode ``CLIPModel``, its image processor and tokenizer, and provenance
+    (``weights_sha256``: :func:`judge_sha256` of the weights, the model config and the processor files)."""
 
     model: Any
     image_processor: Any
@@ -81,6 +92,16 @@ def weights_file(model_dir: Path) -> Path:
     names = sorted(p.name for p in model_dir.iterdir())
     raise WeightsError(f"{model_dir}: none of {list(WEIGHTS_NAMES)} found (have {names}; a sharded folder cannot be "
                        f"pinned by one sha256: merge it into one model.safetensors); {FIX}")
+
+
+def judge_sha256(weights_sha256: str, model_dir: Path, processor_dir: Path) -> str:
+    """The provenance hash of a PickScore judge: sha256 of the text lines ``"<name> <sha256>\\n"`` for the weights
+    file (its given sha256), ``model/config.json`` and each of :data:`PROCESSOR_FILES` present in the processor folder
+    (as ``processor/<name>``), in that order. A file added, removed or edited changes it."""
+    lines = [f"weights {weights_sha256}\n", f"model/config.json {sha256_file(Path(model_dir) / 'config.json')}\n"]
+    lines += [f"processor/{name} {sha256_file(Path(processor_dir) / name)}\n" for name in PROCESSOR_FILES
+              if (Path(processor_dir) / name).is_file()]
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def load_processor(processor_dir: Path) -> tuple[Any, Any]:
@@ -113,10 +134,27 @@ def load_pickscore(model_dir: Path, processor_dir: Path, device: str = "cpu",
     sha = verify_weights(path, expected_sha256, f"https://huggingface.co/{MODEL_REPO} (see docs/judges.md)")
     check_state_dict_file(path)
     images, tokenizer = load_processor(processor_dir)
+    provenance = judge_sha256(sha, model_dir, processor_dir)
     # transformers types from_pretrained through a decorator that mypy reads as taking the model instance
     loader: Any = CLIPModel.from_pretrained
     model = loader(str(model_dir), local_files_only=True, use_safetensors=path.suffix == ".safetensors")
-    return PickModel(model.to(device).eval(), images, tokenizer, sha)
+    return PickModel(model.to(device).eval(), images, tokenizer, provenance)
+
+
+@dataclass(frozen=True)
+class PickSpec:
+    """Which PickScore to load, and where: the local model folder (config.json + one weights file), the local
+    processor folder of laion/CLIP-ViT-H-14-laion2B-s32B-b79K, the sha256 the weights file must have (None: not
+    checked) and a device name (``runtime.pick_device`` refuses an unusable one before any weights are read)."""
+
+    model_dir: Path
+    processor_dir: Path
+    sha256: str | None = None
+    device: str = "cpu"
+
+    def load(self) -> PickModel:
+        device = pick_device(self.device)
+        return load_pickscore(self.model_dir, self.processor_dir, device, self.sha256)
 
 
 def text_ids(tokenizer: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
