@@ -19,11 +19,14 @@ from typing import TYPE_CHECKING
 from ghostreview.config import SLUG, ConfigError, Params, parse_params
 from ghostreview.errors import UserError, about
 from ghostreview.protocol import BenchmarkError, images_per_item, load_benchmark
+from ghostreview.util.names import did_you_mean
 from ghostreview.util.yamlio import YamlError, read_yaml
 
 if TYPE_CHECKING:
     from ghostreview.generation.loading import CheckpointFile
     from ghostreview.protocol import Benchmark
+    from ghostreview.scoring.hpsv21 import HpsSpec
+    from ghostreview.scoring.pickscore import PickSpec
     from ghostreview.scoring.run import ClipSpec, VggSpec
 
 
@@ -39,11 +42,27 @@ class ParamsError(UserError, ConfigError):
 
 
 def parse(data: Mapping[str, object], source: str = "params.yaml") -> Params:
-    """``config.parse_params``, its refusal raised as a :class:`ParamsError`."""
+    """``config.parse_params`` and :func:`check_judges`, a refusal raised as a :class:`ParamsError`."""
     try:
-        return parse_params(data, source)
+        params = parse_params(data, source)
     except ConfigError as exc:
         raise ParamsError(str(exc)) from exc
+    check_judges(params, source)
+    return params
+
+
+def check_judges(params: Params, source: str = "params.yaml") -> None:
+    """Every name in ``scoring.judges`` is a registered metric (``ghostreview.scoring.registry``; the config leaf
+    cannot know the names). Part of :func:`parse`, so that the checkparams stage stops a typo'd judge."""
+    from ghostreview.scoring.registry import REGISTRY
+
+    problems = []
+    for name in params.scoring.judges:
+        if name not in REGISTRY:
+            hint = did_you_mean(name, REGISTRY, quote="'")
+            problems.append(f"{source}: scoring.judges has {name!r}, which is no judge.{hint} Valid: "
+                            f"{', '.join(REGISTRY)}. Fix scoring.judges in {source}.")
+    _one_error(problems)
 
 
 def load(path: Path | str = "params.yaml") -> Params:
@@ -76,7 +95,8 @@ def _one_error(problems: list[str]) -> None:
 
 def check_files(params: Params, root: Path, source: str = "params.yaml") -> None:
     """Check that every file the review reads exists and is of its kind (a file, or a directory for a model's
-    ``config``), before any work starts; one error lists every problem."""
+    ``config`` and PickScore's folders), before any work starts; one error lists every problem. A judge's files are
+    checked only when ``scoring.judges`` lists it (:func:`judge_files`)."""
     checks = []
     for name, m in params.models.items():
         checks.append((m.checkpoint, f"models.{name}.checkpoint", "put the checkpoint there or fix the path", "file"))
@@ -84,10 +104,8 @@ def check_files(params: Params, root: Path, source: str = "params.yaml") -> None
             checks.append((m.vae, f"models.{name}.vae", "put the VAE file there or remove the key", "file"))
         if m.config:
             checks.append((m.config, f"models.{name}.config", "point it at a diffusers config directory", "dir"))
-    hint = "see README, 'Scorer weights'"
-    checks += [(rel, key, hint, "file") for key, rel in _scorer_weights(params)]
-    if params.scoring.clip.model_config:
-        checks.append((params.scoring.clip.model_config, "scoring.clip.model_config", hint, "file"))
+    checks += [(rel, key, f"see {doc}", "dir" if kind in ("dir", "model_dir") else "file")
+               for key, rel, kind, doc in judge_files(params)]
     _one_error([problem for rel, key, fix, kind in checks if (problem := _missing(root, rel, key, source, fix, kind))])
 
 
@@ -104,24 +122,61 @@ def _missing(root: Path, rel: str, key: str, source: str, fix: str, kind: str = 
     return None
 
 
-def _scorer_weights(params: Params) -> list[tuple[str, str]]:
-    s = params.scoring
-    return [("scoring.clip.weights", s.clip.weights), ("scoring.aesthetic.weights", s.aesthetic.weights),
-            ("scoring.style.vgg_weights", s.style.vgg_weights)]
+SCORER_DOC = "README, 'Scorer weights'"
+JUDGES_DOC = "docs/judges.md"
+_CLIP_FILES = (("scoring.clip.weights", "weights"), ("scoring.clip.model_config", "file"))
+_VGG_FILES = (("scoring.style.vgg_weights", "weights"),)
+# judge -> (where the docs say how to get its files, the params keys of its files with their kind): "weights" (a
+# state dict file), "file", "dir", "model_dir" (a Hugging Face model folder, its one weights file a state dict).
+# tests/test_validate_judges.py keeps the judges equal to the registry's names.
+JUDGE_FILES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    "aesthetic": (SCORER_DOC, (*_CLIP_FILES, ("scoring.aesthetic.weights", "weights"))),
+    "clipscore": (SCORER_DOC, _CLIP_FILES),
+    "styleloss": (SCORER_DOC, _VGG_FILES),
+    "loraloss": (SCORER_DOC, _VGG_FILES),
+    "hpsv21": (JUDGES_DOC, (("scoring.hpsv21.weights", "weights"), ("scoring.hpsv21.model_config", "file"))),
+    "pickscore": (JUDGES_DOC, (("scoring.pickscore.model_dir", "model_dir"),
+                               ("scoring.pickscore.processor_dir", "dir"))),
+}
+
+
+def judge_files(params: Params) -> list[tuple[str, str, str, str]]:
+    """(key, path as written, kind, doc) of every file the judges of ``scoring.judges`` read, each key once, in the
+    judges' order; an optional key left unset (``model_config: null``) is left out. The files of a judge not listed
+    are not named: a review without PickScore does not need its folders."""
+    found: dict[str, tuple[str, str, str, str]] = {}
+    for judge in params.scoring.judges:
+        doc, files = JUDGE_FILES[judge]
+        for key, kind in files:
+            rel = _value(params, key)
+            if rel is not None and key not in found:
+                found[key] = (key, rel, kind, doc)
+    return list(found.values())
+
+
+def _value(params: Params, key: str) -> typing.Any:
+    """The value of a dotted params key (``scoring.clip.weights``)."""
+    node: typing.Any = params
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
 
 
 def check_weights(params: Params, root: Path, source: str = "params.yaml") -> None:
-    """Every scorer weights file reads as tensors only: a safetensors header, or a torch file that
+    """Every weights file of the listed judges reads as tensors only (PickScore's: the one weights file of its model
+    folder, which must hold config.json): a safetensors header, or a torch file that
     ``torch.load(weights_only=True)`` accepts (memory-mapped: no tensor data read; see
     ``scoring.weights.check_state_dict_file``). A pickle payload (never run) or a corrupt file is an error naming the
     key here, before any model loads. Imports torch; missing files are left to :func:`check_files`."""
+    from ghostreview.scoring.pickscore import weights_file
     from ghostreview.scoring.weights import WeightsError, check_state_dict_file
 
     problems = []
-    for key, rel in _scorer_weights(params):
-        if resolve(root, rel).is_file():
+    for key, rel, kind, _ in judge_files(params):
+        path = resolve(root, rel)
+        if (kind == "weights" and path.is_file()) or (kind == "model_dir" and path.is_dir()):
             try:
-                check_state_dict_file(resolve(root, rel))
+                check_state_dict_file(weights_file(path) if kind == "model_dir" else path)
             except WeightsError as exc:
                 problems.append(f"{source}: {key} = {rel!r}: {exc}")
     _one_error(problems)
@@ -336,6 +391,23 @@ def vgg_spec(params: Params, root: Path) -> VggSpec:
     return VggSpec(resolve(root, s.vgg_weights), s.sha256, params.scoring.device)
 
 
+def hps_spec(params: Params, root: Path) -> HpsSpec:
+    """``scoring.hpsv21`` and ``scoring.device`` as the HPSv2.1 judge to load."""
+    from ghostreview.scoring.hpsv21 import HpsSpec
+
+    h = params.scoring.hpsv21
+    return HpsSpec(resolve(root, h.weights), h.arch, resolve(root, h.model_config) if h.model_config else None,
+                   h.sha256, params.scoring.device)
+
+
+def pick_spec(params: Params, root: Path) -> PickSpec:
+    """``scoring.pickscore`` and ``scoring.device`` as the PickScore judge to load."""
+    from ghostreview.scoring.pickscore import PickSpec
+
+    p = params.scoring.pickscore
+    return PickSpec(resolve(root, p.model_dir), resolve(root, p.processor_dir), p.sha256, params.scoring.device)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # The sequences
 
@@ -403,6 +475,9 @@ __all__ = [
     "load",
     "parse",
     "resolve",
+    "check_judges",
+    "judge_files",
+    "JUDGE_FILES",
     "check_files",
     "check_weights",
     "check_devices",
@@ -419,5 +494,7 @@ __all__ = [
     "for_scoring",
     "clip_spec",
     "vgg_spec",
+    "hps_spec",
+    "pick_spec",
     "everything",
 ]

@@ -1,4 +1,5 @@
-"""CLIPScore against a plain cosine loop, and the metric registry."""
+"""CLIPScore against a plain cosine loop, and the metric registry (a registered judge a review does not compute changes
+nothing downstream)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from ghostreview.scoring import hpsv21, pickscore
 from ghostreview.scoring.clipscore import INFO, clip_scores
 from ghostreview.scoring.metric import MetricInfo
 from ghostreview.scoring.registry import REGISTRY, get_metric
@@ -46,11 +48,11 @@ def test_shape_mismatch_and_zero_rows():
 
 
 def test_registry_directions_and_groups():
-    assert set(REGISTRY) == {"aesthetic", "clipscore", "styleloss", "loraloss"}
+    assert list(REGISTRY) == ["aesthetic", "clipscore", "styleloss", "loraloss", "hpsv21", "pickscore"]
     assert REGISTRY["clipscore"] is INFO
-    assert {n for n, i in REGISTRY.items() if i.higher_is_better} == {"aesthetic", "clipscore"}
-    assert [REGISTRY[n].grouped_by for n in ("aesthetic", "clipscore", "styleloss", "loraloss")] == [
-        "prompt", "prompt", "style", "lora"]
+    assert REGISTRY["hpsv21"] is hpsv21.INFO and REGISTRY["pickscore"] is pickscore.INFO
+    assert {n for n, i in REGISTRY.items() if i.higher_is_better} == {"aesthetic", "clipscore", "hpsv21", "pickscore"}
+    assert [i.grouped_by for i in REGISTRY.values()] == ["prompt", "prompt", "style", "lora", "prompt", "prompt"]
     assert all(isinstance(i, MetricInfo) and i.name == n and i.version for n, i in REGISTRY.items())
 
 
@@ -70,7 +72,45 @@ def test_metricinfo_rejects_unknown_grouping():
 def test_registry_declares_the_report_labels():
     """The labels the report's columns, buttons and plots show, one per metric, declared in the metric modules."""
     assert [(i.label, i.better) for i in REGISTRY.values()] == [
-        ("Aesthetic", "higher"), ("CLIPScore", "higher"), ("StyleLoss", "lower"), ("LoRALoss", "lower")]
+        ("Aesthetic", "higher"), ("CLIPScore", "higher"), ("StyleLoss", "lower"), ("LoRALoss", "lower"),
+        ("HPSv2.1", "higher"), ("PickScore", "higher")]
     assert REGISTRY["aesthetic"].axis_label == "LAION aesthetic"
     with pytest.raises(ValueError, match="label"):
         MetricInfo("x", "1", True, "u", "prompt", "d", label=" ", axis_label="x")
+
+
+ARTICLE = ("aesthetic", "clipscore", "styleloss", "loraloss")
+
+
+def test_a_registered_judge_without_score_rows_changes_nothing_downstream(tmp_path):
+    """A review that computes only the article's four metrics (scoring.judges' default) has no HPSv2.1 or PickScore
+    rows: standardized with the whole registry or with the four alone, every table, the meta, the undrawn rows, the
+    leaderboard files and the report page are the same, and no judge's label shows anywhere."""
+    import pandas as pd
+    from test_report import make_demo
+
+    from ghostreview.analysis.aggregate import undrawn_rows
+    from ghostreview.analysis.report.html import write_html
+    from ghostreview.analysis.report.tables import write_tables
+    from ghostreview.analysis.standardize import TABLES, standardize
+
+    article = {n: REGISTRY[n] for n in ARTICLE}
+    full, scores, manifests, models, images_root = make_demo(tmp_path / "demo", metrics=REGISTRY)
+    assert not scores["metric"].isin(["hpsv21", "pickscore"]).any()
+    four = standardize(scores, models, article, {"L1": ["alpha"]}, n_boot=50, seed=0, good_threshold=6.0)
+    for table in TABLES:
+        pd.testing.assert_frame_equal(getattr(full, table), getattr(four, table))
+    assert full.meta == four.meta and full.meta["combined_over"] == ["aesthetic", "clipscore", "styleloss"]
+    # only LoRA jobs go undrawn (plan.image_jobs: a job's status comes from its LoRAs), so a prompt-grouped judge
+    # never gets undrawn rows; with a general image undrawn it would, for every registered prompt metric
+    undrawn = {m: t.assign(image=t["image"].where(t["task"] != "lora", "")) for m, t in manifests.items()}
+    assert sum(len(t[t["image"] == ""]) for t in undrawn.values()) == 6
+    pd.testing.assert_frame_equal(undrawn_rows(undrawn, REGISTRY), undrawn_rows(undrawn, article))
+    files = {}
+    for name, result, metrics in (("full", full, REGISTRY), ("four", four, article)):
+        out = tmp_path / name
+        tables = write_tables(result, models, out, metrics=metrics)
+        page = write_html(result, scores, manifests, models, images_root, out, metrics=metrics, plot_pngs={})
+        files[name] = [p.read_bytes() for p in (*tables.values(), page)]
+    assert files["full"] == files["four"]
+    assert not [t for t in files["full"] if b"HPSv2.1" in t or b"PickScore" in t]

@@ -1,8 +1,11 @@
-"""Build the demo's offline kit: tiny random-weight checkpoints, LoRAs, scorer stand-ins and reference images.
+"""Build the demo's offline kit: tiny random-weight checkpoints, LoRAs, scorer and judge stand-ins, reference images.
 
 Everything is in the real file formats (single-file LDM checkpoints, kohya LoRAs, an open_clip state dict, the LAION
-head layout, torchvision's VGG19 layout), so the review runs the same loading code it runs on real weights. The build
-is deterministic: the same seed gives byte-identical files, so DVC sees a rebuilt kit as unchanged.
+head layout, torchvision's VGG19 layout, HPSv2.1's ``{"state_dict": ...}`` .pt, PickScore's model and processor
+folders: ``kit.judges``), so the review runs the same loading code it runs on real weights. The judges' files lie
+at ``scorers/hpsv21`` and ``scorers/pickscore``, where the demo params name them (params.yaml's ``scoring.hpsv21``
+and ``scoring.pickscore``, commented out until the score stage computes judges). The build is deterministic: the
+same seed gives byte-identical files, so DVC sees a rebuilt kit as unchanged.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ DEMO_MODELS = {
     "tiny-sdxl-a": ("sdxl", 3),
     "tiny-sd15-c": ("sd15", 4),
 }
-KIT_VERSION = "1"
+KIT_VERSION = "2"  # 2: the HPSv2.1 and PickScore stand-ins
 STAMP = "kit.json"
 REFS_PER_STYLE = 4
 
@@ -49,6 +52,7 @@ def build_demo_kit(dest: Path, bench: Benchmark, seed: int = 0, image_size: int 
 def _write_kit(tmp: Path, bench: Benchmark, seed: int, image_size: int, stamp: dict) -> None:
     """Every file of the demo kit, under the (empty) directory ``tmp``; one progress bar over the files."""
     from ghostreview.kit.images import write_lora_header, write_style_references
+    from ghostreview.kit.judges import write_tiny_judges
     from ghostreview.kit.lora import write_tiny_lora
     from ghostreview.kit.scorers import write_tiny_clip, write_tiny_laion_head, write_tiny_vgg19
     from ghostreview.kit.sd import write_tiny_checkpoint, write_tiny_config_dir
@@ -71,7 +75,8 @@ def _write_kit(tmp: Path, bench: Benchmark, seed: int, image_size: int, stamp: d
                              REFS_PER_STYLE, _seed(seed, style.name), image_size))
     steps += [partial(write_tiny_clip, tmp / "scorers" / "clip", seed),
               partial(write_tiny_laion_head, tmp / "scorers" / "laion_head.pth", seed),
-              partial(write_tiny_vgg19, tmp / "scorers" / "vgg19_features.safetensors", seed)]
+              partial(write_tiny_vgg19, tmp / "scorers" / "vgg19_features.safetensors", seed),
+              partial(write_tiny_judges, tmp / "scorers", seed)]
     quiet_third_party()
     for step in progress_bar(steps, desc="kit", unit="files"):
         step()
