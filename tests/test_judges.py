@@ -341,6 +341,17 @@ def test_pick_folder_needs_a_weights_file_and_prefers_safetensors(pick_dirs, tmp
         pickscore.load_pickscore(pick_dirs[0], tmp_path)
 
 
+def test_pick_bin_converted_to_safetensors_scores_the_same(pick, pick_dirs, tmp_path):
+    """docs/judges.md's conversion of a pytorch_model.bin (read_state_dict -> write_state_dict .safetensors)."""
+    model_dir = copy_config(pick_dirs, tmp_path / "converted")
+    torch.save(read_state_dict(pick_dirs[0] / "model.safetensors"), model_dir / "pytorch_model.bin")
+    write_state_dict(read_state_dict(model_dir / "pytorch_model.bin"), model_dir / "model.safetensors")
+    judge = pickscore.load_pickscore(model_dir, pick_dirs[1])
+    assert pickscore.weights_file(model_dir).name == "model.safetensors"
+    got, want = (pickscore.pickscore_scores(j, pictures(), PROMPTS)[0] for j in (judge, pick))
+    assert np.array_equal(got, want)
+
+
 def test_tiny_pick_is_deterministic(tmp_path, pick_dirs):
     again = write_tiny_pickscore(tmp_path / "a", seed=0)[0] / "model.safetensors"
     other = write_tiny_pickscore(tmp_path / "b", seed=1)[0] / "model.safetensors"
