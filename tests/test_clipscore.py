@@ -85,12 +85,14 @@ ARTICLE = ("aesthetic", "clipscore", "styleloss", "loraloss")
 def test_a_registered_judge_without_score_rows_changes_nothing_downstream(tmp_path):
     """A review that computes only the article's four metrics (scoring.judges' default) has no HPSv2.1 or PickScore
     rows: standardized with the whole registry or with the four alone, every table, the meta, the undrawn rows, the
-    leaderboard files and the report page are the same, and no judge's label shows anywhere."""
+    leaderboard files, the report page and the plots' data are the same, and no judge's label shows anywhere."""
     import pandas as pd
     from test_report import make_demo
 
     from ghostreview.analysis.aggregate import undrawn_rows
+    from ghostreview.analysis.report.display import shown_metrics
     from ghostreview.analysis.report.html import write_html
+    from ghostreview.analysis.report.plots import plot_data
     from ghostreview.analysis.report.tables import write_tables
     from ghostreview.analysis.standardize import TABLES, standardize
 
@@ -113,4 +115,10 @@ def test_a_registered_judge_without_score_rows_changes_nothing_downstream(tmp_pa
         page = write_html(result, scores, manifests, models, images_root, out, metrics=metrics, plot_pngs={})
         files[name] = [p.read_bytes() for p in (*tables.values(), page)]
     assert files["full"] == files["four"]
+    shown = {n: shown_metrics(r, m) for n, r, m in (("full", full, REGISTRY), ("four", four, article))}
+    assert shown["full"] == shown["four"]
+    tables = {n: plot_data(r, scores, shown[n]) for n, r in (("full", full), ("four", four))}
+    assert tables["full"].keys() == tables["four"].keys()  # the plots' data: the same tables, the same rows
+    for stem, table in tables["full"].items():
+        pd.testing.assert_frame_equal(table, tables["four"][stem])
     assert not [t for t in files["full"] if b"HPSv2.1" in t or b"PickScore" in t]
