@@ -33,11 +33,8 @@ MODEL = "models.{model}"
 # every key it reads is here, and a change of each one reaches its output); MODEL makes the file per model
 SETTINGS: dict[str, tuple[str, ...]] = {
     "generate": (MODEL, "benchmark", "generation"),
-    "embed": ("scoring.clip", "scoring.device", "scoring.batch_size", "scoring.cpu_threads"),
-    "aesthetic": ("scoring.aesthetic", "scoring.cpu_threads"),
-    "clipscore": ("scoring.clip", "scoring.device", "scoring.batch_size", "scoring.cpu_threads"),
-    "styleloss": ("scoring.style", "scoring.device", "scoring.batch_size", "scoring.cpu_threads"),
-    "loraloss": ("scoring.style", "scoring.device", "scoring.batch_size", "scoring.cpu_threads"),
+    "score": ("scoring.clip", "scoring.aesthetic.weights", "scoring.aesthetic.sha256", "scoring.style",
+              "scoring.device", "scoring.batch_size", "scoring.cpu_threads"),
 }
 STAGES_DIR = Path(__file__).resolve().parent
 

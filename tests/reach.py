@@ -420,6 +420,7 @@ def spies(mp: pytest.MonkeyPatch, rec: Record, project: Project) -> Iterator[Non
     mp.setattr(os, "fsync", lambda fd: None)  # the image store's crash safety is not probed here; it costs seconds
     if rec.gpus:
         mp.setattr(torch.cuda, "device_count", lambda: rec.gpus)
+        mp.setattr(torch.cuda, "get_device_name", lambda device=None: f"fake GPU {device}")  # the score store key
 
     def log(name: str, **kw) -> None:
         calls[name].append(norm(kw, rec.ws))

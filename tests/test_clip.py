@@ -162,19 +162,6 @@ def test_load_errors(tmp_path, tiny):
     assert "ViT-L-14-quickgelu" in open_clip.list_models()  # the real arch is built in
 
 
-def test_embeddings_artifact_roundtrip(tmp_path):
-    emb = np.random.default_rng(0).normal(size=(3, 768)).astype(np.float32)
-    art = gclip.Embeddings(["h1", "h2", "h3"], emb, "ViT-L-14-quickgelu", "ab" * 32)
-    back = gclip.load_embeddings(gclip.save_embeddings(tmp_path / "m.npz", art))
-    assert back.image_hash == ["h1", "h2", "h3"] and back.arch == art.arch and back.weights_sha256 == "ab" * 32
-    np.testing.assert_array_equal(back.embedding, emb)
-    np.testing.assert_array_equal(back.rows(["h3", "h1"]), emb[[2, 0]])
-    with pytest.raises(KeyError, match="h9"):
-        back.rows(["h9"])
-    with pytest.raises(ValueError, match="duplicate"):
-        gclip.Embeddings(["h1", "h1"], emb[:2], "a", "b")
-
-
 def test_file_weights_get_the_openai_tag_preprocessing():
     """With a file path as `pretrained`, open_clip uses PreprocessCfg defaults; they must equal the 'openai' tag's."""
     from dataclasses import asdict
@@ -186,19 +173,6 @@ def test_file_weights_get_the_openai_tag_preprocessing():
     assert tag["quick_gelu"] is True
     for key in ("mean", "std", "interpolation", "resize_mode"):
         assert tuple(np.atleast_1d(tag[key])) == tuple(np.atleast_1d(default[key])), key
-
-
-def test_a_garbled_or_stale_embeddings_file_is_a_user_error_naming_it(tmp_path):
-    from ghostreview.errors import UserError
-
-    bad = tmp_path / "m.npz"
-    bad.write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(UserError, match=r"m\.npz is not a readable embeddings artifact.*dvc repro"):
-        gclip.load_embeddings(bad)
-    good = gclip.save_embeddings(tmp_path / "ok.npz", gclip.Embeddings(["h1"], np.ones((1, 4), np.float32), "a", "s"))
-    with pytest.raises(UserError,
-                       match=r"ok\.npz: 1 images of the manifest have no embedding \(first: h2\).*dvc repro"):
-        gclip.load_embeddings(good).rows(["h1", "h2"], str(good))
 
 
 def test_clip_weights_with_a_pickle_payload_are_refused_naming_the_file(tmp_path, tiny):

@@ -118,7 +118,7 @@ def test_a_code_edit_changes_the_fingerprints_of_exactly_the_stages_that_run_it(
     after = write(tmp_path / "stages")
     changed = {k for k in before if before[k] != after[k]}
     expected = {f"code/{Path(s).stem}.json" for s in scripts() if edited in stage_needs(s)}
-    assert changed == expected and "code/report.json" in changed and "code/embed.json" not in changed
+    assert changed == expected and "code/report.json" in changed and "code/score.json" not in changed
 
 
 def test_no_stage_lists_a_directory_of_python_modules():

@@ -6,9 +6,10 @@ One module-scoped workspace ``review`` (a git repo made from the project, benchm
 1 LoRA, images 64 px) reviews one model with the workers' command, then the tests below run IN ORDER on it, each
 starting from the state the previous one left. Clones ``reader`` and ``coordinator`` sit next to it, with the
 committed default remote ``../ghostreview-dvc-remote`` between them. Every stage process costs ~7 s of CPU here
-(imports), so the tests make each stage run count: 28 stage runs in all (plus 5 of checkparams, which imports no torch
-and reruns on every params.yaml edit), and the prompt/seed change reruns only the stages whose outputs it compares
-(``dvc repro aesthetic@...``).
+(imports), so the tests make each stage run count (checkparams, which imports no torch, reruns on every params.yaml
+edit), and the prompt/seed change reruns only the stages whose outputs it compares (``dvc repro score@...``). Scores
+go through the score store (``cache/scores.sqlite`` of the workspace): the score stage's summary line says how many
+values of each metric it computed and how many it read back.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.dvc
 
 A, B = "demo-sd15-a", "demo-sdxl-a"  # one model of each family
-PER_MODEL = ("generate", "embed", "aesthetic", "clipscore", "styleloss", "loraloss")
-SKIP = ("data/images", "data/scores", "data/embeddings", "data/refstats", "data/standardized", "reports/", "demo/",
+PER_MODEL = ("generate", "score")
+SKIP = ("data/images", "data/scores", "data/refstats", "data/standardized", "reports/", "demo/",
         "dvc.lock", ".dvc/config.local")
 
 # Blocks every network socket for the process and its children (DVC runs stages as subprocesses of the shell).
@@ -87,6 +88,15 @@ def restored(output: str) -> set[str]:
 
 def unchanged(output: str) -> set[str]:
     return set(re.findall(r"Stage '([^']+)' didn't change, skipping", output))
+
+
+def scored(output: str) -> dict[str, dict[str, tuple[int, int]]]:
+    """model -> {metric: (values computed, values read from the store)}, from the score stage's summary line."""
+    out = {}
+    for model, counts in re.findall(r"score: .* -> data/scores/(\S+) \(([^)]*)\)", output):
+        out[model] = {name: (int(c), int(r)) for name, c, r in
+                      re.findall(r"([\w ]+?) (\d+) computed, (\d+) from the store(?:; |$)", counts)}
+    return out
 
 
 def drawn(output: str) -> dict[str, int]:
@@ -199,7 +209,7 @@ def test_dvc_gitignore_files_are_not_ignored_and_dvcs_git_add_hint_works(review)
     ws, worker, rest = review
     files = hinted(worker + rest)
     gitignores = {p for p in files if Path(p).name == ".gitignore"}
-    assert {"data/.gitignore", "data/images/.gitignore", f"data/scores/{A}/.gitignore", "reports/.gitignore"} <= \
+    assert {"data/.gitignore", "data/images/.gitignore", "data/scores/.gitignore", "reports/.gitignore"} <= \
         gitignores
     status = git(ws, "status", "--porcelain", "--ignored", "--untracked-files=all")
     state = {line[3:]: line[:2] for line in status.splitlines()}
@@ -259,7 +269,7 @@ def test_add_model_keeps_params_comments_and_runs_only_its_stages(review):
     assert drawn(out) == {B: 4}
     board = (ws / "reports" / "leaderboard.csv").read_text()
     assert A in board and B in board
-    assert "dvc.lock" in hinted(out) and f"data/scores/{B}/.gitignore" in hinted(out)
+    assert "dvc.lock" in hinted(out) and "data/scores/.gitignore" in hinted(out)
     git(ws, "add", "params.yaml", "reports/metrics.json", *hinted(out))  # what a user commits: DVC's hint + the rest
     git(ws, "commit", "-qm", f"review of {A} and {B}")
     assert git(ws, "status", "--porcelain").strip() == ""
@@ -277,9 +287,9 @@ def test_one_prompt_and_a_second_seed_draw_only_the_new_images_and_keep_other_sc
               lambda d: d["prompts"][1].__setitem__("prompt", "best quality, an old lighthouse at dusk"))
     edit_yaml(ws / "params.yaml", lambda d: d["benchmark"]["images_per_item"].__setitem__("general", 2))
 
-    out = dvc(ws, "repro", f"aesthetic@{A}", f"aesthetic@{B}")
-    rescored = instances(A, ("generate", "embed", "aesthetic")) | instances(B, ("generate", "embed", "aesthetic"))
-    assert ran(out) == rescored | {"checkparams"}  # upstream of every stage: it writes their settings files
+    out = dvc(ws, "repro", f"score@{A}", f"score@{B}")
+    # checkparams: upstream of every stage, it writes their settings files; refstats: it reads the benchmark folder
+    assert ran(out) == instances(A) | instances(B) | {"checkparams", "refstats"}
     # per model: the changed prompt's two seeds, and the new second seed of the other prompt
     assert drawn(out) == {A: 3, B: 3} and store_pngs(ws) == pngs + 6
     for m in (A, B):
@@ -293,6 +303,7 @@ def test_one_prompt_and_a_second_seed_draw_only_the_new_images_and_keep_other_sc
         for key in set(old_manifest) - redrawn:
             assert scores[key] == old_scores[key]  # same image, same score row, bit for bit
         assert set(scores) == set(manifest)
+        assert scored(out)[m]["aesthetic"] == (3, len(manifest) - 3)  # only the new images' values computed
 
 
 def test_reverting_restores_every_output_from_the_run_cache(review):
@@ -300,8 +311,7 @@ def test_reverting_restores_every_output_from_the_run_cache(review):
     git(ws, "checkout", "--", "params.yaml", "data/benchmark/small/prompts.yaml")
     out = dvc(ws, "repro")
     assert ran(out) == {"checkparams"}  # persist: true, never from the run cache; it writes the old files back
-    assert restored(out) == (instances(A, ("generate", "embed", "aesthetic"))
-                             | instances(B, ("generate", "embed", "aesthetic")))
+    assert restored(out) == instances(A) | instances(B) | {"refstats"}
     assert "up to date" in dvc(ws, "status").lower()
     assert git(ws, "status", "--porcelain").strip() == ""  # dvc.lock is the committed one again
     for m in (A, B):  # images, manifests and scores byte-identical to before the change
@@ -314,8 +324,8 @@ def test_scoring_setting_experiment_rescores_without_generating_and_shows_per_mo
     aesthetic = {m: (ws / "data" / "scores" / m / "aesthetic.csv").read_bytes() for m in (A, B)}
     try:
         out = dvc(ws, "exp", "run", "-n", "good5", "-S", "scoring.aesthetic.good_threshold=5.0")
-        assert ran(out) == (instances(A, ("aesthetic",)) | instances(B, ("aesthetic",))
-                            | {"checkparams", "standardize", "report"})
+        # the threshold is standardize's (the good-image rate): no score stage's settings file changes
+        assert ran(out) == {"checkparams", "standardize", "report"}
         assert not drawn(out) and store_pngs(ws) == pngs
         for m in (A, B):  # the threshold only changes the good-image rate: the scores are the same bytes
             assert (ws / "data" / "scores" / m / "aesthetic.csv").read_bytes() == aesthetic[m]
@@ -336,13 +346,25 @@ def test_scoring_setting_experiment_rescores_without_generating_and_shows_per_mo
     assert "up to date" in dvc(ws, "status").lower()
 
 
-def test_a_new_style_size_is_not_answered_from_the_run_cache(review):
+def test_a_new_style_size_recomputes_only_the_style_metrics_values(review):
+    """A scorer setting reruns every model's score stage, which recomputes only that scorer's values: the others are
+    read back from the score store (counted in its summary line) and their tables stay the same bytes."""
     ws, _, _ = review
+    kept = {m: {f: (ws / "data" / "scores" / m / f).read_bytes() for f in ("aesthetic.csv", "clipscore.csv")}
+            for m in (A, B)}
     try:
         edit_yaml(ws / "params.yaml", lambda d: d["scoring"]["style"].__setitem__("image_size", 48))
-        out = dvc(ws, "repro", "refstats")  # (not --dry: dry runs look the run cache up with the old params)
+        out = dvc(ws, "repro")  # (not --dry: dry runs look the run cache up with the old params)
         assert "refstats" not in restored(out), "the statistics at size 64 were checked out as the ones at 48"
-        assert ran(out) == {"checkparams", "refstats"}
+        assert ran(out) == instances(A, ("score",)) | instances(B, ("score",)) | {
+            "checkparams", "refstats", "standardize", "report"}
+        for m, counts in scored(out).items():
+            style, lora = counts["styleloss"], counts["loraloss"]
+            assert counts["aesthetic"][0] == counts["clipscore"][0] == counts["clip image embeddings"][0] == 0, out
+            assert style[0] > 0 and lora[0] > 0 and style[1] == lora[1] == 0, out  # every style value new
+            for f, data in kept[m].items():
+                assert (ws / "data" / "scores" / m / f).read_bytes() == data, (m, f)
+        assert set(scored(out)) == {A, B}
     finally:
         git(ws, "checkout", "--", ".")
         dvc(ws, "checkout")
@@ -401,7 +423,6 @@ def test_remove_model_takes_it_out_of_params_outputs_lock_and_report(review):
     assert f"removed models.{B}" in out
     assert B not in yaml.safe_load((ws / "params.yaml").read_text())["models"]
     assert not (ws / "data" / "images" / B).exists() and not (ws / "data" / "scores" / B).exists()
-    assert not (ws / "data" / "embeddings" / f"{B}.npz").exists()
     assert f"@{B}" not in (ws / "dvc.lock").read_text()
     assert f"/{B}" not in (ws / "data" / "images" / ".gitignore").read_text()
     out = dvc(ws, "repro")
@@ -417,12 +438,12 @@ def test_clean_demo_removes_the_demo_and_its_outputs_and_keeps_the_gitignores_ev
     ws, _, _ = review
     run(["make", "clean-demo"], ws, env_for(ws))
     assert not (ws / "demo" / "kit").exists() and not (ws / "dvc.lock").exists()
-    for out in ("data/images", "data/embeddings", "data/scores", "data/refstats", "data/standardized"):
+    for out in ("data/images", "data/scores", "data/refstats", "data/standardized"):
         assert not (ws / out).exists(), out
     assert [p.name for p in (ws / "reports").iterdir()] == [".gitignore"]
     assert (ws / "data" / ".gitignore").is_file()
     status = git(ws, "status", "--porcelain").splitlines()  # (params.yaml: modified by remove-model, uncommitted)
     assert not [line for line in status if line.startswith("??")], status  # nothing left untracked
     deleted = {line[3:] for line in status if line.startswith(" D ")}
-    assert {"dvc.lock", "reports/metrics.json", "data/images/.gitignore", f"data/scores/{A}/.gitignore"} <= deleted
+    assert {"dvc.lock", "reports/metrics.json", "data/images/.gitignore", "data/scores/.gitignore"} <= deleted
     assert not {"data/.gitignore", "reports/.gitignore"} & deleted

@@ -574,8 +574,12 @@ def test_300_token_prompt_is_chunked_for_drawing_and_flagged_when_clipscore_trun
         rows.append({"model": MODEL, "task": "general", "item": f"p{i}", "seed": "0", "image": name,
                      "image_hash": f"h{i}", "prompt": text, "flags": ""})
     spec = scoring.ClipSpec(arch, weights, model_config=config)
-    scoring.embed_images(rows, images, spec, 16, tmp_path / "emb.npz")
-    scores = scoring.clipscore_rows(rows, tmp_path / "emb.npz", spec, 16)
+    from ghostreview.scoring.scorers import ClipScoreScorer, ClipTower, score_model
+    from ghostreview.scoring.store import ScoreStore
+
+    with ScoreStore(tmp_path / "scores.sqlite") as store:
+        tower = ClipTower(spec, images, 16, store, tmp_path / "sha256.json")
+        scores = score_model(rows, [ClipScoreScorer(tower)], store)["clipscore"]
     assert [r["flags"] for r in scores] == ["text_truncated", ""]
     assert "text_truncated" not in EXCLUDING_FLAGS  # scored on its first 77 tokens, kept, and listed as flagged
 

@@ -19,9 +19,7 @@ HEAVY = ("torch", "torchvision", "diffusers", "transformers", "open_clip", "timm
 # stage builds no CLIP and no VGG when it starts (open_clip, and torchvision under it, load only in clip.load_clip);
 # standardize and the report compute no tensors, nor does the metric registry they read.
 NOT_LOADED = {
-    "stages/embed.py": ("diffusers", "open_clip", "torchvision"),
-    "stages/embedding_metric.py": ("diffusers", "open_clip", "torchvision", "transformers"),
-    "stages/styleloss.py": ("diffusers", "open_clip", "torchvision"),
+    "stages/score.py": ("diffusers", "open_clip", "torchvision", "transformers"),
     "stages/refstats.py": ("diffusers", "open_clip", "torchvision"),
     "stages/standardize.py": ("torch", "diffusers", "open_clip", "torchvision"),
     "stages/report.py": ("torch", "diffusers", "open_clip", "torchvision"),
@@ -61,27 +59,30 @@ def test_importing_loads_none_of_what_it_does_not_use(loaded, target):
 
 def test_the_scoring_stages_still_load_torch(loaded):
     """The list above can fail: the scoring stages do load torch (stage_runtime), so the child sees imports."""
-    for stage in ("stages/embed.py", "stages/embedding_metric.py", "stages/styleloss.py", "stages/refstats.py"):
+    for stage in ("stages/score.py", "stages/refstats.py"):
         assert "torch" in loaded[stage], stage
 
 
 def test_embeddings_and_metric_values_need_no_open_clip(tmp_path):
-    """The aesthetic stage's work (read the embeddings artifact, run the head) loads torch but never open_clip."""
+    """The aesthetic values of stored CLIP embeddings (the score store, read back; the head run) load torch but never
+    open_clip: a score stage whose embeddings are all stored imports no CLIP library."""
     code = """
 import sys
 from pathlib import Path
 import numpy as np
 import torch
 from ghostreview.scoring.aesthetic import LAYERS, aesthetic_scores, load_head
-from ghostreview.scoring.clip import Embeddings, load_embeddings, save_embeddings
+from ghostreview.scoring.store import ScoreStore
 d = Path(sys.argv[1])
-save_embeddings(d / "e.npz", Embeddings(["a", "b"], np.ones((2, 768), np.float32), "arch", "0" * 64))
+with ScoreStore(d / "scores.sqlite") as store:
+    key = store.key({"feature": "clip image embedding"})
+    store.put(key, {h: np.ones(768, np.float32).tobytes() for h in ("a", "b")})
+    emb = np.stack([np.frombuffer(p, np.float32) for p in store.get(key, ["a", "b"]).values()])
 state = {f"{n}.{k}": torch.zeros(shape if k == "weight" else shape[:1])
          for n, shape in LAYERS for k in ("weight", "bias")}
 torch.save(state, d / "head.pth")
 head = load_head(d / "head.pth")
-print(aesthetic_scores(load_embeddings(d / "e.npz").embedding, head).shape, "open_clip" in sys.modules,
-      "torchvision" in sys.modules)
+print(aesthetic_scores(emb, head).shape, "open_clip" in sys.modules, "torchvision" in sys.modules)
 """
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, env=env, capture_output=True,

@@ -49,7 +49,7 @@ def test_settings_files_are_rewritten_only_when_their_content_changes(tmp_path):
     out = tmp_path / "params"
     texts = check.settings_texts(data)
     first = sorted(texts)
-    assert "generate/demo-sd15-a.json" in first and "embed.json" in first
+    assert "generate/demo-sd15-a.json" in first and "score.json" in first
     assert check.sync_dir(out, texts) == (len(texts), 0)
     assert check.sync_dir(out, texts) == (0, 0)
     stamps = {f: (out / f).stat().st_mtime_ns for f in first}

@@ -143,8 +143,8 @@ class Probe:
 
 P = Probe
 GEN = "generate"
-SCORING_CLIP, SCORING_VGG = ("embed", "clipscore"), ("refstats", "styleloss", "loraloss")
-TOWER = {"embed": "encode_image", "clipscore": "encode_text"}
+SCORING_CLIP, SCORING_VGG = ("score",), ("refstats", "score")
+TOWERS = ("encode_image", "encode_text")  # the score stage runs both CLIP towers (aesthetic and CLIPScore)
 SDXL_MODEL = {"models.my-model.checkpoint": "demo/kit/models/tiny-sdxl-a.safetensors"}
 
 PROBES: list[Probe] = [
@@ -204,21 +204,20 @@ PROBES: list[Probe] = [
         files=(FULL,)) for s in SCORING_CLIP],
     *[P("scoring.clip.sha256", s, to(WRONG_SHA), error, expect_error=True) for s in SCORING_CLIP],
     *[P("scoring.device", s, to("cuda:1"), calls("open_clip", "device"), gpus=2) for s in SCORING_CLIP],
-    *[P("scoring.batch_size", s, to(3), calls(TOWER[s], "rows")) for s in SCORING_CLIP],
-    *[P("scoring.cpu_threads", s, other_threads, calls(TOWER[s], "threads")) for s in SCORING_CLIP],
-    P("scoring.aesthetic.weights", "aesthetic", elsewhere, calls("load_head", "path")),
-    P("scoring.aesthetic.sha256", "aesthetic", to(WRONG_SHA), error, expect_error=True),
+    *[P("scoring.batch_size", "score", to(3), calls(tower, "rows")) for tower in TOWERS],
+    *[P("scoring.cpu_threads", "score", other_threads, calls(tower, "threads")) for tower in TOWERS],
+    P("scoring.aesthetic.weights", "score", elsewhere, calls("load_head", "path")),
+    P("scoring.aesthetic.sha256", "score", to(WRONG_SHA), error, expect_error=True),
     P("scoring.aesthetic.good_threshold", "standardize", lambda v: 0.0 if v > 0 else 6.0,
       standardized("raw", "good_rate")),
-    P("scoring.cpu_threads", "aesthetic", other_threads, calls("aesthetic_scores", "threads")),
+    P("scoring.cpu_threads", "score", other_threads, calls("aesthetic_scores", "threads")),
     *[P("scoring.style.vgg_weights", s, elsewhere, calls("load_vgg", "path")) for s in SCORING_VGG],
     *[P("scoring.style.sha256", s, to(WRONG_SHA), error, expect_error=True) for s in SCORING_VGG],
     *[P("scoring.device", s, to("cuda:1"), calls("vgg_to", "args"), gpus=2) for s in SCORING_VGG],
     *[P("scoring.cpu_threads", s, other_threads, calls("style_grams", "threads")) for s in SCORING_VGG],
     P("scoring.style.image_size", "refstats", plus(8), calls("style_grams", "shape")),
-    P("scoring.style.image_size", "refstats>styleloss", plus(8), calls("style_grams", "shape")),
-    P("scoring.style.image_size", "refstats>loraloss", plus(8), calls("style_grams", "shape")),
-    *[P("scoring.batch_size", s, to(3), calls("style_grams", "shape")) for s in ("styleloss", "loraloss")],
+    P("scoring.style.image_size", "refstats>score", plus(8), calls("style_grams", "shape")),
+    P("scoring.batch_size", "score", to(3), calls("style_grams", "shape")),
     P("standardize.bootstrap", "standardize", to(200), standardized("pairwise", "p_a_beats_b")),
     P("standardize.seed", "standardize", plus(1), standardized("pairwise", "p_a_beats_b")),
     P("standardize.confidence", "standardize", to(0.5), standardized("scores", "lo", "hi")),
@@ -257,6 +256,7 @@ OUTPUT_NEUTRAL: dict[tuple[str, str], str] = {
     ("generate", "paths.image_store"): "where images are kept, addressed by content: the output is the same anywhere",
     ("generate", "paths.cache"): "hash cache and materialized configs: where, not what",
     ("report", "paths.cache"): "the rendition cache, addressed by content and settings: where, not what",
+    ("score", "paths.cache"): "the score store and hash cache, addressed by content and settings: where, not what",
 }
 
 

@@ -1,4 +1,4 @@
-"""One error path for every stage (issue 11, item 8): a bad input ends each of the seven stage scripts with an
+"""One error path for every stage (issue 11, item 8): a bad input ends each of the stage scripts with an
 ``error:`` line naming the file, the key and the fix, exit status 1 and no traceback; a bug keeps its traceback.
 
 Each stage runs as `dvc repro` runs it: ``python stages/<stage>.py ...`` in a subprocess, from a small workspace
@@ -54,6 +54,9 @@ def workspace(tmp_path_factory):
     write_params(ws / "params.yaml", params)
     write_params(ws / "params-nobench.yaml", params, benchmark=params["benchmark"] | {"dir": "gone"})
     write_params(ws / "params-cache.yaml", params, paths=params["paths"] | {"cache": "not-a-dir"})
+    write_params(ws / "params-badstore.yaml", params, paths=params["paths"] | {"cache": "badcache"})
+    (ws / "badcache").mkdir()
+    (ws / "badcache" / "scores.sqlite").write_bytes(b"not a database, " * 64)
     (ws / "not-a-dir").write_text("a file where paths.cache should be a directory")
     (ws / "images" / "m").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(ws / "images" / "m" / "0.png")
@@ -79,11 +82,10 @@ def write_manifest(directory: Path, columns, row: dict) -> None:
 
 
 CASES = {  # stage script and its command line, on the workspace's bad inputs (relative paths, as dvc.yaml has them)
-    "embed": ["embed", "--images", "old/m", "--out", "emb.npz"],
-    "embedding_metric": ["embedding_metric", "--metric", "aesthetic", "--images", "images/m",
-                         "--embeddings", "embeddings/m.npz", "--out", "scores/m/aesthetic.csv"],
-    "styleloss": ["styleloss", "--task", "style", "--images", "images/m", "--refstats", "refstats",
-                  "--out", "scores/m/styleloss.csv"],
+    "score-manifest": ["score", "--images", "old/m", "--refstats", "refstats", "--out", "scores/old"],
+    "score-store": ["score", "--images", "images/m", "--refstats", "refstats", "--out", "scores/m",
+                    "--params", "params-badstore.yaml"],
+    "score": ["score", "--images", "images/m", "--refstats", "refstats", "--out", "scores/m"],
     "refstats": ["refstats", "--out", "refstats", "--params", "params-nobench.yaml"],
     "standardize": ["standardize", "--images", "images", "--scores", "scores", "--out", "standardized"],
     "report": ["report", "--standardized", "standardized", "--images", "images", "--scores", "scores",
@@ -124,21 +126,23 @@ def error_line(stderr_of, case: str) -> str:
 # ----------------------------------------------------------------------------------------- one case per stage
 
 
-def test_embed_manifest_without_a_column_names_file_column_and_fix(stderr_of):
-    message = error_line(stderr_of, "embed")
+def test_score_manifest_without_a_column_names_file_column_and_fix(stderr_of):
+    message = error_line(stderr_of, "score-manifest")
     assert message.startswith("error: old/m/manifest.csv: no column 'image_hash'"), message
     assert "dvc repro -f generate@m" in message
 
 
-def test_embedding_metric_missing_embeddings_names_file_option_and_fix(stderr_of):
-    message = error_line(stderr_of, "embedding_metric")
-    assert message.startswith("error: embeddings/m.npz (--embeddings): No such file or directory."), message
-    assert "dvc repro" in message
+def test_score_store_that_is_not_a_database_names_file_and_fix(stderr_of, workspace):
+    message = error_line(stderr_of, "score-store")
+    store = workspace[0] / "badcache" / "scores.sqlite"
+    assert message.startswith(f"error: {store} is not a usable score store ("), message
+    assert f"delete {store}" in message and "paths.cache" in message
+    assert store.read_bytes().startswith(b"not a database")  # a cache we could not read is named, never rewritten
 
 
-def test_styleloss_missing_reference_statistics_names_file_style_and_fix(stderr_of, workspace):
+def test_score_missing_reference_statistics_names_file_style_and_fix(stderr_of, workspace):
     style = workspace[1].styles[0].name
-    message = error_line(stderr_of, "styleloss")
+    message = error_line(stderr_of, "score")
     assert message.startswith(f"error: refstats/styles/{style}.safetensors (--refstats): no reference "), message
     assert f"style {style!r}" in message and "dvc repro" in message
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import warnings
-import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from PIL import Image
 
-from ghostreview.errors import UserError
 from ghostreview.scoring.batching import chunks, padded
 from ghostreview.scoring.weights import check_state_dict_file, verify_weights, write_state_dict
 
@@ -204,71 +202,3 @@ def convert_openai_clip(src: Path, dst: Path) -> Path:
         state = torch.jit.load(str(src), map_location="cpu").state_dict()
     state = {k: v.detach().contiguous().clone() for k, v in state.items() if k not in _OPENAI_JIT_EXTRA_KEYS}
     return write_state_dict(state, dst)
-
-
-class EmbeddingsError(UserError, ValueError):
-    """An embeddings artifact that cannot be used (unreadable, or stale for its manifest); names the file and fix."""
-
-
-class MissingEmbeddingsError(EmbeddingsError, KeyError):
-    """Images without an embedding: the artifact is older than the images (a KeyError too, for the hash lookup)."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
-
-
-@dataclass(frozen=True)
-class Embeddings:
-    """The embeddings artifact: one unnormalized row per image hash, plus the CLIP that produced them."""
-
-    image_hash: list[str]
-    embedding: np.ndarray
-    arch: str
-    weights_sha256: str
-
-    def __post_init__(self) -> None:
-        if self.embedding.ndim != 2 or len(self.image_hash) != len(self.embedding):
-            raise ValueError(f"embedding {self.embedding.shape} does not match {len(self.image_hash)} image hashes")
-        if len(set(self.image_hash)) != len(self.image_hash):
-            raise ValueError("duplicate image_hash in embeddings")
-
-    def rows(self, hashes: Sequence[str], source: str = "embeddings") -> np.ndarray:
-        """Embedding rows [len(hashes), D] for the given image hashes (missing hashes: an error naming ``source``)."""
-        index = {h: i for i, h in enumerate(self.image_hash)}
-        missing = [h for h in hashes if h not in index]
-        if missing:
-            raise MissingEmbeddingsError(f"{source}: {len(missing)} images of the manifest have no embedding (first: "
-                                  f"{missing[0]}): the embeddings are older than the images; run `dvc repro` (the "
-                                  f"model's embed stage reruns)")
-        return self.embedding[[index[h] for h in hashes]]
-
-
-def save_embeddings(path: Path, emb: Embeddings) -> Path:
-    """Write the embeddings artifact as .npz (no pickles)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        np.savez(
-            f,
-            image_hash=np.asarray(emb.image_hash, dtype=str),
-            embedding=emb.embedding.astype(np.float32),
-            arch=np.asarray(emb.arch),
-            weights_sha256=np.asarray(emb.weights_sha256),
-        )
-    return path
-
-
-def load_embeddings(path: Path) -> Embeddings:
-    """Read an artifact written by :func:`save_embeddings`."""
-    fix = "delete it and run `dvc repro` (the model's embed stage writes it again)"
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = {"image_hash", "embedding", "arch", "weights_sha256"} - set(z.files)
-            if missing:
-                raise EmbeddingsError(f"{path} is not an embeddings artifact (missing arrays {sorted(missing)}): {fix}")
-            return Embeddings([str(h) for h in z["image_hash"]], z["embedding"].astype(np.float32), str(z["arch"]),
-                              str(z["weights_sha256"]))
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # a garbled or truncated .npz (never unpickled)
-        if isinstance(exc, (EmbeddingsError, FileNotFoundError)):
-            raise
-        raise EmbeddingsError(f"{path} is not a readable embeddings artifact ({exc}): {fix}") from exc

@@ -1,35 +1,24 @@
-"""The scoring stages' library side: from a model's manifest and images to tidy score rows.
+"""The scoring stages' library side: which model to load (``ClipSpec``, ``VggSpec``), the reference statistics
+(refstats stage) and the manifest helpers the score stage's scorers (``ghostreview.scoring.scorers``) share.
 
-Metric definitions live in ``ghostreview/scoring/`` (one module each); this module only wires manifests, weights
-files and artifacts to them. Expensive features are computed once: CLIP image embeddings (shared by aesthetic and
-CLIPScore) and the reference Gram statistics (shared by every model).
+Metric definitions live in ``ghostreview/scoring/`` (one module each). Expensive features are computed once: the
+reference Gram statistics here (shared by every model), CLIP image embeddings in the score store (shared by
+aesthetic and CLIPScore).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from ghostreview.errors import UserError
-from ghostreview.generation.prompts import plain_text
 from ghostreview.protocol import Benchmark
-from ghostreview.scoring import aesthetic, clipscore, styleloss
-from ghostreview.scoring.clip import (
-    ClipModel,
-    Embeddings,
-    image_embeddings,
-    load_clip,
-    load_embeddings,
-    save_embeddings,
-    text_embeddings,
-)
-from ghostreview.scoring.table import score_rows
+from ghostreview.scoring import styleloss
+from ghostreview.scoring.clip import ClipModel, load_clip
 from ghostreview.scoring.weights import verify_weights
 from ghostreview.util.atomic import replace_dir
 from ghostreview.util.runtime import pick_device, progress_bar
@@ -70,44 +59,6 @@ class ClipSpec:
     def load(self) -> ClipModel:
         return load_clip(self.arch, self.weights, model_config=self.model_config, device=pick_device(self.device),
                          expected_sha256=self.sha256)
-
-
-def embed_images(rows: Sequence[Mapping[str, str]], images_dir: Path, clip: ClipSpec, batch_size: int,
-                 out: Path) -> int:
-    """CLIP image embeddings of every row's image, in forwards of ``batch_size``, saved as the embeddings artifact."""
-    model = clip.load()
-    with progress_bar(total=len(rows), desc="embed", unit="img") as bar:
-        emb = image_embeddings(model, open_images(images_dir, rows), batch_size, progress=bar.update)
-    save_embeddings(out, Embeddings([r["image_hash"] for r in rows], emb, model.arch, model.weights_sha256))
-    return len(rows)
-
-
-def aesthetic_rows(rows: Sequence[Mapping[str, str]], embeddings: Path, head: Path,
-                   head_sha256: str | None = None) -> list[dict]:
-    """LAION aesthetic v2 rows from stored embeddings and the head's weights file (checked against ``head_sha256``
-    when given); ``weights_sha256`` names the head and the CLIP weights."""
-    emb = load_embeddings(embeddings)
-    head_sha = verify_weights(head, head_sha256)
-    image_emb = emb.rows([r["image_hash"] for r in rows], str(embeddings))
-    with progress_bar(total=len(rows), desc="aesthetic", unit="img") as bar:  # one call: the head is tiny
-        values = aesthetic.aesthetic_scores(image_emb, aesthetic.load_head(head))
-        bar.update(len(rows))
-    info = aesthetic.INFO
-    return score_rows(rows, info.name, values, info.version, f"{head_sha}+{emb.weights_sha256}")
-
-
-def clipscore_rows(rows: Sequence[Mapping[str, str]], embeddings: Path, clip: ClipSpec, batch_size: int) -> list[dict]:
-    """CLIPScore rows: stored image embeddings against each prompt's plain text (text tower once per prompt, in
-    forwards of ``batch_size``)."""
-    emb = load_embeddings(embeddings)
-    model = clip.load()
-    texts = [plain_text(r["prompt"]) for r in rows]
-    with progress_bar(total=len(set(texts)), desc="clipscore", unit="prompt") as bar:
-        text_emb, truncated = text_embeddings(model, texts, batch_size, progress=bar.update)
-    values = clipscore.clip_scores(emb.rows([r["image_hash"] for r in rows], str(embeddings)), text_emb)
-    flags = [["text_truncated"] if t else [] for t in truncated]
-    info = clipscore.INFO
-    return score_rows(rows, info.name, values, info.version, model.weights_sha256, flags)
 
 
 # ------------------------------------------------------------------------------------------------ StyleLoss
@@ -235,52 +186,15 @@ def refstats_path(refstats: Path, task: str, row: Mapping[str, str]) -> Path:
     return refstats / f"{sub}.safetensors"
 
 
-def _group_refs(rows: Sequence[Mapping[str, str]], task: str, refstats: Path,
-                image_size: int) -> dict[Path, list[Mapping[str, str]]]:
-    """Rows grouped by their reference statistics file, in first-appearance order; each file checked up front."""
-    groups: dict[Path, list[Mapping[str, str]]] = defaultdict(list)
-    for row in rows:
-        groups[refstats_path(refstats, task, row)].append(row)
-    for path, group in groups.items():
-        if not path.is_file():
-            first = group[0]
-            what = (f"style {first['item']!r}" if task == "style"
-                    else f"LoRA {first['item']!r} ({first['family']}): was paths.lora_headers.{first['family']} "
-                         f"empty when refstats ran? Put its header images there (see docs/benchmark.md), then")
-            raise FileNotFoundError(f"{path}: no reference statistics for {what} run `dvc repro` (refstats reruns).")
-        size = styleloss.read_ref_stats_meta(path)["size"]
-        if size != image_size:
-            raise ReferenceImagesError(f"{path} was computed at size {size}, params say scoring.style.image_size = "
-                                       f"{image_size}: run `dvc repro` (refstats reruns).")
-    return groups
-
-
-def styleloss_rows(rows: Sequence[Mapping[str, str]], task: str, images_dir: Path, refstats: Path, vgg_spec: VggSpec,
-                   image_size: int, batch_size: int) -> list[dict]:
-    """StyleLoss (task "style") or LoRA loss (task "lora") rows, plus per-layer rows ``<metric>.<layer>``.
-
-    Images are resized to ``image_size`` (the size the statistics were computed at; checked) and VGG runs in forwards
-    of ``batch_size`` images (across reference sets: one model's images share one size), each image then compared
-    with its own set's statistics. VGG loads once every statistics file is found.
-    """
-    info = styleloss.INFO if task == "style" else styleloss.LORA_INFO
-    groups = _group_refs(rows, task, refstats, image_size)
-    vgg, vgg_sha = vgg_spec.load()
-    device = next(vgg.parameters()).device
-    refs = {path: styleloss.load_ref_stats(path).to(device) for path in groups}
-    ordered = [(path, row) for path, group in groups.items() for row in group]
-    with progress_bar(total=len(ordered), desc=info.name, unit="img") as bar:
-        grams = styleloss.image_grams(vgg, open_images(images_dir, [row for _, row in ordered]), image_size, batch_size)
-        per_image = [styleloss.style_loss([g[None] for g in image], refs[path])
-                     for (path, _), image in zip(ordered, counted(grams, bar))]
-    losses = np.array([float(loss[0]) for loss, _ in per_image])
-    layers = np.array([per_layer[0].cpu().numpy() for _, per_layer in per_image]).reshape(len(ordered), -1)
-    out: list[dict] = []
-    start = 0
-    for group in groups.values():
-        part = slice(start, start + len(group))
-        out += score_rows(group, info.name, losses[part], info.version, vgg_sha)
-        for j, layer in enumerate(styleloss.LAYERS):
-            out += score_rows(group, f"{info.name}.{layer}", layers[part, j], info.version, vgg_sha)
-        start += len(group)
-    return out
+def check_refstats(path: Path, task: str, row: Mapping[str, str], image_size: int) -> None:
+    """The reference statistics file of ``row`` exists and was computed at ``image_size`` (the score stage checks
+    each one before VGG loads)."""
+    if not path.is_file():
+        what = (f"style {row['item']!r}" if task == "style"
+                else f"LoRA {row['item']!r} ({row['family']}): was paths.lora_headers.{row['family']} "
+                     f"empty when refstats ran? Put its header images there (see docs/benchmark.md), then")
+        raise FileNotFoundError(f"{path}: no reference statistics for {what} run `dvc repro` (refstats reruns).")
+    size = styleloss.read_ref_stats_meta(path)["size"]
+    if size != image_size:
+        raise ReferenceImagesError(f"{path} was computed at size {size}, params say scoring.style.image_size = "
+                                   f"{image_size}: run `dvc repro` (refstats reruns).")

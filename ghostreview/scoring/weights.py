@@ -150,8 +150,12 @@ def sha256_file(path: Path) -> str:
     return file_sha256(path)
 
 
-def verify_weights(path: Path, expected_sha256: str | None = None, source: str = "") -> str:
+def verify_weights(path: Path, expected_sha256: str | None = None, source: str = "",
+                   cache_file: Path | None = None) -> str:
     """Check that ``path`` exists (and matches ``expected_sha256`` when given); return its sha256.
+
+    ``cache_file``: the hash cache (``util.hashing.file_sha256``), so that a multi-GB file unchanged since its last
+    hash (size and mtime) is not read again.
 
     Raises WeightsError naming the file, the expected and the actual hash and where to get the right file.
     """
@@ -159,7 +163,7 @@ def verify_weights(path: Path, expected_sha256: str | None = None, source: str =
     where = f" Get it from: {source}." if source else ""
     if not path.is_file():
         raise WeightsError(f"Weights file not found: {path}.{where}")
-    got = sha256_file(path)
+    got = file_sha256(path, cache_file)
     if expected_sha256 is not None and got != expected_sha256.lower():
         raise WeightsError(
             f"Weights file {path} has sha256 {got}, expected {expected_sha256.lower()}: wrong or corrupt file.{where}"

@@ -1,0 +1,258 @@
+"""The score stage's scorers: one contract for every metric, the CLIP tower they share, and the store around them.
+
+A :class:`Scorer` says which manifest rows it scores (``selects``), what besides the image determines a row's value
+(``identity``: the score store's key, see ``ghostreview.scoring.store``) and how to compute the values of rows the
+store lacks (``compute``). :func:`score_model` plans every scorer first (identities, so that a missing reference
+statistics file or a wrong weights hash stops the stage before any model loads), then reads what the store holds
+and computes only the rest; a scorer whose values are all stored loads no model at all.
+
+A value is ``({metric: float, ...}, extra flags)``: StyleLoss also returns its per-layer diagnostics
+(``styleloss.relu1_1``...), CLIPScore flags a prompt cut at the text tower's context (``text_truncated``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ghostreview.generation.prompts import plain_text
+from ghostreview.scoring import aesthetic, clipscore, styleloss
+from ghostreview.scoring.clip import ClipModel, image_embeddings, text_embeddings
+from ghostreview.scoring.metric import MetricInfo
+from ghostreview.scoring.run import ClipSpec, VggSpec, check_refstats, counted, open_images, refstats_path
+from ghostreview.scoring.store import ScoreStore
+from ghostreview.scoring.table import score_rows
+from ghostreview.scoring.weights import verify_weights
+from ghostreview.util.hashing import file_sha256
+from ghostreview.util.runtime import pick_device, progress_bar
+
+Row = Mapping[str, str]
+Value = tuple[dict[str, float], tuple[str, ...]]
+
+
+class Scorer(Protocol):
+    """One metric of the score stage (the contract every judge implements)."""
+
+    info: MetricInfo
+
+    @property
+    def weights_sha256(self) -> str: ...  # provenance written in every score row
+
+    def selects(self, row: Row) -> bool: ...
+
+    def identity(self, row: Row) -> Mapping: ...
+
+    def compute(self, rows: Sequence[Row]) -> list[Value]: ...
+
+
+def compute_context(device: str) -> dict:
+    """What, besides the inputs, fixes a forward's bits: the device kind (a GPU's name), and on the CPU the thread
+    count (kernels are chosen by shape and threads; the batch size is in each identity)."""
+    import torch
+
+    picked = pick_device(device)  # an unusable device stops here, before any model loads
+    if picked.startswith("cuda"):
+        return {"device": torch.cuda.get_device_name(torch.device(picked))}
+    return {"device": picked.split(":")[0], "threads": torch.get_num_threads()}
+
+
+def encode(value: Value) -> bytes:
+    return json.dumps([value[0], list(value[1])], separators=(",", ":")).encode()
+
+
+def decode(payload: bytes) -> Value:
+    values, flags = json.loads(payload)
+    return {k: float(v) for k, v in values.items()}, tuple(flags)
+
+
+# ------------------------------------------------------------------------------------------------------ CLIP tower
+
+
+class ClipTower:
+    """The CLIP that aesthetic and CLIPScore read: its image embeddings go through the store (computed once per image
+    for both metrics), and the model loads only when an embedding or a text embedding is missing."""
+
+    def __init__(self, spec: ClipSpec, images_dir: Path, batch_size: int, store: ScoreStore, hash_cache: Path):
+        self.spec, self.images_dir, self.batch_size, self.store = spec, images_dir, batch_size, store
+        self.weights_sha256 = verify_weights(spec.weights, spec.sha256, cache_file=hash_cache)
+        config = file_sha256(spec.model_config) if spec.model_config else None
+        self.identity = {"feature": "clip image embedding", "arch": spec.arch, "weights": self.weights_sha256,
+                         "model_config": config, "batch_size": batch_size, **compute_context(spec.device)}
+
+    @cached_property
+    def model(self) -> ClipModel:
+        return self.spec.load()
+
+    def image_embeddings(self, rows: Sequence[Row]) -> np.ndarray:
+        """[len(rows), D] float32 embeddings, the stored ones read back and the rest computed and stored."""
+        key = self.store.key(self.identity)
+        hashes = [r["image_hash"] for r in rows]
+        found = self.store.get(key, hashes)
+        missing = [r for r in dict((r["image_hash"], r) for r in rows).values() if r["image_hash"] not in found]
+        if missing:
+            with progress_bar(total=len(missing), desc="clip image embeddings", unit="img") as bar:
+                emb = image_embeddings(self.model, open_images(self.images_dir, missing), self.batch_size,
+                                       progress=bar.update)
+            new = {r["image_hash"]: e.tobytes() for r, e in zip(missing, emb, strict=True)}
+            self.store.put(key, new)
+            found.update(new)
+        self.store.count("clip image embeddings", len(missing), len(found) - len(missing))
+        return np.stack([np.frombuffer(found[h], np.float32) for h in hashes]) if hashes else np.zeros((0, 0))
+
+
+class AestheticScorer:
+    """LAION aesthetic v2: the head on the tower's image embeddings, every image."""
+
+    info = aesthetic.INFO
+
+    def __init__(self, tower: ClipTower, head: Path, head_sha256: str | None, hash_cache: Path):
+        self.tower, self.head = tower, head
+        self.head_sha256 = verify_weights(head, head_sha256, cache_file=hash_cache)
+        self.weights_sha256 = f"{self.head_sha256}+{tower.weights_sha256}"
+        self._identity = {"metric": self.info.name, "version": self.info.version, "head": self.head_sha256,
+                          "embedding": tower.identity}
+
+    def selects(self, row: Row) -> bool:
+        return True
+
+    def identity(self, row: Row) -> Mapping:
+        return self._identity
+
+    def compute(self, rows: Sequence[Row]) -> list[Value]:
+        emb = self.tower.image_embeddings(rows)
+        with progress_bar(total=len(rows), desc=self.info.name, unit="img") as bar:  # one call: the head is tiny
+            values = aesthetic.aesthetic_scores(emb, aesthetic.load_head(self.head))
+            bar.update(len(rows))
+        return [({self.info.name: float(v)}, ()) for v in values]
+
+
+class ClipScoreScorer:
+    """CLIPScore of every general-prompt image against its prompt's plain text (A1111 syntax removed)."""
+
+    info = clipscore.INFO
+
+    def __init__(self, tower: ClipTower):
+        self.tower = tower
+        self.weights_sha256 = tower.weights_sha256
+
+    def selects(self, row: Row) -> bool:
+        return row["task"] == "general"
+
+    def identity(self, row: Row) -> Mapping:
+        return {"metric": self.info.name, "version": self.info.version, "embedding": self.tower.identity,
+                "text": plain_text(row["prompt"])}
+
+    def compute(self, rows: Sequence[Row]) -> list[Value]:
+        image = self.tower.image_embeddings(rows)
+        texts = [plain_text(r["prompt"]) for r in rows]
+        with progress_bar(total=len(set(texts)), desc=self.info.name, unit="prompt") as bar:
+            text, truncated = text_embeddings(self.tower.model, texts, self.tower.batch_size, progress=bar.update)
+        values = clipscore.clip_scores(image, text)
+        return [({self.info.name: float(v)}, ("text_truncated",) if t else ()) for v, t in zip(values, truncated)]
+
+
+# ------------------------------------------------------------------------------------------------------- StyleLoss
+
+
+class StyleScorer:
+    """Gatys StyleLoss of each style (task "style") or LoRA (task "lora") image against its reference set's Gram
+    statistics, plus the per-layer losses; the set's statistics file (its sha256) is part of each row's identity, so
+    new references for one style recompute that style's values only."""
+
+    def __init__(self, task: str, spec: VggSpec, images_dir: Path, refstats: Path, image_size: int, batch_size: int,
+                 hash_cache: Path):
+        self.task, self.spec, self.images_dir, self.refstats = task, spec, images_dir, refstats
+        self.image_size, self.batch_size = image_size, batch_size
+        self.info = styleloss.INFO if task == "style" else styleloss.LORA_INFO
+        self.weights_sha256 = verify_weights(spec.weights, spec.sha256, cache_file=hash_cache)
+        self._base = {"metric": self.info.name, "version": self.info.version, "vgg": self.weights_sha256,
+                      "image_size": image_size, "batch_size": batch_size, **compute_context(spec.device)}
+        self._ref_sha: dict[Path, str] = {}
+
+    def selects(self, row: Row) -> bool:
+        return row["task"] == self.task
+
+    def ref_sha(self, path: Path, row: Row) -> str:
+        if path not in self._ref_sha:
+            check_refstats(path, self.task, row, self.image_size)
+            self._ref_sha[path] = file_sha256(path)
+        return self._ref_sha[path]
+
+    def identity(self, row: Row) -> Mapping:
+        path = refstats_path(self.refstats, self.task, row)
+        return {**self._base, "refstats": self.ref_sha(path, row)}
+
+    def compute(self, rows: Sequence[Row]) -> list[Value]:
+        vgg, _ = self.spec.load()
+        device = next(vgg.parameters()).device
+        paths = [refstats_path(self.refstats, self.task, r) for r in rows]
+        refs = {p: styleloss.load_ref_stats(p).to(device) for p in dict.fromkeys(paths)}
+        name = self.info.name
+        out: list[Value] = []
+        with progress_bar(total=len(rows), desc=name, unit="img") as bar:
+            grams = styleloss.image_grams(vgg, open_images(self.images_dir, rows), self.image_size, self.batch_size)
+            for path, image in zip(paths, counted(grams, bar), strict=True):
+                loss, per_layer = styleloss.style_loss([g[None] for g in image], refs[path])
+                layers = per_layer[0].cpu().numpy()
+                out.append(({name: float(loss[0]), **{f"{name}.{layer}": float(v)
+                                                      for layer, v in zip(styleloss.LAYERS, layers, strict=True)}},
+                            ()))
+        return out
+
+
+# --------------------------------------------------------------------------------------------------- the stage
+
+
+def score_model(rows: Sequence[Row], scorers: Sequence[Scorer], store: ScoreStore) -> dict[str, list[dict]]:
+    """Every scorer's score rows for one model's drawable manifest rows: {metric: rows}, in ``scorers`` order.
+
+    First every row's key of every scorer (the checks those need run here, before any model loads), then per scorer
+    the stored values, and the missing ones computed and stored at once (a scorer finished is never lost).
+    """
+    plans = []
+    for scorer in scorers:
+        selected = [r for r in rows if scorer.selects(r)]
+        plans.append((scorer, selected, [store.key(scorer.identity(r)) for r in selected]))
+    return {scorer.info.name: rows_of(scorer, selected, values_of(scorer, selected, keys, store))
+            for scorer, selected, keys in plans}
+
+
+def values_of(scorer: Scorer, rows: Sequence[Row], keys: Sequence[str], store: ScoreStore) -> list[Value]:
+    """The value of every row: read from the store under its key, or computed (all missing rows in one call)."""
+    by_key: dict[str, list[int]] = defaultdict(list)
+    for i, key in enumerate(keys):
+        by_key[key].append(i)
+    values: list[Value | None] = [None] * len(rows)
+    for key, index in by_key.items():
+        found = store.get(key, (rows[i]["image_hash"] for i in index))
+        for i in index:
+            if (payload := found.get(rows[i]["image_hash"])) is not None:
+                values[i] = decode(payload)
+    missing = [i for i, v in enumerate(values) if v is None]
+    if missing:
+        computed = scorer.compute([rows[i] for i in missing])
+        new: dict[str, dict[str, bytes]] = defaultdict(dict)
+        for i, value in zip(missing, computed, strict=True):
+            values[i] = value
+            new[keys[i]][rows[i]["image_hash"]] = encode(value)
+        for key, payloads in new.items():
+            store.put(key, payloads)
+    store.count(scorer.info.name, len(missing), len(rows) - len(missing))
+    return values  # type: ignore[return-value]
+
+
+def rows_of(scorer: Scorer, rows: Sequence[Row], values: Sequence[Value]) -> list[dict]:
+    """Tidy score rows: the metric's rows, then each diagnostic's (StyleLoss's layers), in manifest order."""
+    names = list(values[0][0]) if values else [scorer.info.name]
+    out: list[dict] = []
+    for name in names:
+        extra = [v[1] for v in values] if name == scorer.info.name else None
+        out += score_rows(rows, name, [v[0][name] for v in values], scorer.info.version, scorer.weights_sha256,
+                          extra)
+    return out
