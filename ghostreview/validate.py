@@ -104,7 +104,7 @@ def check_files(params: Params, root: Path, source: str = "params.yaml") -> None
             checks.append((m.vae, f"models.{name}.vae", "put the VAE file there or remove the key", "file"))
         if m.config:
             checks.append((m.config, f"models.{name}.config", "point it at a diffusers config directory", "dir"))
-    checks += [(rel, key, f"see {doc}", "dir" if kind in ("dir", "model_dir") else "file")
+    checks += [(rel, key, f"see {doc}", "dir" if kind.endswith("_dir") else "file")
                for key, rel, kind, doc in judge_files(params)]
     _one_error([problem for rel, key, fix, kind in checks if (problem := _missing(root, rel, key, source, fix, kind))])
 
@@ -127,7 +127,8 @@ JUDGES_DOC = "docs/judges.md"
 _CLIP_FILES = (("scoring.clip.weights", "weights"), ("scoring.clip.model_config", "file"))
 _VGG_FILES = (("scoring.style.vgg_weights", "weights"),)
 # judge -> (where the docs say how to get its files, the params keys of its files with their kind): "weights" (a
-# state dict file), "file", "dir", "model_dir" (a Hugging Face model folder, its one weights file a state dict).
+# state dict file), "file", "model_dir" (a Hugging Face model folder, its one weights file a state dict),
+# "processor_dir" (a processor folder with its config and tokenizer files).
 # tests/test_validate_judges.py keeps the judges equal to the registry's names.
 JUDGE_FILES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
     "aesthetic": (SCORER_DOC, (*_CLIP_FILES, ("scoring.aesthetic.weights", "weights"))),
@@ -136,7 +137,7 @@ JUDGE_FILES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
     "loraloss": (SCORER_DOC, _VGG_FILES),
     "hpsv21": (JUDGES_DOC, (("scoring.hpsv21.weights", "weights"), ("scoring.hpsv21.model_config", "file"))),
     "pickscore": (JUDGES_DOC, (("scoring.pickscore.model_dir", "model_dir"),
-                               ("scoring.pickscore.processor_dir", "dir"))),
+                               ("scoring.pickscore.processor_dir", "processor_dir"))),
 }
 
 
@@ -163,20 +164,25 @@ def _value(params: Params, key: str) -> typing.Any:
 
 
 def check_weights(params: Params, root: Path, source: str = "params.yaml") -> None:
-    """Every weights file of the listed judges reads as tensors only (PickScore's: the one weights file of its model
-    folder, which must hold config.json): a safetensors header, or a torch file that
+    """Every weights file of the listed judges reads as tensors only: a safetensors header, or a torch file that
     ``torch.load(weights_only=True)`` accepts (memory-mapped: no tensor data read; see
-    ``scoring.weights.check_state_dict_file``). A pickle payload (never run) or a corrupt file is an error naming the
-    key here, before any model loads. Imports torch; missing files are left to :func:`check_files`."""
-    from ghostreview.scoring.pickscore import weights_file
+    ``scoring.weights.check_state_dict_file``). PickScore's is the one weights file of its model folder (which must
+    hold config.json), and its processor folder must hold its config and tokenizer files. A pickle payload (never
+    run) or a corrupt file is an error naming the key here, before any model loads. Imports torch; missing files
+    are left to :func:`check_files`."""
+    from ghostreview.scoring.pickscore import check_processor_dir, weights_file
     from ghostreview.scoring.weights import WeightsError, check_state_dict_file
 
+    checks: dict[str, Callable[[Path], None]] = {
+        "weights": check_state_dict_file, "model_dir": lambda p: check_state_dict_file(weights_file(p)),
+        "processor_dir": check_processor_dir}
     problems = []
     for key, rel, kind, _ in judge_files(params):
         path = resolve(root, rel)
-        if (kind == "weights" and path.is_file()) or (kind == "model_dir" and path.is_dir()):
+        present = path.is_dir() if kind.endswith("_dir") else path.is_file()
+        if kind in checks and present:
             try:
-                check_state_dict_file(weights_file(path) if kind == "model_dir" else path)
+                checks[kind](path)
             except WeightsError as exc:
                 problems.append(f"{source}: {key} = {rel!r}: {exc}")
     _one_error(problems)

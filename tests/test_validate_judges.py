@@ -157,14 +157,24 @@ def test_a_pickled_judge_file_is_named_by_its_key_only_when_listed(judge_files, 
     empty = root / "empty_model"
     empty.mkdir(exist_ok=True)
     (empty / "config.json").write_text((Path(files["pick_model"]) / "config.json").read_text())
-    params = judges_params(root, files, hpsv21={"weights": "whole.pt"}, pickscore={"model_dir": "empty_model"})
+    no_tokenizer = root / "no_tokenizer"
+    no_tokenizer.mkdir(exist_ok=True)
+    (no_tokenizer / "preprocessor_config.json").write_text("{}")
+    (no_tokenizer / "vocab.json").write_text("{}")  # without merges.txt (or tokenizer.json): no tokenizer
+    params = judges_params(root, files, hpsv21={"weights": "whole.pt"},
+                           pickscore={"model_dir": "empty_model", "processor_dir": "no_tokenizer"})
     validate.check_files(params, root)
     with pytest.raises(validate.ParamsError) as err:
         validate.check_weights(params, root)
-    assert problem_keys(err) == ["scoring.hpsv21.weights", "scoring.pickscore.model_dir"]
-    hps_line, pick_line = str(err.value).splitlines()
+    assert problem_keys(err) == ["scoring.hpsv21.weights", "scoring.pickscore.model_dir",
+                                 "scoring.pickscore.processor_dir"]
+    hps_line, model_line, processor_line = str(err.value).splitlines()
     assert "refused by torch.load(weights_only=True)" in hps_line
-    assert "none of ['model.safetensors', 'pytorch_model.bin'] found" in pick_line
+    assert "none of ['model.safetensors', 'pytorch_model.bin'] found" in model_line
+    assert "no tokenizer (tokenizer.json, or vocab.json with merges.txt; have ['vocab.json'])" in processor_line
+    (no_tokenizer / "preprocessor_config.json").unlink()
+    with pytest.raises(validate.ParamsError, match="no_tokenizer: no preprocessor_config.json"):
+        validate.check_weights(judges_params(root, files, pickscore={"processor_dir": "no_tokenizer"}), root)
     unlisted = validate.parse({"models": {"m": {"checkpoint": "m.safetensors"}},
                                "scoring": {"judges": ["clipscore"], "clip": {"weights": str(files["hps_config"])},
                                            "hpsv21": {"weights": "whole.pt"}, "pickscore": {"model_dir": "empty"}}})

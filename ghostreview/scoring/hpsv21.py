@@ -164,7 +164,8 @@ class HpsSpec:
 
     def load(self) -> HpsModel:
         device = pick_device(self.device)
-        return load_hpsv21(self.weights, self.arch, self.model_config, device, self.sha256)
+        return load_hpsv21(self.weights, self.arch, model_config=self.model_config, device=device,
+                           expected_sha256=self.sha256)
 
 
 def hps_preprocess(image: Image.Image, cfg: Mapping[str, Any]) -> torch.Tensor:

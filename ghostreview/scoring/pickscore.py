@@ -104,14 +104,28 @@ def judge_sha256(weights_sha256: str, model_dir: Path, processor_dir: Path) -> s
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
-def load_processor(processor_dir: Path) -> tuple[Any, Any]:
-    """(PIL image processor, tokenizer) from the local processor folder; a missing file names the folder."""
-    from transformers import AutoTokenizer, CLIPImageProcessorPil
+def check_processor_dir(processor_dir: Path) -> None:
+    """The processor folder holds ``preprocessor_config.json`` and a tokenizer (``tokenizer.json``, or ``vocab.json``
+    with ``merges.txt``); reads no file, so validation can call it before any library loads.
 
+    Raises:
+        WeightsError: naming the folder, the missing files and the fix.
+    """
     processor_dir = Path(processor_dir)
     if not (processor_dir / "preprocessor_config.json").is_file():
         raise WeightsError(f"{processor_dir}: no preprocessor_config.json, not the processor folder of "
                            f"{PROCESSOR_REPO}; {FIX}")
+    has = {name for name in ("tokenizer.json", "vocab.json", "merges.txt") if (processor_dir / name).is_file()}
+    if "tokenizer.json" not in has and not {"vocab.json", "merges.txt"} <= has:
+        raise WeightsError(f"{processor_dir}: no tokenizer (tokenizer.json, or vocab.json with merges.txt; have "
+                           f"{sorted(has)}) in the processor folder of {PROCESSOR_REPO}; {FIX}")
+
+
+def load_processor(processor_dir: Path) -> tuple[Any, Any]:
+    """(PIL image processor, tokenizer) from the local processor folder; a missing file names the folder."""
+    from transformers import AutoTokenizer, CLIPImageProcessorPil
+
+    check_processor_dir(processor_dir)
     try:
         images = CLIPImageProcessorPil.from_pretrained(str(processor_dir), local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(str(processor_dir), local_files_only=True)
@@ -154,7 +168,7 @@ class PickSpec:
 
     def load(self) -> PickModel:
         device = pick_device(self.device)
-        return load_pickscore(self.model_dir, self.processor_dir, device, self.sha256)
+        return load_pickscore(self.model_dir, self.processor_dir, device=device, expected_sha256=self.sha256)
 
 
 def text_ids(tokenizer: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
