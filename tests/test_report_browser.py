@@ -400,3 +400,32 @@ def test_click_opens_the_full_image_and_sort_buttons_move_columns(site):
     assert natural == 48 and closed and odd == ODD_INFOTEXT
     assert p1[0] == ["gamma", "beta", "alpha"] and p1[1] == [p1[0], p1[0]]  # every seed row follows its header
     assert p2 == board["model"].tolist()  # the other grids keep their order
+
+
+def test_a_split_item_is_walked_part_to_part_with_lazy_thumbnails_of_fixed_size(tmp_path):
+    """A report at max_cells=3 cuts each 3-model x 2-seed item into one part per seed. Part 1's "next" link opens
+    part 2's page at its grid; there every thumbnail is lazy and laid out at its final size before it loads (width
+    and height set: nothing moves as images arrive), all load, and a click shows that part's seed."""
+    from ghostreview.analysis.report.html import write_html
+
+    result, scores, manifests, models, images_root = make_demo(tmp_path / "in", size=48)
+    index = write_html(result, scores, manifests, models, images_root, tmp_path / "out", metrics=METRICS,
+                       plot_pngs={}, max_cells=3)
+    boxes = """() => [...document.querySelectorAll('section.grid[data-item="p1"] td.cell img')].map(i => {
+        const r = i.getBoundingClientRect();
+        return [i.loading, i.getAttribute('width'), i.getAttribute('height'), r.width, r.height]; })"""
+    with live(index.parent / "pages" / "task-general-1.html") as tab:
+        tab.locator("section.grid[data-item='p1'] a[rel='next']").click()
+        tab.wait_for_selector("body[data-ready='1']")
+        where = tab.evaluate("""() => [location.pathname.split('/').pop(), location.hash,
+            [...document.querySelectorAll('section.grid[data-item="p1"] tr[data-seed]')].map(t => t.dataset.seed)]""")
+        before = tab.evaluate(boxes)
+        scroll_through(tab)
+        after, broken = tab.evaluate(boxes), broken_images(tab)
+        tab.locator("section.grid[data-item='p1'] td.cell[data-model='beta'] a.shot").click()
+        caption = tab.evaluate("() => document.querySelector('#lightbox .caption').textContent")
+    assert where == ["task-general-2.html", "#grid-general-p1-part-2", ["1"]]
+    # laid out square (the CSS scales thumbnails; width/height give the aspect) before any image arrived
+    assert len(before) == 3 and all(b[:3] == ["lazy", "48", "48"] and b[3] == b[4] > 48 for b in before)
+    assert after == before and broken == []
+    assert caption == "beta · general p1 · seed 1"

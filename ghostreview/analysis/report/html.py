@@ -75,7 +75,10 @@ STATIC = Path(__file__).parent / "static"
 TASK_TITLES = {"general": "General prompt", "style": "Style", "lora": "LoRA"}
 FAMILY_TITLES = {"sd15": "SD1.5", "sdxl": "SDXL"}  # section titles; any other family is shown by its name
 PAGES = "pages"  # <out_dir>/pages: the grid pages
-MAX_CELLS = 5000  # generated images per grid page (a larger item is split into parts; targets come on top)
+# Generated images per grid page (a larger item is split into parts; targets come on top). Measured at 500 models in
+# chromium (benchmarks/RESULTS.md section 11b): the longest frame gap scrolling a page of 4,000 images was 350 ms,
+# of 2,000 168 ms (16,000: 1,295 ms)
+MAX_CELLS = 2000
 TOP_PAIRWISE = 40  # models in each pairwise matrix of the index (the best by combined rank)
 INCOMPATIBLE = "lora_incompatible"  # the manifest flag of a LoRA drawn by a model of another family
 
