@@ -1,8 +1,9 @@
 """The one validation sequence: params.yaml and everything it names, checked before any model loads.
 
 The stages and ``ghostreview validate`` call these functions; nothing else reads ``params.yaml``. :func:`load` reads
-the file strictly and parses it into ``ghostreview.config`` dataclasses; the ``check_*`` functions look at what the
-values name (files, scorer weights, devices, the sampler, checkpoint headers), :func:`for_generate` is what the
+the file strictly, parses it into ``ghostreview.config`` dataclasses and checks the judges' names against the
+metric registry; the ``check_*`` functions look at what the values name (files, the listed judges' weights, devices,
+the sampler, checkpoint headers), :func:`for_generate` is what the
 generate stage of one model checks, :func:`everything` what ``ghostreview validate`` checks. Every refusal is a
 :class:`ParamsError` naming the file, the key and the fix; the stages print it as an ``error:`` line.
 
