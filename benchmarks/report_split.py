@@ -7,8 +7,8 @@ items, so that item was one page. This builds only that item's grids, from synth
 writes the grid pages in each shape with ``write_html``:
 
 - ``whole``: ``max_cells`` above the item's size: the one page the report wrote before items were split;
-- ``split-<bound>``: ``max_cells=<bound>`` for each ``--bounds`` value (5,000 is ``html.MAX_CELLS``): the item's
-  parts, one per page.
+- ``split-<bound>``: ``max_cells=<bound>`` for each ``--bounds`` value (5,000: the bound before): the item's
+  parts, one per page (``html.MAX_CELLS`` is 2,000).
 
 The renditions are made once (the first shape) and reused from a shared cache by the others. Then chromium (Debian's,
 playwright, 1400 x 900) opens each shape's largest grid page, the shapes interleaved in every round (whole, split,
