@@ -18,8 +18,8 @@ from PIL import Image
 from ghostreview.analysis.report import print_leaderboard, write_report
 from ghostreview.analysis.report.display import shown_metrics
 from ghostreview.analysis.report.html import seed_order, write_html
-from ghostreview.analysis.report.targets import Targets
 from ghostreview.analysis.report.tables import leaderboard_frame, write_tables
+from ghostreview.analysis.report.targets import Targets
 from ghostreview.analysis.standardize import standardize
 from ghostreview.scoring.registry import REGISTRY
 
