@@ -429,3 +429,25 @@ def test_a_split_item_is_walked_part_to_part_with_lazy_thumbnails_of_fixed_size(
     assert len(before) == 3 and all(b[:3] == ["lazy", "48", "48"] and b[3] == b[4] > 48 for b in before)
     assert after == before and broken == []
     assert caption == "beta · general p1 · seed 1"
+
+
+def test_a_part_link_carries_the_sort_of_the_part_it_leaves(tmp_path):
+    """Sorting part 1 of a split item by aesthetic (p1: gamma > beta > alpha, against the leaderboard's order) and
+    following "next" opens part 2 sorted the same way, its grid's id in the address (``at=``)."""
+    from ghostreview.analysis.report.html import write_html
+
+    result, scores, manifests, models, images_root = make_demo(tmp_path / "in")
+    index = write_html(result, scores, manifests, models, images_root, tmp_path / "out", metrics=METRICS,
+                       plot_pngs={}, max_cells=3)
+    heads = "() => [...document.querySelectorAll(\"section.grid[data-item='p1'] th.col\")].map(t => t.dataset.model)"
+    with live(index.parent / "pages" / "task-general-1.html") as tab:
+        unsorted = tab.evaluate(heads)
+        tab.locator("section.grid[data-item='p1'] .sorter button[data-sort='aesthetic']").click()
+        tab.locator("section.grid[data-item='p1'] a[rel='next']").click()
+        tab.wait_for_selector("body[data-ready='1']")
+        arrived = tab.evaluate("() => [location.pathname.split('/').pop(), location.hash, "
+                               "document.body.dataset.sorted]")
+        order = tab.evaluate(heads)
+    assert unsorted != ["gamma", "beta", "alpha"]
+    assert arrived == ["task-general-2.html", "#sort=aesthetic&at=grid-general-p1-part-2", "aesthetic"]
+    assert order == ["gamma", "beta", "alpha"]

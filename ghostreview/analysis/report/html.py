@@ -25,7 +25,8 @@ file or model names goes through ``html.escape``; the script touches text only v
 
 URL hash parameters honoured by every page: ``#sort=score`` (each grid by its primary metric, best first),
 ``#sort=<metric>``, ``#sort=name``, ``#sort=default`` (leaderboard order), ``open=<image_hash>`` (opens that image in
-the viewer, as a click does, on the page that holds it); combine with ``&``.
+the viewer, as a click does, on the page that holds it), ``at=<element id>`` (scrolls to it: a split item's part
+links carry the sort of the part they leave, ``#sort=<key>&at=<grid id>``); combine with ``&``.
 """
 
 from __future__ import annotations

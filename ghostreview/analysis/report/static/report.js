@@ -113,6 +113,7 @@
   function applyHash() {
     var p = hashParams();
     if (p.sort) { sortAll(p.sort); }
+    if (p.at && document.getElementById(p.at)) { document.getElementById(p.at).scrollIntoView(); }
     if (p.open) {
       var figs = document.querySelectorAll("figure.thumb");
       for (var i = 0; i < figs.length; i++) {
@@ -126,6 +127,16 @@
   });
   document.querySelectorAll("#leaderboard th").forEach(function (th) {
     th.addEventListener("click", function () { sortLeaderboard(th); });
+  });
+  // A link to another part of a split item keeps the order its grid is sorted in: "page#<anchor>" is followed as
+  // "page#sort=<key>&at=<anchor>" (the anchor is already percent-quoted; the plain link works without the script).
+  document.querySelectorAll("section.grid .parts a").forEach(function (a) {
+    var plain = a.getAttribute("href"), i = plain.indexOf("#");
+    a.addEventListener("click", function () {
+      var key = a.closest("section.grid").dataset.sorted;
+      a.setAttribute("href", key && i >= 0 ? plain.slice(0, i) + "#sort=" + encodeURIComponent(key) + "&at=" +
+                     plain.slice(i + 1) : plain);
+    });
   });
   // One listener for all thumbnails (a full review has tens of thousands); a modified click follows the plain link.
   document.addEventListener("click", function (e) {
