@@ -332,9 +332,27 @@ class ScoringParams(Checked):
 
 @dataclass(frozen=True)
 class StandardizeParams(Checked):
+    """The bootstrap's resamples, seed and interval level, and ``combined``: the judges the combined rank averages
+    (None, the key left out: the article's four, ``JUDGES``, that scoring.judges lists; ``validate.combined_judges``
+    resolves it, and ``validate.check_combined`` refuses a name that is no judge or that scoring.judges does not
+    list: this leaf knows neither)."""
+
     bootstrap: int = ranged(1000, 1, 1_000_000)
     seed: int = ranged(0, 0, MAX_SEED)
     confidence: float = ranged(0.95, 0, 1, lo_open=True, hi_open=True)
+    combined: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.combined is not None and not self.combined:
+            raise Invalid(lambda at, src: f"{at}combined is empty; list the judges the combined rank averages, e.g. "
+                                          f"[{', '.join(JUDGES)}] (the default when the key is left out).")
+        names = self.combined or ()
+        twice = sorted({j for j in names if names.count(j) > 1})
+        if twice:
+            listed = ", ".join(map(repr, twice))
+            raise Invalid(lambda at, src: f"{at}combined lists {listed} more than once: remove the repeats from "
+                                          f"{at}combined in {src}.")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ghostreview.config import SLUG, ConfigError, Params, parse_params
+from ghostreview.config import JUDGES, SLUG, ConfigError, Params, parse_params
 from ghostreview.errors import UserError, about
 from ghostreview.protocol import BenchmarkError, images_per_item, load_benchmark
 from ghostreview.util.names import did_you_mean
@@ -49,6 +49,7 @@ def parse(data: Mapping[str, object], source: str = "params.yaml") -> Params:
     except ConfigError as exc:
         raise ParamsError(str(exc)) from exc
     check_judges(params, source)
+    check_combined(params, source)
     return params
 
 
@@ -64,6 +65,41 @@ def check_judges(params: Params, source: str = "params.yaml") -> None:
             problems.append(f"{source}: scoring.judges has {name!r}, which is no judge.{hint} Valid: "
                             f"{', '.join(REGISTRY)}. Fix scoring.judges in {source}.")
     _one_error(problems)
+
+
+def check_combined(params: Params, source: str = "params.yaml") -> None:
+    """Every name in ``standardize.combined`` is a judge that ``scoring.judges`` lists (a judge not computed has no
+    score to average); left out, the default (:func:`combined_judges`) must keep at least one judge. Part of
+    :func:`parse`, after :func:`check_judges`."""
+    from ghostreview.scoring.registry import REGISTRY
+
+    listed, chosen = params.scoring.judges, params.standardize.combined
+    fix = f"Fix standardize.combined in {source}."
+    if chosen is None:
+        if not combined_judges(params):
+            _one_error([f"{source}: standardize.combined is left out, so the combined rank averages the article's "
+                        f"judges ({', '.join(JUDGES)}) that scoring.judges lists, and it lists none of them "
+                        f"({', '.join(listed)}). List the judges to average in standardize.combined in {source}."])
+        return
+    problems = []
+    for name in chosen:
+        if name not in REGISTRY:
+            hint = did_you_mean(name, REGISTRY, quote="'")
+            problems.append(f"{source}: standardize.combined has {name!r}, which is no judge.{hint} Valid: "
+                            f"{', '.join(listed)} (scoring.judges). {fix}")
+        elif name not in listed:
+            problems.append(f"{source}: standardize.combined has {name!r}, which scoring.judges does not list "
+                            f"({', '.join(listed)}): it has no scores to average. Add it to scoring.judges or remove "
+                            f"it from standardize.combined in {source}.")
+    _one_error(problems)
+
+
+def combined_judges(params: Params) -> tuple[str, ...]:
+    """The judges the combined rank averages: ``standardize.combined``, or when it is left out the article's four
+    (``config.JUDGES``) that ``scoring.judges`` lists, in that order (so a review of the four, the default, ranks as
+    the article does whatever judges are added)."""
+    chosen = params.standardize.combined
+    return chosen if chosen is not None else tuple(j for j in JUDGES if j in params.scoring.judges)
 
 
 def load(path: Path | str = "params.yaml") -> Params:
@@ -482,6 +518,7 @@ __all__ = [
     "load",
     "parse",
     "resolve",
+    "check_combined",
     "check_judges",
     "judge_files",
     "JUDGE_FILES",
@@ -500,6 +537,7 @@ __all__ = [
     "for_generate",
     "for_scoring",
     "clip_spec",
+    "combined_judges",
     "vgg_spec",
     "hps_spec",
     "pick_spec",

@@ -34,15 +34,17 @@ def main(argv: list[str] | None = None) -> None:
         models = models_table(args.images, names)
         bench = validate.benchmark(params, root, str(args.params))
         s = params.standardize
+        # the review's judges only: a registered judge it does not compute gets no undrawn rows and no ranking
+        judges = {n: REGISTRY[n] for n in params.scoring.judges}
         scores = read_scores(args.scores, names, VALUE_COLUMNS)  # what standardize reads of a score row
         # unusable LoRA pairs: flagged, not silent (only the manifest columns this needs: infotexts are most of it)
-        undrawn = undrawn_rows(manifests(args.images, names, UNDRAWN_COLUMNS), REGISTRY)
+        undrawn = undrawn_rows(manifests(args.images, names, UNDRAWN_COLUMNS), judges)
         if not undrawn.empty:
             scores = pd.concat([scores, undrawn], ignore_index=True)
         bar.update()
         result = standardize(
-            scores, models, REGISTRY, made_with_map(bench, models),
-            n_boot=s.bootstrap, seed=s.seed, ci=s.confidence, good_threshold=params.scoring.aesthetic.good_threshold,
+            scores, models, judges, made_with_map(bench, models), n_boot=s.bootstrap, seed=s.seed, ci=s.confidence,
+            good_threshold=params.scoring.aesthetic.good_threshold, combined=validate.combined_judges(params),
         )
         bar.update()
         # which benchmark the scores answer: reports are comparable only when name, version and digest match

@@ -18,7 +18,8 @@ Conventions (each one tested in tests/test_standardize.py):
 - Scores. A model's score on a metric = mean of its z, in the metric's natural sign (lower is better for losses, as
   the GhostReview article shows). Oriented score = score for higher-is-better metrics, -score otherwise; ranks (1 =
   best) order oriented scores. ``combined`` = mean of a model's oriented scores over ``meta["combined_over"]``: the
-  registered metrics that every ranked model has a score on (the NoTM variant is never part of it), higher is better.
+  metrics of ``combined`` (the chosen judges, ``meta["combined_chosen"]``; every registered metric by default) that
+  every ranked model has a score on (the NoTM variant is never part of it), higher is better.
   A combined score over different metric sets would not be comparable (in the demo the lone SDXL model has no LoRA
   score, its one-model pool being degenerate, and ranked first on 3 metrics against 4 for the others), so a metric
   some model lacks is left out of everyone's combined score and keeps its own column. The LoRA metric is one metric
@@ -48,7 +49,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -56,6 +57,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
+from ghostreview.analysis.agreement import AGREEMENT_COLUMNS, RANK_COLUMNS, agreement_table, rank_spread
 from ghostreview.scoring.table import VALUE_COLUMNS  # what standardize reads of a score row (not its provenance)
 
 EXCLUDING_FLAGS = frozenset({"nan", "black", "lora_unsupported", "lora_incompatible", "lora_partial", "error"})
@@ -91,9 +93,13 @@ class Standardized:
     degenerate: metric, task, item, pool, n_values, reason.
     raw: one row per registered metric scored x model: model, metric, n_images, mean, std (ddof=0) of the raw values
         (``usable_raw``); good_rate (share >= threshold) and threshold for the raw metric (aesthetic) only, else NaN.
-    meta: n_boot, seed, ci, std_ddof, excluding_flags, directions {metric: higher_is_better}, combined_over (the
-        registered metrics the combined score averages: those every ranked model has), metric_tasks, n_units
-        (the resampled (task, pool, item) units), ...
+    agreement: one row per pair of judges (``agreement.AGREEMENT_COLUMNS``): Kendall's tau between their model
+        rankings with its interval from the scores' resamples, Spearman's rho between their per-image z.
+    judge_ranks: one row per model (``agreement.RANK_COLUMNS``): its best and worst rank over the judges.
+    meta: n_boot, seed, ci, std_ddof, excluding_flags, directions {metric: higher_is_better}, combined_chosen (the
+        scored metrics the combined score may average: ``standardize``'s ``combined``), combined_over (those of them
+        it averages: the ones every ranked model has), agreement_judges (the judges ``agreement`` compares: those
+        that rank 2 models or more), metric_tasks, n_units (the resampled (task, pool, item) units), ...
     """
 
     images: pd.DataFrame
@@ -101,6 +107,8 @@ class Standardized:
     pairwise: pd.DataFrame
     degenerate: pd.DataFrame
     raw: pd.DataFrame
+    agreement: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=AGREEMENT_COLUMNS))
+    judge_ranks: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=RANK_COLUMNS))
     meta: dict = field(default_factory=dict)
 
     def write(self, out_dir: str | Path) -> None:
@@ -122,9 +130,9 @@ class Standardized:
         return cls(**tables, meta=json.loads((src / "meta.json").read_text()))
 
 
-TABLES = ("images", "scores", "pairwise", "degenerate", "raw")
+TABLES = ("images", "scores", "pairwise", "degenerate", "raw", "agreement", "judge_ranks")
 STRING_COLUMNS = ("model", "model_a", "model_b", "task", "item", "image_hash", "metric", "flags", "family", "pool",
-                  "status", "reason", "metric_version", "weights_sha256")
+                  "status", "reason", "metric_version", "weights_sha256", "judge_a", "judge_b", "best_by", "worst_by")
 
 
 def float_text(values: np.ndarray) -> np.ndarray:
@@ -589,11 +597,11 @@ def raw_table(images: pd.DataFrame, models: Sequence[str], metrics: Sequence[str
 
 
 def estimates(images: pd.DataFrame, names: Sequence[str], metrics: Mapping[str, MetricLike],
-              made_with: Mapping[str, Sequence[str]], *, n_boot: int, seed: int,
-              lora_metric: str) -> tuple[list[MetricEstimate], int]:
+              made_with: Mapping[str, Sequence[str]], *, n_boot: int, seed: int, lora_metric: str,
+              combined: Collection[str]) -> tuple[list[MetricEstimate], int]:
     """Point and resampled scores of each registered metric present in ``images`` (``image_table``'s first output),
-    then ``<lora_metric>_notm`` (if scored) and ``combined`` over ``shared_metrics``, all from one draw; and the
-    number of resampled units."""
+    then ``<lora_metric>_notm`` (if scored) and ``combined`` over the ``shared_metrics`` of those in ``combined``,
+    all from one draw; and the number of resampled units."""
     ok = images[(images["status"] == "ok").to_numpy()]
     design = make_design(ok, names)
     w = unit_weights(design.unit_stratum, n_boot, np.random.default_rng(seed))
@@ -613,38 +621,65 @@ def estimates(images: pd.DataFrame, names: Sequence[str], metrics: Mapping[str, 
     ests = [one(m, m, ok_metric == m) for m in present]
     if lora_metric in present:
         ests.append(one(f"{lora_metric}_notm", lora_metric, notm_keep(ok, lora_metric, made_with)))
-    combined = combine(shared_metrics(ests[:len(present)]), len(names), n_boot)
-    return ests + [combined], int(len(design.unit_stratum))
+    chosen = [e for e in ests[:len(present)] if e.name in combined]
+    return ests + [combine(shared_metrics(chosen), len(names), n_boot)], int(len(design.unit_stratum))
+
+
+def agreeing_judges(present: Sequence[MetricEstimate]) -> list[MetricEstimate]:
+    """The judges the agreement compares: the registered metrics scored that rank at least 2 models."""
+    return [e for e in present if np.isfinite(e.point).sum() >= 2]
+
+
+def judge_agreement(judges: Sequence[MetricEstimate], images: pd.DataFrame, scores: pd.DataFrame,
+                    ci: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(agreement, judge_ranks) of ``judges`` (``agreement.agreement_table`` over their oriented point and resampled
+    scores, ``agreement.rank_spread`` over their rank rows of ``scores``)."""
+    names, higher = [e.name for e in judges], [e.higher_is_better for e in judges]
+    if not judges:
+        return agreement_table([], [], np.zeros((0, 0)), np.zeros((0, 0, 0)), images, ci), rank_spread(scores, [])
+    point = np.stack([e.oriented(e.point) for e in judges])
+    boot = np.stack([e.oriented(e.boot) for e in judges])
+    return agreement_table(names, higher, point, boot, images, ci), rank_spread(scores, names)
 
 
 def standardize(scores: pd.DataFrame, models: pd.DataFrame, metrics: Mapping[str, MetricLike],
                 made_with: Mapping[str, Sequence[str]], *, n_boot: int = 1000, seed: int = 0, ci: float = 0.95,
-                good_threshold: float = 6.0, raw_metric: str = "aesthetic",
-                lora_metric: str = "loraloss") -> Standardized:
-    """Standardize, score, rank and bootstrap (conventions in the module docstring).
+                good_threshold: float = 6.0, raw_metric: str = "aesthetic", lora_metric: str = "loraloss",
+                combined: Sequence[str] | None = None) -> Standardized:
+    """Standardize, score, rank and bootstrap, and compare the judges (conventions in the module docstring and in
+    ``agreement``'s).
 
     scores: tidy score rows (VALUE_COLUMNS at least). models: ``model, family`` (+ anything). metrics: registry,
     name -> MetricInfo. made_with: LoRA item -> models that made its reference images (for ``<lora_metric>_notm``).
     n_boot: resamples B. seed: for np.random.default_rng. ci: interval level. good_threshold: raw ``raw_metric``
-    value counted as a good image (LAION-Aesthetics' "6+" subset by default).
+    value counted as a good image (LAION-Aesthetics' "6+" subset by default). combined: the metrics of ``metrics``
+    the combined score may average (None: all of them); a name not in ``metrics`` raises ValueError.
     """
     if n_boot < 1 or not 0 < ci < 1:
         raise ValueError(f"n_boot={n_boot} must be >= 1 and ci={ci} in (0, 1)")
+    chosen = list(metrics) if combined is None else list(combined)
+    unknown = [m for m in chosen if m not in metrics]
+    if unknown:
+        raise ValueError(f"combined lists {unknown}, which are not among the metrics {sorted(metrics)}")
     images, degenerate = image_table(scores, models, metrics)
     names = [str(m) for m in models["model"]]
     all_ests, n_units = estimates(images, names, metrics, made_with, n_boot=n_boot, seed=seed,
-                                  lora_metric=lora_metric)
+                                  lora_metric=lora_metric, combined=set(chosen))
     present = [e for e in all_ests if e.name in metrics]
-    combined_over = [e.name for e in shared_metrics(present)]
+    combined_over = [e.name for e in shared_metrics([e for e in present if e.name in chosen])]
+    judges = agreeing_judges(present)
+    table = pd.concat([estimate_rows(e, names, ci) for e in all_ests], ignore_index=True)
+    agreement, judge_ranks = judge_agreement(judges, images, table, ci)
     meta = {
         "n_boot": n_boot, "seed": seed, "ci": ci, "std_ddof": STD_DDOF, "excluding_flags": sorted(EXCLUDING_FLAGS),
         "directions": {e.name: e.higher_is_better for e in all_ests}, "combined_over": combined_over,
+        "combined_chosen": [e.name for e in present if e.name in chosen],
+        "agreement_judges": [e.name for e in judges],
         "metric_tasks": {e.name: metric_task(e.name, metrics[e.name]) for e in present}, "lora_metric": lora_metric,
         "raw_metric": raw_metric, "good_threshold": good_threshold, "n_units": n_units,
     }
     return Standardized(
-        images=images,
-        scores=pd.concat([estimate_rows(e, names, ci) for e in all_ests], ignore_index=True),
+        images=images, scores=table,
         pairwise=pd.concat([pairwise_rows(e, names) for e in all_ests], ignore_index=True),
         degenerate=degenerate, raw=raw_table(images, names, [e.name for e in present], raw_metric, good_threshold),
-        meta=meta)
+        agreement=agreement, judge_ranks=judge_ranks, meta=meta)
