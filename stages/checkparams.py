@@ -25,6 +25,7 @@ from pathlib import Path
 from ghostreview import validate
 from ghostreview.errors import stage_main
 from ghostreview.util.atomic import write_text_atomic
+from ghostreview.util.hashing import file_sha256
 from ghostreview.util.imports import fingerprint
 from ghostreview.util.yamlio import read_yaml
 
@@ -33,9 +34,13 @@ MODEL = "models.{model}"
 # every key it reads is here, and a change of each one reaches its output); MODEL makes the file per model
 SETTINGS: dict[str, tuple[str, ...]] = {
     "generate": (MODEL, "benchmark", "generation"),
-    "score": ("scoring.clip", "scoring.aesthetic.weights", "scoring.aesthetic.sha256", "scoring.style",
-              "scoring.device", "scoring.batch_size", "scoring.cpu_threads"),
+    "score": ("scoring.judges", "scoring.clip", "scoring.aesthetic.weights", "scoring.aesthetic.sha256",
+              "scoring.style", "scoring.hpsv21", "scoring.pickscore", "scoring.device", "scoring.batch_size",
+              "scoring.cpu_threads"),
 }
+# per-model stage -> the files it reads that dvc.yaml cannot list as deps, fingerprinted into its settings file:
+# the judges' files, which exist only where the judge is listed (a dep on a missing path stops `dvc repro`)
+FILES = {"score": "judge files"}
 STAGES_DIR = Path(__file__).resolve().parent
 
 
@@ -58,18 +63,41 @@ def as_json(value: object) -> str:
     return json.dumps(value, indent=1, sort_keys=True, ensure_ascii=False, default=str) + "\n"
 
 
-def settings_texts(data: Mapping) -> dict[str, str]:
-    """{file under the out directory: its text} for every per-model stage and model."""
+def settings_texts(data: Mapping, files: Mapping[str, str] | None = None) -> dict[str, str]:
+    """{file under the out directory: its text} for every per-model stage and model; ``files`` (path: sha256) goes
+    into the files entry of the stages in :data:`FILES`."""
     texts = {}
     for stage, keys in SETTINGS.items():
         for model in data.get("models") or {}:
-            values = {}
+            values: dict[str, object] = {}
             for key in (k.format(model=model) for k in keys):
                 present, value = lookup(data, key)
                 if present:
                     values[key] = value
+            if stage in FILES and files:
+                values[FILES[stage]] = dict(files)
             texts[settings_file(stage, model)] = as_json(values)
     return texts
+
+
+def judge_fingerprints(params: validate.Params, root: Path) -> dict[str, str]:
+    """{path as params write it (a folder's files below it): sha256} of every file the listed judges read, through
+    the hash cache (``<paths.cache>/sha256.json``: a file unchanged since it was last hashed is not read again).
+
+    So a judge's weights replaced under another name (an edit of params.yaml) or its folder's files edited, then
+    `dvc repro` (any params edit reruns this stage), reruns the score stages. A file replaced in place with no edit
+    of params.yaml is not seen by `dvc status` (no stage tracks it): `dvc repro -f checkparams` then."""
+    cache = validate.resolve(root, params.paths.cache) / "sha256.json"
+    out = {}
+    for _key, rel, _kind, _doc in validate.judge_files(params):
+        path = validate.resolve(root, rel)
+        if not path.exists():  # the score stage's validation names it, its key and the fix
+            out[rel] = "missing"
+            continue
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            out[rel if f == path else f"{rel}/{f.relative_to(path).as_posix()}"] = file_sha256(f, cache)
+    return out
 
 
 def code_texts(stages_dir: Path = STAGES_DIR) -> dict[str, str]:
@@ -110,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.out is not None:
         data = read_yaml(args.params)
         assert isinstance(data, Mapping)  # validate.load refused anything else
-        written, deleted = sync_dir(args.out, {**settings_texts(data), **code_texts()})
+        files = judge_fingerprints(params, args.params.resolve().parent)
+        written, deleted = sync_dir(args.out, {**settings_texts(data, files), **code_texts()})
         print(f"checkparams: {args.out}: {written} files written, {deleted} deleted")
 
 

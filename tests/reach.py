@@ -259,6 +259,7 @@ class Project:
 
     def __init__(self, root: Path) -> None:
         from ghostreview.kit.images import write_lora_header, write_style_references
+        from ghostreview.kit.judges import write_tiny_judges
         from ghostreview.kit.lora import write_tiny_lora
         from ghostreview.kit.scorers import TINY_CLIP_ARCH, tiny_clip_config, write_tiny_clip, write_tiny_vgg19
         from ghostreview.kit.sd import write_tiny_checkpoint, write_tiny_config_dir, write_tiny_vae
@@ -293,6 +294,7 @@ class Project:
         self.clip_config = tiny_clip_config()
         write_spread_head(kit / "scorers/laion_head.pth")
         write_tiny_vgg19(kit / "scorers/vgg19_features.safetensors", 0)
+        write_tiny_judges(kit / "scorers", 0)  # the preference judges' stand-ins, where params.yaml names them
 
         # the full v1 example's paths: the same stand-ins (VGG narrower still: it runs at 512 px there)
         self._link(a / "models/my_model.safetensors", kit / "models/tiny-sd15-a.safetensors")
@@ -523,6 +525,22 @@ def spies(mp: pytest.MonkeyPatch, rec: Record, project: Project) -> Iterator[Non
     mp.setattr(styleloss, "load_vgg19_features", load_vgg)
     mp.setattr(styleloss, "style_grams", lambda vgg, images: log(
         "style_grams", shape=list(images.shape), threads=torch.get_num_threads()) or real_grams(vgg, images))
+    # the preference judges: loaded for real, their loaders' arguments recorded
+    import ghostreview.scoring.hpsv21 as hpsv21
+    import ghostreview.scoring.pickscore as pickscore
+
+    real_hps, real_pick = hpsv21.load_hpsv21, pickscore.load_pickscore
+
+    def load_hps(weights, arch=hpsv21.ARCH, model_config=None, **k):
+        log("load_hpsv21", weights=weights, arch=arch, model_config=model_config)
+        return real_hps(weights, arch, model_config=model_config, **k)
+
+    def load_pick(model_dir, processor_dir, **k):
+        log("load_pickscore", model_dir=model_dir, processor_dir=processor_dir)
+        return real_pick(model_dir, processor_dir, **k)
+
+    mp.setattr(hpsv21, "load_hpsv21", load_hps)
+    mp.setattr(pickscore, "load_pickscore", load_pick)
     # report: the plots' figures are not built (seconds of matplotlib; they show standardize's output, no setting)
     import ghostreview.analysis.report.plots as plots
 

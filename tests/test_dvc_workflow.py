@@ -172,6 +172,8 @@ def review(tmp_path_factory):
         params["paths"]["image_store"] = "store"  # relative: each clone has its own store, nothing is shared
         params["paths"]["cache"] = "cache"
         params["standardize"]["bootstrap"] = 100
+        # the article's four judges: test_adding_a_judge_... adds the preference judges to the finished review
+        params["scoring"]["judges"] = ["aesthetic", "clipscore", "styleloss", "loraloss"]
         for name in list(params["models"]):
             if name != A:
                 del params["models"][name]
@@ -365,6 +367,35 @@ def test_a_new_style_size_recomputes_only_the_style_metrics_values(review):
             for f, data in kept[m].items():
                 assert (ws / "data" / "scores" / m / f).read_bytes() == data, (m, f)
         assert set(scored(out)) == {A, B}
+    finally:
+        git(ws, "checkout", "--", ".")
+        dvc(ws, "checkout")
+
+
+def test_adding_a_judge_to_a_finished_review_computes_only_that_judge(review):
+    """Issue 16: the preference judges added to params reach every model's score stage, which computes their values
+    and nothing else (no image drawn, every other metric's value read back from the score store)."""
+    ws, _, _ = review
+    pngs = store_pngs(ws)
+    kept = {m: tree(ws / "data" / "scores" / m) for m in (A, B)}
+    general = {m: sum(r[0] == "general" for r in csv_rows(ws / "data" / "images" / m / "manifest.csv"))
+               for m in (A, B)}
+    try:
+        edit_yaml(ws / "params.yaml", lambda d: d["scoring"].__setitem__(
+            "judges", [*d["scoring"]["judges"], "hpsv21", "pickscore"]))
+        out = dvc(ws, "repro")
+        assert ran(out) == instances(A, ("score",)) | instances(B, ("score",)) | {
+            "checkparams", "standardize", "report"}
+        assert not drawn(out) and store_pngs(ws) == pngs
+        assert set(scored(out)) == {A, B}
+        for m, counts in scored(out).items():
+            old = ("aesthetic", "clipscore", "styleloss", "loraloss", "clip image embeddings")
+            assert [counts[k][0] for k in old] == [0] * len(old), out  # nothing else computed
+            assert counts["hpsv21"] == counts["pickscore"] == (general[m], 0), out
+            now = tree(ws / "data" / "scores" / m)
+            assert set(now) == set(kept[m]) | {"hpsv21.csv", "pickscore.csv"}
+            assert {f: now[f] for f in kept[m]} == kept[m]  # the other tables: the same bytes
+        assert "HPSv2.1" in (ws / "reports" / "leaderboard.md").read_text()
     finally:
         git(ws, "checkout", "--", ".")
         dvc(ws, "checkout")

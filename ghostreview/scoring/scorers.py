@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Protocol
@@ -204,6 +204,55 @@ class StyleScorer:
                                                       for layer, v in zip(styleloss.LAYERS, layers, strict=True)}},
                             ()))
         return out
+
+
+# ------------------------------------------------------------------------------------------- preference judges
+
+
+class JudgeModel(Protocol):
+    """What a loaded preference judge is for its scorer: ``hpsv21.HpsModel``, ``pickscore.PickModel``."""
+
+    weights_sha256: str
+
+
+class JudgeSpec(Protocol):
+    device: str
+
+    def load(self) -> JudgeModel: ...
+
+
+JudgeScores = Callable[..., tuple[np.ndarray, list[bool]]]  # (judge, images, prompts, batch_size, progress)
+
+
+class JudgeScorer:
+    """A preference judge (HPSv2.1, PickScore) on every general-prompt image and its prompt's plain text, as for
+    CLIPScore; a prompt cut at the judge's text context is flagged ``text_truncated``. ``weights_sha256``: the
+    judge's provenance hash as its loader reports it, computed before it loads; ``model``: what else decides the
+    network (HPSv2.1's arch and config file), part of the identity."""
+
+    def __init__(self, info: MetricInfo, spec: JudgeSpec, weights_sha256: str, scores: JudgeScores, images_dir: Path,
+                 batch_size: int, model: Mapping | None = None):
+        self.info, self.spec, self.weights_sha256, self.scores = info, spec, weights_sha256, scores
+        self.images_dir, self.batch_size = images_dir, batch_size
+        self._base = {"metric": info.name, "version": info.version, "weights": weights_sha256, "model": model or {},
+                      "batch_size": batch_size, **compute_context(spec.device)}
+
+    def selects(self, row: Row) -> bool:
+        return row["task"] == "general"
+
+    def identity(self, row: Row) -> Mapping:
+        return {**self._base, "text": plain_text(row["prompt"])}
+
+    def compute(self, rows: Sequence[Row]) -> list[Value]:
+        judge = self.spec.load()
+        if judge.weights_sha256 != self.weights_sha256:  # the files changed between planning and loading
+            raise RuntimeError(f"{self.info.label}: the weights changed while the stage ran "
+                               f"({self.weights_sha256} planned, {judge.weights_sha256} loaded); run it again")
+        texts = [plain_text(r["prompt"]) for r in rows]
+        with progress_bar(total=len(rows), desc=self.info.name, unit="img") as bar:
+            values, truncated = self.scores(judge, open_images(self.images_dir, rows), texts, self.batch_size,
+                                            progress=bar.update)
+        return [({self.info.name: float(v)}, ("text_truncated",) if t else ()) for v, t in zip(values, truncated)]
 
 
 # --------------------------------------------------------------------------------------------------- the stage
