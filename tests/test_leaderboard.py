@@ -59,7 +59,9 @@ def written(tmp_path_factory):
 def test_leaderboard_json_carries_labels_directions_and_the_combined_metrics(written):
     result, paths = written
     doc = json.loads(paths["leaderboard.json"].read_text(encoding="utf-8"))
-    assert set(doc) == {"metrics", "combined_over", "ci", "raw_metric", "good_threshold", "models"}
+    assert list(doc) == ["metrics", "combined_over", "ci", "raw_metric", "good_threshold", "models",
+                         "combined_chosen", "agreement"]  # the new keys last: the others keep their bytes
+    assert doc["combined_chosen"] == ["aesthetic", "clipscore", "styleloss", "loraloss"]
     assert list(doc["metrics"]) == ["combined", "aesthetic", "clipscore", "styleloss", "loraloss", "loraloss_notm"]
     assert doc["metrics"]["styleloss"] == {"label": "Styl", "better": "lower", "mark": "↓", "registered": True,
                                            "in_combined": True, "raw_mean": "styleloss_mean"}

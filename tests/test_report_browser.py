@@ -451,3 +451,23 @@ def test_a_part_link_carries_the_sort_of_the_part_it_leaves(tmp_path):
     assert unsorted != ["gamma", "beta", "alpha"]
     assert arrived == ["task-general-2.html", "#sort=aesthetic&at=grid-general-p1-part-2", "aesthetic"]
     assert order == ["gamma", "beta", "alpha"]
+
+
+def test_the_judge_agreement_matrix_is_visible_within_the_page_in_the_judges_labels(site):
+    page, board, _, _, result = site
+    with live(page) as tab:
+        tab.locator("nav a[href='#agreement']").click()
+        cells = tab.evaluate("""() => [...document.querySelectorAll('#agreement-tau td[data-a]')].map(td => {
+            const r = td.getBoundingClientRect();
+            return [td.dataset.a, td.dataset.b, td.innerText, r.width > 0 && r.right <= 1400]; })""")
+        heads = tab.evaluate("() => [...document.querySelectorAll('#agreement-tau thead th')].map(t => t.innerText)")
+        ranks = tab.evaluate("() => [...document.querySelectorAll('#judge-ranks tbody tr')].map(tr => "
+                             "tr.dataset.model)")
+        in_view = tab.evaluate("() => document.querySelector('#agreement').getBoundingClientRect().top")
+    judges = result.meta["agreement_judges"]
+    assert heads[1:] == [METRICS[j].label for j in judges]
+    assert len(cells) == len(judges) * (len(judges) - 1) and all(visible for *_, visible in cells)
+    tau = result.agreement.set_index(["judge_a", "judge_b"])["kendall_tau"]
+    for a, b, text, _ in cells:
+        assert text.startswith(f"{tau.get((a, b), tau.get((b, a))):.2f} [")
+    assert ranks == board["model"].tolist() and abs(in_view) < 5  # the nav link scrolls to the section

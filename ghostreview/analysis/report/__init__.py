@@ -126,9 +126,14 @@ def leaderboard_text(doc: Mapping) -> str:
     lines.append("")
     lines.append(f"{combined} = mean over {', '.join(over)} (losses sign-flipped)." if over else
                  f"{combined}: no metric has a score for every model; no combined rank.")
-    left = [m["label"] for m in metrics.values() if m["registered"] and not m["in_combined"]]
+    chosen = doc.get("combined_chosen")  # None: written before standardize.combined; every judge was a candidate
+    out = [(n, m["label"]) for n, m in metrics.items() if m["registered"] and not m["in_combined"]]
+    left = [label for n, label in out if chosen is None or n in chosen]
     if left:
         lines.append(f"Not in {combined}, because some model has no score there: {', '.join(left)}.")
+    unchosen = [label for n, label in out if chosen is not None and n not in chosen]
+    if unchosen:
+        lines.append(f"Not chosen for {combined}: {', '.join(unchosen)}.")
     level = doc.get("ci")
     level_text = f"{100 * float(level):g}%" if isinstance(level, int | float) else "bootstrap"
     lines.append(f"↑ higher is better, ↓ lower is better; brackets: {level_text} bootstrap intervals over benchmark "

@@ -1,5 +1,6 @@
-"""The offline HTML report: ``index.html`` (leaderboard, pairwise "A beats B" matrices, plots, flags and a table of
-contents of the grids) and ``pages/`` (the X/Y grids of every benchmark item, a few items per page).
+"""The offline HTML report: ``index.html`` (leaderboard, pairwise "A beats B" matrices, the judges' agreement, plots,
+flags and a table of contents of the grids) and ``pages/`` (the X/Y grids of every benchmark item, a few items per
+page).
 
 Files: ``<out_dir>/index.html``, ``<out_dir>/pages/<section>-<k>.html`` and ``<out_dir>/images/`` (JPEG renditions
 of every image the pages link to, made by ``renditions.Gallery``: reused across runs from a rendition cache; see
@@ -45,6 +46,7 @@ from typing import IO
 import numpy as np
 import pandas as pd
 
+from ghostreview.analysis.report import judges
 from ghostreview.analysis.report.display import Shown, losses, shown_metrics
 from ghostreview.analysis.report.inputs import REPORT_COLUMNS
 from ghostreview.analysis.report.plots import render
@@ -66,6 +68,8 @@ from ghostreview.analysis.report.tables import (
     interval_note,
     leaderboard_frame,
     lora_problems,
+    rho_text,
+    tau_text,
 )
 from ghostreview.analysis.report.targets import Targets
 from ghostreview.analysis.standardize import COMBINED, Standardized, parse_flags
@@ -225,6 +229,48 @@ def pairwise_html(result: Standardized, shown: Mapping[str, Shown], order: list[
         note += (f" Shown: the {len(top)} best of {len(order)} models by leaderboard order; every pair is in the "
                  "standardize stage's pairwise table.")
     return f'<p class="note">{esc(note)}</p>' + "\n".join(parts)
+
+
+def judge_matrix(table_id: str, result: Standardized, shown: Mapping[str, Shown], value: str, text) -> str:
+    """A judge x judge matrix of the agreement's ``value`` (coloured like the pairwise matrices, -1 to 1)."""
+    names, cells = judges.judges(result), judges.pair_cells(result)
+    head = "".join(f"<th>{esc(shown[n].label)}</th>" for n in names)
+    body = []
+    for a in names:
+        tds = ['<td class="p10">1</td>' if a == b else
+               f'<td class="{judges.colour(cells[(a, b)][value])}" data-a="{esc(a)}" data-b="{esc(b)}">'
+               f"{esc(text(cells[(a, b)]))}</td>" for b in names]
+        body.append(f'<tr><th class="row">{esc(shown[a].label)}</th>{"".join(tds)}</tr>')
+    return (f'<table class="pairwise" id="{esc(table_id)}"><thead><tr><th></th>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table>')
+
+
+def judge_ranks_html(result: Standardized, shown: Mapping[str, Shown], order: list[str],
+                     names: Mapping[str, str]) -> str:
+    """Each model's best and worst rank over the judges (``tr.stable`` where they are equal), leaderboard order."""
+    rows = []
+    for r in judges.rank_records(result, order):
+        best_by, worst_by = judges.moved(r, shown)
+        stable = ' class="stable"' if r["best_rank"] == r["worst_rank"] else ""
+        cells = [names[str(r["model"])], fmt_rank(r["best_rank"]), fmt_rank(r["worst_rank"]), best_by, worst_by]
+        rows.append(f'<tr data-model="{esc(r["model"])}"{stable}>' + "".join(f"<td>{esc(c)}</td>" for c in cells)
+                    + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("Model", "Best rank", "Worst rank", "Best by", "Worst by"))
+    return f'<table id="judge-ranks"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def agreement_html(result: Standardized, shown: Mapping[str, Shown], order: list[str],
+                   names: Mapping[str, str]) -> str:
+    """The "Judge agreement" section's body: what it shows, the tau and rho matrices and the ranks; or why not."""
+    reason = judges.absent(result, shown)
+    if reason is not None:
+        return f'<p class="note" id="agreement-absent">{esc(reason)}</p>'
+    return (f'<p class="note">{esc(judges.note(result))}</p>'
+            f"<h3>Kendall's tau between the judges' rankings</h3>"
+            f"{judge_matrix('agreement-tau', result, shown, 'kendall_tau', tau_text)}"
+            f"<h3>Spearman's rho between the judges' image z-scores</h3>"
+            f"{judge_matrix('agreement-rho', result, shown, 'spearman', rho_text)}"
+            f"<h3>Rank over the judges</h3>{judge_ranks_html(result, shown, order, names)}")
 
 
 def plots_html(pngs: Mapping[str, bytes]) -> str:
@@ -712,7 +758,8 @@ def leaderboard_note(meta: dict, shown: Mapping[str, Shown]) -> str:
 
 
 def nav_html(sections: Sequence[tuple[str, str]]) -> str:
-    links = [("leaderboard-section", "Leaderboard"), ("pairwise", "A beats B"), ("plots", "Plots"),
+    links = [("leaderboard-section", "Leaderboard"), ("pairwise", "A beats B"), ("agreement", "Judge agreement"),
+             ("plots", "Plots"),
              ("problems", "Flags"), ("grids", "Grids"), *sections]
     return "<nav>" + " · ".join(f'<a href="#{esc(a)}">{esc(t)}</a>' for a, t in links) + "</nav>"
 
@@ -733,6 +780,7 @@ def page_html(result: Standardized, shown: Mapping[str, Shown], board: pd.DataFr
 <section id="leaderboard-section"><h2>Leaderboard</h2><p class="note">{esc(note)}</p>
 {leaderboard_html(board, shown, metrics, raw, combined_over(meta))}</section>
 <section id="pairwise"><h2>A beats B</h2>{pairwise_html(result, shown, order, names)}</section>
+<section id="agreement"><h2>Judge agreement</h2>{agreement_html(result, shown, order, names)}</section>
 <section id="plots"><h2>Plots</h2>{plots_html(pngs)}</section>
 <section id="problems"><h2>Unsupported / incompatible LoRA pairs</h2>
 {frame_html(lora_problems(result), "lora-problems")}

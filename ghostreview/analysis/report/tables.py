@@ -10,24 +10,31 @@ ddof=0, share >= threshold), ``<metric>_mean`` for every other registered metric
 ``rank`` is the combined rank. CSV headers are these machine names; the directions are in leaderboard.json::
 
     {"metrics": {name: {"label", "better", "mark", "registered", "in_combined", "raw_mean"}},
-     "combined_over": [...], "ci", "raw_metric", "good_threshold", "models": [records]}
+     "combined_over": [...], "ci", "raw_metric", "good_threshold", "models": [records],
+     "combined_chosen": [...], "agreement": {...}}
 
 ``metrics`` holds every scored metric in column order, combined first (``better``: "higher"/"lower"; ``mark``: "↑"
 or "↓"; ``registered``: false for the derived combined and NoTM scores; ``raw_mean``: the column of its raw mean, null
 for derived metrics), so that ``print_leaderboard`` shows labels and directions without importing the registry.
+``combined_chosen``: the judges the combined score may average (``standardize.combined``); ``combined_over`` those of
+them every model has. ``agreement``: the judges' agreement (``judges.agreement_json``: judges, labels, ``absent``,
+judge x judge matrices ``kendall_tau``, ``tau_lo``, ``tau_hi``, ``n_models``, ``spearman``, ``n_images``, and each
+model's best and worst rank in ``ranks``); the Markdown ends with it ("Judge agreement"). Both keys come last, after
+``models``: a review's other keys keep their bytes.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import SupportsFloat, SupportsInt, cast
 
 import numpy as np
 import pandas as pd
 
+from ghostreview.analysis.report import judges
 from ghostreview.analysis.report.display import Shown, losses, scored_metrics, shown_metrics
 from ghostreview.analysis.standardize import COMBINED, Standardized, parse_flags
 from ghostreview.scoring.metric import MetricInfo
@@ -104,6 +111,13 @@ def leaderboard_frame(result: Standardized, models: pd.DataFrame) -> pd.DataFram
     return board.sort_values(["rank", "model"], na_position="last").reset_index(drop=True)
 
 
+def combined_chosen(meta: Mapping[str, object]) -> list[str] | None:
+    """The scored judges the combined score may average (``meta["combined_chosen"]``); None when standardize did not
+    record it (every registered metric could then be averaged)."""
+    chosen = meta.get("combined_chosen")
+    return None if chosen is None else [str(m) for m in chosen]  # type: ignore[attr-defined]
+
+
 def combined_over(meta: Mapping[str, object]) -> list[str]:
     """The registered metrics the combined score averages (``meta["combined_over"]``, written by standardize)."""
     over = meta.get("combined_over")
@@ -136,8 +150,10 @@ def leaderboard_json(board: pd.DataFrame, result: Standardized, shown: Mapping[s
     entries = {name: {"label": s.label, "better": s.better, "mark": s.arrow, "registered": name in registered,
                       "in_combined": name in over, "raw_mean": f"{name}_mean" if f"{name}_mean" in raw_cols else None}
                for name, s in ordered(shown).items()}
+    order = board["model"].astype(str).tolist()
     return {"metrics": entries, "combined_over": over, "ci": meta.get("ci"), "raw_metric": meta.get("raw_metric"),
-            "good_threshold": meta.get("good_threshold"), "models": board_records(board)}
+            "good_threshold": meta.get("good_threshold"), "models": board_records(board),
+            "combined_chosen": combined_chosen(meta), "agreement": judges.agreement_json(result, shown, order)}
 
 
 def ordered(shown: Mapping[str, Shown]) -> dict[str, Shown]:
@@ -207,22 +223,29 @@ def direction_note(shown: Mapping[str, Shown], metrics: list[str]) -> str:
     return f"Higher is better for {', '.join(higher)}; lower is better for {', '.join(lower) or 'none'}."
 
 
-def combined_note(board: pd.DataFrame, shown: Mapping[str, Shown], over: list[str], registered: list[str]) -> str:
-    """What the combined score averages, and which ``registered`` metrics it leaves out because some model lacks
-    them (the NoTM variant is never averaged and is not listed). board: the leaderboard frame."""
+def combined_note(board: pd.DataFrame, shown: Mapping[str, Shown], over: list[str], registered: list[str],
+                  chosen: list[str] | None = None) -> str:
+    """What the combined score averages, which ``registered`` metrics it leaves out because some model lacks them
+    and which because they are not ``chosen`` for it (None: all are; the NoTM variant is never averaged and is not
+    listed). board: the leaderboard frame."""
     combined = shown[COMBINED]
     if not over:
         return (f"{combined.label}: no metric has a score for every model, so there is no combined score and no "
                 "combined rank; compare the models per metric.")
     note = (f"{combined.label} = mean of {', '.join(shown[m].label for m in over)}, the metrics every model has a "
             f"score on, with losses sign-flipped ({combined.better} is better).")
-    left_out = []
+    left_out, unchosen = [], []
     for m in (m for m in shown if m in registered and m in board.columns and m not in over):
+        if chosen is not None and m not in chosen:
+            unchosen.append(shown[m].label)
+            continue
         lacking = board.loc[board[m].isna(), "model"].astype(str).tolist()
         left_out.append(f"{shown[m].label} (no score for {', '.join(lacking) or 'any model'})")
     if left_out:
         note += (" Not in it, because some model has no score there (a combined score over different metrics would "
                  f"not be comparable): {'; '.join(left_out)}.")
+    if unchosen:
+        note += f" Not chosen for it (they keep their own columns and ranks): {', '.join(unchosen)}."
     return note
 
 
@@ -246,12 +269,13 @@ def leaderboard_markdown(board: pd.DataFrame, result: Standardized, shown: Mappi
     shown: ``shown_metrics(result, registry)``, every scored metric's label and direction."""
     meta, raw = result.meta, result.meta.get("raw_metric", "aesthetic")
     metrics = [m for m in shown if m != COMBINED]
+    registered = list(meta.get("metric_tasks", {}))
     lines = [f"**{w}**\n" for w in [demo_warning(board)] if w]
     lines += ["# GhostReview leaderboard", ""] + ([benchmark_line(meta), ""] if benchmark_line(meta) else [])
     lines += [f"Scores are mean z-scores per model (z within each benchmark item across all models' images). "
               f"Brackets: {interval_note(meta)}; `#r (lo–hi)`: rank and its interval. "
               f"↑: higher is better, ↓: lower is better. {direction_note(shown, metrics)} "
-              f"{combined_note(board, shown, combined_over(meta), list(meta.get('metric_tasks', {})))} "
+              f"{combined_note(board, shown, combined_over(meta), registered, combined_chosen(meta))} "
               "Raw columns: means of the per-image values "
               "(unflagged images), which move when every model improves, where z-scores do not.", ""]
     raws = raw_headers(shown, board, raw, meta.get("good_threshold"))
@@ -268,7 +292,42 @@ def leaderboard_markdown(board: pd.DataFrame, result: Standardized, shown: Mappi
     lines += section("Unsupported / incompatible LoRA pairs", lora_problems(result))
     lines += section("Flagged images", flagged_images(result))
     lines += section("Degenerate groups (excluded from z)", result.degenerate)
+    lines += agreement_markdown(result, shown, board["model"].astype(str).tolist())
     return "\n".join(lines) + "\n"
+
+
+def tau_text(r: Mapping[str, object]) -> str:
+    """``0.33 [-1.00, 1.00], 3 models``: a pair's Kendall's tau, its interval and the models both judges rank."""
+    return f"{fmt(r['kendall_tau'], 2)} [{fmt(r['tau_lo'], 2)}, {fmt(r['tau_hi'], 2)}], {r['n_models']} models"
+
+
+def rho_text(r: Mapping[str, object]) -> str:
+    """``0.12, 48 images``: a pair's per-image Spearman's rho and the images it is over ("no shared image")."""
+    return f"{fmt(r['spearman'], 2)}, {r['n_images']} images" if r["n_images"] else "no shared image"
+
+
+def agreement_markdown(result: Standardized, shown: Mapping[str, Shown], order: list[str]) -> list[str]:
+    """The "Judge agreement" section (``judges``): the note, tau and rho matrices, each model's best and worst rank
+    over the judges, models in ``order``; or why there is none."""
+    head = ["", "## Judge agreement", ""]
+    reason = judges.absent(result, shown)
+    if reason is not None:
+        return head + [reason]
+    names, cells = judges.judges(result), judges.pair_cells(result)
+    labels = [shown[n].label for n in names]
+
+    def matrix(title: str, text: Callable[[Mapping[str, object]], str]) -> list[str]:
+        rows: list[list[object]] = [[label, *("1" if a == b else text(cells[(a, b)]) for b in names)]
+                                    for a, label in zip(names, labels)]
+        return md_table([title, *labels], rows) + [""]
+
+    lines = head + [judges.note(result), ""] + matrix("Kendall's tau [interval]", tau_text)
+    lines += matrix("Spearman's rho (images)", rho_text)
+    rows: list[list[object]] = []
+    for r in judges.rank_records(result, order):
+        best_by, worst_by = judges.moved(r, shown)
+        rows.append([r["model"], fmt_rank(r["best_rank"]), fmt_rank(r["worst_rank"]), best_by, worst_by])
+    return lines + md_table(["Model", "Best rank", "Worst rank", "Best by", "Worst by"], rows)
 
 
 def section(title: str, table: pd.DataFrame) -> list[str]:
