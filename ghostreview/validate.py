@@ -175,6 +175,7 @@ JUDGE_FILES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
     "hpsv21": (JUDGES_DOC, (("scoring.hpsv21.weights", "weights"), ("scoring.hpsv21.model_config", "file"))),
     "pickscore": (JUDGES_DOC, (("scoring.pickscore.model_dir", "model_dir"),
                                ("scoring.pickscore.processor_dir", "processor_dir"))),
+    "diversity": (SCORER_DOC, _CLIP_FILES),  # the CLIP image embeddings, shared with aesthetic and CLIPScore
 }
 
 

@@ -43,6 +43,7 @@ from ghostreview.scoring.scorers import (  # noqa: E402
     AestheticScorer,
     ClipScoreScorer,
     ClipTower,
+    DiversityScorer,
     JudgeScorer,
     Scorer,
     StyleScorer,
@@ -90,6 +91,7 @@ def scorers(params: Params, root: Path, images: Path, refstats: Path, store: Sco
         "loraloss": partial(style, "lora"),
         "hpsv21": hps,
         "pickscore": pick,
+        "diversity": lambda: DiversityScorer(tower()),
     }
     return [build[name]() for name in s.judges]  # names checked against the registry when params loaded
 

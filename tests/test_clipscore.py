@@ -48,11 +48,13 @@ def test_shape_mismatch_and_zero_rows():
 
 
 def test_registry_directions_and_groups():
-    assert list(REGISTRY) == ["aesthetic", "clipscore", "styleloss", "loraloss", "hpsv21", "pickscore"]
+    assert list(REGISTRY) == ["aesthetic", "clipscore", "styleloss", "loraloss", "hpsv21", "pickscore", "diversity"]
     assert REGISTRY["clipscore"] is INFO
     assert REGISTRY["hpsv21"] is hpsv21.INFO and REGISTRY["pickscore"] is pickscore.INFO
-    assert {n for n, i in REGISTRY.items() if i.higher_is_better} == {"aesthetic", "clipscore", "hpsv21", "pickscore"}
-    assert [i.grouped_by for i in REGISTRY.values()] == ["prompt", "prompt", "style", "lora", "prompt", "prompt"]
+    assert {n for n, i in REGISTRY.items() if i.higher_is_better} == {"aesthetic", "clipscore", "hpsv21", "pickscore",
+                                                                      "diversity"}
+    assert [i.grouped_by for i in REGISTRY.values()] == ["prompt", "prompt", "style", "lora", "prompt", "prompt",
+                                                         "prompt"]
     assert all(isinstance(i, MetricInfo) and i.name == n and i.version for n, i in REGISTRY.items())
 
 
@@ -73,7 +75,7 @@ def test_registry_declares_the_report_labels():
     """The labels the report's columns, buttons and plots show, one per metric, declared in the metric modules."""
     assert [(i.label, i.better) for i in REGISTRY.values()] == [
         ("Aesthetic", "higher"), ("CLIPScore", "higher"), ("StyleLoss", "lower"), ("LoRALoss", "lower"),
-        ("HPSv2.1", "higher"), ("PickScore", "higher")]
+        ("HPSv2.1", "higher"), ("PickScore", "higher"), ("Diversity", "higher")]
     assert REGISTRY["aesthetic"].axis_label == "LAION aesthetic"
     with pytest.raises(ValueError, match="label"):
         MetricInfo("x", "1", True, "u", "prompt", "d", label=" ", axis_label="x")

@@ -129,6 +129,17 @@ def csv_rows(path: Path, key=("task", "item", "seed")) -> dict[tuple, dict]:
         return {tuple(r[k] for k in key): r for r in csv.DictReader(fh)}
 
 
+FOUR = ("aesthetic", "clipscore", "styleloss", "loraloss")
+
+
+def set_judges(path: Path, judges) -> None:
+    """Rewrite the ``judges: [...]`` line of params.yaml in place (its flow style kept, as a user edits it)."""
+    text = path.read_text()
+    new, n = re.subn(r"(?m)^(  judges: )\[[^\]]*\]", lambda m: m.group(1) + "[" + ", ".join(judges) + "]", text)
+    assert n == 1, "params.yaml has no one-line scoring.judges list"
+    path.write_text(new)
+
+
 def edit_yaml(path: Path, change) -> None:
     """Round-trip edit (comments kept), as a user would edit by hand."""
     y = YAML()
@@ -172,13 +183,14 @@ def review(tmp_path_factory):
         params["paths"]["image_store"] = "store"  # relative: each clone has its own store, nothing is shared
         params["paths"]["cache"] = "cache"
         params["standardize"]["bootstrap"] = 100
-        # the article's four judges: test_adding_a_judge_... adds the preference judges to the finished review
-        params["scoring"]["judges"] = ["aesthetic", "clipscore", "styleloss", "loraloss"]
+        params["benchmark"]["images_per_item"]["general"] = 1  # test_one_prompt_and_a_second_seed adds the second
         for name in list(params["models"]):
             if name != A:
                 del params["models"][name]
 
     edit_yaml(ws / "params.yaml", cut)
+    # the article's four judges (as a user writes the line): test_adding_a_judge_... adds the others to the review
+    set_judges(ws / "params.yaml", FOUR)
     (base / "netguard").mkdir()
     (base / "netguard" / "sitecustomize.py").write_text(SITECUSTOMIZE)
     git(ws, "init", "-q")
@@ -381,8 +393,7 @@ def test_adding_a_judge_to_a_finished_review_computes_only_that_judge(review):
     general = {m: sum(r[0] == "general" for r in csv_rows(ws / "data" / "images" / m / "manifest.csv"))
                for m in (A, B)}
     try:
-        edit_yaml(ws / "params.yaml", lambda d: d["scoring"].__setitem__(
-            "judges", [*d["scoring"]["judges"], "hpsv21", "pickscore"]))
+        set_judges(ws / "params.yaml", (*FOUR, "hpsv21", "pickscore"))
         out = dvc(ws, "repro")
         assert ran(out) == instances(A, ("score",)) | instances(B, ("score",)) | {
             "checkparams", "standardize", "report"}

@@ -18,7 +18,16 @@ from ghostreview.scoring import aesthetic
 from ghostreview.scoring.clip import image_embeddings, load_clip
 from ghostreview.scoring.metric import MetricInfo
 from ghostreview.scoring.run import ClipSpec, open_images
-from ghostreview.scoring.scorers import AestheticScorer, ClipScoreScorer, ClipTower, decode, encode, score_model
+from ghostreview.scoring.scorers import (
+    AestheticScorer,
+    ClipScoreScorer,
+    ClipTower,
+    DiversityScorer,
+    PerImage,
+    decode,
+    encode,
+    score_model,
+)
 from ghostreview.scoring.store import ScoreStore, ScoreStoreError, identity_key
 
 
@@ -26,16 +35,13 @@ def info(name: str) -> MetricInfo:
     return MetricInfo(name, "1", True, "u", "prompt", "test metric", name.title(), name)
 
 
-class Counting:
+class Counting(PerImage):
     """A scorer whose value is a function of the image hash and its ``setting``; it records every row it computes."""
 
     def __init__(self, name: str, setting: int = 0, fail: bool = False):
         self.info, self.setting, self.fail = info(name), setting, fail
         self.weights_sha256 = "w" * 64
         self.asked: list[str] = []
-
-    def selects(self, row: Mapping) -> bool:
-        return True
 
     def identity(self, row: Mapping) -> Mapping:
         return {"metric": self.info.name, "setting": self.setting}
@@ -143,3 +149,39 @@ def test_the_clip_scorers_equal_the_metric_functions_and_share_one_embedding_per
     assert [r["value"] for r in out["aesthetic"]] == [float(v) for v in expected]
     assert {r["metric"] for r in out["clipscore"]} == {"clipscore"} and len(out["clipscore"]) == 5
     assert out["aesthetic"][0]["weights_sha256"].endswith(f"+{tower.weights_sha256}")
+
+
+def test_seed_diversity_is_the_mean_pairwise_cosine_distance_per_prompt_from_the_stored_embeddings(tmp_path, images):
+    images_dir, manifest = images
+    for row, item in zip(manifest, ("p", "p", "p", "q", "r")):  # prompt p: 3 seeds, q: 1 (no value), r: 1
+        row["item"], row["seed"] = item, str(manifest.index(row))
+    manifest[4]["item"] = "q"  # q: 2 seeds; r gone
+    manifest[3]["flags"] = "black"
+    arch, weights, config = write_tiny_clip(tmp_path / "clip", seed=0)
+    spec = ClipSpec(arch, weights, model_config=config)
+    with ScoreStore(tmp_path / "scores.sqlite") as store:
+        tower = ClipTower(spec, images_dir, 4, store, tmp_path / "sha256.json")
+        out = score_model(manifest, [DiversityScorer(tower)], store)["diversity"]
+        again = score_model(manifest, [DiversityScorer(tower)], store)["diversity"]
+        assert store.computed["diversity"] == 2 and store.reused["diversity"] == 2
+    assert again == out
+    emb = image_embeddings(load_clip(arch, weights, model_config=config), open_images(images_dir, manifest), 4)
+    e = emb.astype(np.float64)
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    p = np.mean([1 - e[i] @ e[j] for i, j in ((0, 1), (0, 2), (1, 2))])
+    q = 1 - e[3] @ e[4]
+    by_item = {r["item"]: r for r in out}
+    assert set(by_item) == {"p", "q"} and all(r["seed"] == -1 for r in out)
+    np.testing.assert_allclose([by_item["p"]["value"], by_item["q"]["value"]], [p, q], rtol=1e-12)
+    assert by_item["q"]["flags"] == "black" and by_item["p"]["flags"] == ""  # a set with a flagged image is flagged
+    assert by_item["p"]["image_hash"] != by_item["q"]["image_hash"]
+
+
+def test_identical_seeds_have_zero_diversity():
+    from ghostreview.scoring.diversity import seed_diversity
+
+    v = np.random.default_rng(0).normal(size=(1, 8))
+    assert seed_diversity(np.repeat(v, 3, axis=0)) == pytest.approx(0, abs=1e-12)
+    assert seed_diversity(np.array([[1.0, 0], [-1.0, 0]])) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="at least 2"):
+        seed_diversity(v)

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from ghostreview import validate
@@ -186,27 +185,19 @@ def test_a_pickled_judge_file_is_named_by_its_key_only_when_listed(judge_files, 
 # ------------------------------------------------------------------------------------------------------------- demo
 
 
-def uncommented(text: str) -> str:
-    """params.yaml with its commented judges line and judge sections switched on (what the lead's flip does)."""
-    live = re.compile(r"^  # (judges: \[|hpsv21:|pickscore:|  [a-z_0-9]+: )")
-    return "\n".join(line.replace("# ", "", 1) if live.match(line) else line for line in text.splitlines()) + "\n"
-
-
-def test_the_demo_lists_its_judge_entries_commented_out_and_runs_the_four():
-    text = (ROOT / "params.yaml").read_text(encoding="utf-8")
-    assert validate.load(ROOT / "params.yaml").scoring.judges == JUDGES
-    switched = validate.parse(yaml.safe_load(uncommented(text)))
-    assert switched.scoring.judges == tuple(REGISTRY)  # the flip turns on every registered judge
-    assert switched.scoring.hpsv21.weights.startswith("demo/kit/scorers/hpsv21/")
-    assert switched.scoring.pickscore.model_dir == "demo/kit/scorers/pickscore/model"
+def test_the_demo_runs_every_registered_judge_on_the_kits_stand_ins():
+    params = validate.load(ROOT / "params.yaml")
+    assert params.scoring.judges == tuple(REGISTRY)
+    assert params.scoring.hpsv21.weights.startswith("demo/kit/scorers/hpsv21/")
+    assert params.scoring.pickscore.model_dir == "demo/kit/scorers/pickscore/model"
 
 
 def test_the_demo_kit_holds_the_judges_its_params_name(tmp_path):
-    """Built by the kit command's function, the kit has the stand-ins at the paths of the switched-on demo params,
-    and they pass validation and score an image."""
+    """Built by the kit command's function, the kit has the stand-ins at the paths of the demo params, and they pass
+    validation and score an image."""
     root = tmp_path
     build_demo_kit(root / "demo" / "kit", load_benchmark(ROOT / "data" / "benchmark" / "v1"))
-    params = validate.parse(yaml.safe_load(uncommented((ROOT / "params.yaml").read_text())))
+    params = validate.load(ROOT / "params.yaml")
     validate.check_files(params, root)
     validate.check_weights(params, root)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 48, 3), dtype=np.uint8))

@@ -9,13 +9,13 @@ that have rows (tests/test_clipscore.py).
 
 from __future__ import annotations
 
-from ghostreview.scoring import aesthetic, clipscore, hpsv21, pickscore, styleloss
+from ghostreview.scoring import aesthetic, clipscore, diversity, hpsv21, pickscore, styleloss
 from ghostreview.scoring.metric import MetricInfo
 from ghostreview.util.names import did_you_mean
 
 REGISTRY: dict[str, MetricInfo] = {
     info.name: info for info in (aesthetic.INFO, clipscore.INFO, styleloss.INFO, styleloss.LORA_INFO, hpsv21.INFO,
-                                 pickscore.INFO)
+                                 pickscore.INFO, diversity.INFO)
 }
 
 

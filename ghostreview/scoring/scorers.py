@@ -12,6 +12,7 @@ A value is ``({metric: float, ...}, extra flags)``: StyleLoss also returns its p
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from ghostreview.generation.prompts import plain_text
-from ghostreview.scoring import aesthetic, clipscore, styleloss
+from ghostreview.scoring import aesthetic, clipscore, diversity, styleloss
 from ghostreview.scoring.clip import ClipModel, image_embeddings, text_embeddings
 from ghostreview.scoring.metric import MetricInfo
 from ghostreview.scoring.run import ClipSpec, VggSpec, check_refstats, counted, open_images, refstats_path
@@ -37,18 +38,33 @@ Value = tuple[dict[str, float], tuple[str, ...]]
 
 
 class Scorer(Protocol):
-    """One metric of the score stage (the contract every judge implements)."""
+    """One metric of the score stage (the contract every judge implements).
+
+    units: what it gives a value to, from a model's drawable manifest rows: for a per-image metric the rows it
+    selects (:class:`PerImage`); for a metric of a set of images (seed diversity) one row per set, whose
+    ``image_hash`` addresses the set. identity: the store key's content for one unit; compute: the values of units.
+    """
 
     info: MetricInfo
 
     @property
     def weights_sha256(self) -> str: ...  # provenance written in every score row
 
-    def selects(self, row: Row) -> bool: ...
+    def units(self, rows: Sequence[Row]) -> list[Row]: ...
 
     def identity(self, row: Row) -> Mapping: ...
 
     def compute(self, rows: Sequence[Row]) -> list[Value]: ...
+
+
+class PerImage:
+    """A metric with one value per image: its units are the rows ``selects`` keeps."""
+
+    def selects(self, row: Row) -> bool:
+        return True
+
+    def units(self, rows: Sequence[Row]) -> list[Row]:
+        return [r for r in rows if self.selects(r)]
 
 
 def compute_context(device: str) -> dict:
@@ -106,7 +122,7 @@ class ClipTower:
         return np.stack([np.frombuffer(found[h], np.float32) for h in hashes]) if hashes else np.zeros((0, 0))
 
 
-class AestheticScorer:
+class AestheticScorer(PerImage):
     """LAION aesthetic v2: the head on the tower's image embeddings, every image."""
 
     info = aesthetic.INFO
@@ -117,9 +133,6 @@ class AestheticScorer:
         self.weights_sha256 = f"{self.head_sha256}+{tower.weights_sha256}"
         self._identity = {"metric": self.info.name, "version": self.info.version, "head": self.head_sha256,
                           "embedding": tower.identity}
-
-    def selects(self, row: Row) -> bool:
-        return True
 
     def identity(self, row: Row) -> Mapping:
         return self._identity
@@ -132,7 +145,7 @@ class AestheticScorer:
         return [({self.info.name: float(v)}, ()) for v in values]
 
 
-class ClipScoreScorer:
+class ClipScoreScorer(PerImage):
     """CLIPScore of every general-prompt image against its prompt's plain text (A1111 syntax removed)."""
 
     info = clipscore.INFO
@@ -160,7 +173,7 @@ class ClipScoreScorer:
 # ------------------------------------------------------------------------------------------------------- StyleLoss
 
 
-class StyleScorer:
+class StyleScorer(PerImage):
     """Gatys StyleLoss of each style (task "style") or LoRA (task "lora") image against its reference set's Gram
     statistics, plus the per-layer losses; the set's statistics file (its sha256) is part of each row's identity, so
     new references for one style recompute that style's values only."""
@@ -206,6 +219,42 @@ class StyleScorer:
         return out
 
 
+class DiversityScorer:
+    """Seed diversity of each general prompt with two or more seeds, from the tower's stored image embeddings (see
+    ``ghostreview.scoring.diversity``). A unit is the set of the prompt's images: seed -1 ("every seed"), image_hash
+    the sha256 of the members' sorted hashes (a new or redrawn seed is a new set), flags the union of the members'
+    (a set holding a flagged image is excluded downstream like the image)."""
+
+    info = diversity.INFO
+
+    def __init__(self, tower: ClipTower):
+        self.tower = tower
+        self.weights_sha256 = tower.weights_sha256
+        self._identity = {"metric": self.info.name, "version": self.info.version, "embedding": tower.identity}
+
+    def units(self, rows: Sequence[Row]) -> list[Row]:
+        sets: dict[str, list[Row]] = defaultdict(list)
+        for row in rows:
+            if row["task"] == "general":
+                sets[row["item"]].append(row)
+        out = []
+        for members in sets.values():
+            if len(members) < 2:
+                continue
+            hashes = sorted(m["image_hash"] for m in members)
+            flags = sorted({f for m in members for f in m.get("flags", "").split(";") if f})
+            out.append({**members[0], "seed": "-1", "image": "", "flags": ";".join(flags), "members": members,
+                        "image_hash": hashlib.sha256("\n".join(hashes).encode()).hexdigest()})
+        return out
+
+    def identity(self, row: Row) -> Mapping:
+        return self._identity
+
+    def compute(self, rows: Sequence[Row]) -> list[Value]:
+        return [({self.info.name: diversity.seed_diversity(self.tower.image_embeddings(unit["members"]))}, ())
+                for unit in rows]
+
+
 # ------------------------------------------------------------------------------------------- preference judges
 
 
@@ -224,7 +273,7 @@ class JudgeSpec(Protocol):
 JudgeScores = Callable[..., tuple[np.ndarray, list[bool]]]  # (judge, images, prompts, batch_size, progress)
 
 
-class JudgeScorer:
+class JudgeScorer(PerImage):
     """A preference judge (HPSv2.1, PickScore) on every general-prompt image and its prompt's plain text, as for
     CLIPScore; a prompt cut at the judge's text context is flagged ``text_truncated``. ``weights_sha256``: the
     judge's provenance hash as its loader reports it, computed before it loads; ``model``: what else decides the
@@ -266,8 +315,8 @@ def score_model(rows: Sequence[Row], scorers: Sequence[Scorer], store: ScoreStor
     """
     plans = []
     for scorer in scorers:
-        selected = [r for r in rows if scorer.selects(r)]
-        plans.append((scorer, selected, [store.key(scorer.identity(r)) for r in selected]))
+        units = scorer.units(rows)
+        plans.append((scorer, units, [store.key(scorer.identity(u)) for u in units]))
     return {scorer.info.name: rows_of(scorer, selected, values_of(scorer, selected, keys, store))
             for scorer, selected, keys in plans}
 
