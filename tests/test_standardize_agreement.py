@@ -118,3 +118,16 @@ def test_judges_of_other_tasks_share_no_image_and_one_judge_or_one_model_has_no_
     assert one.judge_ranks["best_rank"].tolist() == [1, 2, 3, 4]
     solo = standardize(scores[scores["model"] == "a"], models_table(a="sd1"), METRICS, {}, n_boot=5)
     assert solo.agreement.empty and solo.meta["agreement_judges"] == []
+
+
+@pytest.mark.parametrize("n_models", [2, 3, 7, 8, 9, 64])
+def test_kendall_tau_b_rows_equal_scipys_with_ties_and_missing_models(n_models):
+    rng = np.random.default_rng(n_models)
+    x = rng.integers(0, 4, (12, n_models)).astype(float)
+    y = np.where(rng.random((12, n_models)) < 0.5, x, rng.integers(0, 4, (12, n_models)))  # partly agreeing
+    x[0, 0], y[1, -1], x[2] = np.nan, np.nan, np.nan  # a model one side lacks; a row with nothing
+    tau, n = agreement.kendall_tau_b(x, y)
+    for i in range(12):
+        both = np.isfinite(x[i]) & np.isfinite(y[i])
+        expected = scipy.stats.kendalltau(x[i, both], y[i, both]).statistic if both.sum() >= 2 else np.nan
+        assert tau[i] == pytest.approx(expected, nan_ok=True) and n[i] == both.sum()

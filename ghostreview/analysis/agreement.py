@@ -25,41 +25,97 @@ import numpy as np
 import pandas as pd
 
 IMAGE_KEYS = ["model", "task", "item", "seed", "image_hash"]  # one image of one model
-PAIR_BUDGET = 4_000_000  # model pairs x resamples held at once per judge (float64: 32 MB)
 AGREEMENT_COLUMNS = ["judge_a", "judge_b", "n_models", "kendall_tau", "tau_lo", "tau_hi", "n_boot", "n_images",
                      "spearman"]
 RANK_COLUMNS = ["model", "n_judges", "best_rank", "worst_rank", "best_by", "worst_by"]
 
 
-def pair_signs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(sign, valid), each [..., P] float: over the P = M(M-1)/2 model pairs i < k of ``x`` [..., M], the sign of
-    x_i - x_k (0 where tied or either is NaN) and 1.0 where both are finite."""
-    i, k = np.triu_indices(x.shape[-1], 1)
-    diff = x[..., i] - x[..., k]
-    valid = np.isfinite(diff)
-    return np.where(valid, np.sign(diff), 0.0), valid.astype(float)
+def dense_ranks(x: np.ndarray) -> np.ndarray:
+    """[R, M] int64 ranks 1..M within each row, ties sharing one (dense); NaN ranks after every number, each NaN
+    a rank of its own (so NaNs tie with nothing; the caller masks them)."""
+    order = np.argsort(x, axis=1, kind="stable")
+    ordered = np.take_along_axis(x, order, axis=1)
+    step = np.ones(x.shape, dtype=np.int64)
+    step[:, 1:] = ~(ordered[:, 1:] == ordered[:, :-1])  # NaN != NaN: a new rank each
+    ranks = np.empty(x.shape, dtype=np.int64)
+    np.put_along_axis(ranks, order, np.cumsum(step, axis=1), axis=1)
+    return ranks
 
 
-def judge_taus(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(tau [J, J, R], n_models [J, J, R]): Kendall's tau-b between every two judges' rankings in each of R
-    rankings, from oriented scores [J, R, M] (R: the point scores and the resamples; NaN: a model the judge does not
-    score). The diagonal is 1 where a judge ranks 2 models apart. Pairs of models are signed a chunk of rankings at a
-    time (``PAIR_BUDGET``), and each chunk's sums for all judge pairs are two batched matrix products."""
+def tied_pairs(key: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """[R] number of pairs of valid entries sharing a ``key`` [R, M] (non-negative ints) within each row."""
+    rows = np.broadcast_to(np.arange(key.shape[0])[:, None], key.shape)[valid]
+    flat = rows.astype(np.int64) * (int(key.max(initial=0)) + 1) + key[valid]
+    _, first, counts = np.unique(flat, return_index=True, return_counts=True)
+    return np.bincount(rows[first], weights=counts * (counts - 1) / 2, minlength=key.shape[0])
+
+
+def discordant(order_ranks: np.ndarray, active: np.ndarray) -> np.ndarray:
+    """[R] count of pairs i < k (positions along each row) of active entries with rank_i > rank_k: the inversions of
+    each row of ``order_ranks`` [R, M] (ints 1..M), counted with one Fenwick tree per row, all rows at once (M steps
+    of log2(M) vectorized updates, not an M x M comparison)."""
+    n_rows, n = order_ranks.shape
+    width = n + 2  # slot 0 stays 0 (queries end there), slot n + 1 absorbs updates that run past n
+    tree = np.zeros(n_rows * width, dtype=np.int32)
+    base = np.arange(n_rows, dtype=np.int64) * width
+    steps = int(n).bit_length()
+    ranks, on_all = np.ascontiguousarray(order_ranks.T), np.ascontiguousarray(active.T).astype(np.int32)
+    seen = np.zeros(n_rows, dtype=np.int64)
+    count = np.zeros(n_rows, dtype=np.int64)
+    for r, on in zip(ranks, on_all):
+        at_most, idx = np.zeros(n_rows, dtype=np.int64), r.copy()
+        for _ in range(steps):  # entries so far with rank <= r: r's Fenwick prefix, lowest set bit cleared each step
+            at_most += tree[base + idx]
+            idx &= idx - 1
+        count += on * (seen - at_most)
+        idx = r.copy()
+        for _ in range(steps):
+            tree[base + idx] += on
+            idx = np.minimum(idx + (idx & -idx), n + 1)
+        seen += on
+    return count
+
+
+def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(tau-b [R], models [R]) between the rows of x and y [R, M], each over the entries finite in both.
+
+    Knight's (1966, JASA 61:436) way: order each row by (x, y); the pairs that y then puts in the opposite order
+    are the discordant ones (pairs tied in x come in y's order, so none of them counts); with n valid entries,
+    P = n(n-1)/2 pairs, n1 tied in x, n2 in y, n3 in both: tau_b = (P - n1 - n2 + n3 - 2 D) / sqrt((P - n1)(P - n2)).
+    NaN with fewer than 2 valid entries or when either row ties every pair."""
+    valid = np.isfinite(x) & np.isfinite(y)
+    x, y = np.where(valid, x, np.nan), np.where(valid, y, np.nan)
+    rx, ry = dense_ranks(x), dense_ranks(y)
+    n = valid.sum(axis=1)
+    pairs = n * (n - 1) / 2
+    n1, n2 = tied_pairs(rx, valid), tied_pairs(ry, valid)
+    joint = rx * (x.shape[1] + 1) + ry
+    n3 = tied_pairs(joint, valid)
+    order = np.argsort(np.where(valid, joint, np.iinfo(np.int64).max), axis=1, kind="stable")
+    d = discordant(np.take_along_axis(ry, order, axis=1), np.take_along_axis(valid, order, axis=1))
+    den = (pairs - n1) * (pairs - n2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tau = (pairs - n1 - n2 + n3 - 2 * d) / np.sqrt(den)
+    return np.where(den > 0, tau, np.nan), n
+
+
+ROW_BUDGET = 2_000_000  # rows x models per kendall_tau_b call (its Fenwick trees: 16 MB)
+
+
+def pair_taus(scores: np.ndarray) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray]:
+    """(judge pairs a < b, tau [pairs, R], models [pairs, R]): Kendall's tau-b between every two judges' rankings
+    in each of R rankings, from oriented scores [J, R, M] (R: the point scores and the resamples; NaN: a model the
+    judge does not score). All pairs' rows go through ``kendall_tau_b`` together, ``ROW_BUDGET`` at a time."""
     n_judges, n_rankings, n_models = scores.shape
-    pairs = n_models * (n_models - 1) // 2
-    tau = np.full((n_judges, n_judges, n_rankings), np.nan)
-    both = np.zeros((n_judges, n_judges, n_rankings))
-    step = max(1, PAIR_BUDGET // max(pairs, 1))
-    for start in range(0, n_rankings, step):
-        sign, valid = pair_signs(scores[:, start:start + step].transpose(1, 0, 2))  # [r, J, P]
-        concordant = sign @ sign.transpose(0, 2, 1)  # [r, J, J]: sum s_x s_y over pairs both score
-        untied = (sign * sign) @ valid.transpose(0, 2, 1)  # [r, J, J]: pairs x does not tie, among those y scores
-        with np.errstate(invalid="ignore", divide="ignore"):
-            t = concordant / np.sqrt(untied * untied.transpose(0, 2, 1))
-        tau[:, :, start:start + step] = np.where(untied * untied.transpose(0, 2, 1) > 0, t, np.nan).transpose(1, 2, 0)
-        both[:, :, start:start + step] = (valid @ valid.transpose(0, 2, 1)).transpose(1, 2, 0)
-    # models scored by both: n(n-1)/2 = pairs both score, solved for n (exact on integers)
-    return tau, np.rint((1 + np.sqrt(1 + 8 * both)) / 2) * (both > 0)
+    pairs = [(a, b) for a in range(n_judges) for b in range(a + 1, n_judges)]
+    if not pairs:
+        return pairs, np.zeros((0, n_rankings)), np.zeros((0, n_rankings), dtype=np.int64)
+    x = np.concatenate([scores[a] for a, _ in pairs])
+    y = np.concatenate([scores[b] for _, b in pairs])
+    step = max(1, ROW_BUDGET // max(n_models, 1))
+    parts = [kendall_tau_b(x[i:i + step], y[i:i + step]) for i in range(0, len(x), step)]
+    tau, n = np.concatenate([t for t, _ in parts]), np.concatenate([c for _, c in parts])
+    return pairs, tau.reshape(len(pairs), n_rankings), n.reshape(len(pairs), n_rankings)
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -78,7 +134,9 @@ def image_z(images: pd.DataFrame, judges: Sequence[str], higher: Sequence[bool])
     judge has no usable z for that image)."""
     ok = images[(images["status"] == "ok").to_numpy() & images["metric"].isin(list(judges)).to_numpy()]
     sign = ok["metric"].map(dict(zip(judges, [1.0 if h else -1.0 for h in higher])))
-    wide = ok.assign(z=ok["z"].to_numpy(float) * sign.to_numpy(float)).set_index(IMAGE_KEYS + ["metric"])["z"]
+    oriented = ok.assign(z=ok["z"].to_numpy(float) * sign.to_numpy(float))
+    # one row per image and judge; a repeated row (which standardize does not refuse) is averaged, not an error
+    wide = oriented.groupby(IMAGE_KEYS + ["metric"], sort=False, observed=True)["z"].mean()
     return wide.unstack("metric").reindex(columns=list(judges))
 
 
@@ -88,17 +146,17 @@ def agreement_table(judges: Sequence[str], higher: Sequence[bool], point: np.nda
 
     point [J, M] and boot [J, B, M]: each judge's oriented scores, point and per resample (the same resamples for
     every judge). images: standardize's image table (status, z)."""
-    tau, n_models = judge_taus(np.concatenate([point[:, None], boot], axis=1))
+    pairs, tau, n_models = pair_taus(np.concatenate([point[:, None], boot], axis=1))
     wide = image_z(images, judges, higher)
     rows = []
-    for a, b in zip(*(ix.tolist() for ix in np.triu_indices(len(judges), 1))):
-        resampled = tau[a, b, 1:][np.isfinite(tau[a, b, 1:])]
+    for (a, b), t, n in zip(pairs, tau, n_models):
+        resampled = t[1:][np.isfinite(t[1:])]
         lo, hi = (np.percentile(resampled, [50 * (1 - ci), 50 * (1 + ci)]) if len(resampled)
                   else (np.nan, np.nan))
         shared = wide[[judges[a], judges[b]]].dropna().to_numpy()
-        rows.append({"judge_a": judges[a], "judge_b": judges[b], "n_models": int(n_models[a, b, 0]),
-                     "kendall_tau": tau[a, b, 0], "tau_lo": lo, "tau_hi": hi, "n_boot": len(resampled),
-                     "n_images": len(shared), "spearman": spearman(shared[:, 0], shared[:, 1])})
+        rows.append({"judge_a": judges[a], "judge_b": judges[b], "n_models": int(n[0]), "kendall_tau": t[0],
+                     "tau_lo": lo, "tau_hi": hi, "n_boot": len(resampled), "n_images": len(shared),
+                     "spearman": spearman(shared[:, 0], shared[:, 1])})
     return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS).astype({"n_models": int, "n_boot": int, "n_images": int})
 
 
