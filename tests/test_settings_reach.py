@@ -231,6 +231,8 @@ PROBES: list[Probe] = [
     P("scoring.pickscore.model_dir", "score", elsewhere, calls("load_pickscore", "model_dir")),
     P("scoring.pickscore.processor_dir", "score", elsewhere, calls("load_pickscore", "processor_dir")),
     P("scoring.pickscore.sha256", "score", to(WRONG_SHA), error, expect_error=True),
+    P("standardize.combined", "standardize", to(["aesthetic", "hpsv21"]), standardized("scores", "metric", "score"),
+      files=(PARAMS,)),
     P("standardize.bootstrap", "standardize", to(200), standardized("pairwise", "p_a_beats_b")),
     P("standardize.seed", "standardize", plus(1), standardized("pairwise", "p_a_beats_b")),
     P("standardize.confidence", "standardize", to(0.5), standardized("scores", "lo", "hi")),
@@ -255,7 +257,7 @@ NO_EFFECT: dict[tuple[str, str], NoEffect] = {
         "the example's one model (a placeholder for the user's checkpoints): its z-scores within each item average 0, "
         "so its score is 0 in every resample; params.yaml's probes show the key acting with three models",
         "z-scored within its benchmark item over all reviewed models' images; a model's score is the mean of its z",
-        "README.md") for k in ("bootstrap", "seed", "confidence")},
+        "README.md") for k in ("bootstrap", "seed", "confidence", "combined")},
     (FULL, "paths.loras.sdxl"): NoEffect(
         "the example's one model is not SDXL (here: the SD1.5 stand-in); a family's LoRA files are read by the "
         "generate stages of that family's models only", "A review of one family needs only that family's LoRA files",
