@@ -46,7 +46,7 @@ from typing import IO
 import numpy as np
 import pandas as pd
 
-from ghostreview.analysis.report import judges
+from ghostreview.analysis.report import agreement
 from ghostreview.analysis.report.display import Shown, losses, shown_metrics
 from ghostreview.analysis.report.inputs import REPORT_COLUMNS
 from ghostreview.analysis.report.plots import render
@@ -233,12 +233,12 @@ def pairwise_html(result: Standardized, shown: Mapping[str, Shown], order: list[
 
 def judge_matrix(table_id: str, result: Standardized, shown: Mapping[str, Shown], value: str, text) -> str:
     """A judge x judge matrix of the agreement's ``value`` (coloured like the pairwise matrices, -1 to 1)."""
-    names, cells = judges.judges(result), judges.pair_cells(result)
+    names, cells = agreement.judges(result), agreement.pair_cells(result)
     head = "".join(f"<th>{esc(shown[n].label)}</th>" for n in names)
     body = []
     for a in names:
         tds = ['<td class="p10">1</td>' if a == b else
-               f'<td class="{judges.colour(cells[(a, b)][value])}" data-a="{esc(a)}" data-b="{esc(b)}">'
+               f'<td class="{agreement.colour(cells[(a, b)][value])}" data-a="{esc(a)}" data-b="{esc(b)}">'
                f"{esc(text(cells[(a, b)]))}</td>" for b in names]
         body.append(f'<tr><th class="row">{esc(shown[a].label)}</th>{"".join(tds)}</tr>')
     return (f'<table class="pairwise" id="{esc(table_id)}"><thead><tr><th></th>{head}</tr></thead>'
@@ -249,8 +249,8 @@ def judge_ranks_html(result: Standardized, shown: Mapping[str, Shown], order: li
                      names: Mapping[str, str]) -> str:
     """Each model's best and worst rank over the judges (``tr.stable`` where they are equal), leaderboard order."""
     rows = []
-    for r in judges.rank_records(result, order):
-        best_by, worst_by = judges.moved(r, shown)
+    for r in agreement.rank_records(result, order):
+        best_by, worst_by = agreement.moved(r, shown)
         stable = ' class="stable"' if r["best_rank"] == r["worst_rank"] else ""
         cells = [names[str(r["model"])], fmt_rank(r["best_rank"]), fmt_rank(r["worst_rank"]), best_by, worst_by]
         rows.append(f'<tr data-model="{esc(r["model"])}"{stable}>' + "".join(f"<td>{esc(c)}</td>" for c in cells)
@@ -262,10 +262,10 @@ def judge_ranks_html(result: Standardized, shown: Mapping[str, Shown], order: li
 def agreement_html(result: Standardized, shown: Mapping[str, Shown], order: list[str],
                    names: Mapping[str, str]) -> str:
     """The "Judge agreement" section's body: what it shows, the tau and rho matrices and the ranks; or why not."""
-    reason = judges.absent(result, shown)
+    reason = agreement.absent(result, shown)
     if reason is not None:
         return f'<p class="note" id="agreement-absent">{esc(reason)}</p>'
-    return (f'<p class="note">{esc(judges.note(result))}</p>'
+    return (f'<p class="note">{esc(agreement.note(result))}</p>'
             f"<h3>Kendall's tau between the judges' rankings</h3>"
             f"{judge_matrix('agreement-tau', result, shown, 'kendall_tau', tau_text)}"
             f"<h3>Spearman's rho between the judges' image z-scores</h3>"

@@ -17,7 +17,7 @@ ddof=0, share >= threshold), ``<metric>_mean`` for every other registered metric
 or "↓"; ``registered``: false for the derived combined and NoTM scores; ``raw_mean``: the column of its raw mean, null
 for derived metrics), so that ``print_leaderboard`` shows labels and directions without importing the registry.
 ``combined_chosen``: the judges the combined score may average (``standardize.combined``); ``combined_over`` those of
-them every model has. ``agreement``: the judges' agreement (``judges.agreement_json``: judges, labels, ``absent``,
+them every model has. ``agreement``: the judges' agreement (``agreement.agreement_json``: judges, labels, ``absent``,
 judge x judge matrices ``kendall_tau``, ``tau_lo``, ``tau_hi``, ``n_models``, ``spearman``, ``n_images``, and each
 model's best and worst rank in ``ranks``); the Markdown ends with it ("Judge agreement"). Both keys come last, after
 ``models``: a review's other keys keep their bytes.
@@ -34,7 +34,7 @@ from typing import SupportsFloat, SupportsInt, cast
 import numpy as np
 import pandas as pd
 
-from ghostreview.analysis.report import judges
+from ghostreview.analysis.report import agreement
 from ghostreview.analysis.report.display import Shown, losses, scored_metrics, shown_metrics
 from ghostreview.analysis.standardize import COMBINED, Standardized, parse_flags
 from ghostreview.scoring.metric import MetricInfo
@@ -153,7 +153,7 @@ def leaderboard_json(board: pd.DataFrame, result: Standardized, shown: Mapping[s
     order = board["model"].astype(str).tolist()
     return {"metrics": entries, "combined_over": over, "ci": meta.get("ci"), "raw_metric": meta.get("raw_metric"),
             "good_threshold": meta.get("good_threshold"), "models": board_records(board),
-            "combined_chosen": combined_chosen(meta), "agreement": judges.agreement_json(result, shown, order)}
+            "combined_chosen": combined_chosen(meta), "agreement": agreement.agreement_json(result, shown, order)}
 
 
 def ordered(shown: Mapping[str, Shown]) -> dict[str, Shown]:
@@ -310,10 +310,10 @@ def agreement_markdown(result: Standardized, shown: Mapping[str, Shown], order: 
     """The "Judge agreement" section (``judges``): the note, tau and rho matrices, each model's best and worst rank
     over the judges, models in ``order``; or why there is none."""
     head = ["", "## Judge agreement", ""]
-    reason = judges.absent(result, shown)
+    reason = agreement.absent(result, shown)
     if reason is not None:
         return head + [reason]
-    names, cells = judges.judges(result), judges.pair_cells(result)
+    names, cells = agreement.judges(result), agreement.pair_cells(result)
     labels = [shown[n].label for n in names]
 
     def matrix(title: str, text: Callable[[Mapping[str, object]], str]) -> list[str]:
@@ -321,11 +321,11 @@ def agreement_markdown(result: Standardized, shown: Mapping[str, Shown], order: 
                                     for a, label in zip(names, labels)]
         return md_table([title, *labels], rows) + [""]
 
-    lines = head + [judges.note(result), ""] + matrix("Kendall's tau [interval]", tau_text)
+    lines = head + [agreement.note(result), ""] + matrix("Kendall's tau [interval]", tau_text)
     lines += matrix("Spearman's rho (images)", rho_text)
     rows: list[list[object]] = []
-    for r in judges.rank_records(result, order):
-        best_by, worst_by = judges.moved(r, shown)
+    for r in agreement.rank_records(result, order):
+        best_by, worst_by = agreement.moved(r, shown)
         rows.append([r["model"], fmt_rank(r["best_rank"]), fmt_rank(r["worst_rank"]), best_by, worst_by])
     return lines + md_table(["Model", "Best rank", "Worst rank", "Best by", "Worst by"], rows)
 

@@ -1,5 +1,6 @@
-"""How the report shows the judges' agreement (standardize's ``agreement`` and ``judge_ranks`` tables): one owner of
-its texts and matrices for leaderboard.md, leaderboard.json and index.html.
+"""What the report shows of the judges' agreement (standardize's ``agreement`` and ``judge_ranks`` tables): the one
+owner of its texts (what it is, why it is absent), its matrices (leaderboard.json) and each model's ranks, which
+``tables`` (leaderboard.md) and ``html`` (index.html) lay out.
 
 The judges are ``meta["agreement_judges"]`` (the registered metrics scored that rank two models or more), labelled
 by the registry's ``MetricInfo`` through ``display.Shown``. Matrices are judge x judge, symmetric, in that order:
