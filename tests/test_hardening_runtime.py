@@ -131,6 +131,7 @@ def prepare(ws: Path) -> None:
     params["benchmark"]["dir"] = "data/benchmark/small"
     params["paths"]["image_store"], params["paths"]["cache"] = str(ws / "store"), str(ws / "cache")
     params["standardize"]["bootstrap"] = 100
+    params["benchmark"]["images_per_item"]["general"] = 1  # one image per prompt: the hostile one and the long one
     params["models"] = {m: params["models"][m] for m in MODELS}
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (ws / "hang").mkdir()

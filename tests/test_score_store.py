@@ -185,3 +185,14 @@ def test_identical_seeds_have_zero_diversity():
     assert seed_diversity(np.array([[1.0, 0], [-1.0, 0]])) == pytest.approx(2.0)
     with pytest.raises(ValueError, match="at least 2"):
         seed_diversity(v)
+
+
+def test_an_empty_metric_table_leaves_the_values_numeric(tmp_path):
+    """A metric with no rows for a model (diversity with one seed per prompt) writes an empty table; read with the
+    others, the value column stays float (an untyped empty frame would make it object and break the plots)."""
+    from ghostreview.scoring.table import read_scores, score_rows, write_scores
+
+    write_scores(tmp_path / "m" / "aesthetic.csv", score_rows(rows(2), "aesthetic", [1.5, 2.5], "1", "w"))
+    write_scores(tmp_path / "m" / "diversity.csv", [])
+    scores = read_scores(tmp_path, ["m"])
+    assert len(scores) == 2 and scores["value"].dtype == np.float64

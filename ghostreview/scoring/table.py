@@ -60,6 +60,7 @@ def read_scores(score_dir: Path, models: Sequence[str], columns: Sequence[str] =
     wanted = set(columns)
     frames = [pd.read_csv(p, dtype={"flags": str, "item": str}, keep_default_na=False, usecols=lambda c: c in wanted)
               for m in models for p in sorted((score_dir / m).glob("*.csv"))]
+    frames = [f for f in frames if len(f)]  # a metric with no rows (diversity of one seed) has untyped columns
     if not frames:
         return pd.DataFrame(columns=list(columns))
     return pd.concat(frames, ignore_index=True)
