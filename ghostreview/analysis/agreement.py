@@ -30,24 +30,24 @@ AGREEMENT_COLUMNS = ["judge_a", "judge_b", "n_models", "kendall_tau", "tau_lo", 
 RANK_COLUMNS = ["model", "n_judges", "best_rank", "worst_rank", "best_by", "worst_by"]
 
 
-def dense_ranks(x: np.ndarray) -> np.ndarray:
-    """[R, M] int64 ranks 1..M within each row, ties sharing one (dense); NaN ranks after every number, each NaN
-    a rank of its own (so NaNs tie with nothing; the caller masks them)."""
+def run_pairs(new_run: np.ndarray) -> np.ndarray:
+    """[R] pairs of entries within the same run, from [R, M] bools that are True where a sorted row starts a run of
+    equal values (an entry k places into its run ties with the k before it)."""
+    position = np.broadcast_to(np.arange(new_run.shape[1]), new_run.shape)
+    start = np.maximum.accumulate(np.where(new_run, position, 0), axis=1)
+    return (position - start).sum(axis=1)
+
+
+def dense_ranks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """([R, M] int64 ranks 1..M within each row, ties sharing one (dense), [R] tied pairs); NaN ranks after every
+    number, each NaN a rank of its own (so NaNs tie with nothing)."""
     order = np.argsort(x, axis=1, kind="stable")
     ordered = np.take_along_axis(x, order, axis=1)
-    step = np.ones(x.shape, dtype=np.int64)
-    step[:, 1:] = ~(ordered[:, 1:] == ordered[:, :-1])  # NaN != NaN: a new rank each
+    new_run = np.ones(x.shape, dtype=bool)
+    new_run[:, 1:] = ~(ordered[:, 1:] == ordered[:, :-1])  # NaN != NaN: a new rank each
     ranks = np.empty(x.shape, dtype=np.int64)
-    np.put_along_axis(ranks, order, np.cumsum(step, axis=1), axis=1)
-    return ranks
-
-
-def tied_pairs(key: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """[R] number of pairs of valid entries sharing a ``key`` [R, M] (non-negative ints) within each row."""
-    rows = np.broadcast_to(np.arange(key.shape[0])[:, None], key.shape)[valid]
-    flat = rows.astype(np.int64) * (int(key.max(initial=0)) + 1) + key[valid]
-    _, first, counts = np.unique(flat, return_index=True, return_counts=True)
-    return np.bincount(rows[first], weights=counts * (counts - 1) / 2, minlength=key.shape[0])
+    np.put_along_axis(ranks, order, np.cumsum(new_run, axis=1), axis=1)
+    return ranks, run_pairs(new_run)
 
 
 def discordant(order_ranks: np.ndarray, active: np.ndarray) -> np.ndarray:
@@ -84,14 +84,15 @@ def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     P = n(n-1)/2 pairs, n1 tied in x, n2 in y, n3 in both: tau_b = (P - n1 - n2 + n3 - 2 D) / sqrt((P - n1)(P - n2)).
     NaN with fewer than 2 valid entries or when either row ties every pair."""
     valid = np.isfinite(x) & np.isfinite(y)
-    x, y = np.where(valid, x, np.nan), np.where(valid, y, np.nan)
-    rx, ry = dense_ranks(x), dense_ranks(y)
+    (rx, n1), (ry, n2) = dense_ranks(np.where(valid, x, np.nan)), dense_ranks(np.where(valid, y, np.nan))
     n = valid.sum(axis=1)
     pairs = n * (n - 1) / 2
-    n1, n2 = tied_pairs(rx, valid), tied_pairs(ry, valid)
-    joint = rx * (x.shape[1] + 1) + ry
-    n3 = tied_pairs(joint, valid)
-    order = np.argsort(np.where(valid, joint, np.iinfo(np.int64).max), axis=1, kind="stable")
+    joint = rx * (x.shape[1] + 1) + ry  # unique for the invalid entries, whose ranks are their own and last
+    order = np.argsort(joint, axis=1)
+    ordered = np.take_along_axis(joint, order, axis=1)
+    new_run = np.ones(joint.shape, dtype=bool)
+    new_run[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    n3 = run_pairs(new_run)
     d = discordant(np.take_along_axis(ry, order, axis=1), np.take_along_axis(valid, order, axis=1))
     den = (pairs - n1) * (pairs - n2)
     with np.errstate(invalid="ignore", divide="ignore"):
