@@ -130,15 +130,34 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def image_z(images: pd.DataFrame, judges: Sequence[str], higher: Sequence[bool]) -> pd.DataFrame:
-    """Oriented z of usable rows (status ok), one row per image (``IMAGE_KEYS``), one column per judge (NaN: the
-    judge has no usable z for that image)."""
+def image_ids(rows: pd.DataFrame) -> np.ndarray:
+    """[n] int64: the same id for rows of the same image (``IMAGE_KEYS``), by integer codes (no string groupby)."""
+    ids = np.zeros(len(rows), dtype=np.int64)
+    for key in IMAGE_KEYS:
+        code, distinct = pd.factorize(rows[key].to_numpy())
+        ids = pd.factorize(ids * len(distinct) + code)[0].astype(np.int64)  # compact again: no overflow
+    return ids
+
+
+def image_z(images: pd.DataFrame, judges: Sequence[str],
+            higher: Sequence[bool]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{judge: (sorted image ids, oriented z)} over its usable rows (status ok); a repeated row of one image (which
+    standardize does not refuse) is averaged."""
     ok = images[(images["status"] == "ok").to_numpy() & images["metric"].isin(list(judges)).to_numpy()]
-    sign = ok["metric"].map(dict(zip(judges, [1.0 if h else -1.0 for h in higher])))
-    oriented = ok.assign(z=ok["z"].to_numpy(float) * sign.to_numpy(float))
-    # one row per image and judge; a repeated row (which standardize does not refuse) is averaged, not an error
-    wide = oriented.groupby(IMAGE_KEYS + ["metric"], sort=False, observed=True)["z"].mean()
-    return wide.unstack("metric").reindex(columns=list(judges))
+    ids, metric, z = image_ids(ok), ok["metric"].to_numpy(dtype=object), ok["z"].to_numpy(float)
+    out = {}
+    for name, up in zip(judges, higher):
+        mine = metric == name
+        uniq, inverse, counts = np.unique(ids[mine], return_inverse=True, return_counts=True)
+        mean = np.bincount(inverse, weights=z[mine], minlength=len(uniq)) / np.maximum(counts, 1)
+        out[name] = (uniq, mean if up else -mean)
+    return out
+
+
+def shared_rho(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[int, float]:
+    """(images both judges score, Spearman's rho over them) from two ``image_z`` entries."""
+    _, ia, ib = np.intersect1d(a[0], b[0], assume_unique=True, return_indices=True)
+    return len(ia), spearman(a[1][ia], b[1][ib])
 
 
 def agreement_table(judges: Sequence[str], higher: Sequence[bool], point: np.ndarray, boot: np.ndarray,
@@ -148,16 +167,15 @@ def agreement_table(judges: Sequence[str], higher: Sequence[bool], point: np.nda
     point [J, M] and boot [J, B, M]: each judge's oriented scores, point and per resample (the same resamples for
     every judge). images: standardize's image table (status, z)."""
     pairs, tau, n_models = pair_taus(np.concatenate([point[:, None], boot], axis=1))
-    wide = image_z(images, judges, higher)
+    per_image = image_z(images, judges, higher)
     rows = []
     for (a, b), t, n in zip(pairs, tau, n_models):
         resampled = t[1:][np.isfinite(t[1:])]
         lo, hi = (np.percentile(resampled, [50 * (1 - ci), 50 * (1 + ci)]) if len(resampled)
                   else (np.nan, np.nan))
-        shared = wide[[judges[a], judges[b]]].dropna().to_numpy()
+        n_images, rho = shared_rho(per_image[judges[a]], per_image[judges[b]])
         rows.append({"judge_a": judges[a], "judge_b": judges[b], "n_models": int(n[0]), "kendall_tau": t[0],
-                     "tau_lo": lo, "tau_hi": hi, "n_boot": len(resampled), "n_images": len(shared),
-                     "spearman": spearman(shared[:, 0], shared[:, 1])})
+                     "tau_lo": lo, "tau_hi": hi, "n_boot": len(resampled), "n_images": n_images, "spearman": rho})
     return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS).astype({"n_models": int, "n_boot": int, "n_images": int})
 
 
