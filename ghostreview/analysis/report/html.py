@@ -38,7 +38,7 @@ import html
 import os
 import stat
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
@@ -231,7 +231,8 @@ def pairwise_html(result: Standardized, shown: Mapping[str, Shown], order: list[
     return f'<p class="note">{esc(note)}</p>' + "\n".join(parts)
 
 
-def judge_matrix(table_id: str, result: Standardized, shown: Mapping[str, Shown], value: str, text) -> str:
+def judge_matrix(table_id: str, result: Standardized, shown: Mapping[str, Shown], value: str,
+                 text: Callable[[Mapping[str, object]], str]) -> str:
     """A judge x judge matrix of the agreement's ``value`` (coloured like the pairwise matrices, -1 to 1)."""
     names, cells = agreement.judges(result), agreement.pair_cells(result)
     head = "".join(f"<th>{esc(shown[n].label)}</th>" for n in names)
