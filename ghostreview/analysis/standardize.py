@@ -43,6 +43,10 @@ Conventions (each one tested in tests/test_standardize.py):
   intervals are the (1-ci)/2 and (1+ci)/2 percentiles of the resampled ranks, rounded outward to integers. With few
   items a percentile interval still falls short of its level (normal theory: about 94% at 30 prompts, 93% at 16
   LoRAs, 91% at 9 styles).
+- Agreement. The judges (registered metrics scored that rank 2 models or more) are compared pairwise by
+  ``ghostreview.analysis.agreement`` from the same estimates: Kendall's tau between their rankings, point and per
+  resample (so its interval comes from this draw too), Spearman's rho between their per-image z, and each model's best
+  and worst rank over them.
 """
 
 from __future__ import annotations
