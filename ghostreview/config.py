@@ -333,9 +333,9 @@ class ScoringParams(Checked):
 @dataclass(frozen=True)
 class StandardizeParams(Checked):
     """The bootstrap's resamples, seed and interval level, and ``combined``: the judges the combined rank averages
-    (None, the key left out: the article's four, ``JUDGES``, that scoring.judges lists; ``validate.combined_judges``
-    resolves it, and ``validate.check_combined`` refuses a name that is no judge or that scoring.judges does not
-    list: this leaf knows neither)."""
+    (None, the key left out: the article's four, ``JUDGES``, that scoring.judges lists, or all it lists when none of
+    them; ``validate.combined_judges`` resolves it, and ``validate.check_combined`` refuses a name that is no judge or
+    that scoring.judges does not list: this leaf knows neither)."""
 
     bootstrap: int = ranged(1000, 1, 1_000_000)
     seed: int = ranged(0, 0, MAX_SEED)

@@ -69,24 +69,16 @@ def check_judges(params: Params, source: str = "params.yaml") -> None:
 
 def check_combined(params: Params, source: str = "params.yaml") -> None:
     """Every name in ``standardize.combined`` is a judge that ``scoring.judges`` lists (a judge not computed has no
-    score to average); left out, the default (:func:`combined_judges`) must keep at least one judge. Part of
-    :func:`parse`, after :func:`check_judges`."""
+    score to average). Part of :func:`parse`, after :func:`check_judges`; left out, :func:`combined_judges` decides."""
     from ghostreview.scoring.registry import REGISTRY
 
-    listed, chosen = params.scoring.judges, params.standardize.combined
-    fix = f"Fix standardize.combined in {source}."
-    if chosen is None:
-        if not combined_judges(params):
-            _one_error([f"{source}: standardize.combined is left out, so the combined rank averages the article's "
-                        f"judges ({', '.join(JUDGES)}) that scoring.judges lists, and it lists none of them "
-                        f"({', '.join(listed)}). List the judges to average in standardize.combined in {source}."])
-        return
+    listed = params.scoring.judges
     problems = []
-    for name in chosen:
+    for name in params.standardize.combined or ():
         if name not in REGISTRY:
             hint = did_you_mean(name, REGISTRY, quote="'")
             problems.append(f"{source}: standardize.combined has {name!r}, which is no judge.{hint} Valid: "
-                            f"{', '.join(listed)} (scoring.judges). {fix}")
+                            f"{', '.join(listed)} (scoring.judges). Fix standardize.combined in {source}.")
         elif name not in listed:
             problems.append(f"{source}: standardize.combined has {name!r}, which scoring.judges does not list "
                             f"({', '.join(listed)}): it has no scores to average. Add it to scoring.judges or remove "
@@ -95,11 +87,13 @@ def check_combined(params: Params, source: str = "params.yaml") -> None:
 
 
 def combined_judges(params: Params) -> tuple[str, ...]:
-    """The judges the combined rank averages: ``standardize.combined``, or when it is left out the article's four
-    (``config.JUDGES``) that ``scoring.judges`` lists, in that order (so a review of the four, the default, ranks as
-    the article does whatever judges are added)."""
+    """The judges the combined rank averages: ``standardize.combined``; left out, the article's four
+    (``config.JUDGES``) that ``scoring.judges`` lists, in that order (so adding judges to a review of the four does
+    not move its combined rank), or every listed judge when it lists none of the four."""
     chosen = params.standardize.combined
-    return chosen if chosen is not None else tuple(j for j in JUDGES if j in params.scoring.judges)
+    if chosen is not None:
+        return chosen
+    return tuple(j for j in JUDGES if j in params.scoring.judges) or params.scoring.judges
 
 
 def load(path: Path | str = "params.yaml") -> Params:
