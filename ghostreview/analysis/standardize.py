@@ -602,10 +602,10 @@ def raw_table(images: pd.DataFrame, models: Sequence[str], metrics: Sequence[str
 
 def estimates(images: pd.DataFrame, names: Sequence[str], metrics: Mapping[str, MetricLike],
               made_with: Mapping[str, Sequence[str]], *, n_boot: int, seed: int, lora_metric: str,
-              combined: Collection[str]) -> tuple[list[MetricEstimate], int]:
+              combined: Collection[str] | None = None) -> tuple[list[MetricEstimate], int]:
     """Point and resampled scores of each registered metric present in ``images`` (``image_table``'s first output),
-    then ``<lora_metric>_notm`` (if scored) and ``combined`` over the ``shared_metrics`` of those in ``combined``,
-    all from one draw; and the number of resampled units."""
+    then ``<lora_metric>_notm`` (if scored) and ``combined`` over the ``shared_metrics`` of those in ``combined``
+    (None: of all), all from one draw; and the number of resampled units."""
     ok = images[(images["status"] == "ok").to_numpy()]
     design = make_design(ok, names)
     w = unit_weights(design.unit_stratum, n_boot, np.random.default_rng(seed))
@@ -625,7 +625,7 @@ def estimates(images: pd.DataFrame, names: Sequence[str], metrics: Mapping[str, 
     ests = [one(m, m, ok_metric == m) for m in present]
     if lora_metric in present:
         ests.append(one(f"{lora_metric}_notm", lora_metric, notm_keep(ok, lora_metric, made_with)))
-    chosen = [e for e in ests[:len(present)] if e.name in combined]
+    chosen = [e for e in ests[:len(present)] if combined is None or e.name in combined]
     return ests + [combine(shared_metrics(chosen), len(names), n_boot)], int(len(design.unit_stratum))
 
 
