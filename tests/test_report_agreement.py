@@ -33,7 +33,7 @@ def written(result, scores, manifests, models, images_root, out):
 
 def cell(page: str, table: str, a: str, b: str) -> str:
     section = re.search(rf'<table class="pairwise" id="{table}">.*?</table>', page).group(0)
-    return re.search(rf'data-a="{a}" data-b="{b}">([^<]*)</td>', section).group(1)
+    return re.search(rf'data-a="{a}" data-b="{b}">(.*?)</td>', section).group(1).replace("<br>", " | ")
 
 
 def test_the_demo_report_shows_the_agreement_matrix_and_each_models_rank_over_the_judges(demo, tmp_path):
@@ -67,8 +67,9 @@ def test_the_demo_report_shows_the_agreement_matrix_and_each_models_rank_over_th
     assert "| Aesthetic | 1 | " in section and "no shared image" in section  # a style loss and a prompt judge
     # index.html: a section of its own, linked from the navigation, the same numbers
     assert '<a href="#agreement">Judge agreement</a>' in page and '<section id="agreement">' in page
-    assert cell(page, "agreement-tau", "aesthetic", "clipscore") == text
-    assert cell(page, "agreement-tau", "clipscore", "aesthetic") == text
+    lines = f"{tau['kendall_tau']:.2f} | [{tau['tau_lo']:.2f}, {tau['tau_hi']:.2f}] | 3 models"
+    assert cell(page, "agreement-tau", "aesthetic", "clipscore") == lines
+    assert cell(page, "agreement-tau", "clipscore", "aesthetic") == lines
     assert cell(page, "agreement-rho", "aesthetic", "styleloss") == "no shared image"
     assert re.findall(r'<table id="judge-ranks">.*?</table>', page)[0].count("<tr data-model=") == 3
 
@@ -89,7 +90,7 @@ def test_two_judges_that_disagree_show_it_in_every_file(demo, tmp_path):
         "alpha": (1, 3), "beta": (2, 2), "gamma": (1, 3)}
     assert "| Aesthetic | 1 | -1.00 [-1.00, -1.00], 3 models |" in md
     assert "| alpha | 1 | 3 | Aesthetic | CLIPScore |" in md and "| beta | 2 | 2 | all judges | — |" in md
-    assert cell(page, "agreement-tau", "aesthetic", "clipscore") == "-1.00 [-1.00, -1.00], 3 models"
+    assert cell(page, "agreement-tau", "aesthetic", "clipscore") == "-1.00 | [-1.00, -1.00] | 3 models"
     assert '<tr data-model="beta" class="stable">' in page
 
 

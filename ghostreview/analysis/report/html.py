@@ -68,8 +68,6 @@ from ghostreview.analysis.report.tables import (
     interval_note,
     leaderboard_frame,
     lora_problems,
-    rho_text,
-    tau_text,
 )
 from ghostreview.analysis.report.targets import Targets
 from ghostreview.analysis.standardize import COMBINED, Standardized, parse_flags
@@ -231,16 +229,27 @@ def pairwise_html(result: Standardized, shown: Mapping[str, Shown], order: list[
     return f'<p class="note">{esc(note)}</p>' + "\n".join(parts)
 
 
+def tau_lines(r: Mapping[str, object]) -> list[str]:
+    """A tau cell's lines: tau, its interval, the models both judges rank (narrow columns for many judges)."""
+    return [fmt(r["kendall_tau"], 2), f"[{fmt(r['tau_lo'], 2)}, {fmt(r['tau_hi'], 2)}]", f"{r['n_models']} models"]
+
+
+def rho_lines(r: Mapping[str, object]) -> list[str]:
+    """A rho cell's lines: rho and the images both judges score, or that they share none."""
+    return [fmt(r["spearman"], 2), f"{r['n_images']} images"] if r["n_images"] else ["no shared image"]
+
+
 def judge_matrix(table_id: str, result: Standardized, shown: Mapping[str, Shown], value: str,
-                 text: Callable[[Mapping[str, object]], str]) -> str:
-    """A judge x judge matrix of the agreement's ``value`` (coloured like the pairwise matrices, -1 to 1)."""
+                 lines: Callable[[Mapping[str, object]], list[str]]) -> str:
+    """A judge x judge matrix of the agreement's ``value`` (coloured like the pairwise matrices, -1 to 1), each cell
+    the ``lines`` of its pair."""
     names, cells = agreement.judges(result), agreement.pair_cells(result)
     head = "".join(f"<th>{esc(shown[n].label)}</th>" for n in names)
     body = []
     for a in names:
         tds = ['<td class="p10">1</td>' if a == b else
                f'<td class="{agreement.colour(cells[(a, b)][value])}" data-a="{esc(a)}" data-b="{esc(b)}">'
-               f"{esc(text(cells[(a, b)]))}</td>" for b in names]
+               f"{'<br>'.join(esc(t) for t in lines(cells[(a, b)]))}</td>" for b in names]
         body.append(f'<tr><th class="row">{esc(shown[a].label)}</th>{"".join(tds)}</tr>')
     return (f'<table class="pairwise" id="{esc(table_id)}"><thead><tr><th></th>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table>')
@@ -268,9 +277,9 @@ def agreement_html(result: Standardized, shown: Mapping[str, Shown], order: list
         return f'<p class="note" id="agreement-absent">{esc(reason)}</p>'
     return (f'<p class="note">{esc(agreement.note(result))}</p>'
             f"<h3>Kendall's tau between the judges' rankings</h3>"
-            f"{judge_matrix('agreement-tau', result, shown, 'kendall_tau', tau_text)}"
+            f"{judge_matrix('agreement-tau', result, shown, 'kendall_tau', tau_lines)}"
             f"<h3>Spearman's rho between the judges' image z-scores</h3>"
-            f"{judge_matrix('agreement-rho', result, shown, 'spearman', rho_text)}"
+            f"{judge_matrix('agreement-rho', result, shown, 'spearman', rho_lines)}"
             f"<h3>Rank over the judges</h3>{judge_ranks_html(result, shown, order, names)}")
 
 
