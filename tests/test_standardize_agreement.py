@@ -131,3 +131,19 @@ def test_kendall_tau_b_rows_equal_scipys_with_ties_and_missing_models(n_models):
         both = np.isfinite(x[i]) & np.isfinite(y[i])
         expected = scipy.stats.kendalltau(x[i, both], y[i, both]).statistic if both.sum() >= 2 else np.nan
         assert tau[i] == pytest.approx(expected, nan_ok=True) and n[i] == both.sum()
+
+
+@pytest.mark.parametrize("budget", [1, agreement.ROW_BUDGET])
+def test_pair_taus_rank_each_judge_once_and_again_where_the_other_lacks_a_model(monkeypatch, budget):
+    monkeypatch.setattr(agreement, "ROW_BUDGET", budget)  # 1: one pair per chunk
+    rng = np.random.default_rng(5)
+    scores = rng.integers(0, 5, (4, 9, 8)).astype(float)
+    scores[1, 2, 3], scores[2, :, 0], scores[3, 5, :] = np.nan, np.nan, np.nan  # different models missing
+    pairs, tau, n = agreement.pair_taus(scores)
+    assert pairs == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    for (a, b), t, c in zip(pairs, tau, n):
+        for r in range(9):
+            both = np.isfinite(scores[a, r]) & np.isfinite(scores[b, r])
+            expected = (scipy.stats.kendalltau(scores[a, r, both], scores[b, r, both]).statistic if both.sum() >= 2
+                        else np.nan)
+            assert t[r] == pytest.approx(expected, nan_ok=True) and c[r] == both.sum()

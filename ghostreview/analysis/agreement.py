@@ -84,10 +84,17 @@ def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     P = n(n-1)/2 pairs, n1 tied in x, n2 in y, n3 in both: tau_b = (P - n1 - n2 + n3 - 2 D) / sqrt((P - n1)(P - n2)).
     NaN with fewer than 2 valid entries or when either row ties every pair."""
     valid = np.isfinite(x) & np.isfinite(y)
-    (rx, n1), (ry, n2) = dense_ranks(np.where(valid, x, np.nan)), dense_ranks(np.where(valid, y, np.nan))
+    return tau_from_ranks(dense_ranks(np.where(valid, x, np.nan)), dense_ranks(np.where(valid, y, np.nan)), valid)
+
+
+def tau_from_ranks(x: tuple[np.ndarray, np.ndarray], y: tuple[np.ndarray, np.ndarray],
+                   valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``kendall_tau_b`` from each side's ``dense_ranks`` over the entries ``valid`` [R, M] in both (the others
+    ranked last, each on its own)."""
+    (rx, n1), (ry, n2) = x, y
     n = valid.sum(axis=1)
     pairs = n * (n - 1) / 2
-    joint = rx * (x.shape[1] + 1) + ry  # unique for the invalid entries, whose ranks are their own and last
+    joint = rx * (rx.shape[1] + 1) + ry  # unique for the invalid entries, whose ranks are their own and last
     order = np.argsort(joint, axis=1)
     ordered = np.take_along_axis(joint, order, axis=1)
     new_run = np.ones(joint.shape, dtype=bool)
@@ -100,23 +107,34 @@ def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return np.where(den > 0, tau, np.nan), n
 
 
-ROW_BUDGET = 2_000_000  # rows x models per kendall_tau_b call (its Fenwick trees: 16 MB)
+ROW_BUDGET = 2_000_000  # rows x models per tau_from_ranks call (its Fenwick trees: 8 MB)
 
 
 def pair_taus(scores: np.ndarray) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray]:
     """(judge pairs a < b, tau [pairs, R], models [pairs, R]): Kendall's tau-b between every two judges' rankings
     in each of R rankings, from oriented scores [J, R, M] (R: the point scores and the resamples; NaN: a model the
-    judge does not score). All pairs' rows go through ``kendall_tau_b`` together, ``ROW_BUDGET`` at a time."""
+    judge does not score). Each judge's rows are ranked once (again only for a pair where it scores a model the other
+    does not); the pairs go through ``tau_from_ranks`` a few at a time (``ROW_BUDGET``)."""
     n_judges, n_rankings, n_models = scores.shape
     pairs = [(a, b) for a in range(n_judges) for b in range(a + 1, n_judges)]
-    if not pairs:
-        return pairs, np.zeros((0, n_rankings)), np.zeros((0, n_rankings), dtype=np.int64)
-    x = np.concatenate([scores[a] for a, _ in pairs])
-    y = np.concatenate([scores[b] for _, b in pairs])
-    step = max(1, ROW_BUDGET // max(n_models, 1))
-    parts = [kendall_tau_b(x[i:i + step], y[i:i + step]) for i in range(0, len(x), step)]
-    tau, n = np.concatenate([t for t, _ in parts]), np.concatenate([c for _, c in parts])
-    return pairs, tau.reshape(len(pairs), n_rankings), n.reshape(len(pairs), n_rankings)
+    finite = np.isfinite(scores)
+    own = [dense_ranks(s) for s in scores]
+
+    def ranks(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:  # a's ranks over the models both rank
+        return own[a] if not (finite[a] & ~finite[b]).any() else dense_ranks(np.where(finite[b], scores[a], np.nan))
+
+    step = max(1, ROW_BUDGET // max(n_rankings * n_models, 1))
+    tau, n = np.full((len(pairs), n_rankings), np.nan), np.zeros((len(pairs), n_rankings), dtype=np.int64)
+    for start in range(0, len(pairs), step):
+        chunk = pairs[start:start + step]
+        sides = [(ranks(a, b), ranks(b, a)) for a, b in chunk]
+        x = tuple(np.concatenate([side[0][k] for side in sides]) for k in range(2))
+        y = tuple(np.concatenate([side[1][k] for side in sides]) for k in range(2))
+        valid = np.concatenate([finite[a] & finite[b] for a, b in chunk])
+        t, c = tau_from_ranks(x, y, valid)  # type: ignore[arg-type]
+        tau[start:start + len(chunk)] = t.reshape(len(chunk), n_rankings)
+        n[start:start + len(chunk)] = c.reshape(len(chunk), n_rankings)
+    return pairs, tau, n
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
