@@ -293,7 +293,8 @@ def batch_figures(judge: Judge, batch: int, t: Any, cpu: dict[str, list[float]],
 def param_count(model: Any) -> int:
     """Parameters of the judge's network (the first of a (network, extras) pair; a loaded judge's ``.model``)."""
     net = model[0] if isinstance(model, tuple) else model
-    return sum(p.numel() for p in getattr(net, "model", net).parameters())
+    net = net.model if hasattr(net, "model") else net
+    return sum(p.numel() for p in net.parameters())
 
 
 def measure(judge: Judge, tmp: Path, quick: bool, device: str, batches: tuple[int, ...], repeats: int,
@@ -370,6 +371,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes (default 1,8)")
     p.add_argument("--repeats", type=int, default=2, help="interleaved repeats per batch size (default 2)")
     p.add_argument("--only", action="append", choices=[j.name for j in JUDGES], help="only this judge (repeatable)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default, all cores)")
     p.add_argument("--quick", action="store_true", help="tiny stand-ins: check the code path in seconds")
     p.add_argument("--json", metavar="PATH", help="write the figures to this JSON file")
     return p.parse_args(argv)
@@ -380,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: torch sees no CUDA device here")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     start = time.perf_counter()
     figures = run(args.quick, args.device, tuple(int(b) for b in args.batch_sizes.split(",")), args.repeats,
                   tuple(args.only or ()))
