@@ -188,18 +188,12 @@ stages:
     - path: data/images/demo-sd15-b
       hash: md5
       md5: 22222222222222222222222222222222.dir
-  embed@demo-sd15-b:
-    cmd: python stages/embed.py --images data/images/demo-sd15-b --out data/embeddings/demo-sd15-b.npz
+  score@demo-sd15-b:
+    cmd: python stages/score.py --images data/images/demo-sd15-b --refstats data/refstats --out data/scores/demo-sd15-b
     outs:
-    - path: data/embeddings/demo-sd15-b.npz
+    - path: data/scores/demo-sd15-b
       hash: md5
-      md5: 33333333333333333333333333333333
-  aesthetic@demo-sd15-b:
-    cmd: python stages/embedding_metric.py --metric aesthetic --out data/scores/demo-sd15-b/aesthetic.csv
-    outs:
-    - path: data/scores/demo-sd15-b/aesthetic.csv
-      hash: md5
-      md5: 44444444444444444444444444444444
+      md5: 44444444444444444444444444444444.dir
   standardize:
     cmd: python stages/standardize.py --images data/images --scores data/scores --out data/standardized
     outs:
@@ -216,11 +210,8 @@ def outputs_as_dvc_leaves_them(root: Path) -> None:
         (root / "data" / "images" / model / "x.png").write_bytes(b"png")
         (root / "data" / "scores" / model).mkdir(parents=True)
         (root / "data" / "scores" / model / "aesthetic.csv").write_text("model\n")
-        (root / "data" / "scores" / model / ".gitignore").write_text("/aesthetic.csv\n")
-    (root / "data" / "embeddings").mkdir()
-    (root / "data" / "embeddings" / "demo-sd15-b.npz").write_bytes(b"npz")
+    (root / "data" / "scores" / ".gitignore").write_text("/demo-sd15-a\n/demo-sd15-b\n")
     (root / "data" / "images" / ".gitignore").write_text("/demo-sd15-a\n/demo-sd15-b\n")
-    (root / "data" / "embeddings" / ".gitignore").write_text("/demo-sd15-b.npz\n")
     (root / "dvc.lock").write_text(LOCK)
 
 
@@ -229,19 +220,17 @@ def test_remove_model_cleans_params_outputs_gitignore_and_lock(project):
     before = (project / "params.yaml").read_text()
     removed = remove_model(project / "params.yaml", "demo-sd15-b")
 
-    assert removed.in_params and removed.lock_entries == ("generate@demo-sd15-b", "embed@demo-sd15-b",
-                                                          "aesthetic@demo-sd15-b")
-    assert set(removed.outputs) == {"data/images/demo-sd15-b", "data/embeddings/demo-sd15-b.npz",
-                                    "data/scores/demo-sd15-b/aesthetic.csv"}
+    assert removed.in_params and removed.lock_entries == ("generate@demo-sd15-b", "score@demo-sd15-b")
+    assert set(removed.outputs) == {"data/images/demo-sd15-b", "data/scores/demo-sd15-b"}
     after = (project / "params.yaml").read_text()
     assert diff(before, after) == ["-   demo-sd15-b:", "-     checkpoint: demo/kit/models/tiny-sd15-b.safetensors",
                                    "-     config: demo/kit/configs/sd15", "-     clip_skip: 2",
                                    "-     title: Demo SD1.5 B (random weights)"]
     data = project / "data"
     assert not (data / "images" / "demo-sd15-b").exists() and (data / "images" / "demo-sd15-a" / "x.png").exists()
-    assert not (data / "scores" / "demo-sd15-b").exists()  # emptied, so removed with its .gitignore
-    assert not (data / "embeddings").exists()  # its only output gone: .gitignore and directory too
+    assert not (data / "scores" / "demo-sd15-b").exists() and (data / "scores" / "demo-sd15-a").is_dir()
     assert (data / "images" / ".gitignore").read_text() == "/demo-sd15-a\n"
+    assert (data / "scores" / ".gitignore").read_text() == "/demo-sd15-a\n"
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     expected = yaml.safe_load(LOCK)
     for stage in removed.lock_entries:
@@ -261,7 +250,7 @@ def test_remove_model_cleans_leftovers_of_a_model_already_gone_from_params(proje
     assert config_text != text
     (project / "params.yaml").write_text(config_text)
     removed = remove_model(project / "params.yaml", "demo-sd15-b")
-    assert not removed.in_params and len(removed.lock_entries) == 3
+    assert not removed.in_params and len(removed.lock_entries) == 2
     assert not (project / "data" / "images" / "demo-sd15-b").exists()
     assert (project / "params.yaml").read_text() == config_text
 
@@ -277,7 +266,7 @@ def test_remove_model_refuses_the_last_model_and_ignores_what_the_lock_says_its_
     add_model(project / "params.yaml", sd15(project / "second.safetensors"))
     removed = remove_model(project / "params.yaml", "demo-sd15-a")
     # what dvc.yaml declares (the lock did not even list the scores), not the lock's ../outside
-    assert removed.outputs == ("data/images/demo-sd15-a", "data/scores/demo-sd15-a/aesthetic.csv")
+    assert removed.outputs == ("data/images/demo-sd15-a", "data/scores/demo-sd15-a")
     assert (project.parent / "outside").is_dir() and not (project / "data" / "images" / "demo-sd15-a").exists()
 
 
@@ -304,8 +293,7 @@ def test_remove_model_deletes_only_the_outputs_dvc_yaml_declares_for_its_stages(
         "    - path: .git\n      hash: md5\n      md5: 0\n    - path: params.yaml\n      hash: md5\n      md5: 0\n"
         "    - path: data/images/demo-sd15-a\n      hash: md5\n      md5: 0\n    - path: data/images/demo-sd15-b\n"))
     removed = remove_model(project / "params.yaml", "demo-sd15-b")
-    assert set(removed.outputs) == {"data/images/demo-sd15-b", "data/embeddings/demo-sd15-b.npz",
-                                    "data/scores/demo-sd15-b/aesthetic.csv"}
+    assert set(removed.outputs) == {"data/images/demo-sd15-b", "data/scores/demo-sd15-b"}
     assert (git / "HEAD").is_file() and (project / "params.yaml").is_file()
     assert (project / "data" / "images" / "demo-sd15-a" / "x.png").is_file()
 
