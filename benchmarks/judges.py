@@ -15,15 +15,16 @@ the real file formats (the cost of a forward does not depend on the values; noth
 - styleloss (StyleLoss and LoRALoss): torchvision ``vgg19()`` written by ``kit.fullsize.write_vgg19``,
   ``load_vgg19_features``; ``image_style_losses`` at ``StyleParams().image_size`` (512) against 2 references.
 - diversity: no model (``seed_diversity`` on stored embeddings), timed on 32 seeds x 768-d per prompt.
-Inputs are 512x512 RGB images (the demo protocol's size), one prompt. Every batch size's call scores the same
-images ``--images-per-batch`` forwards' worth (batch 1: 2 images; batch 8: 8), interleaved with the others and
-with the text forward alone. Images/s counts the whole call; the review figure separates text (per distinct
-prompt: 30 general prompts) from images (per image: clip every image, the preference judges the 960 general ones,
-StyleLoss the 288 style + 320 LoRA ones; counts read from ``data/benchmark/v1``). FLOPs of one batch-1 call are
-counted with ``torch.utils.flop_counter`` during the warm-up. Each call's wall time and the process's CPU time
-(all threads: ``time.process_time``) are both recorded; on a shared machine the CPU time depends much less on the
-others' load. Models are loaded one at a time and freed (ViT-H-14
-in float32 is ~4 GB). ``--quick`` uses the tiny kit stand-ins: it checks the code path, its figures mean nothing.
+Inputs are 512x512 RGB images (the demo protocol's size), one prompt. A call at batch 1 scores 2 images (two
+forwards), at batch b > 1 b images (one forward) (:func:`images_for`); the calls at each batch size are interleaved
+with each other and with the text forward alone. Images/s counts the whole call; the review figure separates text
+(per distinct prompt: 30 general prompts) from images (per image: clip every image, the preference judges the 960
+general ones, StyleLoss the 288 style + 320 LoRA ones; counts read from ``data/benchmark/v1``). FLOPs of one
+batch-1 call are counted with ``torch.utils.flop_counter`` during the warm-up. Each call's wall time and the
+process's CPU time (all threads: ``time.process_time``) are recorded; on a loaded machine both grow (OpenMP threads
+spin while they wait for each other), so record the load with the figures. Models are loaded one at a time and
+freed (ViT-H-14 in float32 is ~4 GB). ``--quick`` uses the tiny kit stand-ins: it checks the code path, its figures
+mean nothing.
 """
 
 from __future__ import annotations
