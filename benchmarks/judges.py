@@ -267,8 +267,8 @@ def review_seconds(judge: Judge, per_image_s: float, text_s: float, batch: int, 
 
 
 def cpu_timed(fn: Callable[[], Any], log: list[float]) -> Callable[[], Any]:
-    """``fn``, appending the process's CPU seconds (all threads) per call to ``log``: wall time on a shared machine
-    depends on the others' load, CPU time much less."""
+    """``fn``, appending the process's CPU seconds (all threads) per call to ``log``: what the call cost the
+    machine, next to the wall time it took (on a loaded machine both grow)."""
     def call() -> Any:
         start = time.process_time()
         result = fn()
