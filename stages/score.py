@@ -108,7 +108,11 @@ def main(argv: list[str] | None = None) -> None:
     with ScoreStore(cache / "scores.sqlite") as store:
         chosen = scorers(params, root, args.images, args.refstats, store, cache / "sha256.json")
         tables = score_model(rows, chosen, store)
-        replace_dir(args.out, lambda tmp: [write_scores(tmp / f"{name}.csv", t) for name, t in tables.items()])
+        def build(tmp: Path) -> None:
+            for name, table in tables.items():
+                write_scores(tmp / f"{name}.csv", table)
+
+        replace_dir(args.out, build)
         print(f"score: {sum(map(len, tables.values()))} rows of {len(rows)} images -> {args.out} "
               f"({store.summary([*tables, 'clip image embeddings'])})")
 

@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from ghostreview.scoring.weights import verify_weights
 from ghostreview.util.hashing import file_sha256
 from ghostreview.util.runtime import pick_device, progress_bar
 
-Row = Mapping[str, str]
+Row = Mapping[str, Any]  # a manifest row (text values); a set metric's unit also holds its members
 Value = tuple[dict[str, float], tuple[str, ...]]
 
 
@@ -237,7 +237,7 @@ class DiversityScorer:
         for row in rows:
             if row["task"] == "general":
                 sets[row["item"]].append(row)
-        out = []
+        out: list[Row] = []
         for members in sets.values():
             if len(members) < 2:
                 continue
@@ -261,11 +261,15 @@ class DiversityScorer:
 class JudgeModel(Protocol):
     """What a loaded preference judge is for its scorer: ``hpsv21.HpsModel``, ``pickscore.PickModel``."""
 
-    weights_sha256: str
+    @property
+    def weights_sha256(self) -> str: ...
 
 
 class JudgeSpec(Protocol):
-    device: str
+    """Where a judge loads from: ``hpsv21.HpsSpec``, ``pickscore.PickSpec``."""
+
+    @property
+    def device(self) -> str: ...
 
     def load(self) -> JudgeModel: ...
 
