@@ -74,14 +74,14 @@ def scorers(params: Params, root: Path, images: Path, refstats: Path, store: Sco
         spec = validate.hps_spec(params, root)
         sha = verify_weights(spec.weights, spec.sha256, cache_file=hash_cache)
         config = file_sha256(spec.model_config) if spec.model_config else None
-        return JudgeScorer(hpsv21.INFO, spec, sha, hpsv21.hpsv21_scores, images, s.batch_size,
+        return JudgeScorer(hpsv21.INFO, spec, sha, hpsv21.hpsv21_scores, images, s.batch_size, hash_cache,
                            {"arch": spec.arch, "model_config": config})
 
     def pick() -> JudgeScorer:
         spec = validate.pick_spec(params, root)
         weights = verify_weights(pickscore.weights_file(spec.model_dir), spec.sha256, cache_file=hash_cache)
         sha = pickscore.judge_sha256(weights, spec.model_dir, spec.processor_dir)
-        return JudgeScorer(pickscore.INFO, spec, sha, pickscore.pickscore_scores, images, s.batch_size)
+        return JudgeScorer(pickscore.INFO, spec, sha, pickscore.pickscore_scores, images, s.batch_size, hash_cache)
 
     build: dict[str, Callable[[], Scorer]] = {
         "aesthetic": lambda: AestheticScorer(tower(), validate.resolve(root, s.aesthetic.weights), s.aesthetic.sha256,

@@ -97,6 +97,7 @@ def load_clip(
     model_config: Path | None = None,
     device: str = "cpu",
     expected_sha256: str | None = None,
+    hash_cache: Path | None = None,
 ) -> ClipModel:
     """Load an open_clip model from a local state-dict file, offline.
 
@@ -104,6 +105,7 @@ def load_clip(
     weights: local state dict (.safetensors, .bin, .pt) in open_clip's layout; see :func:`convert_openai_clip`.
     model_config: JSON config registered first (tiny stand-in archs), its stem must equal ``arch``.
     expected_sha256: verify the weights file before loading when given.
+    hash_cache: the hash cache (``util.hashing.file_sha256``): a file hashed since its last change is not read again.
     """
     import open_clip
 
@@ -117,7 +119,7 @@ def load_clip(
         )
     # An absolute path to an existing file can never be mistaken by open_clip for a pretrained tag (which downloads).
     weights = Path(weights).resolve()
-    sha = verify_weights(weights, expected_sha256)
+    sha = verify_weights(weights, expected_sha256, cache_file=hash_cache)
     check_state_dict_file(weights)  # a refused pickle is a WeightsError naming the file, before open_clip reads it
     model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(weights), device=device)
     model.eval()

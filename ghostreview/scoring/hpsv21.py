@@ -124,18 +124,18 @@ def _quiet_random_init() -> Iterator[None]:
 
 
 def load_hpsv21(weights: Path, arch: str = ARCH, model_config: Path | None = None, device: str = "cpu",
-                expected_sha256: str | None = None) -> HpsModel:
+                expected_sha256: str | None = None, hash_cache: Path | None = None) -> HpsModel:
     """Load the HPSv2.1 judge from a local weights file, offline.
 
     weights: ``HPS_v2.1_compressed.pt`` (or a .safetensors holding the same flat state dict).
     arch: a registered open_clip config ("ViT-H-14"; tiny stand-ins pass their JSON as ``model_config``).
-    expected_sha256: verified before anything is read when given.
+    expected_sha256: verified before anything is read when given (``hash_cache``: see ``clip.load_clip``).
     Raises WeightsError naming the file: wrong hash, pickled objects (a whole-model pickle), wrong keys or shapes.
     """
     import open_clip
 
     weights = Path(weights)
-    sha = verify_weights(weights, expected_sha256, SOURCE)
+    sha = verify_weights(weights, expected_sha256, SOURCE, cache_file=hash_cache)
     if model_config is not None:
         register_model_config(arch, model_config)
     if open_clip.get_model_config(arch) is None:
@@ -162,10 +162,10 @@ class HpsSpec:
     sha256: str | None = None
     device: str = "cpu"
 
-    def load(self) -> HpsModel:
+    def load(self, hash_cache: Path | None = None) -> HpsModel:
         device = pick_device(self.device)
         return load_hpsv21(self.weights, self.arch, model_config=self.model_config, device=device,
-                           expected_sha256=self.sha256)
+                           expected_sha256=self.sha256, hash_cache=hash_cache)
 
 
 def hps_preprocess(image: Image.Image, cfg: Mapping[str, Any]) -> torch.Tensor:

@@ -135,17 +135,19 @@ def load_processor(processor_dir: Path) -> tuple[Any, Any]:
 
 
 def load_pickscore(model_dir: Path, processor_dir: Path, device: str = "cpu",
-                   expected_sha256: str | None = None) -> PickModel:
+                   expected_sha256: str | None = None, hash_cache: Path | None = None) -> PickModel:
     """Load PickScore from local folders, offline.
 
     model_dir: ``config.json`` + one weights file (sha256-verified when ``expected_sha256`` is given; a pickle is
         read with weights_only=True, so a whole-model pickle is refused before transformers sees it).
     processor_dir: the processor files of laion/CLIP-ViT-H-14-laion2B-s32B-b79K (tokenizer + preprocessor config).
+    hash_cache: see ``clip.load_clip``.
     """
     from transformers import CLIPModel
 
     path = weights_file(model_dir)
-    sha = verify_weights(path, expected_sha256, f"https://huggingface.co/{MODEL_REPO} (see docs/judges.md)")
+    sha = verify_weights(path, expected_sha256, f"https://huggingface.co/{MODEL_REPO} (see docs/judges.md)",
+                         cache_file=hash_cache)
     check_state_dict_file(path)
     images, tokenizer = load_processor(processor_dir)
     provenance = judge_sha256(sha, model_dir, processor_dir)
@@ -166,9 +168,10 @@ class PickSpec:
     sha256: str | None = None
     device: str = "cpu"
 
-    def load(self) -> PickModel:
+    def load(self, hash_cache: Path | None = None) -> PickModel:
         device = pick_device(self.device)
-        return load_pickscore(self.model_dir, self.processor_dir, device=device, expected_sha256=self.sha256)
+        return load_pickscore(self.model_dir, self.processor_dir, device=device, expected_sha256=self.sha256,
+                              hash_cache=hash_cache)
 
 
 def text_ids(tokenizer: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:

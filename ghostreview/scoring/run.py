@@ -56,9 +56,9 @@ class ClipSpec:
     sha256: str | None = None
     device: str = "cpu"
 
-    def load(self) -> ClipModel:
+    def load(self, hash_cache: Path | None = None) -> ClipModel:
         return load_clip(self.arch, self.weights, model_config=self.model_config, device=pick_device(self.device),
-                         expected_sha256=self.sha256)
+                         expected_sha256=self.sha256, hash_cache=hash_cache)
 
 
 # ------------------------------------------------------------------------------------------------ StyleLoss
@@ -73,9 +73,9 @@ class VggSpec:
     sha256: str | None = None
     device: str = "cpu"
 
-    def load(self):
-        """VGG19 features on the device, and the weights file's sha256."""
-        sha = verify_weights(self.weights, self.sha256)
+    def load(self, hash_cache: Path | None = None):
+        """VGG19 features on the device, and the weights file's sha256 (``hash_cache``: see ``clip.load_clip``)."""
+        sha = verify_weights(self.weights, self.sha256, cache_file=hash_cache)
         device = pick_device(self.device)  # an unusable device stops here, before the weights load
         return styleloss.load_vgg19_features(self.weights).to(device), sha
 

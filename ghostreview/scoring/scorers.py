@@ -96,20 +96,24 @@ class ClipTower:
 
     def __init__(self, spec: ClipSpec, images_dir: Path, batch_size: int, store: ScoreStore, hash_cache: Path):
         self.spec, self.images_dir, self.batch_size, self.store = spec, images_dir, batch_size, store
+        self.hash_cache = hash_cache
         self.weights_sha256 = verify_weights(spec.weights, spec.sha256, cache_file=hash_cache)
+        self._held: dict[str, bytes] = {}  # this run's embeddings (aesthetic and CLIPScore read the same ones)
         config = file_sha256(spec.model_config) if spec.model_config else None
         self.identity = {"feature": "clip image embedding", "arch": spec.arch, "weights": self.weights_sha256,
                          "model_config": config, "batch_size": batch_size, **compute_context(spec.device)}
 
     @cached_property
     def model(self) -> ClipModel:
-        return self.spec.load()
+        return self.spec.load(self.hash_cache)
 
     def image_embeddings(self, rows: Sequence[Row]) -> np.ndarray:
         """[len(rows), D] float32 embeddings, the stored ones read back and the rest computed and stored."""
         key = self.store.key(self.identity)
         hashes = [r["image_hash"] for r in rows]
-        found = self.store.get(key, hashes)
+        found = {h: self._held[h] for h in hashes if h in self._held}
+        read = self.store.get(key, (h for h in hashes if h not in found))
+        found.update(read)
         missing = [r for r in dict((r["image_hash"], r) for r in rows).values() if r["image_hash"] not in found]
         if missing:
             with progress_bar(total=len(missing), desc="clip image embeddings", unit="img") as bar:
@@ -118,7 +122,8 @@ class ClipTower:
             new = {r["image_hash"]: e.tobytes() for r, e in zip(missing, emb, strict=True)}
             self.store.put(key, new)
             found.update(new)
-        self.store.count("clip image embeddings", len(missing), len(found) - len(missing))
+        self._held.update(found)
+        self.store.count("clip image embeddings", len(missing), len(read))
         return np.stack([np.frombuffer(found[h], np.float32) for h in hashes]) if hashes else np.zeros((0, 0))
 
 
@@ -181,7 +186,7 @@ class StyleScorer(PerImage):
     def __init__(self, task: str, spec: VggSpec, images_dir: Path, refstats: Path, image_size: int, batch_size: int,
                  hash_cache: Path):
         self.task, self.spec, self.images_dir, self.refstats = task, spec, images_dir, refstats
-        self.image_size, self.batch_size = image_size, batch_size
+        self.image_size, self.batch_size, self.hash_cache = image_size, batch_size, hash_cache
         self.info = styleloss.INFO if task == "style" else styleloss.LORA_INFO
         self.weights_sha256 = verify_weights(spec.weights, spec.sha256, cache_file=hash_cache)
         self._base = {"metric": self.info.name, "version": self.info.version, "vgg": self.weights_sha256,
@@ -202,7 +207,7 @@ class StyleScorer(PerImage):
         return {**self._base, "refstats": self.ref_sha(path, row)}
 
     def compute(self, rows: Sequence[Row]) -> list[Value]:
-        vgg, _ = self.spec.load()
+        vgg, _ = self.spec.load(self.hash_cache)
         device = next(vgg.parameters()).device
         paths = [refstats_path(self.refstats, self.task, r) for r in rows]
         refs = {p: styleloss.load_ref_stats(p).to(device) for p in dict.fromkeys(paths)}
@@ -271,7 +276,7 @@ class JudgeSpec(Protocol):
     @property
     def device(self) -> str: ...
 
-    def load(self) -> JudgeModel: ...
+    def load(self, hash_cache: Path | None = None) -> JudgeModel: ...
 
 
 JudgeScores = Callable[..., tuple[np.ndarray, list[bool]]]  # (judge, images, prompts, batch_size, progress)
@@ -284,9 +289,9 @@ class JudgeScorer(PerImage):
     network (HPSv2.1's arch and config file), part of the identity."""
 
     def __init__(self, info: MetricInfo, spec: JudgeSpec, weights_sha256: str, scores: JudgeScores, images_dir: Path,
-                 batch_size: int, model: Mapping | None = None):
+                 batch_size: int, hash_cache: Path, model: Mapping | None = None):
         self.info, self.spec, self.weights_sha256, self.scores = info, spec, weights_sha256, scores
-        self.images_dir, self.batch_size = images_dir, batch_size
+        self.images_dir, self.batch_size, self.hash_cache = images_dir, batch_size, hash_cache
         self._base = {"metric": info.name, "version": info.version, "weights": weights_sha256, "model": model or {},
                       "batch_size": batch_size, **compute_context(spec.device)}
 
@@ -297,7 +302,7 @@ class JudgeScorer(PerImage):
         return {**self._base, "text": plain_text(row["prompt"])}
 
     def compute(self, rows: Sequence[Row]) -> list[Value]:
-        judge = self.spec.load()
+        judge = self.spec.load(self.hash_cache)
         if judge.weights_sha256 != self.weights_sha256:  # the files changed between planning and loading
             raise RuntimeError(f"{self.info.label}: the weights changed while the stage ran "
                                f"({self.weights_sha256} planned, {judge.weights_sha256} loaded); run it again")
