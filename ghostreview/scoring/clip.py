@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ghostreview.scoring.batching import chunks, padded
-from ghostreview.scoring.weights import check_state_dict_file, verify_weights, write_state_dict
+from ghostreview.scoring.weights import OnDevice, check_state_dict_file, verify_weights, write_state_dict
 
 if TYPE_CHECKING:
     import torch
@@ -56,7 +56,7 @@ class ClipNetwork(Protocol):
 
 
 @dataclass
-class ClipModel:
+class ClipModel(OnDevice):
     """A loaded CLIP: eval-mode model, open_clip's inference transform, its tokenizer, and provenance."""
 
     model: ClipNetwork
@@ -64,10 +64,6 @@ class ClipModel:
     tokenizer: Any
     arch: str
     weights_sha256: str
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     @property
     def embed_dim(self) -> int:

@@ -35,7 +35,7 @@ from PIL import Image
 from ghostreview.scoring.batching import padded, paired_batches
 from ghostreview.scoring.clip import ClipNetwork, register_model_config, tokenize
 from ghostreview.scoring.metric import MetricInfo
-from ghostreview.scoring.weights import WeightsError, read_state_dict, verify_weights
+from ghostreview.scoring.weights import OnDevice, WeightsError, read_state_dict, verify_weights
 from ghostreview.util.runtime import pick_device
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ FIX = (f"use the published {WEIGHTS_FILE} (a dict holding the model's tensors un
 
 
 @dataclass
-class HpsModel:
+class HpsModel(OnDevice):
     """A loaded HPSv2.1 judge: eval-mode open_clip model, its preprocessing settings, tokenizer and provenance."""
 
     model: ClipNetwork
@@ -71,10 +71,6 @@ class HpsModel:
     tokenizer: Any
     arch: str
     weights_sha256: str
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
 
 def unwrap_state_dict(raw: Mapping, source: str) -> dict:

@@ -33,7 +33,7 @@ from PIL import Image
 
 from ghostreview.scoring.batching import padded, paired_batches
 from ghostreview.scoring.metric import MetricInfo
-from ghostreview.scoring.weights import WeightsError, check_state_dict_file, sha256_file, verify_weights
+from ghostreview.scoring.weights import OnDevice, WeightsError, check_state_dict_file, sha256_file, verify_weights
 from ghostreview.util.runtime import pick_device
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ FIX = (f"download {MODEL_REPO} (config.json + one weights file) and the processo
 
 
 @dataclass
-class PickModel:
+class PickModel(OnDevice):
     """A loaded PickScore judge: eval-mode ``CLIPModel``, its image processor and tokenizer, and provenance
     (``weights_sha256``: :func:`judge_sha256` of the weights, the model config and the processor files)."""
 
@@ -74,10 +74,6 @@ class PickModel:
     image_processor: Any
     tokenizer: Any
     weights_sha256: str
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
 
 def weights_file(model_dir: Path) -> Path:

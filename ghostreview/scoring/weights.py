@@ -12,9 +12,24 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ghostreview.errors import UserError
 from ghostreview.util.hashing import file_sha256
+
+if TYPE_CHECKING:
+    import torch
+
+
+class OnDevice:
+    """What every loaded scoring model (CLIP, the judges) answers: the device its weights sit on, read from the model
+    itself so that it can never disagree with where ``.to()`` put them."""
+
+    model: Any
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
 
 class WeightsError(UserError, RuntimeError):
