@@ -232,6 +232,46 @@ SAMPLERS: dict[str, SamplerSpec] = _build_registry()
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
+# A1111 (``rescale_zero_terminal_snr_abar``, 1.8 "Noise schedule for sampling: Zero Terminal SNR", applied on its own
+# for checkpoints with a ``ztsnr`` key since PR 16569) and ComfyUI (``rescale_zero_terminal_snr_sigmas``) end the
+# rescaled schedule at this alphas_cumprod instead of 0 (a finite sigma_max of about 4519); diffusers' own
+# ``rescale_betas_zero_snr`` ends at 2**-24 (sigma_max 4096) and is not used.
+ZERO_SNR_TERMINAL_ALPHA_BAR = 4.8973451890853435e-08
+ZERO_SNR_KEY = "rescale_betas_zero_snr"  # diffusers' scheduler-config switch: the marker a ztsnr pipeline carries
+
+
+def zero_terminal_snr_betas(config: Mapping[str, object]) -> list[float]:
+    """The betas of ``config``'s noise schedule (beta_start, beta_end, beta_schedule "scaled_linear" or "linear",
+    num_train_timesteps) rescaled to zero terminal SNR (Lin et al. 2023, Algorithm 1) as A1111 and ComfyUI rescale
+    them: sqrt(alphas_cumprod) shifted so its last value is 0 and scaled so its first is unchanged, the last
+    alphas_cumprod then set to ``ZERO_SNR_TERMINAL_ALPHA_BAR``. Computed in float64; one beta per training step."""
+    n = int(config.get("num_train_timesteps", 1000))  # type: ignore[call-overload]
+    start, end = float(config["beta_start"]), float(config["beta_end"])  # type: ignore[arg-type]
+    schedule = config.get("beta_schedule", "scaled_linear")
+    if schedule == "scaled_linear":
+        betas = np.linspace(start**0.5, end**0.5, n, dtype=np.float64) ** 2
+    elif schedule == "linear":
+        betas = np.linspace(start, end, n, dtype=np.float64)
+    else:
+        raise ValueError(f"zero terminal SNR needs a linear or scaled_linear beta schedule, got {schedule!r}")
+    root = np.sqrt(np.cumprod(1.0 - betas))
+    root = (root - root[-1]) * root[0] / (root[0] - root[-1])
+    alpha_bar = root**2
+    alpha_bar[-1] = ZERO_SNR_TERMINAL_ALPHA_BAR
+    return (1.0 - alpha_bar / np.concatenate([[1.0], alpha_bar[:-1]])).tolist()
+
+
+def _zero_snr(config: dict[str, object], accepted: set[str]) -> None:
+    """Make ``config`` (already filtered to the keys its class takes) draw on the zero-terminal-SNR schedule: the
+    rescaled ``trained_betas``; a "leading" time-step grid (DDIM, PLMS), which would never sample the terminal step,
+    becomes "trailing" (the paper's fix; the k-diffusion grid, "linspace", already starts at step 999 as A1111's)."""
+    config["trained_betas"] = zero_terminal_snr_betas(config)
+    if ZERO_SNR_KEY in accepted:
+        config[ZERO_SNR_KEY] = False  # the betas above are the rescaled ones; diffusers must not rescale them again
+    if config.get("timestep_spacing") == "leading":
+        config.update(timestep_spacing="trailing", steps_offset=0)
+
+
 def unknown_name_message(kind: str, name: str, valid: list[str]) -> str:
     """``unknown <kind> 'name'; did you mean ...? Valid: ...`` (the suggestion only when one is close)."""
     close = closest(name, valid, cutoff=0.5)
@@ -250,6 +290,8 @@ def make_scheduler(name: str, base_config: Mapping[str, object], prediction_type
             does not take are dropped; sigma-schedule switches (``use_karras_sigmas``, ...) are reset so that only
             the sampler name decides them.
         prediction_type: overrides the config's prediction type ("epsilon" or "v_prediction") when given.
+            A ``base_config`` with ``rescale_betas_zero_snr`` true (a zero-terminal-SNR checkpoint's pipeline, see
+            ``loading.open_pipeline``) gets A1111's zero-terminal-SNR schedule (:func:`zero_terminal_snr_betas`).
         seeds: the seed of each image of the batch the scheduler will draw, in batch order. A Brownian-tree sampler
             (``BROWNIAN_SCHEDULERS``) grows one tree per image from its seed, as A1111 does, so an image's noise
             never depends on its batch-mates; other samplers take their noise from the pipeline's generators and
@@ -269,6 +311,8 @@ def make_scheduler(name: str, base_config: Mapping[str, object], prediction_type
     config = {k: v for k, v in dict(base_config).items() if k in accepted}
     config.update({k: False for k in SIGMA_SCHEDULE_SWITCHES if k in accepted})
     config.update(spec.flags)
+    if base_config.get(ZERO_SNR_KEY):
+        _zero_snr(config, accepted)
     if prediction_type is not None:
         config["prediction_type"] = prediction_type
     if spec.scheduler in BROWNIAN_SCHEDULERS:
