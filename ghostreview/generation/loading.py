@@ -40,6 +40,7 @@ from ghostreview.generation.topology import CONFIGS_ROOT, KIT_METADATA_KEY, KIT_
 from ghostreview.util.atomic import create_dir_once, save_atomic
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+ZTSNR_KEY = "ztsnr"  # the zero-terminal-SNR marker key; generation.bases reads it (and v_pred) for the base
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit
 # safetensors dtypes (those safetensors.torch reads) -> bytes per element
@@ -311,6 +312,12 @@ class CheckpointFile:
     def is_tiny_kit(self) -> bool:
         """Written by the tiny kit (random weights, ``topology.TINY_OVERRIDES``), for tests and CI."""
         return self.metadata.get(KIT_METADATA_KEY) == KIT_METADATA_VALUE
+
+    @property
+    def ztsnr(self) -> bool:
+        """Carries the ``ztsnr`` marker key (an empty tensor; NoobAI-XL V-Pred and its merges): A1111 (PR 16569),
+        Forge and ComfyUI then sample on the zero-terminal-SNR schedule, and so does :func:`open_pipeline`."""
+        return ZTSNR_KEY in self.shapes
 
     @property
     def random_weights(self) -> bool:
@@ -715,7 +722,8 @@ def open_pipeline(ckpt: CheckpointFile, family: str, config_dir: Path, *, vae: P
         family: "sd15" | "sd2" | "sdxl": the family decided when it was inspected (``CheckpointFile.family``).
         config_dir: diffusers config dir (``family_config_dir`` / ``checkpoint_config_dir``).
         vae: optional standalone VAE file replacing the checkpoint's own (required when the checkpoint has none).
-        prediction_type: None keeps the config's scheduler; "epsilon" or "v_prediction" overrides it.
+        prediction_type: None keeps the config's scheduler; "epsilon" or "v_prediction" overrides it. A checkpoint
+            with the ``ztsnr`` marker (``CheckpointFile.ztsnr``) gets the zero-terminal-SNR schedule.
         allow_pickle: read pickle files with ``torch.load(weights_only=True)`` (via a temporary safetensors copy).
         dtype, device: torch dtype and device of the returned pipeline.
 
@@ -727,6 +735,8 @@ def open_pipeline(ckpt: CheckpointFile, family: str, config_dir: Path, *, vae: P
         CheckpointError: refused pickle, missing VAE, wrong config dir.
     """
     import diffusers
+
+    from ghostreview.generation.samplers import ZERO_SNR_KEY  # imports diffusers: only where a pipeline loads
 
     if family not in PIPELINE_CLASSES:
         raise ValueError(f"unknown family {family!r}; valid: {', '.join(PIPELINE_CLASSES)}")
@@ -744,6 +754,8 @@ def open_pipeline(ckpt: CheckpointFile, family: str, config_dir: Path, *, vae: P
         pipe = cls.from_single_file(str(st), config=str(config_dir), torch_dtype=dtype, local_files_only=True, **extra)
     if prediction_type is not None:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction_type)
+    if ckpt.ztsnr:  # every sampler built from this config draws on A1111's zero-SNR schedule (samplers.make_scheduler)
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **{ZERO_SNR_KEY: True})
     # Components load on the CPU; skip a no-op .to("cpu"), which only makes diffusers warn about dtype casting.
     return pipe if torch.device(device) == torch.device("cpu") else pipe.to(device)
 
