@@ -320,5 +320,45 @@ def store_verify(
     raise typer.Exit(1 if problems else 0)
 
 
+arena_app = typer.Typer(help="The arena: people vote between two models' images of the same prompt and seed "
+                             "(docs/arena.md).", no_args_is_help=True)
+app.add_typer(arena_app, name="arena")
+
+
+@arena_app.command("serve")
+def arena_serve(
+    host: str = typer.Option("127.0.0.1", help="address to listen on; one reachable from the LAN (0.0.0.0) needs --token"),
+    port: int = typer.Option(8765, help="port to listen on"),
+    token: str | None = typer.Option(None, envvar="GHOSTREVIEW_ARENA_TOKEN",
+                                     help="join token voters must bring once (?token=...); needed off loopback"),
+    rate: float = typer.Option(2.0, help="votes per second per voter, sustained (bursts of 10)"),
+    db: Path = typer.Option(Path("data/arena/votes.sqlite"), help="the vote database (SQLite, created if absent)"),
+    images: Path = typer.Option(Path("data/images"), help="generate's outputs: <model>/manifest.csv and images"),
+    params: Path = typer.Option(Path("params.yaml"), help="params file listing the models to compare"),
+) -> None:
+    """Serve the voting page: two models' images of the same prompt and seed, names hidden, sides random."""
+    from ghostreview import validate as checks
+    from ghostreview.arena.pairs import review_images
+    from ghostreview.arena.server import ArenaConfig, serve_arena
+    from ghostreview.errors import UserError
+
+    try:
+        shown = review_images(images, list(checks.load(params).models))
+        serve_arena(ArenaConfig(db=db, images=shown, host=host, token=token, rate=rate), port)
+    except (checks.ParamsError, UserError, ValueError) as exc:
+        _fail(str(exc))
+
+
+@arena_app.command("export")
+def arena_export(
+    db: Path = typer.Option(Path("data/arena/votes.sqlite"), help="the vote database"),
+    out: Path = typer.Option(Path("data/arena/votes.csv"), help="the sorted votes file the arena stage reads"),
+) -> None:
+    """Write every vote to a sorted, deterministic CSV (then `dvc add` it and `dvc push`: docs/arena.md)."""
+    from ghostreview.arena.export import export_votes
+
+    typer.echo(f"{out}: {export_votes(db, out)} votes from {db}")
+
+
 if __name__ == "__main__":
     app()
