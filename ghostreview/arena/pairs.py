@@ -111,3 +111,11 @@ class PairChooser:
             fewest = min(self.shown[(pair, s)] for s in slots)
             slot = self.rng.choice([s for s in slots if self.shown[(pair, s)] == fewest])
         return slot, pair[0], pair[1]
+
+
+def review_images(images_dir: Path, models: Sequence[str]) -> list[ArenaImage]:
+    """:func:`arena_images` of the review's models, from ``<images_dir>/<model>/manifest.csv`` (generate's
+    output; a missing one fails naming the model and the fix)."""
+    from ghostreview.generation.manifest import read_manifest
+
+    return arena_images({m: read_manifest(Path(images_dir) / m) for m in models}, Path(images_dir))

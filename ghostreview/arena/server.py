@@ -302,3 +302,15 @@ def create_app(config: ArenaConfig) -> FastAPI:
         return FileResponse(shown.path, media_type="image/png")
 
     return app
+
+
+def serve_arena(config: ArenaConfig, port: int) -> None:
+    """Serve the arena until interrupted (uvicorn, one process: the database has one writer)."""
+    import uvicorn
+
+    app = create_app(config)
+    where = f"http://{'localhost' if is_loopback(config.host) else config.host}:{port}/"
+    join = f"?token={config.token}" if config.token else ""
+    print(f"arena: {len(config.images)} images, {len(app.state.arena.chooser.pairs)} model pairs, "
+          f"{app.state.arena.db.count()} votes so far in {config.db}; voters open {where}{join}", flush=True)
+    uvicorn.run(app, host=config.host, port=port, log_level="warning")
