@@ -327,7 +327,7 @@ app.add_typer(arena_app, name="arena")
 
 @arena_app.command("serve")
 def arena_serve(
-    host: str = typer.Option("127.0.0.1", help="address to listen on; one reachable from the LAN (0.0.0.0) needs --token"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on; a LAN one (0.0.0.0) needs --token"),
     port: int = typer.Option(8765, help="port to listen on"),
     token: str | None = typer.Option(None, envvar="GHOSTREVIEW_ARENA_TOKEN",
                                      help="join token voters must bring once (?token=...); needed off loopback"),
