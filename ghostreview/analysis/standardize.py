@@ -62,6 +62,7 @@ import numpy as np
 import pandas as pd
 
 from ghostreview.analysis.agreement import AGREEMENT_COLUMNS, RANK_COLUMNS, agreement_table, rank_spread
+from ghostreview.analysis.stability import STABILITY_COLUMNS, split_half_table
 from ghostreview.scoring.table import VALUE_COLUMNS  # what standardize reads of a score row (not its provenance)
 
 EXCLUDING_FLAGS = frozenset({"nan", "black", "lora_unsupported", "lora_incompatible", "lora_partial", "error"})
@@ -100,6 +101,9 @@ class Standardized:
     agreement: one row per pair of judges (``agreement.AGREEMENT_COLUMNS``): Kendall's tau between their model
         rankings with its interval from the scores' resamples, Spearman's rho between their per-image z.
     judge_ranks: one row per model (``agreement.RANK_COLUMNS``): its best and worst rank over the judges.
+    stability: one row per scored metric and combined (``stability.STABILITY_COLUMNS``): split-half Kendall tau.
+    drift: one row per model but the last x metric (DRIFT_COLUMNS): its score with every model and without the last
+        one (leave-one-out, ``last_model_drift``): how far adding the last model moved it.
     meta: n_boot, seed, ci, std_ddof, excluding_flags, directions {metric: higher_is_better}, combined_chosen (the
         scored metrics the combined score may average: ``standardize``'s ``combined``), combined_over (those of them
         it averages: the ones every ranked model has), agreement_judges (the judges ``agreement`` compares: those
@@ -113,6 +117,8 @@ class Standardized:
     raw: pd.DataFrame
     agreement: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=AGREEMENT_COLUMNS))
     judge_ranks: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=RANK_COLUMNS))
+    stability: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=STABILITY_COLUMNS))
+    drift: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DRIFT_COLUMNS))
     meta: dict = field(default_factory=dict)
 
     def write(self, out_dir: str | Path) -> None:
@@ -134,7 +140,8 @@ class Standardized:
         return cls(**tables, meta=json.loads((src / "meta.json").read_text()))
 
 
-TABLES = ("images", "scores", "pairwise", "degenerate", "raw", "agreement", "judge_ranks")
+TABLES = ("images", "scores", "pairwise", "degenerate", "raw", "agreement", "judge_ranks", "stability", "drift")
+DRIFT_COLUMNS = ("model", "metric", "score", "score_without_last", "shift")
 STRING_COLUMNS = ("model", "model_a", "model_b", "task", "item", "image_hash", "metric", "flags", "family", "pool",
                   "status", "reason", "metric_version", "weights_sha256", "judge_a", "judge_b", "best_by", "worst_by")
 
@@ -326,6 +333,42 @@ def zscore_groups(ok: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame]:
     return pd.Series(z, index=ok.index), table
 
 
+REFERENCE_COLUMNS = ("metric", "task", "item", "pool", "n", "mean", "std", "n_models")
+NOT_IN_REFERENCE = "not in the reference set: its anchors had no usable spread here (or no images)"
+
+
+def group_summary(images: pd.DataFrame) -> pd.DataFrame:
+    """REFERENCE_COLUMNS rows, one per z group (GROUP_KEYS) of ``image_table``'s usable rows (status ok or
+    degenerate) that is not degenerate: size, mean, population std, models. What a reference set freezes."""
+    usable = images[images["status"].isin(["ok", "degenerate"]).to_numpy()]
+    if usable.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object if c in GROUP_KEYS else float) for c in REFERENCE_COLUMNS})
+    group, keys = group_index(usable, GROUP_KEYS)
+    stats = group_stats(group, usable["value"].to_numpy(dtype=float), codes(usable["model"])[0])
+    table = keys.assign(n=stats.n, mean=stats.mean, std=stats.std, n_models=stats.n_models)
+    return table[~stats.degenerate].reset_index(drop=True)
+
+
+def zscore_reference(ok: pd.DataFrame, reference: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame]:
+    """``zscore_groups`` with each group's mean and std taken from ``reference`` (``group_summary`` of the anchors'
+    review), not from the rows: a row's z then depends on its own value and the reference only. A group the
+    reference lacks gets no z and is listed as degenerate (NOT_IN_REFERENCE); a group of one model is fine here."""
+    check_columns(reference, REFERENCE_COLUMNS, "reference table")
+    empty_table = pd.DataFrame({k: pd.Series(dtype=object) for k in GROUP_KEYS}).assign(
+        n_values=pd.Series(dtype=np.int64), reason=pd.Series(dtype=object))
+    if ok.empty:
+        return pd.Series(np.nan, index=ok.index), empty_table
+    group, keys = group_index(ok, GROUP_KEYS)
+    ref = keys.merge(reference.loc[:, list(REFERENCE_COLUMNS)], on=GROUP_KEYS, how="left", validate="one_to_one")
+    mean, std = ref["mean"].to_numpy(dtype=float), ref["std"].to_numpy(dtype=float)
+    missing = ~np.isfinite(std) | ~(std > 0)
+    values = ok["value"].to_numpy(dtype=float)
+    z = (values - mean[group]) / np.where(missing, np.nan, std)[group]
+    table = keys[missing].assign(n_values=np.bincount(group)[missing].astype(np.int64)).reset_index(drop=True)
+    table["reason"] = NOT_IN_REFERENCE
+    return pd.Series(z, index=ok.index), table if len(table) else empty_table
+
+
 def degenerate_reason(n_values: int, n_models: int, low: float) -> str:
     if n_values < 2:
         return "fewer than 2 usable values"
@@ -334,9 +377,11 @@ def degenerate_reason(n_values: int, n_models: int, low: float) -> str:
     return f"zero spread: every value equals {low:.6g}"
 
 
-def image_table(scores: pd.DataFrame, models: pd.DataFrame,
-                metrics: Mapping[str, MetricLike]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-row status and z of the registered metrics' rows (see module docstring), and the degenerate groups table."""
+def image_table(scores: pd.DataFrame, models: pd.DataFrame, metrics: Mapping[str, MetricLike],
+                reference: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-row status and z of the registered metrics' rows (see module docstring), and the degenerate groups table.
+
+    reference: None (pool mode: each group's own mean and std) or a ``group_summary`` table of a reference set."""
     check_columns(scores, VALUE_COLUMNS, "score table")
     registered = scores["metric"].isin(list(metrics)).to_numpy()
     if not registered.any():
@@ -345,7 +390,8 @@ def image_table(scores: pd.DataFrame, models: pd.DataFrame,
     rows = attach_family(scores.loc[registered], models)
     status, pool = row_status(rows, metrics)
     ok = status == "ok"
-    z, degenerate = zscore_groups(rows.loc[ok].assign(pool=pool[ok]))
+    usable = rows.loc[ok].assign(pool=pool[ok])
+    z, degenerate = zscore_groups(usable) if reference is None else zscore_reference(usable, reference)
     full = np.full(len(rows), np.nan)
     full[ok] = z.to_numpy()
     status[ok & np.isnan(full)] = "degenerate"
@@ -460,6 +506,8 @@ class MetricEstimate:
     n_images: np.ndarray
     n_excluded: np.ndarray
     n_degenerate: np.ndarray
+    sums: np.ndarray | None = None  # [M, U] sum of z per model and unit (None for combined): for split halves
+    counts: np.ndarray | None = None  # [M, U] images per model and unit
 
     def oriented(self, x: np.ndarray) -> np.ndarray:
         """Flip the sign of lower-is-better scores so that larger is always better."""
@@ -470,9 +518,21 @@ def estimate(name: str, higher: bool, design: Design, w: np.ndarray, z: np.ndarr
              n_excluded: np.ndarray, n_degenerate: np.ndarray) -> MetricEstimate:
     """Scores of ``name`` from the usable rows (``z`` [n_ok]) selected by ``keep`` [n_ok]; counts [M] given."""
     s, c = sum_matrices(design, z, keep)
-    point = weighted_means(np.ones((1, s.shape[1])), s, c)[0]
-    return MetricEstimate(name, higher, point, weighted_means(w, s, c), c.sum(axis=1).astype(int),
-                          n_excluded, n_degenerate)
+    return MetricEstimate(name, higher, point_means(design, z, keep), weighted_means(w, s, c),
+                          c.sum(axis=1).astype(int), n_excluded, n_degenerate, s, c)
+
+
+def point_means(design: Design, z: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """[M] mean z of each model's kept rows, NaN without any.
+
+    Summed row by row in table order per model (``bincount``), so a model's score depends on its own rows only,
+    bit for bit: with a reference set, adding a model or a pool (new units) leaves it unchanged, which a sum over
+    units (a matrix product, a pairwise sum whose blocking depends on the number of units) does not promise."""
+    n_models = len(design.models)
+    total = np.bincount(design.row_model[keep], weights=z[keep], minlength=n_models)
+    count = np.bincount(design.row_model[keep], minlength=n_models)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def status_counts(model: np.ndarray, metric: np.ndarray, status: np.ndarray, n_models: int,
@@ -554,13 +614,60 @@ def estimate_rows(e: MetricEstimate, models: Sequence[str], ci: float) -> pd.Dat
     })
 
 
-def pairwise_rows(e: MetricEstimate, models: Sequence[str]) -> pd.DataFrame:
-    """One row per ordered pair (a != b): P(a's oriented score > b's) over the resamples where both have data."""
-    p, n = beats_share(e.oriented(e.boot))
+def difference_p_values(point: np.ndarray, boot: np.ndarray) -> np.ndarray:
+    """[M, M] two-sided p-value of "a and b score the same", from oriented point [M] and resampled [B, M] scores:
+    2 P(N(0, 1) > |d| / sd), d = the point difference, sd = the resamples' std (ddof=1) of the difference.
+
+    Normal, not the resamples' own share: Holm over the pairs of 500 models needs p-values near 1e-7, which no
+    share of 1,000 resamples can express (its smallest step is 1e-3). NaN where either model lacks a score in some
+    resample or with fewer than 2 resamples (no spread to measure)."""
+    from scipy.stats import norm  # scipy loads only when the pairwise tables are built
+
+    m = len(point)
+    p = np.full((m, m), np.nan)
+    full = np.isfinite(boot).all(axis=0) & np.isfinite(point)
+    idx = np.flatnonzero(full)
+    if len(boot) < 2 or len(idx) < 2:
+        return p
+    cov = np.atleast_2d(np.cov(boot[:, idx], rowvar=False))
+    var = np.diag(cov)[:, None] + np.diag(cov)[None, :] - 2 * cov
+    d = point[idx][:, None] - point[idx][None, :]
+    sd = np.sqrt(np.maximum(var, 0.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        stat = np.where(sd > 0, np.abs(d) / np.where(sd > 0, sd, 1.0), np.where(d == 0, 0.0, np.inf))
+    p[np.ix_(idx, idx)] = 2 * norm.sf(stat)
+    return p
+
+
+def holm_adjust(p: np.ndarray) -> np.ndarray:
+    """Holm's (1979) step-down adjusted p-values of ``p`` [n] (NaN kept out of the family and returned as NaN):
+    sorted ascending, p_(j) times (m - j + 1), running maximum, capped at 1."""
+    out = np.full(len(p), np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m = len(order)
+    out[order] = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
+    return out
+
+
+def pairwise_rows(e: MetricEstimate, models: Sequence[str], ci: float = 0.95) -> pd.DataFrame:
+    """One row per ordered pair (a != b): P(a's oriented score > b's) over the resamples where both have data;
+    ``p_value`` (``difference_p_values``) and ``p_holm`` (Holm over this metric's unordered pairs, one hypothesis
+    per pair); ``claim``: "a beats b" survives the correction at 1 - ci (a's oriented point score higher and
+    p_holm <= 1 - ci)."""
+    oriented_boot, oriented_point = e.oriented(e.boot), e.oriented(e.point)
+    p, n = beats_share(oriented_boot)
+    pv = difference_p_values(oriented_point, oriented_boot)
+    upper = np.triu_indices(len(models), k=1)
+    holm = np.full_like(pv, np.nan)
+    holm[upper] = holm_adjust(pv[upper])
+    holm = np.fmin(holm, holm.T)  # symmetric: the lower triangle mirrors the upper one
     a, b = np.nonzero(~np.eye(len(models), dtype=bool))
     names = np.asarray(models, dtype=object)
+    ahead = oriented_point[a] > oriented_point[b]
     return pd.DataFrame({"metric": e.name, "model_a": names[a], "model_b": names[b],
-                         "p_a_beats_b": p[a, b], "n_boot": n[a, b]})
+                         "p_a_beats_b": p[a, b], "n_boot": n[a, b], "p_value": pv[a, b], "p_holm": holm[a, b],
+                         "claim": ahead & (holm[a, b] <= 1 - ci)})
 
 
 def usable_raw(images: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -602,10 +709,10 @@ def raw_table(images: pd.DataFrame, models: Sequence[str], metrics: Sequence[str
 
 def estimates(images: pd.DataFrame, names: Sequence[str], metrics: Mapping[str, MetricLike],
               made_with: Mapping[str, Sequence[str]], *, n_boot: int, seed: int, lora_metric: str,
-              combined: Collection[str] | None = None) -> tuple[list[MetricEstimate], int]:
+              combined: Collection[str] | None = None) -> tuple[list[MetricEstimate], Design]:
     """Point and resampled scores of each registered metric present in ``images`` (``image_table``'s first output),
     then ``<lora_metric>_notm`` (if scored) and ``combined`` over the ``shared_metrics`` of those in ``combined``
-    (None: of all), all from one draw; and the number of resampled units."""
+    (None: of all), all from one draw; and the design (its ``unit_stratum``: the resampled units)."""
     ok = images[(images["status"] == "ok").to_numpy()]
     design = make_design(ok, names)
     w = unit_weights(design.unit_stratum, n_boot, np.random.default_rng(seed))
@@ -626,7 +733,7 @@ def estimates(images: pd.DataFrame, names: Sequence[str], metrics: Mapping[str, 
     if lora_metric in present:
         ests.append(one(f"{lora_metric}_notm", lora_metric, notm_keep(ok, lora_metric, made_with)))
     chosen = [e for e in ests[:len(present)] if combined is None or e.name in combined]
-    return ests + [combine(shared_metrics(chosen), len(names), n_boot)], int(len(design.unit_stratum))
+    return ests + [combine(shared_metrics(chosen), len(names), n_boot)], design
 
 
 def agreeing_judges(present: Sequence[MetricEstimate]) -> list[MetricEstimate]:
@@ -646,44 +753,90 @@ def judge_agreement(judges: Sequence[MetricEstimate], images: pd.DataFrame, scor
     return agreement_table(names, higher, point, boot, images, ci), rank_spread(scores, names)
 
 
+def last_model_drift(scores: pd.DataFrame, models: pd.DataFrame, metrics: Mapping[str, MetricLike],
+                     made_with: Mapping[str, Sequence[str]], with_all: Sequence[MetricEstimate], *,
+                     lora_metric: str, combined: Collection[str], reference: pd.DataFrame | None) -> pd.DataFrame:
+    """DRIFT_COLUMNS: each model's point score on each metric with every model (``with_all``) and with the last
+    model of ``models`` left out (z recomputed without its images: leave-one-out, self-contained, no earlier
+    state needed); shift = score - score_without_last. Fewer than 2 models: no rows.
+
+    In pool mode this is what adding the last model did to everyone else's numbers; with a reference set the
+    metrics' shifts are 0 exactly (combined too, unless the last model changed which metrics every model has)."""
+    names = [str(m) for m in models["model"]]
+    if len(names) < 2:
+        return pd.DataFrame(columns=list(DRIFT_COLUMNS))
+    rest, last = models[models["model"].astype(str) != names[-1]], names[-1]
+    kept = scores[scores["model"].astype(str) != last]
+    images, _ = image_table(kept, rest, metrics, reference)
+    without, _ = estimates(images, names[:-1], metrics, made_with, n_boot=1, seed=0, lora_metric=lora_metric,
+                           combined=combined)
+    before = {e.name: e.point for e in without}
+    frames = [pd.DataFrame({"model": names[:-1], "metric": e.name, "score": e.point[:-1],
+                            "score_without_last": before[e.name]}) for e in with_all if e.name in before]
+    out = pd.concat(frames, ignore_index=True)
+    out["shift"] = out["score"] - out["score_without_last"]
+    return out.loc[:, list(DRIFT_COLUMNS)]
+
+
+def stability_table(present: Sequence[MetricEstimate], design: Design, combined_over: Sequence[str], *,
+                    n_splits: int, seed: int, ci: float) -> pd.DataFrame:
+    """``stability.split_half_table`` of the registered metrics scored (``present``; not the NoTM variant, the LoRA
+    metric on fewer items) and the combined score, from their sums; splits drawn from ``default_rng([seed, 1])``."""
+    parts = [(e.name, e.higher_is_better, e.sums, e.counts) for e in present]
+    kept = [(n, h, s, c) for n, h, s, c in parts if s is not None and c is not None]
+    return split_half_table([k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept], [k[3] for k in kept],
+                            design.unit_stratum, combined_over, n_splits=n_splits, seed=[seed, 1], ci=ci,
+                            combined_name=COMBINED)
+
+
 def standardize(scores: pd.DataFrame, models: pd.DataFrame, metrics: Mapping[str, MetricLike],
                 made_with: Mapping[str, Sequence[str]], *, n_boot: int = 1000, seed: int = 0, ci: float = 0.95,
                 good_threshold: float = 6.0, raw_metric: str = "aesthetic", lora_metric: str = "loraloss",
-                combined: Sequence[str] | None = None) -> Standardized:
+                combined: Sequence[str] | None = None, reference: pd.DataFrame | None = None,
+                n_splits: int = 200, drift: bool = True) -> Standardized:
     """Standardize, score, rank and bootstrap, and compare the judges (conventions in the module docstring and in
-    ``agreement``'s).
+    ``agreement``'s); split-half stability and the last model's drift.
 
     scores: tidy score rows (VALUE_COLUMNS at least). models: ``model, family`` (+ anything). metrics: registry,
     name -> MetricInfo. made_with: LoRA item -> models that made its reference images (for ``<lora_metric>_notm``).
     n_boot: resamples B. seed: for np.random.default_rng. ci: interval level. good_threshold: raw ``raw_metric``
     value counted as a good image (LAION-Aesthetics' "6+" subset by default). combined: the metrics of ``metrics``
-    the combined score may average (None: all of them); a name not in ``metrics`` raises ValueError.
+    the combined score may average (None: all of them); a name not in ``metrics`` raises ValueError. reference:
+    None (pool mode) or a reference set's ``group_summary`` table (``ghostreview.analysis.reference``). n_splits:
+    split-half repetitions (``stability``; drawn from their own generator, seeded ``[seed, 1]``). drift: compute
+    the leave-last-out ``drift`` table (one more z pass without the last model).
     """
-    if n_boot < 1 or not 0 < ci < 1:
-        raise ValueError(f"n_boot={n_boot} must be >= 1 and ci={ci} in (0, 1)")
+    if n_boot < 1 or not 0 < ci < 1 or n_splits < 1:
+        raise ValueError(f"n_boot={n_boot} and n_splits={n_splits} must be >= 1 and ci={ci} in (0, 1)")
     chosen = list(metrics) if combined is None else list(combined)
     unknown = [m for m in chosen if m not in metrics]
     if unknown:
         raise ValueError(f"combined lists {unknown}, which are not among the metrics {sorted(metrics)}")
-    images, degenerate = image_table(scores, models, metrics)
+    images, degenerate = image_table(scores, models, metrics, reference)
     names = [str(m) for m in models["model"]]
-    all_ests, n_units = estimates(images, names, metrics, made_with, n_boot=n_boot, seed=seed,
-                                  lora_metric=lora_metric, combined=set(chosen))
+    all_ests, design = estimates(images, names, metrics, made_with, n_boot=n_boot, seed=seed,
+                                 lora_metric=lora_metric, combined=set(chosen))
     present = [e for e in all_ests if e.name in metrics]
     combined_over = [e.name for e in shared_metrics([e for e in present if e.name in chosen])]
     judges = agreeing_judges(present)
     table = pd.concat([estimate_rows(e, names, ci) for e in all_ests], ignore_index=True)
     agreement, judge_ranks = judge_agreement(judges, images, table, ci)
+    stability = stability_table(present, design, combined_over, n_splits=n_splits, seed=seed, ci=ci)
+    moved = (last_model_drift(scores, models, metrics, made_with, all_ests, lora_metric=lora_metric,
+                              combined=set(chosen), reference=reference) if drift else
+             pd.DataFrame(columns=list(DRIFT_COLUMNS)))
     meta = {
         "n_boot": n_boot, "seed": seed, "ci": ci, "std_ddof": STD_DDOF, "excluding_flags": sorted(EXCLUDING_FLAGS),
         "directions": {e.name: e.higher_is_better for e in all_ests}, "combined_over": combined_over,
         "combined_chosen": [e.name for e in present if e.name in chosen],
         "agreement_judges": [e.name for e in judges],
         "metric_tasks": {e.name: metric_task(e.name, metrics[e.name]) for e in present}, "lora_metric": lora_metric,
-        "raw_metric": raw_metric, "good_threshold": good_threshold, "n_units": n_units,
+        "raw_metric": raw_metric, "good_threshold": good_threshold, "n_units": int(len(design.unit_stratum)),
+        "standardization": "pool" if reference is None else "reference", "n_splits": n_splits,
+        "multiple_comparisons": "holm", "drift_left_out": names[-1] if drift and len(names) >= 2 else None,
     }
     return Standardized(
         images=images, scores=table,
-        pairwise=pd.concat([pairwise_rows(e, names) for e in all_ests], ignore_index=True),
+        pairwise=pd.concat([pairwise_rows(e, names, ci) for e in all_ests], ignore_index=True),
         degenerate=degenerate, raw=raw_table(images, names, [e.name for e in present], raw_metric, good_threshold),
-        agreement=agreement, judge_ranks=judge_ranks, meta=meta)
+        agreement=agreement, judge_ranks=judge_ranks, stability=stability, drift=moved, meta=meta)
