@@ -99,17 +99,19 @@ ALLOWED = {
     "generation": {"errors", "util", "protocol"},
     "scoring": {"errors", "util", "protocol", "generation"},  # generation: prompt syntax (LoRA tags) only
     "analysis": {"errors", "util", "protocol", "generation", "scoring"},  # contracts only: see below
+    "arena": {"errors", "util", "protocol", "generation", "scoring", "analysis"},  # contracts only; tau from analysis
     "kit": {"errors", "util", "protocol", "generation", "scoring"},
     "validate": {"errors", "util", "protocol", "generation", "scoring", "config"},
     "import_infotext": {"errors", "util", "protocol", "generation", "scoring"},
     "models_cli": {"errors", "util", "protocol", "generation", "validate"},
     "cli": {"errors", "util", "protocol", "generation", "scoring", "analysis", "kit", "validate", "models_cli",
-            "import_infotext"},
+            "import_infotext", "arena"},
 }
 # What scoring and analysis may read of the folders that draw and score: contracts, never the model code.
 CONTRACTS = {
     "scoring": {"ghostreview/generation/prompts.py", "ghostreview/generation/manifest.py"},
     "analysis": {"ghostreview/generation/manifest.py", "ghostreview/scoring/table.py", "ghostreview/scoring/metric.py"},
+    "arena": {"ghostreview/generation/manifest.py", "ghostreview/scoring/table.py", "ghostreview/scoring/metric.py"},
 }
 
 
