@@ -5,7 +5,9 @@ A benchmark directory (``data/benchmark/v1``) holds five human-edited files:
 - ``protocol.yaml``: name, version, per-task counts (items, A1111 batch size x batch count), base seeds;
 - ``prompts.yaml``: the general prompts and their shared negative prompt;
 - ``styles.yaml``: the style templates (``{subject}``) and the subjects they are applied to;
-- ``loras_sd15.yaml``, ``loras_sdxl.yaml``: the LoRA table of each model family.
+- ``loras_sd15.yaml``, ``loras_sdxl.yaml``: the LoRA table of each model family;
+- ``bases.yaml``: each checkpoint base's prompt prefix, negative prompt and recommended settings (same subjects, same
+  seeds for every base: :func:`benchmark_items`' ``base``). A directory without it reviews the plain bases only.
 
 :func:`load_benchmark` reads and checks them all before any GPU work: unknown keys (with "did you mean"), wrong types,
 duplicate ids, slug format, counts that disagree with the tables, and ``<lora:...>`` tags naming LoRAs the table lacks.
@@ -33,6 +35,7 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from ghostreview.errors import UserError
+from ghostreview.generation.bases import BASES, PLAIN_BASES
 from ghostreview.generation.families import FAMILIES
 from ghostreview.generation.infotext import NEGATIVE_PREFIX, format_infotext, parse_infotext
 from ghostreview.generation.prompts import extract_lora_tags
@@ -44,6 +47,7 @@ GROUPS = ("common", "stylized")
 PROTOCOL_FILE = "protocol.yaml"
 PROMPTS_FILE = "prompts.yaml"
 STYLES_FILE = "styles.yaml"
+BASES_FILE = "bases.yaml"
 MAX_SEED = 2**32 - 1  # A1111 draws its seeds below 2**32; keep the benchmark's inside that range
 # The benchmark's reference files (style references, LoRA header images): plain images, any format PIL reads.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -112,6 +116,46 @@ class LoraEntry:
 
 
 @dataclass(frozen=True)
+class BaseSettings:
+    """Generation settings of a base (``bases.yaml``) or a model entry's overrides, as A1111 names them; None where
+    the source below decides (a model entry over its base's v-prediction settings, over its base's, over params'
+    ``generation`` section). ``hires`` False: no hires pass."""
+
+    sampler: str | None = None
+    schedule_type: str | None = None
+    steps: int | None = None
+    cfg_scale: float | None = None
+    clip_skip: int | None = None
+    width: int | None = None
+    height: int | None = None
+    hires: bool | None = None
+
+    def over(self, below: BaseSettings) -> BaseSettings:
+        """These settings where they are set, ``below``'s elsewhere."""
+        def pick(name: str) -> Any:
+            mine = getattr(self, name)
+            return getattr(below, name) if mine is None else mine
+
+        return BaseSettings(**{f.name: pick(f.name) for f in dataclasses.fields(self)})
+
+
+@dataclass(frozen=True)
+class BaseProtocol:
+    """One base's entry of ``bases.yaml``: ``prompt_prefix`` goes before every general and style prompt,
+    ``negative_prompt`` replaces prompts.yaml's shared one (None: keep it), ``settings`` are the recommended ones and
+    ``v_prediction`` what replaces them for the base's v-prediction checkpoints."""
+
+    prompt_prefix: str = ""
+    negative_prompt: str | None = None
+    settings: BaseSettings = BaseSettings()
+    v_prediction: BaseSettings = BaseSettings()
+
+    def settings_for(self, prediction: str) -> BaseSettings:
+        """The settings of a checkpoint of this base with ``prediction`` ("epsilon" | "v_prediction")."""
+        return self.v_prediction.over(self.settings) if prediction == "v_prediction" else self.settings
+
+
+@dataclass(frozen=True)
 class TaskCounts:
     """How many items a task has and how many images each item gets (A1111 batch size x batch count)."""
 
@@ -138,6 +182,7 @@ class Benchmark:
     counts: Mapping[str, TaskCounts] = dataclasses.field(hash=False)
     base_seeds: Mapping[str, int] = dataclasses.field(hash=False)
     images_per_checkpoint: int = 0
+    bases: Mapping[str, BaseProtocol] = dataclasses.field(default_factory=lambda: MappingProxyType({}), hash=False)
 
 
 @dataclass(frozen=True)
@@ -536,6 +581,72 @@ def parse_lora_table(data: Any, file: str) -> tuple[LoraEntry, ...]:
     return entries
 
 
+def _read_size(value: Any, loc: Loc) -> tuple[int, int]:
+    """``WIDTHxHEIGHT`` with both sides positive multiples of 8 (the VAE's factor)."""
+    m = re.fullmatch(r"(\d+)x(\d+)", read_str(value, loc))
+    if not m or int(m.group(1)) % 8 or int(m.group(2)) % 8 or not int(m.group(1)) or not int(m.group(2)):
+        raise _fail(loc, f"{value!r} is not WIDTHxHEIGHT in positive multiples of 8", 'Write it as "1024x1024".')
+    return int(m.group(1)), int(m.group(2))
+
+
+def _read_bool(value: Any, loc: Loc) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(loc, f"expected true or false, got {_describe(value)}", "Write true or false.")
+    return value
+
+
+SETTING_READERS: Mapping[str, Callable[[Any, Loc], Any]] = MappingProxyType({
+    "sampler": read_text, "schedule_type": read_text, "steps": read_int, "cfg_scale": read_float,
+    "clip_skip": read_int, "size": _read_size, "hires": _read_bool,
+})
+
+
+def _settings(fields: Mapping[str, Any]) -> BaseSettings:
+    """The :class:`BaseSettings` of read fields (``size`` as width and height)."""
+    width, height = fields.get("size") or (None, None)
+    return BaseSettings(**{k: fields.get(k) for k in SETTING_READERS if k != "size"}, width=width, height=height)
+
+
+def _read_v_settings(value: Any, loc: Loc) -> BaseSettings:
+    return _settings(read_fields(value, loc, {}, {k: (r, None) for k, r in SETTING_READERS.items()}))
+
+
+def _read_base(value: Any, loc: Loc) -> BaseProtocol:
+    optional: dict[str, tuple[Callable, Any]] = {k: (r, None) for k, r in SETTING_READERS.items()}
+    optional |= {"prompt_prefix": (read_negative, ""), "negative_prompt": (read_negative, None),
+                 "v_prediction": (_read_v_settings, BaseSettings())}
+    f = read_fields(value, loc, {}, optional)
+    return BaseProtocol(f["prompt_prefix"].strip().rstrip(",").strip(), f["negative_prompt"], _settings(f),
+                        f["v_prediction"])
+
+
+def parse_bases(data: Any, file: str = BASES_FILE) -> Mapping[str, BaseProtocol]:
+    """``bases.yaml``: one entry per base named in ``generation.bases.BASES`` (any subset; see :func:`base_protocol`)."""
+    loc = Loc(file)
+    entries = read_fields(data, loc, {"bases": read_map})["bases"]
+    for name in entries:
+        if name not in BASES:
+            raise _fail(loc.key(data, "bases").key(entries, name), f"unknown base {name!r}",
+                        f"{did_you_mean(str(name), BASES)} Bases: {', '.join(BASES)}.".lstrip())
+    return MappingProxyType({name: _read_base(v, loc.key(data, "bases").key(entries, name))
+                             for name, v in entries.items()})
+
+
+def base_protocol(b: Benchmark, base: str) -> BaseProtocol:
+    """The protocol entry of ``base``; a plain base (sd15, sdxl) without one keeps prompts.yaml and params as they are.
+
+    Raises:
+        BenchmarkError: another base that the benchmark has no entry for.
+    """
+    if base in b.bases:
+        return b.bases[base]
+    if base in PLAIN_BASES.values():
+        return BaseProtocol()
+    raise BenchmarkError(f"{BASES_FILE}: no entry for base {base!r} in benchmark {b.name}. Add one (see "
+                         f"data/benchmark/v1/{BASES_FILE}), or review the model under a base the benchmark has: "
+                         f"{', '.join(b.bases) or ', '.join(PLAIN_BASES)}.")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Loading and cross-checks
 
@@ -547,10 +658,12 @@ def load_benchmark(directory: Path) -> Benchmark:
     negative, general = parse_prompts(read_yaml(directory / PROMPTS_FILE))
     subjects, styles = parse_styles(read_yaml(directory / STYLES_FILE))
     loras = {f: parse_lora_table(read_yaml(directory / lora_table_file(f)), lora_table_file(f)) for f in FAMILIES}
+    bases = parse_bases(read_yaml(directory / BASES_FILE)) if (directory / BASES_FILE).is_file() else {}
     bench = Benchmark(
         name=protocol["name"], version=protocol["version"], negative_prompt=negative, general=general, styles=styles,
         subjects=subjects, loras=MappingProxyType(loras), counts=MappingProxyType(protocol["counts"]),
         base_seeds=MappingProxyType(protocol["base_seeds"]), images_per_checkpoint=protocol["images_per_checkpoint"],
+        bases=MappingProxyType(dict(bases)),
     )
     _check_counts(bench)
     _check_names_across_families(bench)
@@ -703,21 +816,31 @@ def _join_negatives(*parts: str) -> str:
     return ", ".join(p.strip().strip(",").strip() for p in parts if p.strip())
 
 
-def general_items(b: Benchmark, n: int) -> list[BenchmarkItem]:
-    seed = b.base_seeds["general"]
-    return [BenchmarkItem("general", p.id, k, seed + k, p.prompt, b.negative_prompt)
+def _prefixed(prefix: str, prompt: str) -> str:
+    return f"{prefix}, {prompt}" if prefix else prompt
+
+
+def _shared_negative(b: Benchmark, conv: BaseProtocol) -> str:
+    return b.negative_prompt if conv.negative_prompt is None else conv.negative_prompt
+
+
+def general_items(b: Benchmark, n: int, conv: BaseProtocol = BaseProtocol()) -> list[BenchmarkItem]:
+    """Image k of a prompt has seed ``base + k``; ``conv`` (the model's base) prefixes it and picks its negative."""
+    seed, negative = b.base_seeds["general"], _shared_negative(b, conv)
+    return [BenchmarkItem("general", p.id, k, seed + k, _prefixed(conv.prompt_prefix, p.prompt), negative)
             for p in b.general for k in range(n)]
 
 
-def style_items(b: Benchmark, n: int) -> list[BenchmarkItem]:
-    """Image k of a style shows ``subjects[k % len(subjects)]`` with seed ``base + k``."""
+def style_items(b: Benchmark, n: int, conv: BaseProtocol = BaseProtocol()) -> list[BenchmarkItem]:
+    """Image k of a style shows ``subjects[k % len(subjects)]`` with seed ``base + k``; ``conv`` as for
+    :func:`general_items` (the style's own negative stays first)."""
     seed = b.base_seeds["style"]
     rows = []
     for s in b.styles:
-        negative = _join_negatives(s.negative_prompt, b.negative_prompt)
+        negative = _join_negatives(s.negative_prompt, _shared_negative(b, conv))
         for k in range(n):
             subject = b.subjects[k % len(b.subjects)]
-            prompt = s.template.format(subject=subject)
+            prompt = _prefixed(conv.prompt_prefix, s.template.format(subject=subject))
             rows.append(BenchmarkItem("style", s.name, k, seed + k, prompt, negative, subject))
     return rows
 
@@ -728,11 +851,16 @@ def lora_items(b: Benchmark, family: str, n: int) -> list[BenchmarkItem]:
             for e in lora_table(b, family) for k in range(n)]
 
 
-def benchmark_items(b: Benchmark, family: str, seeds: Mapping[str, int] | None = None) -> list[BenchmarkItem]:
+def benchmark_items(b: Benchmark, family: str, seeds: Mapping[str, int] | None = None,
+                    base: str | None = None) -> list[BenchmarkItem]:
     """Every image of the benchmark for one model family: general, then style, then LoRA, each in file order, image
-    index ascending. ``seeds`` maps a task to fewer images per item (the first k of the protocol's)."""
+    index ascending. ``seeds`` maps a task to fewer images per item (the first k of the protocol's). ``base`` (a key
+    of ``bases.yaml``; None: the family's plain base) applies its prompt prefix and negative prompt to the general
+    and style images: the same subjects and seeds for every base. LoRA header prompts stay the LoRA's own."""
     n = images_per_item(b, seeds)
-    return [*general_items(b, n["general"]), *style_items(b, n["style"]), *lora_items(b, family, n["lora"])]
+    conv = base_protocol(b, base) if base is not None else BaseProtocol()
+    return [*general_items(b, n["general"], conv), *style_items(b, n["style"], conv),
+            *lora_items(b, family, n["lora"])]
 
 
 # ----------------------------------------------------------------------------------------------------------------
