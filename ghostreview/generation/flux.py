@@ -36,159 +36,27 @@ from pathlib import Path
 
 import torch
 
+from ghostreview.generation.flux_keys import (
+    BFL_PROBE,
+    CLIP_PREFIX,
+    EXPECTED_LAYOUT,
+    T5_PREFIX,
+    TRANSFORMER_PREFIX,
+    VAE_PREFIX,
+    VARIANTS,
+    bfl_to_diffusers,
+    flux_layout,
+    flux_variant,
+)
 from ghostreview.generation.loading import CheckpointError, read_safetensors_header
 from ghostreview.generation.tokenizer import write_clip_tokenizer
 from ghostreview.generation.topology import CONFIGS_ROOT, KIT_METADATA_KEY, KIT_METADATA_VALUE
 from ghostreview.util.atomic import create_dir_once
 
-FAMILY = "flux"
-VARIANTS = ("flux1-dev", "flux1-schnell")
-LAYOUTS = ("all-in-one", "bfl", "diffusers")
-TRANSFORMER_PREFIX = "model.diffusion_model."
-CLIP_PREFIX = "text_encoders.clip_l.transformer."
-T5_PREFIX = "text_encoders.t5xxl.transformer."
-VAE_PREFIX = "vae."
-BFL_PROBE = "double_blocks.0.img_attn.norm.key_norm.scale"
-DIFFUSERS_PROBE = "transformer_blocks.0.attn.norm_added_k.weight"
-GUIDANCE_KEYS = ("guidance_in.in_layer.weight", "time_text_embed.guidance_embedder.linear_1.weight")
 FP8_DTYPES = ("F8_E4M3", "F8_E4M3FNUZ", "F8_E5M2", "F8_E5M2FNUZ")
 SCALED_FP8_MARKERS = ("scaled_fp8",)
 T5_MAX_TOKENS = 512  # FluxPipeline's max_sequence_length for dev and schnell (schnell was trained with 256)
 SEPARATE_FILES = ("clip_l", "t5xxl", "vae")
-EXPECTED_LAYOUT = (
-    "Flux: model.diffusion_model.double_blocks.* with text_encoders.clip_l.*, text_encoders.t5xxl.* and vae.* "
-    "(all-in-one), double_blocks.* (BFL transformer-only) or transformer_blocks.* + single_transformer_blocks.* "
-    "(diffusers transformer)"
-)
-
-# ---------------------------------------------------------------------------------------------------- key table
-
-# BFL module name -> the diffusers module names it holds, in order along dim 0 (fused q/k/v, and the single
-# blocks' q/k/v/mlp input projection). RMSNorm gains are ``.scale`` in BFL and ``.weight`` in diffusers.
-TOP = {
-    "img_in": ("x_embedder",), "txt_in": ("context_embedder",),
-    "time_in.in_layer": ("time_text_embed.timestep_embedder.linear_1",),
-    "time_in.out_layer": ("time_text_embed.timestep_embedder.linear_2",),
-    "vector_in.in_layer": ("time_text_embed.text_embedder.linear_1",),
-    "vector_in.out_layer": ("time_text_embed.text_embedder.linear_2",),
-    "guidance_in.in_layer": ("time_text_embed.guidance_embedder.linear_1",),
-    "guidance_in.out_layer": ("time_text_embed.guidance_embedder.linear_2",),
-    "final_layer.linear": ("proj_out",),
-    "final_layer.adaLN_modulation.1": ("norm_out.linear",),  # BFL (shift, scale) vs diffusers (scale, shift)
-}
-DOUBLE_BLOCK = {
-    "img_mod.lin": ("norm1.linear",), "txt_mod.lin": ("norm1_context.linear",),
-    "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
-    "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
-    "img_attn.norm.query_norm": ("attn.norm_q",), "img_attn.norm.key_norm": ("attn.norm_k",),
-    "txt_attn.norm.query_norm": ("attn.norm_added_q",), "txt_attn.norm.key_norm": ("attn.norm_added_k",),
-    "img_attn.proj": ("attn.to_out.0",), "txt_attn.proj": ("attn.to_add_out",),
-    "img_mlp.0": ("ff.net.0.proj",), "img_mlp.2": ("ff.net.2",),
-    "txt_mlp.0": ("ff_context.net.0.proj",), "txt_mlp.2": ("ff_context.net.2",),
-}
-SINGLE_BLOCK = {
-    "modulation.lin": ("norm.linear",),
-    "linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
-    "norm.query_norm": ("attn.norm_q",), "norm.key_norm": ("attn.norm_k",),
-    "linear2": ("proj_out",),
-}
-SWAPPED_HALVES = ("final_layer.adaLN_modulation.1",)
-
-
-def module_table(num_layers: int, num_single_layers: int) -> dict[str, tuple[str, ...]]:
-    """{BFL module: diffusers modules} of a transformer with these block counts (the whole key table)."""
-    table = dict(TOP)
-    for i in range(num_layers):
-        table.update({f"double_blocks.{i}.{k}": tuple(f"transformer_blocks.{i}.{p}" for p in v)
-                      for k, v in DOUBLE_BLOCK.items()})
-    for i in range(num_single_layers):
-        table.update({f"single_blocks.{i}.{k}": tuple(f"single_transformer_blocks.{i}.{p}" for p in v)
-                      for k, v in SINGLE_BLOCK.items()})
-    return table
-
-
-def _block_count(keys, prefix: str) -> int:
-    found = {int(k[len(prefix):].split(".", 1)[0]) for k in keys if k.startswith(prefix)}
-    return max(found) + 1 if found else 0
-
-
-def split_sizes(parts: int, rows: int, hidden: int) -> list[int]:
-    """Row counts of the ``parts`` diffusers tensors of a fused BFL tensor with ``rows`` rows (``hidden`` = model
-    width): the single blocks' linear1 is q, k, v (``hidden`` each) then the MLP input (the rest); qkv is thirds."""
-    if parts == 4:
-        return [hidden, hidden, hidden, rows - 3 * hidden]
-    return [rows // parts] * parts
-
-
-def _split_key(key: str) -> tuple[str, str]:
-    module, param = key.rsplit(".", 1)
-    return module, param
-
-
-def _swap_halves(t: torch.Tensor) -> torch.Tensor:
-    a, b = t.chunk(2, dim=0)
-    return torch.cat([b, a], dim=0)
-
-
-def bfl_to_diffusers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A BFL-named Flux transformer (prefix already removed) -> diffusers ``FluxTransformer2DModel`` names.
-
-    Raises:
-        CheckpointError: a tensor the table does not know (another architecture, or a Flux variant we do not load).
-    """
-    table = module_table(_block_count(state_dict, "double_blocks."), _block_count(state_dict, "single_blocks."))
-    hidden = state_dict["img_in.weight"].shape[0]
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        module, param = _split_key(key)
-        if module not in table:
-            raise CheckpointError(f"Flux transformer tensor {key!r} is not in the Flux.1 layout; expected "
-                                  f"{EXPECTED_LAYOUT}")
-        if module in SWAPPED_HALVES:
-            value = _swap_halves(value)
-        targets = table[module]
-        parts = value.split(split_sizes(len(targets), value.shape[0], hidden), dim=0) if len(targets) > 1 \
-            else (value,)
-        for target, part in zip(targets, parts, strict=True):
-            out[f"{target}.{'weight' if param == 'scale' else param}"] = part
-    return out
-
-
-def diffusers_to_bfl(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The inverse of :func:`bfl_to_diffusers` (the kit writes BFL-layout stand-ins with it)."""
-    keys = list(state_dict)
-    table = module_table(_block_count(keys, "transformer_blocks."), _block_count(keys, "single_transformer_blocks."))
-    out: dict[str, torch.Tensor] = {}
-    for module, targets in table.items():
-        for param in ("weight", "bias"):
-            parts = [state_dict.get(f"{t}.{param}") for t in targets]
-            if parts[0] is None:
-                continue
-            value = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
-            is_norm = module.endswith(("query_norm", "key_norm"))
-            out[f"{module}.{'scale' if is_norm else param}"] = _swap_halves(value) if module in SWAPPED_HALVES else value
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------- recognising
-
-
-def flux_layout(shapes: Mapping[str, list[int]]) -> str | None:
-    """"all-in-one" | "bfl" | "diffusers" for a Flux.1 checkpoint's tensor names, None when it is not Flux."""
-    if TRANSFORMER_PREFIX + BFL_PROBE in shapes:
-        return "all-in-one" if any(k.startswith(T5_PREFIX) for k in shapes) else "bfl-prefixed"
-    if BFL_PROBE in shapes:
-        return "bfl"
-    if DIFFUSERS_PROBE in shapes and "single_transformer_blocks.0.proj_mlp.weight" in shapes:
-        return "diffusers"
-    return None
-
-
-def flux_variant(shapes: Mapping[str, list[int]]) -> str:
-    """"flux1-dev" (distilled-guidance embedder present) or "flux1-schnell" (none)."""
-    has_guidance = any(k in shapes or TRANSFORMER_PREFIX + k in shapes for k in GUIDANCE_KEYS)
-    return "flux1-dev" if has_guidance else "flux1-schnell"
-
 
 def check_flux_layout(shapes: Mapping[str, list[int]], name: str) -> str:
     """The layout of a Flux file (see :func:`flux_layout`); "bfl-prefixed" is a transformer saved under ComfyUI's
@@ -447,9 +315,9 @@ def _empty(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
 def _fill(module: torch.nn.Module, state: Mapping[str, torch.Tensor], name: str,
           may_miss: Sequence[str] = (), may_extra: Sequence[str] = ()) -> torch.nn.Module:
     """Load ``state`` into ``module`` (assign), refusing missing or unknown tensors beyond the listed ones."""
-    extra = [k for k in state if k not in module.state_dict() and not k.endswith(tuple(may_extra))]
-    missing, _ = module.load_state_dict({k: v for k, v in state.items() if k in module.state_dict()},
-                                        strict=False, assign=True)
+    own = set(module.state_dict())
+    extra = [k for k in state if k not in own and not k.endswith(tuple(may_extra))]
+    missing, _ = module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False, assign=True)
     missing = [k for k in missing if k not in may_miss]
     if missing or extra:
         raise CheckpointError(f"{name}: does not match the model's config: missing {missing[:3]} "
@@ -463,7 +331,10 @@ def load_transformer(path: Path, prefix: str, config: Mapping, dtype: torch.dtyp
 
     state = read_tensors(path, prefix, dtype)
     if BFL_PROBE in state:
-        state = bfl_to_diffusers(state)
+        try:
+            state = bfl_to_diffusers(state)
+        except KeyError as e:
+            raise CheckpointError(f"{path}: {e.args[0]}") from e
     model = _empty(lambda: FluxTransformer2DModel.from_config(dict(config)))
     return _fill(model, state, f"{path} (Flux transformer)").eval()
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from ghostreview.generation import flux, ldm_keys
-from ghostreview.kit.sd import random_tensor, save_safetensors_atomic
+from ghostreview.generation import flux, flux_keys, ldm_keys
 from ghostreview.generation.topology import KIT_METADATA_KEY, KIT_METADATA_VALUE
+from ghostreview.kit.sd import random_tensor, save_safetensors_atomic
 
 COMPONENTS = ("text_encoder", "text_encoder_2", "transformer", "vae")
 
@@ -81,10 +81,10 @@ def _t5_file(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.
 def write_all_in_one(path: Path, variant: str, seed: int) -> Path:
     """An all-in-one Flux file as ComfyUI / Forge save it (float16)."""
     sd, configs = tiny_state_dicts(variant, seed), tiny_configs(variant)
-    tensors = {flux.TRANSFORMER_PREFIX + k: v for k, v in flux.diffusers_to_bfl(sd["transformer"]).items()}
-    tensors.update(_clip_file(sd["text_encoder"], flux.CLIP_PREFIX))
-    tensors.update(_t5_file(sd["text_encoder_2"], flux.T5_PREFIX))
-    tensors.update(ldm_keys.vae_to_ldm(sd["vae"], configs["vae"], prefix=flux.VAE_PREFIX))
+    tensors = {flux_keys.TRANSFORMER_PREFIX + k: v for k, v in flux_keys.diffusers_to_bfl(sd["transformer"]).items()}
+    tensors.update(_clip_file(sd["text_encoder"], flux_keys.CLIP_PREFIX))
+    tensors.update(_t5_file(sd["text_encoder_2"], flux_keys.T5_PREFIX))
+    tensors.update(ldm_keys.vae_to_ldm(sd["vae"], configs["vae"], prefix=flux_keys.VAE_PREFIX))
     return save_safetensors_atomic(_half(tensors), Path(path), kit_metadata(variant, seed))
 
 
@@ -95,7 +95,7 @@ def write_transformer_only(dest: Path, variant: str, seed: int, *, fp8: bool = F
     "vae"} -> path."""
     sd, configs = tiny_state_dicts(variant, seed), tiny_configs(variant)
     dest = Path(dest)
-    transformer = flux.diffusers_to_bfl(sd["transformer"]) if layout == "bfl" else sd["transformer"]
+    transformer = flux_keys.diffusers_to_bfl(sd["transformer"]) if layout == "bfl" else sd["transformer"]
     name = f"flux-{variant}-{layout}{'-fp8' if fp8 else ''}.safetensors"
     meta = kit_metadata(variant, seed)
     files = {
