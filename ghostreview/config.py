@@ -355,17 +355,45 @@ class StandardizeParams(Checked):
                                           f"{at}combined in {src}.")
 
 
+# Copied from ghostreview.generation.bases.BASES (config is a leaf); tests/test_bases.py keeps the copies equal.
+BASES = ("sd15", "sdxl", "pony", "illustrious", "noobai")
+
+
 @dataclass(frozen=True)
 class ModelParams(Checked):
-    """One reviewed checkpoint. ``config`` overrides the shipped diffusers config directory of its family."""
+    """One reviewed checkpoint. ``config`` overrides the shipped diffusers config directory of its family.
+
+    ``base`` (one of ``BASES``; None: read from the file, else the family's plain base) picks the benchmark's prompt
+    conventions and settings (``bases.yaml``); ``prediction`` None: the file's (its ``v_pred`` marker), else epsilon.
+    ``sampler`` ... ``height`` override the base's settings (None: the base's, else the generation section's).
+    """
 
     checkpoint: str
     vae: str | None = None
-    clip_skip: int = ranged(1, 1, 12, why="A1111 numbering starts at 1 and its slider ends at 12")
-    prediction: Literal["epsilon", "v_prediction"] = "epsilon"
+    base: str | None = None
+    clip_skip: int | None = ranged(None, 1, 12, why="A1111 numbering starts at 1 and its slider ends at 12")
+    prediction: Literal["epsilon", "v_prediction"] | None = None
+    sampler: str | None = None  # checked with generation.sampler's rule (validate / the generate stage)
+    schedule_type: str | None = None
+    steps: int | None = ranged(None, 1, 150)
+    cfg_scale: float | None = ranged(None, 1, 30)
+    width: int | None = ranged(None, 8, 2048)  # and a multiple of 8
+    height: int | None = ranged(None, 8, 2048)
     config: str | None = None
     allow_pickle: bool = False
     title: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.base is not None and self.base not in BASES:
+            base = self.base
+            raise Invalid(lambda at, src: f"{at}base = {_show(base)} is not a base GhostReview knows;"
+                                          f"{_did_you_mean(base, BASES)} Valid: {', '.join(BASES)}.")
+        odd = [(key, size) for key, size in (("width", self.width), ("height", self.height)) if size and size % 8]
+        if odd:
+            key, size = odd[0]
+            raise Invalid(lambda at, src: f"{at}{key} = {size} is not a positive multiple of 8 (the VAE downsamples by "
+                                          f"8); use e.g. {max(8, round(size / 8) * 8)}.")
 
 
 @dataclass(frozen=True)
@@ -529,6 +557,7 @@ __all__ = [
     "StyleParams",
     "StandardizeParams",
     "parse_params",
+    "BASES",
     "DEVICE",
     "JUDGES",
     "SLUG",
