@@ -335,12 +335,16 @@ class StandardizeParams(Checked):
     """The bootstrap's resamples, seed and interval level, and ``combined``: the judges the combined rank averages
     (None, the key left out: the article's four, ``JUDGES``, that scoring.judges lists, or all it lists when none of
     them; ``validate.combined_judges`` resolves it, and ``validate.check_combined`` refuses a name that is no judge or
-    that scoring.judges does not list: this leaf knows neither)."""
+    that scoring.judges does not list: this leaf knows neither), and ``reference``: ``pool`` or a reference set's
+    name."""
 
     bootstrap: int = ranged(1000, 1, 1_000_000)
     seed: int = ranged(0, 0, MAX_SEED)
     confidence: float = ranged(0.95, 0, 1, lo_open=True, hi_open=True)
     combined: tuple[str, ...] | None = None
+    # "pool": z relative to the models reviewed; else a reference set's name (references/<name>.json, checked by
+    # ghostreview.analysis.reference when the stage reads it)
+    reference: str = "pool"
 
     def __post_init__(self) -> None:
         super().__post_init__()
