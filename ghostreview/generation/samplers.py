@@ -318,3 +318,17 @@ def make_scheduler(name: str, base_config: Mapping[str, object], prediction_type
     if spec.scheduler in BROWNIAN_SCHEDULERS:
         config["noise_sampler_seed"] = None if seeds is None else [int(s) for s in seeds]
     return cls.from_config(config)
+
+
+# Flow-matching models (Flux.1, generation/flux.py): the A1111/Forge sampler names that have a diffusers equivalent
+# FluxPipeline can drive (it passes the dynamic-shift ``mu`` to ``set_timesteps``, which only FlowMatchEuler takes).
+# Forge lists its k-diffusion samplers for Flux too and recommends Euler with the Simple schedule; ComfyUI's flux
+# examples use euler/simple. Not here: "Euler a" (diffusers' flow Euler has no ancestral step matching ComfyUI's
+# rectified-flow euler_ancestral), Heun (FlowMatchHeun takes no mu), the DPM++ family (flow sigmas, no mu).
+FLOW_SAMPLERS = {"Euler": "FlowMatchEulerDiscreteScheduler"}
+
+
+def check_flow_sampler(name: str) -> None:
+    """Raise ``ValueError`` (with the valid names) when ``name`` has no flow-matching sampler here."""
+    if name not in FLOW_SAMPLERS:
+        raise ValueError(unknown_name_message("sampler for Flux", name, list(FLOW_SAMPLERS)))
