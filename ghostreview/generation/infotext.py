@@ -182,6 +182,28 @@ def combined_sampler_name(sampler: str, schedule: str) -> str:
     return sampler if schedule in (UNIFORM, AUTOMATIC) else f"{sampler} {schedule}"
 
 
+# Forge's fields for Flux: CFG stays 1 (no unconditional pass), the distilled guidance is its own field, the
+# schedule is "Simple"; "Shift" is the flow-matching shift the sigmas were drawn with (e^mu for dev's dynamic shift).
+DISTILLED_CFG = "Distilled CFG Scale"
+FLUX_SCHEDULE = "Simple"
+SHIFT = "Shift"
+
+
+def flux_fields(has_guidance: bool, guidance: float, shift: float) -> dict[str, object]:
+    """The infotext fields of a Flux image ({"Schedule type", "CFG scale", "Distilled CFG Scale", "Shift"});
+    schnell (``has_guidance`` False) writes no Distilled CFG Scale."""
+    return {"Schedule type": FLUX_SCHEDULE, "CFG scale": 1, DISTILLED_CFG: guidance if has_guidance else None,
+            SHIFT: shift}
+
+
+def read_flux_fields(params: Mapping[str, str]) -> tuple[float | None, float | None]:
+    """``(distilled guidance, shift)`` of a parsed infotext's parameters (None where the field is absent)."""
+    def number(key: str) -> float | None:
+        return float(params[key]) if key in params else None
+
+    return number(DISTILLED_CFG), number(SHIFT)
+
+
 def pnginfo(text: str) -> PngInfo:
     """A ``PngInfo`` holding ``text`` under the ``parameters`` key (iTXt when it is not Latin-1)."""
     info = PngInfo()
