@@ -9,6 +9,10 @@ from __future__ import annotations
 # Reviewable: prompt encoding (encode.py), drawing (draw.py), the benchmark's LoRA tables and LoRA header sets cover
 # these. The order is the order of every listing (params' paths.loras, reports).
 FAMILIES = ("sd15", "sdxl")
+# Flux.1 dev/schnell (generation/flux.py, generation/configs/flux1-*): recognised from the header, loaded and drawn
+# by its own module. Not among FAMILIES: the benchmark's LoRA tables, LoRA header sets and A1111 prompt encoding do
+# not cover it (SD LoRAs do not transfer; Flux LoRAs are generation/flux_lora.py's).
+FLUX_FAMILY = "flux"
 # Recognised from a checkpoint's header and shipped as diffusers configs (generation/configs/<family>/): SD2.x is
 # recognised so that it is refused with its reason, not misread as another family.
 CONFIG_FAMILIES = ("sd15", "sd2", "sdxl")
