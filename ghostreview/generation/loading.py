@@ -33,8 +33,10 @@ import torch
 
 from ghostreview.errors import UserError
 from ghostreview.generation import topology
-from ghostreview.generation.families import CONFIG_FAMILIES, PIPELINE_CLASSES
+from ghostreview.generation.families import CONFIG_FAMILIES, FLUX_FAMILY, PIPELINE_CLASSES
 from ghostreview.generation.families import FAMILIES as REVIEWABLE_FAMILIES
+from ghostreview.generation.flux_keys import EXPECTED_LAYOUT as FLUX_LAYOUT
+from ghostreview.generation.flux_keys import flux_layout
 from ghostreview.generation.tokenizer import TOKENIZER_PADS, open_clip_bpe_path, write_clip_tokenizer
 from ghostreview.generation.topology import CONFIGS_ROOT, KIT_METADATA_KEY, KIT_METADATA_VALUE
 from ghostreview.util.atomic import create_dir_once, save_atomic
@@ -59,7 +61,7 @@ SD2_OPEN_CLIP_PREFIX = "cond_stage_model.model."
 VAE_KEYS = ("first_stage_model.encoder.conv_in.weight", "vae.encoder.conv_in.weight", "encoder.conv_in.weight")
 EXPECTED_LAYOUT = (
     "model.diffusion_model.* (UNet) with a text encoder: cond_stage_model.transformer.text_model.* (SD1.x), "
-    "cond_stage_model.model.* (SD2.x) or conditioner.embedders.0/1.* (SDXL)"
+    "cond_stage_model.model.* (SD2.x) or conditioner.embedders.0/1.* (SDXL); or " + FLUX_LAYOUT
 )
 
 
@@ -218,7 +220,8 @@ def header_metadata(header: Mapping) -> dict[str, str]:
 
 
 def family_from_shapes(shapes: Mapping[str, list[int]], name: str = "checkpoint") -> str:
-    """Decide "sd15" | "sd2" | "sdxl" from tensor names (and the UNet input shape) of a single-file checkpoint.
+    """Decide "sd15" | "sd2" | "sdxl" from tensor names (and the UNet input shape) of a single-file checkpoint, or
+    "flux" for a Flux.1 layout (``flux_keys.flux_layout``; loaded by ``generation.flux``).
 
     Rules: the UNet must be present with 4 input channels; SDXL base has OpenCLIP-bigG as
     ``conditioner.embedders.1.model.*`` (we key on its ``positional_embedding``, not on diffusers' ``resblocks.9``
@@ -230,6 +233,8 @@ def family_from_shapes(shapes: Mapping[str, list[int]], name: str = "checkpoint"
             SDXL refiner, or anything else, listing the expected layout.
     """
     keys = shapes.keys()
+    if flux_layout(shapes) is not None:  # loaded and drawn by generation/flux.py
+        return FLUX_FAMILY
     if UNET_IN_KEY not in shapes:
         raise CheckpointError(
             f"{name}: not a Stable Diffusion checkpoint ({_what_is_it(keys)}); expected {EXPECTED_LAYOUT}"
@@ -293,14 +298,14 @@ class CheckpointFile:
 
     @property
     def family(self) -> str:
-        """"sd15" | "sdxl": the family of a checkpoint this tool can review (``family_from_shapes``).
+        """"sd15" | "sdxl" | "flux": the family of a checkpoint this tool can review (``family_from_shapes``).
 
         Raises:
             CheckpointError: for SD2.x checkpoints (recognised, but prompt encoding, drawing and the benchmark's LoRA
                 tables cover SD1.x and SDXL only) and for anything that is not an SD checkpoint.
         """
         family = family_from_shapes(self.shapes, str(self.path))
-        if family not in REVIEWABLE_FAMILIES:
+        if family not in (*REVIEWABLE_FAMILIES, FLUX_FAMILY):
             raise CheckpointError(
                 f"{self.path}: an SD2.x checkpoint (OpenCLIP-H text encoder, cond_stage_model.model.* keys); "
                 f"GhostReview reviews {' and '.join(REVIEWABLE_FAMILIES)} checkpoints only (its prompt encoding, "
