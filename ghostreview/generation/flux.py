@@ -34,8 +34,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from ghostreview.generation.draw import DrawRequest, check_requests, image_flags, to_pil
 from ghostreview.generation.flux_keys import (
     BFL_PROBE,
     CLIP_PREFIX,
@@ -48,7 +50,9 @@ from ghostreview.generation.flux_keys import (
     flux_layout,
     flux_variant,
 )
+from ghostreview.generation.infotext import flux_fields
 from ghostreview.generation.loading import CheckpointError, read_safetensors_header
+from ghostreview.generation.samplers import check_flow_sampler
 from ghostreview.generation.tokenizer import write_clip_tokenizer
 from ghostreview.generation.topology import CONFIGS_ROOT, KIT_METADATA_KEY, KIT_METADATA_VALUE
 from ghostreview.util.atomic import create_dir_once
@@ -415,3 +419,71 @@ def shift_of(config: Mapping, width: int, height: int) -> float:
     if config.get("use_dynamic_shifting"):
         return round(math.exp(scheduler_mu(config, width, height)), 4)
     return float(config["shift"])
+
+
+# ---------------------------------------------------------------------------------------------------- drawing
+
+
+def check_flux_requests(requests: Sequence[DrawRequest]) -> DrawRequest:
+    """Validate a Flux batch before any model work (as :func:`generation.draw.check_requests`, plus Flux's rules);
+    returns the first request.
+
+    Raises:
+        ValueError: a negative prompt (Flux.1 dev/schnell are guidance-distilled and drawn at CFG 1: there is no
+            unconditional pass to read one), hires fix, clip skip other than 1 (Forge and ComfyUI ignore it for
+            Flux), a sampler without a flow-matching equivalent (the list of those that have one), a size that is
+            not a multiple of 16 (the VAE's 8 x the transformer's 2x2 patches).
+    """
+    first = check_requests(requests)
+    check_flow_sampler(first.sampler)
+    if first.hires is not None:
+        raise ValueError("hires fix is not drawn for Flux models; set generation.hires.enabled: false for them")
+    if first.width % 16 or first.height % 16:
+        raise ValueError(f"Flux draws sizes that are multiples of 16, got {first.width}x{first.height}")
+    for i, req in enumerate(requests):
+        if req.negative_prompt:
+            raise ValueError(f"request {i} has a negative prompt ({req.negative_prompt[:40]!r}); Flux.1 is drawn "
+                             "with distilled guidance at CFG 1 and reads none: give Flux models no negative prompt")
+        if req.clip_skip != 1:
+            raise ValueError(f"request {i} has clip skip {req.clip_skip}; Flux models take clip_skip: 1")
+    return first
+
+
+def draw_flux(pipe, requests: Sequence[DrawRequest], batch_size: int | None = None) -> list:
+    """Draw requests on a loaded ``FluxPipeline``; returns (8-bit RGB image, flags) per request, in order.
+
+    ``cfg_scale`` is the distilled guidance (Forge's "Distilled CFG Scale"; schnell has no guidance embedder and
+    ignores it); the scheduler is the pipeline's FlowMatchEuler with the config's shift (dev: dynamic, mu from the
+    image size, :func:`shift_of`). One CPU generator per image seeded with its seed; every forward holds
+    ``batch_size`` images (short batches padded with copies that are dropped), as :func:`generation.draw.draw`.
+    Flags: ``nan`` / ``black`` as for SD, ``text_truncated`` when T5 cuts the prompt at :data:`T5_MAX_TOKENS`.
+    """
+    first = check_flux_requests(requests)
+    size = batch_size or len(requests)
+    out = []
+    for start in range(0, len(requests), size):
+        chunk = list(requests[start:start + size])
+        padded = chunk + [chunk[-1]] * (size - len(chunk))
+        images = pipe(prompt=[r.prompt for r in padded], guidance_scale=first.cfg_scale,
+                      num_inference_steps=first.steps, width=first.width, height=first.height,
+                      generator=[torch.Generator("cpu").manual_seed(int(r.seed)) for r in padded],
+                      max_sequence_length=T5_MAX_TOKENS, output_type="np").images
+        out += [_flux_flags(pipe, req, image) for req, image in zip(chunk, images, strict=False)]
+    return out
+
+
+def _flux_flags(pipe, req: DrawRequest, image):
+    flags = image_flags(image)
+    if "nan" in flags:  # replaced by black and flagged, never silently (as generation.draw does)
+        image = np.zeros_like(image)
+    if t5_token_count(pipe.tokenizer_2, req.prompt) > T5_MAX_TOKENS:
+        flags.append("text_truncated")
+    return to_pil(image), flags
+
+
+def flux_infotext_fields(request: DrawRequest, variant: str, scheduler_config: Mapping) -> dict[str, object]:
+    """The Forge fields of a Flux image that differ from SD's: ``CFG scale: 1``, ``Distilled CFG Scale`` (dev
+    only), ``Schedule type: Simple`` (Forge's and ComfyUI's schedule for Flux) and ``Shift``
+    (:func:`shift_of`)."""
+    return flux_fields(variant == "flux1-dev", request.cfg_scale,
+                       shift_of(scheduler_config, request.width, request.height))

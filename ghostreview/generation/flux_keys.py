@@ -13,7 +13,8 @@ from collections.abc import Mapping
 
 import torch
 
-FAMILY = "flux"
+from ghostreview.generation.families import FLUX_FAMILY as FAMILY  # noqa: F401 (flux.py's callers use it)
+
 VARIANTS = ("flux1-dev", "flux1-schnell")
 LAYOUTS = ("all-in-one", "bfl", "diffusers")
 TRANSFORMER_PREFIX = "model.diffusion_model."
