@@ -119,6 +119,8 @@ class ModelIdentity:
     prediction: str = "epsilon"
     random_weights: bool = False
     vae_file: str | None = None  # the standalone VAE's file name (A1111's infotext names it so)
+    base: str = ""  # generation.bases: the base whose prompts and settings it is reviewed with ("": before bases)
+    ztsnr: bool = False  # sampled on the zero-terminal-SNR schedule (its file's ztsnr marker)
 
     @property
     def autov2(self) -> str:
@@ -164,18 +166,20 @@ def plan_jobs(
     lora_dir: Path,
     lora_check: Callable[[Path], str],
     file_hash: Callable[[Path], str],
+    base: str | None = None,
 ) -> list[ImageJob]:
     """Every image of the benchmark for one model, in benchmark order.
 
     ``lora_check(path)`` returns "ok" or the reason a LoRA cannot be used with this family (recorded, not raised);
-    ``file_hash(path)`` gives a file's sha256 (cached by the caller).
+    ``file_hash(path)`` gives a file's sha256 (cached by the caller); ``base`` the model's base, whose prompt
+    conventions apply (``protocol.benchmark_items``; None: the family's plain base).
     """
     table = {e.name: e for e in bench.loras.get(family, ())}
     source = f"{bench.name} LoRA table for {family}"
     if "lora" in tasks:
         check_lora_files(table.values(), lora_dir, source)
     jobs = []
-    for it in benchmark_items(bench, family, counts):
+    for it in benchmark_items(bench, family, counts, base):
         if it.task not in tasks:
             continue
         text, _ = extract_lora_tags(it.prompt)  # LoRAs are applied to the weights, not through the text
@@ -197,7 +201,7 @@ def job_fields(job: ImageJob, model: ModelIdentity, runtime: Mapping[str, str]) 
         "loras": [[name, sha, spec.weight] for (name, sha), spec in zip(job.lora_hashes, job.loras)],
         "request": dataclasses.asdict(job.request),
         "runtime": dict(runtime),
-    }
+    } | ({"ztsnr": True} if model.ztsnr else {})  # absent when off: the keys of every image before it existed
 
 
 def infotext_for(job: ImageJob, model: ModelIdentity, version: str, lora_hash: Callable[[Path], str]) -> str:
@@ -227,6 +231,9 @@ def infotext_for(job: ImageJob, model: ModelIdentity, version: str, lora_hash: C
         "Denoising strength": r.hires.denoising_strength if r.hires else None,
         "Clip skip": r.clip_skip if r.clip_skip > 1 else None,
         "RNG": "CPU",
+        # A1111 1.8's "Noise schedule for sampling" as its infotext writes it (Forge too); pasted back, A1111 samples
+        # on the zero-terminal-SNR schedule even for a file without the ztsnr marker
+        "Noise Schedule": "Zero Terminal SNR" if model.ztsnr else None,
     }
     if r.hires:
         fields.update({
