@@ -172,6 +172,7 @@ class GenerateSettings:
     store: Path
     cache: Path
     engine: EngineChoice = EngineChoice()
+    base: str | None = None  # generation.bases: the resolved base (None: the family's plain one, as before bases)
 
 
 def model_identity(s: GenerateSettings, hash_cache: Path) -> ModelIdentity:
@@ -188,6 +189,8 @@ def model_identity(s: GenerateSettings, hash_cache: Path) -> ModelIdentity:
         prediction=s.prediction,
         random_weights=ckpt.random_weights,
         vae_file=s.vae.name if s.vae else None,
+        base=s.base or "",
+        ztsnr=ckpt.ztsnr,  # the file's marker; loading.open_pipeline samples by the same record
     )
 
 
@@ -208,6 +211,7 @@ def run_generate(bench: Benchmark, s: GenerateSettings, out_dir: Path, progress:
     jobs = plan_jobs(
         bench, family, s.counts, s.tasks, gen, s.clip_skip, s.lora_dirs[family],
         functools.cache(lambda p: lora_status(p, family, modules())), lambda p: file_sha256(p, hash_cache),
+        base=s.base,
     )
     lora_hash = functools.cache(a1111_lora_hash)  # reads each LoRA file once per run
     texts = [infotext_for(j, model, f"ghostreview-{__version__}", lora_hash) for j in jobs]
