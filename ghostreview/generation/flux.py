@@ -487,3 +487,15 @@ def flux_infotext_fields(request: DrawRequest, variant: str, scheduler_config: M
     (:func:`shift_of`)."""
     return flux_fields(variant == "flux1-dev", request.cfg_scale,
                        shift_of(scheduler_config, request.width, request.height))
+
+
+def open_flux_checkpoint(ckpt, cache: Path, *, config_dir: Path | None = None, clip_l: Path | None = None,
+                         t5xxl: Path | None = None, vae: Path | None = None, t5_tokenizer: Path | None = None,
+                         dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """The ``FluxPipeline`` of an inspected checkpoint (``loading.CheckpointFile`` of family flux) and the model
+    entry's separate files: the generate stage's path (``worker.load_spec_pipeline``). ``config_dir`` None: the
+    shipped configs of its variant (the tiny topology for kit files), built once under ``cache``."""
+    files = flux_files(ckpt.path, ckpt.shapes, ckpt.metadata, clip_l=clip_l, t5xxl=t5xxl, vae=vae)
+    if config_dir is None:
+        config_dir = flux_config_dir(files.variant, cache, tiny=files.is_tiny_kit, t5_tokenizer=t5_tokenizer)
+    return open_flux_pipeline(files, config_dir, dtype=dtype, device=device)

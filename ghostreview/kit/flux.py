@@ -105,3 +105,55 @@ def write_transformer_only(dest: Path, variant: str, seed: int, *, fp8: bool = F
         "vae": (dest / "ae.safetensors", _half(ldm_keys.vae_to_ldm(sd["vae"], configs["vae"], prefix=""))),
     }
     return {k: save_safetensors_atomic(tensors, path, meta) for k, (path, tensors) in files.items()}
+
+
+# The modules the kit's LoRAs touch: the fused attention inputs and the output projections of every block, as
+# kohya's Flux LoRAs train them (plus the single blocks' fused linear1).
+LORA_DOUBLE = ("img_attn.qkv", "img_attn.proj", "txt_attn.qkv")
+LORA_SINGLE = ("linear1", "linear2")
+
+
+def _lora_tensors(variant: str, seed: int, rank: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{BFL module: (down [r, in], up [out, r])} with random values (float16-representable)."""
+    config = tiny_configs(variant)["transformer"]
+    hidden = config["num_attention_heads"] * config["attention_head_dim"]
+    mlp = int(hidden * 4.0)
+    sizes = {"img_attn.qkv": (hidden, 3 * hidden), "txt_attn.qkv": (hidden, 3 * hidden),  # (in, out)
+             "img_attn.proj": (hidden, hidden), "linear1": (hidden, 3 * hidden + mlp),
+             "linear2": (hidden + mlp, hidden)}
+    modules = [f"double_blocks.{i}.{m}" for i in range(config["num_layers"]) for m in LORA_DOUBLE]
+    modules += [f"single_blocks.{i}.{m}" for i in range(config["num_single_layers"]) for m in LORA_SINGLE]
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for module in modules:
+        n_in, n_out = sizes[module.split(".", 2)[2]]
+        out[module] = (random_tensor("down", (rank, n_in), generator), random_tensor("up", (n_out, rank), generator))
+    return out
+
+
+def write_kohya_lora(path: Path, variant: str, seed: int, rank: int = 4, alpha: float = 2.0) -> Path:
+    """A Flux LoRA in kohya's format (``lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight``, ``.alpha``)."""
+    tensors = {}
+    for module, (down, up) in _lora_tensors(variant, seed, rank).items():
+        name = "lora_unet_" + module.replace(".", "_")
+        tensors.update({f"{name}.lora_down.weight": down.half(), f"{name}.lora_up.weight": up.half(),
+                        f"{name}.alpha": torch.tensor(alpha, dtype=torch.float16)})
+    return save_safetensors_atomic(tensors, Path(path), {"ss_network_module": "networks.lora_flux",
+                                                         **kit_metadata(variant, seed)})
+
+
+def write_diffusers_lora(path: Path, variant: str, seed: int, rank: int = 4, alpha: float = 2.0) -> Path:
+    """The deltas of ``write_kohya_lora`` (same seed, rank, alpha) in ai-toolkit's / diffusers' format
+    (``transformer.transformer_blocks.0.attn.to_q.lora_A.weight``; fused modules split, lora_A repeated; alpha / rank
+    folded into lora_A, as that format has no alpha): both files change the model by the same amount."""
+    config = tiny_configs(variant)["transformer"]
+    hidden = config["num_attention_heads"] * config["attention_head_dim"]
+    table = flux_keys.module_table(config["num_layers"], config["num_single_layers"])
+    tensors = {}
+    for module, (down, up) in _lora_tensors(variant, seed, rank).items():
+        targets = table[module]
+        parts = up.split(flux_keys.split_sizes(len(targets), up.shape[0], hidden)) if len(targets) > 1 else (up,)
+        for target, part in zip(targets, parts, strict=True):
+            tensors[f"transformer.{target}.lora_A.weight"] = (down * (alpha / rank)).half()
+            tensors[f"transformer.{target}.lora_B.weight"] = part.contiguous().half()
+    return save_safetensors_atomic(tensors, Path(path), kit_metadata(variant, seed))
