@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING
 
 from ghostreview.generation.draw import draw
 from ghostreview.generation.drawversion import DRAW_VERSION  # part of every image's key; when to bump it: that module
+from ghostreview.generation.families import FLUX_FAMILY
+from ghostreview.generation.flux import draw_flux, open_flux_checkpoint
+from ghostreview.generation.flux_lora import FluxLoraAdapters
 from ghostreview.generation.loading import (
     CheckpointFile,
     checkpoint_config_dir,
@@ -50,6 +53,9 @@ class PipelineSpec:
     cpu_threads: int
     cache: Path
     batch_size: int  # images per forward (generation.batch_size): part of every image's key
+    clip_l: Path | None = None  # Flux: the separate files of a transformer-only checkpoint (generation/flux.py)
+    t5xxl: Path | None = None
+    t5_tokenizer: Path | None = None  # Flux, real-size: the T5 tokenizer folder (the kit's is built offline)
 
     @property
     def family(self) -> str:
@@ -61,6 +67,11 @@ def load_spec_pipeline(spec: PipelineSpec):
     speed options (:func:`generation.loading.optimize_pipeline`)."""
     import torch
 
+    if spec.family == FLUX_FAMILY:
+        return open_flux_checkpoint(spec.checkpoint, spec.cache / "configs", config_dir=spec.config_dir,
+                                    clip_l=spec.clip_l, t5xxl=spec.t5xxl, vae=spec.vae,
+                                    t5_tokenizer=spec.t5_tokenizer, dtype=getattr(torch, spec.dtype),
+                                    device=spec.device)
     config_dir = spec.config_dir or checkpoint_config_dir(spec.checkpoint, spec.family, spec.cache / "configs")
     pipe = open_pipeline(spec.checkpoint, spec.family, config_dir, vae=spec.vae, allow_pickle=spec.allow_pickle,
                          prediction_type=spec.prediction if spec.prediction != "epsilon" else None,
@@ -76,14 +87,16 @@ def pipeline_drawer(pipe, family: str, batch_size: int) -> Callable[[Sequence[Im
     :meth:`generation.lora.LoraAdapters.activate`); the images are drawn with the LoRAs that did load, and excluded."""
     current: list[tuple[LoraSpec, ...]] = [()]
     partial: list[list[str]] = [[]]  # the flags of the active LoRAs
-    adapters = LoraAdapters(pipe, family)  # each LoRA file loaded once per pipeline, adapters switched per batch
+    flux = family == FLUX_FAMILY  # its own LoRA formats and drawing (generation/flux_lora.py, generation/flux.py)
+    adapters = (FluxLoraAdapters(pipe) if flux else LoraAdapters(pipe, family))  # each file loaded once per pipeline
 
     def draw_batch(batch: Sequence[ImageJob]) -> list:
         if batch[0].loras != current[0]:
             problems = adapters.activate(batch[0].loras)
             partial[0] = [f"{PARTIAL_FLAG}: {status}" for status in problems.values()]
             current[0] = batch[0].loras
-        drawn = draw(pipe, family, [j.request for j in batch], batch_size=batch_size)
+        requests = [j.request for j in batch]
+        drawn = draw_flux(pipe, requests, batch_size) if flux else draw(pipe, family, requests, batch_size=batch_size)
         return [(image, flags + partial[0]) for image, flags in drawn]
 
     return draw_batch
