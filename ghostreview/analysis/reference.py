@@ -167,3 +167,20 @@ def check_benchmark(ref: Reference, benchmark: Mapping[str, object], where: str)
         raise ReferenceError(f"{where}: reference {ref.name!r} was frozen on benchmark {ref.benchmark.get('name')} "
                              f"{ref.benchmark.get('version')} (digest {mine}), this review runs "
                              f"{benchmark.get('name')} {benchmark.get('version')} (digest {theirs}); {FIX}")
+
+
+def load_for_review(directory: Path, name: str, benchmark: Mapping[str, object]) -> Reference:
+    """The reference set ``name`` of ``directory``, read, validated and checked against ``benchmark``."""
+    path = reference_path(directory, name)
+    ref = read_reference(path)
+    check_benchmark(ref, benchmark, str(path))
+    return ref
+
+
+def review_meta(ref: Reference | None, models: pd.DataFrame) -> dict[str, object]:
+    """What standardize's meta records of the reference (the report names it): name (``pool`` without one), the
+    anchors (model, family, sha256) and ``anchors_reviewed``, the reviewed models that are anchors themselves."""
+    if ref is None:
+        return {"name": POOL, "anchors": [], "anchors_reviewed": []}
+    return {"name": ref.name, "anchors": [dict(a) for a in ref.anchors],
+            "anchors_reviewed": ref.anchor_models(models)}
