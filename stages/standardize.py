@@ -9,6 +9,7 @@ import pandas as pd
 
 from ghostreview import validate
 from ghostreview.analysis.aggregate import UNDRAWN_COLUMNS, made_with_map, manifests, models_table, undrawn_rows
+from ghostreview.analysis.reference import POOL, Reference, ReferenceError, load_for_review, review_meta
 from ghostreview.analysis.standardize import standardize
 from ghostreview.errors import stage_main
 from ghostreview.protocol import benchmark_digest
@@ -17,11 +18,22 @@ from ghostreview.scoring.table import VALUE_COLUMNS, read_scores
 from ghostreview.util.runtime import progress_bar
 
 
+def reference_set(directory: Path, name: str, benchmark: dict, params_path: Path) -> Reference | None:
+    """None for ``pool``, else the named reference set (a problem names standardize.reference and the file)."""
+    if name == POOL:
+        return None
+    try:
+        return load_for_review(directory, name, benchmark)
+    except ReferenceError as exc:
+        raise ReferenceError(f"standardize.reference: {name!r} in {params_path}: {exc}") from exc
+
+
 @stage_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--images", required=True, type=Path, help="generate outputs (for model.json)")
     ap.add_argument("--scores", required=True, type=Path, help="score directory: <model>/<metric>.csv")
+    ap.add_argument("--references", required=True, type=Path, help="reference sets: <name>.json")
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--params", default="params.yaml", type=Path)
     args = ap.parse_args(argv)
@@ -34,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
         models = models_table(args.images, names)
         bench = validate.benchmark(params, root, str(args.params))
         s = params.standardize
+        digest = {"name": bench.name, "version": bench.version, "digest": benchmark_digest(bench)}
+        ref = reference_set(args.references, s.reference, digest, args.params)
         # the review's judges only: a registered judge it does not compute gets no undrawn rows and no ranking
         judges = {n: REGISTRY[n] for n in params.scoring.judges}
         scores = read_scores(args.scores, names, VALUE_COLUMNS)  # what standardize reads of a score row
@@ -45,10 +59,12 @@ def main(argv: list[str] | None = None) -> None:
         result = standardize(
             scores, models, judges, made_with_map(bench, models), n_boot=s.bootstrap, seed=s.seed, ci=s.confidence,
             good_threshold=params.scoring.aesthetic.good_threshold, combined=validate.combined_judges(params),
+            reference=None if ref is None else ref.groups,
         )
         bar.update()
         # which benchmark the scores answer: reports are comparable only when name, version and digest match
-        result.meta["benchmark"] = {"name": bench.name, "version": bench.version, "digest": benchmark_digest(bench)}
+        result.meta["benchmark"] = digest
+        result.meta["reference"] = review_meta(ref, models)
         result.write(args.out)
         bar.update()
     print(f"standardize: {len(names)} models, {len(result.images)} score rows -> {args.out}")
