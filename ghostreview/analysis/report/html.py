@@ -69,6 +69,7 @@ from ghostreview.analysis.report.tables import (
     leaderboard_frame,
     lora_problems,
 )
+from ghostreview.analysis.report.stability import stability_html
 from ghostreview.analysis.report.targets import Targets
 from ghostreview.analysis.standardize import COMBINED, Standardized, parse_flags
 from ghostreview.scoring.metric import MetricInfo
@@ -769,7 +770,7 @@ def leaderboard_note(meta: dict, shown: Mapping[str, Shown]) -> str:
 
 def nav_html(sections: Sequence[tuple[str, str]]) -> str:
     links = [("leaderboard-section", "Leaderboard"), ("pairwise", "A beats B"), ("agreement", "Judge agreement"),
-             ("plots", "Plots"),
+             ("stability", "Stability"), ("plots", "Plots"),
              ("problems", "Flags"), ("grids", "Grids"), *sections]
     return "<nav>" + " · ".join(f'<a href="#{esc(a)}">{esc(t)}</a>' for a, t in links) + "</nav>"
 
@@ -791,6 +792,7 @@ def page_html(result: Standardized, shown: Mapping[str, Shown], board: pd.DataFr
 {leaderboard_html(board, shown, metrics, raw, combined_over(meta))}</section>
 <section id="pairwise"><h2>A beats B</h2>{pairwise_html(result, shown, order, names)}</section>
 <section id="agreement"><h2>Judge agreement</h2>{agreement_html(result, shown, order, names)}</section>
+<section id="stability"><h2>Stability, claims and the planner</h2>{stability_html(result, shown, names)}</section>
 <section id="plots"><h2>Plots</h2>{plots_html(pngs)}</section>
 <section id="problems"><h2>Unsupported / incompatible LoRA pairs</h2>
 {frame_html(lora_problems(result), "lora-problems")}
