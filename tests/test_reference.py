@@ -160,3 +160,33 @@ def test_names_and_missing_files(tmp_path):
             reference_path(tmp_path, bad)
     with pytest.raises(ReferenceError, match="no such reference set"):
         read_reference(tmp_path / "nope.json")
+
+
+def test_freeze_reference_and_plan_commands(tmp_path):
+    from typer.testing import CliRunner
+
+    from ghostreview.cli import app
+
+    scores, models = review(ANCHORS)
+    result = standardize(scores, models, METRICS, {}, n_boot=20, n_splits=5)
+    result.meta["benchmark"] = BENCH
+    result.write(tmp_path / "std")
+    for name, sha in zip(models["model"], models["sha256"]):
+        (tmp_path / "img" / name).mkdir(parents=True)
+        (tmp_path / "img" / name / "model.json").write_text(json.dumps(
+            {"family": "sd15", "checkpoint_name": f"{name}.safetensors", "sha256": sha, "autov2": sha[:10],
+             "random_weights": True}))
+    params = tmp_path / "params.yaml"
+    params.write_text("models:\n" + "".join(f"  {m}:\n    checkpoint: {m}.safetensors\n" for m in ANCHORS))
+    args = ["freeze-reference", "v1", "--params", str(params), "--standardized", str(tmp_path / "std"),
+            "--images", str(tmp_path / "img"), "--out", str(tmp_path / "refs")]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    ref = read_reference(tmp_path / "refs" / "v1.json")
+    assert [a["model"] for a in ref.anchors] == list(ANCHORS) and len(ref.groups) == 6 + 3 + 2
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 2 and "frozen once" in again.output
+    planned = CliRunner().invoke(app, ["plan", "--standardized", str(tmp_path / "std"), "--seeds", "1,4",
+                                       "--seconds-per-image", "2"])
+    assert planned.exit_code == 0, planned.output
+    assert "aesthetic (general): variance of z" in planned.output and "gpu_hours" in planned.output

@@ -40,6 +40,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
+from ghostreview.analysis.standardize import Standardized
+
 SEED_OPTIONS = (1, 2, 4, 8, 16)
 PLAN_COLUMNS = ("metric", "task", "seeds", "items", "items_for_half_width", "items_for_power", "half_width",
                 "difference_half_width", "power", "images_per_model", "images", "gpu_hours")
@@ -150,9 +152,12 @@ def plan_rows(c: Components, *, target_half_width: float, difference: float, tar
     return out
 
 
-def components_table(images: pd.DataFrame, metric_tasks: dict[str, str], *, centered: bool) -> list[Components]:
-    """``components`` of each metric of ``metric_tasks`` (standardize's meta: metric -> task) scored in ``images``."""
-    return [components(images, m, t, centered=centered) for m, t in metric_tasks.items()]
+def review_components(result: Standardized) -> list[Components]:
+    """``components`` of every registered metric a finished review scored (its meta ``metric_tasks``), centered
+    unless it was standardized against a reference set."""
+    tasks = result.meta.get("metric_tasks") or {}
+    centered = result.meta.get("standardization", "pool") == "pool"
+    return [components(result.images, str(m), str(t), centered=centered) for m, t in dict(tasks).items()]
 
 
 def plan_table(comps: Sequence[Components], *, target_half_width: float, difference: float, target_power: float,
@@ -163,3 +168,17 @@ def plan_table(comps: Sequence[Components], *, target_half_width: float, differe
                                                 target_power=target_power, ci=ci, seeds=seeds,
                                                 seconds_per_image=seconds_per_image)]
     return pd.DataFrame(rows, columns=list(PLAN_COLUMNS))
+
+
+def plan_text(plan: pd.DataFrame, comps: Sequence[Components], ci: float) -> str:
+    """What ``ghostreview plan`` prints: each metric's components and design, then its plan rows."""
+    lines = []
+    for c in comps:
+        now = half_width(c, c.n_items, c.n_seeds, ci) if c.n_items >= 2 else math.nan
+        lines.append(f"{c.metric} ({c.task}): variance of z by item {c.prompt:.4f}, model x item {c.interaction:.4f}, "
+                     f"seed {c.seed:.4f}; now {c.n_items} items x {c.n_seeds:.3g} seeds x {c.n_models} models, "
+                     f"predicted half-width {now:.3f}")
+        rows = plan[plan["metric"] == c.metric]
+        lines.append(rows.drop(columns=["metric", "task"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        lines.append("")
+    return "\n".join(lines)

@@ -184,3 +184,19 @@ def review_meta(ref: Reference | None, models: pd.DataFrame) -> dict[str, object
         return {"name": POOL, "anchors": [], "anchors_reviewed": []}
     return {"name": ref.name, "anchors": [dict(a) for a in ref.anchors],
             "anchors_reviewed": ref.anchor_models(models)}
+
+
+def freeze_review(standardized_dir: Path, images_dir: Path, names: list[str], name: str, out_dir: Path) -> Path:
+    """``ghostreview freeze-reference``: freeze the finished review in ``standardized_dir`` (models ``names``, their
+    model.json under ``images_dir``) as reference ``name`` in ``out_dir``; returns the file written. An existing
+    file of that name is refused: a reference is frozen once (re-freezing would silently move every score)."""
+    from ghostreview.analysis.aggregate import models_table
+
+    path = reference_path(out_dir, name)
+    if path.exists():
+        raise ReferenceError(f"{path} exists: a reference set is frozen once; choose a new name (e.g. {name}-2)")
+    try:
+        result = Standardized.read(standardized_dir)
+    except FileNotFoundError as exc:
+        raise ReferenceError(str(exc)) from exc
+    return write_reference(freeze(result, models_table(images_dir, names), name), out_dir)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ghostreview.analysis.planning import Components, components_table, half_width, plan_table
+from ghostreview.analysis.planning import Components, half_width, plan_table, review_components
 from ghostreview.analysis.report.display import Shown
 from ghostreview.analysis.report.metrics import number
 from ghostreview.analysis.standardize import COMBINED, Standardized
@@ -187,13 +187,6 @@ def planner_html(result: Standardized, shown: Mapping[str, Shown], comps: Sequen
                           "Images per model"], rows, "planner-plan"))
 
 
-def planner_components(result: Standardized) -> list[Components]:
-    """The planner's components of every registered metric standardize scored (meta ``metric_tasks``)."""
-    tasks = result.meta.get("metric_tasks") or {}
-    centered = result.meta.get("standardization", "pool") == "pool"
-    return components_table(result.images, {str(m): str(t) for m, t in dict(tasks).items()}, centered=centered)
-
-
 def stability_html(result: Standardized, shown: Mapping[str, Shown], names: Mapping[str, str]) -> str:
     """The "Stability" section's body: standardization, split-half tau, drift, claims, planner."""
     taus = table_html(["Metric", "Split-half tau (median)", "Interval over splits", "Models", "Items per half",
@@ -204,4 +197,4 @@ def stability_html(result: Standardized, shown: Mapping[str, Shown], names: Mapp
             "has half the items, so the full review's order is more stable than this.</p>" + taus
             + "<h3>Drift</h3>" + drift_html(result, shown, names)
             + "<h3>Claims after correction</h3>" + claims_html(result, shown, names)
-            + "<h3>Planner</h3>" + planner_html(result, shown, planner_components(result)))
+            + "<h3>Planner</h3>" + planner_html(result, shown, review_components(result)))
