@@ -133,6 +133,53 @@ def leaderboard(
     print_leaderboard(path, fmt=fmt.value)
 
 
+@app.command("freeze-reference")
+def freeze_reference(
+    name: str = typer.Argument(..., help="reference set name (a slug): references/<name>.json"),
+    params: Path = typer.Option(Path("params.yaml"), help="params file of the finished review"),
+    standardized: Path = typer.Option(Path("data/standardized"), help="the standardize stage's output"),
+    images: Path = typer.Option(Path("data/images"), help="the generate stages' output (model.json)"),
+    out: Path = typer.Option(Path("references"), help="folder of reference sets (the standardize stage's dep)"),
+) -> None:
+    """Freeze the finished review's per-item means and spreads as reference set NAME (its models the anchors)."""
+    from ghostreview.analysis.reference import freeze_review
+    from ghostreview.errors import UserError
+    from ghostreview.validate import load
+
+    try:  # params, reference and manifest problems are UserErrors naming the file and the fix
+        path = freeze_review(standardized, images, list(load(params).models), name, out)
+    except UserError as exc:
+        _fail(str(exc))
+    typer.echo(f"{path}: frozen; commit it (git add {path}), set standardize.reference: {name} in {params} and run "
+               "dvc repro")
+
+
+@app.command()
+def plan(
+    standardized: Path = typer.Option(Path("data/standardized"), help="the standardize stage's output"),
+    half_width: float = typer.Option(0.05, help="target half-width of a model's score interval (z)"),
+    difference: float = typer.Option(0.2, help="difference (z) between two models to separate"),
+    power: float = typer.Option(0.8, help="target chance of separating them"),
+    seeds: str = typer.Option("1,2,4,8,16", help="seed counts per item to plan for, comma-separated"),
+    seconds_per_image: float | None = typer.Option(None, help="measured GPU seconds per image (for GPU hours)"),
+) -> None:
+    """How many items and seeds a review needs, from the variance components of a finished one."""
+    from ghostreview.analysis.planning import plan_table, plan_text, review_components
+    from ghostreview.analysis.standardize import Standardized
+
+    try:
+        counts = [int(k) for k in seeds.split(",")]
+        result = Standardized.read(standardized)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(f"{exc} (--seeds takes integers such as 1,2,4)")
+    if not (half_width > 0 and difference > 0 and 0 < power < 1 and all(k >= 1 for k in counts)):
+        _fail("--half-width and --difference must be > 0, --power in (0, 1), each of --seeds >= 1")
+    ci, comps = float(result.meta.get("ci", 0.95)), review_components(result)
+    table = plan_table(comps, target_half_width=half_width, difference=difference, target_power=power, ci=ci,
+                       seeds=counts, seconds_per_image=seconds_per_image)
+    typer.echo(plan_text(table, comps, ci))
+
+
 @app.command("import-infotext")
 def import_infotext(
     images: list[Path] = typer.Argument(..., help="header images saved with their A1111 parameters (PNG, JPEG, WebP)"),
