@@ -386,6 +386,11 @@ class ModelParams(Checked):
     config: str | None = None
     allow_pickle: bool = False
     title: str | None = None
+    # Flux (docs/flux.md): the separate files of a transformer-only checkpoint (``vae`` is its ae.safetensors), and
+    # for a real-size model the T5 tokenizer folder (tokenizer_2 of FLUX.1-dev); the kit's stand-ins need none.
+    clip_l: str | None = None
+    t5xxl: str | None = None
+    t5_tokenizer: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
