@@ -100,7 +100,7 @@ ALLOWED = {
     "scoring": {"errors", "util", "protocol", "generation"},  # generation: prompt syntax (LoRA tags) only
     "analysis": {"errors", "util", "protocol", "generation", "scoring"},  # contracts only: see below
     "arena": {"errors", "util", "protocol", "generation", "scoring", "analysis"},  # contracts only; tau from analysis
-    "kit": {"errors", "util", "protocol", "generation", "scoring"},
+    "kit": {"errors", "util", "protocol", "generation", "scoring", "arena"},  # arena: the demo's synthetic votes
     "validate": {"errors", "util", "protocol", "generation", "scoring", "config"},
     "import_infotext": {"errors", "util", "protocol", "generation", "scoring"},
     "models_cli": {"errors", "util", "protocol", "generation", "validate"},
