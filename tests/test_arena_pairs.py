@@ -17,10 +17,11 @@ def chooser(models=("a", "b", "c", "d"), warmup=5, seed=0) -> PairChooser:
     return PairChooser(pairs, random.Random(seed), warmup=warmup)
 
 
-def test_model_pairs_need_the_same_slot_and_prompt():
+def test_model_pairs_meet_on_the_slots_both_have():
+    """The same item and seed; a base's prompt prefix ("score_9, cat") does not keep two models apart."""
     im = [ArenaImage("a", SLOTS[0], "1", Path("x"), "cat"), ArenaImage("b", SLOTS[0], "2", Path("x"), "cat"),
-          ArenaImage("c", SLOTS[0], "3", Path("x"), "dog"), ArenaImage("c", SLOTS[1], "4", Path("x"), "cat")]
-    assert model_pairs(im) == {("a", "b"): [SLOTS[0]]}
+          ArenaImage("c", SLOTS[0], "3", Path("x"), "score_9, cat"), ArenaImage("c", SLOTS[1], "4", Path("x"), "cat")]
+    assert model_pairs(im) == {("a", "b"): [SLOTS[0]], ("a", "c"): [SLOTS[0]], ("b", "c"): [SLOTS[0]]}
 
 
 def test_flagged_images_are_never_shown():

@@ -1,7 +1,9 @@
 """Which two images the arena shows next, and the images it may show.
 
 The images: every unflagged image of the review's manifests, grouped by benchmark slot (task, item, seed); two
-models can meet on a slot when both have an image of it with the same prompt.
+models meet on every slot both have an image of (the same benchmark item and seed; the page shows the prompt of
+``model_a``, which differs from the other's only by a base's prompt prefix, data/benchmark/v1/bases.yaml). LoRA
+items are family-specific (SDXL's names end in _xl), so only models of one family meet on them.
 
 The rule (:class:`PairChooser`):
 1. Balance first. While some model pair has fewer than ``warmup`` votes, the next pair is drawn uniformly among the
@@ -53,7 +55,7 @@ def arena_images(manifests: Mapping[str, Iterable[Mapping[str, str]]], images_di
 
 
 def model_pairs(images: Sequence[ArenaImage]) -> dict[tuple[str, str], list[Slot]]:
-    """{(a, b) with a < b: the slots both show with the same prompt, sorted}: where two models can meet."""
+    """{(a, b) with a < b: the slots both have an image of, sorted}: where two models can meet."""
     by_slot: dict[Slot, dict[str, ArenaImage]] = {}
     for im in images:
         by_slot.setdefault(im.slot, {})[im.model] = im
@@ -63,8 +65,7 @@ def model_pairs(images: Sequence[ArenaImage]) -> dict[tuple[str, str], list[Slot
         names = sorted(shown)
         for i, a in enumerate(names):
             for b in names[i + 1:]:
-                if shown[a].prompt == shown[b].prompt:
-                    pairs.setdefault((a, b), []).append(slot)
+                pairs.setdefault((a, b), []).append(slot)
     return pairs
 
 
@@ -79,7 +80,8 @@ class PairChooser:
     def __init__(self, pairs: Mapping[tuple[str, str], Sequence[Slot]], rng: random.Random,
                  warmup: int = 5, floor: float = 0.05) -> None:
         if not pairs:
-            raise ValueError("no two models share a slot with the same prompt: nothing to compare")
+            raise ValueError("no two models have an image of the same benchmark item and seed: nothing to compare "
+                             "(the arena needs two generated models or more)")
         self.pairs = {k: list(v) for k, v in pairs.items()}
         self.rng, self.warmup, self.floor = rng, warmup, floor
         self.n: Counter[tuple[str, str]] = Counter()
