@@ -28,7 +28,7 @@ DEMO_MODELS = {
     "tiny-sdxl-a": ("sdxl", 3),
     "tiny-sd15-c": ("sd15", 4),
 }
-KIT_VERSION = "2"  # 2: the HPSv2.1 and PickScore stand-ins
+KIT_VERSION = "3"  # 2: the HPSv2.1 and PickScore stand-ins; 3: the Flux stand-ins
 STAMP = "kit.json"
 REFS_PER_STYLE = 4
 
@@ -73,6 +73,7 @@ def _write_kit(tmp: Path, bench: Benchmark, seed: int, image_size: int, stamp: d
     for style in bench.styles:
         steps.append(partial(write_style_references, tmp / "style_refs" / style.reference_dir, style.name,
                              REFS_PER_STYLE, _seed(seed, style.name), image_size))
+    steps += flux_steps(tmp, seed)
     steps += [partial(write_tiny_clip, tmp / "scorers" / "clip", seed),
               partial(write_tiny_laion_head, tmp / "scorers" / "laion_head.pth", seed),
               partial(write_tiny_vgg19, tmp / "scorers" / "vgg19_features.safetensors", seed),
@@ -81,6 +82,20 @@ def _write_kit(tmp: Path, bench: Benchmark, seed: int, image_size: int, stamp: d
     for step in progress_bar(steps, desc="kit", unit="files"):
         step()
     (tmp / STAMP).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
+
+
+def flux_steps(tmp: Path, seed: int) -> list[Callable[[], object]]:
+    """The Flux stand-ins (kit/flux.py, docs/flux.md): an all-in-one dev file, the same model as a transformer-only
+    file with separate CLIP-L, T5 and VAE files (``models/tiny-flux-dev-split/``), and a LoRA in each format."""
+    from ghostreview.kit import flux
+
+    s = seed * 1000 + 5
+    return [partial(flux.write_all_in_one, tmp / "models" / "tiny-flux-dev.safetensors", "flux1-dev", s),
+            partial(flux.write_transformer_only, tmp / "models" / "tiny-flux-dev-split", "flux1-dev", s),
+            partial(flux.write_kohya_lora, tmp / "loras" / "flux" / "tiny-flux-kohya.safetensors", "flux1-dev",
+                    _seed(seed, "flux", "kohya")),
+            partial(flux.write_diffusers_lora, tmp / "loras" / "flux" / "tiny-flux-aitoolkit.safetensors",
+                    "flux1-dev", _seed(seed, "flux", "kohya"))]
 
 
 def _stamp_matches(dest: Path, stamp: dict) -> bool:
