@@ -13,6 +13,7 @@ recognise and load them; this module writes the random weights in the real layou
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -41,6 +42,7 @@ def _meta_models(configs: Mapping[str, dict]) -> dict[str, torch.nn.Module]:
                 "vae": AutoencoderKL.from_config(configs["vae"])}
 
 
+@functools.lru_cache(maxsize=2)  # the kit writes one model in two layouts; callers never modify the tensors
 def tiny_state_dicts(variant: str, seed: int) -> dict[str, dict[str, torch.Tensor]]:
     """Deterministic diffusers/transformers-named weights {component: state_dict} of the tiny ``variant``.
 
