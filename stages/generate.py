@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from ghostreview.errors import UserError, about, about_paths, stage_main
@@ -61,10 +62,14 @@ def draw_settings(g: GenerationParams, over: BaseSettings = BaseSettings()) -> D
 
 
 def model_settings(params: Params, model: str, resolved: ModelBase, bench: Benchmark) -> BaseSettings:
-    """The model entry's settings over its base's (bases.yaml, for its prediction type)."""
+    """The model entry's settings over its base's (bases.yaml, for its prediction type). A sampler the entry names
+    takes the entry's schedule type (None: the name alone decides, as for generation.sampler), not its base's."""
     m = params.models[model]
     own = BaseSettings(m.sampler, m.schedule_type, m.steps, m.cfg_scale, m.clip_skip, m.width, m.height)
-    return own.over(base_protocol(bench, resolved.base).settings_for(resolved.prediction))
+    below = base_protocol(bench, resolved.base).settings_for(resolved.prediction)
+    if m.sampler is not None:
+        below = dataclasses.replace(below, schedule_type=None)
+    return own.over(below)
 
 
 def settings_for(params: Params, model: str, ckpt: CheckpointFile, root: Path,
