@@ -1,0 +1,244 @@
+"""Checkpoint bases: detection from the file (modelspec metadata, v_pred / ztsnr markers), conflicts with the model
+entry, bases.yaml (prompt conventions and settings per base) and how a model's settings are resolved."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT
+
+from ghostreview import config
+from ghostreview.config import ConfigError, parse_params
+from ghostreview.generation import bases, loading
+from ghostreview.generation.bases import BaseError, read_file_base, resolve_base
+from ghostreview.generation.families import FAMILIES
+from ghostreview.generation.loading import CheckpointFile
+from ghostreview.generation.plan import sampler_name
+from ghostreview.kit.sd import write_tiny_checkpoint
+from ghostreview.protocol import (
+    BaseProtocol,
+    BaseSettings,
+    BenchmarkError,
+    base_protocol,
+    benchmark_items,
+    load_benchmark,
+    parse_bases,
+)
+
+V1 = ROOT / "data" / "benchmark" / "v1"
+FEW = {"general": 2, "style": 2, "lora": 1}
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> dict[str, dict]:
+    """The tensor shapes of the tiny SD1 and SDXL checkpoints (their real key layout), by family."""
+    root = tmp_path_factory.mktemp("bases")
+    return {f: dict(loading.inspect_checkpoint(write_tiny_checkpoint(root / f"{f}.safetensors", f, 1)).shapes)
+            for f in FAMILIES}
+
+
+def ckpt(shapes, family: str, metadata: dict | None = None, markers: tuple[str, ...] = ()) -> CheckpointFile:
+    keys = {**shapes[family], **{m: [0] for m in markers}}
+    return CheckpointFile(Path(f"/models/{family}.safetensors"), "safetensors", keys, metadata or {})
+
+
+def test_copies_and_families_agree():
+    assert config.BASES == bases.BASES
+    assert loading.ZTSNR_KEY == bases.ZTSNR_KEY
+    assert set(bases.BASE_FAMILIES) == set(bases.BASES) and set(bases.BASE_FAMILIES.values()) <= set(FAMILIES)
+    assert {bases.BASE_FAMILIES[b] for b in bases.PLAIN_BASES.values()} == set(bases.PLAIN_BASES)
+    assert bases.bases_of("sdxl") == ("sdxl", "pony", "illustrious", "noobai") and bases.bases_of("sd15") == ("sd15",)
+
+
+def test_file_says_nothing(shapes):
+    told = read_file_base(ckpt(shapes, "sdxl"))
+    assert (told.architecture, told.prediction, told.ztsnr, told.family) == (None, None, False, None)
+    assert resolve_base(ckpt(shapes, "sdxl")) == bases.ModelBase("sdxl", "sdxl", "epsilon", False)
+    assert resolve_base(ckpt(shapes, "sd15")) == bases.ModelBase("sd15", "sd15", "epsilon", False)
+
+
+def test_markers_and_modelspec_are_read(shapes):
+    marked = ckpt(shapes, "sdxl", markers=("v_pred", "ztsnr"))
+    told = read_file_base(marked)
+    assert (told.prediction, told.ztsnr) == ("v_prediction", True) and "'v_pred' key" in told.prediction_source
+    assert marked.ztsnr
+    assert resolve_base(marked, "noobai") == bases.ModelBase("noobai", "sdxl", "v_prediction", True)
+    spec = ckpt(shapes, "sdxl", {"modelspec.architecture": "stable-diffusion-xl-v1-base",
+                                 "modelspec.prediction_type": "v"})
+    assert read_file_base(spec).family == "sdxl" and resolve_base(spec, "pony").prediction == "v_prediction"
+    said_eps = ckpt(shapes, "sdxl", {"modelspec.prediction_type": "epsilon"})
+    assert resolve_base(said_eps).prediction == "epsilon"
+    # v_pred alone (no ztsnr): v-prediction on the model's own schedule, as A1111 and ComfyUI do
+    assert resolve_base(ckpt(shapes, "sdxl", markers=("v_pred",))) == bases.ModelBase("sdxl", "sdxl", "v_prediction",
+                                                                                       False)
+
+
+def test_base_of_another_family_is_refused(shapes):
+    with pytest.raises(BaseError) as err:
+        resolve_base(ckpt(shapes, "sd15"), "pony")
+    message = str(err.value)
+    assert all(part in message for part in ("'pony'", "an sdxl base", "/models/sd15.safetensors",
+                                            "an sd15 checkpoint", "sd15"))
+
+
+def test_modelspec_architecture_contradiction_names_both(shapes):
+    lying = ckpt(shapes, "sdxl", {"modelspec.architecture": "stable-diffusion-v1"})
+    with pytest.raises(BaseError) as err:
+        resolve_base(lying, "illustrious")
+    message = str(err.value)
+    assert all(part in message for part in ("'illustrious'", "modelspec.architecture", "'stable-diffusion-v1'",
+                                            "/models/sdxl.safetensors", "an sdxl checkpoint"))
+    # an architecture naming no reviewed base (or an unknown one) decides nothing: the tensor keys do
+    assert resolve_base(ckpt(shapes, "sdxl", {"modelspec.architecture": "something-else"})).base == "sdxl"
+
+
+def test_prediction_contradiction_names_both_the_file_and_the_key(shapes):
+    marked = ckpt(shapes, "sdxl", markers=("v_pred", "ztsnr"))
+    with pytest.raises(BaseError) as err:
+        resolve_base(marked, "noobai", "epsilon")
+    message = str(err.value)
+    assert all(part in message for part in ("'epsilon'", "'v_prediction'", "'v_pred' key",
+                                            "/models/sdxl.safetensors"))
+    assert resolve_base(marked, None, "v_prediction").prediction == "v_prediction"  # agreeing is fine
+    # a file that says nothing lets the entry decide
+    assert resolve_base(ckpt(shapes, "sdxl"), "noobai", "v_prediction").prediction == "v_prediction"
+    spec_eps = ckpt(shapes, "sdxl", {"modelspec.prediction_type": "epsilon"})
+    with pytest.raises(BaseError, match="modelspec.prediction_type = 'epsilon'"):
+        resolve_base(spec_eps, None, "v_prediction")
+    torn = ckpt(shapes, "sdxl", {"modelspec.prediction_type": "epsilon"}, ("v_pred",))
+    with pytest.raises(BaseError, match="'v_pred' key .* says 'epsilon'"):
+        read_file_base(torn)
+
+
+def test_unknown_base_lists_the_valid_ones(shapes):
+    with pytest.raises(BaseError, match="unknown base 'ponyxl'; valid: sd15, sdxl, pony, illustrious, noobai"):
+        resolve_base(ckpt(shapes, "sdxl"), "ponyxl")
+    with pytest.raises(ConfigError, match='models.m.base = .ponyxl. .*Did you mean "pony"'):
+        parse_params({"models": {"m": {"checkpoint": "x", "base": "ponyxl"}}})
+    with pytest.raises(ConfigError, match="models.m.width = 1004 is not a positive multiple of 8"):
+        parse_params({"models": {"m": {"checkpoint": "x", "width": 1004}}})
+
+
+def test_add_model_base_choice(shapes):
+    assert bases.file_base_choice(ckpt(shapes, "sd15")) == "sd15"
+    assert bases.file_base_choice(ckpt(shapes, "sdxl", markers=("v_pred",))) is None  # v-pred is not NoobAI's alone
+
+
+# --------------------------------------------------------------------------------------------------- bases.yaml
+@pytest.fixture(scope="module")
+def bench():
+    return load_benchmark(V1)
+
+
+def test_v1_bases_cover_every_base_with_valid_settings(bench):
+    assert tuple(bench.bases) == bases.BASES
+    for name in ("sd15", "sdxl"):  # the plain bases keep params' settings and prompts.yaml as they are
+        assert bench.bases[name] == BaseProtocol()
+    for name in ("pony", "illustrious", "noobai"):
+        entry = bench.bases[name]
+        for prediction in ("epsilon", "v_prediction"):
+            s = entry.settings_for(prediction)
+            sampler_name(s.sampler, s.schedule_type)  # a sampler we draw with
+            assert (s.width, s.height, s.hires, s.clip_skip) == (1024, 1024, False, 2)
+        assert entry.prompt_prefix and entry.negative_prompt is not None
+    noob = bench.bases["noobai"]
+    assert (noob.settings_for("epsilon").sampler, noob.settings_for("v_prediction").sampler) == ("Euler a", "Euler")
+    assert noob.settings_for("v_prediction").steps == noob.settings.steps  # only what v_prediction names changes
+
+
+def test_bases_yaml_errors_name_the_line_and_fix():
+    with pytest.raises(BenchmarkError, match=r"bases.yaml: bases.ponyy: unknown base 'ponyy'.*Did you mean"):
+        parse_bases({"bases": {"ponyy": {}}})
+    with pytest.raises(BenchmarkError, match=r"bases.pony.steps.*expected a whole number"):
+        parse_bases({"bases": {"pony": {"steps": "25"}}})
+    with pytest.raises(BenchmarkError, match=r"bases.pony.size.*multiples of 8"):
+        parse_bases({"bases": {"pony": {"size": "1004x1024"}}})
+    with pytest.raises(BenchmarkError, match=r"bases.pony.v_prediction.*unknown key.*cfg_scale"):
+        parse_bases({"bases": {"pony": {"v_prediction": {"cfg": 4}}}})
+
+
+def test_a_base_without_entry_is_refused_but_plain_bases_need_none(bench):
+    empty = dataclasses.replace(bench, bases={})
+    assert base_protocol(empty, "sdxl") == BaseProtocol()
+    with pytest.raises(BenchmarkError, match="no entry for base 'pony'"):
+        base_protocol(empty, "pony")
+
+
+def test_base_conventions_keep_subjects_and_seeds(bench):
+    plain = benchmark_items(bench, "sdxl", FEW)
+    assert benchmark_items(bench, "sdxl", FEW, "sdxl") == plain  # the plain base: the images of before
+    pony = benchmark_items(bench, "sdxl", FEW, "pony")
+    conv = bench.bases["pony"]
+    assert [(i.task, i.item, i.seed, i.subject, i.loras) for i in pony] == [
+        (i.task, i.item, i.seed, i.subject, i.loras) for i in plain]
+    for mine, theirs in zip(pony, plain, strict=True):
+        if mine.task == "lora":  # a LoRA's header prompt is its own
+            assert mine == theirs
+            continue
+        assert mine.prompt == f"{conv.prompt_prefix}, {theirs.prompt}"
+        if mine.task == "general":
+            assert (theirs.negative_prompt, mine.negative_prompt) == (bench.negative_prompt, conv.negative_prompt)
+        else:  # the style's own negative first, then the base's instead of prompts.yaml's
+            style = next(s for s in bench.styles if s.name == mine.item)
+            assert mine.negative_prompt.startswith(style.negative_prompt.strip().strip(","))
+            assert mine.negative_prompt.endswith(conv.negative_prompt)
+            assert bench.negative_prompt not in mine.negative_prompt
+
+
+# --------------------------------------------------------------------------------------------------- settings
+@pytest.fixture(scope="module")
+def stage():
+    from conftest import stage_script
+
+    module = stage_script("generate")
+    torch.set_flush_denormal(False)
+    return module
+
+
+def settings(stage, bench, ckpt_file, entry: dict, generation: dict | None = None):
+    params = parse_params({"models": {"m": {"checkpoint": "x.safetensors", **entry}},
+                           "generation": generation or {"sampler": "DPM++ 2M Karras", "steps": 20, "width": 512,
+                                                        "height": 512}})
+    return stage.settings_for(params, "m", ckpt_file, Path("/work"), bench)
+
+
+def test_settings_entry_over_base_over_generation(stage, bench, shapes):
+    plain = settings(stage, bench, ckpt(shapes, "sdxl"), {})
+    g = plain.generation
+    assert (plain.base, g.sampler, g.steps, g.width, g.cfg_scale, plain.clip_skip) == (
+        "sdxl", "DPM++ 2M Karras", 20, 512, 7.0, 1)
+    assert g.hires is not None  # params' hires fix, as before bases
+    pony = settings(stage, bench, ckpt(shapes, "sdxl"), {"base": "pony"})
+    p = pony.generation
+    assert (p.sampler, p.steps, p.cfg_scale, p.width, p.height, p.hires, pony.clip_skip) == (
+        "Euler a", 25, 7.0, 1024, 1024, None, 2)
+    vpred = settings(stage, bench, ckpt(shapes, "sdxl", markers=("v_pred", "ztsnr")), {"base": "noobai"})
+    v = vpred.generation
+    assert (vpred.prediction, v.sampler, v.cfg_scale, v.steps) == ("v_prediction", "Euler", 4.5, 28)
+    own = settings(stage, bench, ckpt(shapes, "sdxl", markers=("v_pred", "ztsnr")),
+                   {"base": "noobai", "width": 64, "height": 96, "steps": 3, "cfg_scale": 3, "sampler": "DPM++ 2M",
+                    "clip_skip": 1})
+    o = own.generation
+    # a sampler named by the entry takes no schedule type from below it: "DPM++ 2M" alone is Uniform
+    assert (o.sampler, o.steps, o.cfg_scale, o.width, o.height, own.clip_skip) == ("DPM++ 2M", 3, 3.0, 64, 96, 1)
+    scheduled = settings(stage, bench, ckpt(shapes, "sdxl"), {"schedule_type": "Karras", "sampler": "Euler"})
+    assert scheduled.generation.sampler == "Euler Karras"
+
+
+def test_settings_errors_name_the_choice(stage, bench, shapes):
+    from ghostreview.generation.plan import SamplerChoiceError
+
+    with pytest.raises(SamplerChoiceError, match="unknown sampler 'Euler aa'"):
+        settings(stage, bench, ckpt(shapes, "sdxl"), {"sampler": "Euler aa"})
+    with pytest.raises(BaseError, match="an sdxl base"):
+        settings(stage, bench, ckpt(shapes, "sd15"), {"base": "noobai"})
+
+
+def test_base_settings_over():
+    low = BaseSettings(sampler="Euler a", steps=25, cfg_scale=7.0)
+    high = BaseSettings(steps=30, width=64)
+    assert high.over(low) == BaseSettings(sampler="Euler a", steps=30, cfg_scale=7.0, width=64)
+    assert BaseSettings().over(low) == low and low.over(BaseSettings()) == low
