@@ -28,7 +28,9 @@ DEMO_MODELS = {
     "tiny-sdxl-a": ("sdxl", 3),
     "tiny-sd15-c": ("sd15", 4),
 }
-KIT_VERSION = "3"  # 2: the HPSv2.1 and PickScore stand-ins; 3: the Flux stand-ins
+# name -> seed: tiny v-prediction SDXL stand-ins with the v_pred and ztsnr markers (kit/vpred.py; NoobAI-XL V-Pred)
+VPRED_MODELS = {"tiny-vpred-a": 5}
+KIT_VERSION = "4"  # 2: the HPSv2.1 and PickScore stand-ins; 3: the Flux stand-ins; 4: the v-pred SDXL stand-in
 STAMP = "kit.json"
 REFS_PER_STYLE = 4
 
@@ -62,6 +64,7 @@ def _write_kit(tmp: Path, bench: Benchmark, seed: int, image_size: int, stamp: d
         steps.append(partial(write_tiny_config_dir, tmp / "configs" / family, family))
     for name, (family, s) in DEMO_MODELS.items():
         steps.append(partial(write_tiny_checkpoint, tmp / "models" / f"{name}.safetensors", family, seed * 1000 + s))
+    steps += vpred_steps(tmp, seed)
     for family, entries in bench.loras.items():
         for entry in entries:
             steps.append(partial(write_tiny_lora, tmp / "loras" / family / entry.file, family,
@@ -82,6 +85,14 @@ def _write_kit(tmp: Path, bench: Benchmark, seed: int, image_size: int, stamp: d
     for step in progress_bar(steps, desc="kit", unit="files"):
         step()
     (tmp / STAMP).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
+
+
+def vpred_steps(tmp: Path, seed: int) -> list[Callable[[], object]]:
+    """The v-pred SDXL stand-ins (:data:`VPRED_MODELS`), under ``models/`` next to the others."""
+    from ghostreview.kit.vpred import write_tiny_vpred_checkpoint
+
+    return [partial(write_tiny_vpred_checkpoint, tmp / "models" / f"{name}.safetensors", seed * 1000 + s)
+            for name, s in VPRED_MODELS.items()]
 
 
 def flux_steps(tmp: Path, seed: int) -> list[Callable[[], object]]:
