@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from ghostreview.config import parse_params
 from ghostreview.generation import loading
 from ghostreview.generation.bases import resolve_base
 from ghostreview.generation.draw import DrawRequest, draw_arrays
@@ -120,3 +121,42 @@ def test_vpred_stand_in_is_byte_identical(tmp_path):
     assert Path(a).read_bytes() == Path(b).read_bytes()
     header = loading.read_safetensors_header(a)
     assert header["v_pred"]["shape"] == [0] and header["ztsnr"]["shape"] == [0]
+
+
+def test_noobai_vpred_review_records_base_settings_and_prompts(tmp_path):
+    """The generate stage's settings (base read from the file, bases.yaml's v-pred settings, the entry's size and
+    steps) reach the draw, every PNG's infotext and manifest row (parsed back) and model.json."""
+    import json
+
+    from conftest import small_benchmark, stage_script
+
+    from ghostreview.generation.generate import run_generate
+    from ghostreview.generation.infotext import read_png_infotext
+    from ghostreview.generation.manifest import read_manifest
+    from ghostreview.protocol import load_benchmark
+
+    bench = load_benchmark(small_benchmark(tmp_path / "bench", general=2, styles=1, loras=1))
+    path = write_tiny_vpred_checkpoint(tmp_path / "tiny-vpred.safetensors", seed=11)
+    params = parse_params({
+        "models": {"v": {"checkpoint": str(path), "base": "noobai", "width": 64, "height": 64, "steps": 2}},
+        "benchmark": {"images_per_item": {"general": 1, "style": 1, "lora": 1}, "tasks": ["general", "style"]},
+        "paths": {"image_store": "store", "cache": "cache"},
+        "generation": {"batch_size": 1, "cpu_threads": 1},
+    })
+    stage = stage_script("generate")
+    torch.set_flush_denormal(False)
+    settings = stage.settings_for(params, "v", loading.inspect_checkpoint(path), tmp_path, bench)
+    run_generate(bench, settings, tmp_path / "out", progress=False)
+    rows = read_manifest(tmp_path / "out")
+    conv = bench.bases["noobai"]
+    assert [r["task"] for r in rows] == ["general", "general", "style"]
+    for row in rows:
+        prompt, negative, fields = parse_infotext(read_png_infotext(tmp_path / "out" / row["image"]))
+        assert prompt == row["prompt"] and prompt.startswith(conv.prompt_prefix + ", ")
+        assert negative == row["negative_prompt"] and negative.endswith(conv.negative_prompt)
+        assert (fields["Sampler"], fields["Schedule type"], fields["CFG scale"], fields["Steps"]) == (
+            "Euler", "Uniform", "4.5", "2")  # Automatic, for Euler, written out
+        assert (fields["Size"], fields["Clip skip"], fields["Noise Schedule"]) == ("64x64", "2", "Zero Terminal SNR")
+        assert "Hires upscale" not in fields and (row["width"], row["height"]) == ("64", "64")
+    model = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert (model["base"], model["prediction"], model["ztsnr"]) == ("noobai", "v_prediction", True)
