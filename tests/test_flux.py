@@ -15,6 +15,7 @@ import torch
 from ghostreview.generation import flux, flux_keys
 from ghostreview.generation.draw import DrawRequest
 from ghostreview.generation.infotext import (
+    flux_fields,
     format_infotext,
     parse_infotext,
     pnginfo,
@@ -202,13 +203,16 @@ def test_draw_through_the_worker_with_forge_infotext(pipe, tmp_path):
                                                                                           np.asarray(image))
     r = job().request
     fields = {"Steps": r.steps, "Sampler": r.sampler,
-              **flux.flux_infotext_fields(r, VARIANT, pipe.scheduler.config), "Seed": r.seed}
+              **flux_fields(*flux.guidance_and_shift(r, VARIANT, pipe.scheduler.config)), "Seed": r.seed}
     text = format_infotext(r.prompt, "", fields)
     image.save(tmp_path / "x.png", pnginfo=pnginfo(text))
     prompt, negative, params = parse_infotext(read_png_infotext(tmp_path / "x.png"))
     assert (prompt, negative, params["CFG scale"], params["Schedule type"]) == (r.prompt, "", "1", "Simple")
     # dev's dynamic shift at 64x64: 16 packed tokens, mu = 0.5 + (16 - 256) * 0.65 / 3840
     assert read_flux_fields(params) == (3.5, round(float(np.exp(0.5 + (16 - 256) * 0.65 / 3840)), 4))
+    schnell = format_infotext(r.prompt, "", {"Steps": 1, **flux_fields(*flux.guidance_and_shift(r, "flux1-schnell", {
+        "shift": 1.0, "use_dynamic_shifting": False}))})
+    assert read_flux_fields(parse_infotext(schnell)[2]) == (None, 1.0)
 
 
 def test_flux_rules_are_checked_before_drawing(pipe):

@@ -50,7 +50,6 @@ from ghostreview.generation.flux_keys import (
     flux_layout,
     flux_variant,
 )
-from ghostreview.generation.infotext import flux_fields
 from ghostreview.generation.loading import CheckpointError, read_safetensors_header
 from ghostreview.generation.samplers import check_flow_sampler
 from ghostreview.generation.tokenizer import write_clip_tokenizer
@@ -481,12 +480,11 @@ def _flux_flags(pipe, req: DrawRequest, image):
     return to_pil(image), flags
 
 
-def flux_infotext_fields(request: DrawRequest, variant: str, scheduler_config: Mapping) -> dict[str, object]:
-    """The Forge fields of a Flux image that differ from SD's: ``CFG scale: 1``, ``Distilled CFG Scale`` (dev
-    only), ``Schedule type: Simple`` (Forge's and ComfyUI's schedule for Flux) and ``Shift``
-    (:func:`shift_of`)."""
-    return flux_fields(variant == "flux1-dev", request.cfg_scale,
-                       shift_of(scheduler_config, request.width, request.height))
+def guidance_and_shift(request: DrawRequest, variant: str, scheduler_config: Mapping) -> tuple[float | None, float]:
+    """What a Flux image's infotext records besides SD's fields (``infotext.flux_fields``): the distilled guidance
+    (None for schnell, which has no guidance embedder) and the shift its sigmas were drawn with (:func:`shift_of`)."""
+    guidance = request.cfg_scale if variant == "flux1-dev" else None
+    return guidance, shift_of(scheduler_config, request.width, request.height)
 
 
 def open_flux_checkpoint(ckpt, cache: Path, *, config_dir: Path | None = None, clip_l: Path | None = None,

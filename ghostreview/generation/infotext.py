@@ -189,11 +189,10 @@ FLUX_SCHEDULE = "Simple"
 SHIFT = "Shift"
 
 
-def flux_fields(has_guidance: bool, guidance: float, shift: float) -> dict[str, object]:
+def flux_fields(guidance: float | None, shift: float) -> dict[str, object]:
     """The infotext fields of a Flux image ({"Schedule type", "CFG scale", "Distilled CFG Scale", "Shift"});
-    schnell (``has_guidance`` False) writes no Distilled CFG Scale."""
-    return {"Schedule type": FLUX_SCHEDULE, "CFG scale": 1, DISTILLED_CFG: guidance if has_guidance else None,
-            SHIFT: shift}
+    schnell (``guidance`` None: no guidance embedder) writes no Distilled CFG Scale."""
+    return {"Schedule type": FLUX_SCHEDULE, "CFG scale": 1, DISTILLED_CFG: guidance, SHIFT: shift}
 
 
 def read_flux_fields(params: Mapping[str, str]) -> tuple[float | None, float | None]:
