@@ -24,6 +24,9 @@ PIXEL_MODULES = (
     "ghostreview/generation/ldm_keys.py",
     "ghostreview/generation/topology.py",  # shipped and tiny configs (loading builds config dirs from them)
     "ghostreview/generation/tokenizer.py",
+    "ghostreview/generation/flux.py",  # Flux loading, configs, T5 tokenizer, drawing
+    "ghostreview/generation/flux_keys.py",
+    "ghostreview/generation/flux_lora.py",
 )
 # Single functions of modules whose other code cannot alter a pixel (plans, manifests, the store).
 PIXEL_FUNCTIONS = {
