@@ -35,7 +35,8 @@ from ruamel.yaml.comments import CommentedMap
 
 from ghostreview import validate
 from ghostreview.errors import UserError
-from ghostreview.generation.loading import PICKLE_SUFFIXES, CheckpointError, inspect_checkpoint
+from ghostreview.generation.bases import BaseError, ModelBase, bases_of, read_file_base, resolve_base
+from ghostreview.generation.loading import PICKLE_SUFFIXES, CheckpointError, CheckpointFile, inspect_checkpoint
 from ghostreview.generation.plan import ModelIdentity
 from ghostreview.util.atomic import write_text_atomic
 from ghostreview.util.hashing import file_sha256
@@ -91,11 +92,13 @@ def params_path(path: Path, root: Path) -> str:
 
 
 def model_entry(checkpoint: str, *, vae: str | None = None, clip_skip: int | None = None,
-                allow_pickle: bool = False, title: str | None = None) -> dict[str, Any]:
+                allow_pickle: bool = False, title: str | None = None, base: str | None = None) -> dict[str, Any]:
     """The params entry of one model, in the order the README shows; keys left at their default are omitted."""
     entry: dict[str, Any] = {"checkpoint": checkpoint}
     if vae is not None:
         entry["vae"] = vae
+    if base is not None:
+        entry["base"] = base
     if clip_skip is not None:
         entry["clip_skip"] = clip_skip
     if allow_pickle:
@@ -103,6 +106,21 @@ def model_entry(checkpoint: str, *, vae: str | None = None, clip_skip: int | Non
     if title is not None:
         entry["title"] = title
     return entry
+
+
+def model_base(ckpt: CheckpointFile, base: str | None) -> ModelBase:
+    """The base add-model reviews ``ckpt`` under: ``base`` checked against the file, or the file's own
+    (``bases.resolve_base``). A v-prediction file with no ``base`` is refused with the choices: its base's settings
+    decide how it is drawn (NoobAI's v-pred versions sample with Euler only), and the file cannot say which it is."""
+    told = read_file_base(ckpt)
+    if base is None and told.prediction == "v_prediction":
+        raise ModelsError(f"{ckpt.path}: a v-prediction {ckpt.family} checkpoint ({told.prediction_source}); its base "
+                          f"decides the prompts and settings it is drawn with: pass --base, one of "
+                          f"{', '.join(bases_of(ckpt.family))} (noobai for NoobAI-XL V-Pred and its merges)")
+    try:
+        return resolve_base(ckpt, base)
+    except BaseError as exc:
+        raise ModelsError(f"--base: {exc}") from exc
 
 
 def check_vae_file(path: Path, allow_pickle: bool) -> None:
@@ -359,8 +377,12 @@ def _hash_cache(params: validate.Params, root: Path) -> Path:
 
 
 def add_model(params_file: Path, checkpoint: Path, *, name: str | None = None, vae: Path | None = None,
-              clip_skip: int | None = None, allow_pickle: bool = False, title: str | None = None) -> AddedModel:
+              clip_skip: int | None = None, allow_pickle: bool = False, title: str | None = None,
+              base: str | None = None) -> AddedModel:
     """Validate ``checkpoint`` (and ``vae``), hash it, and add ``models.<name>`` to ``params_file``.
+
+    ``base`` (checked against the file: :func:`model_base`) is written when given; without it the entry names none
+    and the generate stage reads the base from the file (the family's plain base: sd15, sdxl).
 
     Raises:
         ModelsError / CheckpointError / validate.ParamsError: unreadable or unsupported files, a bad or duplicate
@@ -371,12 +393,13 @@ def add_model(params_file: Path, checkpoint: Path, *, name: str | None = None, v
     source = str(params_file)
     ckpt = inspect_checkpoint(checkpoint, allow_pickle=allow_pickle)  # read once
     family = ckpt.family  # refuses what GhostReview cannot review (SD2)
+    resolved = model_base(ckpt, base)
     if vae is not None:
         check_vae_file(Path(vae), allow_pickle)
     name = name if name is not None else slug_from_filename(checkpoint)
     pickles = [p for p in (checkpoint, vae) if p is not None and Path(p).suffix.lower() in PICKLE_SUFFIXES]
     entry = model_entry(params_path(checkpoint, root), vae=params_path(vae, root) if vae is not None else None,
-                        clip_skip=clip_skip, allow_pickle=allow_pickle and bool(pickles), title=title)
+                        clip_skip=clip_skip, allow_pickle=allow_pickle and bool(pickles), title=title, base=base)
     doc = load_roundtrip(params_file)
     add_entry(doc, name, entry, source)
     params = validated(doc, source)
@@ -387,7 +410,8 @@ def add_model(params_file: Path, checkpoint: Path, *, name: str | None = None, v
     write_text_atomic(params_file, dump_text(doc))
     return AddedModel(name, family, checkpoint.stem, sha, vae_sha, clip_skip=clip_skip or 1,
                       random_weights=ckpt.random_weights, vae_file=Path(vae).name if vae else None,
-                      checkpoint=entry["checkpoint"], same_file_as=tuple(same))
+                      checkpoint=entry["checkpoint"], same_file_as=tuple(same), base=resolved.base,
+                      prediction=resolved.prediction, ztsnr=resolved.ztsnr)
 
 
 def remove_model(params_file: Path, name: str, lock_file: Path | None = None) -> RemovedModel:
