@@ -279,6 +279,8 @@ def add_model(
                                     help="model name (slug) in params and stage names; default: from the file name"),
     vae: Path | None = typer.Option(None, help="single-file VAE to draw with"),
     clip_skip: int | None = typer.Option(None, help="clip skip in A1111 numbering (2 for most anime models)"),
+    base: str | None = typer.Option(None, help="checkpoint base: sd15, sdxl, pony, illustrious or noobai (its prompts "
+                                               "and settings; default: from the file)"),
     title: str | None = typer.Option(None, help="name shown in the report"),
     allow_pickle: bool = typer.Option(False, help="accept a pickle .ckpt (loaded with torch.load(weights_only=True))"),
     params: Path = typer.Option(Path("params.yaml"), help="params file to edit (comments and order are kept)"),
@@ -291,7 +293,7 @@ def add_model(
 
     try:
         added = models_cli.add_model(params, path, name=name, vae=vae, clip_skip=clip_skip, allow_pickle=allow_pickle,
-                                     title=title)
+                                     title=title, base=base)
     except (models_cli.ModelsError, CheckpointError, ParamsError, FileNotFoundError) as exc:
         _fail(str(exc))
     for other in added.same_file_as:
@@ -299,7 +301,11 @@ def add_model(
                     f"are reviewed, as two models. If that was not meant, `ghostreview remove-model {added.name}`.",
                     fg=typer.colors.YELLOW, err=True)
     typer.echo(f"added models.{added.name} to {params}: {added.family} checkpoint {added.checkpoint} "
-               f"(AutoV2 {added.autov2}, sha256 {added.sha256}). Run `dvc repro` to review it.")
+               f"(AutoV2 {added.autov2}, sha256 {added.sha256}), base {added.base}"
+               f"{', v-prediction' if added.prediction == 'v_prediction' else ''}. Run `dvc repro` to review it.")
+    if base is None and added.base == "sdxl":
+        typer.echo("note: reviewed as a plain SDXL fine-tune; for a Pony, Illustrious or NoobAI model pass --base "
+                   "pony|illustrious|noobai (their prompt conventions and settings, data/benchmark/v1/bases.yaml).")
 
 
 @app.command("remove-model")
