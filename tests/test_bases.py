@@ -242,3 +242,30 @@ def test_base_settings_over():
     high = BaseSettings(steps=30, width=64)
     assert high.over(low) == BaseSettings(sampler="Euler a", steps=30, cfg_scale=7.0, width=64)
     assert BaseSettings().over(low) == low and low.over(BaseSettings()) == low
+
+
+# --------------------------------------------------------------------------------------------------- add-model
+def test_add_model_writes_a_checked_base(tmp_path):
+    import yaml
+
+    from ghostreview.kit.vpred import write_tiny_vpred_checkpoint
+    from ghostreview.models_cli import ModelsError, add_model
+
+    params = tmp_path / "params.yaml"
+    params.write_text("paths:\n  cache: cache\nmodels:\n", encoding="utf-8")
+    xl = write_tiny_checkpoint(tmp_path / "xl.safetensors", "sdxl", 2)
+    sd = write_tiny_checkpoint(tmp_path / "sd.safetensors", "sd15", 2)
+    vp = write_tiny_vpred_checkpoint(tmp_path / "vp.safetensors", 2)
+    assert add_model(params, xl, name="p", base="pony").base == "pony"
+    plain = add_model(params, sd, name="s")  # nothing to choose: the file's family has one base
+    assert plain.base == "sd15"
+    with pytest.raises(ModelsError, match=r"--base: base 'pony' is an sdxl base, but .*sd.safetensors is an sd15"):
+        add_model(params, sd, name="s2", base="pony")
+    with pytest.raises(ModelsError, match=r"v-prediction sdxl checkpoint \(the 'v_pred' key\).*pass --base, one of "
+                                          r"sdxl, pony, illustrious, noobai"):
+        add_model(params, vp, name="v")
+    added = add_model(params, vp, name="v", base="noobai")
+    assert (added.base, added.prediction, added.ztsnr) == ("noobai", "v_prediction", True)
+    entries = yaml.safe_load(params.read_text())["models"]
+    assert entries["p"]["base"] == "pony" and entries["v"]["base"] == "noobai" and "base" not in entries["s"]
+    assert set(entries) == {"p", "s", "v"}  # the refused ones wrote nothing
