@@ -106,3 +106,27 @@ def test_stale_and_foreign_votes_are_counted(tmp_path):
     votes.loc[1, "model_a"] = "a-removed-model"  # sorts before every demo model: still the layout's model_a
     result = arena_review(votes, KNOWN_ORDER, images, {}, {}, n_boot=10, seed=0, ci=0.95)
     assert result.meta["stale"] == 1 and result.meta["other_models"] == 1 and result.meta["votes"] == 39
+
+
+def test_the_report_section_states_its_basis_and_escapes_names(tmp_path):
+    from ghostreview.analysis.report.arena import arena_html, read_arena
+    from ghostreview.analysis.report.display import Shown
+
+    votes = read_votes(VOTES)
+    paths = write_review(tmp_path, votes)
+    from ghostreview.arena.pairs import review_images
+    from ghostreview.arena.review import oriented_image_values, oriented_model_scores
+    from ghostreview.scoring.table import read_scores
+
+    images = review_images(paths["images"], KNOWN_ORDER)
+    per_image = oriented_image_values(read_scores(paths["scores"], KNOWN_ORDER), {"aesthetic": True})
+    scores = oriented_model_scores(pd.read_csv(paths["standardized"] / "scores.csv"), ["aesthetic"])
+    arena_review(votes, KNOWN_ORDER, images, per_image, scores, 50, 0, 0.95).write(tmp_path / "out")
+    shown = {"aesthetic": Shown("aesthetic", "Aesthetic <b>", "", True)}
+    page = arena_html(read_arena(tmp_path / "out"), shown, {"demo-sd15-a": "A <script>x</script>"})
+    assert "600 votes by 12 voters — all synthetic" in page and "not cast by people" in page
+    assert "Aesthetic &lt;b&gt; rank" in page and "A &lt;script&gt;x&lt;/script&gt;" in page and "<script>" not in page
+    assert page.count("<tr>") == 1 + 3 + 1 + 1 + 1 + 3  # ranking (head + 3), judges (head + 1), pairs (head + 3)
+    no_votes = arena_review(votes.head(0), KNOWN_ORDER, images, {}, {}, 10, 0, 0.95)
+    no_votes.write(tmp_path / "none")
+    assert "No votes between this review's models yet" in arena_html(read_arena(tmp_path / "none"), shown, {})

@@ -23,7 +23,8 @@ from ghostreview.arena.pairs import ArenaImage
 from ghostreview.arena.ratings import Ratings, battles, judge_table, pair_table, rate, rating_table
 from ghostreview.util.atomic import write_text_atomic
 
-RESULT_FILES = ("ratings.csv", "pairs.csv", "judges.csv", "meta.json")
+RESULT_FILES = ("ratings.csv", "pairs.csv", "judges.csv", "judge_ranks.csv", "meta.json")
+JUDGE_RANK_COLUMNS = ["model", "judge", "rank"]
 METHOD = ("Bradley-Terry as LMArena fits it (ties and both-bad count as half a win each), 1000 + 400/ln 10 x the "
           "log-odds scale; intervals: bootstrap over voters (each resample draws the voters with replacement, "
           "each with all their votes)")
@@ -49,11 +50,12 @@ class ArenaResult:
     ratings: pd.DataFrame
     pairs: pd.DataFrame
     judges: pd.DataFrame
+    judge_ranks: pd.DataFrame
     meta: dict
 
     def write(self, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
-        for name in ("ratings", "pairs", "judges"):
+        for name in ("ratings", "pairs", "judges", "judge_ranks"):
             write_text_atomic(out / f"{name}.csv", getattr(self, name).to_csv(index=False, lineterminator="\n"))
         write_text_atomic(out / "meta.json", json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
 
@@ -70,7 +72,17 @@ def arena_review(votes: pd.DataFrame, models: Sequence[str], images: Sequence[Ar
             "stale": stale, "decided": int(mine["winner"].isin(["model_a", "model_b"]).sum()), "n_boot": n_boot,
             "seed": seed, "ci": ci, "method": METHOD, "models": list(models)}
     return ArenaResult(rating_table(r, ci), pair_table(mine), judge_table(resolved, r, per_image, model_scores, ci),
-                       meta)
+                       judge_ranks(model_scores, models), meta)
+
+
+def judge_ranks(model_scores: Mapping[str, Mapping[str, float]], models: Sequence[str]) -> pd.DataFrame:
+    """``JUDGE_RANK_COLUMNS``: each judge's rank of each model it scores (1 = best, ties sharing the best rank), to
+    set beside the human ranking."""
+    rows = []
+    for judge, scores in model_scores.items():
+        ranked = {m: scores[m] for m in models if m in scores and scores[m] == scores[m]}
+        rows += [(m, judge, 1 + sum(v > x for v in ranked.values())) for m, x in ranked.items()]
+    return pd.DataFrame(rows, columns=JUDGE_RANK_COLUMNS)
 
 
 def oriented_image_values(scores: pd.DataFrame, judges: Mapping[str, bool]) -> dict[str, dict[str, float]]:
