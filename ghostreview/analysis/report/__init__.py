@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ghostreview.analysis.report.arena import ArenaTables
 from ghostreview.analysis.report.metrics import write_metrics_json
 from ghostreview.analysis.report.tables import fmt as fmt_number
 from ghostreview.analysis.report.tables import fmt_rank, write_tables
@@ -26,7 +27,7 @@ from ghostreview.scoring.metric import MetricInfo
 def write_report(result: Standardized, scores: pd.DataFrame, manifests: Mapping[str, pd.DataFrame],
                  models: pd.DataFrame, images_root: str | Path, out_dir: str | Path, *,
                  metrics: Mapping[str, MetricInfo], targets: Targets | None = None, cache: Path | None = None,
-                 workers: int = 1) -> dict[str, Path]:
+                 workers: int = 1, arena: ArenaTables | None = None) -> dict[str, Path]:
     """Write the tables, ``plots/``, ``index.html``, the grid ``pages/`` and the ``images/`` they link to into
     ``out_dir``; returns {name: path} of the main files.
 
@@ -35,7 +36,8 @@ def write_report(result: Standardized, scores: pd.DataFrame, manifests: Mapping[
     scorers and torch. targets: the style reference and LoRA header images the grids show next to the generated
     ones, and the LoRA tables' families (``targets.benchmark_targets``); None: grids without targets. cache: the
     rendition cache (``html.renditions``: renditions made once and reused by later reports; None: all made anew).
-    workers: processes rendering images.
+    workers: processes rendering images. arena: the arena stage's tables (``arena.read_arena``), for the index's
+    arena section.
     """
     # matplotlib and seaborn load only when a report is written, not for ``print_leaderboard``
     from ghostreview.analysis.report.html import write_html
@@ -46,7 +48,7 @@ def write_report(result: Standardized, scores: pd.DataFrame, manifests: Mapping[
                                                Path(out_dir) / "metrics.json")
     pngs = write_plots(result, scores, models, out_dir, metrics=metrics)
     paths["index.html"] = write_html(result, scores, manifests, models, images_root, out_dir, metrics=metrics,
-                                     plot_pngs=pngs, targets=targets, cache=cache, workers=workers)
+                                     plot_pngs=pngs, targets=targets, cache=cache, workers=workers, arena=arena)
     paths["pages"] = Path(out_dir) / "pages"
     paths["images"] = Path(out_dir) / "images"
     return paths

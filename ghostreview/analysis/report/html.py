@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from ghostreview.analysis.report import agreement
+from ghostreview.analysis.report.arena import ArenaTables, arena_html
 from ghostreview.analysis.report.display import Shown, losses, shown_metrics
 from ghostreview.analysis.report.inputs import REPORT_COLUMNS
 from ghostreview.analysis.report.plots import render
@@ -770,15 +771,15 @@ def leaderboard_note(meta: dict, shown: Mapping[str, Shown]) -> str:
 
 def nav_html(sections: Sequence[tuple[str, str]]) -> str:
     links = [("leaderboard-section", "Leaderboard"), ("pairwise", "A beats B"), ("agreement", "Judge agreement"),
-             ("stability", "Stability"), ("plots", "Plots"),
+             ("stability", "Stability"), ("arena", "Arena"), ("plots", "Plots"),
              ("problems", "Flags"), ("grids", "Grids"), *sections]
     return "<nav>" + " · ".join(f'<a href="#{esc(a)}">{esc(t)}</a>' for a, t in links) + "</nav>"
 
 
 def page_html(result: Standardized, shown: Mapping[str, Shown], board: pd.DataFrame, pngs: Mapping[str, bytes],
-              contents: str, sections: Sequence[tuple[str, str]] = ()) -> str:
+              contents: str, sections: Sequence[tuple[str, str]] = (), arena: ArenaTables | None = None) -> str:
     """The index document. shown: ``shown_metrics(result, registry)``; contents: ``contents_html`` of the grid
-    pages; sections: their (anchor, heading)."""
+    pages; sections: their (anchor, heading); arena: the arena stage's tables (``report.arena.read_arena``)."""
     script, style = static()
     metrics = [m for m in shown if m != COMBINED]
     meta, raw = result.meta, result.meta.get("raw_metric", "aesthetic")
@@ -793,6 +794,7 @@ def page_html(result: Standardized, shown: Mapping[str, Shown], board: pd.DataFr
 <section id="pairwise"><h2>A beats B</h2>{pairwise_html(result, shown, order, names)}</section>
 <section id="agreement"><h2>Judge agreement</h2>{agreement_html(result, shown, order, names)}</section>
 <section id="stability"><h2>Stability, claims and the planner</h2>{stability_html(result, shown, names)}</section>
+<section id="arena"><h2>Arena: people's votes</h2>{arena_html(arena, shown, names)}</section>
 <section id="plots"><h2>Plots</h2>{plots_html(pngs)}</section>
 <section id="problems"><h2>Unsupported / incompatible LoRA pairs</h2>
 {frame_html(lora_problems(result), "lora-problems")}
@@ -806,7 +808,7 @@ def write_html(result: Standardized, scores: pd.DataFrame, manifests: Mapping[st
                models: pd.DataFrame, images_root: str | Path, out_dir: str | Path, *,
                metrics: Mapping[str, MetricInfo], plot_pngs: Mapping[str, bytes] | None = None,
                targets: Targets | None = None, thumb_px: int = 320, cache: Path | None = None, workers: int = 1,
-               max_cells: int = MAX_CELLS) -> Path:
+               max_cells: int = MAX_CELLS, arena: ArenaTables | None = None) -> Path:
     """Write ``<out_dir>/index.html``, ``pages/`` and ``images/`` (see the module docstring); returns the index's path.
 
     manifests: model -> its manifest table (images at ``images_root/<model>/<image>``). metrics: the registry the
@@ -816,6 +818,7 @@ def write_html(result: Standardized, scores: pd.DataFrame, manifests: Mapping[st
     family is the one of the models that drew it. thumb_px: longest side of a thumbnail; smaller images are their
     own thumbnail. cache: the rendition cache directory (``renditions``; None: every rendition is made anew).
     workers: rendering processes. max_cells: generated images per grid page (``split_grid`` cuts larger items).
+    arena: the arena stage's tables (the section says there are none when None).
     """
     check_manifests(manifests)
     shown = shown_metrics(result, metrics)
@@ -851,5 +854,5 @@ def write_html(result: Standardized, scores: pd.DataFrame, manifests: Mapping[st
 
     with rendering_pool(workers) as pool:
         replace_dir(out / PAGES, build_pages, sync_all=True)
-    index = page_html(result, shown, board, pngs, contents_html(pages), sections_of(pages))
+    index = page_html(result, shown, board, pngs, contents_html(pages), sections_of(pages), arena)
     return write_atomic(out / "index.html", lambda f: f.write(index.encode("utf-8")))
