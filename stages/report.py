@@ -12,6 +12,7 @@ from pathlib import Path
 from ghostreview import validate
 from ghostreview.analysis.aggregate import models_table
 from ghostreview.analysis.report import write_report
+from ghostreview.analysis.report.arena import read_arena
 from ghostreview.analysis.report.inputs import read_manifests, read_report_scores, shared_hashes
 from ghostreview.analysis.report.stability import write_stability_json
 from ghostreview.analysis.report.targets import Targets, benchmark_targets
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--standardized", required=True, type=Path)
     ap.add_argument("--images", required=True, type=Path)
     ap.add_argument("--scores", required=True, type=Path)
+    ap.add_argument("--arena", type=Path, default=None, help="the arena stage's output (human ranking, judges)")
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--params", default="params.yaml", type=Path)
     args = ap.parse_args(argv)
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         bar.update()
         paths = write_report(standardized, scores, grids, models, args.images, args.out, metrics=REGISTRY,
                              targets=grid_targets, cache=rendition_cache(params, args.params),
-                             workers=len(os.sched_getaffinity(0)))
+                             workers=len(os.sched_getaffinity(0)), arena=args.arena and read_arena(args.arena))
         paths["stability.json"] = write_stability_json(standardized, args.out / "stability.json")  # dvc metrics
         bar.update()
     print("report: " + ", ".join(str(p) for p in paths.values()))
