@@ -28,6 +28,7 @@ PACKAGE = "ghostreview"
 PACKAGE_DATA = {
     "ghostreview/generation/topology.py": "ghostreview/generation/configs",
     "ghostreview/analysis/report/html.py": "ghostreview/analysis/report/static",
+    "ghostreview/arena/server.py": "ghostreview/arena/static",  # the voting page (no stage imports the server)
 }
 
 
