@@ -50,7 +50,8 @@ def test_both_formats_give_the_same_peft_deltas(setup):
     """kohya's alpha / rank folded into lora_A equals the diffusers file's pre-scaled lora_A (kit: same deltas)."""
     a = flux_lora.peft_state_dict(flux_lora.read_lora(setup["kohya"]), setup["config"])
     b = flux_lora.peft_state_dict(flux_lora.read_lora(setup["diffusers"]), setup["config"])
-    assert set(a) == set(b) and len(a) > 100
+    # (lora_A, lora_B) x (2 double blocks x 7 diffusers modules + 4 single blocks x 5)
+    assert set(a) == set(b) and len(a) == 2 * (2 * 7 + 4 * 5)
     assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-6) for k in a)
     # the fused qkv delta splits into q, k and v with lora_A shared
     assert "transformer.transformer_blocks.0.attn.to_k.lora_B.weight" in a

@@ -58,7 +58,8 @@ from ghostreview.util.atomic import create_dir_once
 
 FP8_DTYPES = ("F8_E4M3", "F8_E4M3FNUZ", "F8_E5M2", "F8_E5M2FNUZ")
 SCALED_FP8_MARKERS = ("scaled_fp8",)
-T5_MAX_TOKENS = 512  # FluxPipeline's max_sequence_length for dev and schnell (schnell was trained with 256)
+T5_MAX_TOKENS = 512  # T5 positions of dev (BFL's reference sampler: 512 for dev, 256 for schnell)
+T5_MAX_TOKENS_SCHNELL = 256
 SEPARATE_FILES = ("clip_l", "t5xxl", "vae")
 
 def check_flux_layout(shapes: Mapping[str, list[int]], name: str) -> str:
@@ -119,15 +120,17 @@ def fp8_tensor_count(path: Path) -> int:
 
 # ---------------------------------------------------------------------------------------------------- configs
 
-# The tiny stand-in topology: real depths (19 double + 38 single blocks, 12 CLIP-L layers, 24 T5 layers, 4 VAE
-# levels), narrow widths. in_channels stays 64 (16 latent channels x 2x2 patches); axes_dims_rope sums to the head
-# width as (16, 56, 56) sums to 128; pooled_projection_dim is CLIP's width, joint_attention_dim T5's.
+# The tiny stand-in topology: narrow widths and shallow stacks (2 double + 4 single blocks, 2 T5 layers; CLIP-L keeps
+# its 12). Depth is not part of the format (block counts are read from the keys), and every forward carries T5's
+# 512 positions: at the real 19 + 38 blocks a 4-image batch took 3.6 s per 4 steps on this CPU, at 2 + 4 about a
+# tenth. in_channels stays 64 (16 latent channels x 2x2 patches); axes_dims_rope sums to the head width as
+# (16, 56, 56) sums to 128; pooled_projection_dim is CLIP's width, joint_attention_dim T5's.
 TINY_OVERRIDES: dict[str, dict] = {
     "transformer": {"attention_head_dim": 8, "num_attention_heads": 2, "axes_dims_rope": [2, 2, 4],
-                    "joint_attention_dim": 16, "pooled_projection_dim": 24},
+                    "joint_attention_dim": 16, "pooled_projection_dim": 24, "num_layers": 2, "num_single_layers": 4},
     "vae": {"block_out_channels": [8, 16, 32, 32], "norm_num_groups": 8, "sample_size": 64},
     "text_encoder": {"hidden_size": 24, "projection_dim": 24, "intermediate_size": 64, "num_attention_heads": 2},
-    "text_encoder_2": {"d_model": 16, "d_kv": 4, "d_ff": 32, "num_heads": 4},
+    "text_encoder_2": {"d_model": 16, "d_kv": 4, "d_ff": 32, "num_heads": 4, "num_layers": 2},
 }
 COMPONENT_FILES = {"scheduler": "scheduler_config.json"}
 
@@ -455,10 +458,11 @@ def draw_flux(pipe, requests: Sequence[DrawRequest], batch_size: int | None = No
     ignores it); the scheduler is the pipeline's FlowMatchEuler with the config's shift (dev: dynamic, mu from the
     image size, :func:`shift_of`). One CPU generator per image seeded with its seed; every forward holds
     ``batch_size`` images (short batches padded with copies that are dropped), as :func:`generation.draw.draw`.
-    Flags: ``nan`` / ``black`` as for SD, ``text_truncated`` when T5 cuts the prompt at :data:`T5_MAX_TOKENS`.
+    Flags: ``nan`` / ``black`` as for SD, ``text_truncated`` when T5 cuts the prompt (:func:`t5_max_tokens`).
     """
     first = check_flux_requests(requests)
     size = batch_size or len(requests)
+    tokens = t5_max_tokens(pipe)
     out = []
     for start in range(0, len(requests), size):
         chunk = list(requests[start:start + size])
@@ -466,16 +470,21 @@ def draw_flux(pipe, requests: Sequence[DrawRequest], batch_size: int | None = No
         images = pipe(prompt=[r.prompt for r in padded], guidance_scale=first.cfg_scale,
                       num_inference_steps=first.steps, width=first.width, height=first.height,
                       generator=[torch.Generator("cpu").manual_seed(int(r.seed)) for r in padded],
-                      max_sequence_length=T5_MAX_TOKENS, output_type="np").images
-        out += [_flux_flags(pipe, req, image) for req, image in zip(chunk, images, strict=False)]
+                      max_sequence_length=tokens, output_type="np").images
+        out += [_flux_flags(pipe, req, image, tokens) for req, image in zip(chunk, images, strict=False)]
     return out
 
 
-def _flux_flags(pipe, req: DrawRequest, image):
+def t5_max_tokens(pipe) -> int:
+    """T5 positions a Flux pipeline is drawn with: 512 for dev, 256 for schnell (no guidance embedder)."""
+    return T5_MAX_TOKENS if pipe.transformer.config.guidance_embeds else T5_MAX_TOKENS_SCHNELL
+
+
+def _flux_flags(pipe, req: DrawRequest, image, tokens: int):
     flags = image_flags(image)
     if "nan" in flags:  # replaced by black and flagged, never silently (as generation.draw does)
         image = np.zeros_like(image)
-    if t5_token_count(pipe.tokenizer_2, req.prompt) > T5_MAX_TOKENS:
+    if t5_token_count(pipe.tokenizer_2, req.prompt) > tokens:
         flags.append("text_truncated")
     return to_pil(image), flags
 
