@@ -345,6 +345,7 @@ class Project:
                 (ws / entry.name).symlink_to(entry)
         (ws / "data").mkdir()
         (ws / "data/benchmark").symlink_to(self.assets / "data/benchmark")
+        (ws / "data/arena").symlink_to(ROOT / "data/arena")  # the arena stage's votes: committed (the demo's)
         cache = ws / "home/.cache/ghostreview"
         cache.mkdir(parents=True)
         (cache / "configs").symlink_to(self.configs_cache)
