@@ -209,7 +209,7 @@ def test_review_of_one_model(review):
     # the workers' command: one model's stages and their inputs (checkparams writes their settings and code files)
     assert ran(worker) == instances(A) | {"checkparams", "refstats"}
     assert drawn(worker) == {A: 4}  # 2 prompts + 1 style + 1 LoRA, one seed each
-    assert ran(rest) == {"standardize", "report"}
+    assert ran(rest) == {"standardize", "arena", "report"}
     assert A in (ws / "reports" / "leaderboard.csv").read_text()
     assert "random" in (ws / "reports" / "leaderboard.md").read_text().lower()  # the demo says what it is
     assert "random weights" in (ws / "reports" / "index.html").read_text().lower()
@@ -253,7 +253,7 @@ def test_a_queued_experiment_on_the_demo_kit_runs_and_records_its_metrics(review
         dvc(ws, "queue", "stop")  # the worker would otherwise idle on for a minute
         dvc(ws, "queue", "remove", "--failed")
     # in the copy (outputs checked out of the cache, kit inputs copied in) only what the setting reaches runs
-    assert ran(logs) == {"checkparams", "standardize", "report"}, logs
+    assert ran(logs) == {"checkparams", "standardize", "arena", "report"}, logs
     assert unchanged(logs) == instances(A) | {"refstats"}, logs
     shown = json.loads(dvc(ws, "exp", "show", "--json"))
     exp = next(e["revs"][0] for base in shown for e in base["experiments"] or [] if e["revs"][0]["name"] == "boot50")
@@ -276,10 +276,10 @@ def test_add_model_keeps_params_comments_and_runs_only_its_stages(review):
     assert changes == [f"+   {B}:", "+     checkpoint: demo/kit/models/tiny-sdxl-a.safetensors", "+     clip_skip: 2"]
     assert "# key: a slug used in stage names" in after  # comments kept
     stale = json.loads(dvc(ws, "status", "--json"))  # (`dvc repro --dry` cannot plan stages whose deps are missing)
-    assert set(stale) == instances(B) | {"checkparams", "standardize", "report"}
+    assert set(stale) == instances(B) | {"checkparams", "standardize", "arena", "report"}
 
     out = dvc(ws, "repro")
-    assert ran(out) == instances(B) | {"checkparams", "standardize", "report"}  # nothing of A, not refstats
+    assert ran(out) == instances(B) | {"checkparams", "standardize", "arena", "report"}  # nothing of A, not refstats
     assert drawn(out) == {B: 4}
     board = (ws / "reports" / "leaderboard.csv").read_text()
     assert A in board and B in board
@@ -339,7 +339,7 @@ def test_scoring_setting_experiment_rescores_without_generating_and_shows_per_mo
     try:
         out = dvc(ws, "exp", "run", "-n", "good5", "-S", "scoring.aesthetic.good_threshold=5.0")
         # the threshold is standardize's (the good-image rate): no score stage's settings file changes
-        assert ran(out) == {"checkparams", "standardize", "report"}
+        assert ran(out) == {"checkparams", "standardize", "arena", "report"}
         assert not drawn(out) and store_pngs(ws) == pngs
         for m in (A, B):  # the threshold only changes the good-image rate: the scores are the same bytes
             assert (ws / "data" / "scores" / m / "aesthetic.csv").read_bytes() == aesthetic[m]
@@ -371,7 +371,7 @@ def test_a_new_style_size_recomputes_only_the_style_metrics_values(review):
         out = dvc(ws, "repro")  # (not --dry: dry runs look the run cache up with the old params)
         assert "refstats" not in restored(out), "the statistics at size 64 were checked out as the ones at 48"
         assert ran(out) == instances(A, ("score",)) | instances(B, ("score",)) | {
-            "checkparams", "refstats", "standardize", "report"}
+            "checkparams", "refstats", "standardize", "arena", "report"}
         for m, counts in scored(out).items():
             style, lora = counts["styleloss"], counts["loraloss"]
             assert counts["aesthetic"][0] == counts["clipscore"][0] == counts["clip image embeddings"][0] == 0, out
@@ -396,7 +396,7 @@ def test_adding_a_judge_to_a_finished_review_computes_only_that_judge(review):
         set_judges(ws / "params.yaml", (*FOUR, "hpsv21", "pickscore"))
         out = dvc(ws, "repro")
         assert ran(out) == instances(A, ("score",)) | instances(B, ("score",)) | {
-            "checkparams", "standardize", "report"}
+            "checkparams", "standardize", "arena", "report"}
         assert not drawn(out) and store_pngs(ws) == pngs
         assert set(scored(out)) == {A, B}
         for m, counts in scored(out).items():
@@ -450,7 +450,7 @@ def test_a_coordinator_restores_the_workers_results_from_the_remote_without_reco
     # so the remote has no copy to check out and the report (seconds) is rewritten, identical; and checkparams, whose
     # output is `persist: true`, which DVC never takes from the run cache (a few seconds: params.yaml checked, the
     # settings and code files written, the same bytes as the workers', so nothing downstream is stale).
-    assert restored(out) == instances(A) | instances(B) | {"refstats", "standardize"}
+    assert restored(out) == instances(A) | instances(B) | {"refstats", "standardize", "arena"}
     assert ran(out) == {"checkparams", "report"}
     assert not (coordinator / "store").exists()  # not one image drawn here
     for directory in ("data/images", "data/scores", "reports"):
@@ -469,7 +469,7 @@ def test_remove_model_takes_it_out_of_params_outputs_lock_and_report(review):
     assert f"/{B}" not in (ws / "data" / "images" / ".gitignore").read_text()
     out = dvc(ws, "repro")
     # the one-model review of the start has exactly these inputs again: its results come from the run cache
-    assert restored(out) | ran(out) == {"checkparams", "standardize", "report"} and "checkparams" in ran(out)
+    assert restored(out) | ran(out) == {"checkparams", "standardize", "arena", "report"} and "checkparams" in ran(out)
     board = (ws / "reports" / "leaderboard.csv").read_text()
     assert A in board and B not in board
     assert "up to date" in dvc(ws, "status").lower()

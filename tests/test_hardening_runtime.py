@@ -268,7 +268,7 @@ def test_sigkill_midway_then_repro_reuses_every_finished_image(killed):
 def test_replaced_checkpoint_reruns_only_its_model(killed):
     ws, env = killed["ws"], killed["env"]
     assert killed["new_sha"] != killed["old_sha"]
-    assert ran_stages(killed["rerun"]) == {f"{s}@demo-sd15-a" for s in STAGES} | {"standardize", "report"}
+    assert ran_stages(killed["rerun"]) == {f"{s}@demo-sd15-a" for s in STAGES} | {"standardize", "arena", "report"}
     model = json.loads((ws / "data/images/demo-sd15-a/model.json").read_text())
     assert model["sha256"] == killed["new_sha"]
     for d in killed["watched"]:  # model B's images and scores, and the reference statistics: byte-identical
