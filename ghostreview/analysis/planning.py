@@ -62,7 +62,10 @@ class Components:
     centered: bool  # pool mode: z centered per item over the models
 
     def item_variance(self, k: float) -> float:
-        """Variance over items of one model's mean z over k seeds (what a score's variance is, times n)."""
+        """Variance over items of one model's mean z over k seeds (what a score's variance is, times n); NaN
+        without 2 models (no components)."""
+        if self.n_models < 2:
+            return math.nan
         within = self.interaction + self.seed / k
         return within * (1 - 1 / self.n_models) if self.centered else self.prompt + within
 
@@ -119,6 +122,8 @@ def difference_half_width(c: Components, n: int, k: float, ci: float) -> float:
 def power(c: Components, n: int, k: float, difference: float, ci: float) -> float:
     """Chance that the interval of two models' difference, truly ``difference`` apart, excludes 0 (per pair)."""
     se = math.sqrt(c.difference_variance(k) / n)
+    if not math.isfinite(se):
+        return math.nan
     return float(norm.cdf(difference / se - quantile(ci))) if se > 0 else 1.0
 
 

@@ -71,6 +71,7 @@ GROUPING_TASK = {"prompt": "general", "style": "style", "lora": "lora"}
 ALL_POOL = "all"
 COMBINED = "combined"
 STD_DDOF = 0
+DRIFT_COLUMNS = ("model", "metric", "score", "score_without_last", "shift")  # Standardized.drift
 
 
 class MetricLike(Protocol):
@@ -141,7 +142,6 @@ class Standardized:
 
 
 TABLES = ("images", "scores", "pairwise", "degenerate", "raw", "agreement", "judge_ranks", "stability", "drift")
-DRIFT_COLUMNS = ("model", "metric", "score", "score_without_last", "shift")
 STRING_COLUMNS = ("model", "model_a", "model_b", "task", "item", "image_hash", "metric", "flags", "family", "pool",
                   "status", "reason", "metric_version", "weights_sha256", "judge_a", "judge_b", "best_by", "worst_by")
 
