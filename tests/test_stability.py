@@ -107,3 +107,22 @@ def test_claims_survive_correction_only_for_real_differences():
     # the normal p-value agrees with the resamples: a pair the bootstrap splits evenly is far from significant
     assert pw.loc[("m0", "m1"), "p_value"] > 0.05 and pw.loc[("m3", "m0"), "p_value"] < 1e-6
     assert r.meta["multiple_comparisons"] == "holm"
+
+
+def test_report_section_and_stability_json_after_a_round_trip(tmp_path):
+    from ghostreview.analysis.report.stability import stability_html, stability_json, write_stability_json
+    from ghostreview.analysis.standardize import Standardized
+
+    r = standardize(*simulated(np.array([0.0, 0.0, 0.0, 2.0])), METRICS, {}, n_boot=200, n_splits=50)
+    r.write(tmp_path / "std")
+    back = Standardized.read(tmp_path / "std")
+    assert back.pairwise["claim"].dtype == bool and back.pairwise["claim"].sum() == r.pairwise["claim"].sum()
+    doc = stability_json(back)
+    assert set(doc) == {"aesthetic", "clipscore", COMBINED, "_claims"}
+    assert doc[COMBINED]["tau"] == pytest.approx(tau_row(r, COMBINED)["tau_median"])
+    assert doc["_claims"]["combined_surviving"] == int(r.pairwise.query("metric == @COMBINED")["claim"].sum()) == 3
+    write_stability_json(back, tmp_path / "stability.json")
+    page = stability_html(back, {}, {m: m.upper() for m in ("m0", "m1", "m2", "m3")})
+    for text in ("Standardization: <b>pool</b>", "Split-half stability", "M3</b>, was added", "M3 beats M0",
+                 "Holm", "planner-plan", "Half-width measured"):
+        assert text in page
