@@ -33,6 +33,7 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -193,7 +194,7 @@ def tiny_t5_vocab() -> list[tuple[str, float]]:
 def write_tiny_t5_tokenizer(dest: Path) -> Path:
     """Save the tiny T5 tokenizer as ``T5TokenizerFast`` files (tokenizer.json + tokenizer_config.json)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import T5TokenizerFast
+    from transformers import T5Tokenizer  # the tokenizers-backed class (T5TokenizerFast is its alias)
 
     tok = Tokenizer(models.Unigram(tiny_t5_vocab(), unk_id=2))
     tok.normalizer = normalizers.Replace(" {2,}", " ")
@@ -201,7 +202,7 @@ def write_tiny_t5_tokenizer(dest: Path) -> Path:
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
                                                        special_tokens=[("</s>", 1)])
-    fast = T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0,
+    fast = T5Tokenizer(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0,
                            model_max_length=T5_MAX_TOKENS)
     fast.save_pretrained(str(dest))
     return dest
@@ -230,7 +231,8 @@ def flux_config_dir(variant: str, cache_root: Path, *, tiny: bool, t5_tokenizer:
                                   "the tokenizer_2 folder of black-forest-labs/FLUX.1-dev (tokenizer.json or "
                                   "spiece.model with tokenizer_config.json)")
         configs = real_configs(variant)
-        files = sorted(p for p in Path(t5_tokenizer).iterdir() if p.is_file())
+        tokenizer_dir = Path(t5_tokenizer)
+        files = sorted(p for p in tokenizer_dir.iterdir() if p.is_file())
         source = json.dumps(configs, sort_keys=True) + "".join(hashlib.sha256(p.read_bytes()).hexdigest()
                                                                for p in files)
     dest = Path(cache_root) / f"{variant}{'-tiny' if tiny else ''}-{_digest(source)}"
@@ -241,7 +243,7 @@ def flux_config_dir(variant: str, cache_root: Path, *, tiny: bool, t5_tokenizer:
         if tiny:
             write_tiny_t5_tokenizer(tmp / "tokenizer_2")
         else:
-            shutil.copytree(t5_tokenizer, tmp / "tokenizer_2")
+            shutil.copytree(tokenizer_dir, tmp / "tokenizer_2")
 
     return create_dir_once(dest, build)
 
@@ -385,7 +387,7 @@ def open_flux_pipeline(files: FluxFiles, config_dir: Path, *, dtype: torch.dtype
         CheckpointError: missing separate files, scaled fp8, tensors that do not fit the config.
     """
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
-    from transformers import CLIPTokenizer, T5TokenizerFast
+    from transformers import CLIPTokenizer, T5Tokenizer
 
     configs = {p.parent.name: json.loads(p.read_text()) for p in sorted(Path(config_dir).glob("*/*config.json"))}
     src = files.sources()
@@ -396,9 +398,9 @@ def open_flux_pipeline(files: FluxFiles, config_dir: Path, *, dtype: torch.dtype
         vae=load_vae(*src["vae"], config_dir, dtype),
         scheduler=FlowMatchEulerDiscreteScheduler.from_config(configs["scheduler"]),
         tokenizer=CLIPTokenizer.from_pretrained(str(Path(config_dir) / "tokenizer"), local_files_only=True),
-        tokenizer_2=T5TokenizerFast.from_pretrained(str(Path(config_dir) / "tokenizer_2"), local_files_only=True),
+        tokenizer_2=T5Tokenizer.from_pretrained(str(Path(config_dir) / "tokenizer_2"), local_files_only=True),
     )
-    return pipe if torch.device(device) == torch.device("cpu") else pipe.to(device)
+    return pipe if torch.device(device) == torch.device("cpu") else cast(Any, pipe).to(device)
 
 
 def t5_token_count(tokenizer, prompt: str) -> int:

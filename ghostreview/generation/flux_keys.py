@@ -34,7 +34,7 @@ EXPECTED_LAYOUT = (
 
 # BFL module name -> the diffusers module names it holds, in order along dim 0 (fused q/k/v, and the single
 # blocks' q/k/v/mlp input projection). RMSNorm gains are ``.scale`` in BFL and ``.weight`` in diffusers.
-TOP = {
+TOP: dict[str, tuple[str, ...]] = {
     "img_in": ("x_embedder",), "txt_in": ("context_embedder",),
     "time_in.in_layer": ("time_text_embed.timestep_embedder.linear_1",),
     "time_in.out_layer": ("time_text_embed.timestep_embedder.linear_2",),
@@ -45,7 +45,7 @@ TOP = {
     "final_layer.linear": ("proj_out",),
     "final_layer.adaLN_modulation.1": ("norm_out.linear",),  # BFL (shift, scale) vs diffusers (scale, shift)
 }
-DOUBLE_BLOCK = {
+DOUBLE_BLOCK: dict[str, tuple[str, ...]] = {
     "img_mod.lin": ("norm1.linear",), "txt_mod.lin": ("norm1_context.linear",),
     "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
     "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
@@ -55,7 +55,7 @@ DOUBLE_BLOCK = {
     "img_mlp.0": ("ff.net.0.proj",), "img_mlp.2": ("ff.net.2",),
     "txt_mlp.0": ("ff_context.net.0.proj",), "txt_mlp.2": ("ff_context.net.2",),
 }
-SINGLE_BLOCK = {
+SINGLE_BLOCK: dict[str, tuple[str, ...]] = {
     "modulation.lin": ("norm.linear",),
     "linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
     "norm.query_norm": ("attn.norm_q",), "norm.key_norm": ("attn.norm_k",),
@@ -66,7 +66,7 @@ SWAPPED_HALVES = ("final_layer.adaLN_modulation.1",)
 
 def module_table(num_layers: int, num_single_layers: int) -> dict[str, tuple[str, ...]]:
     """{BFL module: diffusers modules} of a transformer with these block counts (the whole key table)."""
-    table = dict(TOP)
+    table: dict[str, tuple[str, ...]] = dict(TOP)
     for i in range(num_layers):
         table.update({f"double_blocks.{i}.{k}": tuple(f"transformer_blocks.{i}.{p}" for p in v)
                       for k, v in DOUBLE_BLOCK.items()})
@@ -129,9 +129,9 @@ def diffusers_to_bfl(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.
     out: dict[str, torch.Tensor] = {}
     for module, targets in table.items():
         for param in ("weight", "bias"):
-            parts = [state_dict.get(f"{t}.{param}") for t in targets]
-            if parts[0] is None:
+            if f"{targets[0]}.{param}" not in state_dict:
                 continue
+            parts = [state_dict[f"{t}.{param}"] for t in targets]
             value = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
             if module in SWAPPED_HALVES:
                 value = _swap_halves(value)

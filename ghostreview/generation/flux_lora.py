@@ -38,7 +38,7 @@ PEFT_A, PEFT_B = ".lora_A.weight", ".lora_B.weight"
 SD_KOHYA_PREFIXES = ("lora_unet_down_blocks", "lora_unet_up_blocks", "lora_unet_input_blocks", "lora_unet_mid")
 
 
-def flux_lora_format(shapes: Mapping[str, Sequence[int]]) -> str | None:
+def flux_lora_format(shapes: Mapping[str, object]) -> str | None:
     """"kohya" | "diffusers" for a Flux LoRA's tensor names, None when it is neither."""
     if any(k.startswith((KOHYA_UNET + "double_blocks_", KOHYA_UNET + "single_blocks_")) for k in shapes):
         return "kohya"
@@ -128,6 +128,8 @@ def peft_state_dict(tensors: Mapping[str, torch.Tensor], config: Mapping) -> dic
     """A Flux LoRA's tensors (either format) -> diffusers PEFT names (``transformer.<module>.lora_A/B.weight``),
     ``alpha / r`` folded into lora_A, fused kohya deltas split into their diffusers modules (lora_A shared)."""
     fmt = flux_lora_format(tensors)
+    if fmt is None:
+        raise ValueError(f"not a Flux LoRA (valid formats: {', '.join(FORMATS)}); check flux_lora_status first")
     down, up = (KOHYA_DOWN, KOHYA_UP) if fmt == "kohya" else (PEFT_A, PEFT_B)
     names, hidden = _kohya_names(config), config["num_attention_heads"] * config["attention_head_dim"]
     out = {}
