@@ -116,3 +116,12 @@ def test_plan_meets_its_targets_and_more_seeds_stop_helping():
     assert plan.loc[4, "images"] == plan.loc[4, "items"] * 4 * 10
     assert plan.loc[4, "gpu_hours"] == pytest.approx(plan.loc[4, "images"] * 2.0 / 3600)
     assert power(c, 10_000, 8, 0.2, CI) == pytest.approx(1.0) and power(c, 2, 1, 0.0, CI) < 0.05
+
+
+def test_one_seed_per_item_leaves_the_seed_component_unmeasured_and_plans_conservatively():
+    rng = np.random.default_rng(5)
+    images, _ = image_table(scores(rng, 30, 1), MODELS, METRICS)
+    c = components(images, "aesthetic", "general", centered=True)
+    assert np.isnan(c.seed) and c.n_seeds == 1 and c.interaction > 0
+    # the interaction then holds the one seed's noise: more seeds predict no gain (never an optimistic plan)
+    assert half_width(c, 30, 8, CI) == half_width(c, 30, 1, CI) > 0

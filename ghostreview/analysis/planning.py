@@ -10,7 +10,8 @@ are estimated by the method of moments from the review's usable images (status o
 ``seed`` = the pooled within-cell variance (ddof=1), and from the two-way table of cell means d[i, m] (k = the
 harmonic mean of the seeds per cell) MS_int = sum (d - d_i. - d_.m + d..)^2 / ((I-1)(M-1)) estimates
 interaction + seed / k and MS_item = M sum (d_i. - d..)^2 / (I-1) estimates M prompt + interaction + seed / k,
-negative estimates clipped to 0.
+negative estimates clipped to 0. With one seed per cell (the demo) the seed component cannot be measured: it is NaN,
+the interaction estimate then holds one seed's noise too, and plans for more seeds are conservative (too many items).
 
 A model's score is the mean of its z over n items of k seeds; the bootstrap resamples items, so its variance is the
 variance of a model's item means over items, over n:
@@ -66,12 +67,17 @@ class Components:
         without 2 models (no components)."""
         if self.n_models < 2:
             return math.nan
-        within = self.interaction + self.seed / k
+        within = self.interaction + self.seed_term(k)
         return within * (1 - 1 / self.n_models) if self.centered else self.prompt + within
 
     def difference_variance(self, k: float) -> float:
         """Variance over items of the difference of two models' mean z over k seeds."""
-        return 2 * (self.interaction + self.seed / k)
+        return 2 * (self.interaction + self.seed_term(k))
+
+    def seed_term(self, k: float) -> float:
+        """seed / k; 0 when the seed component is not measured (one seed per cell: ``interaction`` then holds the
+        seed noise of one seed, so a plan for more seeds is conservative)."""
+        return self.seed / k if math.isfinite(self.seed) else 0.0
 
 
 def cell_table(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -101,7 +107,7 @@ def components(images: pd.DataFrame, metric: str, task: str, *, centered: bool) 
     ms_item = float(n_models * ((item_mean - grand) ** 2).sum() / (n_items - 1))
     noise = seed / k_bar if math.isfinite(seed) else 0.0
     return Components(metric, task, max(0.0, (ms_item - ms_int) / n_models), max(0.0, ms_int - noise),
-                      seed if math.isfinite(seed) else 0.0, n_items, k_bar, n_models, centered)
+                      seed, n_items, k_bar, n_models, centered)
 
 
 def quantile(ci: float) -> float:

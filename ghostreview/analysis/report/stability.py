@@ -177,7 +177,8 @@ def planner_html(result: Standardized, shown: Mapping[str, Shown], comps: Sequen
              fmt(r["items_for_power"]), fmt(r["half_width"]), fmt(r["power"], 2), fmt(r["images_per_model"])]
             for r in plan.to_dict("records")]
     return ("<p>Variance components of each metric's z (method of moments): item (prompt), model x item, and seed "
-            "(image noise). More seeds shrink only the seed part; the model x item part needs more items. "
+            "(image noise; — with one seed per item, when model x item holds it and plans for more seeds are "
+            "conservative). More seeds shrink only the seed part; the model x item part needs more items. "
             f"Targets: a model's score within ±{TARGET_HALF_WIDTH} z, and a {TARGET_POWER:.0%} chance of separating "
             f"two models {DIFFERENCE} z apart (per pair). GPU time: the manifests record no per-image times; "
             "<code>ghostreview plan --seconds-per-image S</code> adds it.</p>"
