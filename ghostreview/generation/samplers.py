@@ -324,7 +324,8 @@ def make_scheduler(name: str, base_config: Mapping[str, object], prediction_type
 # FluxPipeline can drive (it passes the dynamic-shift ``mu`` to ``set_timesteps``, which only FlowMatchEuler takes).
 # Forge lists its k-diffusion samplers for Flux too and recommends Euler with the Simple schedule; ComfyUI's flux
 # examples use euler/simple. Not here: "Euler a" (diffusers' flow Euler has no ancestral step matching ComfyUI's
-# rectified-flow euler_ancestral), Heun (FlowMatchHeun takes no mu), the DPM++ family (flow sigmas, no mu).
+# rectified-flow euler_ancestral), Heun (FlowMatchHeun's set_timesteps takes neither mu nor sigmas), the DPM++
+# family (DPMSolverMultistep takes mu but not the custom sigmas FluxPipeline passes; checked on diffusers 0.42.1).
 FLOW_SAMPLERS = {"Euler": "FlowMatchEulerDiscreteScheduler"}
 
 
