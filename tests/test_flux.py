@@ -145,6 +145,15 @@ def test_transformer_only_loads_offline_with_separate_files(files, weights, no_n
     assert_weights(loaded, weights)
 
 
+def test_diffusers_named_transformer_loads(tmp_path, weights, no_network):
+    sep = kit.write_transformer_only(tmp_path, VARIANT, SEED, layout="diffusers")
+    ckpt = inspect_checkpoint(sep["checkpoint"])
+    assert flux_keys.flux_layout(ckpt.shapes) == "diffusers" and ckpt.family == "flux"
+    loaded = load_spec_pipeline(spec(ckpt, tmp_path / "cache", clip_l=sep["clip_l"], t5xxl=sep["t5xxl"],
+                                     vae=sep["vae"]))
+    assert_weights(loaded, weights)
+
+
 def test_transformer_only_without_its_files_names_them(files):
     ckpt = inspect_checkpoint(files["separate"]["checkpoint"])
     with pytest.raises(CheckpointError, match="clip_l: <file>, t5xxl: <file>, vae: <file>"):
