@@ -80,18 +80,21 @@ def start_server(spec: Path, db: Path, port: int) -> subprocess.Popen:
 class Voter:
     """One voter's record: acknowledged vote ids, ids found stored on a resend (409), latencies, errors."""
 
-    acked: list[str] = field(default_factory=list)
-    replayed: list[str] = field(default_factory=list)
-    sent: set[str] = field(default_factory=set)
+    acked: list[str] = field(default_factory=list)  # vote ids
+    replayed: list[str] = field(default_factory=list)  # pair ids answered 409 on a resend
+    sent: set[str] = field(default_factory=set)  # pair ids voted on
     latency: list[float] = field(default_factory=list)
     retries: int = 0
     refused: dict[int, int] = field(default_factory=dict)
 
 
-def nonce(pair: str) -> str:
-    from ghostreview.arena.server import unb64
+def vote_ids(db: Path, pairs: set[str]) -> set[str]:
+    """The vote ids the pair ids stand for (their sealed nonces: opened with the server's key, in the database)."""
+    from ghostreview.arena.db import VoteDB
+    from ghostreview.arena.server import Signer
 
-    return json.loads(unb64(pair.rpartition(".")[0]))["n"]
+    signer = Signer(VoteDB(db).secret())
+    return {signer.unseal("pair", p)["n"] for p in pairs}  # type: ignore[index]
 
 
 def until_up(fn: Callable[[], httpx.Response], me: Voter) -> httpx.Response:
@@ -112,7 +115,7 @@ def vote_loop(base: str, me: Voter, stop: threading.Event, k: int) -> None:
         n = 0
         while not stop.is_set():
             body = {"pair": pair, "choice": choices[(k + n) % 4]}
-            me.sent.add(nonce(pair))
+            me.sent.add(pair)
             t0 = time.perf_counter()
             r = until_up(lambda body=body: c.post("/api/vote", json=body), me)
             if r.status_code == 200:
@@ -120,7 +123,7 @@ def vote_loop(base: str, me: Voter, stop: threading.Event, k: int) -> None:
                 me.acked.append(r.json()["stored"])
                 pair = r.json()["next"]["pair"]
             elif r.status_code == 409:  # stored by the killed server, its answer lost: take a new pair
-                me.replayed.append(nonce(pair))
+                me.replayed.append(pair)
                 pair = until_up(lambda: c.get("/api/pair"), me).json()["pair"]
             else:
                 me.refused[r.status_code] = me.refused.get(r.status_code, 0) + 1
@@ -164,9 +167,9 @@ def run(voters: int, seconds: float, models: int, slots: int) -> dict:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
         ids = stored_ids(db)
+        replayed = vote_ids(db, {p for r in records for p in r.replayed})
+        sent = vote_ids(db, set().union(*(r.sent for r in records)))
     acked = [i for r in records for i in r.acked]
-    replayed = [i for r in records for i in r.replayed]
-    sent = set().union(*(r.sent for r in records))
     lat = sorted(x for r in records for x in r.latency)
     refused: dict[int, int] = {}
     for r in records:

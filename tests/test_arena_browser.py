@@ -4,7 +4,6 @@ as text, and every vote is in the database and in the export."""
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 from pathlib import Path
@@ -15,7 +14,7 @@ from test_arena_server import MODELS, PROMPT, arena_images
 
 from ghostreview.arena.db import VoteDB
 from ghostreview.arena.export import export_votes, read_votes
-from ghostreview.arena.server import ArenaConfig, create_app, unb64
+from ghostreview.arena.server import ArenaConfig, Signer, create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -30,19 +29,20 @@ def free_port() -> int:
 def server(tmp_path):
     config = ArenaConfig(db=tmp_path / "votes.sqlite", images=arena_images(tmp_path / "img"), seed=0)
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="warning"))
+    app = create_app(config)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     while not srv.started:
         thread.join(0.05)
-    yield f"http://127.0.0.1:{port}"
+    yield f"http://127.0.0.1:{port}", app.state.arena.signer
     srv.should_exit = True
     thread.join(10)
 
 
-def side_of(pair_id: str, choice: str) -> str:
-    """The winner a choice makes of a served pair (its signed payload names the model on the left)."""
-    body = json.loads(unb64(pair_id.rpartition(".")[0]))
+def side_of(signer: Signer, pair_id: str, choice: str) -> str:
+    """The winner a choice makes of a served pair (its sealed payload names the model on the left)."""
+    body = signer.unseal("pair", pair_id)
     other = "model_b" if body["l"] == "model_a" else "model_a"
     return {"left": body["l"], "right": other}.get(choice, choice)
 
@@ -52,6 +52,7 @@ def side_of(pair_id: str, choice: str) -> str:
 def test_vote_by_click_and_keys_in_chromium(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
+    server, signer = server
     left: list[str] = []
 
     def guard(route):
@@ -78,7 +79,7 @@ def test_vote_by_click_and_keys_in_chromium(server, tmp_path):
             for n, (how, choice) in enumerate([("click", "left"), ("ArrowRight", "right"), ("2", "tie"),
                                                ("click", "both_bad"), ("1", "left")], start=1):
                 pair = page.get_attribute("body", "data-pair")
-                expected.append(side_of(pair, choice))
+                expected.append(side_of(signer, pair, choice))
                 if how == "click":
                     page.click(f"#vote-{choice}")
                 else:

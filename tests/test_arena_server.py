@@ -62,7 +62,7 @@ def test_a_vote_is_stored_and_the_answer_carries_the_next_pair(voter, tmp_path):
     nxt = r.json()["next"]
     assert nxt["pair"] != pair["pair"]
     (vote,) = VoteDB(tmp_path / "votes.sqlite").votes()
-    body = json.loads(unb64(pair["pair"].rpartition(".")[0]))
+    body = voter.app.state.arena.signer.unseal("pair", pair["pair"])
     assert vote.winner == body["l"] and vote.left_side == body["l"]  # "left" is whichever model was on the left
     left_hash = pair["left"].rsplit("/", 1)[1]
     assert left_hash == (vote.image_a if vote.winner == "model_a" else vote.image_b)
@@ -107,25 +107,32 @@ def test_a_pair_served_to_another_voter_is_refused(tmp_path):
 
 
 def resign(signer: Signer, pair: str, **changes) -> str:
-    body = json.loads(unb64(pair.rpartition(".")[0]))
-    body.update(changes)
-    return signer.sign("pair", b64(json.dumps(body).encode()))
+    return signer.seal("pair", {**signer.unseal("pair", pair), **changes})
+
+
+def test_a_pair_id_does_not_name_its_models(voter):
+    pair = voter.get("/api/pair").json()["pair"]
+    payload = pair.rpartition(".")[0]
+    assert not any(m.encode() in unb64(payload) for m in MODELS) and "model" not in pair
+    assert voter.app.state.arena.signer.unseal("pair", pair)["a"] in MODELS
 
 
 def test_a_forged_model_name_is_refused(voter, tmp_path):
     pair = voter.get("/api/pair").json()["pair"]
     payload, _, tag = pair.rpartition(".")
-    body = json.loads(unb64(payload))
-    body["a"] = "model-x"
-    forged = f"{b64(json.dumps(body).encode())}.{tag}"  # the old tag on the edited names
+    raw = bytearray(unb64(payload))
+    raw[-3] ^= 0x01  # an edited byte of the sealed names, under the old tag
+    forged = f"{b64(bytes(raw))}.{tag}"
     r = voter.post("/api/vote", json={"pair": forged, "choice": "left"})
     assert r.status_code == 403 and r.json()["error"] == "forged"
+    other = Signer(b"\x00" * 32).seal("pair", voter.app.state.arena.signer.unseal("pair", pair))  # another key
+    assert voter.post("/api/vote", json={"pair": other, "choice": "left"}).json()["error"] == "forged"
     # even signed with the arena's own key, a model (or image) this arena does not show is refused
     signer = voter.app.state.arena.signer
     for change in ({"a": "model-x"}, {"ia": "f" * 64}):
         r = voter.post("/api/vote", json={"pair": resign(signer, pair, **change), "choice": "left"})
         assert r.status_code == 403 and r.json()["error"] == "unknown_model"
-    assert stored(tmp_path) == 0 and rejects(tmp_path) == {"forged": 1, "unknown_model": 2}
+    assert stored(tmp_path) == 0 and rejects(tmp_path) == {"forged": 2, "unknown_model": 2}
 
 
 @pytest.mark.parametrize("body, status, reason", [

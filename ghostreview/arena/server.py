@@ -5,7 +5,8 @@ never stored):
 - A host that is not loopback needs a join token (:func:`check_host`); the page sets a voter cookie only for a
   request carrying it. On loopback anyone who reaches the port may vote.
 - Each voter is a random id in an HMAC-signed cookie (``no_voter``: missing or forged cookie, 401).
-- Each served pair is a signed pair id naming the voter, the slot, both models, their images and the sides. A vote
+- Each served pair is a pair id naming the voter, the slot, both models, their images and the sides, encrypted (the
+  voter cannot read the models' names from it) and signed under the database's secret. A vote
   must answer a pair id signed by this server (``forged``, 403) for this voter (``other_voter``, 403), naming models
   and images this arena shows (``unknown_model``, 403), once (``replay``, 409: the pair id's nonce is the vote's
   primary key).
@@ -26,7 +27,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -113,6 +114,28 @@ class Signer:
         payload, _, tag = token.rpartition(".")
         return payload if payload and hmac.compare_digest(tag, self.tag(kind, payload)) else None
 
+    def stream(self, nonce: bytes, n: int) -> bytes:
+        """``n`` key-stream bytes for ``nonce``: HMAC-SHA256 as a PRF in counter mode."""
+        blocks = (hmac.new(self.secret, b"stream:" + nonce + i.to_bytes(4, "big"), hashlib.sha256).digest()
+                  for i in range(-(-n // 32)))
+        return b"".join(blocks)[:n]
+
+    def seal(self, kind: str, doc: Mapping[str, object]) -> str:
+        """``doc`` as an opaque signed token: encrypted (so a pair id does not name its models to the voter), then
+        tagged (encrypt-then-MAC)."""
+        plain, nonce = json.dumps(doc, separators=(",", ":")).encode(), secrets.token_bytes(16)
+        cipher = bytes(a ^ b for a, b in zip(plain, self.stream(nonce, len(plain))))
+        return self.sign(kind, b64(nonce + cipher))
+
+    def unseal(self, kind: str, token: str) -> dict | None:
+        """The document of a token :meth:`seal` made with this key, else None."""
+        payload = self.open(kind, token)
+        if payload is None:
+            return None
+        raw = unb64(payload)
+        nonce, cipher = raw[:16], raw[16:]
+        return json.loads(bytes(a ^ b for a, b in zip(cipher, self.stream(nonce, len(cipher)))))
+
 
 @dataclass
 class Bucket:
@@ -177,7 +200,7 @@ class Arena:
         ia, ib = self.by_slot[(slot, a)], self.by_slot[(slot, b)]
         body = {"n": secrets.token_hex(12), "v": voter, "s": list(slot), "a": a, "b": b, "ia": ia.image_hash,
                 "ib": ib.image_hash, "l": left, "t": int(time.time() * 1000)}
-        pair = self.signer.sign("pair", b64(json.dumps(body, separators=(",", ":")).encode()))
+        pair = self.signer.seal("pair", body)
         shown = (ia, ib) if left == "model_a" else (ib, ia)
         return {"pair": pair, "prompt": ia.prompt, "left": f"/image/{shown[0].image_hash}",
                 "right": f"/image/{shown[1].image_hash}"}
@@ -197,10 +220,9 @@ class Arena:
 
     def vote_of(self, voter: str, pair: str, choice: str) -> Vote:
         """The vote a checked pair id and choice make, or refused."""
-        payload = self.signer.open("pair", pair)
-        if payload is None:
+        body = self.signer.unseal("pair", pair)
+        if body is None:
             raise self.refuse(403, "forged", "this pair id was not signed by this arena")
-        body = json.loads(unb64(payload))
         if body["v"] != voter:
             raise self.refuse(403, "other_voter", "this pair was served to another voter")
         slot = (str(body["s"][0]), str(body["s"][1]), int(body["s"][2]))
