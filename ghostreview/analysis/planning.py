@@ -2,23 +2,25 @@
 
 Model of a metric's z on its task (standardize's z, so the answer is on the scale the leaderboard shows)::
 
-    z[i, m, s] = p[i] + mu[m] + g[i, m] + e[i, m, s]
+    z[i, m, s] = p[i] + mu[m] + g[i, m] + c[i, s] + e[i, m, s]
 
 with item (prompt, style, LoRA) effect p (variance ``prompt``), model-by-item interaction g (``interaction``: a
-model better on some prompts than on others) and image noise e (``seed``: another seed of the same prompt). They
-are estimated by the method of moments from the review's usable images (status ok) on the items every model has:
-``seed`` = the pooled within-cell variance (ddof=1), and from the two-way table of cell means d[i, m] (k = the
-harmonic mean of the seeds per cell) MS_int = sum (d - d_i. - d_.m + d..)^2 / ((I-1)(M-1)) estimates
-interaction + seed / k and MS_item = M sum (d_i. - d..)^2 / (I-1) estimates M prompt + interaction + seed / k,
-negative estimates clipped to 0. With one seed per cell (the demo) the seed component cannot be measured: it is NaN,
+model better on some prompts than on others), a seed effect every model shares c (``shared_seed``: the same seed
+starts every model from the same noise; in the demo's random-weight models it is nearly all the seed variance) and
+model-specific image noise e (``seed``). They are estimated by the method of moments from the review's usable images
+(status ok) on the items every model has: ``seed`` and ``shared_seed`` from each item's models x seeds table
+(``seed_split``), and from the two-way table of cell means d[i, m] (k = the harmonic mean of the seeds per cell)
+MS_int = sum (d - d_i. - d_.m + d..)^2 / ((I-1)(M-1)) estimates interaction + seed / k (c is the same for every
+model: it cancels) and MS_item = M sum (d_i. - d..)^2 / (I-1) estimates M (prompt + shared_seed / k) + interaction +
+seed / k, negative estimates clipped to 0. With one seed per cell (the demo) the seed component cannot be measured: it is NaN,
 the interaction estimate then holds one seed's noise too, and plans for more seeds are conservative (too many items).
 
 A model's score is the mean of its z over n items of k seeds; the bootstrap resamples items, so its variance is the
 variance of a model's item means over items, over n:
 
-- reference mode: (prompt + interaction + seed / k) / n;
+- reference mode: (prompt + shared_seed / k + interaction + seed / k) / n;
 - pool mode: (interaction + seed / k) (1 - 1/M) / n: z are centered per item over the M models, which removes p
-  (its estimate is 0 here) and the models' shared part of g and e.
+  and c (their estimates are 0 here) and the models' shared part of g and e.
 
 A difference between two models: 2 (interaction + seed / k) / n in both modes (p cancels). Half-width = the normal
 quantile of the interval level times the standard error (the bootstrap's Rao-Wu weights give the ddof=1 variance,
@@ -56,11 +58,12 @@ class Components:
     task: str
     prompt: float
     interaction: float
-    seed: float
+    seed: float  # model-specific image noise (e)
     n_items: int
     n_seeds: float  # harmonic mean of seeds per (item, model) cell
     n_models: int
     centered: bool  # pool mode: z centered per item over the models
+    shared_seed: float = 0.0  # the part of a seed's effect every model shares (c: the same start noise)
 
     def item_variance(self, k: float) -> float:
         """Variance over items of one model's mean z over k seeds (what a score's variance is, times n); NaN
@@ -68,7 +71,10 @@ class Components:
         if self.n_models < 2:
             return math.nan
         within = self.interaction + self.seed_term(k)
-        return within * (1 - 1 / self.n_models) if self.centered else self.prompt + within
+        if self.centered:  # the shared seed effect is in every model's images of the item: centering removes it
+            return within * (1 - 1 / self.n_models)
+        shared = self.shared_seed / k if math.isfinite(self.shared_seed) else 0.0
+        return self.prompt + shared + within
 
     def difference_variance(self, k: float) -> float:
         """Variance over items of the difference of two models' mean z over k seeds."""
@@ -93,21 +99,46 @@ def cell_table(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, float, float
     return means.to_numpy(float), counts.to_numpy(float), ss / df if df > 0 else math.nan, df
 
 
+def seed_split(rows: pd.DataFrame) -> tuple[float, float]:
+    """(model-specific seed variance e, shared seed variance c) from the (item, seed) rows every model has (rows:
+    model, item, seed, z): within each item a models x seeds table, e from its additive-fit residuals (pooled over
+    items, (M-1)(k-1) df each), c from its seed means (M sum_s (z_is - z_i)^2 / (k-1) estimates M c + e). NaN, NaN
+    with fewer than 2 such seeds in every item."""
+    table = rows.pivot_table(index=["item", "seed"], columns="model", values="z", aggfunc="mean").dropna()
+    n_models = table.shape[1]
+    sizes = table.groupby(level="item").size()
+    table = table[table.index.get_level_values("item").isin(sizes[sizes >= 2].index)]
+    if table.empty or n_models < 2:
+        return math.nan, math.nan
+    item_level = table.index.get_level_values("item")
+    z = table.to_numpy(float)
+    seed_mean = z.mean(axis=1, keepdims=True)
+    model_mean = table.groupby(level="item").transform("mean").to_numpy(float)
+    item_mean = pd.Series(seed_mean[:, 0]).groupby(item_level).transform("mean").to_numpy()[:, None]
+    resid = z - seed_mean - model_mean + item_mean
+    k = sizes[sizes >= 2]
+    e = float((resid ** 2).sum() / ((n_models - 1) * (k - 1)).sum())
+    ms_c = float(n_models * ((seed_mean - item_mean) ** 2).sum() / (k - 1).sum())
+    return e, max(0.0, (ms_c - e) / n_models)
+
+
 def components(images: pd.DataFrame, metric: str, task: str, *, centered: bool) -> Components:
     """Variance components of ``metric`` from standardize's image table (its status ok rows); NaN components with
     fewer than 2 complete items or 2 models."""
     rows = images[(images["metric"] == metric).to_numpy() & (images["status"] == "ok").to_numpy()]
-    d, k, seed, _ = cell_table(rows.loc[:, ["model", "item", "z"]])
+    d, k, _, _ = cell_table(rows.loc[:, ["model", "item", "z"]])
     n_items, n_models = d.shape
     if n_items < 2 or n_models < 2:
         return Components(metric, task, math.nan, math.nan, math.nan, n_items, math.nan, n_models, centered)
+    seed, shared = seed_split(rows.loc[:, ["model", "item", "seed", "z"]])
     k_bar = float(len(k.ravel()) / (1 / k).sum())
     item_mean, model_mean, grand = d.mean(axis=1, keepdims=True), d.mean(axis=0, keepdims=True), d.mean()
     ms_int = float(((d - item_mean - model_mean + grand) ** 2).sum() / ((n_items - 1) * (n_models - 1)))
     ms_item = float(n_models * ((item_mean - grand) ** 2).sum() / (n_items - 1))
-    noise = seed / k_bar if math.isfinite(seed) else 0.0
-    return Components(metric, task, max(0.0, (ms_item - ms_int) / n_models), max(0.0, ms_int - noise),
-                      seed, n_items, k_bar, n_models, centered)
+    noise = seed / k_bar if math.isfinite(seed) else 0.0  # the shared part cancels between models: not in ms_int
+    prompt = (ms_item - ms_int) / n_models - (shared / k_bar if math.isfinite(shared) else 0.0)
+    return Components(metric, task, max(0.0, prompt), max(0.0, ms_int - noise), seed, n_items, k_bar, n_models,
+                      centered, shared)
 
 
 def quantile(ci: float) -> float:
