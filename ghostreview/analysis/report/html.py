@@ -59,6 +59,7 @@ from ghostreview.analysis.report.renditions import (
     rendering_pool,
     url,
 )
+from ghostreview.analysis.report.stability import stability_html
 from ghostreview.analysis.report.tables import (
     benchmark_line,
     board_records,
@@ -70,7 +71,6 @@ from ghostreview.analysis.report.tables import (
     leaderboard_frame,
     lora_problems,
 )
-from ghostreview.analysis.report.stability import stability_html
 from ghostreview.analysis.report.targets import Targets
 from ghostreview.analysis.standardize import COMBINED, Standardized, parse_flags
 from ghostreview.scoring.metric import MetricInfo
