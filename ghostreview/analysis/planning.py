@@ -12,8 +12,9 @@ model-specific image noise e (``seed``). They are estimated by the method of mom
 (``seed_split``), and from the two-way table of cell means d[i, m] (k = the harmonic mean of the seeds per cell)
 MS_int = sum (d - d_i. - d_.m + d..)^2 / ((I-1)(M-1)) estimates interaction + seed / k (c is the same for every
 model: it cancels) and MS_item = M sum (d_i. - d..)^2 / (I-1) estimates M (prompt + shared_seed / k) + interaction +
-seed / k, negative estimates clipped to 0. With one seed per cell (the demo) the seed component cannot be measured: it is NaN,
-the interaction estimate then holds one seed's noise too, and plans for more seeds are conservative (too many items).
+seed / k, negative estimates clipped to 0. With one seed per cell (the demo's styles and LoRAs) the seed components
+cannot be measured: they are NaN, the interaction estimate then holds one seed's noise too, and plans for more seeds
+are conservative (too many items).
 
 A model's score is the mean of its z over n items of k seeds; the bootstrap resamples items, so its variance is the
 variance of a model's item means over items, over n:
