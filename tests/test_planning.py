@@ -5,8 +5,8 @@ Simulation as in tests/test_interval_coverage.py: value = prompt (sd 1) + model 
 image noise (sd 1), 4 models, plus a seed effect every model shares (sd 1: the same seed starts every model from the
 same noise; in the demo's random-weight models it is nearly all the seed variance). A planner that took it for
 model-specific noise over-predicted pool-mode half-widths. The planner reads one review of 30 prompts x 8 seeds and
-predicts the half-width of a model's interval at 12 prompts x 2 seeds; 40 reviews of that size (fixed seed, 300 resamples each) give the measured
-mean half-width.
+predicts the half-width of a model's interval at 12 prompts x 2 seeds; 40 reviews of that size (fixed seed, 300
+resamples each) give the measured mean half-width.
 """
 
 from __future__ import annotations
