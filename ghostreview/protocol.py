@@ -621,7 +621,7 @@ def _read_base(value: Any, loc: Loc) -> BaseProtocol:
 
 
 def parse_bases(data: Any, file: str = BASES_FILE) -> Mapping[str, BaseProtocol]:
-    """``bases.yaml``: one entry per base named in ``generation.bases.BASES`` (any subset; see :func:`base_protocol`)."""
+    """``bases.yaml``: an entry per base of ``generation.bases.BASES`` (any subset: see :func:`base_protocol`)."""
     loc = Loc(file)
     entries = read_fields(data, loc, {"bases": read_map})["bases"]
     for name in entries:

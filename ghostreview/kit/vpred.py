@@ -17,7 +17,6 @@ from ghostreview.generation.bases import V_PRED_KEY, ZTSNR_KEY
 from ghostreview.kit.sd import _tiny_ldm_checkpoint, kit_metadata, save_safetensors_atomic
 
 
-
 def write_tiny_vpred_checkpoint(path: Path, seed: int, *, ztsnr: bool = True) -> Path:
     """Write the tiny SDXL checkpoint of ``seed`` with the ``v_pred`` marker (and ``ztsnr`` unless ``ztsnr`` is
     False). Byte-identical for the same arguments. Returns ``path``."""
