@@ -131,7 +131,7 @@ def pair_taus(scores: np.ndarray) -> tuple[list[tuple[int, int]], np.ndarray, np
         x = tuple(np.concatenate([side[0][k] for side in sides]) for k in range(2))
         y = tuple(np.concatenate([side[1][k] for side in sides]) for k in range(2))
         valid = np.concatenate([finite[a] & finite[b] for a, b in chunk])
-        t, c = tau_from_ranks(x, y, valid)  # type: ignore[arg-type]
+        t, c = tau_from_ranks(x, y, valid)
         tau[start:start + len(chunk)] = t.reshape(len(chunk), n_rankings)
         n[start:start + len(chunk)] = c.reshape(len(chunk), n_rankings)
     return pairs, tau, n

@@ -9,7 +9,7 @@ rename, a refactor) sets the pin alone.
 """
 
 DRAW_VERSION = "2"
-DRAW_CODE_SHA256 = "fbc94aa8d59c763fafb13df199e68fa79b736278bc708fb8176b343ebecfe83a"
+DRAW_CODE_SHA256 = "7a2c81238fbd95eb0cc1af75e6c34e7813e846babeef3bf86fb066854826450b"
 
 # What turns an image's key fields into pixels. The test checks that these cover everything they import.
 PIXEL_MODULES = (
