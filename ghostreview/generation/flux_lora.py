@@ -27,7 +27,7 @@ import torch
 
 from ghostreview.generation.flux_keys import module_table, split_sizes
 from ghostreview.generation.loading import CheckpointError, read_safetensors_header, tensor_shapes
-from ghostreview.generation.lora import LoraSpec, partial_status
+from ghostreview.generation.lora import LoraSpec, adapter_slots, partial_status
 
 FORMATS = ("kohya", "diffusers")
 KOHYA_UNET = "lora_unet_"
@@ -178,7 +178,7 @@ class FluxLoraAdapters:
             status = self.status(Path(spec.path))
             if status != "ok" and not status.startswith("partial"):
                 raise ValueError(f"LoRA {spec.name!r} ({spec.path}): {status}")
-        slots = _slots(loras)
+        slots = adapter_slots(loras)
         adapters = [self._adapter(slot) for slot in slots]
         if adapters:
             self.pipe.enable_lora()
@@ -201,17 +201,6 @@ class FluxLoraAdapters:
                 self.pipe.load_lora_weights(peft_state_dict(read_lora(slot[0]), self.config), adapter_name=name)
             self._adapters[slot] = name
         return self._adapters[slot]
-
-
-def _slots(loras: Sequence[LoraSpec]) -> list[tuple[Path, int]]:
-    """(file, k): the k-th use of a file within one item gets an adapter of its own (its delta added twice)."""
-    seen: dict[Path, int] = {}
-    out = []
-    for spec in loras:
-        path = Path(spec.path)
-        out.append((path, seen.get(path, 0)))
-        seen[path] = seen.get(path, 0) + 1
-    return out
 
 
 def remove_flux_loras(pipe) -> None:

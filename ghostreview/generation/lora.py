@@ -351,7 +351,7 @@ class _Loaded:
     reason: str | None
 
 
-def _slots(loras: Sequence[LoraSpec]) -> list[tuple[Path, int]]:
+def adapter_slots(loras: Sequence[LoraSpec]) -> list[tuple[Path, int]]:
     """(file, k) per LoRA: the k-th use of a file within one item gets an adapter of its own (a file named twice,
     under two names, adds its delta twice, as two adapters)."""
     seen: dict[Path, int] = {}
@@ -389,7 +389,7 @@ class LoraAdapters:
         names = [spec.name for spec in loras]
         if len(set(names)) != len(names):
             raise ValueError(f"LoRA adapter names must be unique, got {names}")
-        slots = _slots(loras)
+        slots = adapter_slots(loras)
         for spec, slot in zip(loras, slots):
             if slot not in self._files:
                 status = lora_status(slot[0], self.family)
