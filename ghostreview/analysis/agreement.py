@@ -128,8 +128,8 @@ def pair_taus(scores: np.ndarray) -> tuple[list[tuple[int, int]], np.ndarray, np
     for start in range(0, len(pairs), step):
         chunk = pairs[start:start + step]
         sides = [(ranks(a, b), ranks(b, a)) for a, b in chunk]
-        x = tuple(np.concatenate([side[0][k] for side in sides]) for k in range(2))
-        y = tuple(np.concatenate([side[1][k] for side in sides]) for k in range(2))
+        x = (np.concatenate([side[0][0] for side in sides]), np.concatenate([side[0][1] for side in sides]))
+        y = (np.concatenate([side[1][0] for side in sides]), np.concatenate([side[1][1] for side in sides]))
         valid = np.concatenate([finite[a] & finite[b] for a, b in chunk])
         t, c = tau_from_ranks(x, y, valid)
         tau[start:start + len(chunk)] = t.reshape(len(chunk), n_rankings)
