@@ -4,7 +4,9 @@ At 500 models the report reads 784,000 manifest rows, 1.3 million score rows and
 pandas' CSV reader already makes equal texts of one file one object (a prompt, an item, a model name cost a pointer
 per row), but each table read holds its own copy of every image hash (113 bytes as a Python str): three copies of
 784,000 hashes. ``shared_hashes`` makes the ``image_hash`` texts of every table the report holds the same objects
-(``sys.intern``). The columns a report never shows are not read (manifest ``model``, ``loras``, ``lora_status``; the
+(``sys.intern``), held in pandas' Python string storage (``HASH_TEXT``) whatever pandas' default is: with pyarrow
+installed, pandas 3 reads texts into Arrow buffers, whose values are new objects on every access and cannot be
+shared. The columns a report never shows are not read (manifest ``model``, ``loras``, ``lora_status``; the
 score tables' provenance columns), and manifests and score tables are read one model at a time.
 """
 
@@ -14,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ghostreview.analysis.aggregate import manifests
@@ -24,17 +27,18 @@ REPORT_COLUMNS = ("family", "task", "item", "seed", "image", "image_hash", "prom
                   "infotext")
 GRID_COLUMNS = REPORT_COLUMNS + ("width", "height")  # read by the stage: the sizes spare a PNG header read each
 SCORE_READ = VALUE_COLUMNS  # what the plots read of the score tables (provenance columns are not shown)
+HASH_TEXT = pd.StringDtype("python", na_value=np.nan)  # pandas' "str" without pyarrow: one Python object per value
 
 
 def shared_hashes(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with its ``image_hash`` texts interned (equal hashes, in any table, are one object); values, dtype
-    and index unchanged. A frame without the column is returned as it is."""
+    """``frame`` with its ``image_hash`` texts interned (equal hashes, in any table, are one object) and held as
+    ``HASH_TEXT``; values and index unchanged. A frame without the column is returned as it is."""
     if "image_hash" not in frame.columns:
         return frame
     col = frame["image_hash"]
     out = frame.copy(deep=False)
     out["image_hash"] = pd.Series([sys.intern(v) if isinstance(v, str) else v for v in col], index=frame.index,
-                                  dtype=col.dtype, name="image_hash")
+                                  dtype=HASH_TEXT, name="image_hash")
     return out
 
 
