@@ -11,6 +11,7 @@ torch.set_num_threads(1)
 
 
 import importlib.util  # noqa: E402
+import socket  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -33,6 +34,19 @@ def _denormals_as_before():
     yield
     if denormals_flushed():
         torch.set_flush_denormal(False)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails the test (an AssertionError, which no library's offline
+    fallback catches as it would an OSError)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+
+    for name in ("connect", "connect_ex"):
+        monkeypatch.setattr(socket.socket, name, refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def small_benchmark(dest: Path, general: int = 2, styles: int = 2, loras: int = 2) -> Path:

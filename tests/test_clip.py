@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import warnings
 
 import numpy as np
@@ -20,15 +19,6 @@ from torchvision import transforms
 from ghostreview.kit.scorers import tiny_clip_config, write_tiny_clip
 from ghostreview.scoring import clip as gclip
 from ghostreview.scoring.weights import WeightsError, sha256_file
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("network access attempted in an offline test")
-
-    monkeypatch.setattr(socket, "socket", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import json
-import socket
 
 import numpy as np
 import pytest
@@ -30,15 +29,6 @@ from ghostreview.kit.sd import save_safetensors_atomic
 
 torch.set_num_threads(1)
 VARIANT, SEED = "flux1-dev", 7
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import socket
 
 import numpy as np
 import open_clip
@@ -32,15 +31,6 @@ MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 STD = np.array([0.26862954, 0.26130258, 0.27577711])
 LONG = "a watercolor painting of " + "a very detailed lighthouse on a cliff " * 12
 PROMPTS = ["a cat wearing a hat", LONG, "a cat wearing a hat", "Portrait, oil paint; (dramatic) light!"]
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("network access attempted in an offline test")
-
-    monkeypatch.setattr(socket, "socket", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def pictures() -> list[Image.Image]:

@@ -5,7 +5,6 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import json
-import socket
 import struct
 from pathlib import Path
 
@@ -28,17 +27,6 @@ def files(tmp_path_factory):
     out = {f: sd.write_tiny_checkpoint(root / f"{f}.safetensors", f, seed=21) for f in sd.FAMILIES}
     out["cache"] = root / "cache"
     return out
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to open a network connection fails the test."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def write_raw(path: Path, header: dict, data: bytes = b"") -> Path:
@@ -182,7 +170,6 @@ def test_detect_family_of_pickle_only_on_request(tmp_path):
     with pytest.raises(CheckpointError, match="pickle"):
         loading.detect_family(path)
     assert loading.detect_family(path, allow_pickle=True) == "sd15"
-
 
 
 def test_inspect_reads_a_pickle_once_into_the_same_record_as_a_safetensors_file(files, tmp_path):
