@@ -75,7 +75,9 @@ def test_vote_by_click_and_keys_in_chromium(server, tmp_path):
             assert page.text_content("#prompt") == PROMPT  # markup shown as text, never parsed
             assert page.evaluate("() => window.pwned") is None
             assert page.evaluate("() => document.querySelectorAll('main img').length") == 2
-            assert page.evaluate("() => [...document.images].every(i => i.complete && i.naturalWidth === 8)")
+            # data-pair is set when the pair's URLs are, before the images arrive: wait for them, then check them
+            page.wait_for_function("() => [...document.images].every(i => i.complete)")
+            assert page.evaluate("() => [...document.images].map(i => i.naturalWidth)") == [8, 8]
             for n, (how, choice) in enumerate([("click", "left"), ("ArrowRight", "right"), ("2", "tie"),
                                                ("click", "both_bad"), ("1", "left")], start=1):
                 pair = page.get_attribute("body", "data-pair")
