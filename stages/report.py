@@ -14,7 +14,6 @@ from ghostreview.analysis.aggregate import models_table
 from ghostreview.analysis.report import write_report
 from ghostreview.analysis.report.arena import read_arena
 from ghostreview.analysis.report.inputs import read_manifests, read_report_scores, shared_hashes
-from ghostreview.analysis.report.stability import write_stability_json
 from ghostreview.analysis.report.targets import Targets, benchmark_targets
 from ghostreview.analysis.standardize import Standardized
 from ghostreview.config import Params
@@ -69,7 +68,6 @@ def main(argv: list[str] | None = None) -> None:
         paths = write_report(standardized, scores, grids, models, args.images, args.out, metrics=REGISTRY,
                              targets=grid_targets, cache=rendition_cache(params, args.params),
                              workers=len(os.sched_getaffinity(0)), arena=args.arena and read_arena(args.arena))
-        paths["stability.json"] = write_stability_json(standardized, args.out / "stability.json")  # dvc metrics
         bar.update()
     print("report: " + ", ".join(str(p) for p in paths.values()))
 

@@ -37,6 +37,10 @@ pytestmark = pytest.mark.dvc
 
 A, B = "demo-sd15-a", "demo-sdxl-a"  # one model of each family
 PER_MODEL = ("generate", "score")
+# the report's metrics files kept in git (cache: false in dvc.yaml): DVC prints no `git add` hint for them
+GIT_METRICS = tuple(path for stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values()
+                    for entry in stage.get("metrics", []) for path, opts in entry.items()
+                    if opts.get("cache") is False)
 SKIP = ("data/images", "data/scores", "data/refstats", "data/standardized", "reports/", "demo/",
         "dvc.lock", ".dvc/config.local")
 
@@ -230,7 +234,7 @@ def test_dvc_gitignore_files_are_not_ignored_and_dvcs_git_add_hint_works(review)
     assert not {p for p, s in state.items() if s == "!!" and Path(p).name == ".gitignore"}
     assert all(state.get(p) == "??" for p in gitignores), status
     git(ws, "add", *files)  # DVC's hint as printed (git refuses an ignored path)
-    git(ws, "add", "reports/metrics.json")  # the report's metrics live in git (cache: false): no hint for them
+    git(ws, "add", *GIT_METRICS)  # the report's metrics live in git (cache: false): no hint for them
     git(ws, "commit", "-qm", f"review of {A}: dvc.lock and DVC's .gitignore files")
     assert git(ws, "status", "--porcelain").strip() == ""  # every output ignored by a committed DVC .gitignore
 
@@ -284,7 +288,7 @@ def test_add_model_keeps_params_comments_and_runs_only_its_stages(review):
     board = (ws / "reports" / "leaderboard.csv").read_text()
     assert A in board and B in board
     assert "dvc.lock" in hinted(out) and "data/scores/.gitignore" in hinted(out)
-    git(ws, "add", "params.yaml", "reports/metrics.json", *hinted(out))  # what a user commits: DVC's hint + the rest
+    git(ws, "add", "params.yaml", *GIT_METRICS, *hinted(out))  # what a user commits: DVC's hint + the rest
     git(ws, "commit", "-qm", f"review of {A} and {B}")
     assert git(ws, "status", "--porcelain").strip() == ""
 

@@ -400,6 +400,7 @@ def test_every_output_neutral_read_happens(pipelines):
 # (stage group, params entry): listed in dvc.yaml though the stage reads no key under it, and why that is right
 LISTED_UNREAD: dict[tuple[str, str], str] = {
     ("standardize", "models"): "the set of models (their keys) decides which outputs it reads; no field is read",
+    ("arena", "models"): "the set of models (their keys) decides which votes and images count; no field is read",
     **{("score", f"scoring.{judge}"): f"read only where scoring.judges lists {judge} (params.yaml does: its probes "
                                       f"show each key acting; the full v1 example keeps the article's four)"
        for judge in ("hpsv21", "pickscore")},

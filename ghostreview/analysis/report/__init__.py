@@ -1,4 +1,5 @@
-"""GhostReview report: leaderboard tables, metrics.json, plots and the offline HTML report (an index and grid pages).
+"""GhostReview report: leaderboard tables, metrics.json and stability.json, plots and the offline HTML report (an
+index and grid pages).
 
 ``write_report`` does everything; ``print_leaderboard`` is for the CLI (it reads the leaderboard files alone: no
 registry, scorers or torch). Every metric label, axis text and direction comes from the registry's ``MetricInfo``
@@ -17,6 +18,7 @@ import pandas as pd
 
 from ghostreview.analysis.report.arena import ArenaTables
 from ghostreview.analysis.report.metrics import write_metrics_json
+from ghostreview.analysis.report.stability import write_stability_json
 from ghostreview.analysis.report.tables import fmt as fmt_number
 from ghostreview.analysis.report.tables import fmt_rank, write_tables
 from ghostreview.analysis.report.targets import Targets
@@ -28,8 +30,8 @@ def write_report(result: Standardized, scores: pd.DataFrame, manifests: Mapping[
                  models: pd.DataFrame, images_root: str | Path, out_dir: str | Path, *,
                  metrics: Mapping[str, MetricInfo], targets: Targets | None = None, cache: Path | None = None,
                  workers: int = 1, arena: ArenaTables | None = None) -> dict[str, Path]:
-    """Write the tables, ``plots/``, ``index.html``, the grid ``pages/`` and the ``images/`` they link to into
-    ``out_dir``; returns {name: path} of the main files.
+    """Write the tables, the two metrics files ``dvc metrics`` reads, ``plots/``, ``index.html``, the grid
+    ``pages/`` and the ``images/`` they link to into ``out_dir``; returns {name: path} of the main files.
 
     metrics: the registry the scores were standardized with (``ghostreview.scoring.registry.REGISTRY``); every
     label, axis text and direction the report shows comes from it. Passed in, not imported: the registry imports the
@@ -46,6 +48,7 @@ def write_report(result: Standardized, scores: pd.DataFrame, manifests: Mapping[
     paths = write_tables(result, models, out_dir, metrics=metrics)
     paths["metrics.json"] = write_metrics_json(result, models["model"].astype(str).tolist(),
                                                Path(out_dir) / "metrics.json")
+    paths["stability.json"] = write_stability_json(result, Path(out_dir) / "stability.json")
     pngs = write_plots(result, scores, models, out_dir, metrics=metrics)
     paths["index.html"] = write_html(result, scores, manifests, models, images_root, out_dir, metrics=metrics,
                                      plot_pngs=pngs, targets=targets, cache=cache, workers=workers, arena=arena)
