@@ -49,6 +49,7 @@ from PIL import Image
 
 from benchmarks.common import cpu_model, load_average, row
 from ghostreview.analysis.report import write_report
+from ghostreview.analysis.report.inputs import compact_manifest, shared_texts
 from ghostreview.analysis.report.targets import Targets
 from ghostreview.analysis.standardize import standardize
 from ghostreview.protocol import benchmark_items, load_benchmark
@@ -129,7 +130,8 @@ def pickle_run(path: Path, names: list[str], scores, manifests, models, images_r
     models = models[models["model"].isin(names)].reset_index(drop=True)
     result = standardize(scores, models, REGISTRY, {}, n_boot=boot, seed=0)
     with open(path, "wb") as f:
-        pickle.dump((result, scores, {n: manifests[n] for n in names}, models, images_root, targets), f)
+        pickle.dump((result, shared_texts(scores), {n: compact_manifest(manifests[n]) for n in names}, models,
+                     images_root, targets), f)  # held as the report stage holds them (report.inputs)
 
 
 def report_run(inputs: Path, out: Path, cache: Path, workers: int, answer) -> None:

@@ -13,7 +13,7 @@ from ghostreview import validate
 from ghostreview.analysis.aggregate import models_table
 from ghostreview.analysis.report import write_report
 from ghostreview.analysis.report.arena import read_arena
-from ghostreview.analysis.report.inputs import read_manifests, read_report_scores, shared_hashes
+from ghostreview.analysis.report.inputs import read_manifests, read_report_scores, shared_texts
 from ghostreview.analysis.report.targets import Targets, benchmark_targets
 from ghostreview.analysis.standardize import Standardized
 from ghostreview.config import Params
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     # three steps: read the results, decode the target images (style references, LoRA headers), write the report
     with progress_bar(total=3, desc="report", unit="steps") as bar:
         standardized = Standardized.read(args.standardized)
-        standardized = dataclasses.replace(standardized, images=shared_hashes(standardized.images))
+        standardized = dataclasses.replace(standardized, images=shared_texts(standardized.images))
         scores, grids = read_report_scores(args.scores, names), read_manifests(args.images, names)
         models = models_table(args.images, names, {n: m.title for n, m in params.models.items()})
         bar.update()

@@ -49,7 +49,15 @@ import pandas as pd
 from ghostreview.analysis.report import agreement
 from ghostreview.analysis.report.arena import ArenaTables, arena_html
 from ghostreview.analysis.report.display import Shown, losses, shown_metrics
-from ghostreview.analysis.report.inputs import REPORT_COLUMNS
+from ghostreview.analysis.report.inputs import (
+    INFO_HEAD,
+    INFO_SETTINGS,
+    REPORT_COLUMNS,
+    SEED_MARK,
+    infotext_of,
+    joined,
+    split_infotext,
+)
 from ghostreview.analysis.report.plots import render
 from ghostreview.analysis.report.renditions import (
     IMAGES,
@@ -100,7 +108,8 @@ def data_uri(raw: bytes, mime: str) -> str:
 def check_manifests(manifests: Mapping[str, pd.DataFrame]) -> None:
     """Every manifest has the columns the page shows; the error names the model and the missing columns."""
     for model, m in manifests.items():
-        missing = [c for c in REPORT_COLUMNS if c not in m.columns]
+        have = set(m.columns) | ({"infotext"} if {INFO_HEAD, INFO_SETTINGS} <= set(m.columns) else set())
+        missing = [c for c in REPORT_COLUMNS if c not in have]
         if missing:
             raise ValueError(f"manifest of model {model!r} lacks columns {missing}; it has {list(m.columns)}")
 
@@ -341,15 +350,6 @@ def image_figure(row: Mapping[str, object], model: str, images_root: Path, galle
             + (f"<figcaption>{chips}</figcaption>" if chips else "") + "</figure>")
 
 
-SEED_MARK = "{seed}"  # where a column's infotext template takes the row's seed
-
-
-def split_infotext(text: str) -> tuple[str, str]:
-    """(prompt lines, settings line): A1111 infotexts end with one "Steps: ..." line."""
-    head, _, tail = text.rpartition("\n")
-    return head, tail
-
-
 @dataclass(frozen=True)
 class Infotexts:
     """A grid's infotexts, factored: the prompt lines of each row (seed) and a settings template of each column
@@ -364,7 +364,7 @@ class Infotexts:
         heads: dict[str, list[str]] = {}
         tails: dict[str, list[str]] = {}
         for (model, seed), r in by_cell.items():
-            head, tail = split_infotext(info_text(r))
+            head, tail = split_infotext(infotext_of(r))
             heads.setdefault(seed, []).append(head)
             tails.setdefault(model, []).append(tail.replace(f"Seed: {seed}", f"Seed: {SEED_MARK}", 1))
 
@@ -374,17 +374,11 @@ class Infotexts:
         return cls({seed: common(h) for seed, h in heads.items()}, {m: common(t) for m, t in tails.items()})
 
     def rebuilt(self, model: str, seed: str) -> str:
-        head, tail = self.heads.get(seed, ""), self.templates.get(model, "").replace(SEED_MARK, seed, 1)
-        return f"{head}\n{tail}" if head else tail
+        return joined(self.heads.get(seed, ""), self.templates.get(model, "").replace(SEED_MARK, seed, 1))
 
     def attr(self, r: Mapping[str, object], model: str, seed: str) -> str:
-        text = info_text(r)
+        text = infotext_of(r)
         return "" if self.rebuilt(model, seed) == text else f' data-info="{esc(text)}"'
-
-
-def info_text(r: Mapping[str, object]) -> str:
-    v = r.get("infotext")
-    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
 
 
 def targets_cell(files: Sequence[Path], task: str, item: str, gallery: Gallery, n_rows: int, up: str = "") -> str:
