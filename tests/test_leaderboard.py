@@ -60,7 +60,7 @@ def test_leaderboard_json_carries_labels_directions_and_the_combined_metrics(wri
     result, paths = written
     doc = json.loads(paths["leaderboard.json"].read_text(encoding="utf-8"))
     assert list(doc) == ["metrics", "combined_over", "ci", "raw_metric", "good_threshold", "models",
-                         "combined_chosen", "agreement"]  # the new keys last: the others keep their bytes
+                         "combined_chosen", "agreement", "reference"]  # the new keys last: the others keep their bytes
     assert doc["combined_chosen"] == ["aesthetic", "clipscore", "styleloss", "loraloss"]
     assert list(doc["metrics"]) == ["combined", "aesthetic", "clipscore", "styleloss", "loraloss", "loraloss_notm"]
     assert doc["metrics"]["styleloss"] == {"label": "Styl", "better": "lower", "mark": "↓", "registered": True,

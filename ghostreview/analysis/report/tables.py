@@ -11,7 +11,7 @@ ddof=0, share >= threshold), ``<metric>_mean`` for every other registered metric
 
     {"metrics": {name: {"label", "better", "mark", "registered", "in_combined", "raw_mean"}},
      "combined_over": [...], "ci", "raw_metric", "good_threshold", "models": [records],
-     "combined_chosen": [...], "agreement": {...}}
+     "combined_chosen": [...], "agreement": {...}, "reference": {"name", "anchors", "anchors_reviewed"}}
 
 ``metrics`` holds every scored metric in column order, combined first (``better``: "higher"/"lower"; ``mark``: "↑"
 or "↓"; ``registered``: false for the derived combined and NoTM scores; ``raw_mean``: the column of its raw mean, null
@@ -19,8 +19,10 @@ for derived metrics), so that ``print_leaderboard`` shows labels and directions 
 ``combined_chosen``: the judges the combined score may average (``standardize.combined``); ``combined_over`` those of
 them every model has. ``agreement``: the judges' agreement (``agreement.agreement_json``: judges, labels, ``absent``,
 judge x judge matrices ``kendall_tau``, ``tau_lo``, ``tau_hi``, ``n_models``, ``spearman``, ``n_images``, and each
-model's best and worst rank in ``ranks``); the Markdown ends with it ("Judge agreement"). Both keys come last, after
-``models``: a review's other keys keep their bytes.
+model's best and worst rank in ``ranks``); the Markdown ends with it ("Judge agreement"). ``reference``: what the
+z-scores are relative to (``standardize.reference``: ``pool``, or a frozen reference set's name, its anchor models
+and the reviewed models that are anchors of it, marked † in the tables). These keys come last, after ``models``: a
+review's other keys keep their bytes.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import SupportsFloat, SupportsInt, cast
 import numpy as np
 import pandas as pd
 
+from ghostreview.analysis.reference import POOL
 from ghostreview.analysis.report import agreement
 from ghostreview.analysis.report.display import Shown, losses, scored_metrics, shown_metrics
 from ghostreview.analysis.standardize import COMBINED, Standardized, parse_flags
@@ -153,7 +156,38 @@ def leaderboard_json(board: pd.DataFrame, result: Standardized, shown: Mapping[s
     order = board["model"].astype(str).tolist()
     return {"metrics": entries, "combined_over": over, "ci": meta.get("ci"), "raw_metric": meta.get("raw_metric"),
             "good_threshold": meta.get("good_threshold"), "models": board_records(board),
-            "combined_chosen": combined_chosen(meta), "agreement": agreement.agreement_json(result, shown, order)}
+            "combined_chosen": combined_chosen(meta), "agreement": agreement.agreement_json(result, shown, order),
+            "reference": reference_of(meta)}
+
+
+def reference_of(meta: Mapping[str, object]) -> dict[str, object]:
+    """Standardize's record of the reference (``reference.review_meta``): name, anchor models, anchors reviewed."""
+    ref = meta.get("reference")
+    ref = ref if isinstance(ref, Mapping) else {}
+    return {"name": str(ref.get("name", POOL)),
+            "anchors": [str(a.get("model")) for a in ref.get("anchors", []) if isinstance(a, Mapping)],
+            "anchors_reviewed": [str(m) for m in ref.get("anchors_reviewed", [])]}
+
+
+ANCHOR_MARK = "†"  # after the name of a model that is an anchor of the reference it is scored against
+
+
+def reference_line(ref: Mapping[str, object]) -> str:
+    """One sentence: what the z-scores are relative to, and what adding a model does to them (``reference_of``)."""
+    if ref["name"] == POOL:
+        return ("Standardization: pool: every z-score is relative to the models reviewed here, so adding a model "
+                "moves every other model's score (standardize.reference names a frozen set that does not).")
+    anchors = cast(list, ref["anchors"])
+    marked = (f" {ANCHOR_MARK}: an anchor of this reference, scored partly against itself."
+              if ref["anchors_reviewed"] else "")
+    return (f"Standardization: reference set {ref['name']} (anchors: {', '.join(anchors)}): every z-score is "
+            f"relative to the anchors' images of each item, so adding a model changes no other model's score."
+            + marked)
+
+
+def model_label(model: object, ref: Mapping[str, object]) -> str:
+    """The model's key, marked when it is an anchor of the reference it is scored against."""
+    return f"{model} {ANCHOR_MARK}" if str(model) in cast(list, ref["anchors_reviewed"]) else str(model)
 
 
 def ordered(shown: Mapping[str, Shown]) -> dict[str, Shown]:
@@ -272,7 +306,11 @@ def leaderboard_markdown(board: pd.DataFrame, result: Standardized, shown: Mappi
     registered = list(meta.get("metric_tasks", {}))
     lines = [f"**{w}**\n" for w in [demo_warning(board)] if w]
     lines += ["# GhostReview leaderboard", ""] + ([benchmark_line(meta), ""] if benchmark_line(meta) else [])
-    lines += [f"Scores are mean z-scores per model (z within each benchmark item across all models' images). "
+    ref = reference_of(meta)
+    within = ("across all models' images" if ref["name"] == POOL else
+              f"against the anchors of reference set {ref['name']}")
+    lines += [reference_line(ref), ""]
+    lines += [f"Scores are mean z-scores per model (z within each benchmark item {within}). "
               f"Brackets: {interval_note(meta)}; `#r (lo–hi)`: rank and its interval. "
               f"↑: higher is better, ↓: lower is better. {direction_note(shown, metrics)} "
               f"{combined_note(board, shown, combined_over(meta), registered, combined_chosen(meta))} "
@@ -283,7 +321,7 @@ def leaderboard_markdown(board: pd.DataFrame, result: Standardized, shown: Mappi
     header += [h for h, _ in raws] + ["Flagged images"]
     rows = []
     for r in board_records(board):
-        cells = [fmt_rank(r["rank"]), r["model"], r["title"], r["family"], r["autov2"]]
+        cells = [fmt_rank(r["rank"]), model_label(r["model"], ref), r["title"], r["family"], r["autov2"]]
         cells += [score_cell(r, m) for m in ordered(shown)]
         for _, col in raws:
             cells.append(f"{fmt(r[col])} ± {fmt(r[f'{raw}_std'])}" if col == f"{raw}_mean" else fmt(r[col]))
