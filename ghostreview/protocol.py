@@ -860,7 +860,7 @@ def benchmark_items(b: Benchmark, family: str, seeds: Mapping[str, int] | None =
     n = images_per_item(b, seeds)
     conv = base_protocol(b, base) if base is not None else BaseProtocol()
     return [*general_items(b, n["general"], conv), *style_items(b, n["style"], conv),
-            *lora_items(b, family, n["lora"])]
+            *(lora_items(b, family, n["lora"]) if n["lora"] else ())]  # 0: no LoRA table read (Flux has none)
 
 
 # ----------------------------------------------------------------------------------------------------------------
