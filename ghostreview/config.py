@@ -360,7 +360,7 @@ class StandardizeParams(Checked):
 
 
 # Copied from ghostreview.generation.bases.BASES (config is a leaf); tests/test_bases.py keeps the copies equal.
-BASES = ("sd15", "sdxl", "pony", "illustrious", "noobai")
+BASES = ("sd15", "sdxl", "pony", "illustrious", "noobai", "flux1-dev", "flux1-schnell")
 
 
 @dataclass(frozen=True)
