@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -10,9 +11,10 @@ import pandas as pd
 from ghostreview import validate
 from ghostreview.analysis.aggregate import UNDRAWN_COLUMNS, made_with_map, manifests, models_table, undrawn_rows
 from ghostreview.analysis.reference import POOL, Reference, ReferenceError, load_for_review, review_meta
-from ghostreview.analysis.standardize import standardize
+from ghostreview.analysis.standardize import protocol_pool, standardize
+from ghostreview.config import Params
 from ghostreview.errors import stage_main
-from ghostreview.protocol import benchmark_digest
+from ghostreview.protocol import BaseProtocol, BaseSettings, Benchmark, base_protocol, benchmark_digest
 from ghostreview.scoring.registry import REGISTRY
 from ghostreview.scoring.table import VALUE_COLUMNS, read_scores
 from ghostreview.util.runtime import progress_bar
@@ -26,6 +28,31 @@ def reference_set(directory: Path, name: str, benchmark: dict, params_path: Path
         return load_for_review(directory, name, benchmark)
     except ReferenceError as exc:
         raise ReferenceError(f"standardize.reference: {name!r} in {params_path}: {exc}") from exc
+
+
+OVERRIDES = ("sampler", "schedule_type", "steps", "cfg_scale", "width", "height")  # clip_skip: per model since v1
+
+
+def model_protocol(images: Path, name: str, bench: Benchmark) -> str:
+    """The z pool of ``name``'s general and style rows from the base and prediction generate wrote in its model.json
+    (no base there: drawn before bases existed, the v1 protocol)."""
+    info = json.loads((images / name / "model.json").read_text(encoding="utf-8"))
+    base = info.get("base") or ""
+    if not base:
+        return protocol_pool(base, "", plain=True, v_settings=False)
+    proto = base_protocol(bench, base)
+    return protocol_pool(base, str(info.get("prediction") or ""), plain=proto == BaseProtocol(),
+                         v_settings=proto.v_prediction != BaseSettings())
+
+
+def warn_overrides(params: Params, names: list[str]) -> None:
+    """A model entry's own settings stay in its base's pool (docs/standardize.md): say so, since its images then
+    differ from its pool's in more than the checkpoint."""
+    for name in names:
+        own = [k for k in OVERRIDES if getattr(params.models[name], k) is not None]
+        if own:
+            print(f"standardize: note: {name} overrides its base's {', '.join(own)}; it is z-scored in its base's "
+                  "pool all the same")
 
 
 @stage_main
@@ -45,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     with progress_bar(total=3, desc="standardize", unit="steps") as bar:
         models = models_table(args.images, names)
         bench = validate.benchmark(params, root, str(args.params))
+        models["protocol"] = [model_protocol(args.images, n, bench) for n in names]  # issue 17: per-base pools
+        warn_overrides(params, names)
         s = params.standardize
         digest = {"name": bench.name, "version": bench.version, "digest": benchmark_digest(bench)}
         ref = reference_set(args.references, s.reference, digest, args.params)

@@ -12,9 +12,12 @@ Conventions (each one tested in tests/test_standardize.py):
 - Groups. z = (x - mean) / std within the group (metric, task, item, pool) over all usable images of all models, with
   the POPULATION std (ddof=0, like sklearn's StandardScaler): inside a group the z then have mean 0 and mean square 1
   exactly. ``pool`` is the model family for LoRA-grouped metrics (an SD1 LoRA is compared among SD1 models only) and
-  ``"all"`` otherwise. A group with fewer than 2 usable values, zero spread (max == min, tested exactly so that a
-  constant group never yields 1e-17 / 1e-17) or the images of one model only is listed in ``degenerate`` and its
-  rows get status ``degenerate``.
+  ``"all"`` otherwise, when every model draws the v1 protocol. A model whose base draws other prompts or settings
+  (the models table's optional ``protocol`` column, see :func:`protocol_pool`; docs/standardize.md) is z-scored
+  among the models of its protocol only: pool = its protocol, and ``<family>/<protocol>`` for LoRA metrics.
+  A group with fewer than 2 usable values, zero spread (max == min, tested exactly so that a constant group never
+  yields 1e-17 / 1e-17) or the images of one model only is listed in ``degenerate`` and its rows get status
+  ``degenerate``.
 - Scores. A model's score on a metric = mean of its z, in the metric's natural sign (lower is better for losses, as
   the GhostReview article shows). Oriented score = score for higher-is-better metrics, -score otherwise; ranks (1 =
   best) order oriented scores. ``combined`` = mean of a model's oriented scores over ``meta["combined_over"]``: the
@@ -252,7 +255,22 @@ def attach_family(scores: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
     out["flags"] = out["flags"].fillna("").astype(str)
     out["value"] = pd.to_numeric(out["value"], errors="coerce").astype(float)
     out["family"] = out["model"].map(family)
+    protocol = dict.fromkeys(family, ALL_POOL)  # no protocol column: every model draws the v1 protocol
+    if "protocol" in models:
+        protocol.update(zip(models["model"].astype(str), models["protocol"].astype(str)))
+    out["protocol"] = out["model"].map(protocol)
     return out
+
+
+def protocol_pool(base: str, prediction: str, plain: bool, v_settings: bool) -> str:
+    """The z pool of a model's general and style rows (issue 17): ``all`` for the plain bases (sd15, sdxl: prompts.yaml
+    and params' settings, the v1 protocol every model shared before bases existed, so those reviews keep their pools
+    and numbers), else the base's name, with ``-vpred`` when its v-prediction checkpoints draw with other settings.
+
+    ``plain``: the base's bases.yaml entry is empty; ``v_settings``: it has v_prediction settings."""
+    if plain:
+        return ALL_POOL
+    return f"{base}-vpred" if prediction == "v_prediction" and v_settings else base
 
 
 STATUSES = np.array(["other_task", "flagged", "ok"], dtype=object)
@@ -271,7 +289,10 @@ def row_status(rows: pd.DataFrame, metrics: Mapping[str, MetricLike]) -> tuple[n
     flagged = excluded_mask(rows["flags"], rows["value"])
     status = STATUSES[np.select([~own_task, flagged], [0, 1], 2)]
     lora = np.array([m in tasks and metrics[m].grouped_by == "lora" for m in metric_names], dtype=bool)[metric]
-    pool = np.where(lora, rows["family"].to_numpy(dtype=object), ALL_POOL)
+    protocol = rows["protocol"].to_numpy(dtype=object)
+    family = rows["family"].to_numpy(dtype=object)
+    lora_pool = np.where(protocol == ALL_POOL, family, family + "/" + protocol)  # a LoRA's prompt, the base's settings
+    pool = np.where(lora, lora_pool, protocol)
     return status, pool
 
 
@@ -396,7 +417,7 @@ def image_table(scores: pd.DataFrame, models: pd.DataFrame, metrics: Mapping[str
     full[ok] = z.to_numpy()
     status[ok & np.isnan(full)] = "degenerate"
     rows["pool"], rows["status"], rows["z"] = pool, status, full
-    return rows.reset_index(drop=True), degenerate
+    return rows.drop(columns="protocol").reset_index(drop=True), degenerate  # the pool names it
 
 
 # ---------------------------------------------------------------------------------------------------------------
