@@ -14,7 +14,7 @@ from ghostreview import config
 from ghostreview.config import ConfigError, parse_params
 from ghostreview.generation import bases, loading
 from ghostreview.generation.bases import BaseError, read_file_base, resolve_base
-from ghostreview.generation.families import FAMILIES
+from ghostreview.generation.families import FAMILIES, FLUX_FAMILY
 from ghostreview.generation.loading import CheckpointFile
 from ghostreview.generation.plan import sampler_name
 from ghostreview.kit.sd import write_tiny_checkpoint
@@ -48,7 +48,7 @@ def ckpt(shapes, family: str, metadata: dict | None = None, markers: tuple[str, 
 def test_copies_and_families_agree():
     assert config.BASES == bases.BASES
     assert loading.ZTSNR_KEY == bases.ZTSNR_KEY
-    assert set(bases.BASE_FAMILIES) == set(bases.BASES) and set(bases.BASE_FAMILIES.values()) <= set(FAMILIES)
+    assert set(bases.BASE_FAMILIES) == set(bases.BASES) and set(bases.BASE_FAMILIES.values()) <= {*FAMILIES, FLUX_FAMILY}
     assert {bases.BASE_FAMILIES[b] for b in bases.PLAIN_BASES.values()} == set(bases.PLAIN_BASES)
     assert bases.bases_of("sdxl") == ("sdxl", "pony", "illustrious", "noobai") and bases.bases_of("sd15") == ("sd15",)
 

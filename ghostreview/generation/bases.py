@@ -29,18 +29,20 @@ from ghostreview.errors import UserError
 if TYPE_CHECKING:
     from ghostreview.generation.loading import CheckpointFile
 
-# The bases a model entry may name, in listing order; the flux helper's flux1-dev / flux1-schnell join this list.
-BASES = ("sd15", "sdxl", "pony", "illustrious", "noobai")
-# The architecture family (generation.families.FAMILIES) each base needs.
+# The bases a model entry may name, in listing order.
+BASES = ("sd15", "sdxl", "pony", "illustrious", "noobai", "flux1-dev", "flux1-schnell")
+FLUX_BASES = ("flux1-dev", "flux1-schnell")  # the same names as generation.flux_keys.flux_variant's
+# The architecture family (generation.families.FAMILIES, or Flux's) each base needs.
 BASE_FAMILIES: Mapping[str, str] = {"sd15": "sd15", "sdxl": "sdxl", "pony": "sdxl", "illustrious": "sdxl",
-                                    "noobai": "sdxl"}
+                                    "noobai": "sdxl", "flux1-dev": "flux", "flux1-schnell": "flux"}
 # The base of a model whose entry and file name none: the family's plain base, as every model was reviewed before
 # bases existed.
 PLAIN_BASES: Mapping[str, str] = {"sd15": "sd15", "sdxl": "sdxl"}
 ARCHITECTURE_KEY = "modelspec.architecture"
 PREDICTION_KEY = "modelspec.prediction_type"
 # modelspec.architecture -> the family it names ("/lora" and other adapter suffixes are not checkpoints)
-ARCHITECTURE_FAMILIES: Mapping[str, str] = {"stable-diffusion-v1": "sd15", "stable-diffusion-xl-v1-base": "sdxl"}
+ARCHITECTURE_FAMILIES: Mapping[str, str] = {"stable-diffusion-v1": "sd15", "stable-diffusion-xl-v1-base": "sdxl",
+                                            "flux-1-dev": "flux", "flux-1-schnell": "flux"}
 MODELSPEC_PREDICTIONS: Mapping[str, str] = {"epsilon": "epsilon", "v": "v_prediction"}
 V_PRED_KEY = "v_pred"
 ZTSNR_KEY = "ztsnr"  # the same key as loading.ZTSNR_KEY (tests/test_bases.py keeps them equal; loading imports torch)
@@ -118,7 +120,10 @@ def resolve_base(ckpt: CheckpointFile, base: str | None = None, prediction: str 
             file's, the file and the key).
     """
     family, told = ckpt.family, read_file_base(ckpt)
-    chosen = check_base(base) if base is not None else PLAIN_BASES[family]
+    chosen = check_base(base) if base is not None else plain_base(ckpt)
+    if family == "flux" and chosen != plain_base(ckpt):
+        raise BaseError(f"base {chosen!r} contradicts {ckpt.path}, a {plain_base(ckpt)} transformer (its "
+                        f"guidance_in keys: present for dev, absent for schnell); set base to {plain_base(ckpt)!r}")
     if BASE_FAMILIES[chosen] != family:
         raise BaseError(f"base {chosen!r} is an {BASE_FAMILIES[chosen]} base, but {ckpt.path} is an {family} "
                         f"checkpoint (its tensor keys); set base to one of {', '.join(bases_of(family))}")
@@ -130,6 +135,16 @@ def resolve_base(ckpt: CheckpointFile, base: str | None = None, prediction: str 
         raise BaseError(f"prediction {prediction!r} contradicts {ckpt.path}, which says {told.prediction!r} "
                         f"({told.prediction_source}); remove prediction from the model entry to use the file's")
     return ModelBase(chosen, family, prediction or told.prediction or "epsilon", told.ztsnr)
+
+
+def plain_base(ckpt: CheckpointFile) -> str:
+    """The base of a model whose entry names none: the family's plain one; for Flux the variant its tensor keys
+    say (dev has a distilled-guidance embedder, schnell none)."""
+    if ckpt.family == "flux":
+        from ghostreview.generation.flux_keys import flux_variant  # imports torch: only Flux models pay for it
+
+        return flux_variant(ckpt.shapes)
+    return PLAIN_BASES[ckpt.family]
 
 
 def bases_of(family: str) -> tuple[str, ...]:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from ghostreview import __version__
 from ghostreview.generation.engines import open_engine
+from ghostreview.generation.families import FLUX_FAMILY
+from ghostreview.generation.flux_keys import flux_variant
 from ghostreview.generation.loading import CheckpointFile, checkpoint_config_dir
 from ghostreview.generation.lora import PARTIAL_FLAG, a1111_lora_hash, lora_status, model_modules
 from ghostreview.generation.manifest import MANIFEST_COLUMNS
@@ -173,6 +175,9 @@ class GenerateSettings:
     cache: Path
     engine: EngineChoice = EngineChoice()
     base: str | None = None  # generation.bases: the resolved base (None: the family's plain one, as before bases)
+    clip_l: Path | None = None  # Flux: the separate files of a transformer-only checkpoint (models.<m>.clip_l ...)
+    t5xxl: Path | None = None
+    t5_tokenizer: Path | None = None
 
 
 def model_identity(s: GenerateSettings, hash_cache: Path) -> ModelIdentity:
@@ -191,6 +196,9 @@ def model_identity(s: GenerateSettings, hash_cache: Path) -> ModelIdentity:
         vae_file=s.vae.name if s.vae else None,
         base=s.base or "",
         ztsnr=ckpt.ztsnr,  # the file's marker; loading.open_pipeline samples by the same record
+        clip_l_sha256=file_sha256(s.clip_l, hash_cache) if s.clip_l else None,
+        t5xxl_sha256=file_sha256(s.t5xxl, hash_cache) if s.t5xxl else None,
+        flux_variant=flux_variant(ckpt.shapes) if ckpt.family == FLUX_FAMILY else None,
     )
 
 
@@ -209,7 +217,7 @@ def run_generate(bench: Benchmark, s: GenerateSettings, out_dir: Path, progress:
     modules = functools.cache(lambda: model_modules(family, s.config_dir or checkpoint_config_dir(
         ckpt, family, s.cache / "configs")))
     jobs = plan_jobs(
-        bench, family, s.counts, s.tasks, gen, s.clip_skip, s.lora_dirs[family],
+        bench, family, s.counts, s.tasks, gen, s.clip_skip, s.lora_dirs.get(family, s.cache),  # Flux: no table
         functools.cache(lambda p: lora_status(p, family, modules())), lambda p: file_sha256(p, hash_cache),
         base=s.base,
     )
@@ -225,7 +233,8 @@ def run_generate(bench: Benchmark, s: GenerateSettings, out_dir: Path, progress:
         drawn = 0
         if units:
             spec = PipelineSpec(ckpt, s.config_dir, s.vae, s.allow_pickle, s.prediction, device,
-                                str(dtype).removeprefix("torch."), gen.cpu_threads, s.cache, gen.batch_size)
+                                str(dtype).removeprefix("torch."), gen.cpu_threads, s.cache, gen.batch_size,
+                                s.clip_l, s.t5xxl, s.t5_tokenizer)
             with progress_bar(total=sum(map(len, units)), unit="img", desc=f"generate@{s.model_name}",
                               disable=not progress) as bar:
                 drawn = engine.draw(spec, units, store, bar.update)

@@ -9,13 +9,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ghostreview.generation import flux
 from ghostreview.generation.draw import DrawRequest, Hires
+from ghostreview.generation.families import FLUX_FAMILY
 from ghostreview.generation.infotext import (
     AUTOMATIC,
     SCHEDULE_LABELS,
     TIMESTEP_SAMPLERS,
     a1111_sampler_fields,
     combined_sampler_name,
+    flux_fields,
     format_infotext,
     format_lora_hashes,
     read_a1111_sampler,
@@ -121,6 +124,9 @@ class ModelIdentity:
     vae_file: str | None = None  # the standalone VAE's file name (A1111's infotext names it so)
     base: str = ""  # generation.bases: the base whose prompts and settings it is reviewed with ("": before bases)
     ztsnr: bool = False  # sampled on the zero-terminal-SNR schedule (its file's ztsnr marker)
+    clip_l_sha256: str | None = None  # Flux: the separate text-encoder files (a swapped T5 file redraws)
+    t5xxl_sha256: str | None = None
+    flux_variant: str | None = None  # Flux: "flux1-dev" or "flux1-schnell" (flux_keys.flux_variant); None: SD
 
     @property
     def autov2(self) -> str:
@@ -174,6 +180,8 @@ def plan_jobs(
     ``file_hash(path)`` gives a file's sha256 (cached by the caller); ``base`` the model's base, whose prompt
     conventions apply (``protocol.benchmark_items``; None: the family's plain base).
     """
+    if family not in bench.loras:  # no LoRA table for this family (Flux): no LoRA images, said in the manifest
+        tasks, counts = [t for t in tasks if t != "lora"], {**counts, "lora": 0}
     table = {e.name: e for e in bench.loras.get(family, ())}
     source = f"{bench.name} LoRA table for {family}"
     if "lora" in tasks:
@@ -186,8 +194,9 @@ def plan_jobs(
         specs = tuple(LoraSpec(name, lora_dir / table[name].file, weight) for name, weight in it.loras)
         statuses = [s for s in (lora_check(spec.path) for spec in specs) if s != "ok"]
         hashes = tuple((spec.name, file_hash(spec.path)) for spec in specs)
-        request = settings.request(text, it.negative_prompt, it.seed, clip_skip)
-        jobs.append(ImageJob(it.task, it.item, it.seed, it.prompt, it.negative_prompt, specs, hashes,
+        negative = "" if family == FLUX_FAMILY else it.negative_prompt  # Flux (distilled, CFG 1) reads none
+        request = settings.request(text, negative, it.seed, clip_skip)
+        jobs.append(ImageJob(it.task, it.item, it.seed, it.prompt, negative, specs, hashes,
                              "; ".join(statuses), request, tuple(dict.fromkeys(map(status_flag, statuses)))))
     return jobs
 
@@ -201,7 +210,13 @@ def job_fields(job: ImageJob, model: ModelIdentity, runtime: Mapping[str, str]) 
         "loras": [[name, sha, spec.weight] for (name, sha), spec in zip(job.lora_hashes, job.loras)],
         "request": dataclasses.asdict(job.request),
         "runtime": dict(runtime),
-    } | ({"ztsnr": True} if model.ztsnr else {})  # absent when off: the keys of every image before it existed
+    } | ({"ztsnr": True} if model.ztsnr else {}) | text_encoder_fields(model)  # absent when off: older keys stay
+
+
+def text_encoder_fields(model: ModelIdentity) -> dict:
+    """Flux's separate CLIP-L and T5-XXL files are part of the pixels; absent for SD models and all-in-one files."""
+    return {k: v for k, v in {"clip_l_sha256": model.clip_l_sha256, "t5xxl_sha256": model.t5xxl_sha256}.items()
+            if v}
 
 
 def infotext_for(job: ImageJob, model: ModelIdentity, version: str, lora_hash: Callable[[Path], str]) -> str:
@@ -243,8 +258,19 @@ def infotext_for(job: ImageJob, model: ModelIdentity, version: str, lora_hash: C
         })
     if job.loras:
         fields["Lora hashes"] = format_lora_hashes({spec.name: lora_hash(spec.path) for spec in job.loras})
-    fields.update({"Emphasis": "Original", "Pad conds": True, "Version": version})
+    if model.flux_variant:
+        fields.update(flux_infotext_fields(r, model.flux_variant))
+    else:  # our SD prompt encoding; Flux encodes with CLIP-L + T5 and no emphasis
+        fields.update({"Emphasis": "Original", "Pad conds": True})
+    fields["Version"] = version
     return format_infotext(job.prompt, job.negative_prompt, fields)
+
+
+def flux_infotext_fields(r: DrawRequest, variant: str) -> dict[str, object]:
+    """Forge's Flux fields (CFG scale 1, Distilled CFG Scale, Schedule type Simple, Shift), over SD's; Clip skip
+    dropped (Flux has none)."""
+    guidance, shift = flux.guidance_and_shift(r, variant, flux.real_configs(variant)["scheduler"])
+    return {**flux_fields(guidance, shift), "Clip skip": None}
 
 
 def batches(jobs: Sequence[ImageJob], size: int) -> list[list[ImageJob]]:

@@ -1,0 +1,78 @@
+"""Flux through the generate stage: the split stand-in drawn by run_generate with Forge's Flux infotext, no negative
+prompt and no LoRA images (the benchmark has no Flux LoRA table); its separate text-encoder files in the image key;
+its base read from the file."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import dataclasses
+
+import pytest
+import torch
+from conftest import small_benchmark
+
+from ghostreview.generation.bases import BaseError, resolve_base
+from ghostreview.generation.generate import GenerateSettings, run_generate
+from ghostreview.generation.infotext import parse_infotext
+from ghostreview.generation.loading import inspect_checkpoint
+from ghostreview.generation.manifest import read_manifest
+from ghostreview.generation.plan import DrawSettings, ModelIdentity, job_fields, plan_jobs
+from ghostreview.kit import flux as kit
+from ghostreview.protocol import load_benchmark
+
+torch.set_num_threads(1)
+DRAW = DrawSettings(sampler="Euler", steps=2, cfg_scale=3.5, width=64, height=64, batch_size=2, hires=None,
+                    cpu_threads=1)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fluxgen")
+    bench = load_benchmark(small_benchmark(root / "bench", general=1, styles=1, loras=1))
+    return root, bench, kit.write_transformer_only(root / "sep", "flux1-dev", 7)
+
+
+def settings(root, files, **over) -> GenerateSettings:
+    base = dict(
+        model_name="tiny-flux", checkpoint=inspect_checkpoint(files["checkpoint"]), config_dir=None,
+        vae=files["vae"], clip_skip=1, prediction="epsilon", allow_pickle=False,
+        lora_dirs={"sd15": root / "loras" / "sd15", "sdxl": root / "loras" / "sdxl"},
+        counts={"general": 1, "style": 1, "lora": 1}, tasks=("general", "style", "lora"), generation=DRAW,
+        store=root / "store", cache=root / "cache", base="flux1-dev", clip_l=files["clip_l"], t5xxl=files["t5xxl"],
+    )
+    return GenerateSettings(**(base | over))
+
+
+def test_split_flux_model_is_drawn_with_forge_fields_and_no_lora_or_negative(setup, no_network):
+    root, bench, files = setup
+    stats = run_generate(bench, settings(root, files), root / "out", progress=False)
+    rows = read_manifest(root / "out")
+    assert stats["skipped"] == 0 and stats["drawn"] == len(rows) > 0
+    assert {r["task"] for r in rows} == {"general", "style"}  # no Flux LoRA table: no LoRA image, none failed
+    for row in rows:
+        prompt, negative, fields = parse_infotext(row["infotext"])
+        assert negative == "" and row["negative_prompt"] == ""
+        assert fields["CFG scale"] == "1" and fields["Distilled CFG Scale"] == "3.5"
+        assert fields["Sampler"] == "Euler" and fields["Schedule type"] == "Simple" and "Shift" in fields
+        assert "Emphasis" not in fields and "Pad conds" not in fields and "Clip skip" not in fields
+
+
+def test_the_separate_text_encoders_are_part_of_the_key_and_sd_keys_are_unchanged(setup):
+    root, bench, files = setup
+    job = plan_jobs(bench, "flux", {"general": 1, "style": 0, "lora": 0}, ("general",), DRAW, 1, root,
+                    lambda p: "ok", lambda p: "0" * 64)[0]
+    plain = ModelIdentity("m", "flux", "m", "a" * 64)
+    with_t5 = dataclasses.replace(plain, clip_l_sha256="b" * 64, t5xxl_sha256="c" * 64)
+    other_t5 = dataclasses.replace(with_t5, t5xxl_sha256="d" * 64)
+    keys = [job_fields(job, m, {}) for m in (plain, with_t5, other_t5)]
+    assert "t5xxl_sha256" not in keys[0] and "clip_l_sha256" not in keys[0]  # SD and all-in-one keys as before
+    assert keys[1]["t5xxl_sha256"] == "c" * 64 and keys[1] != keys[2]
+
+
+def test_the_flux_base_is_read_from_the_file_and_a_contradiction_named(setup):
+    _, _, files = setup
+    ckpt = inspect_checkpoint(files["checkpoint"])
+    assert resolve_base(ckpt).base == "flux1-dev"
+    with pytest.raises(BaseError, match="flux1-schnell.*flux1-dev"):
+        resolve_base(ckpt, "flux1-schnell")
