@@ -109,7 +109,8 @@ def generate(model: str, out: Path, params_path: Path) -> None:
     bench = validate.benchmark(params, root, source)
     validate.check_images_per_item(params, bench, source)
     # the LoRA loss of this model needs its family's header images: find out now, not after hours of drawing
-    validate.check_references(params, bench, [ckpt.family], root, styles=False)
+    validate.check_references(params, bench, [ckpt.family] if ckpt.family in bench.loras else [], root,
+                              styles=False)  # Flux: no LoRA table, no header images
     with about(f"{source}: models.{model} (its base's settings in bases.yaml, or its own)",
                (SamplerChoiceError, BenchmarkError)):
         settings = settings_for(params, model, ckpt, root, bench)
