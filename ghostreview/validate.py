@@ -258,7 +258,8 @@ def check_checkpoint(params: Params, name: str, root: Path, source: str = "param
     """Read the header of model ``name``'s checkpoint once (no tensor data) and return it, its family known to be
     reviewable ("sd15" | "sdxl": ``.family``); check its ``vae`` file's header and its ``config`` directory too.
 
-    Catches, before any model work: zero-byte, truncated or corrupt safetensors files, files that are not Stable
+    Catches, before any model work: a ``base`` or ``prediction`` the file contradicts (``bases.resolve_base``),
+    zero-byte, truncated or corrupt safetensors files, files that are not Stable
     Diffusion checkpoints (LoRA, VAE, diffusers component, inpainting UNet, ...), SD2.x checkpoints (not reviewable),
     pickle files (refused unless ``allow_pickle``; then read with ``torch.load(weights_only=True)``, which refuses
     code), a ``vae`` that is not a readable VAE file, and a ``config`` directory that names other classes than the
@@ -267,9 +268,10 @@ def check_checkpoint(params: Params, name: str, root: Path, source: str = "param
     :func:`check_files`.
 
     Raises:
-        ParamsError: naming ``source``, the key (``models.<name>.checkpoint``, ``.vae`` or ``.config``), the file,
-            what is wrong and the fix.
+        ParamsError: naming ``source``, the key (``models.<name>.checkpoint``, ``.base``, ``.prediction``, ``.vae``
+            or ``.config``), the file, what is wrong and the fix.
     """
+    from ghostreview.generation.bases import BaseError, resolve_base
     from ghostreview.generation.loading import CheckpointError, check_config_dir, inspect_checkpoint
 
     m = params.models[name]
@@ -278,6 +280,11 @@ def check_checkpoint(params: Params, name: str, root: Path, source: str = "param
         family = checkpoint.family  # refuses SD2 and anything that is no SD checkpoint
     except CheckpointError as exc:
         raise ParamsError(f"{source}: models.{name}.checkpoint = {m.checkpoint!r}: {exc}.") from exc
+    try:  # the entry's base and prediction against the file's tensor keys, modelspec and v-pred markers
+        resolve_base(checkpoint, m.base, m.prediction)
+    except BaseError as exc:
+        key = "prediction" if str(exc).startswith("prediction") else "base"
+        raise ParamsError(f"{source}: models.{name}.{key}: {exc}.") from exc
     checks: tuple[tuple[str, str | None, Callable[[Path], bool], Callable[[Path], None]], ...] = (
         ("vae", m.vae, Path.is_file, lambda p: check_vae(p, allow_pickle=m.allow_pickle, key=f"models.{name}.vae")),
         ("config", m.config, Path.exists, lambda p: check_config_dir(p, family)))
@@ -287,7 +294,39 @@ def check_checkpoint(params: Params, name: str, root: Path, source: str = "param
                 check(resolve(root, rel))
             except CheckpointError as exc:
                 raise ParamsError(f"{source}: models.{name}.{key} = {rel!r}: {exc}.") from exc
+    if family == "flux":
+        check_flux_files(params, name, root, checkpoint, source)
     return checkpoint
+
+
+def check_flux_files(params: Params, name: str, root: Path, checkpoint: CheckpointFile,
+                     source: str = "params.yaml") -> None:
+    """A Flux model's separate files, from their headers: a transformer-only checkpoint names clip_l, t5xxl and vae
+    (``flux.FluxFiles.sources``: the missing keys named), and each file's header reads and holds tensors, so a
+    truncated or empty T5 file is found before any drawing (which tensors: checked when the pipeline loads).
+
+    Raises:
+        ParamsError: naming ``source``, the key, the file and what is wrong.
+    """
+    from ghostreview.generation import flux
+    from ghostreview.generation.loading import CheckpointError, read_safetensors_header
+
+    m = params.models[name]
+    named = {f: resolve(root, getattr(m, f)) if getattr(m, f) else None for f in ("clip_l", "t5xxl", "vae")}
+    try:
+        sources = flux.flux_files(checkpoint.path, checkpoint.shapes, checkpoint.metadata, **named).sources()
+    except CheckpointError as exc:
+        raise ParamsError(f"{source}: models.{name}: {exc}.") from exc
+    for part, path in named.items():  # each separate file the entry names (sources: the ones drawn from)
+        if path is None or path not in {p for p, _ in sources.values()}:
+            continue
+        try:
+            keys = read_safetensors_header(path).keys() - {"__metadata__"}
+        except (CheckpointError, OSError) as exc:
+            raise ParamsError(f"{source}: models.{name}.{part} = {getattr(m, part)!r}: {exc}.") from exc
+        if not keys:
+            raise ParamsError(f"{source}: models.{name}.{part} = {getattr(m, part)!r}: {path} holds no tensors; "
+                              f"point it at the Flux {part} file")
 
 
 # Key prefixes of the parts of a full single-file checkpoint that a VAE file never holds (LDM/SGM layout, as
@@ -500,7 +539,7 @@ def everything(params: Params, root: Path, source: str = "params.yaml") -> tuple
     bench = check(benchmark, params, root, source)
     if bench is not None:
         check(check_images_per_item, params, bench, source)
-        families = {c.family for c in checkpoints.values()}
+        families = {c.family for c in checkpoints.values() if c.family in bench.loras}  # Flux: no LoRA table
         check(check_lora_files, params, bench, families, root, source)
         check(check_references, params, bench, families, root)
     return checkpoints, problems

@@ -141,3 +141,20 @@ def test_a_full_checkpoint_as_a_model_s_vae_is_refused(project, tmp_path):
     write_tiny_vae(vae, "sd15", seed=5)
     (tmp_path / "params.yaml").write_text(text.replace(f"vae: {other}", f"vae: {vae}"))
     assert validate(tmp_path / "params.yaml").exit_code == 0
+
+
+def test_a_base_or_prediction_the_file_contradicts_is_named_before_any_drawing(project, tmp_path):
+    text = (project / "params.yaml").read_text().replace("demo/kit/", f"{project}/demo/kit/")
+    text = text.replace("    title: Demo SDXL A (random weights)", "    title: Demo SDXL A (random weights)\n"
+                        "    base: sd15")  # an SD1.5 base on an SDXL file (its tensor keys)
+    text = text.replace("    title: Demo SD1.5 A (random weights)", "    title: Demo SD1.5 A (random weights)\n"
+                        "    base: pony")  # an SDXL base on an SD1.5 file
+    (tmp_path / "params.yaml").write_text(text)
+    result = validate(tmp_path / "params.yaml")
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2, result.output
+    sd15_a, sdxl_a = sorted(errors, key=lambda e: "demo-sdxl-a" in e)
+    assert "models.demo-sd15-a.base" in sd15_a and "'pony'" in sd15_a and "tiny-sd15-a.safetensors" in sd15_a
+    assert "models.demo-sdxl-a.base" in sdxl_a and "sd15" in sdxl_a and "sdxl" in sdxl_a
+    assert "set base to one of" in sdxl_a  # the fix
