@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import statistics
 from pathlib import Path
 
@@ -9,9 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ghostreview.analysis.report import format_leaderboard
+from ghostreview.analysis.report.tables import write_tables
 from ghostreview.analysis.standardize import ALL_POOL, protocol_pool, standardize
 from ghostreview.protocol import load_benchmark
 from stages.standardize import model_protocol
+from tests.test_report import METRICS as REPORT_METRICS
+from tests.test_report import make_demo
 from tests.test_standardize import METRICS, lora_rows, plain_z, synthetic
 
 
@@ -81,3 +87,23 @@ def test_the_stage_reads_each_models_pool_from_its_model_json_and_bases_yaml(tmp
     got = {name: model_protocol(tmp_path, name, bench) for name in cases}
     assert got == {"old": ALL_POOL, "xl": ALL_POOL, "one5": ALL_POOL, "pony": "pony", "noob": "noobai",
                    "noobv": "noobai-vpred", "flux": "flux1-dev"}
+
+
+def test_the_leaderboard_names_each_models_pool_and_warns_that_ranks_cross_pools(tmp_path):
+    result, _, _, table, _ = make_demo(tmp_path / "demo")
+    names = table["model"].astype(str).tolist()
+    out = tmp_path / "reports"
+    write_tables(result, table, out, metrics=REPORT_METRICS)  # one pool: nothing said, old bytes
+    assert "Pools:" not in (out / "leaderboard.md").read_text()
+    assert "protocols" not in json.loads((out / "leaderboard.json").read_text())
+    protocols = {m: ("pony" if i == 0 else ALL_POOL) for i, m in enumerate(names)}
+    result = dataclasses.replace(result, meta={**result.meta, "protocols": protocols})
+    write_tables(result, table, out, metrics=REPORT_METRICS)
+    md = (out / "leaderboard.md").read_text()
+    assert f"pony: {names[0]}" in md and f"v1 (sd15, sdxl): {', '.join(names[1:])}" in md
+    assert "A rank across pools compares" in md
+    assert f"| {names[0]} [pony] |" in md and f"| {names[1]} |" in md
+    doc = json.loads((out / "leaderboard.json").read_text())
+    assert doc["protocols"] == protocols and list(doc)[-1] == "protocols"
+    text = format_leaderboard(out / "leaderboard.csv")
+    assert f"{names[0]} [pony]" in text and "A rank across pools compares" in text

@@ -255,11 +255,15 @@ def attach_family(scores: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
     out["flags"] = out["flags"].fillna("").astype(str)
     out["value"] = pd.to_numeric(out["value"], errors="coerce").astype(float)
     out["family"] = out["model"].map(family)
-    protocol = dict.fromkeys(family, ALL_POOL)  # no protocol column: every model draws the v1 protocol
-    if "protocol" in models:
-        protocol.update(zip(models["model"].astype(str), models["protocol"].astype(str)))
-    out["protocol"] = out["model"].map(protocol)
+    out["protocol"] = out["model"].map(model_protocols(models))  # no protocol column: every model draws v1's
     return out
+
+
+def model_protocols(models: pd.DataFrame) -> dict[str, str]:
+    """Each model's protocol pool (the models table's ``protocol`` column; none: ``all``), for meta["protocols"]."""
+    names = models["model"].astype(str)
+    given = models["protocol"].astype(str) if "protocol" in models else [ALL_POOL] * len(names)
+    return dict(zip(names, given))
 
 
 def protocol_pool(base: str, prediction: str, plain: bool, v_settings: bool) -> str:
@@ -856,6 +860,9 @@ def standardize(scores: pd.DataFrame, models: pd.DataFrame, metrics: Mapping[str
         "standardization": "pool" if reference is None else "reference", "n_splits": n_splits,
         "multiple_comparisons": "holm", "drift_left_out": names[-1] if drift and len(names) >= 2 else None,
     }
+    protocols = model_protocols(models)
+    if set(protocols.values()) != {ALL_POOL}:  # a review of v1-protocol models only keeps its meta's bytes
+        meta["protocols"] = protocols
     return Standardized(
         images=images, scores=table,
         pairwise=pd.concat([pairwise_rows(e, names, ci) for e in all_ests], ignore_index=True),

@@ -11,7 +11,8 @@ ddof=0, share >= threshold), ``<metric>_mean`` for every other registered metric
 
     {"metrics": {name: {"label", "better", "mark", "registered", "in_combined", "raw_mean"}},
      "combined_over": [...], "ci", "raw_metric", "good_threshold", "models": [records],
-     "combined_chosen": [...], "agreement": {...}, "reference": {"name", "anchors", "anchors_reviewed"}}
+     "combined_chosen": [...], "agreement": {...}, "reference": {"name", "anchors", "anchors_reviewed"},
+     "protocols": {model: pool}}
 
 ``metrics`` holds every scored metric in column order, combined first (``better``: "higher"/"lower"; ``mark``: "↑"
 or "↓"; ``registered``: false for the derived combined and NoTM scores; ``raw_mean``: the column of its raw mean, null
@@ -21,8 +22,9 @@ them every model has. ``agreement``: the judges' agreement (``agreement.agreemen
 judge x judge matrices ``kendall_tau``, ``tau_lo``, ``tau_hi``, ``n_models``, ``spearman``, ``n_images``, and each
 model's best and worst rank in ``ranks``); the Markdown ends with it ("Judge agreement"). ``reference``: what the
 z-scores are relative to (``standardize.reference``: ``pool``, or a frozen reference set's name, its anchor models
-and the reviewed models that are anchors of it, marked † in the tables). These keys come last, after ``models``: a
-review's other keys keep their bytes.
+and the reviewed models that are anchors of it, marked † in the tables). ``protocols`` (only when the models drew
+more than one base protocol, issue 17): model -> its z pool, also named after the model in the tables ("[pony]").
+These keys come last, after ``models``: a review's other keys keep their bytes.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import pandas as pd
 from ghostreview.analysis.reference import POOL
 from ghostreview.analysis.report import agreement
 from ghostreview.analysis.report.display import Shown, losses, scored_metrics, shown_metrics
-from ghostreview.analysis.standardize import COMBINED, Standardized, parse_flags
+from ghostreview.analysis.standardize import ALL_POOL, COMBINED, Standardized, parse_flags
 from ghostreview.scoring.metric import MetricInfo
 from ghostreview.util.atomic import write_text_atomic
 
@@ -157,7 +159,32 @@ def leaderboard_json(board: pd.DataFrame, result: Standardized, shown: Mapping[s
     return {"metrics": entries, "combined_over": over, "ci": meta.get("ci"), "raw_metric": meta.get("raw_metric"),
             "good_threshold": meta.get("good_threshold"), "models": board_records(board),
             "combined_chosen": combined_chosen(meta), "agreement": agreement.agreement_json(result, shown, order),
-            "reference": reference_of(meta)}
+            "reference": reference_of(meta)} | ({"protocols": protocols_of(meta)} if protocols_of(meta) else {})
+
+
+def protocols_of(meta: Mapping[str, object]) -> dict[str, str]:
+    """Each model's protocol pool (standardize's meta["protocols"], issue 17); empty when every model drew v1's."""
+    protocols = meta.get("protocols")
+    return {str(k): str(v) for k, v in protocols.items()} if isinstance(protocols, Mapping) else {}
+
+
+def protocol_line(protocols: Mapping[str, str]) -> str:
+    """Which models share a z pool, and that a rank across pools is no like-for-like comparison ("": one pool)."""
+    if not protocols:
+        return ""
+    pools: dict[str, list[str]] = {}
+    for model, pool in protocols.items():
+        pools.setdefault(pool, []).append(model)
+    named = "; ".join(f"{'v1 (sd15, sdxl)' if p == ALL_POOL else p}: {', '.join(ms)}" for p, ms in pools.items())
+    return (f"Pools: each model is z-scored only among the models of its base's protocol (the prompts and settings "
+            f"bases.yaml gives it; LoRA items also per family): {named}. A rank across pools compares each model's "
+            f"standing within its own pool, not images drawn alike: compare models within a pool.")
+
+
+def pool_label(model: object, protocols: Mapping[str, str]) -> str:
+    """`` [pool]`` after a model outside the v1 pool when the review has several pools ("" otherwise)."""
+    pool = protocols.get(str(model), ALL_POOL)
+    return f" [{pool}]" if protocols and pool != ALL_POOL else ""
 
 
 def reference_of(meta: Mapping[str, object]) -> dict[str, object]:
@@ -310,6 +337,8 @@ def leaderboard_markdown(board: pd.DataFrame, result: Standardized, shown: Mappi
     within = ("across all models' images" if ref["name"] == POOL else
               f"against the anchors of reference set {ref['name']}")
     lines += [reference_line(ref), ""]
+    protocols = protocols_of(meta)
+    lines += [protocol_line(protocols), ""] if protocols else []
     lines += [f"Scores are mean z-scores per model (z within each benchmark item {within}). "
               f"Brackets: {interval_note(meta)}; `#r (lo–hi)`: rank and its interval. "
               f"↑: higher is better, ↓: lower is better. {direction_note(shown, metrics)} "
@@ -321,7 +350,8 @@ def leaderboard_markdown(board: pd.DataFrame, result: Standardized, shown: Mappi
     header += [h for h, _ in raws] + ["Flagged images"]
     rows = []
     for r in board_records(board):
-        cells = [fmt_rank(r["rank"]), model_label(r["model"], ref), r["title"], r["family"], r["autov2"]]
+        cells = [fmt_rank(r["rank"]), model_label(r["model"], ref) + pool_label(r["model"], protocols), r["title"],
+                 r["family"], r["autov2"]]
         cells += [score_cell(r, m) for m in ordered(shown)]
         for _, col in raws:
             cells.append(f"{fmt(r[col])} ± {fmt(r[f'{raw}_std'])}" if col == f"{raw}_mean" else fmt(r[col]))
