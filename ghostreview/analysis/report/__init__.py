@@ -20,7 +20,16 @@ from ghostreview.analysis.report.arena import ArenaTables
 from ghostreview.analysis.report.metrics import write_metrics_json
 from ghostreview.analysis.report.stability import write_stability_json
 from ghostreview.analysis.report.tables import fmt as fmt_number
-from ghostreview.analysis.report.tables import fmt_rank, model_label, reference_line, reference_of, write_tables
+from ghostreview.analysis.report.tables import (
+    fmt_rank,
+    model_label,
+    pool_label,
+    protocol_line,
+    protocols_of,
+    reference_line,
+    reference_of,
+    write_tables,
+)
 from ghostreview.analysis.report.targets import Targets
 from ghostreview.analysis.standardize import COMBINED, Standardized
 from ghostreview.scoring.metric import MetricInfo
@@ -110,6 +119,7 @@ def leaderboard_text(doc: Mapping) -> str:
     the combined score averages and what the brackets are."""
     metrics, records = doc["metrics"], doc["models"]
     ref = doc.get("reference") or reference_of({})  # none: written before reference sets, by the pool
+    protocols = protocols_of(doc)  # issue 17's per-base pools; none: one pool
     titled = any(r.get("title") for r in records)
     raw = doc.get("raw_metric")
     header = ["#", "Model"] + (["Title"] if titled else []) + ["Family"]
@@ -120,7 +130,8 @@ def leaderboard_text(doc: Mapping) -> str:
                f"{raw_info.get('mark', '')}".rstrip() for c in raw_cols]
     rows = []
     for r in records:
-        cells = [fmt_rank(r["rank"]), model_label(r["model"], ref)] + ([str(r.get("title") or "")] if titled else [])
+        cells = [fmt_rank(r["rank"]), model_label(r["model"], ref) + pool_label(r["model"], protocols)]
+        cells += [str(r.get("title") or "")] if titled else []
         cells.append(str(r["family"]))
         cells += [f"{fmt_number(r.get(m))} [{fmt_number(r.get(f'{m}_lo'))}, {fmt_number(r.get(f'{m}_hi'))}]"
                   for m in metrics]
@@ -143,6 +154,7 @@ def leaderboard_text(doc: Mapping) -> str:
     level = doc.get("ci")
     level_text = f"{100 * float(level):g}%" if isinstance(level, int | float) else "bootstrap"
     lines.append(reference_line(ref))
+    lines += [protocol_line(protocols)] if protocols else []
     lines.append(f"↑ higher is better, ↓ lower is better; brackets: {level_text} bootstrap intervals over benchmark "
                  "items. Details: leaderboard.md.")
     return "\n".join(lines) + "\n"
