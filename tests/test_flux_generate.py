@@ -10,8 +10,9 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import small_benchmark
+from conftest import placeholder_params, small_benchmark
 
+from ghostreview import validate
 from ghostreview.generation.bases import BaseError, resolve_base
 from ghostreview.generation.generate import GenerateSettings, run_generate
 from ghostreview.generation.infotext import parse_infotext
@@ -76,3 +77,22 @@ def test_the_flux_base_is_read_from_the_file_and_a_contradiction_named(setup):
     assert resolve_base(ckpt).base == "flux1-dev"
     with pytest.raises(BaseError, match="flux1-schnell.*flux1-dev"):
         resolve_base(ckpt, "flux1-schnell")
+
+
+def test_validate_names_a_missing_or_unreadable_separate_file(setup):
+    root, _, files = setup
+    (root / "t5-truncated.safetensors").write_bytes(files["t5xxl"].read_bytes()[:100])
+
+    def check(**entry):
+        data = placeholder_params("tiny-flux", str(files["checkpoint"]))
+        data["models"]["tiny-flux"] |= {"vae": str(files["vae"]), **entry}
+        params = validate.parse(data)
+        return validate.check_checkpoint(params, "tiny-flux", root)
+
+    assert check(clip_l=str(files["clip_l"]), t5xxl=str(files["t5xxl"])).family == "flux"
+    with pytest.raises(validate.ParamsError, match="t5xxl"):
+        check(clip_l=str(files["clip_l"]))
+    with pytest.raises(validate.ParamsError, match=r"models\.tiny-flux\.t5xxl = .*t5-truncated"):
+        check(clip_l=str(files["clip_l"]), t5xxl=str(root / "t5-truncated.safetensors"))
+    with pytest.raises(validate.ParamsError, match="flux1-schnell"):
+        check(clip_l=str(files["clip_l"]), t5xxl=str(files["t5xxl"]), base="flux1-schnell")
