@@ -13,7 +13,7 @@ import pytest
 
 from ghostreview.analysis.report import format_leaderboard
 from ghostreview.analysis.report.tables import write_tables
-from ghostreview.analysis.standardize import ALL_POOL, protocol_pool, standardize
+from ghostreview.analysis.standardize import ALL_POOL, NOT_IN_REFERENCE, group_summary, protocol_pool, standardize
 from ghostreview.protocol import load_benchmark
 from stages.standardize import model_protocol
 from tests.test_report import METRICS as REPORT_METRICS
@@ -107,3 +107,18 @@ def test_the_leaderboard_names_each_models_pool_and_warns_that_ranks_cross_pools
     assert doc["protocols"] == protocols and list(doc)[-1] == "protocols"
     text = format_leaderboard(out / "leaderboard.csv")
     assert f"{names[0]} [pony]" in text and "A rank across pools compares" in text
+
+
+def test_against_a_reference_a_model_outside_the_anchors_pools_gets_no_z_and_its_groups_are_listed():
+    """Reference mode keeps the pools: the anchors' table is per (metric, task, item, pool), so a pony model scored
+    against v1-only anchors has no group to be z-scored in (rather than being measured against other prompts)."""
+    scores = synthetic(np.random.default_rng(6), models=("a", "b", "c"))
+    anchors = scores[scores["model"].isin(["a", "b"])]
+    frozen = standardize(anchors, models({"a": ALL_POOL, "b": ALL_POOL}), METRICS, {}, n_boot=10)
+    r = standardize(scores, models({"a": ALL_POOL, "b": ALL_POOL, "c": "pony"}), METRICS, {}, n_boot=10,
+                    reference=group_summary(frozen.images))
+    c = r.images[r.images["model"] == "c"]
+    assert len(c) and (c["status"] == "degenerate").all() and (c["pool"] == "pony").all()
+    assert set(r.degenerate.loc[r.degenerate["pool"] == "pony", "reason"]) == {NOT_IN_REFERENCE}
+    a = r.images[(r.images["model"] == "a") & (r.images["status"] == "ok")]
+    assert len(a) and np.isfinite(a["z"]).all()
