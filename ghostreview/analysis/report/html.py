@@ -78,6 +78,8 @@ from ghostreview.analysis.report.tables import (
     interval_note,
     leaderboard_frame,
     lora_problems,
+    protocol_line,
+    protocols_of,
 )
 from ghostreview.analysis.report.targets import Targets
 from ghostreview.analysis.standardize import COMBINED, Standardized, parse_flags
@@ -760,7 +762,8 @@ def leaderboard_note(meta: dict, shown: Mapping[str, Shown]) -> str:
     return (f"Scores are mean z-scores (z within each benchmark item over all models' images); brackets: the "
             f"{interval_note(meta)}; then the rank and its interval, and the raw mean. ↑: higher is better, ↓: "
             f"lower is better (losses: {lower}). {combined.label}: mean of scores with losses sign-flipped, "
-            f"{combined.better} is better. {over_text}Click a column to sort. {benchmark_line(meta)}")
+            f"{combined.better} is better. {over_text}Click a column to sort. {benchmark_line(meta)}"
+            + (f" {protocol_line(protocols_of(meta))}" if protocols_of(meta) else ""))  # issue 17's pools
 
 
 def nav_html(sections: Sequence[tuple[str, str]]) -> str:
