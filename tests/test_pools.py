@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 
 from ghostreview.analysis.report import format_leaderboard
+from ghostreview.analysis.report.display import shown_metrics
+from ghostreview.analysis.report.html import leaderboard_note
 from ghostreview.analysis.report.tables import write_tables
 from ghostreview.analysis.standardize import ALL_POOL, NOT_IN_REFERENCE, group_summary, protocol_pool, standardize
 from ghostreview.protocol import load_benchmark
@@ -122,3 +124,11 @@ def test_against_a_reference_a_model_outside_the_anchors_pools_gets_no_z_and_its
     assert set(r.degenerate.loc[r.degenerate["pool"] == "pony", "reason"]) == {NOT_IN_REFERENCE}
     a = r.images[(r.images["model"] == "a") & (r.images["status"] == "ok")]
     assert len(a) and np.isfinite(a["z"]).all()
+
+
+def test_the_html_leaderboard_note_names_the_pools(tmp_path):
+    result, *_ = make_demo(tmp_path / "demo")
+    meta = {**result.meta, "protocols": {"x": "pony", "y": ALL_POOL}}
+    shown = shown_metrics(result, REPORT_METRICS)
+    assert "A rank across pools compares" in leaderboard_note(meta, shown)
+    assert "Pools:" not in leaderboard_note(result.meta, shown)
