@@ -48,7 +48,8 @@ def ckpt(shapes, family: str, metadata: dict | None = None, markers: tuple[str, 
 def test_copies_and_families_agree():
     assert config.BASES == bases.BASES
     assert loading.ZTSNR_KEY == bases.ZTSNR_KEY
-    assert set(bases.BASE_FAMILIES) == set(bases.BASES) and set(bases.BASE_FAMILIES.values()) <= {*FAMILIES, FLUX_FAMILY}
+    assert set(bases.BASE_FAMILIES) == set(bases.BASES)
+    assert set(bases.BASE_FAMILIES.values()) <= {*FAMILIES, FLUX_FAMILY}
     assert {bases.BASE_FAMILIES[b] for b in bases.PLAIN_BASES.values()} == set(bases.PLAIN_BASES)
     assert bases.bases_of("sdxl") == ("sdxl", "pony", "illustrious", "noobai") and bases.bases_of("sd15") == ("sd15",)
 

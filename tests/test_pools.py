@@ -11,10 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ghostreview.analysis.reference import Reference, review_meta
 from ghostreview.analysis.report import format_leaderboard
 from ghostreview.analysis.report.display import shown_metrics
 from ghostreview.analysis.report.html import leaderboard_note
-from ghostreview.analysis.report.tables import write_tables
+from ghostreview.analysis.report.tables import reference_line, reference_of, write_tables
 from ghostreview.analysis.standardize import ALL_POOL, NOT_IN_REFERENCE, group_summary, protocol_pool, standardize
 from ghostreview.protocol import load_benchmark
 from stages.standardize import model_protocol
@@ -132,3 +133,15 @@ def test_the_html_leaderboard_note_names_the_pools(tmp_path):
     shown = shown_metrics(result, REPORT_METRICS)
     assert "A rank across pools compares" in leaderboard_note(meta, shown)
     assert "Pools:" not in leaderboard_note(result.meta, shown)
+
+
+def test_a_review_against_a_reference_names_the_models_outside_the_anchors_pools(tmp_path):
+    scores = synthetic(np.random.default_rng(7), models=("a", "b", "c"))
+    anchors = models({"a": ALL_POOL, "b": ALL_POOL}).assign(sha256=["a" * 64, "b" * 64])
+    frozen = standardize(scores[scores["model"].isin(["a", "b"])], anchors, METRICS, {}, n_boot=10)
+    ref = Reference("v1", {}, (), group_summary(frozen.images))
+    reviewed = models({"a": ALL_POOL, "b": ALL_POOL, "c": "pony"}).assign(sha256=["a" * 64, "b" * 64, "c" * 64])
+    assert review_meta(ref, reviewed)["outside_pools"] == ["c"]
+    assert "outside_pools" not in review_meta(ref, anchors)  # none outside: the meta keeps its keys
+    line = reference_line(reference_of({"reference": review_meta(ref, reviewed)}))
+    assert "Outside the anchors' pools" in line and line.endswith(": c.")

@@ -182,8 +182,19 @@ def review_meta(ref: Reference | None, models: pd.DataFrame) -> dict[str, object
     anchors (model, family, sha256) and ``anchors_reviewed``, the reviewed models that are anchors themselves."""
     if ref is None:
         return {"name": POOL, "anchors": [], "anchors_reviewed": []}
-    return {"name": ref.name, "anchors": [dict(a) for a in ref.anchors],
-            "anchors_reviewed": ref.anchor_models(models)}
+    out: dict[str, object] = {"name": ref.name, "anchors": [dict(a) for a in ref.anchors],
+                              "anchors_reviewed": ref.anchor_models(models)}
+    outside = outside_pools(ref, models)
+    return out | ({"outside_pools": outside} if outside else {})  # only then: older metas keep their bytes
+
+
+def outside_pools(ref: Reference, models: pd.DataFrame) -> list[str]:
+    """The reviewed models whose protocol pool (issue 17: the models table's ``protocol``) the anchors never had:
+    their general and style groups are not in the reference, so they get no z there."""
+    if "protocol" not in models:
+        return []
+    have = set(ref.groups["pool"].astype(str))
+    return [str(m) for m, p in zip(models["model"], models["protocol"].astype(str)) if p not in have]
 
 
 def freeze_review(standardized_dir: Path, images_dir: Path, names: list[str], name: str, out_dir: Path) -> Path:

@@ -191,9 +191,12 @@ def reference_of(meta: Mapping[str, object]) -> dict[str, object]:
     """Standardize's record of the reference (``reference.review_meta``): name, anchor models, anchors reviewed."""
     ref = meta.get("reference")
     ref = ref if isinstance(ref, Mapping) else {}
-    return {"name": str(ref.get("name", POOL)),
-            "anchors": [str(a.get("model")) for a in ref.get("anchors", []) if isinstance(a, Mapping)],
-            "anchors_reviewed": [str(m) for m in ref.get("anchors_reviewed", [])]}
+    out: dict[str, object] = {
+        "name": str(ref.get("name", POOL)),
+        "anchors": [str(a.get("model")) for a in ref.get("anchors", []) if isinstance(a, Mapping)],
+        "anchors_reviewed": [str(m) for m in ref.get("anchors_reviewed", [])]}
+    outside = [str(m) for m in ref.get("outside_pools", [])]  # issue 17: only when some model is outside
+    return out | ({"outside_pools": outside} if outside else {})
 
 
 ANCHOR_MARK = "†"  # after the name of a model that is an anchor of the reference it is scored against
@@ -209,7 +212,14 @@ def reference_line(ref: Mapping[str, object]) -> str:
               if ref["anchors_reviewed"] else "")
     return (f"Standardization: reference set {ref['name']} (anchors: {', '.join(anchors)}): every z-score is "
             f"relative to the anchors' images of each item, so adding a model changes no other model's score."
-            + marked)
+            + marked + outside_note(ref))
+
+
+def outside_note(ref: Mapping[str, object]) -> str:
+    """Models of a base's pool the anchors never had (issue 17): no z, so no score there ("" when none)."""
+    outside = cast(list, ref.get("outside_pools", []))
+    return (f" Outside the anchors' pools (another base's protocol; no score against this reference): "
+            f"{', '.join(outside)}." if outside else "")
 
 
 def model_label(model: object, ref: Mapping[str, object]) -> str:
