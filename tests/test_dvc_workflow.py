@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.dvc
 
 A, B = "demo-sd15-a", "demo-sdxl-a"  # one model of each family
+C = "demo-sd15-b"  # a third, added to a review against a reference set of A and B
 PER_MODEL = ("generate", "score")
 # the report's metrics files kept in git (cache: false in dvc.yaml): DVC prints no `git add` hint for them
 GIT_METRICS = tuple(path for stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values()
@@ -461,6 +462,47 @@ def test_a_coordinator_restores_the_workers_results_from_the_remote_without_reco
         assert tree(coordinator / directory) == tree(ws / directory), directory
     assert yaml.safe_load((coordinator / "dvc.lock").read_text()) == yaml.safe_load((ws / "dvc.lock").read_text())
     assert "up to date" in dvc(coordinator, "status").lower()
+
+
+def standardized_rows(ws: Path, model: str) -> tuple[list[dict], list[dict]]:
+    """``model``'s metric score rows (all but the ranks, which a new model moves) and image z rows of
+    data/standardized, every value as written."""
+    def rows(name: str) -> list[dict]:
+        with open(ws / "data" / "standardized" / f"{name}.csv", newline="", encoding="utf-8") as fh:
+            return [{k: v for k, v in r.items() if not k.startswith("rank")} for r in csv.DictReader(fh)
+                    if r["model"] == model]
+    return rows("scores"), rows("images")
+
+
+def test_with_a_reference_set_adding_a_model_leaves_the_others_scores_unchanged_bit_for_bit(review):
+    """Issue 19's promise through DVC: freeze the two-model review as a reference set, review against it, add a
+    third model: every metric score, its interval and image z of the first two is the same text as before (their
+    ranks move: a model was added; the combined score
+    averages the metrics every model has: compared too where that set did not change). Then the workspace is put
+    back as it was (C removed, the pool again) for the tests after this one."""
+    ws, _, _ = review
+    params_before = (ws / "params.yaml").read_text()
+    out = ghostreview(ws, "freeze-reference", "pair")
+    assert "references/pair.json: frozen" in out
+    edit_yaml(ws / "params.yaml", lambda d: d["standardize"].__setitem__("reference", "pair"))
+    out = dvc(ws, "repro")
+    assert ran(out) >= {"standardize", "report"} and not any("@" in s for s in ran(out) | restored(out))
+    before = {m: standardized_rows(ws, m) for m in (A, B)}
+    over = json.loads((ws / "data" / "standardized" / "meta.json").read_text())["combined_over"]
+    assert "reference set pair" in (ws / "reports" / "leaderboard.md").read_text()
+    ghostreview(ws, "add-model", "demo/kit/models/tiny-sd15-b.safetensors", "--name", C)
+    out = dvc(ws, "repro")
+    assert ran(out) >= instances(C) | {"standardize", "report"} and not (ran(out) & (instances(A) | instances(B)))
+    same_over = json.loads((ws / "data" / "standardized" / "meta.json").read_text())["combined_over"] == over
+    for m in (A, B):
+        (scores, images), (scores_now, images_now) = before[m], standardized_rows(ws, m)
+        kept = [r for r in scores if same_over or r["metric"] != "combined"]
+        assert kept and kept == [r for r in scores_now if same_over or r["metric"] != "combined"], m
+        assert images and images == images_now, m
+    assert standardized_rows(ws, C)[0]  # C is scored, against the same anchors
+    ghostreview(ws, "remove-model", C)
+    (ws / "references" / "pair.json").unlink()
+    (ws / "params.yaml").write_text(params_before)
 
 
 def test_remove_model_takes_it_out_of_params_outputs_lock_and_report(review):
