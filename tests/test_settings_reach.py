@@ -236,7 +236,7 @@ PROBES: list[Probe] = [
     P("standardize.bootstrap", "standardize", to(200), standardized("pairwise", "p_a_beats_b")),
     P("standardize.seed", "standardize", plus(1), standardized("pairwise", "p_a_beats_b")),
     P("standardize.confidence", "standardize", to(0.5), standardized("scores", "lo", "hi")),
-    P("standardize.reference", "standardize", to("no-such-set"), error, expect_error=True, files=(PARAMS,)),
+    P("standardize.reference", "standardize", to("no-such-set"), error, expect_error=True),
 ]
 
 
