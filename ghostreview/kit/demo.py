@@ -29,8 +29,9 @@ DEMO_MODELS = {
     "tiny-sd15-c": ("sd15", 4),
 }
 # name -> seed: tiny v-prediction SDXL stand-ins with the v_pred and ztsnr markers (kit/vpred.py; NoobAI-XL V-Pred)
-VPRED_MODELS = {"tiny-vpred-a": 5}
-KIT_VERSION = "4"  # 2: the HPSv2.1 and PickScore stand-ins; 3: the Flux stand-ins; 4: the v-pred SDXL stand-in
+# (two: the demo reviews both, so that its noobai-vpred pool has a z-score; a model alone in its pool has none)
+VPRED_MODELS = {"tiny-vpred-a": 5, "tiny-vpred-b": 6}
+KIT_VERSION = "5"  # 2: HPSv2.1 and PickScore stand-ins; 3: Flux; 4: the v-pred SDXL stand-in; 5: a second of each
 STAMP = "kit.json"
 REFS_PER_STYLE = 4
 
@@ -97,11 +98,14 @@ def vpred_steps(tmp: Path, seed: int) -> list[Callable[[], object]]:
 
 def flux_steps(tmp: Path, seed: int) -> list[Callable[[], object]]:
     """The Flux stand-ins (kit/flux.py, docs/flux.md): an all-in-one dev file, the same model as a transformer-only
-    file with separate CLIP-L, T5 and VAE files (``models/tiny-flux-dev-split/``), and a LoRA in each format."""
+    file with separate CLIP-L, T5 and VAE files (``models/tiny-flux-dev-split/``), a second all-in-one dev model
+    with other weights (``tiny-flux-dev-b``: the demo reviews two, so that its flux1-dev pool has a z-score), and a
+    LoRA in each format."""
     from ghostreview.kit import flux
 
     s = seed * 1000 + 5
     return [partial(flux.write_all_in_one, tmp / "models" / "tiny-flux-dev.safetensors", "flux1-dev", s),
+            partial(flux.write_all_in_one, tmp / "models" / "tiny-flux-dev-b.safetensors", "flux1-dev", s + 1),
             partial(flux.write_transformer_only, tmp / "models" / "tiny-flux-dev-split", "flux1-dev", s),
             partial(flux.write_kohya_lora, tmp / "loras" / "flux" / "tiny-flux-kohya.safetensors", "flux1-dev",
                     _seed(seed, "flux", "kohya")),
