@@ -477,9 +477,8 @@ def standardized_rows(ws: Path, model: str) -> tuple[list[dict], list[dict]]:
 def test_with_a_reference_set_adding_a_model_leaves_the_others_scores_unchanged_bit_for_bit(review):
     """Issue 19's promise through DVC: freeze the two-model review as a reference set, review against it, add a
     third model: every metric score, its interval and image z of the first two is the same text as before (their
-    ranks move: a model was added; the combined score
-    averages the metrics every model has: compared too where that set did not change). Then the workspace is put
-    back as it was (C removed, the pool again) for the tests after this one."""
+    ranks move: a model was added; the combined score averages the metrics every model has: compared too where that
+    set did not change). Then the workspace is put back as it was (C removed, the pool again) for the tests after."""
     ws, _, _ = review
     params_before = (ws / "params.yaml").read_text()
     out = ghostreview(ws, "freeze-reference", "pair")

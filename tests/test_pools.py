@@ -135,7 +135,7 @@ def test_the_html_leaderboard_note_names_the_pools(tmp_path):
     assert "Pools:" not in leaderboard_note(result.meta, shown)
 
 
-def test_a_review_against_a_reference_names_the_models_outside_the_anchors_pools(tmp_path):
+def test_a_review_against_a_reference_names_the_models_outside_the_anchors_pools():
     scores = synthetic(np.random.default_rng(7), models=("a", "b", "c"))
     anchors = models({"a": ALL_POOL, "b": ALL_POOL}).assign(sha256=["a" * 64, "b" * 64])
     frozen = standardize(scores[scores["model"].isin(["a", "b"])], anchors, METRICS, {}, n_boot=10)
