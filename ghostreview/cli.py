@@ -73,6 +73,17 @@ def kit(
     typer.echo(f"demo kit ready in {dest} (random weights: its rankings mean nothing)")
 
 
+def _describe_base(ckpt, model) -> str:
+    """``sd15``; ``sdxl: noobai, v-prediction``; ``flux: flux1-dev``: the family, and the base and prediction where
+    they are not the family's plain ones (as the generate stage will resolve them; validated before)."""
+    from ghostreview.generation.bases import PLAIN_BASES, resolve_base
+
+    told = resolve_base(ckpt, model.base, model.prediction)
+    extra = [told.base] if told.base != PLAIN_BASES.get(told.family) else []
+    extra += ["v-prediction"] if told.prediction == "v_prediction" else []
+    return f"{told.family}: {', '.join(extra)}" if extra else told.family
+
+
 @app.command()
 def validate(params: Path = typer.Option(Path("params.yaml"), help="params file to check")) -> None:
     """Check params.yaml and every file it names (checkpoint headers, scorer weights, sampler, devices, benchmark,
@@ -87,7 +98,7 @@ def validate(params: Path = typer.Option(Path("params.yaml"), help="params file 
     checkpoints, problems = checks.everything(p, params.parent.resolve(), str(params))
     if problems:
         _fail("\n".join(problems))
-    described = ", ".join(f"{n} ({c.family})" for n, c in checkpoints.items())
+    described = ", ".join(f"{n} ({_describe_base(c, p.models[n])})" for n, c in checkpoints.items())
     typer.echo(f"{params}: OK ({len(p.models)} models: {described})")
 
 

@@ -3,16 +3,18 @@
 - :func:`leaves` walks a params file; :func:`dvc_stages` expands dvc.yaml (``foreach``, ``${...}``) for it.
 - :class:`Project` lays tiny stand-ins out at the paths each params file names (``demo/kit/...`` for params.yaml,
   ``weights/``, ``models/``, ``loras/``, ``benchmark_images/`` for the full v1 example), plus ``alt/<path>``, the same
-  asset at another path, and ``alt/...`` variants with other contents (benchmark, reference images, CLIP configs).
+  asset at another path, and ``alt/...`` variants with other contents (benchmark, reference images, CLIP configs, a
+  Flux model's separate files).
 - :class:`Pipeline` runs the real stage scripts (``main(argv)`` with the argv of dvc.yaml's ``cmd``) in-process, each in
   its own workspace (own HOME: image store and caches) whose inputs are links to a base run's outputs, with spies
-  (:func:`spies`) where settings are used: generate's plan and image keys, the diffusers pipeline loader, ``draw``
-  (nothing is drawn: one flat dummy image per request), the LoRA loader, the image store, the Ray engine, open_clip's
-  model factory (it builds the tiny CLIP on the CPU whatever the arch and device), the CLIP towers' and VGG's forwards,
-  VGG's ``.to(device)``, the aesthetic head. A :class:`Record` holds those calls (paths relative to the workspace),
-  the stage's error line, and the params keys it read (:func:`recording`). A run may stop right after the call it is
-  compared on (``stop``), and may see CUDA GPUs that are not there (``gpus``): every device is spied, nothing runs on
-  one. Not probed, so skipped for time: the image store's fsyncs and the report's figures.
+  (:func:`spies`) where settings are used: generate's plan and image keys, the diffusers pipeline loaders (SD's and
+  Flux's), ``draw`` and ``draw_flux`` (nothing is drawn: one flat dummy image per request), the LoRA loaders, the
+  image store, the Ray engine, open_clip's model factory (it builds the tiny CLIP on the CPU whatever the arch and
+  device), the CLIP towers' and VGG's forwards, VGG's ``.to(device)``, the aesthetic head. A :class:`Record` holds
+  those calls (paths relative to the workspace), the stage's error line, and the params keys it read
+  (:func:`recording`). A run may stop right after the call it is compared on (``stop``), and may see CUDA GPUs that
+  are not there (``gpus``): every device is spied, nothing runs on one. Not probed, so skipped for time: the image
+  store's fsyncs and the report's figures.
 """
 from __future__ import annotations
 
@@ -258,11 +260,13 @@ class Project:
     """Tiny stand-ins at the paths both params files name (assets/), shared read-only by every workspace."""
 
     def __init__(self, root: Path) -> None:
+        from ghostreview.kit import flux
         from ghostreview.kit.images import write_lora_header, write_style_references
         from ghostreview.kit.judges import write_tiny_judges
         from ghostreview.kit.lora import write_tiny_lora
         from ghostreview.kit.scorers import TINY_CLIP_ARCH, tiny_clip_config, write_tiny_clip, write_tiny_vgg19
         from ghostreview.kit.sd import write_tiny_checkpoint, write_tiny_config_dir, write_tiny_vae
+        from ghostreview.kit.vpred import write_tiny_vpred_checkpoint
         from ghostreview.protocol import cut_benchmark, load_benchmark
         from ghostreview.scoring.weights import read_state_dict, write_state_dict
 
@@ -280,6 +284,11 @@ class Project:
         write_tiny_checkpoint(kit / "models/tiny-sd15-a.safetensors", "sd15", 1)
         write_tiny_checkpoint(kit / "models/tiny-sdxl-a.safetensors", "sdxl", 3)
         other_weights(kit / "models/tiny-sd15-a.safetensors", kit / "models/tiny-sd15-b.safetensors")
+        # the newer bases (params.yaml's NoobAI V-Pred and Flux.1 dev models; seeds as the kit's do not matter)
+        write_tiny_vpred_checkpoint(kit / "models/tiny-vpred-a.safetensors", 5)
+        write_tiny_vpred_checkpoint(kit / "models/tiny-vpred-b.safetensors", 6)
+        flux.write_transformer_only(kit / "models/tiny-flux-dev-split", "flux1-dev", 7)
+        flux.write_all_in_one(kit / "models/tiny-flux-dev-b.safetensors", "flux1-dev", 8)
         for family, entries in bench.loras.items():
             for i, entry in enumerate(entries):
                 write_tiny_lora(kit / "loras" / family / entry.file, family, kit / "configs" / family, seed=i)
@@ -321,6 +330,8 @@ class Project:
                     shutil.copy(src, dest)
         # a standalone VAE (VAE keys only): validate refuses a full checkpoint given as a model's vae
         write_tiny_vae(a / "alt/vae.safetensors", "sd15", seed=1)
+        # a Flux model's separate CLIP-L, T5-XXL and VAE files with other weights (its transformer is not used)
+        flux.write_transformer_only(a / "alt/flux-other", "flux1-dev", 9)
         (a / "alt/clip-renamed").mkdir(parents=True)
         shutil.copy(clip_config, a / "alt/clip-renamed/ghostreview-tiny2-ViT-quickgelu.json")
         other = dict(self.clip_config, quick_gelu=False)  # same weights, another activation
@@ -449,9 +460,17 @@ def spies(mp: pytest.MonkeyPatch, rec: Record, project: Project) -> Iterator[Non
         log("load_pipeline", checkpoint=ckpt.path, family=family, config_dir=config_dir, **kw)
         return FakePipe(ckpt.path.name)
 
+    def open_flux(ckpt, cache, *, config_dir=None, clip_l=None, t5xxl=None, vae=None, t5_tokenizer=None, **kw):
+        log("load_pipeline", checkpoint=ckpt.path, family=ckpt.family, config_dir=config_dir, clip_l=clip_l,
+            t5xxl=t5xxl, vae=vae, t5_tokenizer=t5_tokenizer, **kw)
+        return FakePipe(ckpt.path.name)
+
     def draw(pipe, family, requests, base_scheduler_config=None, batch_size=None):
         log("draw", family=family, requests=list(requests), batch_size=batch_size, threads=torch.get_num_threads())
         return [(dummy_image(pipe, r), []) for r in requests]
+
+    def draw_flux(pipe, requests, batch_size=None):
+        return draw(pipe, "flux", requests, batch_size=batch_size)
 
     real_sha, real_store, real_plan, real_key = gen.file_sha256, gen.ImageStore, gen.plan_jobs, gen.job_key
 
@@ -469,6 +488,8 @@ def spies(mp: pytest.MonkeyPatch, rec: Record, project: Project) -> Iterator[Non
     mp.setattr(gen, "job_key", job_key)
     mp.setattr(worker, "open_pipeline", open_pipeline)
     mp.setattr(worker, "draw", draw)
+    mp.setattr(worker, "open_flux_checkpoint", open_flux)
+    mp.setattr(worker, "draw_flux", draw_flux)
     class FakeAdapters:  # worker.LoraAdapters: activating a batch's LoRAs logs them as apply_loras did
         def __init__(self, pipe, family):
             self.family = family
@@ -477,6 +498,7 @@ def spies(mp: pytest.MonkeyPatch, rec: Record, project: Project) -> Iterator[Non
             return log("apply_loras", family=self.family, loras=list(specs)) or {}  # every module got its delta
 
     mp.setattr(worker, "LoraAdapters", FakeAdapters)
+    mp.setattr(worker, "FluxLoraAdapters", lambda pipe: FakeAdapters(pipe, "flux"))
     mp.setattr(gen, "file_sha256", lambda path, cache=None: log("file_sha256", path=path, cache=cache) or real_sha(
         path, cache))
     mp.setattr(gen, "ImageStore", lambda root: log("image_store", root=root) or real_store(root))

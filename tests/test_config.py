@@ -22,8 +22,8 @@ def base(**over):
 
 def test_shipped_params_parse():
     params = load_params(ROOT / "params.yaml")
-    assert len(params.models) == 3
-    assert {"sd15", "sdxl"} <= {Path(m.config).name for m in params.models.values()}
+    assert len(params.models) == 7
+    assert {"sd15", "sdxl"} <= {Path(m.config).name for m in params.models.values() if m.config}
 
 
 def test_defaults_are_the_full_protocol():

@@ -73,7 +73,7 @@ def test_the_script_refuses_an_unknown_key_with_an_error_line(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert re.match(r'error: \S*params\.yaml: unknown key generaton\. Did you mean "generation"\?', proc.stderr)
     proc = run([sys.executable, "stages/checkparams.py", "--params", "params.yaml"], ROOT)
-    assert proc.returncode == 0 and "checkparams: params.yaml is valid (3 models)" in proc.stdout
+    assert proc.returncode == 0 and "checkparams: params.yaml is valid (7 models)" in proc.stdout
 
 
 def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -131,4 +131,4 @@ def test_dvc_repro_stops_at_an_unknown_key_that_no_other_stage_tracks(workspace)
         params.write_text(text, encoding="utf-8")  # fixed: the file the lock records as checked, so up to date again
     assert "up to date" in dvc(workspace, "status", "checkparams")
     params.write_text(text.replace("  seed: 0\n", "  seed: 1\n"), encoding="utf-8")  # a valid edit passes the check
-    assert "checkparams: params.yaml is valid (3 models)" in dvc(workspace, "repro", "checkparams")
+    assert "checkparams: params.yaml is valid (7 models)" in dvc(workspace, "repro", "checkparams")

@@ -151,6 +151,8 @@ GEN = "generate"
 SCORING_CLIP, SCORING_VGG = ("score",), ("refstats", "score")
 TOWERS = ("encode_image", "encode_text")  # the score stage runs both CLIP towers (aesthetic and CLIPScore)
 SDXL_MODEL = {"models.my-model.checkpoint": "demo/kit/models/tiny-sdxl-a.safetensors"}
+FLUX_PARTS = {"clip_l": "clip_l.safetensors", "t5xxl": "t5xxl.safetensors", "vae": "ae.safetensors"}
+OTHER_FLUX = "alt/flux-other"  # tests/reach.py: a transformer-only Flux.1 dev's separate files with other weights
 
 PROBES: list[Probe] = [
     P("benchmark.dir", GEN, to("alt/benchmark"), calls("plan", "jobs")),
@@ -192,8 +194,17 @@ PROBES: list[Probe] = [
     P("models.*.checkpoint", GEN, to("demo/kit/models/tiny-sd15-b.safetensors"), calls("job_key", "key")),
     P("models.*.config", GEN, elsewhere, calls("load_pipeline", "config_dir")),
     P("models.*.clip_skip", GEN, plus(1), requests("clip_skip")),
-    P("models.*.vae", GEN, to("alt/vae.safetensors"), calls("load_pipeline", "vae")),
-    P("models.*.vae", GEN, to("alt/vae.safetensors"), calls("job_key", "key")),
+    P("models.*.vae", GEN, to("alt/vae.safetensors"), calls("load_pipeline", "vae"), files=(FULL,)),
+    P("models.*.vae", GEN, to("alt/vae.safetensors"), calls("job_key", "key"), files=(FULL,)),
+    # params.yaml's first vae is a Flux model's ae.safetensors (transformer-only checkpoint), as are clip_l, t5xxl
+    *[P(f"models.*.{part}", GEN, elsewhere, calls("load_pipeline", part), files=(PARAMS,)) for part in FLUX_PARTS],
+    *[P(f"models.*.{part}", GEN, to(f"{OTHER_FLUX}/{file}"), calls("job_key", "key"), files=(PARAMS,))
+      for part, file in FLUX_PARTS.items()],
+    # params.yaml's first base, width, height and steps are a NoobAI V-Pred model's
+    P("models.*.base", GEN, to("illustrious"), requests("prompt")),  # the base's prompt prefix
+    P("models.*.width", GEN, plus(16), requests("width")),
+    P("models.*.height", GEN, plus(16), requests("height")),
+    P("models.*.steps", GEN, plus(1), requests("steps")),
     P("models.*.prediction", GEN, to("v_prediction"), calls("load_pipeline", "prediction_type")),
     P("models.*.prediction", GEN, to("v_prediction"), calls("job_key", "key")),
     P("models.*.title", "report", plus(" (renamed)"), report_text),

@@ -36,7 +36,9 @@ def validate(params: Path):
 def test_the_demo_params_validate(project):
     result = validate(project / "params.yaml")
     assert result.exit_code == 0, result.output
-    assert "OK (3 models: demo-sd15-a (sd15), demo-sd15-b (sd15), demo-sdxl-a (sdxl))" in result.output
+    assert ("OK (7 models: demo-sd15-a (sd15), demo-sd15-b (sd15), demo-sdxl-a (sdxl), demo-noobai-vpred-a (sdxl: "
+            "noobai, v-prediction), demo-noobai-vpred-b (sdxl: noobai, v-prediction), demo-flux-dev-a (flux: "
+            "flux1-dev), demo-flux-dev-b (flux: flux1-dev))") in result.output
 
 
 def test_every_problem_is_listed_with_its_key_and_fix(project, tmp_path):
