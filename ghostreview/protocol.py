@@ -58,6 +58,8 @@ STYLE_NAME = re.compile(r"[A-Za-z0-9_]+")
 # recognises them; LoRA tags themselves are parsed by ghostreview.generation.prompts.extract_lora_tags, the parser
 # generation uses.
 NETWORK_TAG = re.compile(r"<(\w+):([^>]+)>")
+# A1111 emphasis with a weight: "(bokeh:1.1)" (prose must have none)
+EMPHASIS = re.compile(r"\([^()]*:\s*-?[0-9.]+\s*\)")
 # Line breaks other than "\n": A1111 and ghostreview.generation.infotext split an infotext on "\n" only, other readers
 # (Python's str.splitlines, many viewers) on these as well, so a prompt holding one reads back differently there.
 OTHER_LINE_BREAKS = re.compile("[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
@@ -80,12 +82,15 @@ class BenchmarkError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class GeneralPrompt:
-    """One general prompt; ``group`` is "common" (the 25 Civitai subjects) or "stylized" (the 5 style prompts)."""
+    """One general prompt; ``group`` is "common" (the 25 Civitai subjects) or "stylized" (the 5 style prompts).
+    ``prose``: the same subject in plain sentences, for the bases that read natural language (``bases.yaml``'s
+    ``prose: true``: Flux.1); empty where the benchmark has none."""
 
     id: str
     category: str
     prompt: str
     group: str = "common"
+    prose: str = ""
 
 
 @dataclass(frozen=True)
@@ -143,12 +148,14 @@ class BaseSettings:
 class BaseProtocol:
     """One base's entry of ``bases.yaml``: ``prompt_prefix`` goes before every general and style prompt,
     ``negative_prompt`` replaces prompts.yaml's shared one (None: keep it), ``settings`` are the recommended ones and
-    ``v_prediction`` what replaces them for the base's v-prediction checkpoints."""
+    ``v_prediction`` what replaces them for the base's v-prediction checkpoints. ``prose``: the general prompts are
+    drawn from their natural-language rendering (``GeneralPrompt.prose``) instead of their tags."""
 
     prompt_prefix: str = ""
     negative_prompt: str | None = None
     settings: BaseSettings = BaseSettings()
     v_prediction: BaseSettings = BaseSettings()
+    prose: bool = False
 
     def settings_for(self, prediction: str) -> BaseSettings:
         """The settings of a checkpoint of this base with ``prediction`` ("epsilon" | "v_prediction")."""
@@ -429,10 +436,23 @@ def _read_group(value: Any, loc: Loc) -> str:
     return group
 
 
+def _read_prose(value: Any, loc: Loc) -> str:
+    """A natural-language rendering: a prompt (:func:`read_prompt`) with no LoRA tag and no A1111 emphasis, which a
+    T5 encoder (Flux.1) would read as literal characters."""
+    text = _no_network_tags(read_prompt(value, loc), loc)
+    weighted = EMPHASIS.search(text)
+    if weighted:
+        raise _fail(loc, f"has the A1111 emphasis {weighted.group(0)!r}",
+                    "Prose is read word for word by the bases that use it (Flux.1's T5 weights no token): write it "
+                    "as plain sentences, without (text:weight).")
+    return text
+
+
 def _read_general_prompt(value: Any, loc: Loc) -> GeneralPrompt:
-    f = read_fields(value, loc, {"id": read_slug, "group": _read_group, "category": read_slug, "prompt": read_prompt})
+    f = read_fields(value, loc, {"id": read_slug, "group": _read_group, "category": read_slug, "prompt": read_prompt},
+                    {"prose": (_read_prose, "")})
     _no_network_tags(f["prompt"], loc.key(value, "prompt"))
-    return GeneralPrompt(id=f["id"], category=f["category"], prompt=f["prompt"], group=f["group"])
+    return GeneralPrompt(id=f["id"], category=f["category"], prompt=f["prompt"], group=f["group"], prose=f["prose"])
 
 
 def parse_prompts(data: Any, file: str = PROMPTS_FILE) -> tuple[str, tuple[GeneralPrompt, ...]]:
@@ -614,10 +634,10 @@ def _read_v_settings(value: Any, loc: Loc) -> BaseSettings:
 def _read_base(value: Any, loc: Loc) -> BaseProtocol:
     optional: dict[str, tuple[Callable, Any]] = {k: (r, None) for k, r in SETTING_READERS.items()}
     optional |= {"prompt_prefix": (read_negative, ""), "negative_prompt": (read_negative, None),
-                 "v_prediction": (_read_v_settings, BaseSettings())}
+                 "v_prediction": (_read_v_settings, BaseSettings()), "prose": (_read_bool, False)}
     f = read_fields(value, loc, {}, optional)
     return BaseProtocol(f["prompt_prefix"].strip().rstrip(",").strip(), f["negative_prompt"], _settings(f),
-                        f["v_prediction"])
+                        f["v_prediction"], f["prose"])
 
 
 def parse_bases(data: Any, file: str = BASES_FILE) -> Mapping[str, BaseProtocol]:
@@ -667,7 +687,19 @@ def load_benchmark(directory: Path) -> Benchmark:
     )
     _check_counts(bench)
     _check_names_across_families(bench)
+    _check_prose(bench)
     return bench
+
+
+def _check_prose(b: Benchmark) -> None:
+    """A base with ``prose: true`` needs every general prompt's prose."""
+    prose_bases = [name for name, conv in b.bases.items() if conv.prose]
+    missing = [p.id for p in b.general if not p.prose]
+    if prose_bases and missing:
+        raise BenchmarkError(f"{PROMPTS_FILE}: prompt {missing[0]!r} has no prose"
+                             f"{f' (nor {len(missing) - 1} more)' if len(missing) > 1 else ''}, which {BASES_FILE}'s "
+                             f"{', '.join(prose_bases)} (prose: true) draw from. Add a `prose:` line to each prompt "
+                             f"(the same subject in plain sentences), or remove `prose: true` from those bases.")
 
 
 def cut_benchmark(source: Path, dest: Path, general: int, styles: int, loras: int) -> Benchmark:
@@ -825,9 +857,11 @@ def _shared_negative(b: Benchmark, conv: BaseProtocol) -> str:
 
 
 def general_items(b: Benchmark, n: int, conv: BaseProtocol = BaseProtocol()) -> list[BenchmarkItem]:
-    """Image k of a prompt has seed ``base + k``; ``conv`` (the model's base) prefixes it and picks its negative."""
+    """Image k of a prompt has seed ``base + k``; ``conv`` (the model's base) prefixes it (its prose instead, for a
+    base that reads prose) and picks its negative."""
     seed, negative = b.base_seeds["general"], _shared_negative(b, conv)
-    return [BenchmarkItem("general", p.id, k, seed + k, _prefixed(conv.prompt_prefix, p.prompt), negative)
+    return [BenchmarkItem("general", p.id, k, seed + k, _prefixed(conv.prompt_prefix, p.prose if conv.prose else
+                                                                 p.prompt), negative)
             for p in b.general for k in range(n)]
 
 

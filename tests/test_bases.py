@@ -1,5 +1,6 @@
 """Checkpoint bases: detection from the file (modelspec metadata, v_pred / ztsnr markers), conflicts with the model
-entry, bases.yaml (prompt conventions and settings per base) and how a model's settings are resolved."""
+entry, bases.yaml (prompt conventions and settings per base; prose prompts for Flux) and how a model's settings are
+resolved."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import ROOT
 
 from ghostreview import config
@@ -19,13 +21,16 @@ from ghostreview.generation.loading import CheckpointFile
 from ghostreview.generation.plan import sampler_name
 from ghostreview.kit.sd import write_tiny_checkpoint
 from ghostreview.protocol import (
+    EMPHASIS,
     BaseProtocol,
     BaseSettings,
     BenchmarkError,
     base_protocol,
     benchmark_items,
+    cut_benchmark,
     load_benchmark,
     parse_bases,
+    parse_prompts,
 )
 
 V1 = ROOT / "data" / "benchmark" / "v1"
@@ -187,6 +192,34 @@ def test_base_conventions_keep_subjects_and_seeds(bench):
             assert mine.negative_prompt.startswith(style.negative_prompt.strip().strip(","))
             assert mine.negative_prompt.endswith(conv.negative_prompt)
             assert bench.negative_prompt not in mine.negative_prompt
+
+
+def test_prose_bases_draw_each_general_prompt_in_plain_sentences(bench):
+    """Flux.1 reads natural language: its general images are drawn from each prompt's prose, same item and seeds;
+    style and LoRA prompts are those of every base."""
+    assert [b for b, conv in bench.bases.items() if conv.prose] == ["flux1-dev", "flux1-schnell"]
+    assert all(p.prose and not EMPHASIS.search(p.prose) and "1girl" not in p.prose for p in bench.general)
+    counts = dict(FEW, lora=0)  # Flux has no LoRA table
+    tags = benchmark_items(bench, "sdxl", counts)
+    flux = benchmark_items(bench, "flux", counts, "flux1-dev")
+    assert [(i.task, i.item, i.seed, i.subject) for i in flux] == [(i.task, i.item, i.seed, i.subject) for i in tags]
+    prose = {p.id: p.prose for p in bench.general}
+    for mine, theirs in zip(flux, tags, strict=True):
+        assert mine.prompt == (prose[mine.item] if mine.task == "general" else theirs.prompt)
+
+
+def test_prose_is_checked_where_it_is_read(tmp_path):
+    with pytest.raises(BenchmarkError, match=r"prompts.yaml: prompts\[0\].prose.*emphasis '\(bokeh:1.1\)'"):
+        parse_prompts({"negative_prompt": "", "prompts": [{"id": "a", "group": "common", "category": "x", "prompt":
+                                                           "a cat", "prose": "A cat in soft (bokeh:1.1) light."}]})
+    cut = tmp_path / "cut"
+    cut_benchmark(V1, cut, general=2, styles=1, loras=1)
+    data = yaml.safe_load((cut / "prompts.yaml").read_text(encoding="utf-8"))
+    del data["prompts"][1]["prose"]
+    (cut / "prompts.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    with pytest.raises(BenchmarkError, match=rf"prompt '{data['prompts'][1]['id']}' has no prose.*flux1-dev, "
+                                             r"flux1-schnell \(prose: true\)"):
+        load_benchmark(cut)
 
 
 # --------------------------------------------------------------------------------------------------- settings

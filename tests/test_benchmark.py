@@ -279,7 +279,7 @@ MALFORMED = [
     ("protocol.yaml", "name: ghostreview-v1", "name: ghostreview-v1\nname: again", 1,
      ["protocol.yaml", "invalid YAML", "duplicate key"]),
     ("prompts.yaml", "category: food", "category: food: fries", 2,
-     ["prompts.yaml", "invalid YAML", "mapping values are not allowed", "line 95"]),
+     ["prompts.yaml", "invalid YAML", "mapping values are not allowed", "line 116"]),
 ]
 
 

@@ -1,6 +1,6 @@
 """Flux through the generate stage: the split stand-in drawn by run_generate with Forge's Flux infotext, no negative
 prompt and no LoRA images (the benchmark has no Flux LoRA table); its separate text-encoder files in the image key;
-its base read from the file."""
+its base read from the file; a prompt past T5's 512 tokens flagged in the manifest."""
 
 import os
 
@@ -10,6 +10,7 @@ import dataclasses
 
 import pytest
 import torch
+import yaml
 from conftest import placeholder_params, small_benchmark
 
 from ghostreview import validate
@@ -96,3 +97,25 @@ def test_validate_names_a_missing_or_unreadable_separate_file(setup):
         check(clip_l=str(files["clip_l"]), t5xxl=str(root / "t5-truncated.safetensors"))
     with pytest.raises(validate.ParamsError, match="flux1-schnell"):
         check(clip_l=str(files["clip_l"]), t5xxl=str(files["t5xxl"]), base="flux1-schnell")
+
+
+def test_a_prompt_past_t5s_512_tokens_is_flagged_through_the_stage(setup, tmp_path, no_network):
+    """A general prompt longer than T5's 512 positions (Flux.1 dev) is drawn on its first 512 tokens and flagged
+    ``text_truncated`` in the manifest; the image is kept (the flag excludes nothing) and the short prompt's is not."""
+    from ghostreview.analysis.standardize import EXCLUDING_FLAGS, parse_flags
+
+    root, _, files = setup
+    cut = small_benchmark(tmp_path / "bench", general=2, styles=1, loras=1)
+    data = yaml.safe_load((cut / "prompts.yaml").read_text(encoding="utf-8"))
+    long_item, short_item = data["prompts"][0]["id"], data["prompts"][1]["id"]
+    data["prompts"][0]["prose"] = " ".join(["A cat is sleeping on a sunny windowsill."] * 100)  # what Flux draws
+    (cut / "prompts.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    bench = load_benchmark(cut)
+    run_generate(bench, settings(root, files, counts={"general": 1, "style": 0, "lora": 0}, tasks=("general",),
+                                 store=tmp_path / "store"), tmp_path / "out", progress=False)
+    rows = {r["item"]: r for r in read_manifest(tmp_path / "out")}
+    assert rows.keys() == {long_item, short_item}
+    assert parse_flags(rows[long_item]["flags"]) == {"text_truncated"} and rows[short_item]["flags"] == ""
+    assert "text_truncated" not in EXCLUDING_FLAGS and (tmp_path / "out" / rows[long_item]["image"]).is_file()
+    assert rows[long_item]["prompt"] == data["prompts"][0]["prose"]  # Flux draws the prose, recorded as written
+    assert parse_infotext(rows[long_item]["infotext"])[0] == rows[long_item]["prompt"]
