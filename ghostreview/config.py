@@ -181,14 +181,17 @@ class BenchmarkParams(Checked):
 
 @dataclass(frozen=True)
 class FamilyPaths(Checked):
+    """A directory per family with a LoRA table (``generation.families.LORA_FAMILIES``)."""
+
     sd15: str = "loras/sd15"
     sdxl: str = "loras/sdxl"
+    flux: str = "loras/flux"
 
 
 @dataclass(frozen=True)
 class PathParams(Checked):
     loras: FamilyPaths = FamilyPaths()
-    lora_headers: FamilyPaths = FamilyPaths("lora_headers/sd15", "lora_headers/sdxl")
+    lora_headers: FamilyPaths = FamilyPaths("lora_headers/sd15", "lora_headers/sdxl", "lora_headers/flux")
     style_refs: str = "style_refs"
     image_store: str = "~/.cache/ghostreview/images"
     cache: str = "~/.cache/ghostreview"

@@ -36,7 +36,7 @@ from ruamel.yaml import YAML
 
 from ghostreview.errors import UserError
 from ghostreview.generation.bases import BASES, PLAIN_BASES
-from ghostreview.generation.families import FAMILIES
+from ghostreview.generation.families import FAMILIES, LORA_FAMILIES
 from ghostreview.generation.infotext import NEGATIVE_PREFIX, format_infotext, parse_infotext
 from ghostreview.generation.prompts import extract_lora_tags
 from ghostreview.util.names import did_you_mean, table_slug
@@ -177,7 +177,8 @@ class TaskCounts:
 
 @dataclass(frozen=True)
 class Benchmark:
-    """A loaded benchmark. ``loras`` maps a family ("sd15", "sdxl") to its LoRA table, in file order."""
+    """A loaded benchmark. ``loras`` maps a family ("sd15", "sdxl", and "flux" where the benchmark has a Flux table)
+    to its LoRA table, in file order."""
 
     name: str
     version: str
@@ -391,6 +392,14 @@ def read_yaml(path: Path) -> Any:
 
 def lora_table_file(family: str) -> str:
     return f"loras_{family}.yaml"
+
+
+def lora_families(directory: Path) -> tuple[str, ...]:
+    """The families whose LoRA table benchmark ``directory`` holds: every one of ``FAMILIES`` (their files are
+    required), then the others of ``LORA_FAMILIES`` whose file is there (a benchmark without ``loras_flux.yaml``
+    reviews Flux models without LoRA images)."""
+    optional = [f for f in LORA_FAMILIES if f not in FAMILIES and (Path(directory) / lora_table_file(f)).is_file()]
+    return (*FAMILIES, *optional)
 
 
 def _read_counts(value: Any, loc: Loc) -> TaskCounts:
@@ -677,7 +686,8 @@ def load_benchmark(directory: Path) -> Benchmark:
     protocol = parse_protocol(read_yaml(directory / PROTOCOL_FILE))
     negative, general = parse_prompts(read_yaml(directory / PROMPTS_FILE))
     subjects, styles = parse_styles(read_yaml(directory / STYLES_FILE))
-    loras = {f: parse_lora_table(read_yaml(directory / lora_table_file(f)), lora_table_file(f)) for f in FAMILIES}
+    loras = {f: parse_lora_table(read_yaml(directory / lora_table_file(f)), lora_table_file(f))
+             for f in lora_families(directory)}
     bases = parse_bases(read_yaml(directory / BASES_FILE)) if (directory / BASES_FILE).is_file() else {}
     bench = Benchmark(
         name=protocol["name"], version=protocol["version"], negative_prompt=negative, general=general, styles=styles,
@@ -741,11 +751,12 @@ def cut_benchmark(source: Path, dest: Path, general: int, styles: int, loras: in
     edit(STYLES_FILE, keep("styles", styles))
     self_contained = lambda e: not NETWORK_TAG.search(str(e["prompt"]))  # noqa: E731
     # both families' tables need the same count: cut to what the poorer one has
-    loras = min([loras] + [sum(map(self_contained, read_yaml(source / lora_table_file(f))["loras"])) for f in FAMILIES])
+    tables = lora_families(source)
+    loras = min([loras] + [sum(map(self_contained, read_yaml(source / lora_table_file(f))["loras"])) for f in tables])
     if loras < 1:
         raise BenchmarkError(f"{source}: a LoRA table has no entry without <lora:...> tags in its prompt; the cut "
                              f"benchmark needs one per family.")
-    for family in FAMILIES:
+    for family in tables:
         edit(lora_table_file(family), keep("loras", loras, self_contained))
 
     def protocol(doc: Any) -> None:
@@ -765,7 +776,7 @@ def cut_benchmark(source: Path, dest: Path, general: int, styles: int, loras: in
 def _check_counts(b: Benchmark) -> None:
     """The protocol's counts agree with the tables, spread evenly over subjects, and keep seeds in range."""
     found = [("general", len(b.general), PROMPTS_FILE), ("style", len(b.styles), STYLES_FILE)]
-    found += [("lora", len(b.loras[f]), lora_table_file(f)) for f in FAMILIES]
+    found += [("lora", len(entries), lora_table_file(f)) for f, entries in b.loras.items()]
     for task, n, file in found:
         expected = b.counts[task].items
         if n != expected:
@@ -788,12 +799,14 @@ def _check_counts(b: Benchmark) -> None:
 
 def _check_names_across_families(b: Benchmark) -> None:
     """LoRA names are item ids, so the same name must not mean two different LoRAs in two families."""
-    first, second = (set(e.name for e in b.loras[f]) for f in FAMILIES)
-    shared = sorted(first & second)
-    if shared:
-        raise BenchmarkError(f"{lora_table_file(FAMILIES[1])}: LoRA name {shared[0]!r} is also in "
-                             f"{lora_table_file(FAMILIES[0])}. LoRA names are benchmark item ids; give the "
-                             f"{FAMILIES[1]} entry its own name (e.g. {shared[0] + '_xl'!r}).")
+    tables = list(b.loras)
+    for i, later in enumerate(tables):
+        for earlier in tables[:i]:
+            shared = sorted({e.name for e in b.loras[earlier]} & {e.name for e in b.loras[later]})
+            if shared:
+                raise BenchmarkError(f"{lora_table_file(later)}: LoRA name {shared[0]!r} is also in "
+                                     f"{lora_table_file(earlier)}. LoRA names are benchmark item ids; give the "
+                                     f"{later} entry its own name (e.g. {shared[0] + '_' + later!r}).")
 
 
 # ----------------------------------------------------------------------------------------------------------------

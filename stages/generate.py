@@ -27,7 +27,7 @@ from ghostreview import validate  # noqa: E402
 from ghostreview.config import GenerationParams, Params  # noqa: E402
 from ghostreview.generation.bases import BaseError, ModelBase, resolve_base  # noqa: E402
 from ghostreview.generation.draw import Hires  # noqa: E402
-from ghostreview.generation.families import FAMILIES  # noqa: E402
+from ghostreview.generation.families import LORA_FAMILIES  # noqa: E402
 from ghostreview.generation.generate import EngineChoice, GenerateSettings, run_generate  # noqa: E402
 from ghostreview.generation.loading import CheckpointError, CheckpointFile  # noqa: E402
 from ghostreview.generation.plan import DrawSettings, SamplerChoiceError, sampler_name  # noqa: E402
@@ -87,7 +87,7 @@ def settings_for(params: Params, model: str, ckpt: CheckpointFile, root: Path,
         clip_skip=over.clip_skip or 1,
         prediction=resolved.prediction,
         allow_pickle=m.allow_pickle,
-        lora_dirs={f: validate.resolve(root, getattr(paths.loras, f)) for f in FAMILIES},
+        lora_dirs={f: validate.resolve(root, getattr(paths.loras, f)) for f in LORA_FAMILIES},
         counts=vars(params.benchmark.images_per_item),
         tasks=params.benchmark.tasks,
         generation=draw_settings(g, over),

@@ -22,6 +22,7 @@ if __name__ == "__main__":
 stage_runtime()
 
 from ghostreview import validate  # noqa: E402
+from ghostreview.generation.families import LORA_FAMILIES  # noqa: E402
 from ghostreview.scoring.run import header_families, write_refstats  # noqa: E402
 
 
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     bench = validate.benchmark(params, root, str(args.params))
     p = params.paths
     header_dirs, notes = header_families(
-        {f: validate.resolve(root, getattr(p.lora_headers, f)) for f in ("sd15", "sdxl")}
+        {f: validate.resolve(root, getattr(p.lora_headers, f)) for f in LORA_FAMILIES}
         if "lora" in params.benchmark.tasks else {})
     for note in notes:
         print(f"refstats: {note}")

@@ -18,7 +18,7 @@ from ghostreview.analysis.report.targets import Targets, benchmark_targets
 from ghostreview.analysis.standardize import Standardized
 from ghostreview.config import Params
 from ghostreview.errors import stage_main
-from ghostreview.generation.families import FAMILIES
+from ghostreview.generation.families import LORA_FAMILIES
 from ghostreview.scoring.registry import REGISTRY
 from ghostreview.scoring.run import header_families, reference_sets
 from ghostreview.util.runtime import progress_bar
@@ -31,7 +31,7 @@ def targets(params_path: Path) -> Targets:
     root = params_path.resolve().parent
     bench = validate.benchmark(params, root, str(params_path))
     p, tasks = params.paths, params.benchmark.tasks
-    header_dirs, _ = header_families({f: validate.resolve(root, getattr(p.lora_headers, f)) for f in FAMILIES}
+    header_dirs, _ = header_families({f: validate.resolve(root, getattr(p.lora_headers, f)) for f in LORA_FAMILIES}
                                      if "lora" in tasks else {})
     style_dir = validate.resolve(root, p.style_refs) if "style" in tasks else None
     return benchmark_targets(bench, reference_sets(bench, style_dir, header_dirs))

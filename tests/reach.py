@@ -260,10 +260,11 @@ class Project:
     """Tiny stand-ins at the paths both params files name (assets/), shared read-only by every workspace."""
 
     def __init__(self, root: Path) -> None:
+        from ghostreview.generation.families import LORA_FAMILIES
         from ghostreview.kit import flux
+        from ghostreview.kit.demo import lora_step
         from ghostreview.kit.images import write_lora_header, write_style_references
         from ghostreview.kit.judges import write_tiny_judges
-        from ghostreview.kit.lora import write_tiny_lora
         from ghostreview.kit.scorers import TINY_CLIP_ARCH, tiny_clip_config, write_tiny_clip, write_tiny_vgg19
         from ghostreview.kit.sd import write_tiny_checkpoint, write_tiny_config_dir, write_tiny_vae
         from ghostreview.kit.vpred import write_tiny_vpred_checkpoint
@@ -291,7 +292,7 @@ class Project:
         flux.write_all_in_one(kit / "models/tiny-flux-dev-b.safetensors", "flux1-dev", 8)
         for family, entries in bench.loras.items():
             for i, entry in enumerate(entries):
-                write_tiny_lora(kit / "loras" / family / entry.file, family, kit / "configs" / family, seed=i)
+                lora_step(kit, family, entry.file, i, seed=i)()  # the kit's writer: Flux's in both formats
                 for n, header in enumerate(entry.header_images):
                     for where, seed in ((kit / "lora_headers", 10 + n), (a / "alt/lora_headers", 20 + n)):
                         write_lora_header(where / family / entry.name / header, entry.name, seed, HEADER_SIZE)
@@ -307,7 +308,7 @@ class Project:
 
         # the full v1 example's paths: the same stand-ins (VGG narrower still: it runs at 512 px there)
         self._link(a / "models/my_model.safetensors", kit / "models/tiny-sd15-a.safetensors")
-        for family in ("sd15", "sdxl"):
+        for family in LORA_FAMILIES:
             self._link(a / "loras" / family, kit / "loras" / family)
             self._link(a / "benchmark_images/lora_headers" / family, kit / "lora_headers" / family)
         self._link(a / "benchmark_images/style_refs", kit / "style_refs")

@@ -1,6 +1,6 @@
 """Flux through the generate stage: the split stand-in drawn by run_generate with Forge's Flux infotext, no negative
-prompt and no LoRA images (the benchmark has no Flux LoRA table); its separate text-encoder files in the image key;
-its base read from the file; a prompt past T5's 512 tokens flagged in the manifest."""
+prompt, LoRA images from the benchmark's Flux LoRA table (kohya and ai-toolkit files); its separate text-encoder
+files in the image key; its base read from the file; a prompt past T5's 512 tokens flagged in the manifest."""
 
 import os
 
@@ -15,12 +15,14 @@ from conftest import placeholder_params, small_benchmark
 
 from ghostreview import validate
 from ghostreview.generation.bases import BaseError, resolve_base
+from ghostreview.generation.families import LORA_FAMILIES
 from ghostreview.generation.generate import GenerateSettings, run_generate
 from ghostreview.generation.infotext import parse_infotext
 from ghostreview.generation.loading import inspect_checkpoint
 from ghostreview.generation.manifest import read_manifest
 from ghostreview.generation.plan import DrawSettings, ModelIdentity, job_fields, plan_jobs
 from ghostreview.kit import flux as kit
+from ghostreview.kit.demo import lora_step
 from ghostreview.protocol import load_benchmark
 
 torch.set_num_threads(1)
@@ -31,7 +33,9 @@ DRAW = DrawSettings(sampler="Euler", steps=2, cfg_scale=3.5, width=64, height=64
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("fluxgen")
-    bench = load_benchmark(small_benchmark(root / "bench", general=1, styles=1, loras=1))
+    bench = load_benchmark(small_benchmark(root / "bench", general=1, styles=1, loras=2))
+    for i, entry in enumerate(bench.loras["flux"]):  # the kit's writers: kohya's format, then ai-toolkit's
+        lora_step(root, "flux", entry.file, i, seed=i)()
     return root, bench, kit.write_transformer_only(root / "sep", "flux1-dev", 7)
 
 
@@ -39,19 +43,22 @@ def settings(root, files, **over) -> GenerateSettings:
     base = dict(
         model_name="tiny-flux", checkpoint=inspect_checkpoint(files["checkpoint"]), config_dir=None,
         vae=files["vae"], clip_skip=1, prediction="epsilon", allow_pickle=False,
-        lora_dirs={"sd15": root / "loras" / "sd15", "sdxl": root / "loras" / "sdxl"},
+        lora_dirs={f: root / "loras" / f for f in LORA_FAMILIES},
         counts={"general": 1, "style": 1, "lora": 1}, tasks=("general", "style", "lora"), generation=DRAW,
         store=root / "store", cache=root / "cache", base="flux1-dev", clip_l=files["clip_l"], t5xxl=files["t5xxl"],
     )
     return GenerateSettings(**(base | over))
 
 
-def test_split_flux_model_is_drawn_with_forge_fields_and_no_lora_or_negative(setup, no_network):
+def test_split_flux_model_is_drawn_with_forge_fields_its_loras_and_no_negative(setup, no_network):
     root, bench, files = setup
     stats = run_generate(bench, settings(root, files), root / "out", progress=False)
     rows = read_manifest(root / "out")
     assert stats["skipped"] == 0 and stats["drawn"] == len(rows) > 0
-    assert {r["task"] for r in rows} == {"general", "style"}  # no Flux LoRA table: no LoRA image, none failed
+    loras = [r for r in rows if r["task"] == "lora"]
+    assert [r["item"] for r in loras] == [e.name for e in bench.loras["flux"]]  # Flux's own table, both formats
+    assert all(r["lora_status"] == "ok" and r["flags"] == "" and r["loras"] == f"{r['item']}:0.8" for r in loras)
+    assert all("Lora hashes" in parse_infotext(r["infotext"])[2] for r in loras)
     for row in rows:
         prompt, negative, fields = parse_infotext(row["infotext"])
         assert negative == "" and row["negative_prompt"] == ""

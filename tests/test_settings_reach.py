@@ -119,7 +119,11 @@ def sdxl(model: Mapping) -> bool:
 
 
 def sd15(model: Mapping) -> bool:
-    return not sdxl(model)
+    return "sd15" in model["checkpoint"] or "my_model" in model["checkpoint"]  # the full example's one model
+
+
+def flux(model: Mapping) -> bool:
+    return "flux" in model["checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -164,8 +168,9 @@ PROBES: list[Probe] = [
     P("paths.loras.sd15", GEN, elsewhere, calls("apply_loras", "loras"), model=sd15),
     P("paths.loras.sdxl", GEN, elsewhere, calls("apply_loras", "loras"), model=sdxl, files=(PARAMS,)),
     P("paths.loras.sdxl", GEN, elsewhere, calls("apply_loras", "loras"), model=sdxl, files=(FULL,), when=SDXL_MODEL),
-    P("paths.lora_headers.sd15", "refstats", to("alt/lora_headers/sd15"), refstats),
-    P("paths.lora_headers.sdxl", "refstats", to("alt/lora_headers/sdxl"), refstats),
+    P("paths.loras.flux", GEN, elsewhere, calls("apply_loras", "loras"), model=flux, files=(PARAMS,)),
+    *[P(f"paths.lora_headers.{family}", "refstats", to(f"alt/lora_headers/{family}"), refstats)
+      for family in ("sd15", "sdxl", "flux")],
     P("paths.style_refs", "refstats", to("alt/style_refs"), refstats),
     P("paths.image_store", GEN, to("elsewhere/images"), calls("image_store", "root")),
     P("paths.cache", GEN, to("elsewhere/cache"), calls("file_sha256", "cache")),
@@ -270,16 +275,16 @@ NO_EFFECT: dict[tuple[str, str], NoEffect] = {
         "so its score is 0 in every resample; params.yaml's probes show the key acting with three models",
         "z-scored within its benchmark item over all reviewed models' images; a model's score is the mean of its z",
         "README.md") for k in ("bootstrap", "seed", "confidence", "combined")},
-    (FULL, "paths.loras.sdxl"): NoEffect(
-        "the example's one model is not SDXL (here: the SD1.5 stand-in); a family's LoRA files are read by the "
+    **{(FULL, f"paths.loras.{family}"): NoEffect(
+        f"the example's one model is not {family} (here: the SD1.5 stand-in); a family's LoRA files are read by the "
         "generate stages of that family's models only", "A review of one family needs only that family's LoRA files",
-        "README.md"),
+        "README.md") for family in ("sdxl", "flux")},
 }
 
 # (stage group, key pattern): keys a stage reads without its outputs depending on them, so dvc.yaml need not list them
 OUTPUT_NEUTRAL: dict[tuple[str, str], str] = {
-    ("generate", "paths.lora_headers.sd15"): "checks before drawing that the model's LoRA loss will have its targets",
-    ("generate", "paths.lora_headers.sdxl"): "checks before drawing that the model's LoRA loss will have its targets",
+    **{("generate", f"paths.lora_headers.{family}"): "checks before drawing that the model's LoRA loss will have its "
+                                                     "targets" for family in ("sd15", "sdxl", "flux")},
     ("generate", "paths.image_store"): "where images are kept, addressed by content: the output is the same anywhere",
     ("generate", "paths.cache"): "hash cache and materialized configs: where, not what",
     ("report", "paths.cache"): "the rendition cache, addressed by content and settings: where, not what",

@@ -9,7 +9,7 @@ rename, a refactor) sets the pin alone.
 """
 
 DRAW_VERSION = "2"
-DRAW_CODE_SHA256 = "14976cad1f9390dd83d7d1c82fbd4a4fd43e5f62c1a7ed9829209082cb98f9e8"
+DRAW_CODE_SHA256 = "471fff210b577c49599384d814a4ef3e421298aa4415cecd4e9b24487d23ca18"
 
 # What turns an image's key fields into pixels. The test checks that these cover everything they import.
 PIXEL_MODULES = (

@@ -10,9 +10,12 @@ from __future__ import annotations
 # these. The order is the order of every listing (params' paths.loras, reports).
 FAMILIES = ("sd15", "sdxl")
 # Flux.1 dev/schnell (generation/flux.py, generation/configs/flux1-*): recognised from the header, loaded and drawn
-# by its own module. Not among FAMILIES: the benchmark's LoRA tables, LoRA header sets and A1111 prompt encoding do
-# not cover it (SD LoRAs do not transfer; Flux LoRAs are generation/flux_lora.py's).
+# by its own module. Not among FAMILIES: A1111 prompt encoding and SD drawing do not cover it; SD LoRAs do not
+# transfer, so it has a LoRA table of its own, of Flux LoRAs (generation/flux_lora.py applies them).
 FLUX_FAMILY = "flux"
+# The families with a LoRA table in the benchmark (loras_<family>.yaml; Flux's is optional in a benchmark directory)
+# and a LoRA header set: params' paths.loras.<family> and paths.lora_headers.<family>, in this order.
+LORA_FAMILIES = (*FAMILIES, FLUX_FAMILY)
 # Recognised from a checkpoint's header and shipped as diffusers configs (generation/configs/<family>/): SD2.x is
 # recognised so that it is refused with its reason, not misread as another family.
 CONFIG_FAMILIES = ("sd15", "sd2", "sdxl")

@@ -155,6 +155,18 @@ def tiny_configs(variant: str, vocab_size: int) -> dict[str, dict]:
     return configs
 
 
+def transformer_config(ckpt, config_dir: Path | None = None) -> dict:
+    """The transformer config of an inspected Flux checkpoint (``loading.CheckpointFile``), without loading it: the
+    model entry's ``config_dir`` if given, else the shipped one of its variant (the kit's tiny topology for kit
+    files), as :func:`open_flux_checkpoint` builds the pipeline. What its LoRAs are checked against before drawing."""
+    if config_dir is not None:
+        return json.loads((Path(config_dir) / "transformer" / "config.json").read_text(encoding="utf-8"))
+    configs = real_configs(flux_variant(ckpt.shapes))
+    if ckpt.metadata.get(KIT_METADATA_KEY) == KIT_METADATA_VALUE:
+        configs["transformer"].update(TINY_OVERRIDES["transformer"])
+    return configs["transformer"]
+
+
 def check_variant(variant: str) -> None:
     if variant not in VARIANTS:
         raise ValueError(f"unknown Flux variant {variant!r}; valid: {', '.join(VARIANTS)}")

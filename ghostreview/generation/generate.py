@@ -202,6 +202,15 @@ def model_identity(s: GenerateSettings, hash_cache: Path) -> ModelIdentity:
     )
 
 
+def flux_lora_checker(ckpt: CheckpointFile, config_dir: Path | None) -> Callable[[Path], str]:
+    """``flux_lora.flux_lora_status`` of a LoRA file against the checkpoint's transformer (its config, built once)."""
+    from ghostreview.generation.flux import transformer_config
+    from ghostreview.generation.flux_lora import flux_lora_status
+
+    config = functools.cache(lambda: transformer_config(ckpt, config_dir))
+    return lambda path: flux_lora_status(path, config())
+
+
 def run_generate(bench: Benchmark, s: GenerateSettings, out_dir: Path, progress: bool = True) -> dict[str, int]:
     """Plan, draw what the store lacks (with ``generation.engine``), and rebuild ``out_dir`` from the store.
 
@@ -216,10 +225,11 @@ def run_generate(bench: Benchmark, s: GenerateSettings, out_dir: Path, progress:
     # is checked, so a file that would stop PEFT is recorded for its (model, LoRA) pair and never drawn
     modules = functools.cache(lambda: model_modules(family, s.config_dir or checkpoint_config_dir(
         ckpt, family, s.cache / "configs")))
+    status = functools.cache(flux_lora_checker(ckpt, s.config_dir) if family == FLUX_FAMILY else
+                             lambda p: lora_status(p, family, modules()))
     jobs = plan_jobs(
-        bench, family, s.counts, s.tasks, gen, s.clip_skip, s.lora_dirs.get(family, s.cache),  # Flux: no table
-        functools.cache(lambda p: lora_status(p, family, modules())), lambda p: file_sha256(p, hash_cache),
-        base=s.base,
+        bench, family, s.counts, s.tasks, gen, s.clip_skip, s.lora_dirs.get(family, s.cache),  # no table: no LoRAs
+        status, lambda p: file_sha256(p, hash_cache), base=s.base,
     )
     lora_hash = functools.cache(a1111_lora_hash)  # reads each LoRA file once per run
     texts = [infotext_for(j, model, f"ghostreview-{__version__}", lora_hash) for j in jobs]

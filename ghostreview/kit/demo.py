@@ -16,7 +16,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from ghostreview.generation.families import FAMILIES
+from ghostreview.generation.families import FAMILIES, FLUX_FAMILY
 from ghostreview.protocol import Benchmark
 from ghostreview.util.atomic import replace_dir
 from ghostreview.util.runtime import progress_bar, quiet_third_party
@@ -31,7 +31,8 @@ DEMO_MODELS = {
 # name -> seed: tiny v-prediction SDXL stand-ins with the v_pred and ztsnr markers (kit/vpred.py; NoobAI-XL V-Pred)
 # (two: the demo reviews both, so that its noobai-vpred pool has a z-score; a model alone in its pool has none)
 VPRED_MODELS = {"tiny-vpred-a": 5, "tiny-vpred-b": 6}
-KIT_VERSION = "5"  # 2: HPSv2.1 and PickScore stand-ins; 3: Flux; 4: the v-pred SDXL stand-in; 5: a second of each
+# 2: HPSv2.1 and PickScore stand-ins; 3: Flux; 4: the v-pred SDXL stand-in; 5: a second of each; 6: Flux LoRA table
+KIT_VERSION = "6"
 STAMP = "kit.json"
 REFS_PER_STYLE = 4
 
@@ -56,7 +57,6 @@ def _write_kit(tmp: Path, bench: Benchmark, seed: int, image_size: int, stamp: d
     """Every file of the demo kit, under the (empty) directory ``tmp``; one progress bar over the files."""
     from ghostreview.kit.images import write_lora_header, write_style_references
     from ghostreview.kit.judges import write_tiny_judges
-    from ghostreview.kit.lora import write_tiny_lora
     from ghostreview.kit.scorers import write_tiny_clip, write_tiny_laion_head, write_tiny_vgg19
     from ghostreview.kit.sd import write_tiny_checkpoint, write_tiny_config_dir
 
@@ -67,9 +67,8 @@ def _write_kit(tmp: Path, bench: Benchmark, seed: int, image_size: int, stamp: d
         steps.append(partial(write_tiny_checkpoint, tmp / "models" / f"{name}.safetensors", family, seed * 1000 + s))
     steps += vpred_steps(tmp, seed)
     for family, entries in bench.loras.items():
-        for entry in entries:
-            steps.append(partial(write_tiny_lora, tmp / "loras" / family / entry.file, family,
-                                 tmp / "configs" / family, seed=_seed(seed, family, entry.name)))
+        for i, entry in enumerate(entries):
+            steps.append(lora_step(tmp, family, entry.file, i, _seed(seed, family, entry.name)))
             for header in entry.header_images:
                 path = tmp / "lora_headers" / family / entry.name / header
                 steps.append(partial(write_lora_header, path, entry.name, _seed(seed, family, entry.name, header),
@@ -86,6 +85,19 @@ def _write_kit(tmp: Path, bench: Benchmark, seed: int, image_size: int, stamp: d
     for step in progress_bar(steps, desc="kit", unit="files"):
         step()
     (tmp / STAMP).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
+
+
+def lora_step(tmp: Path, family: str, file: str, index: int, seed: int) -> Callable[[], object]:
+    """Writes the tiny LoRA of a table entry at ``loras/<family>/<file>``: kohya's format for SD, for the Flux table
+    kohya's and ai-toolkit's (diffusers names) in turn, as Civitai's Flux LoRAs come in both (flux1-dev's
+    transformer: a dev LoRA fits schnell's too, which lacks only the guidance embedder no LoRA here targets)."""
+    from ghostreview.kit import flux
+    from ghostreview.kit.lora import write_tiny_lora
+
+    path = tmp / "loras" / family / file
+    if family == FLUX_FAMILY:
+        return partial(flux.write_diffusers_lora if index % 2 else flux.write_kohya_lora, path, "flux1-dev", seed)
+    return partial(write_tiny_lora, path, family, tmp / "configs" / family, seed=seed)
 
 
 def vpred_steps(tmp: Path, seed: int) -> list[Callable[[], object]]:
