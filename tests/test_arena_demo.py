@@ -9,13 +9,14 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
 from ghostreview.arena.export import read_votes, votes_csv_text
 from ghostreview.arena.review import arena_review
 from ghostreview.generation.manifest import MANIFEST_COLUMNS
-from ghostreview.kit.arena import DEMO_STRENGTHS, synthetic_votes
+from ghostreview.kit.arena import DEMO_STRENGTHS, N_VOTERS, N_VOTES, synthetic_votes
 from ghostreview.protocol import load_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,8 +38,8 @@ def test_the_known_order_is_recovered_from_the_synthetic_votes():
     assert ratings["model"].tolist() == KNOWN_ORDER
     # separated: each model's interval lies above the next one's
     assert (ratings["rating_lo"].to_numpy()[:-1] > ratings["rating_hi"].to_numpy()[1:]).all()
-    assert ratings["rank_lo"].tolist() == ratings["rank_hi"].tolist() == [1, 2, 3]
-    assert result.meta["synthetic"] == result.meta["votes"] == 600 and result.meta["voters"] == 12
+    assert ratings["rank_lo"].tolist() == ratings["rank_hi"].tolist() == list(range(1, len(KNOWN_ORDER) + 1))
+    assert result.meta["synthetic"] == result.meta["votes"] == N_VOTES and result.meta["voters"] == N_VOTERS
 
 
 def write_review(root: Path, votes: pd.DataFrame) -> dict[str, Path]:
@@ -64,7 +65,8 @@ def write_review(root: Path, votes: pd.DataFrame) -> dict[str, Path]:
                                                                       index=False)
     paths["standardized"].mkdir()
     pd.DataFrame({"model": KNOWN_ORDER, "metric": "aesthetic", "higher_is_better": True,
-                  "score": [1.0, 0.0, -1.0]}).to_csv(paths["standardized"] / "scores.csv", index=False)
+                  "score": np.linspace(1, -1, len(KNOWN_ORDER))}).to_csv(paths["standardized"] / "scores.csv",
+                                                                        index=False)
     return paths
 
 
@@ -82,9 +84,9 @@ def test_the_arena_stage_end_to_end(tmp_path, capsys):
     out = tmp_path / "arena"
     main(["--votes", str(votes), "--images", str(paths["images"]), "--scores", str(paths["scores"]),
           "--standardized", str(paths["standardized"]), "--out", str(out), "--params", str(params)])
-    assert "600 votes by 12 voters (600 synthetic" in capsys.readouterr().out
+    assert f"{N_VOTES} votes by {N_VOTERS} voters ({N_VOTES} synthetic" in capsys.readouterr().out
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["votes"] == 600 and meta["stale"] == 0 and meta["other_models"] == 0
+    assert meta["votes"] == N_VOTES and meta["stale"] == 0 and meta["other_models"] == 0
     judges = pd.read_csv(out / "judges.csv").set_index("judge")
     assert judges.loc["aesthetic", "n_votes"] == meta["decided"] and judges.loc["aesthetic", "kendall_tau"] == 1.0
     # the judge always picks the known order's better model: its accuracy is the share of decided votes it won
@@ -93,7 +95,7 @@ def test_the_arena_stage_end_to_end(tmp_path, capsys):
                      > DEMO_STRENGTHS[r.model_b if r.winner == "model_a" else r.model_a] for r in decided.itertuples())
     assert judges.loc["aesthetic", "accuracy"] == better_won / len(decided)
     assert judges.loc["clipscore", "n_votes"] == 0  # no clipscore rows: it calls no vote
-    assert pd.read_csv(out / "pairs.csv")["votes"].sum() == 600
+    assert pd.read_csv(out / "pairs.csv")["votes"].sum() == N_VOTES
     assert pd.read_csv(out / "ratings.csv")["model"].tolist() == KNOWN_ORDER
 
 
@@ -125,9 +127,10 @@ def test_the_report_section_states_its_basis_and_escapes_names(tmp_path):
     arena_review(votes, KNOWN_ORDER, images, per_image, scores, 50, 0, 0.95).write(tmp_path / "out")
     shown = {"aesthetic": Shown("aesthetic", "Aesthetic <b>", "", True)}
     page = arena_html(read_arena(tmp_path / "out"), shown, {"demo-sd15-a": "A <script>x</script>"})
-    assert "600 votes by 12 voters — all synthetic" in page and "not cast by people" in page
+    assert f"{N_VOTES} votes by {N_VOTERS} voters — all synthetic" in page and "not cast by people" in page
     assert "Aesthetic &lt;b&gt; rank" in page and "A &lt;script&gt;x&lt;/script&gt;" in page and "<script>" not in page
-    assert page.count("<tr>") == 1 + 3 + 1 + 1 + 1 + 3  # ranking (head + 3), judges (head + 1), pairs (head + 3)
+    n, pairs = len(KNOWN_ORDER), len(KNOWN_ORDER) * (len(KNOWN_ORDER) - 1) // 2  # every pair has votes
+    assert page.count("<tr>") == 1 + n + 1 + 1 + 1 + pairs  # ranking (head + n), judges (head + 1), pairs (head + ..)
     no_votes = arena_review(votes.head(0), KNOWN_ORDER, images, {}, {}, 10, 0, 0.95)
     no_votes.write(tmp_path / "none")
     assert "No votes between this review's models yet" in arena_html(read_arena(tmp_path / "none"), shown, {})

@@ -23,8 +23,11 @@ from ghostreview.arena.db import Vote
 from ghostreview.arena.export import write_votes
 from ghostreview.protocol import Benchmark, load_benchmark
 
-DEMO_STRENGTHS = {"demo-sd15-a": 0.7, "demo-sdxl-a": 0.0, "demo-sd15-b": -0.7}  # the known order, best first
-N_VOTES, N_VOTERS, SEEDS = 600, 12, 2
+# the known order, best first: the seven demo models, 0.7 apart (models of every base between each other: voters
+# compare images of one prompt whatever drew them)
+DEMO_STRENGTHS = {"demo-flux-dev-a": 2.1, "demo-sd15-a": 1.4, "demo-noobai-vpred-a": 0.7, "demo-sdxl-a": 0.0,
+                  "demo-flux-dev-b": -0.7, "demo-noobai-vpred-b": -1.4, "demo-sd15-b": -2.1}
+N_VOTES, N_VOTERS, SEEDS = 1400, 12, 2  # about 400 votes per model: the order is recovered, each interval apart
 START_MS = 1_767_225_600_000  # 2026-01-01 UTC: a fixed clock, so the file is the same on every run
 
 
