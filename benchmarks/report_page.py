@@ -52,6 +52,7 @@ from ghostreview.analysis.report import write_report
 from ghostreview.analysis.report.inputs import compact_manifest, shared_texts
 from ghostreview.analysis.report.targets import Targets
 from ghostreview.analysis.standardize import standardize
+from ghostreview.generation.families import table_family
 from ghostreview.protocol import benchmark_items, load_benchmark
 from ghostreview.scoring.registry import REGISTRY
 
@@ -220,7 +221,7 @@ def make_targets(bench, where: Path, rng: np.random.Generator) -> Targets:
             path = where / f"lora-{family}-{e.name}.png"
             picture(512, int(rng.integers(1 << 30)), rng.uniform(0, 90, 3)).save(path)
             images[("lora", e.name)] = (path,)
-            families[e.name] = family
+            families[e.name] = table_family(family)  # a base table (Pony, Illustrious): its family's folders
     return Targets(images, families)
 
 

@@ -312,9 +312,12 @@ def placement(entry: Mapping[str, Any], family: str | None = None) -> str:
 
 
 def table_family(table_yaml: Path) -> str | None:
-    """The family of a ``loras_<family>.yaml`` table, from its file name (None for another name)."""
+    """The family whose folders hold a ``loras_<table>.yaml`` table's files, from its file name (``loras_pony.yaml``:
+    sdxl; None for another name)."""
+    from ghostreview.generation.families import table_family as family_of
+
     match = re.fullmatch(r"loras_([a-z0-9]+)\.ya?ml", Path(table_yaml).name)
-    return match.group(1) if match else None
+    return family_of(match.group(1)) if match else None
 
 
 def unresolved_tags(table: Iterable[Mapping[str, Any]]) -> list[str]:

@@ -35,8 +35,8 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from ghostreview.errors import UserError
-from ghostreview.generation.bases import BASES, PLAIN_BASES
-from ghostreview.generation.families import FAMILIES, LORA_FAMILIES
+from ghostreview.generation.bases import BASE_FAMILIES, BASES, PLAIN_BASES
+from ghostreview.generation.families import BASE_LORA_TABLES, FAMILIES, LORA_FAMILIES, table_family
 from ghostreview.generation.infotext import NEGATIVE_PREFIX, format_infotext, parse_infotext
 from ghostreview.generation.prompts import extract_lora_tags
 from ghostreview.util.names import did_you_mean, table_slug
@@ -149,13 +149,15 @@ class BaseProtocol:
     """One base's entry of ``bases.yaml``: ``prompt_prefix`` goes before every general and style prompt,
     ``negative_prompt`` replaces prompts.yaml's shared one (None: keep it), ``settings`` are the recommended ones and
     ``v_prediction`` what replaces them for the base's v-prediction checkpoints. ``prose``: the general prompts are
-    drawn from their natural-language rendering (``GeneralPrompt.prose``) instead of their tags."""
+    drawn from their natural-language rendering (``GeneralPrompt.prose``) instead of their tags. ``lora_table``: the
+    LoRA table its models draw (a key of ``Benchmark.loras``; None: their family's)."""
 
     prompt_prefix: str = ""
     negative_prompt: str | None = None
     settings: BaseSettings = BaseSettings()
     v_prediction: BaseSettings = BaseSettings()
     prose: bool = False
+    lora_table: str | None = None
 
     def settings_for(self, prediction: str) -> BaseSettings:
         """The settings of a checkpoint of this base with ``prediction`` ("epsilon" | "v_prediction")."""
@@ -177,8 +179,9 @@ class TaskCounts:
 
 @dataclass(frozen=True)
 class Benchmark:
-    """A loaded benchmark. ``loras`` maps a family ("sd15", "sdxl", and "flux" where the benchmark has a Flux table)
-    to its LoRA table, in file order."""
+    """A loaded benchmark. ``loras`` maps a table name to its LoRA entries, in file order: a family's ("sd15",
+    "sdxl", and "flux" where the benchmark has a Flux table) or a base's ("pony", "illustrious":
+    ``generation.families.BASE_LORA_TABLES``; ``model_lora_table`` says which a model draws)."""
 
     name: str
     version: str
@@ -394,11 +397,12 @@ def lora_table_file(family: str) -> str:
     return f"loras_{family}.yaml"
 
 
-def lora_families(directory: Path) -> tuple[str, ...]:
-    """The families whose LoRA table benchmark ``directory`` holds: every one of ``FAMILIES`` (their files are
-    required), then the others of ``LORA_FAMILIES`` whose file is there (a benchmark without ``loras_flux.yaml``
-    reviews Flux models without LoRA images)."""
-    optional = [f for f in LORA_FAMILIES if f not in FAMILIES and (Path(directory) / lora_table_file(f)).is_file()]
+def lora_tables(directory: Path) -> tuple[str, ...]:
+    """The LoRA tables benchmark ``directory`` holds: every family's of ``FAMILIES`` (their files are required),
+    then those of the other ``LORA_FAMILIES`` and of ``BASE_LORA_TABLES`` whose file is there (a benchmark without
+    ``loras_flux.yaml`` reviews Flux models without LoRA images)."""
+    optional = [t for t in (*LORA_FAMILIES, *BASE_LORA_TABLES) if t not in FAMILIES
+                and (Path(directory) / lora_table_file(t)).is_file()]
     return (*FAMILIES, *optional)
 
 
@@ -643,10 +647,11 @@ def _read_v_settings(value: Any, loc: Loc) -> BaseSettings:
 def _read_base(value: Any, loc: Loc) -> BaseProtocol:
     optional: dict[str, tuple[Callable, Any]] = {k: (r, None) for k, r in SETTING_READERS.items()}
     optional |= {"prompt_prefix": (read_negative, ""), "negative_prompt": (read_negative, None),
-                 "v_prediction": (_read_v_settings, BaseSettings()), "prose": (_read_bool, False)}
+                 "v_prediction": (_read_v_settings, BaseSettings()), "prose": (_read_bool, False),
+                 "lora_table": (read_slug, None)}
     f = read_fields(value, loc, {}, optional)
     return BaseProtocol(f["prompt_prefix"].strip().rstrip(",").strip(), f["negative_prompt"], _settings(f),
-                        f["v_prediction"], f["prose"])
+                        f["v_prediction"], f["prose"], f["lora_table"])
 
 
 def parse_bases(data: Any, file: str = BASES_FILE) -> Mapping[str, BaseProtocol]:
@@ -687,7 +692,7 @@ def load_benchmark(directory: Path) -> Benchmark:
     negative, general = parse_prompts(read_yaml(directory / PROMPTS_FILE))
     subjects, styles = parse_styles(read_yaml(directory / STYLES_FILE))
     loras = {f: parse_lora_table(read_yaml(directory / lora_table_file(f)), lora_table_file(f))
-             for f in lora_families(directory)}
+             for f in lora_tables(directory)}
     bases = parse_bases(read_yaml(directory / BASES_FILE)) if (directory / BASES_FILE).is_file() else {}
     bench = Benchmark(
         name=protocol["name"], version=protocol["version"], negative_prompt=negative, general=general, styles=styles,
@@ -698,7 +703,35 @@ def load_benchmark(directory: Path) -> Benchmark:
     _check_counts(bench)
     _check_names_across_families(bench)
     _check_prose(bench)
+    _check_base_tables(bench)
     return bench
+
+
+def _check_base_tables(b: Benchmark) -> None:
+    """A base's ``lora_table`` is a table of the benchmark, for its own family's LoRA files."""
+    for base, conv in b.bases.items():
+        if conv.lora_table is None:
+            continue
+        if conv.lora_table not in b.loras:
+            raise BenchmarkError(f"{BASES_FILE}: bases.{base}.lora_table: {conv.lora_table!r} is no LoRA table of "
+                                 f"benchmark {b.name} ({', '.join(b.loras)}).{did_you_mean(conv.lora_table, b.loras)} "
+                                 f"Add {lora_table_file(conv.lora_table)}, or remove the line (the family's table).")
+        if table_family(conv.lora_table) != BASE_FAMILIES[base]:
+            raise BenchmarkError(f"{BASES_FILE}: bases.{base}.lora_table: {conv.lora_table!r} holds "
+                                 f"{table_family(conv.lora_table)} LoRAs, but {base} is an {BASE_FAMILIES[base]} "
+                                 f"base. Name a table of {BASE_FAMILIES[base]} LoRAs.")
+
+
+def model_lora_table(b: Benchmark, family: str, base: str | None = None) -> str | None:
+    """The LoRA table a model of ``family`` and ``base`` draws: its base's ``lora_table``, else its family's; None
+    when the benchmark has none for it (Flux without ``loras_flux.yaml``: no LoRA images). An unknown family fails
+    with the valid ones."""
+    if family not in LORA_FAMILIES:
+        raise BenchmarkError(f"unknown model family {family!r}.{did_you_mean(family, LORA_FAMILIES)} "
+                             f"Valid: {', '.join(LORA_FAMILIES)}.")
+    table = base_protocol(b, base).lora_table if base is not None else None
+    table = table or family
+    return table if table in b.loras else None
 
 
 def _check_prose(b: Benchmark) -> None:
@@ -751,7 +784,7 @@ def cut_benchmark(source: Path, dest: Path, general: int, styles: int, loras: in
     edit(STYLES_FILE, keep("styles", styles))
     self_contained = lambda e: not NETWORK_TAG.search(str(e["prompt"]))  # noqa: E731
     # both families' tables need the same count: cut to what the poorer one has
-    tables = lora_families(source)
+    tables = lora_tables(source)
     loras = min([loras] + [sum(map(self_contained, read_yaml(source / lora_table_file(f))["loras"])) for f in tables])
     if loras < 1:
         raise BenchmarkError(f"{source}: a LoRA table has no entry without <lora:...> tags in its prompt; the cut "
@@ -813,12 +846,12 @@ def _check_names_across_families(b: Benchmark) -> None:
 # Expansion into concrete images
 
 
-def lora_table(b: Benchmark, family: str) -> tuple[LoraEntry, ...]:
-    """The LoRA table of one family; an unknown family fails with the valid ones."""
-    if family not in b.loras:
-        raise BenchmarkError(f"unknown model family {family!r}.{did_you_mean(family, b.loras)} "
+def lora_table(b: Benchmark, table: str) -> tuple[LoraEntry, ...]:
+    """One LoRA table (a family's, or a base's: ``BASE_LORA_TABLES``); an unknown one fails with the valid ones."""
+    if table not in b.loras:
+        raise BenchmarkError(f"unknown LoRA table {table!r}.{did_you_mean(table, b.loras)} "
                              f"Valid: {', '.join(b.loras)}.")
-    return b.loras[family]
+    return b.loras[table]
 
 
 def images_per_item(b: Benchmark, seeds: Mapping[str, int] | None = None) -> dict[str, int]:
@@ -892,10 +925,10 @@ def style_items(b: Benchmark, n: int, conv: BaseProtocol = BaseProtocol()) -> li
     return rows
 
 
-def lora_items(b: Benchmark, family: str, n: int) -> list[BenchmarkItem]:
+def lora_items(b: Benchmark, table: str, n: int) -> list[BenchmarkItem]:
     seed = b.base_seeds["lora"]
     return [BenchmarkItem("lora", e.name, k, seed + k, lora_prompt(e), e.negative_prompt, "", tuple(lora_tags(e)))
-            for e in lora_table(b, family) for k in range(n)]
+            for e in lora_table(b, table) for k in range(n)]
 
 
 def benchmark_items(b: Benchmark, family: str, seeds: Mapping[str, int] | None = None,
@@ -903,11 +936,13 @@ def benchmark_items(b: Benchmark, family: str, seeds: Mapping[str, int] | None =
     """Every image of the benchmark for one model family: general, then style, then LoRA, each in file order, image
     index ascending. ``seeds`` maps a task to fewer images per item (the first k of the protocol's). ``base`` (a key
     of ``bases.yaml``; None: the family's plain base) applies its prompt prefix and negative prompt to the general
-    and style images: the same subjects and seeds for every base. LoRA header prompts stay the LoRA's own."""
+    and style images: the same subjects and seeds for every base, and picks the LoRA table
+    (:func:`model_lora_table`). LoRA header prompts stay the LoRA's own."""
     n = images_per_item(b, seeds)
     conv = base_protocol(b, base) if base is not None else BaseProtocol()
+    table = model_lora_table(b, family, base)
     return [*general_items(b, n["general"], conv), *style_items(b, n["style"], conv),
-            *(lora_items(b, family, n["lora"]) if n["lora"] else ())]  # 0: no LoRA table read (Flux has none)
+            *(lora_items(b, table, n["lora"]) if n["lora"] and table else ())]  # 0 or no table: no LoRA images
 
 
 # ----------------------------------------------------------------------------------------------------------------

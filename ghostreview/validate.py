@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 
 from ghostreview.config import JUDGES, SLUG, ConfigError, Params, parse_params
 from ghostreview.errors import UserError, about
-from ghostreview.protocol import BenchmarkError, images_per_item, load_benchmark
+from ghostreview.generation.families import LORA_FAMILIES, table_family
+from ghostreview.protocol import BenchmarkError, images_per_item, load_benchmark, model_lora_table
 from ghostreview.util.names import did_you_mean
 from ghostreview.util.yamlio import YamlError, read_yaml
 
@@ -400,11 +401,11 @@ def check_images_per_item(params: Params, bench: Benchmark, source: str = "param
         raise ParamsError(f"{source}: benchmark.images_per_item: {exc}") from exc
 
 
-def check_references(params: Params, bench: Benchmark, families: Iterable[str], root: Path, *,
+def check_references(params: Params, bench: Benchmark, tables: Iterable[str], root: Path, *,
                      styles: bool = True) -> None:
     """The reference images the scores need, each decoded once (``scoring.run.reference_sets``): the LoRA header
-    images of ``families`` when the lora task runs and, with ``styles``, every style's reference images when the
-    style task runs.
+    images of the LoRA ``tables`` (``protocol.model_lora_table`` of the models) when the lora task runs and, with
+    ``styles``, every style's reference images when the style task runs.
 
     Raises:
         ReferenceImagesError: every broken set at once, each with its directory, params key and fix.
@@ -412,39 +413,63 @@ def check_references(params: Params, bench: Benchmark, families: Iterable[str], 
     from ghostreview.scoring.run import reference_sets
 
     tasks = params.benchmark.tasks
-    headers = {f: resolve(root, getattr(params.paths.lora_headers, f)) for f in sorted(set(families))} \
-        if "lora" in tasks else {}
+    tables = sorted(set(tables)) if "lora" in tasks else []
+    headers = {f: resolve(root, getattr(params.paths.lora_headers, f)) for f in {table_family(t) for t in tables}}
     style_dir = resolve(root, params.paths.style_refs) if styles and "style" in tasks else None
-    reference_sets(bench, style_dir, headers)
+    reference_sets(bench, style_dir, headers, tables)
 
 
-def check_lora_files(params: Params, bench: Benchmark, families: Iterable[str], root: Path,
+def check_lora_files(params: Params, bench: Benchmark, tables: Iterable[str], root: Path,
                      source: str = "params.yaml") -> None:
-    """Every LoRA file of the benchmark's tables of ``families`` is in ``paths.loras.<family>`` (when the lora task
-    runs); a directory that is missing (or a file) is named by its key; one error per family."""
+    """Every LoRA file of the benchmark's LoRA ``tables`` is in ``paths.loras.<family>`` of the table's family (when
+    the lora task runs); a directory that is missing (or a file) is named by its key, once; then one error per
+    table."""
     from ghostreview.generation.generate import check_lora_files as check
 
     if "lora" not in params.benchmark.tasks:
         return
     problems = []
-    for family in sorted(set(families)):
+    for family in LORA_FAMILIES:
+        mine = [t for t in bench.loras if t in set(tables) and table_family(t) == family]
+        if not mine:
+            continue
         rel = getattr(params.paths.loras, family)
         lora_dir = resolve(root, rel)
         if not lora_dir.is_dir():
-            problems.append(_missing_lora_dir(source, family, rel, lora_dir, len(bench.loras.get(family, ()))))
+            n_files = sum(len(bench.loras[t]) for t in mine)
+            problems.append(_missing_lora_dir(source, family, rel, lora_dir, n_files, mine))
             continue
-        try:
-            check(bench.loras.get(family, ()), lora_dir, f"{bench.name} LoRA table for {family}")
-        except BenchmarkError as exc:
-            problems.append(str(exc))
+        for table in mine:
+            try:
+                check(bench.loras[table], lora_dir, f"{bench.name} LoRA table {table}")
+            except BenchmarkError as exc:
+                problems.append(str(exc))
     _one_error(problems)
 
 
-def _missing_lora_dir(source: str, family: str, rel: str, lora_dir: Path, n_files: int) -> str:
+def lora_tables_of(params: Params, bench: Benchmark, checkpoints: Mapping[str, CheckpointFile]) -> set[str]:
+    """The LoRA tables the models of ``checkpoints`` draw (``protocol.model_lora_table`` of each one's resolved
+    base); models whose base the file contradicts are left out (their check reports it)."""
+    from ghostreview.generation.bases import BaseError, resolve_base
+
+    tables = set()
+    for name, ckpt in checkpoints.items():
+        m = params.models[name]
+        try:
+            base = resolve_base(ckpt, m.base, m.prediction).base
+            table = model_lora_table(bench, ckpt.family, base)
+        except (BaseError, BenchmarkError):
+            continue
+        tables |= {table} if table else set()
+    return tables
+
+
+def _missing_lora_dir(source: str, family: str, rel: str, lora_dir: Path, n_files: int, tables: list[str]) -> str:
     what = "is a file, not a directory" if lora_dir.exists() else "is missing"
+    names = " and ".join(tables)
     return (f"{source}: paths.loras.{family} = {rel!r}: the LoRA directory {lora_dir} {what}. Create it and put the "
-            f"{n_files} LoRA file(s) of the {family} table there (see docs/benchmark.md), fix paths.loras.{family}, or "
-            f"leave the LoRA task out with benchmark.tasks.")
+            f"{n_files} LoRA file(s) of the {names} table{'s' if len(tables) > 1 else ''} there (see "
+            f"docs/benchmark.md), fix paths.loras.{family}, or leave the LoRA task out with benchmark.tasks.")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -539,9 +564,9 @@ def everything(params: Params, root: Path, source: str = "params.yaml") -> tuple
     bench = check(benchmark, params, root, source)
     if bench is not None:
         check(check_images_per_item, params, bench, source)
-        families = {c.family for c in checkpoints.values() if c.family in bench.loras}  # Flux: no LoRA table
-        check(check_lora_files, params, bench, families, root, source)
-        check(check_references, params, bench, families, root)
+        tables = lora_tables_of(params, bench, checkpoints)  # the family's, or the base's own (Pony, Illustrious)
+        check(check_lora_files, params, bench, tables, root, source)
+        check(check_references, params, bench, tables, root)
     return checkpoints, problems
 
 

@@ -108,9 +108,9 @@ def generate(model: str, out: Path, params_path: Path) -> None:
     ckpt = validate.for_generate(params, model, root, source)  # the checkpoint, read once and passed down
     bench = validate.benchmark(params, root, source)
     validate.check_images_per_item(params, bench, source)
-    # the LoRA loss of this model needs its family's header images: find out now, not after hours of drawing
-    validate.check_references(params, bench, [ckpt.family] if ckpt.family in bench.loras else [], root,
-                              styles=False)  # Flux: no LoRA table, no header images
+    # the LoRA loss of this model needs its LoRA table's header images: find out now, not after hours of drawing
+    validate.check_references(params, bench, validate.lora_tables_of(params, bench, {model: ckpt}), root,
+                              styles=False)
     with about(f"{source}: models.{model} (its base's settings in bases.yaml, or its own)",
                (SamplerChoiceError, BenchmarkError)):
         settings = settings_for(params, model, ckpt, root, bench)

@@ -260,7 +260,7 @@ class Project:
     """Tiny stand-ins at the paths both params files name (assets/), shared read-only by every workspace."""
 
     def __init__(self, root: Path) -> None:
-        from ghostreview.generation.families import LORA_FAMILIES
+        from ghostreview.generation.families import LORA_FAMILIES, table_family
         from ghostreview.kit import flux
         from ghostreview.kit.demo import lora_step
         from ghostreview.kit.images import write_lora_header, write_style_references
@@ -290,7 +290,8 @@ class Project:
         write_tiny_vpred_checkpoint(kit / "models/tiny-vpred-b.safetensors", 6)
         flux.write_transformer_only(kit / "models/tiny-flux-dev-split", "flux1-dev", 7)
         flux.write_all_in_one(kit / "models/tiny-flux-dev-b.safetensors", "flux1-dev", 8)
-        for family, entries in bench.loras.items():
+        for table, entries in bench.loras.items():
+            family = table_family(table)  # a base's table (Pony, Illustrious) in its family's folders
             for i, entry in enumerate(entries):
                 lora_step(kit, family, entry.file, i, seed=i)()  # the kit's writer: Flux's in both formats
                 for n, header in enumerate(entry.header_images):

@@ -29,6 +29,8 @@ from ghostreview.protocol import (
     benchmark_items,
     cut_benchmark,
     load_benchmark,
+    lora_items,
+    model_lora_table,
     parse_bases,
     parse_prompts,
 )
@@ -178,12 +180,13 @@ def test_base_conventions_keep_subjects_and_seeds(bench):
     assert benchmark_items(bench, "sdxl", FEW, "sdxl") == plain  # the plain base: the images of before
     pony = benchmark_items(bench, "sdxl", FEW, "pony")
     conv = bench.bases["pony"]
-    assert [(i.task, i.item, i.seed, i.subject, i.loras) for i in pony] == [
-        (i.task, i.item, i.seed, i.subject, i.loras) for i in plain]
-    for mine, theirs in zip(pony, plain, strict=True):
-        if mine.task == "lora":  # a LoRA's header prompt is its own
-            assert mine == theirs
-            continue
+    drawn_alike = [i for i in plain if i.task != "lora"]
+    assert [(i.task, i.item, i.seed, i.subject) for i in pony if i.task != "lora"] == [
+        (i.task, i.item, i.seed, i.subject) for i in drawn_alike]
+    # Pony draws its own LoRA table (SDXL's LoRAs do not transfer), header prompts as written, the same seeds
+    assert [i for i in pony if i.task == "lora"] == lora_items(bench, "pony", FEW["lora"])
+    assert [i.seed for i in pony if i.task == "lora"] == [i.seed for i in plain if i.task == "lora"]
+    for mine, theirs in zip([i for i in pony if i.task != "lora"], drawn_alike, strict=True):
         assert mine.prompt == f"{conv.prompt_prefix}, {theirs.prompt}"
         if mine.task == "general":
             assert (theirs.negative_prompt, mine.negative_prompt) == (bench.negative_prompt, conv.negative_prompt)
@@ -192,6 +195,27 @@ def test_base_conventions_keep_subjects_and_seeds(bench):
             assert mine.negative_prompt.startswith(style.negative_prompt.strip().strip(","))
             assert mine.negative_prompt.endswith(conv.negative_prompt)
             assert bench.negative_prompt not in mine.negative_prompt
+
+
+def test_each_base_draws_its_lora_table(bench, tmp_path):
+    """Pony and Illustrious LoRAs do not transfer from SDXL's table: their bases draw their own (NoobAI, trained from
+    Illustrious-XL, Illustrious'); every other base its family's. A lora_table that is missing or of another family
+    is refused at load."""
+    tables = {base: model_lora_table(bench, bases.BASE_FAMILIES[base], base) for base in bases.BASES}
+    assert tables == {"sd15": "sd15", "sdxl": "sdxl", "pony": "pony", "illustrious": "illustrious",
+                      "noobai": "illustrious", "flux1-dev": "flux", "flux1-schnell": "flux"}
+    with pytest.raises(BenchmarkError, match="unknown model family 'sd1.5'"):
+        model_lora_table(bench, "sd1.5")
+    cut = tmp_path / "cut"
+    cut_benchmark(V1, cut, general=1, styles=1, loras=1)
+    text = (cut / "bases.yaml").read_text(encoding="utf-8")
+    (cut / "bases.yaml").write_text(text.replace("lora_table: pony", "lora_table: flux"), encoding="utf-8")
+    with pytest.raises(BenchmarkError, match=r"bases.pony.lora_table: 'flux' holds flux LoRAs, but pony is an sdxl"):
+        load_benchmark(cut)
+    (cut / "loras_pony.yaml").unlink()
+    (cut / "bases.yaml").write_text(text, encoding="utf-8")
+    with pytest.raises(BenchmarkError, match=r"bases.pony.lora_table: 'pony' is no LoRA table.*Add loras_pony.yaml"):
+        load_benchmark(cut)
 
 
 def test_prose_bases_draw_each_general_prompt_in_plain_sentences(bench):

@@ -27,7 +27,7 @@ V1 = Path(__file__).resolve().parents[1] / "data" / "benchmark" / "v1"
 STYLES = ["Anime", "Manga", "Photographic", "Isometric", "Low_Poly", "Line_Art", "3D_Model", "Pixel_Art", "Watercolor"]
 # Tags in header prompts that deliberately name a LoRA outside the table (none in v1: every LoRA a header uses is an
 # entry of its own table, so the multi-LoRA headers are drawn with all their LoRAs).
-INTENTIONAL_EXTRAS: dict[str, set[str]] = {"sd15": set(), "sdxl": set(), "flux": set()}
+INTENTIONAL_EXTRAS: dict[str, set[str]] = dict.fromkeys(("sd15", "sdxl", "flux", "pony", "illustrious"), set())
 PLAIN_TAG = re.compile(r"<lora:([^:>]+):([^:>]+)>")
 
 
@@ -82,17 +82,22 @@ def test_v1_has_the_nine_styles_in_order(bench):
     assert 32 % len(bench.subjects) == 0
 
 
-def test_v1_has_16_loras_per_family_with_distinct_names(bench):
-    assert {f: len(t) for f, t in bench.loras.items()} == {"sd15": 16, "sdxl": 16, "flux": 16}
-    sd15, sdxl, flux = ({e.name for e in bench.loras[f]} for f in ("sd15", "sdxl", "flux"))
-    assert len(sd15) == len(sdxl) == len(flux) == 16 and not sd15 & sdxl and not flux & (sd15 | sdxl)
+def test_v1_has_16_loras_per_table_with_distinct_names(bench):
+    tables = ("sd15", "sdxl", "flux", "pony", "illustrious")
+    assert {t: len(entries) for t, entries in bench.loras.items()} == dict.fromkeys(tables, 16)
+    names = [e.name for t in tables for e in bench.loras[t]]
+    assert len(set(names)) == len(names) == 16 * len(tables)
     for table in bench.loras.values():
         assert all(e.file.endswith(".safetensors") and e.header_images and e.default_weight == 0.8 for e in table)
     # Flux headers: prose, no negative prompt (drawn at CFG 1), no A1111 emphasis
     assert all(e.negative_prompt == "" and not EMPHASIS.search(e.prompt) for e in bench.loras["flux"])
+    # the base tables' headers in their base's conventions (bases.yaml's prefix first)
+    for table in ("pony", "illustrious"):
+        prefix = bench.bases[table].prompt_prefix
+        assert all(e.prompt.startswith(prefix) for e in bench.loras[table])
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl", "flux"])
+@pytest.mark.parametrize("family", ["sd15", "sdxl", "flux", "pony", "illustrious"])
 def test_every_header_tag_names_a_lora_of_the_same_table(family):
     entries = raw(f"loras_{family}.yaml")["loras"]
     names = {e["name"] for e in entries}

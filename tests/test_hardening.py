@@ -429,6 +429,25 @@ def test_reference_images_missing_directory(refs):
         scoring.reference_sets(bench, style_dir, gone)
 
 
+def test_a_base_table_without_header_folders_is_left_out_unless_a_model_draws_it(refs):
+    """Pony's and Illustrious' header images live in the SDXL folder: a review without such models has none of them,
+    and refstats (tables None) leaves those tables out; a model that draws one (tables named) needs it complete."""
+    bench, style_dir, headers, _ = refs
+    sets = scoring.reference_sets(bench, style_dir, headers)
+    assert {s.split("/")[2] for s in sets if s.startswith("loras/")} == {e.name for t in ("sd15", "sdxl")
+                                                                        for e in bench.loras[t]}
+    pony = bench.loras["pony"][0]
+    with pytest.raises(scoring.ReferenceImagesError, match=rf"LoRA '{pony.name}' \(sdxl\): header image .* not "
+                                                           r"found.*paths\.lora_headers\.sdxl"):
+        scoring.reference_sets(bench, None, headers, ["pony"])
+    (headers["sdxl"] / pony.name).mkdir()  # one folder of the table there: the table is expected whole
+    with pytest.raises(scoring.ReferenceImagesError, match=rf"LoRA '{pony.name}'"):
+        scoring.reference_sets(bench, style_dir, headers)
+    for h in pony.header_images:
+        png(headers["sdxl"] / pony.name / h, Image.new("RGB", (24, 24), (9, 9, 9)))
+    assert f"loras/sdxl/{pony.name}" in scoring.reference_sets(bench, style_dir, headers)
+
+
 def test_every_broken_reference_set_is_listed_at_once(refs):
     """One round of fixes is enough: a missing style directory and two missing header folders, three lines."""
     bench, style_dir, headers, style_refs = refs

@@ -109,8 +109,10 @@ ALLOWED = {
 }
 # What scoring and analysis may read of the folders that draw and score: contracts, never the model code.
 CONTRACTS = {
-    "scoring": {"ghostreview/generation/prompts.py", "ghostreview/generation/manifest.py"},
-    "analysis": {"ghostreview/generation/manifest.py", "ghostreview/scoring/table.py", "ghostreview/scoring/metric.py"},
+    "scoring": {"ghostreview/generation/prompts.py", "ghostreview/generation/manifest.py",
+                "ghostreview/generation/families.py"},  # which LoRA table's files sit in which family's folders
+    "analysis": {"ghostreview/generation/manifest.py", "ghostreview/scoring/table.py", "ghostreview/scoring/metric.py",
+                 "ghostreview/generation/families.py"},
     "arena": {"ghostreview/generation/manifest.py", "ghostreview/scoring/table.py", "ghostreview/scoring/metric.py"},
 }
 

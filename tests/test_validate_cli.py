@@ -120,8 +120,9 @@ def test_a_missing_lora_directory_is_named_by_its_key(project, tmp_path):
         f"{tmp_path / 'no-loras'} is missing. Create it and put the 1 LoRA file(s) of the sd15 table there (see "
         f"docs/benchmark.md), fix paths.loras.sd15, or leave the LoRA task out with benchmark.tasks.",
         f"error: {tmp_path / 'params.yaml'}: paths.loras.sdxl = '{tmp_path / 'blocker'}': the LoRA directory "
-        f"{tmp_path / 'blocker'} is a file, not a directory. Create it and put the 1 LoRA file(s) of the sdxl table "
-        f"there (see docs/benchmark.md), fix paths.loras.sdxl, or leave the LoRA task out with benchmark.tasks."]
+        f"{tmp_path / 'blocker'} is a file, not a directory. Create it and put the 2 LoRA file(s) of the sdxl and "
+        f"illustrious tables there (see docs/benchmark.md), fix paths.loras.sdxl, or leave the LoRA task out with "
+        f"benchmark.tasks."]  # the NoobAI models draw Illustrious' table, whose files are SDXL LoRAs
 
 
 def test_a_full_checkpoint_as_a_model_s_vae_is_refused(project, tmp_path):

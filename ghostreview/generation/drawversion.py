@@ -9,7 +9,7 @@ rename, a refactor) sets the pin alone.
 """
 
 DRAW_VERSION = "2"
-DRAW_CODE_SHA256 = "471fff210b577c49599384d814a4ef3e421298aa4415cecd4e9b24487d23ca18"
+DRAW_CODE_SHA256 = "ea17a17ed4cdedb2571a61e9eb977eb322260a033f0c2068e74e2857a9164d06"
 
 # What turns an image's key fields into pixels. The test checks that these cover everything they import.
 PIXEL_MODULES = (

@@ -16,6 +16,16 @@ FLUX_FAMILY = "flux"
 # The families with a LoRA table in the benchmark (loras_<family>.yaml; Flux's is optional in a benchmark directory)
 # and a LoRA header set: params' paths.loras.<family> and paths.lora_headers.<family>, in this order.
 LORA_FAMILIES = (*FAMILIES, FLUX_FAMILY)
+# LoRA tables of bases whose LoRAs do not transfer from their family's table (loras_<table>.yaml, optional in a
+# benchmark directory; a base names its table in bases.yaml's lora_table): table -> the family its LoRA files are
+# for. Their files and header images sit in that family's paths.loras / paths.lora_headers directories, as A1111 and
+# Forge keep every SDXL LoRA in one folder (LoRA names are unique across tables).
+BASE_LORA_TABLES = {"pony": "sdxl", "illustrious": "sdxl"}
+
+
+def table_family(table: str) -> str:
+    """The family whose directories hold LoRA table ``table``'s files: itself for a family's table."""
+    return BASE_LORA_TABLES.get(table, table)
 # Recognised from a checkpoint's header and shipped as diffusers configs (generation/configs/<family>/): SD2.x is
 # recognised so that it is refused with its reason, not misread as another family.
 CONFIG_FAMILIES = ("sd15", "sd2", "sdxl")

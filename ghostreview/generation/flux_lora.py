@@ -19,6 +19,7 @@ hard-codes the real model's (``dims=[3072, 3072, 3072, 12288]``), which no narro
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -195,10 +196,17 @@ class FluxLoraAdapters:
     def _adapter(self, slot: tuple[Path, int]) -> str:
         if slot not in self._adapters:
             name = f"ghostreview_flux_lora_{len(self._adapters)}"
-            with warnings.catch_warnings():  # several adapters are the point; the file has no CLIP-L part by design
-                warnings.filterwarnings("ignore", message=r"Already found a `peft_config`", category=UserWarning)
-                warnings.filterwarnings("ignore", message=r"No LoRA keys associated to CLIPTextModel")
-                self.pipe.load_lora_weights(peft_state_dict(read_lora(slot[0]), self.config), adapter_name=name)
+            # several adapters are the point, and the file has no CLIP-L part by design: diffusers' warning about
+            # each (through its logger, once per LoRA file) says nothing here
+            lora_log = logging.getLogger("diffusers.loaders.lora_base")
+            level = lora_log.level
+            lora_log.setLevel(logging.ERROR)
+            try:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=r"Already found a `peft_config`", category=UserWarning)
+                    self.pipe.load_lora_weights(peft_state_dict(read_lora(slot[0]), self.config), adapter_name=name)
+            finally:
+                lora_log.setLevel(level)
             self._adapters[slot] = name
         return self._adapters[slot]
 

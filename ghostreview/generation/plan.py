@@ -27,7 +27,7 @@ from ghostreview.generation.infotext import (
 from ghostreview.generation.lora import LoraSpec, status_flag
 from ghostreview.generation.prompts import extract_lora_tags
 from ghostreview.generation.samplers import SAMPLERS, SCHEDULE_FLAGS, unknown_name_message
-from ghostreview.protocol import Benchmark, BenchmarkError, LoraEntry, benchmark_items
+from ghostreview.protocol import Benchmark, BenchmarkError, LoraEntry, benchmark_items, model_lora_table
 from ghostreview.util.hashing import autov2
 
 SCHEDULE_TYPES = (AUTOMATIC, *SCHEDULE_FLAGS)  # the values generation.schedule_type takes (A1111's labels)
@@ -180,10 +180,11 @@ def plan_jobs(
     ``file_hash(path)`` gives a file's sha256 (cached by the caller); ``base`` the model's base, whose prompt
     conventions apply (``protocol.benchmark_items``; None: the family's plain base).
     """
-    if family not in bench.loras:  # no LoRA table for this family (Flux): no LoRA images, said in the manifest
+    table_name = model_lora_table(bench, family, base)  # the base's own table (Pony, Illustrious), else the family's
+    if table_name is None:  # no LoRA table for this model (Flux without one): no LoRA images
         tasks, counts = [t for t in tasks if t != "lora"], {**counts, "lora": 0}
-    table = {e.name: e for e in bench.loras.get(family, ())}
-    source = f"{bench.name} LoRA table for {family}"
+    table = {e.name: e for e in bench.loras.get(table_name or "", ())}
+    source = f"{bench.name} LoRA table {table_name}"
     if "lora" in tasks:
         check_lora_files(table.values(), lora_dir, source)
     jobs = []

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from ghostreview.generation.families import FAMILIES, FLUX_FAMILY
+from ghostreview.generation.families import FAMILIES, FLUX_FAMILY, table_family
 from ghostreview.protocol import Benchmark
 from ghostreview.util.atomic import replace_dir
 from ghostreview.util.runtime import progress_bar, quiet_third_party
@@ -31,8 +31,9 @@ DEMO_MODELS = {
 # name -> seed: tiny v-prediction SDXL stand-ins with the v_pred and ztsnr markers (kit/vpred.py; NoobAI-XL V-Pred)
 # (two: the demo reviews both, so that its noobai-vpred pool has a z-score; a model alone in its pool has none)
 VPRED_MODELS = {"tiny-vpred-a": 5, "tiny-vpred-b": 6}
-# 2: HPSv2.1 and PickScore stand-ins; 3: Flux; 4: the v-pred SDXL stand-in; 5: a second of each; 6: Flux LoRA table
-KIT_VERSION = "6"
+# 2: HPSv2.1 and PickScore stand-ins; 3: Flux; 4: the v-pred SDXL stand-in; 5: a second of each; 6: the Flux LoRA
+# table's LoRAs and headers; 7: the Pony and Illustrious tables'
+KIT_VERSION = "7"
 STAMP = "kit.json"
 REFS_PER_STYLE = 4
 
@@ -66,12 +67,13 @@ def _write_kit(tmp: Path, bench: Benchmark, seed: int, image_size: int, stamp: d
     for name, (family, s) in DEMO_MODELS.items():
         steps.append(partial(write_tiny_checkpoint, tmp / "models" / f"{name}.safetensors", family, seed * 1000 + s))
     steps += vpred_steps(tmp, seed)
-    for family, entries in bench.loras.items():
+    for table, entries in bench.loras.items():  # a base's table (Pony, Illustrious) in its family's folders
+        family = table_family(table)
         for i, entry in enumerate(entries):
-            steps.append(lora_step(tmp, family, entry.file, i, _seed(seed, family, entry.name)))
+            steps.append(lora_step(tmp, family, entry.file, i, _seed(seed, table, entry.name)))
             for header in entry.header_images:
                 path = tmp / "lora_headers" / family / entry.name / header
-                steps.append(partial(write_lora_header, path, entry.name, _seed(seed, family, entry.name, header),
+                steps.append(partial(write_lora_header, path, entry.name, _seed(seed, table, entry.name, header),
                                      image_size))
     for style in bench.styles:
         steps.append(partial(write_style_references, tmp / "style_refs" / style.reference_dir, style.name,

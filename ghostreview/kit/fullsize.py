@@ -34,6 +34,7 @@ from typing import IO
 import torch
 
 from ghostreview.generation import ldm_keys
+from ghostreview.generation.families import table_family
 from ghostreview.generation.topology import CONFIGS_ROOT
 from ghostreview.kit import sd
 from ghostreview.util.atomic import create_dir_once, save_atomic, write_atomic, write_text_atomic
@@ -286,14 +287,17 @@ def build_fullsize_kit(dest: Path, bench, seed: int = 0, log: Callable[[str], No
     once(paths["scorers/clip"], lambda p: write_clip(p, seed))
     once(paths["scorers/aesthetic"], lambda p: write_laion_head(p, seed + 1))
     once(paths["scorers/vgg19"], lambda p: write_vgg19(p, seed + 2))
-    for family, entries in bench.loras.items():
+    for table, entries in bench.loras.items():
+        family = table_family(table)  # a base's table (Pony, Illustrious) in its family's folders
+        if family not in MODELS:  # Flux: no full-size stand-in here (a 12B transformer)
+            continue
         for entry in entries:
             once(paths["loras"] / family / entry.file,
                  partial(write_lora, family=family, config_dir=CONFIGS_ROOT / family,
-                         seed=_seed(seed, family, entry.name)))
+                         seed=_seed(seed, table, entry.name)))
             for header in entry.header_images:
                 once(paths["lora_headers"] / family / entry.name / header,
-                     partial(write_lora_header, name=entry.name, seed=_seed(seed, family, entry.name, header),
+                     partial(write_lora_header, name=entry.name, seed=_seed(seed, table, entry.name, header),
                              size=IMAGE_SIZE))
     for style in bench.styles:
         ref_dir = paths["style_refs"] / style.reference_dir

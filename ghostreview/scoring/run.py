@@ -16,6 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from ghostreview.errors import UserError
+from ghostreview.generation.families import BASE_LORA_TABLES, table_family
 from ghostreview.protocol import Benchmark
 from ghostreview.scoring import styleloss
 from ghostreview.scoring.clip import ClipModel, load_clip
@@ -105,8 +106,13 @@ def _header_files(directory: Path, names: Sequence[str]) -> list[Path]:
     return files
 
 
-def reference_sets(bench: Benchmark, style_dir: Path | None, header_dirs: Mapping[str, Path]) -> dict[str, list[Path]]:
+def reference_sets(bench: Benchmark, style_dir: Path | None, header_dirs: Mapping[str, Path],
+                   tables: Iterable[str] | None = None) -> dict[str, list[Path]]:
     """Every reference set (``styles/<Style>``, ``loras/<family>/<name>``) and its image files, validated up front.
+
+    ``header_dirs`` maps a family to its header directory; the LoRA tables read are ``tables`` (a model's: each
+    must be complete), or with None every table of those families, except a base's own table (Pony, Illustrious:
+    ``BASE_LORA_TABLES``) none of whose header folders is there (a review without such models needs none).
 
     Every file is decoded once here, before VGG loads. Grayscale, palette, RGBA (composited on white) and 16-bit
     images are accepted (see ``styleloss.to_rgb_tensor``).
@@ -131,8 +137,12 @@ def reference_sets(bench: Benchmark, style_dir: Path | None, header_dirs: Mappin
                    f"reference_dir {s.reference_dir!r} in styles.yaml; see docs/benchmark.md); move out or replace "
                    f"any file that is not a readable image.")
             take(f"styles/{s.name}", partial(styleloss.validate_reference_dir, directory), f"style {s.name!r}", fix)
-    for family, directory in header_dirs.items():
-        for entry in bench.loras.get(family, ()):
+    for table in (list(tables) if tables is not None else _present_tables(bench, header_dirs)):
+        family = table_family(table)
+        if family not in header_dirs:
+            continue
+        directory = header_dirs[family]
+        for entry in bench.loras.get(table, ()):
             fix = (f"Save the LoRA's header image(s) {list(entry.header_images)} in {directory / entry.name} "
                    f"(paths.lora_headers.{family} in params.yaml; see docs/benchmark.md), or fix header_images in "
                    f"the LoRA table.")
@@ -143,6 +153,13 @@ def reference_sets(bench: Benchmark, style_dir: Path | None, header_dirs: Mappin
         raise ReferenceImagesError("\n".join(problems[:MAX_LISTED])
                                    + (f"\n... and {more} more reference sets with problems." if more > 0 else ""))
     return sets
+
+
+def _present_tables(bench: Benchmark, header_dirs: Mapping[str, Path]) -> list[str]:
+    """The tables of ``header_dirs``' families whose header images are to be there: every family's own, and a base's
+    table when one of its header folders exists."""
+    return [t for t, entries in bench.loras.items() if table_family(t) in header_dirs and (
+        t not in BASE_LORA_TABLES or any((header_dirs[table_family(t)] / e.name).is_dir() for e in entries))]
 
 
 def header_families(header_dirs: Mapping[str, Path]) -> tuple[dict[str, Path], list[str]]:

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ghostreview.generation.families import table_family
 from ghostreview.protocol import Benchmark
 
 
@@ -35,7 +36,8 @@ def benchmark_targets(bench: Benchmark, sets: Mapping[str, Sequence[Path]]) -> T
         if f"styles/{style.name}" in sets:
             images[("style", style.name)] = tuple(sets[f"styles/{style.name}"])
     families: dict[str, str] = {}
-    for family, entries in bench.loras.items():
+    for table, entries in bench.loras.items():
+        family = table_family(table)  # a base's table (Pony, Illustrious) keeps its files in its family's folders
         for entry in entries:
             families[entry.name] = family
             if f"loras/{family}/{entry.name}" in sets:
