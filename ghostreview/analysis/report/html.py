@@ -88,7 +88,7 @@ from ghostreview.util.atomic import replace_dir, write_atomic
 
 STATIC = Path(__file__).parent / "static"
 TASK_TITLES = {"general": "General prompt", "style": "Style", "lora": "LoRA"}
-FAMILY_TITLES = {"sd15": "SD1.5", "sdxl": "SDXL"}  # section titles; any other family is shown by its name
+FAMILY_TITLES = {"sd15": "SD1.5", "sdxl": "SDXL", "flux": "Flux.1"}  # section titles; any other: its name
 PAGES = "pages"  # <out_dir>/pages: the grid pages
 # Generated images per grid page (a larger item is split into parts; targets come on top). Measured at 500 models in
 # chromium (benchmarks/RESULTS.md section 11b): the longest frame gap scrolling a page of 4,000 images was 350 ms,
