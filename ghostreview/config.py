@@ -372,7 +372,8 @@ class ModelParams(Checked):
 
     ``base`` (one of ``BASES``; None: read from the file, else the family's plain base) picks the benchmark's prompt
     conventions and settings (``bases.yaml``); ``prediction`` None: the file's (its ``v_pred`` marker), else epsilon.
-    ``sampler`` ... ``height`` override the base's settings (None: the base's, else the generation section's).
+    ``sampler`` ... ``height`` override the base's settings (None: the base's, else the generation section's);
+    ``prose`` whether its general prompts are drawn in prose (None: as its base says; bases.yaml's ``prose``).
     """
 
     checkpoint: str
@@ -386,6 +387,7 @@ class ModelParams(Checked):
     cfg_scale: float | None = ranged(None, 1, 30)
     width: int | None = ranged(None, 8, 2048)  # and a multiple of 8
     height: int | None = ranged(None, 8, 2048)
+    prose: bool | None = None  # a model trained on natural-language captions: its general prompts in prose
     config: str | None = None
     allow_pickle: bool = False
     title: str | None = None

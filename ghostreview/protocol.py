@@ -932,14 +932,26 @@ def lora_items(b: Benchmark, table: str, n: int) -> list[BenchmarkItem]:
 
 
 def benchmark_items(b: Benchmark, family: str, seeds: Mapping[str, int] | None = None,
-                    base: str | None = None) -> list[BenchmarkItem]:
+                    base: str | None = None, prose: bool | None = None) -> list[BenchmarkItem]:
     """Every image of the benchmark for one model family: general, then style, then LoRA, each in file order, image
     index ascending. ``seeds`` maps a task to fewer images per item (the first k of the protocol's). ``base`` (a key
     of ``bases.yaml``; None: the family's plain base) applies its prompt prefix and negative prompt to the general
     and style images: the same subjects and seeds for every base, and picks the LoRA table
-    (:func:`model_lora_table`). LoRA header prompts stay the LoRA's own."""
+    (:func:`model_lora_table`). LoRA header prompts stay the LoRA's own. ``prose`` (a model entry's ``prose``; None:
+    the base's) draws the general prompts from their prose, or from their tags.
+
+    Raises:
+        BenchmarkError: ``prose`` asked of a benchmark whose prompts lack it; an unknown family or base.
+    """
     n = images_per_item(b, seeds)
     conv = base_protocol(b, base) if base is not None else BaseProtocol()
+    if prose is not None and prose != conv.prose:
+        missing = [p.id for p in b.general if not p.prose]
+        if prose and missing:
+            raise BenchmarkError(f"{PROMPTS_FILE}: prompt {missing[0]!r} has no prose, which a model with `prose: "
+                                 f"true` is drawn from. Add a `prose:` line to each prompt of benchmark {b.name}, or "
+                                 f"remove prose from the model entry.")
+        conv = dataclasses.replace(conv, prose=prose)
     table = model_lora_table(b, family, base)
     return [*general_items(b, n["general"], conv), *style_items(b, n["style"], conv),
             *(lora_items(b, table, n["lora"]) if n["lora"] and table else ())]  # 0 or no table: no LoRA images

@@ -95,6 +95,7 @@ def settings_for(params: Params, model: str, ckpt: CheckpointFile, root: Path,
         cache=validate.resolve(root, paths.cache),
         engine=EngineChoice(g.engine, g.ray_address, g.ray_workers),
         base=resolved.base,
+        prose=m.prose,
         clip_l=validate.resolve(root, m.clip_l) if m.clip_l else None,  # Flux's separate files (docs/flux.md)
         t5xxl=validate.resolve(root, m.t5xxl) if m.t5xxl else None,
         t5_tokenizer=validate.resolve(root, m.t5_tokenizer) if m.t5_tokenizer else None,

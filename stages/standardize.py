@@ -30,7 +30,7 @@ def reference_set(directory: Path, name: str, benchmark: dict, params_path: Path
         raise ReferenceError(f"standardize.reference: {name!r} in {params_path}: {exc}") from exc
 
 
-OVERRIDES = ("sampler", "schedule_type", "steps", "cfg_scale", "width", "height")  # clip_skip: per model since v1
+OVERRIDES = ("sampler", "schedule_type", "steps", "cfg_scale", "width", "height", "prose")  # clip_skip: per model
 
 
 def model_protocol(images: Path, name: str, bench: Benchmark) -> str:

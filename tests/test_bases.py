@@ -286,6 +286,31 @@ def test_settings_entry_over_base_over_generation(stage, bench, shapes):
     assert scheduled.generation.sampler == "Euler Karras"
 
 
+def test_a_model_entry_chooses_prose_or_tags(stage, bench, shapes, tmp_path):
+    """models.<m>.prose: an SDXL model trained on natural-language captions reads the prose; a Flux model may be
+    given the tags; unset, the base decides. The override reaches the plan (the prompt each image is drawn with)."""
+    prose = {p.id: p.prose for p in bench.general}
+    tags = {p.id: p.prompt for p in bench.general}
+
+    def general(family, base, choice):
+        return {i.item: i.prompt for i in benchmark_items(bench, family, dict(FEW, lora=0), base, choice)
+                if i.task == "general"}
+
+    assert general("sdxl", None, True) == prose and general("sdxl", None, None) == tags
+    assert general("flux", "flux1-dev", False) == tags and general("flux", "flux1-dev", None) == prose
+    assert settings(stage, bench, ckpt(shapes, "sdxl"), {"prose": True}).prose is True
+    assert settings(stage, bench, ckpt(shapes, "sdxl"), {}).prose is None
+    cut = tmp_path / "cut"
+    cut_benchmark(V1, cut, general=1, styles=1, loras=1)
+    data = yaml.safe_load((cut / "prompts.yaml").read_text(encoding="utf-8"))
+    del data["prompts"][0]["prose"]
+    (cut / "prompts.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    (cut / "bases.yaml").write_text((cut / "bases.yaml").read_text().replace("prose: true", "prose: false"))
+    bare = load_benchmark(cut)  # no base reads prose: a benchmark without it loads
+    with pytest.raises(BenchmarkError, match=r"has no prose, which a model with `prose: true` is drawn from"):
+        benchmark_items(bare, "sdxl", None, None, True)
+
+
 def test_settings_errors_name_the_choice(stage, bench, shapes):
     from ghostreview.generation.plan import SamplerChoiceError
 

@@ -175,6 +175,7 @@ class GenerateSettings:
     cache: Path
     engine: EngineChoice = EngineChoice()
     base: str | None = None  # generation.bases: the resolved base (None: the family's plain one, as before bases)
+    prose: bool | None = None  # models.<m>.prose: general prompts in prose (None: as the base says)
     clip_l: Path | None = None  # Flux: the separate files of a transformer-only checkpoint (models.<m>.clip_l ...)
     t5xxl: Path | None = None
     t5_tokenizer: Path | None = None
@@ -229,7 +230,7 @@ def run_generate(bench: Benchmark, s: GenerateSettings, out_dir: Path, progress:
                              lambda p: lora_status(p, family, modules()))
     jobs = plan_jobs(
         bench, family, s.counts, s.tasks, gen, s.clip_skip, s.lora_dirs.get(family, s.cache),  # no table: no LoRAs
-        status, lambda p: file_sha256(p, hash_cache), base=s.base,
+        status, lambda p: file_sha256(p, hash_cache), base=s.base, prose=s.prose,
     )
     lora_hash = functools.cache(a1111_lora_hash)  # reads each LoRA file once per run
     texts = [infotext_for(j, model, f"ghostreview-{__version__}", lora_hash) for j in jobs]

@@ -173,12 +173,14 @@ def plan_jobs(
     lora_check: Callable[[Path], str],
     file_hash: Callable[[Path], str],
     base: str | None = None,
+    prose: bool | None = None,
 ) -> list[ImageJob]:
     """Every image of the benchmark for one model, in benchmark order.
 
     ``lora_check(path)`` returns "ok" or the reason a LoRA cannot be used with this family (recorded, not raised);
     ``file_hash(path)`` gives a file's sha256 (cached by the caller); ``base`` the model's base, whose prompt
-    conventions apply (``protocol.benchmark_items``; None: the family's plain base).
+    conventions apply (``protocol.benchmark_items``; None: the family's plain base); ``prose`` the model entry's
+    choice of prose general prompts (None: the base's).
     """
     table_name = model_lora_table(bench, family, base)  # the base's own table (Pony, Illustrious), else the family's
     if table_name is None:  # no LoRA table for this model (Flux without one): no LoRA images
@@ -188,7 +190,7 @@ def plan_jobs(
     if "lora" in tasks:
         check_lora_files(table.values(), lora_dir, source)
     jobs = []
-    for it in benchmark_items(bench, family, counts, base):
+    for it in benchmark_items(bench, family, counts, base, prose):
         if it.task not in tasks:
             continue
         text, _ = extract_lora_tags(it.prompt)  # LoRAs are applied to the weights, not through the text
