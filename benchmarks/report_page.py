@@ -7,10 +7,14 @@ infotexts, one PNG per image (a hard link to one of 512 pictures: a gradient wit
 140 KB at 288 px like a generated image; the report decodes and re-encodes every file as it would real ones),
 random scores per metric, ``standardize`` (``--boot`` resamples) of the first N models and of all N+1, style
 reference and LoRA header images as targets. Each input is pickled; ``write_report`` then runs in a spawned process
-(nothing inherited) with ``--workers`` rendering processes and a rendition cache under the work directory:
+(nothing inherited) with ``--workers`` rendering processes and a rendition cache under the work directory, which
+holds what the generate stage's image store leaves there (``util.rendition.prerender``: the renditions of every
+image, made as it was stored; here one rendition per pool picture, linked under each image's key, the same bytes);
+with ``--cold``, nothing (a workspace whose images came by ``dvc pull``: the report renders every image):
 
-1. from scratch: N models, empty cache;
-2. one model added: N+1 models, a fresh output directory (DVC deletes the stage's outputs), the same cache.
+1. from scratch: N models, a new output directory;
+2. one model added: N+1 models, a fresh output directory (DVC deletes the stage's outputs), the same cache (holding
+   the first run's renditions, and with the store's, the new model's).
 
 For each: wall time, peak RSS of the report process (``getrusage``; it includes the review's tables it loaded, as the
 report stage holds them), the peak of the summed PSS of it and its rendering workers (sampled from /proc every 0.3 s:
@@ -24,7 +28,7 @@ responsiveness probe (the longest gap between animation frames while scrolling t
 ``measure(n, workdir)`` is the same two runs as a dict of figures, for ``benchmarks.scale``'s ``report`` step.
 
     python -m benchmarks.report_page [--models 20] [--sdxl 4] [--size 288] [--boot 200] [--workers 2]
-                                     [--repeats 3] [--work DIR] [--keep]
+                                     [--repeats 3] [--cold] [--work DIR] [--keep]
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from ghostreview.analysis.standardize import standardize
 from ghostreview.generation.families import table_family
 from ghostreview.protocol import benchmark_items, load_benchmark
 from ghostreview.scoring.registry import REGISTRY
+from ghostreview.util.rendition import JPEG_QUALITY, as_rgb, entry, file_identity, rendition_key, sizes, views
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -89,12 +94,39 @@ def picture_pool(where: Path, size: int, rng: np.random.Generator) -> list[Path]
     return files
 
 
-def build_review(work: Path, n_models: int, n_sdxl: int, size: int):
-    """Images, manifests, scores, models and targets of the synthetic review under ``work`` (not standardized)."""
+def pool_renditions(pool: list[Path], where: Path) -> dict[Path, dict[int | None, Path]]:
+    """Each pool picture's renditions (``util.rendition.views``, as the store makes them), one file each."""
+    where.mkdir(parents=True, exist_ok=True)
+    out: dict[Path, dict[int | None, Path]] = {}
+    for k, src in enumerate(pool):
+        with Image.open(src) as im:
+            im.load()
+            pxs = sizes(*im.size)
+            for px, view in views(as_rgb(im), pxs):
+                dest = where / f"{k}-{px}.jpg"
+                view.save(dest, format="JPEG", quality=JPEG_QUALITY)
+                out.setdefault(src, {})[px] = dest
+    return out
+
+
+def prerendered(cache: Path, image_hash: str, png: Path, made: dict[int | None, Path]) -> None:
+    """The cache entries the store's ``prerender`` leaves for ``png``: its picture's renditions under its keys."""
+    identity = file_identity(image_hash, png, png.stat().st_size)
+    for px, src in made.items():
+        dest = Path(entry(cache, rendition_key(identity, px)))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with suppress(FileExistsError):
+            os.link(src, dest)
+
+
+def build_review(work: Path, n_models: int, n_sdxl: int, size: int, cache: Path | None = None):
+    """Images, manifests, scores, models and targets of the synthetic review under ``work`` (not standardized);
+    with ``cache``, the renditions the image store makes as it stores each image (``prerendered``)."""
     bench = load_benchmark(ROOT / "data" / "benchmark" / "v1")
     images_root = work / "images"
     rng = np.random.default_rng(0)
     pool = picture_pool(work / "pool", size, rng)
+    made = pool_renditions(pool, work / "pool-renditions") if cache is not None else {}
     manifests, score_parts, model_rows = {}, [], []
     for i in range(n_models):
         model, family = f"model-{i:02d}", "sdxl" if i < n_sdxl else "sd15"
@@ -103,7 +135,10 @@ def build_review(work: Path, n_models: int, n_sdxl: int, size: int):
         rows = []
         for it in benchmark_items(bench, family):
             h = hashlib.sha256(f"{model}/{it.task}/{it.item}/{it.seed}".encode()).hexdigest()
-            os.link(pool[int(h[:8], 16) % len(pool)], images_root / model / f"{h}.png")
+            picked = pool[int(h[:8], 16) % len(pool)]
+            os.link(picked, images_root / model / f"{h}.png")
+            if cache is not None:
+                prerendered(cache, h, images_root / model / f"{h}.png", made[picked])
             info = (f"{it.prompt}\nNegative prompt: {it.negative_prompt}\n" + SETTINGS.format(
                 seed=it.seed, size=size, autov2=autov2, model=model))
             rows.append(dict(model=model, family=family, task=it.task, item=it.item, seed=it.seed, image=f"{h}.png",
@@ -274,19 +309,20 @@ def in_chromium(page: Path, repeats: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in runs.items()}
 
 
-def report_runs(work: Path, n: int, sdxl: int, size: int, boot: int, workers: int) -> dict:
+def report_runs(work: Path, n: int, sdxl: int, size: int, boot: int, workers: int, cold: bool = False) -> dict:
     """Build the synthetic review of ``n`` + 1 models under ``work``, then the two timed reports (from scratch on
-    ``n`` models, one model added on the same cache); flat figures, one key per measured quantity."""
+    ``n`` models, one model added on the same cache); flat figures, one key per measured quantity. cold: no
+    renditions from the image store in the cache (the report makes every one)."""
     start = time.perf_counter()
-    scores, manifests, models, images_root, targets = build_review(work, n + 1, sdxl, size)
+    cache = work / "cache"
+    scores, manifests, models, images_root, targets = build_review(work, n + 1, sdxl, size, None if cold else cache)
     names = models["model"].tolist()
     runs = {"scratch": names[:-1], "added": names}
     for run, run_names in runs.items():
         pickle_run(work / f"{run}.pkl", run_names, scores, manifests, models, images_root, targets, boot)
     fig: dict = {"models": n, "images": sum(len(manifests[m]) for m in names[:-1]),
-                 "build_s": time.perf_counter() - start}
+                 "build_s": time.perf_counter() - start, "cold": cold}
     del scores, manifests
-    cache = work / "cache"
     for run in runs:
         before = tree_size(cache)[0] if cache.exists() else 0
         seconds, self_mb, tree_mb = timed_report(work / f"{run}.pkl", work / run, cache, workers)
@@ -304,7 +340,7 @@ def largest_page(out: Path) -> Path:
 
 
 def measure(n: int, workdir: Path, sdxl: int | None = None, size: int = 288, boot: int = 200,
-            workers: int | None = None, chromium: bool = False, repeats: int = 1) -> dict:
+            workers: int | None = None, chromium: bool = False, repeats: int = 1, cold: bool = False) -> dict:
     """benchmarks.scale's step ``report``: ``report_runs`` at ``n`` models under ``workdir`` (every fifth model SDXL
     unless ``sdxl`` says how many), then, with ``chromium``, the index and the largest grid page of the second run
     in chromium (``chromium_<page>_<figure>`` keys). The work directory is removed afterwards (its rendition cache
@@ -312,7 +348,7 @@ def measure(n: int, workdir: Path, sdxl: int | None = None, size: int = 288, boo
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         fig = report_runs(workdir, n, n // 5 if sdxl is None else sdxl, size, boot,
-                          workers or len(os.sched_getaffinity(0)))
+                          workers or len(os.sched_getaffinity(0)), cold)
         if chromium:
             out = workdir / "added"
             for name, page in (("index", out / "index.html"), ("largest_page", largest_page(out))):
@@ -330,6 +366,7 @@ def main() -> None:
     ap.add_argument("--boot", type=int, default=200, help="bootstrap resamples of standardize")
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="rendering processes")
     ap.add_argument("--repeats", type=int, default=3, help="fresh page loads in chromium")
+    ap.add_argument("--cold", action="store_true", help="no renditions from the image store: the report makes all")
     ap.add_argument("--work", type=Path, help="working directory (default: a temporary one)")
     ap.add_argument("--keep", action="store_true", help="keep the working directory")
     args = ap.parse_args()
@@ -338,7 +375,7 @@ def main() -> None:
     print(f"CPU {cpu_model()}, {len(os.sched_getaffinity(0))} cores, load avg {load_average()} (start); "
           f"work dir {work}", flush=True)
     try:
-        fig = report_runs(work, args.models, args.sdxl, args.size, args.boot, args.workers)
+        fig = report_runs(work, args.models, args.sdxl, args.size, args.boot, args.workers, args.cold)
         row("synthetic review built (images, scores, 2x standardize)", f"{fig['build_s']:.1f} s")
         row("models x images (run 1)", f"{args.models} x {fig['images'] // args.models} = {fig['images']:,}")
         for k, run in enumerate(("scratch", "added"), 1):

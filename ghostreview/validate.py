@@ -428,9 +428,9 @@ def check_lora_files(params: Params, bench: Benchmark, tables: Iterable[str], ro
 
     if "lora" not in params.benchmark.tasks:
         return
-    problems = []
+    problems, wanted = [], set(tables)
     for family in LORA_FAMILIES:
-        mine = [t for t in bench.loras if t in set(tables) and table_family(t) == family]
+        mine = [t for t in bench.loras if t in wanted and table_family(t) == family]
         if not mine:
             continue
         rel = getattr(params.paths.loras, family)

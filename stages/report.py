@@ -21,6 +21,7 @@ from ghostreview.errors import stage_main
 from ghostreview.generation.families import LORA_FAMILIES
 from ghostreview.scoring.registry import REGISTRY
 from ghostreview.scoring.run import header_families, reference_sets
+from ghostreview.util.rendition import RENDITIONS
 from ghostreview.util.runtime import progress_bar
 
 
@@ -40,7 +41,7 @@ def targets(params_path: Path) -> Targets:
 def rendition_cache(params: Params, params_path: Path) -> Path:
     """``<paths.cache>/renditions``: the report's image renditions, kept across runs (DVC deletes the stage's
     outputs before it runs; a cache outside them keeps the run-cache, which ``persist: true`` would disable)."""
-    return validate.resolve(params_path.resolve().parent, params.paths.cache) / "renditions"
+    return validate.resolve(params_path.resolve().parent, params.paths.cache) / RENDITIONS
 
 
 @stage_main

@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -198,13 +198,17 @@ def parse_flags(cell: object) -> frozenset[str]:
     return frozenset(f.strip() for f in cell.split(";") if f.strip())
 
 
-def excluded_mask(flags: pd.Series, values: pd.Series) -> np.ndarray:
-    """Boolean array [n]: True where a row carries an excluding flag or a non-finite value.
-
-    Each distinct flags cell is parsed once (a review holds a handful of distinct cells over millions of rows)."""
+def flag_mask(flags: pd.Series, test: Callable[[frozenset[str]], bool]) -> np.ndarray:
+    """Boolean array [n]: ``test(parse_flags(cell))`` of each cell, each distinct cell parsed once (a review holds a
+    handful of distinct cells over millions of rows)."""
     cell, distinct = pd.factorize(flags, use_na_sentinel=True)
-    bad = np.array([bool(parse_flags(c) & EXCLUDING_FLAGS) for c in distinct] + [False], dtype=bool)
-    flagged = bad[np.where(cell < 0, len(distinct), cell)]  # NaN cells (code -1): no flag
+    hit = np.array([bool(test(parse_flags(c))) for c in distinct] + [bool(test(frozenset()))], dtype=bool)
+    return hit[np.where(cell < 0, len(distinct), cell)]  # NaN cells (code -1): no flag
+
+
+def excluded_mask(flags: pd.Series, values: pd.Series) -> np.ndarray:
+    """Boolean array [n]: True where a row carries an excluding flag or a non-finite value."""
+    flagged = flag_mask(flags, lambda f: bool(f & EXCLUDING_FLAGS))
     finite = np.isfinite(pd.to_numeric(values, errors="coerce").to_numpy(dtype=float))
     return flagged | ~finite
 

@@ -41,6 +41,7 @@ from ghostreview.generation.worker import PipelineSpec, WorkUnit, image_runtime
 from ghostreview.protocol import Benchmark
 from ghostreview.util.atomic import replace_dir
 from ghostreview.util.hashing import file_sha256
+from ghostreview.util.rendition import RENDITIONS
 from ghostreview.util.runtime import pick_dtype, progress_bar, set_cpu_threads
 
 
@@ -234,7 +235,7 @@ def run_generate(bench: Benchmark, s: GenerateSettings, out_dir: Path, progress:
     )
     lora_hash = functools.cache(a1111_lora_hash)  # reads each LoRA file once per run
     texts = [infotext_for(j, model, f"ghostreview-{__version__}", lora_hash) for j in jobs]
-    store = ImageStore(s.store)
+    store = ImageStore(s.store, renditions=s.cache / RENDITIONS)  # the report's renditions made as images are stored
     with open_engine(s.engine.name, s.engine.address, s.engine.workers) as engine:
         device = engine.device(gen.device)  # where the images are drawn: part of every key
         dtype = pick_dtype(gen.dtype, device)

@@ -35,7 +35,8 @@ def manifest_file(directory: Path) -> Path:
 
 def check_columns(path: Path, columns: Iterable[str]) -> None:
     """Every column of MANIFEST_COLUMNS is among ``columns``; else a ManifestError naming the first missing one."""
-    missing = [c for c in MANIFEST_COLUMNS if c not in set(columns)]
+    have = set(columns)
+    missing = [c for c in MANIFEST_COLUMNS if c not in have]
     if missing:
         raise ManifestError(f"{path}: no column {missing[0]!r} (missing: {', '.join(missing)}): not a manifest this "
                             f"version's generate stage writes; run `dvc repro -f generate@{path.parent.name}`.")

@@ -12,7 +12,9 @@ PNG: a crash leaves at most a temporary file or a JSON without its PNG, which th
 Off the drawing thread: :class:`StoreWriter` runs ``put`` on a writer thread behind a bounded queue. An image counts
 as drawn (progress, the stage's counts, its manifest) only once ``put`` returned for it; a kill loses only queued
 images, which no manifest lists, and the next run draws them. PNGs are written at zlib level
-:data:`PNG_COMPRESS_LEVEL`, recorded in each entry's ``"png"`` record.
+:data:`PNG_COMPRESS_LEVEL`, recorded in each entry's ``"png"`` record. With ``renditions`` (the generate stage passes
+``<paths.cache>/renditions``), ``put`` also makes the JPEG renditions a report links for the image
+(``util.rendition.prerender``) from the pixels in memory, on the same writer thread: the report then reads no PNG.
 
 Trust: an entry is handed back (``has``, ``link_into``) only when its PNG has the size and sha256 recorded at ``put``
 (:meth:`ImageStore.check`). A truncated or replaced PNG, unreadable metadata, or an entry written before the store
@@ -43,6 +45,7 @@ from PIL import Image
 from ghostreview.errors import UserError
 from ghostreview.generation.infotext import pnginfo
 from ghostreview.util.atomic import move_into_place, write_bytes_atomic, write_temp
+from ghostreview.util.rendition import prerender
 
 _KEY = re.compile(r"[0-9a-f]{64}")
 _SHARD = re.compile(r"[0-9a-f]{2}")
@@ -140,8 +143,9 @@ def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
 class ImageStore:
     """PNG images and their JSON metadata under ``root``, addressed by sha256 job keys."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, renditions: Path | None = None) -> None:
         self.root = Path(root)
+        self.renditions = None if renditions is None else Path(renditions)  # the report's rendition cache, or None
         self._checked: dict[str, tuple[tuple[int, int, int, int], str]] = {}  # key -> (PNG identity, its sha256)
 
     @property
@@ -197,6 +201,13 @@ class ImageStore:
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
         self._checked[key] = (written, sha)  # renaming keeps the identity: this process need not hash it again
+        if self.renditions is not None:
+            try:
+                prerender(self.renditions, key, png, image)
+            except OSError as err:  # the image is stored; a report would make its renditions itself
+                raise StoreError(f"image {key} is stored, but its report renditions could not be written into "
+                                 f"{self.renditions} ({err.strerror or err}): free space there (or delete the "
+                                 "folder: the report makes what is missing)", self.renditions) from err
         return png
 
     def get_meta(self, key: str) -> dict:

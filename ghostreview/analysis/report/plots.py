@@ -142,7 +142,8 @@ def threshold_line(ax, threshold: float, lo: float, hi: float, vertical: bool) -
 def distribution_figure(data: pd.DataFrame, order: list[str], threshold: float, shown: Shown, demo: bool) -> Figure:
     """Raw values of ``shown`` (the aesthetic) per model, with the good-image threshold: violins (quartiles inside)
     for up to ``FEW`` models, beyond that ``interval_figure`` (a violin per model would be a sliver)."""
-    present = [m for m in order if m in set(data["model"])]
+    have = set(data["model"])
+    present = [m for m in order if m in have]
     if len(present) > FEW:
         return interval_figure(data, present, threshold, shown, demo)
     fig = new_figure(max(5.0, 1.1 * len(order)), 4.0, demo)
@@ -226,7 +227,8 @@ def heatmap_figure(cells: pd.DataFrame, order: list[str], shown: Shown, items: s
 def scatter_figure(data: pd.DataFrame, order: list[str], shown: Mapping[str, Shown], demo: bool) -> Figure:
     """CLIPScore vs aesthetic, one point per general image, colour = model; beyond ``LEGEND`` models (a legend of
     100 entries over 96,000 points says nothing) ``means_scatter_figure``."""
-    present = [m for m in order if m in set(data["model"])]
+    have = set(data["model"])
+    present = [m for m in order if m in have]
     if len(present) > LEGEND:
         return means_scatter_figure(data, present, shown, demo)
     fig = new_figure(6.5, 4.5, demo)

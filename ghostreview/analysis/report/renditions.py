@@ -25,6 +25,11 @@ staging directory, made durable with one ``os.sync()`` per ``COMMIT_EVERY`` rend
 name), so a killed run leaves no half-written entry; the report never prunes the cache (delete the directory to
 reclaim its space).
 
+The contract (names, identity, the rendering itself) is ``ghostreview.util.rendition``'s, shared with the image
+store, which makes each generated image's renditions into the same cache as it stores the image (the generate stage
+passes it ``<paths.cache>/renditions``): in the workspace that drew the images the report decodes no PNG; after a
+``dvc pull`` elsewhere it renders what the cache lacks.
+
 Rendering runs in ``workers`` processes (one image per task is too fine: chunks of ``CHUNK`` sources).
 """
 
@@ -46,14 +51,13 @@ from pathlib import Path
 
 from PIL import Image
 
+from ghostreview.util.rendition import JPEG_QUALITY, as_rgb, entry, file_identity, rendition_key, views
+
 IMAGES = "images"  # <out_dir>/images: every image file the pages link to
 TARGETS = "_targets"  # images/_targets: style reference and LoRA header images (``_`` starts no model slug)
-JPEG_QUALITY = 90
-RENDITION_VERSION = "1"  # bump when the rendering below changes: every cache entry is then made anew
 CHUNK = 64  # sources per rendering task
 STALE_S = 6 * 3600  # a staging directory this old belongs to no running report
 STAGING = ".staging-"  # <cache>/.staging-<random>: renditions of a run not yet durable and linked into the cache
-TAIL_BYTES = 4096  # the end of a generated PNG read into its identity (file_identity)
 COMMIT_EVERY = 20_000  # staged renditions per os.sync() and commit to the cache (what a killed run can lose)
 
 
@@ -87,20 +91,6 @@ class Job:
     src: Path
     px: int | None
     key: str
-
-
-def rendition_key(source_id: str, px: int | None) -> str:
-    """The cache name of a rendition: sha256 of the source's identity and the rendition settings."""
-    return hashlib.sha256(f"{source_id}|{px}|q{JPEG_QUALITY}|v{RENDITION_VERSION}".encode()).hexdigest()
-
-
-def file_identity(image_hash: str, src: Path, st: os.stat_result) -> str:
-    """A generated image's identity (module docstring): its manifest hash, its size (``st``) and the sha256 of its
-    last ``TAIL_BYTES`` bytes (the whole file when smaller); neither mtime nor path is part of it."""
-    with open(src, "rb") as f:
-        f.seek(max(0, st.st_size - TAIL_BYTES))
-        tail = hashlib.sha256(f.read(TAIL_BYTES)).hexdigest()[:32]
-    return f"{image_hash}|{st.st_size}|tail:{tail}"
 
 
 def bytes_identity(src: Path) -> str:
@@ -159,7 +149,8 @@ class Gallery:
                   height: object = None) -> Shot:
         """A generated image (``folder``: its model), identified by its content (``file_identity``; ``st``: its
         stat)."""
-        return self.add(src, folder, src.stem, file_identity(image_hash, src, st), image_size(src, width, height))
+        return self.add(src, folder, src.stem, file_identity(image_hash, src, st.st_size),
+                        image_size(src, width, height))
 
     def add_target(self, src: Path) -> Shot:
         """A reference or header image, named by the hash of its bytes (two sets may share a file name)."""
@@ -181,16 +172,18 @@ class Gallery:
         if self.cache is None:
             self.render([(src, [(self.dest / j.rel, j.px) for j in group]) for src, group in by_source(jobs)])
             return
-        missing = [j for j in jobs if not self.cached(j).is_file()]
-        staging = self.staging()
-        self.render([(src, [(staging / j.key, j.px) for j in group]) for src, group in by_source(missing)])
+        # paths as text: a Path per file costs more than the link it names (1.6 million files at 500 models)
+        missing = [j for j in jobs if not os.path.isfile(self.entry(j.key))]
+        staging = str(self.staging())
+        self.render([(src, [(f"{staging}/{j.key}", j.px) for j in group]) for src, group in by_source(missing)])
         self.reused += len(jobs) - len(missing)
         new = {j.key for j in missing}
         for folder in {j.rel.rpartition("/")[0] for j in jobs} - self.folders:
             (self.dest / folder).mkdir(parents=True, exist_ok=True)
             self.folders.add(folder)
+        dest = str(self.dest)
         for j in jobs:
-            publish(staging / j.key if j.key in new else self.cached(j), self.dest / j.rel)
+            publish(f"{staging}/{j.key}" if j.key in new else self.entry(j.key), f"{dest}/{j.rel}")
         self.staged += missing
         if len(self.staged) >= COMMIT_EVERY:
             self.commit()
@@ -210,13 +203,13 @@ class Gallery:
         if not self.staged:
             return
         os.sync()
-        staging = self.staging()
+        staging = str(self.staging())
         for j in self.staged:
-            entry = self.cached(j)
-            entry.parent.mkdir(parents=True, exist_ok=True)
+            entry = self.entry(j.key)
+            os.makedirs(os.path.dirname(entry), exist_ok=True)
             with suppress(FileExistsError):  # another run made it meanwhile: the same rendition
-                os.link(staging / j.key, entry)
-            (staging / j.key).unlink()
+                os.link(f"{staging}/{j.key}", entry)
+            os.unlink(f"{staging}/{j.key}")
         self.staged = []
 
     def close(self) -> None:
@@ -230,11 +223,12 @@ class Gallery:
             shutil.rmtree(self.stage_dir, ignore_errors=True)
             self.stage_dir, self.staged = None, []
 
-    def cached(self, job: Job) -> Path:
+    def entry(self, key: str) -> str:
+        """The cache entry of the rendition ``key``: ``<cache>/<key[:2]>/<key>.jpg``."""
         assert self.cache is not None
-        return self.cache / job.key[:2] / f"{job.key}.jpg"
+        return entry(self.cache, key)
 
-    def render(self, work: Sequence[tuple[Path, list[tuple[Path, int | None]]]]) -> None:
+    def render(self, work: Sequence[tuple[Path, list[tuple[str | Path, int | None]]]]) -> None:
         self.rendered += sum(len(outs) for _, outs in work)
         chunks = [list(work[i:i + CHUNK]) for i in range(0, len(work), CHUNK)]
         if self.executor is None or len(chunks) < 2:
@@ -253,7 +247,7 @@ def by_source(jobs: Sequence[Job]) -> list[tuple[Path, list[Job]]]:
     return list(groups.items())
 
 
-def publish(entry: Path, dest: Path) -> None:
+def publish(entry: str | Path, dest: str | Path) -> None:
     """``dest`` (whose directory exists) as a hard link to the cache entry (a copy across file systems)."""
     try:
         os.link(entry, dest)
@@ -261,32 +255,22 @@ def publish(entry: Path, dest: Path) -> None:
         shutil.copyfile(entry, dest)
 
 
-def render_chunk(chunk: Sequence[tuple[Path, Sequence[tuple[Path, int | None]]]]) -> None:
+def render_chunk(chunk: Sequence[tuple[Path, Sequence[tuple[str | Path, int | None]]]]) -> None:
     for src, outs in chunk:
         write_renditions(src, outs)
 
 
-def write_renditions(src: Path, outs: Sequence[tuple[Path, int | None]]) -> None:
+def write_renditions(src: Path, outs: Sequence[tuple[str | Path, int | None]]) -> None:
     """JPEGs of ``src`` (transparency on white), each at its longest side ``px`` (None: the source's size); written
     plainly into a directory that is made durable and moved into place as a whole (``Gallery.commit``,
     ``replace_dir(..., sync_all=True)``)."""
     with Image.open(src) as im:
         im.load()
-        rgb = im.convert("RGB") if "A" not in im.getbands() and im.mode != "P" else on_white(im)
+        rgb = as_rgb(im)
     for dest, px in outs:
-        view = rgb
-        if px is not None:
-            view = rgb.copy()
-            view.thumbnail((px, px))
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        _, view = next(views(rgb, (px,)))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
         view.save(dest, format="JPEG", quality=JPEG_QUALITY)
-
-
-def on_white(im: Image.Image) -> Image.Image:
-    """An image with transparency (or a palette that may carry it) composited on white."""
-    rgba = im.convert("RGBA")
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(white, rgba).convert("RGB")
 
 
 def clean_staging(cache: Path, older_than_s: float = STALE_S) -> None:

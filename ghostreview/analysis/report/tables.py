@@ -41,7 +41,7 @@ import pandas as pd
 from ghostreview.analysis.reference import POOL
 from ghostreview.analysis.report import agreement
 from ghostreview.analysis.report.display import Shown, losses, scored_metrics, shown_metrics
-from ghostreview.analysis.standardize import ALL_POOL, COMBINED, Standardized, parse_flags
+from ghostreview.analysis.standardize import ALL_POOL, COMBINED, Standardized, flag_mask, parse_flags
 from ghostreview.scoring.metric import MetricInfo
 from ghostreview.util.atomic import write_text_atomic
 
@@ -70,7 +70,7 @@ def metric_columns(result: Standardized) -> pd.DataFrame:
 
 def flagged_images(result: Standardized) -> pd.DataFrame:
     """One row per distinct image with any flag: model, task, item, seed, image_hash, flags."""
-    rows = result.images[result.images["flags"].map(lambda f: bool(parse_flags(f)))]
+    rows = result.images[flag_mask(result.images["flags"], bool)]
     cols = ["model", "task", "item", "seed", "image_hash", "flags"]
     return rows[cols].drop_duplicates(["model", "image_hash"]).sort_values(cols[:4]).reset_index(drop=True)
 

@@ -80,7 +80,8 @@ def worker_count(requested: int, device: str, resources: dict, cpu_threads: int,
 class DrawWorker:
     """A Ray actor: loads the checkpoint once, then draws units into the shared image store."""
 
-    def __init__(self, spec: PipelineSpec, store_root: str, expected_runtime: dict[str, str]) -> None:
+    def __init__(self, spec: PipelineSpec, store_root: str, expected_runtime: dict[str, str],
+                 renditions: str | None = None) -> None:
         from ghostreview.util.runtime import quiet_third_party, set_cpu_threads, stage_runtime
 
         stage_runtime()  # offline hub, flushed denormals: the same numerics as a local stage process
@@ -88,7 +89,7 @@ class DrawWorker:
         set_cpu_threads(spec.cpu_threads)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self._check(spec, expected_runtime)
-        self.store = ImageStore(Path(store_root))
+        self.store = ImageStore(Path(store_root), None if renditions is None else Path(renditions))
         pipe = load_spec_pipeline(spec)
         pipe.set_progress_bar_config(disable=True)  # per-step bars of every worker would interleave in the log
         self.draw_batch = pipeline_drawer(pipe, spec.family, spec.batch_size)
@@ -161,7 +162,8 @@ class RayEngine:
         n = worker_count(self.workers, spec.device, ray.cluster_resources(), spec.cpu_threads, len(units))
         actor = ray.remote(num_cpus=max(1, spec.cpu_threads), num_gpus=1 if spec.device == "cuda" else 0)(DrawWorker)
         runtime = image_runtime(spec.device, getattr(torch, spec.dtype), spec.batch_size)
-        actors = [actor.remote(spec, str(store.root), runtime) for _ in range(n)]
+        renditions = None if store.renditions is None else str(store.renditions)
+        actors = [actor.remote(spec, str(store.root), runtime, renditions) for _ in range(n)]
         counts: Counter[str] = Counter()
         try:
             for name, drawn in ActorPool(actors).map_unordered(lambda a, u: a.draw.remote(u), list(units)):
