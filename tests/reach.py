@@ -503,7 +503,8 @@ def spies(mp: pytest.MonkeyPatch, rec: Record, project: Project) -> Iterator[Non
     mp.setattr(worker, "FluxLoraAdapters", lambda pipe: FakeAdapters(pipe, "flux"))
     mp.setattr(gen, "file_sha256", lambda path, cache=None: log("file_sha256", path=path, cache=cache) or real_sha(
         path, cache))
-    mp.setattr(gen, "ImageStore", lambda root: log("image_store", root=root) or real_store(root))
+    mp.setattr(gen, "ImageStore", lambda root, renditions=None: log("image_store", root=root, renditions=renditions)
+                or real_store(root, renditions=renditions))
 
     class FakeRayEngine(local_engine.LocalEngine):
         def __init__(self, address, workers=0):
